@@ -1,0 +1,1 @@
+"""Runnable beamml pipelines: one module each, with options, build() and run(argv)."""

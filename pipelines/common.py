@@ -1,0 +1,281 @@
+"""What every beamml pipeline shares: flags, run configs, runner choice, the end-of-run summary.
+
+A pipeline module declares its flags in a ``PipelineOptions`` subclass and calls
+:func:`parse_args`, which
+
+* loads ``--config FILE`` (YAML, keys are flag names; unknown keys are an error
+  naming the key) and lets flags on the command line override it,
+* refuses flags that neither the pipeline nor Beam knows,
+* picks the local runner without trying to download anything (``DirectRunner``
+  or no ``--runner`` means Beam's in-process ``FnApiRunner`` for batch work).
+
+After the run, :func:`report` prints the one-line record summary from the
+``beamml`` counters and enforces ``--max_refused_fraction``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from transforms.io import COUNTER_NAMESPACE, BeammlError, INPUT_FORMATS, OUTPUT_FORMATS
+
+__all__ = [
+    'BeammlError', 'add_input_args', 'add_output_args', 'parse_args', 'read_kwargs',
+    'report', 'run_pipeline', 'record_counts',
+]
+
+LOG = logging.getLogger('beamml')
+LOCAL_RUNNERS = {None, 'DirectRunner', 'direct', 'Direct'}
+
+
+def add_input_args(parser, *, required: bool = True) -> None:
+    """Flags of every pipeline that reads a point cloud or a table."""
+    parser.add_argument('--input', required=required,
+                        help='file, glob or gs:// pattern to read')
+    parser.add_argument('--input_format', choices=INPUT_FORMATS, default=None,
+                        help='input format; default: from the file extension')
+    parser.add_argument('--id_column', default=None,
+                        help="column holding the row ids; default: the column 'id' "
+                             'if there is one, else ids are <file name>:<row>')
+    parser.add_argument('--feature_columns', default=None,
+                        help='comma-separated feature columns (or one list column); '
+                             'default: every numeric column but the id')
+    parser.add_argument('--dimension', type=int, default=None,
+                        help='expected number of features; default: taken from the data')
+    parser.add_argument('--allow_nan', action='store_true',
+                        help='accept NaN and inf feature values instead of refusing the row')
+    parser.add_argument('--max_refused_fraction', type=float, default=0.01,
+                        help='exit non-zero when more than this fraction of the records '
+                             'read is refused (default 0.01)')
+
+
+def add_output_args(parser) -> None:
+    parser.add_argument('--output', required=True,
+                        help='output prefix (local path or gs://); shards are '
+                             'PREFIX-SSSSS-of-NNNNN.<format>')
+    parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
+                        help='output format (default parquet)')
+
+
+def read_kwargs(args) -> dict[str, Any]:
+    """The ReadPoints / ReadTable keyword arguments carried by the input flags."""
+    return dict(
+        input_format=args.input_format,
+        id_column=args.id_column,
+        feature_columns=(args.feature_columns.split(',') if args.feature_columns else None),
+        dimension=args.dimension,
+        allow_nan=args.allow_nan,
+    )
+
+
+# --------------------------------------------------------------------------- config
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser holding every option Beam itself defines (runner, project, ...)."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+
+    def walk(cls):
+        for sub in cls.__subclasses__():
+            if sub.__module__.startswith('apache_beam.'):
+                try:
+                    sub._add_argparse_args(parser)
+                except argparse.ArgumentError:
+                    pass  # an option defined by two of Beam's classes
+            walk(sub)
+
+    walk(PipelineOptions)
+    return parser
+
+
+def _dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != 'help'}
+
+
+def load_config(path: str) -> dict[str, Any]:
+    import yaml
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        with FileSystems.open(path) as f:
+            cfg = yaml.safe_load(f.read().decode('utf-8'))
+    except (OSError, IOError) as e:
+        raise BeammlError(f'cannot read config {path}: {e}') from e
+    except yaml.YAMLError as e:
+        raise BeammlError(f'config {path} is not valid YAML: {e}') from e
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise BeammlError(f'config {path} must be a mapping of flag names to values')
+    return cfg
+
+
+def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
+                    path: str) -> list[str]:
+    argv: list[str] = []
+    for key, value in cfg.items():
+        action = actions.get(key)
+        if action is None:
+            raise BeammlError(
+                f'config {path}: unknown key {key!r}; keys are flag names, '
+                'e.g. runner, project, region, temp_location, setup_file, input, output')
+        flag = action.option_strings[0] if action.option_strings else f'--{key}'
+        if value is None:
+            continue
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            if not isinstance(value, bool):
+                raise BeammlError(f'config {path}: {key} must be true or false')
+            if value == isinstance(action, argparse._StoreTrueAction):
+                argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            if isinstance(action, argparse._AppendAction):
+                argv.extend(f'{flag}={v}' for v in value)
+            else:
+                argv.append(f'{flag}={",".join(str(v) for v in value)}')
+        elif isinstance(value, bool):
+            argv.append(f'{flag}={str(value).lower()}')
+        else:
+            argv.append(f'{flag}={value}')
+    return argv
+
+
+def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
+               description: str | None = None,
+               streaming_capable: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
+    """Parse a pipeline's command line (and ``--config``) into (its flags, Beam options)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog='Any Beam pipeline option is accepted too (--runner, --project, --region, '
+               '--temp_location, --setup_file, --direct_num_workers, ...). '
+               '--config FILE loads them from YAML; flags given here override it.')
+    parser.add_argument('--config', default=None,
+                        help='YAML run config (keys are flag names), e.g. configs/local.yaml')
+    options_cls._add_argparse_args(parser)
+    beam_parser = _beam_parser()
+
+    argv, config_path = _pop_config(argv)
+    if config_path:
+        actions = {**_dests(beam_parser), **_dests(parser)}
+        actions.pop('config', None)
+        argv = _config_to_argv(load_config(config_path), actions, config_path) + argv
+
+    args, rest = parser.parse_known_args(argv)
+    args.config = config_path
+    _, unknown = beam_parser.parse_known_args(rest)
+    if unknown:
+        parser.error(f'unknown flag(s): {" ".join(unknown)} (see {prog} --help)')
+    # Beam re-parses every registered options class, the pipeline's too: give it all.
+    options = PipelineOptions(argv)
+    std = options.view_as(StandardOptions)
+    if std.runner in LOCAL_RUNNERS and not (streaming_capable and std.streaming):
+        # The plain DirectRunner first tries to download the Prism runner; the
+        # in-process FnApiRunner is what it falls back to for batch work anyway.
+        std.runner = 'FnApiRunner'
+    return args, options
+
+
+def _pop_config(argv: Sequence[str]) -> tuple[list[str], str | None]:
+    """argv without ``--config FILE``, and FILE (the last one given)."""
+    out, found, skip = [], None, False
+    for i, a in enumerate(argv):
+        if skip:
+            skip = False
+        elif a == '--config':
+            if i + 1 >= len(argv):
+                raise BeammlError('--config needs a file')
+            found, skip = argv[i + 1], True
+        elif a.startswith('--config='):
+            found = a.split('=', 1)[1]
+        else:
+            out.append(a)
+    return out, found
+
+
+# --------------------------------------------------------------------------- running
+
+def record_counts(result) -> dict[str, int] | None:
+    """The beamml record counters of a finished run, summed over steps."""
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace(COUNTER_NAMESPACE))
+    except Exception:  # a runner that does not report metrics
+        return None
+    counts: dict[str, int] = {}
+    for c in metrics['counters']:
+        value = c.committed if c.committed is not None else c.attempted
+        counts[c.key.metric.name] = counts.get(c.key.metric.name, 0) + int(value or 0)
+    for name in ('records_read', 'records_ok', 'records_refused'):
+        counts.setdefault(name, 0)
+    return counts
+
+
+def report(result, *, errors_glob: str, max_refused_fraction: float | None,
+           out=sys.stdout) -> dict[str, int] | None:
+    """Print the one-line record summary; exit non-zero above --max_refused_fraction."""
+    counts = record_counts(result)
+    if counts is None:
+        print('records: counts not reported by this runner', file=out)
+        return None
+    read, ok, refused = counts['records_read'], counts['records_ok'], counts['records_refused']
+    print(f'records_read={read} records_ok={ok} records_refused={refused} '
+          f'errors={errors_glob}', file=out)
+    if read != ok + refused:
+        raise BeammlError(f'record accounting is off: read {read} != ok {ok} + refused '
+                          f'{refused}; this is a bug in beamml, please report it')
+    if max_refused_fraction is not None and read and refused / read > max_refused_fraction:
+        raise BeammlError(
+            f'{refused} of {read} records ({refused / read:.2%}) were refused, above '
+            f'--max_refused_fraction={max_refused_fraction}; see {errors_glob}')
+    return counts
+
+
+def run_pipeline(p: beam.Pipeline):
+    """Run and wait; turn a failure that carries a beamml message into that message."""
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except BeammlError:
+        raise
+    except Exception as e:  # Beam wraps errors raised in workers
+        m = re.search(r'BeammlError: (.+?)(?:\s\[while running|$)', str(e), re.S)
+        if m:
+            raise BeammlError(m.group(1).strip().splitlines()[0]) from e
+        raise
+    return result
+
+
+def configure_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING,
+                            format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    LOG.setLevel(logging.INFO)
+    if not LOG.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter('%(asctime)s beamml: %(message)s', '%H:%M:%S'))
+        LOG.addHandler(h)
+        LOG.propagate = False
+
+
+def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -> int:
+    """Call ``run(argv)``; print a BeammlError as one line and return 2."""
+    configure_logging()
+    try:
+        run(None if argv is None else list(argv))
+    except BeammlError as e:
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+def ensure_dir_for(prefix: str) -> None:
+    """Create the local directory a prefix writes into (gs:// needs nothing)."""
+    if '://' not in prefix:
+        d = os.path.dirname(os.path.abspath(prefix))
+        os.makedirs(d, exist_ok=True)
