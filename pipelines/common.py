@@ -47,7 +47,8 @@ def add_input_args(parser, *, required: bool = True) -> None:
                              'if there is one, else ids are <file name>:<row>')
     parser.add_argument('--feature_columns', default=None,
                         help='comma-separated feature columns (or one list column); '
-                             'default: every numeric column but the id')
+                             "default: a list column 'features' if there is one, else "
+                             'every numeric column but the id')
     parser.add_argument('--dimension', type=int, default=None,
                         help='expected number of features; default: taken from the data')
     parser.add_argument('--allow_nan', action='store_true',

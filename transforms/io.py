@@ -294,11 +294,12 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
                     _numeric_share(head.column(c)) >= 0.5:
                 numeric.append(c)  # numbers with a few bad values: bad rows are refused later
         lists = [c for c in candidates if _is_list_type(schema.field(c).type)]
-        if numeric:
+        if 'features' in lists:
+            feature_columns, list_features = ('features',), True
+        elif numeric:
             feature_columns, list_features = tuple(numeric), False
-        elif 'features' in lists or len(lists) == 1:
-            feature_columns = ('features' if 'features' in lists else lists[0],)
-            list_features = True
+        elif len(lists) == 1:
+            feature_columns, list_features = (lists[0],), True
         else:
             raise BeammlError(f'{paths[0]} has no numeric column to use as features; its '
                               f'columns are {", ".join(columns)}; pass --feature_columns')

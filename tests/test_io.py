@@ -1,0 +1,272 @@
+"""transforms/io.py: every format read and written, dead letters, counts, gs:// paths."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.testing.util import assert_that, equal_to
+
+from transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
+                           features_matrix, inspect_input, read_table_files, to_json_lines)
+
+
+def _points(rng, n=50, d=3):
+    return rng.normal(size=(n, d)) * 10
+
+
+def _write(tmp_path, name, X, ids=None, fmt=None):
+    path = str(tmp_path / name)
+    fmt = fmt or name.rsplit('.', 1)[1]
+    n, d = X.shape
+    if fmt == 'npy':
+        np.save(path, X)
+        return path
+    cols = {}
+    if ids is not None:
+        cols['id'] = ids
+    if fmt == 'jsonl':
+        with open(path, 'w') as f:
+            for i in range(n):
+                rec = {'features': X[i].tolist()}
+                if ids is not None:
+                    rec['id'] = ids[i]
+                f.write(json.dumps(rec) + '\n')
+        return path
+    cols.update({f'x{j}': X[:, j] for j in range(d)})
+    t = pa.table(cols)
+    if fmt == 'parquet':
+        pq.write_table(t, path)
+    else:
+        pcsv.write_csv(t, path)
+    return path
+
+
+def _read_all(pattern, **kw):
+    table, dead = read_table_files(pattern, **kw)
+    return table, dead
+
+
+@pytest.mark.parametrize('fmt', ['parquet', 'csv', 'jsonl', 'npy'])
+def test_each_format_reads_exactly(tmp_path, fmt):
+    rng = np.random.default_rng(1)
+    X = _points(rng)
+    ids = None if fmt == 'npy' else list(range(100, 150))
+    path = _write(tmp_path, f'p.{fmt}', X, ids)
+    table, dead = _read_all(path)
+    assert dead == []
+    got = table.column('features').combine_chunks().flatten().to_numpy().reshape(-1, 3)
+    np.testing.assert_array_equal(got, X)  # CSV and JSON text round-trip float64 exactly
+    if fmt == 'npy':
+        assert table.column('id').to_pylist()[:2] == ['p.npy:0', 'p.npy:1']
+    else:
+        assert table.column('id').to_pylist() == ids
+
+
+def test_ids_default_to_file_and_row(tmp_path):
+    X = np.arange(6, dtype=float).reshape(3, 2)
+    pcsv.write_csv(pa.table({'a': X[:, 0], 'b': X[:, 1]}), str(tmp_path / 'pts.csv'))
+    table, _ = _read_all(str(tmp_path / 'pts.csv'))
+    assert table.column('id').to_pylist() == ['pts.csv:0', 'pts.csv:1', 'pts.csv:2']
+
+
+def test_feature_columns_and_id_column(tmp_path):
+    t = pa.table({'user': ['u1', 'u2'], 'a': [1.0, 2.0], 'b': [3.0, 4.0], 'c': [5.0, 6.0]})
+    pq.write_table(t, str(tmp_path / 't.parquet'))
+    table, _ = _read_all(str(tmp_path / 't.parquet'), id_column='user', feature_columns=['c', 'a'])
+    assert table.column('id').to_pylist() == ['u1', 'u2']
+    assert table.column('features').to_pylist() == [[5.0, 1.0], [6.0, 2.0]]
+
+
+def test_parquet_list_column(tmp_path):
+    t = pa.table({'id': [1, 2, 3], 'features': [[1.0, 2.0], [3.0], [4.0, 5.0]]})
+    pq.write_table(t, str(tmp_path / 'l.parquet'))
+    table, dead = _read_all(str(tmp_path / 'l.parquet'))
+    assert table.column('id').to_pylist() == [1, 3]
+    assert [(d['row'], d['reason']) for d in dead] == [(1, 'dimension 1, expected 2')]
+
+
+def test_csv_dead_letters_name_file_row_line_and_reason(tmp_path):
+    path = str(tmp_path / 'bad.csv')
+    with open(path, 'w') as f:
+        f.write('id,a,b\n1,2,3\n2,3\n3,4,5,6\n4,x,1\n5,1,2\n6,nan,1\n7,,2\n8,inf,1\n,1,1\n')
+    table, dead = _read_all(path)
+    assert table.column('id').to_pylist() == [1, 5]
+    got = [(d['file'], d['row'], d['line'], d['reason']) for d in dead]
+    assert got == [
+        (path, 1, 3, 'expected 3 fields, got 2'),
+        (path, 2, 4, 'expected 3 fields, got 4'),
+        (path, 3, 5, "value in 'a' is not a number"),
+        (path, 5, 7, 'NaN feature value'),
+        (path, 6, 8, "missing value in 'a'"),
+        (path, 7, 9, 'infinite feature value'),
+        (path, 8, 10, 'missing id'),
+    ]
+    assert dead[0]['record'] == '2,3'
+    assert dead[2]['record'] == {'id': '4', 'a': 'x', 'b': '1'}
+
+
+def test_allow_nan_keeps_nan_rows(tmp_path):
+    path = str(tmp_path / 'n.csv')
+    with open(path, 'w') as f:
+        f.write('a,b\n1,nan\n2,inf\n3,4\n')
+    table, dead = _read_all(path, allow_nan=True)
+    assert dead == [] and table.num_rows == 3
+    X = table.column('features').combine_chunks().flatten().to_numpy().reshape(-1, 2)
+    assert np.isnan(X[0, 1]) and np.isinf(X[1, 1])
+
+
+def test_csv_bad_value_after_first_block_is_refused_not_fatal(tmp_path):
+    # The typed read fails deep in the file; the file is re-read from there as text.
+    n = 300_000
+    X = np.arange(2 * n, dtype=float).reshape(n, 2)
+    path = str(tmp_path / 'big.csv')
+    pcsv.write_csv(pa.table({'a': X[:, 0], 'b': X[:, 1]}), path)
+    with open(path, 'a') as f:
+        f.write('oops,1\n1,2\n')
+    table, dead = _read_all(path)
+    assert table.num_rows == n + 1
+    assert [(d['row'], d['line'], d['reason']) for d in dead] == [
+        (n, n + 2, "value in 'a' is not a number")]
+    ids = table.column('id').to_pylist()
+    assert len(set(ids)) == len(ids)  # nothing emitted twice
+
+
+def test_jsonl_dead_letters(tmp_path):
+    path = str(tmp_path / 'b.jsonl')
+    with open(path, 'w') as f:
+        f.write('{"id":"a","features":[1,2]}\n{"id":"b","features":[1,2,3]}\n\n'
+                '{"id":"c","features":[1,"x"]}\nnot json\n{"id":"d","features":[1.5,null]}\n'
+                '{"id":"e","features":[3,4]}\n{"id":"","features":[3,4]}\n')
+    table, dead = _read_all(path)
+    assert table.column('id').to_pylist() == ['a', 'e']
+    got = [(d['row'], d['line'], d['reason'].split(':')[0]) for d in dead]
+    assert got == [(1, 2, 'dimension 3, expected 2'), (2, 4, 'invalid JSON line'),
+                   (3, 5, 'invalid JSON line'), (4, 6, "missing value in 'features'"),
+                   (6, 8, 'empty id')]
+
+
+def test_clear_errors_before_the_run(tmp_path):
+    with pytest.raises(BeammlError, match='no input file matches'):
+        inspect_input(str(tmp_path / 'nothing-*.csv'))
+    (tmp_path / 'empty.csv').write_bytes(b'')
+    with pytest.raises(BeammlError, match='is empty'):
+        inspect_input(str(tmp_path / 'empty.csv'))
+    (tmp_path / 'x.txt').write_text('a,b\n1,2\n')
+    with pytest.raises(BeammlError, match='--input_format'):
+        inspect_input(str(tmp_path / 'x.txt'))
+    (tmp_path / 'y.parquet').write_text('not parquet at all')
+    with pytest.raises(BeammlError, match='not a readable parquet'):
+        inspect_input(str(tmp_path / 'y.parquet'))
+    (tmp_path / 'z.csv').write_text('a,b\n1,2\n')
+    with pytest.raises(BeammlError, match="no id column 'user'.*a, b"):
+        inspect_input(str(tmp_path / 'z.csv'), id_column='user')
+    with pytest.raises(BeammlError, match="no column 'q'"):
+        inspect_input(str(tmp_path / 'z.csv'), feature_columns=['q'])
+    (tmp_path / 'w.csv').write_text('name,city\nx,y\n')
+    with pytest.raises(BeammlError, match='no numeric column'):
+        inspect_input(str(tmp_path / 'w.csv'))
+
+
+def test_read_points_in_a_pipeline_many_files_and_counts(tmp_path):
+    rng = np.random.default_rng(2)
+    X1, X2 = _points(rng, 20), _points(rng, 30)
+    _write(tmp_path, 'a.csv', X1, list(range(20)))
+    path2 = _write(tmp_path, 'b.csv', X2, list(range(20, 50)))
+    with open(path2, 'a') as f:
+        f.write('99,1\n')
+    pattern = str(tmp_path / '*.csv')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        res = p | ReadPoints(pattern)
+        ids = res.batches | beam.FlatMap(lambda b: b.column('id').to_pylist())
+        sums = res.batches | beam.Map(lambda b: float(features_matrix(b).sum())) \
+            | beam.CombineGlobally(sum)
+        assert_that(ids, equal_to(list(range(50))), label='Ids')
+        assert_that(sums, lambda s: np.testing.assert_allclose(s, [X1.sum() + X2.sum()]),
+                    label='Sums')
+        assert_that(res.errors | beam.Map(lambda d: (os.path.basename(d['file']), d['row'])),
+                    equal_to([('b.csv', 30)]), label='Errors')
+    result = p.result
+    from pipelines.common import record_counts
+    c = record_counts(result)
+    assert (c['records_read'], c['records_ok'], c['records_refused']) == (51, 50, 1)
+
+
+@pytest.mark.parametrize('fmt', ['parquet', 'csv', 'jsonl'])
+def test_write_table_round_trip(tmp_path, fmt):
+    rng = np.random.default_rng(3)
+    X = _points(rng, 40, 4)
+    ids = pa.array(np.arange(40, dtype=np.int64))
+    from transforms.io import points_batch
+    batches = [points_batch(ids[:25], X[:25], score=X[:25, 0]),
+               points_batch(ids[25:], X[25:], score=X[25:, 0])]
+    prefix = str(tmp_path / 'out' / 'pts')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        _ = p | beam.Create(batches) | WriteTable(prefix, fmt, num_shards=2)
+    files = sorted(glob.glob(prefix + f'-?????-of-00002.{fmt}'))
+    assert len(files) == 2
+    table, dead = _read_all(prefix + f'-*.{fmt}',
+                            feature_columns=None if fmt == 'jsonl' else
+                            [f'features_{j}' for j in range(4)] if fmt == 'csv' else ['features'])
+    assert dead == []
+    order = np.argsort(table.column('id').to_numpy())
+    got = table.column('features').combine_chunks().flatten().to_numpy().reshape(-1, 4)[order]
+    np.testing.assert_array_equal(got, X)
+
+
+def test_write_empty_output_keeps_schema(tmp_path):
+    schema = pa.schema([('id', pa.int64()), ('l2', pa.float64())])
+    prefix = str(tmp_path / 'empty')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        _ = p | beam.Create([]) | WriteTable(prefix, 'parquet', schema=schema)
+    (path,) = glob.glob(prefix + '-*.parquet')
+    assert pq.read_table(path).schema.equals(schema)
+
+
+def test_json_lines_writer_is_valid_json():
+    t = pa.table({'id': ['a"b', 'c\\d\n'], 'x': [1.5, float('nan')], 'n': [1, None],
+                  'v': pa.array([[1.0, 2.0], [3.0, 4.0]], pa.list_(pa.float64(), 2)),
+                  'ok': [True, False]})
+    lines = to_json_lines(t).decode().splitlines()
+    assert [json.loads(x) for x in lines] == [
+        {'id': 'a"b', 'x': 1.5, 'n': 1, 'v': [1.0, 2.0], 'ok': True},
+        {'id': 'c\\d\n', 'x': None, 'n': None, 'v': [3.0, 4.0], 'ok': False}]
+
+
+def test_read_table_keeps_columns_and_source(tmp_path):
+    path = str(tmp_path / 'log.csv')
+    with open(path, 'w') as f:
+        f.write('user_id,item,truth\n15,a,1\n12,b,0\n,c,1\n14,d,T\n')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        r = p | ReadTable(path, id_column='user_id', source_columns=True)
+        rows = r.batches | beam.FlatMap(lambda b: b.to_pylist())
+        assert_that(rows, equal_to([
+            {'user_id': 15, 'item': 'a', 'truth': '1', '_file': path, '_row': 0},
+            {'user_id': 12, 'item': 'b', 'truth': '0', '_file': path, '_row': 1},
+            {'user_id': 14, 'item': 'd', 'truth': 'T', '_file': path, '_row': 3}]))
+        assert_that(r.errors | beam.Map(lambda d: (d['row'], d['reason'])),
+                    equal_to([(2, 'missing id')]), label='Errors')
+
+
+def test_gcs_read_and_write(gcs_bucket, tmp_path):
+    rng = np.random.default_rng(4)
+    X = _points(rng, 30)
+    local = _write(tmp_path, 'p.parquet', X, list(range(30)))
+    with open(local, 'rb') as src, FileSystems.create(f'{gcs_bucket}/in/p.parquet') as dst:
+        dst.write(src.read())
+    prefix = f'{gcs_bucket}/out/pts'
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        res = p | ReadPoints(f'{gcs_bucket}/in/*.parquet')
+        res.batches | WriteTable(prefix, 'parquet')
+        res.errors | WriteDeadLetters(prefix)
+    table, dead = _read_all(prefix + '-*.parquet')
+    assert dead == [] and sorted(table.column('id').to_pylist()) == list(range(30))
+    errs = FileSystems.match([prefix + '-errors-*.jsonl'])[0].metadata_list
+    assert len(errs) == 1 and errs[0].size_in_bytes == 0
