@@ -1,0 +1,130 @@
+"""The command line, run configs, the Make targets, and the offline Dataflow translation."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import apache_beam as beam
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import common, norms
+from pipelines.__main__ import main, pipelines
+from transforms.io import BeammlError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def points_csv(tmp_path):
+    path = tmp_path / 'pts.csv'
+    path.write_text('id,a,b\n1,3,4\n2,0,1\n3,-1,0\n')
+    return str(path)
+
+
+def test_help_lists_every_pipeline_with_a_line(capsys):
+    assert main(['--help']) == 0
+    out = capsys.readouterr().out
+    found = pipelines()
+    assert {'norms', 'demo'} <= set(found)
+    for name, desc in found.items():
+        assert desc, f'pipelines/{name}.py needs a one-line docstring'
+        assert re.search(rf'^\s+{name}\s+\S', out, re.M)
+
+
+def test_unknown_pipeline_and_unknown_flag(points_csv, tmp_path, capsys):
+    assert main(['nope']) == 2
+    assert 'unknown pipeline' in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(['norms', '--input', points_csv, '--output', str(tmp_path / 'o'), '--bogus', '1'])
+    assert e.value.code == 2
+    assert 'unknown flag(s): --bogus' in capsys.readouterr().err
+
+
+def test_clear_error_for_missing_input_is_one_line(tmp_path, capsys):
+    rc = main(['norms', '--input', str(tmp_path / 'none*.csv'), '--output', str(tmp_path / 'o')])
+    err = capsys.readouterr().err
+    assert rc == 2 and 'no input file matches' in err and 'Traceback' not in err
+
+
+def test_console_script_runs(points_csv, tmp_path):
+    out = subprocess.run([os.path.join(os.path.dirname(sys.executable), 'beamml'), 'norms',
+                          '--input', points_csv, '--output', str(tmp_path / 'n')],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert 'records_read=3 records_ok=3 records_refused=0' in out.stdout
+
+
+def test_config_file_flags_and_command_line_override(points_csv, tmp_path):
+    cfg = tmp_path / 'run.yaml'
+    cfg.write_text(yaml.safe_dump({'runner': 'DirectRunner', 'input': points_csv,
+                                   'output': str(tmp_path / 'from_config'),
+                                   'output_format': 'csv', 'allow_nan': True}))
+    args, options = common.parse_args(norms.NormsOptions,
+                                      ['--config', str(cfg), '--output_format', 'parquet'],
+                                      prog='t')
+    assert args.input == points_csv and args.output_format == 'parquet' and args.allow_nan
+    assert options.view_as(beam.options.pipeline_options.StandardOptions).runner == 'FnApiRunner'
+    assert args.config == str(cfg)
+
+
+def test_config_unknown_key_is_named(points_csv, tmp_path):
+    cfg = tmp_path / 'bad.yaml'
+    cfg.write_text('input: x\nnum_shardz: 3\n')
+    with pytest.raises(BeammlError, match="unknown key 'num_shardz'"):
+        common.parse_args(norms.NormsOptions, ['--config', str(cfg)], prog='t')
+
+
+@pytest.mark.parametrize('name', ['local.yaml', 'dataflow_batch.yaml'])
+def test_shipped_configs_have_only_known_keys(name, points_csv, tmp_path):
+    path = os.path.join(ROOT, 'configs', name)
+    args, options = common.parse_args(
+        norms.NormsOptions, ['--config', path, '--input', points_csv, '--output', 'o'], prog='t')
+    cfg = yaml.safe_load(open(path))
+    all_opts = options.get_all_options()
+    for key, value in cfg.items():
+        assert key in all_opts, key
+
+
+def test_local_config_runs_with_two_workers(points_csv, tmp_path):
+    out = str(tmp_path / 'n')
+    norms.run(['--config', os.path.join(ROOT, 'configs', 'local.yaml'),
+               '--input', points_csv, '--output', out])
+    (path,) = [m.path for m in FileSystems.match([out + '-?????-of-?????.parquet'])[0]
+               .metadata_list]
+    assert sorted(pq.read_table(path).column('l2').to_pylist()) == [1.0, 1.0, 5.0]
+
+
+def test_make_targets_and_ci():
+    makefile = open(os.path.join(ROOT, 'Makefile')).read()
+    for target in ('demo:', 'test:', 'bench:'):
+        assert re.search(rf'^{target}', makefile, re.M), target
+    assert 'python3 -m venv' in makefile.replace('$(PYTHON)', 'python3')
+    ci = open(os.path.join(ROOT, '.ci', 'run')).read()
+    assert re.search(r'^make test$', ci, re.M)
+
+
+def test_dataflow_translation_offline(gcs_bucket, tmp_path, monkeypatch):
+    """The norms job translates to a Dataflow batch job with our labels; nothing is submitted."""
+    with FileSystems.create(f'{gcs_bucket}/in/a.csv') as f:
+        f.write(b'id,a,b\n1,2,3\n')
+    monkeypatch.chdir(ROOT)
+    args, options = common.parse_args(norms.NormsOptions, [
+        '--input', f'{gcs_bucket}/in/*.csv', '--output', f'{gcs_bucket}/out/n',
+        '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
+        '--region', 'us-central1', '--temp_location', f'{gcs_bucket}/tmp',
+        '--setup_file', './setup.py'], prog='t')
+    p = beam.Pipeline(options=options)
+    norms.build(p, args)
+    job = p.run().job
+    assert job.proto.type == 1  # JOB_TYPE_BATCH
+    names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+    assert {'ReadPoints', 'ComputeNorms', 'WriteNorms', 'WriteErrors'} <= names
+    env = list(job.proto_pipeline.components.environments.values())[0]
+    assert b'beam_python' in env.payload
+    staged = b''.join(d.role_payload for d in env.dependencies)
+    assert b'workflow.tar.gz' in staged  # the --setup_file package
