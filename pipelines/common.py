@@ -149,7 +149,12 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
 def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
                description: str | None = None,
                streaming_capable: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
-    """Parse a pipeline's command line (and ``--config``) into (its flags, Beam options)."""
+    """Parse a pipeline's command line (and ``--config``) into (its flags, Beam options).
+
+    ``options_cls`` is a plain class with a ``_add_argparse_args(parser)``
+    classmethod declaring the pipeline's flags (not a PipelineOptions subclass).
+    The returned PipelineOptions hold Beam's flags only.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         prog=prog, description=description, allow_abbrev=False,
@@ -173,8 +178,10 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     _, unknown = beam_parser.parse_known_args(rest)
     if unknown:
         parser.error(f'unknown flag(s): {" ".join(unknown)} (see {prog} --help)')
-    # Beam re-parses every registered options class, the pipeline's too: give it all.
-    options = PipelineOptions(argv)
+    # Beam gets its own flags only. The pipeline's flags class is deliberately not a
+    # PipelineOptions subclass: Beam parses every registered subclass together, so
+    # two pipelines defining --input (or a required flag) would break each other.
+    options = PipelineOptions(rest)
     std = options.view_as(StandardOptions)
     if std.runner in LOCAL_RUNNERS and not (streaming_capable and std.streaming):
         # The plain DirectRunner first tries to download the Prism runner; the
@@ -218,8 +225,9 @@ def record_counts(result) -> dict[str, int] | None:
 
 
 def report(result, *, errors_glob: str, max_refused_fraction: float | None,
-           out=sys.stdout) -> dict[str, int] | None:
+           out=None) -> dict[str, int] | None:
     """Print the one-line record summary; exit non-zero above --max_refused_fraction."""
+    out = out or sys.stdout
     counts = record_counts(result)
     if counts is None:
         print('records: counts not reported by this runner', file=out)

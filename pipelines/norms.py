@@ -1,44 +1,100 @@
-"""Vector norms: rows id, l0, l1, l2, linf for every point.
+"""Vector norms: rows id, l0, l1, l2, linf for every point; optionally ordered by one norm.
 
     beamml norms --input 'data/*.parquet' --output out/norms [--output_format csv]
+    beamml norms --input 'data/*.parquet' --output out/by_l2 --sort l2 [--ascending]
+        [--num_shards N]
+
+With ``--sort NORM`` the output also holds ``features`` and is ordered by that
+norm (descending unless ``--ascending``, ties by id ascending) across files:
+file ``PREFIX-00000-of-NNNNN`` holds the largest norms, each file is sorted, and
+reading the files in name order gives the whole data set in order. The data set
+is never gathered on one worker (range partitioning on a sample of the norms).
 """
 from __future__ import annotations
 
 import logging
+import sys
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.options.pipeline_options import PipelineOptions
+
 
 from pipelines import common
-from transforms.io import ReadPoints, WriteDeadLetters, WriteTable
-from transforms.norms import NORMS, ComputeNorms
+from transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
+from transforms.norms import (NORMS, ROWS_PER_SHARD, ComputeNorms, SortByNorm,
+                              WriteSortedShards)
 
 LOG = logging.getLogger('beamml')
 
 
-class NormsOptions(PipelineOptions):
+class NormsOptions:
+    """The flags of ``beamml norms``.
+
+    Not a ``PipelineOptions`` subclass: Beam parses every registered subclass's
+    flags for every pipeline built in the process, so the required ``--input`` and
+    ``--output`` would break other pipelines run in the same process (tests, demo).
+    """
+
     @classmethod
     def _add_argparse_args(cls, parser):
         common.add_input_args(parser)
         common.add_output_args(parser)
+        parser.add_argument('--sort', choices=NORMS, default=None,
+                            help='order the output by this norm (descending; ties by id) '
+                                 'and add the features column')
+        parser.add_argument('--ascending', action='store_true',
+                            help='with --sort: smallest norm first')
+        parser.add_argument('--num_shards', type=int, default=None,
+                            help='number of output files; default with --sort: one per '
+                                 f'{ROWS_PER_SHARD:,} rows (1 for smaller data), '
+                                 'without --sort: chosen by the runner')
 
 
-def norms_schema(id_type: pa.DataType) -> pa.Schema:
-    return pa.schema([('id', id_type)] + [(n, pa.float64()) for n in NORMS])
+def norms_schema(id_type: pa.DataType, dimension: int | None = None) -> pa.Schema:
+    """Output columns: id, l0, l1, l2, linf (and features when ``dimension`` is given)."""
+    fields = [('id', id_type)] + [(n, pa.float64()) for n in NORMS]
+    if dimension is not None:
+        fields.append(('features', pa.list_(pa.float64(), dimension)))
+    return pa.schema(fields)
+
+
+def validate(args) -> None:
+    """Flag checks a user can act on, before anything is read."""
+    if args.num_shards is not None and args.num_shards < 1:
+        raise BeammlError(f'--num_shards must be >= 1, got {args.num_shards}')
+    if args.ascending and not args.sort:
+        raise BeammlError('--ascending orders the output and needs --sort '
+                          f'({"|".join(NORMS)})')
+
+
+def output_glob(args) -> str:
+    return f'{args.output}-?????-of-?????.{args.output_format}'
 
 
 def build(p, args):
-    """Read, compute norms, write results and dead letters; returns {'norms', 'errors'}."""
+    """Read, compute norms (and sort), write results and dead letters.
+
+    Returns {'norms': RecordBatches, or SortedShards with --sort, 'errors': dead letters}.
+    """
+    validate(args)
     read = ReadPoints(args.input, **common.read_kwargs(args))
     LOG.info('input: %d file(s), %s, d=%d, features %s', len(read.paths),
              read.layout.input_format, read.layout.dimension, ','.join(read.layout.feature_columns))
     points = p | 'ReadPoints' >> read
-    schema = norms_schema(read.layout.id_arrow_type)
+    schema = norms_schema(read.layout.id_arrow_type,
+                          read.layout.dimension if args.sort else None)
+    names = schema.names
     norms = (points.batches
              | 'ComputeNorms' >> ComputeNorms()
-             | 'SelectColumns' >> beam.Map(lambda b: b.select(schema.names)))
-    norms | 'WriteNorms' >> WriteTable(args.output, args.output_format, schema=schema)
+             | 'SelectColumns' >> beam.Map(lambda b, cols: b.select(cols), names))
+    if args.sort:
+        norms = norms | 'SortByNorm' >> SortByNorm(args.sort, descending=not args.ascending,
+                                                   num_shards=args.num_shards)
+        norms | 'WriteSortedNorms' >> WriteSortedShards(args.output, args.output_format,
+                                                        schema=schema)
+    else:
+        norms | 'WriteNorms' >> WriteTable(args.output, args.output_format,
+                                           num_shards=args.num_shards or 0, schema=schema)
     points.errors | 'WriteErrors' >> WriteDeadLetters(args.output)
     return {'norms': norms, 'errors': points.errors}
 
@@ -46,16 +102,18 @@ def build(p, args):
 def run(argv=None):
     args, options = common.parse_args(NormsOptions, argv, prog='beamml norms',
                                       description=__doc__)
+    validate(args)
     common.ensure_dir_for(args.output)
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_pipeline(p)
     common.report(result, errors_glob=WriteDeadLetters.glob(args.output),
                   max_refused_fraction=args.max_refused_fraction)
-    print(f'norms: {args.output}-?????-of-?????.{args.output_format}')
+    order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'
+             if args.sort else '')
+    print(f'norms{order}: {output_glob(args)}')
     return result
 
 
 if __name__ == '__main__':
-    import sys
     sys.exit(common.main_wrapper(run, prog='beamml norms'))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import math
 import os
 import posixpath
@@ -41,6 +42,8 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+
+_LOG = logging.getLogger('beamml')
 
 __all__ = [
     'BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'INPUT_FORMATS', 'OUTPUT_FORMATS',
@@ -868,10 +871,12 @@ class _ReadFileFn(beam.DoFn):
         self.read, self.ok, self.refused = counters.read, counters.ok, counters.refused
 
     def process(self, path: str):
+        n_ok = n_refused = 0
         for item in read_file_batches(path, self.layout, self.batch_rows):
             if isinstance(item, dict):
                 self.read.inc()
                 self.refused.inc()
+                n_refused += 1
                 yield beam.pvalue.TaggedOutput(ERRORS, item)
                 continue
             self.read.inc(item.table.num_rows)
@@ -881,11 +886,14 @@ class _ReadFileFn(beam.DoFn):
                 out, dead = _table_checks(item, self.layout, path, self.source_columns)
             if dead:
                 self.refused.inc(len(dead))
+                n_refused += len(dead)
                 for dl in dead:
                     yield beam.pvalue.TaggedOutput(ERRORS, dl)
             if out is not None and out.num_rows:
                 self.ok.inc(out.num_rows)
+                n_ok += out.num_rows
                 yield out
+        _LOG.info('read %s: %d rows accepted, %d refused', path, n_ok, n_refused)
 
 
 class _ReadBase(beam.PTransform):
@@ -1047,32 +1055,59 @@ def to_json_lines(table: pa.Table | pa.RecordBatch) -> bytes:
     return ('\n'.join(line.to_pylist()) + '\n').encode('utf-8')
 
 
+ROW_GROUP_ROWS = 1 << 20
+
+
 class _ShardWriter:
-    def __init__(self, fh, output_format: str, schema: pa.Schema | None):
+    """Writes one output file; batches are gathered into ~1M-row tables before writing.
+
+    Small batches would make small Parquet row groups, which pyarrow writes several
+    times slower and readers read slower. Float columns skip dictionary encoding
+    (it never pays for them).
+    """
+
+    def __init__(self, fh, output_format: str, schema: pa.Schema | None,
+                 rows: int = ROW_GROUP_ROWS):
         self.fh, self.format, self.schema = fh, output_format, schema
+        self.rows = rows
         self.writer = None
+        self.parts: list = []
+        self.n = 0
 
     def _open(self, schema):
         if self.format == 'parquet':
-            self.writer = pq.ParquetWriter(self.fh, schema)
+            dictionary = [f.name for f in schema
+                          if not (pa.types.is_floating(f.type) or _is_list_type(f.type))]
+            self.writer = pq.ParquetWriter(self.fh, schema, use_dictionary=dictionary)
         elif self.format == 'csv':
             self.writer = pcsv.CSVWriter(self.fh, _csv_ready(schema.empty_table()).schema)
         else:
             self.writer = True
 
     def write(self, batch):
-        if isinstance(batch, pa.RecordBatch) and self.format != 'jsonl':
-            batch = pa.Table.from_batches([batch])
+        self.parts.append(batch)
+        self.n += batch.num_rows
+        if self.n >= self.rows:
+            self._flush()
+
+    def _flush(self):
+        if not self.parts:
+            return
+        tables = [pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+                  for b in self.parts]
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        self.parts, self.n = [], 0
         if self.writer is None:
-            self._open(batch.schema)
+            self._open(table.schema)
         if self.format == 'parquet':
-            self.writer.write_table(batch)
+            self.writer.write_table(table)
         elif self.format == 'csv':
-            self.writer.write_table(_csv_ready(batch))
+            self.writer.write_table(_csv_ready(table))
         else:
-            self.fh.write(to_json_lines(batch))
+            self.fh.write(to_json_lines(table))
 
     def close(self):
+        self._flush()
         if self.writer is None and self.schema is not None:
             self._open(self.schema)
         if self.writer is not None and self.writer is not True:
