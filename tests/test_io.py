@@ -270,3 +270,33 @@ def test_gcs_read_and_write(gcs_bucket, tmp_path):
     assert dead == [] and sorted(table.column('id').to_pylist()) == list(range(30))
     errs = FileSystems.match([prefix + '-errors-*.jsonl'])[0].metadata_list
     assert len(errs) == 1 and errs[0].size_in_bytes == 0
+
+
+def test_jsonl_ids_of_mixed_types_cost_only_their_lines(tmp_path):
+    path = str(tmp_path / 'm.jsonl')
+    with open(path, 'w') as f:
+        f.write('{"id": 1, "features": [1, 2]}\n{"id": "", "features": [1, 2]}\n'
+                '{"id": 3, "features": [3, 4], "extra": "x"}\n{"features": [5, 6]}\n'
+                '{"id": "seven", "features": [7, 8]}\n')
+    table, dead = _read_all(path)
+    # One string id among integers: ids are strings (an integer id column needs every
+    # present id to be an integer); '' and a missing key are refused.
+    assert table.column('id').to_pylist() == ['1', '3', 'seven']
+    assert [(d['row'], d['reason']) for d in dead] == [(1, 'empty id'), (3, 'missing id')]
+    path2 = str(tmp_path / 'n.jsonl')
+    with open(path2, 'w') as f:
+        f.write('{"id": 1, "features": [1, 2]}\n{"id": "", "features": [1, 2]}\n'
+                '{"id": 3, "features": [3, 4]}\n')
+    table, dead = _read_all(path2)
+    assert table.column('id').to_pylist() == [1, 3]
+    assert [(d['row'], d['reason']) for d in dead] == [(1, 'empty id')]
+
+
+def test_read_table_jsonl_keeps_every_field(tmp_path):
+    path = str(tmp_path / 't.jsonl')
+    with open(path, 'w') as f:
+        f.write('{"q": 1, "rank": 0, "rel": 1}\n{"q": 1, "rank": 1, "rel": 0}\n')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        r = p | ReadTable(path)
+        assert_that(r.batches | beam.FlatMap(lambda b: b.to_pylist()),
+                    equal_to([{'q': 1, 'rank': 0, 'rel': 1}, {'q': 1, 'rank': 1, 'rel': 0}]))

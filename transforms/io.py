@@ -195,7 +195,10 @@ def _json_head_table(rows: list[dict]) -> pa.Table:
         if present and n_list * 2 >= len(present):
             out[k] = pa.array([v if isinstance(v, list) and all(map(is_num, v)) else None
                                for v in vals], pa.list_(pa.float64()))
-        elif present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        elif present and all(isinstance(v, int) and not isinstance(v, bool) or
+                             (isinstance(v, str) and not v.strip()) for v in present) and \
+                any(isinstance(v, int) for v in present):
+            vals = [v if isinstance(v, int) else None for v in vals]  # '' ids are refused later
             out[k] = pa.array(vals, pa.int64())
         elif present and sum(map(is_num, present)) * 2 >= len(present):
             out[k] = pa.array([float(v) if is_num(v) else None for v in vals], pa.float64())
@@ -503,15 +506,15 @@ def _read_csv_typed(f, path, layout, as_strings, progress):
 
 
 def _read_jsonl(f, path, layout):
-    schema_fields = []
-    if layout.id_column:
-        schema_fields.append((layout.id_column, layout.id_arrow_type))
+    # Features have a fixed type (ints read as floats); every other field, the id
+    # included, is inferred per block, so that a string id among integer ids costs
+    # that line only (the block is bisected), and a table read keeps every field.
     if layout.list_features:
-        schema_fields.append((layout.feature_columns[0], pa.list_(pa.float64())))
+        fields = [(layout.feature_columns[0], pa.list_(pa.float64()))]
     else:
-        schema_fields.extend((c, pa.float64()) for c in layout.feature_columns)
-    parse = pjson.ParseOptions(explicit_schema=pa.schema(schema_fields),
-                               unexpected_field_behavior='ignore')
+        fields = [(c, pa.float64()) for c in layout.feature_columns]
+    parse = pjson.ParseOptions(explicit_schema=pa.schema(fields),
+                               unexpected_field_behavior='infer')
     line0 = 1   # physical line number of the chunk's first line
     row0 = 0    # data rows (non-blank lines) before the chunk
     rest = b''
@@ -706,9 +709,14 @@ def _ids(rb: RowBatch, layout: Layout, path: str, why: _Reasons) -> pa.Array:
         name = posixpath.basename(path.rstrip('/')) + ':'
         return pc.binary_join_element_wise(
             pa.scalar(name), pc.cast(pa.array(rb.rows), pa.string()), '')
+    if layout.id_column not in rb.table.column_names:  # a JSON block without the key
+        why.mark(np.ones(n, bool), 'missing id')
+        return pa.nulls(n, layout.id_arrow_type)
     arr = rb.table.column(layout.id_column)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type):
+        arr = pa.nulls(n, layout.id_arrow_type)
     if arr.null_count:
         why.mark(arr.is_null().to_numpy(zero_copy_only=False), 'missing id')
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
@@ -778,12 +786,15 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
     if layout.input_format == 'npy':
         X = features_matrix(t)
     elif layout.list_features:
-        X = _list_features(t.column(layout.feature_columns[0]), layout.feature_columns[0], d,
-                           why)
+        col = layout.feature_columns[0]
+        arr = (t.column(col) if col in t.column_names
+               else pa.nulls(n, pa.list_(pa.float64())))
+        X = _list_features(arr, col, d, why)
     else:
         X = np.empty((n, d), dtype=np.float64)
         for j, c in enumerate(layout.feature_columns):
-            vals, missing, bad = _column_values(t.column(c))
+            arr = t.column(c) if c in t.column_names else pa.nulls(n, pa.float64())
+            vals, missing, bad = _column_values(arr)
             X[:, j] = vals
             if bad.any():
                 why.mark(bad, f'value in {c!r} is not a number')

@@ -1,0 +1,100 @@
+"""Dense id index: number distinct ids 0..n-1 (id2idx) and re-encode the rows with an idx column.
+
+    beamml index_ids --input 'logs/*.csv' --id_column user_id --output out/users \\
+        [--order first_seen|sorted] [--output_format parquet|csv|jsonl]
+
+Writes ``PREFIX-id2idx-SSSSS-of-NNNNN.parquet`` (columns ``id, idx``; always
+Parquet so that ids keep their type), ``PREFIX-encoded-SSSSS-of-NNNNN.<format>``
+(every input column + ``idx``) and ``PREFIX-errors-*.jsonl`` (rows without an id).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import apache_beam as beam
+import pyarrow as pa
+
+from pipelines import common
+from transforms.index import ORDERS, SOURCE_COLUMNS, IndexIds, id2idx_schema, table_batches
+from transforms.io import BeammlError, ReadTable, WriteDeadLetters, WriteTable
+
+LOG = logging.getLogger('beamml')
+IDX_COLUMN = 'idx'
+
+
+class IndexIdsOptions:
+    """The flags of ``beamml index_ids``.
+
+    Deliberately not a ``PipelineOptions`` subclass: Beam parses every registered
+    subclass's flags together for every pipeline in the process, so a required
+    ``--id_column`` here (or a flag another pipeline also defines) would break the
+    other pipelines run in the same process (the demo, the tests).
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument('--input', required=True,
+                            help='file, glob or gs:// pattern to read; files are read in '
+                                 'path order')
+        parser.add_argument('--input_format', choices=('parquet', 'csv', 'jsonl'),
+                            default=None, help='input format; default: from the extension')
+        parser.add_argument('--id_column', required=True,
+                            help='the column holding the ids (int or string)')
+        parser.add_argument('--order', choices=ORDERS, default='first_seen',
+                            help='first_seen (default): idx by first appearance (files in '
+                                 'path order, rows in file order); sorted: by ascending id')
+        parser.add_argument('--max_refused_fraction', type=float, default=0.01,
+                            help='exit non-zero when more than this fraction of the records '
+                                 'read is refused (default 0.01)')
+        common.add_output_args(parser)
+
+
+def encoded_fallback_schema(layout, id_column: str) -> pa.Schema:
+    """Schema of an encoded output with no rows at all (column types unknown: text)."""
+    return pa.schema([(c, layout.id_arrow_type if c == id_column else pa.string())
+                      for c in layout.columns] + [(IDX_COLUMN, pa.int64())])
+
+
+def build(p, args):
+    """Read, number, re-encode, write; returns {'id2idx', 'encoded', 'errors'}."""
+    read = ReadTable(args.input, input_format=args.input_format, id_column=args.id_column,
+                     source_columns=True)
+    layout = read.layout
+    clash = [c for c in (IDX_COLUMN,) + SOURCE_COLUMNS if c in layout.columns]
+    if clash:
+        raise BeammlError(f'{read.paths[0]} already has a column {clash[0]!r}, which '
+                          f'index_ids adds; rename it')
+    LOG.info('input: %d file(s), %s, id column %r (%s), order %s', len(read.paths),
+             layout.input_format, args.id_column, layout.id_type, args.order)
+    rows = p | 'ReadTable' >> read
+    out = rows.batches | 'IndexIds' >> IndexIds(
+        args.id_column, read.paths, order=args.order, id_type=layout.id_arrow_type,
+        columns=layout.columns)
+    (out['id2idx']
+     | 'Id2IdxBatches' >> beam.FlatMap(table_batches)
+     | 'WriteId2Idx' >> WriteTable(args.output + '-id2idx', 'parquet',
+                                   schema=id2idx_schema(layout.id_arrow_type)))
+    out['encoded'] | 'WriteEncoded' >> WriteTable(
+        args.output + '-encoded', args.output_format,
+        schema=encoded_fallback_schema(layout, args.id_column))
+    rows.errors | 'WriteErrors' >> WriteDeadLetters(args.output)
+    return {'id2idx': out['id2idx'], 'encoded': out['encoded'], 'errors': rows.errors}
+
+
+def run(argv=None):
+    args, options = common.parse_args(IndexIdsOptions, argv, prog='beamml index_ids',
+                                      description=__doc__)
+    common.ensure_dir_for(args.output)
+    p = beam.Pipeline(options=options)
+    build(p, args)
+    result = common.run_pipeline(p)
+    common.report(result, errors_glob=WriteDeadLetters.glob(args.output),
+                  max_refused_fraction=args.max_refused_fraction)
+    print(f'id2idx: {args.output}-id2idx-?????-of-?????.parquet')
+    print(f'encoded: {args.output}-encoded-?????-of-?????.{args.output_format}')
+    return result
+
+
+if __name__ == '__main__':
+    sys.exit(common.main_wrapper(run, prog='beamml index_ids'))
