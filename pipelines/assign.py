@@ -1,0 +1,163 @@
+"""Nearest-centroid batch inference: rows id, cluster, distance, model_version for every point.
+
+    beamml assign --input 'data/*.parquet' --model models/ --output out/assigned
+                  [--all_distances] [--output_format csv]
+
+``--model`` is a model directory (its LATEST version), a version directory or a
+model.json, local or gs://. The model is loaded and its dimension checked
+against the data before the graph is built; it then reaches the workers as a
+side input. With ``--all_distances`` the rows also hold ``distances``, the
+distance to every centre. ``<output>-summary.json`` holds the model version
+and the number of points per cluster.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import common
+from transforms.assignment import AssignNearestCentroid
+from transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
+from transforms.model import CentroidModel
+
+LOG = logging.getLogger('beamml')
+
+
+class AssignOptions:
+    """The flags of ``beamml assign``.
+
+    Not a ``PipelineOptions`` subclass: Beam parses every registered subclass's
+    flags for every pipeline built in the process, so the required ``--model``
+    would break other pipelines run in the same process (tests, demo).
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        common.add_input_args(parser)
+        parser.add_argument('--model', required=True,
+                            help='model directory (uses its LATEST version), version '
+                                 'directory or model.json; local or gs://')
+        common.add_output_args(parser)
+        parser.add_argument('--all_distances', action='store_true',
+                            help='also write "distances": the distance to every centre')
+
+
+def assign_schema(id_type: pa.DataType, k: int, all_distances: bool) -> pa.Schema:
+    fields = [('id', id_type), ('cluster', pa.int64()), ('distance', pa.float64())]
+    if all_distances:
+        fields.append(('distances', pa.list_(pa.float64(), k)))
+    fields.append(('model_version', pa.string()))
+    return pa.schema(fields)
+
+
+class ClusterSizesFn(beam.CombineFn):
+    """Points per cluster over assigned batches; accumulator: int64 counts of length k."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def create_accumulator(self):
+        return np.zeros(self.k, dtype=np.int64)
+
+    def add_input(self, acc, batch):
+        labels = batch.column('cluster').to_numpy()
+        acc += np.bincount(labels, minlength=self.k)[:self.k]
+        return acc
+
+    def merge_accumulators(self, accs):
+        accs = iter(accs)
+        first = next(accs)
+        for a in accs:
+            first += a
+        return first
+
+    def extract_output(self, acc):
+        return acc.tolist()
+
+
+def load_model(args, dimension: int) -> CentroidModel:
+    """Load --model and refuse it when its dimension differs from the data's."""
+    model = CentroidModel.load(args.model)
+    model.check_dimension(dimension, f'the input {args.input}')
+    return model
+
+
+def summary_path(output: str) -> str:
+    return f'{output}-summary.json'
+
+
+def build(p, args, model: CentroidModel | None = None):
+    """Read, assign, write rows, summary and dead letters.
+
+    Returns {'assigned', 'errors', 'sizes', 'model'}; ``model`` is loaded from
+    ``args.model`` unless given.
+    """
+    read = ReadPoints(args.input, **common.read_kwargs(args))
+    if model is None:
+        model = load_model(args, read.layout.dimension)
+    else:
+        model.check_dimension(read.layout.dimension, f'the input {args.input}')
+    LOG.info('input: %d file(s), %s, d=%d; model %s: k=%d', len(read.paths),
+             read.layout.input_format, read.layout.dimension, model.version, model.k)
+    schema = assign_schema(read.layout.id_arrow_type, model.k, args.all_distances)
+
+    points = p | 'ReadPoints' >> read
+    model_pc = p | 'CentroidModel' >> beam.Create([model])
+    assigned = points.batches | 'AssignNearestCentroid' >> AssignNearestCentroid(
+        beam.pvalue.AsSingleton(model_pc), all_distances=args.all_distances,
+        with_version=True, output_columns=schema.names)
+    rows = assigned.batches
+    rows | 'WriteAssignments' >> WriteTable(args.output, args.output_format, schema=schema)
+
+    sizes = rows | 'ClusterSizes' >> beam.CombineGlobally(ClusterSizesFn(model.k))
+    sizes | 'WriteSummary' >> beam.Map(_write_summary, beam.pvalue.AsSingleton(model_pc),
+                                       summary_path(args.output))
+
+    errors = (points.errors, assigned.errors) | 'AllErrors' >> beam.Flatten()
+    errors | 'WriteErrors' >> WriteDeadLetters(args.output)
+    return {'assigned': rows, 'errors': errors, 'sizes': sizes, 'model': model}
+
+
+def _write_summary(sizes, model, path) -> str:
+    """Write the one small summary file (same content on a retry: idempotent)."""
+    text = json.dumps({'model_version': model.version, 'model_path': model.path,
+                       'k': model.k, 'd': model.d, 'points': int(sum(sizes)),
+                       'cluster_sizes': sizes}) + '\n'
+    with FileSystems.create(path) as f:
+        f.write(text.encode('utf-8'))
+    return path
+
+
+def read_summary(output: str) -> dict:
+    with FileSystems.open(summary_path(output)) as f:
+        return json.loads(f.read().decode('utf-8'))
+
+
+def run(argv=None):
+    args, options = common.parse_args(AssignOptions, argv, prog='beamml assign',
+                                      description=__doc__)
+    common.ensure_dir_for(args.output)
+    p = beam.Pipeline(options=options)
+    built = build(p, args)
+    result = common.run_pipeline(p)
+    common.report(result, errors_glob=WriteDeadLetters.glob(args.output),
+                  max_refused_fraction=args.max_refused_fraction)
+    model = built['model']
+    try:
+        sizes = read_summary(args.output)['cluster_sizes']
+        print(f'model {model.version}: k={model.k}, d={model.d}; cluster sizes: '
+              + ' '.join(map(str, sizes)))
+    except (OSError, ValueError, KeyError, BeammlError):
+        print(f'model {model.version}: k={model.k}, d={model.d}')
+    print(f'assignments: {args.output}-?????-of-?????.{args.output_format}')
+    return result
+
+
+if __name__ == '__main__':
+    sys.exit(common.main_wrapper(run, prog='beamml assign'))

@@ -1,0 +1,519 @@
+"""The centroid model artifact: save / load on local disk or gs://, versions, RunInference.
+
+A model directory holds immutable versions and a pointer to the current one::
+
+    <model_dir>/<version>/model.json     one per trained model
+    <model_dir>/LATEST                   the current version's name (one line)
+
+:meth:`CentroidModel.save` writes the version's ``model.json`` first and
+``LATEST`` last, so a reader never sees a ``LATEST`` naming a version that is
+not complete. Pointing ``LATEST`` back at an older version (:func:`set_latest`)
+is a rollback. Everything goes through Beam's ``FileSystems``, so local paths
+and ``gs://`` behave alike.
+
+``model.json`` is plain JSON; the centres are lists of floats written with
+Python's ``repr`` (shortest round-trip text), so float64 values survive
+save / load exactly.
+
+:class:`CentroidModelHandler` makes a model usable with Beam's own
+``RunInference`` over numpy arrays, including side-input model updates.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import posixpath
+import re
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.io import BeammlError
+
+__all__ = [
+    'CentroidModel', 'CentroidModelHandler', 'MODEL_FILE', 'LATEST_FILE',
+    'set_latest', 'latest_version', 'list_versions', 'new_version',
+]
+
+MODEL_FILE = 'model.json'
+LATEST_FILE = 'LATEST'
+FORMAT = 'beamml.centroid_model'
+FORMAT_VERSION = 1
+_VERSION_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
+_REQUIRED = ('centers',)
+
+
+# ----------------------------------------------------------------------------- paths
+
+def _join(base: str, *parts: str) -> str:
+    return FileSystems.join(base.rstrip('/') if base not in ('/', '') else base, *parts)
+
+
+def _is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def _read_text(path: str) -> str:
+    with FileSystems.open(path) as f:
+        return f.read().decode('utf-8')
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write a small file; locally through a temporary name and a rename (atomic)."""
+    data = text.encode('utf-8')
+    if _is_remote(path):  # an object upload is atomic on Cloud Storage
+        with FileSystems.create(path) as f:
+            f.write(data)
+        return
+    tmp = path + '.tmp'
+    with FileSystems.create(tmp) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+
+
+def _exists(path: str) -> bool:
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # an unreachable store reads as missing; the caller says where
+        return False
+
+
+def new_version(now: _dt.datetime | None = None) -> str:
+    """A version name from the UTC time: ``YYYYMMDDTHHMMSSffffffZ`` (sorts by time)."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime('%Y%m%dT%H%M%S%fZ')
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec='microseconds').replace(
+        '+00:00', 'Z')
+
+
+def _check_version_name(version: str) -> str:
+    version = str(version)
+    if not _VERSION_RE.match(version):
+        raise BeammlError(f'model version {version!r} is not a valid name (letters, digits, '
+                          '".", "_", "-"; not starting with "." or "-")')
+    return version
+
+
+def latest_version(model_dir: str) -> str:
+    """The version ``<model_dir>/LATEST`` names."""
+    path = _join(model_dir, LATEST_FILE)
+    if not _exists(path):
+        raise BeammlError(f'{model_dir} is not a model directory: {path} does not exist '
+                          f'(save a model there first, or give a version directory or a '
+                          f'{MODEL_FILE})')
+    try:
+        version = _read_text(path).strip()
+    except Exception as e:
+        raise BeammlError(f'cannot read {path}: {e}') from e
+    if not version or not _VERSION_RE.match(version):
+        raise BeammlError(f'{path} is corrupt: it should hold one version name, '
+                          f'holds {version[:80]!r}')
+    return version
+
+
+def list_versions(model_dir: str) -> list[str]:
+    """Names of the complete versions (those with a model.json) of a model directory, sorted."""
+    try:
+        results = FileSystems.match([_join(model_dir, '*', MODEL_FILE)])
+    except Exception:
+        return []
+    names = set()
+    for r in results:
+        for m in r.metadata_list:
+            names.add(posixpath.basename(posixpath.dirname(m.path)))
+    return sorted(names)
+
+
+def set_latest(model_dir: str, version: str) -> str:
+    """Point ``LATEST`` at ``version`` (a rollback when it is an older one).
+
+    The version must exist and load; returns its directory.
+    """
+    version = _check_version_name(version)
+    vdir = _join(model_dir, version)
+    CentroidModel.load(_join(vdir, MODEL_FILE))  # refuse to point at a broken version
+    _write_text(_join(model_dir, LATEST_FILE), version + '\n')
+    return vdir
+
+
+# ----------------------------------------------------------------------------- model
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return _finite_or_none(float(o))
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+def _finite_or_none(x):
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _clean(o):
+    """JSON-ready copy: numpy scalars and arrays to Python, non-finite floats to None."""
+    if isinstance(o, dict):
+        return {str(k): _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _clean(o.tolist())
+    if isinstance(o, (float, np.floating)):
+        return _finite_or_none(o)
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, np.integer):
+        return int(o)
+    return o
+
+
+class CentroidModel:
+    """k centres in d dimensions, with how they were made.
+
+    Parameters
+    ----------
+    centers : array-like of shape (k, d)
+        Finite float64 values; k >= 1, d >= 1.
+    version : str, optional
+        Assigned by :meth:`save` when None.
+    created : str, optional
+        UTC ISO-8601 time; now when None.
+    input_pattern : str, optional
+        What the model was trained on.
+    n_iter : int, optional
+    inertia : float, optional
+        Final sum of squared distances to the nearest centre.
+    inertia_history : sequence of float
+        Inertia after each iteration.
+    stop_reason : str, optional
+    cluster_sizes : sequence of int, optional
+        Points per cluster at the end of training.
+    config : dict, optional
+        The training configuration (JSON-able).
+
+    Attributes
+    ----------
+    k, d : int
+    centers_sq : ndarray of shape (k,)
+        Squared norms of the centres (computed once, for the assignment kernel).
+    path : str or None
+        Where the model was loaded from or saved to.
+    """
+
+    def __init__(self, centers, *, version: str | None = None, created: str | None = None,
+                 input_pattern: str | None = None, n_iter: int | None = None,
+                 inertia: float | None = None, inertia_history: Sequence[float] = (),
+                 stop_reason: str | None = None,
+                 cluster_sizes: Sequence[int] | None = None,
+                 config: Mapping[str, Any] | None = None):
+        try:
+            centers = np.array(centers, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise BeammlError(f'model centres are not a numeric (k, d) array: {e}') from e
+        if centers.ndim != 2 or centers.shape[0] < 1 or centers.shape[1] < 1:
+            raise BeammlError(f'model centres must be a (k, d) array with k, d >= 1, '
+                              f'got shape {centers.shape}')
+        if not np.isfinite(centers).all():
+            raise BeammlError('model centres contain NaN or infinite values')
+        centers.setflags(write=False)
+        self.centers = centers
+        self.version = None if version is None else _check_version_name(version)
+        self.created = created or _utc_now()
+        self.input_pattern = input_pattern
+        self.n_iter = None if n_iter is None else int(n_iter)
+        self.inertia = None if inertia is None else float(inertia)
+        self.inertia_history = [float(v) for v in inertia_history]
+        self.stop_reason = stop_reason
+        self.cluster_sizes = None if cluster_sizes is None else [int(c) for c in cluster_sizes]
+        if self.cluster_sizes is not None and len(self.cluster_sizes) != self.k:
+            raise BeammlError(f'cluster_sizes has {len(self.cluster_sizes)} entries for '
+                              f'{self.k} centres')
+        self.config = dict(config or {})
+        self.path: str | None = None
+        self._centers_sq = None
+
+    # -- shape
+    @property
+    def k(self) -> int:
+        return int(self.centers.shape[0])
+
+    @property
+    def d(self) -> int:
+        return int(self.centers.shape[1])
+
+    @property
+    def centers_sq(self) -> np.ndarray:
+        if self._centers_sq is None:
+            self._centers_sq = np.einsum('ij,ij->i', self.centers, self.centers)
+        return self._centers_sq
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state['_centers_sq'] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        # numpy arrays unpickle writable; keep the centres read-only
+        self.centers = np.array(self.centers, dtype=np.float64)
+        self.centers.setflags(write=False)
+
+    def __repr__(self):
+        return (f'CentroidModel(k={self.k}, d={self.d}, version={self.version!r}, '
+                f'n_iter={self.n_iter}, inertia={self.inertia})')
+
+    def __eq__(self, other):
+        if not isinstance(other, CentroidModel):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None
+
+    def check_dimension(self, d: int, source: str) -> None:
+        """Refuse data whose number of features differs from the model's."""
+        if int(d) != self.d:
+            raise BeammlError(
+                f'model {self.version or "(unsaved)"}'
+                f'{" at " + self.path if self.path else ""} has d={self.d} features '
+                f'but {source} has {d}; assign with a model trained on data of the same '
+                f'dimension')
+
+    # -- JSON
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            'format': FORMAT,
+            'format_version': FORMAT_VERSION,
+            'version': self.version,
+            'created': self.created,
+            'input_pattern': self.input_pattern,
+            'k': self.k,
+            'd': self.d,
+            'n_iter': self.n_iter,
+            'inertia': _finite_or_none(self.inertia),
+            'inertia_history': [_finite_or_none(v) for v in self.inertia_history],
+            'stop_reason': self.stop_reason,
+            'cluster_sizes': self.cluster_sizes,
+            'config': _clean(self.config),
+            'centers': self.centers.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = 'model') -> 'CentroidModel':
+        """Build from :meth:`to_dict`'s output; BeammlError naming ``source`` when invalid."""
+        if not isinstance(data, Mapping):
+            raise BeammlError(f'{source} is not a model: expected a JSON object')
+        fmt = data.get('format', FORMAT)
+        if fmt != FORMAT:
+            raise BeammlError(f'{source} is not a centroid model (format {fmt!r})')
+        fv = data.get('format_version', FORMAT_VERSION)
+        if not isinstance(fv, int) or fv > FORMAT_VERSION:
+            raise BeammlError(f'{source} has format_version {fv!r}; this beamml reads up to '
+                              f'{FORMAT_VERSION}: upgrade beamml')
+        missing = [key for key in _REQUIRED if key not in data]
+        if missing:
+            raise BeammlError(f'{source} is incomplete: no {", ".join(missing)}')
+        centers = data['centers']
+        if (not isinstance(centers, list) or not centers
+                or not all(isinstance(r, list) for r in centers)
+                or len({len(r) for r in centers}) != 1
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           for r in centers for v in r)):
+            raise BeammlError(f'{source} is incomplete or corrupt: "centers" must be a '
+                              f'non-empty list of equally long lists of numbers')
+        k, d = len(centers), len(centers[0])
+        for key, expected in (('k', k), ('d', d)):
+            if data.get(key) is not None and data[key] != expected:
+                raise BeammlError(f'{source} is inconsistent: {key}={data[key]} but the '
+                                  f'centres are {k} x {d}')
+        try:
+            return cls(
+                centers, version=data.get('version'), created=data.get('created'),
+                input_pattern=data.get('input_pattern'), n_iter=data.get('n_iter'),
+                inertia=data.get('inertia'),
+                inertia_history=[math.nan if v is None else v
+                                 for v in data.get('inertia_history') or ()],
+                stop_reason=data.get('stop_reason'), cluster_sizes=data.get('cluster_sizes'),
+                config=data.get('config') or {})
+        except BeammlError as e:
+            raise BeammlError(f'{source}: {e}') from e
+        except (TypeError, ValueError) as e:
+            raise BeammlError(f'{source} is corrupt: {e}') from e
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
+
+    # -- files
+    def save(self, model_dir: str, *, make_latest: bool = True) -> str:
+        """Write ``<model_dir>/<version>/model.json``, then ``<model_dir>/LATEST``.
+
+        A version is assigned from the UTC time when ``self.version`` is None. An
+        existing version is never overwritten. Returns the version directory.
+        """
+        if self.version is None:
+            version = new_version()
+            while _exists(_join(model_dir, version, MODEL_FILE)):
+                version = new_version()
+            self.version = version
+        vdir = _join(model_dir, self.version)
+        path = _join(vdir, MODEL_FILE)
+        if _exists(path):
+            raise BeammlError(f'model version {self.version} already exists at {path}; '
+                              'versions are immutable, save under a new version')
+        try:
+            _write_text(path, self.to_json())
+            if make_latest:
+                _write_text(_join(model_dir, LATEST_FILE), self.version + '\n')
+        except BeammlError:
+            raise
+        except Exception as e:
+            raise BeammlError(f'cannot write model to {vdir}: {e}') from e
+        self.path = path
+        return vdir
+
+    @classmethod
+    def load(cls, path: str) -> 'CentroidModel':
+        """Load a ``model.json``, a version directory, or a model directory (its LATEST).
+
+        Raises BeammlError naming the path when nothing is there, LATEST names a
+        missing version, or the file is corrupt or incomplete.
+        """
+        path = str(path)
+        file_path = _resolve(path)
+        try:
+            text = _read_text(file_path)
+        except Exception as e:
+            raise BeammlError(f'cannot read model {file_path}: {e}') from e
+        if not text.strip():
+            raise BeammlError(f'model file {file_path} is empty (incomplete write?)')
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise BeammlError(f'model file {file_path} is corrupt or incomplete: '
+                              f'not valid JSON ({e})') from e
+        model = cls.from_dict(data, source=f'model file {file_path}')
+        if model.version is None:  # a hand-written model.json in a version directory
+            parent = posixpath.basename(posixpath.dirname(file_path))
+            model.version = parent if _VERSION_RE.match(parent or '') else None
+        model.path = file_path
+        return model
+
+
+def _resolve(path: str) -> str:
+    """The model.json a path designates (file, version directory or model directory)."""
+    if path.endswith('.json'):
+        if not _exists(path):
+            raise BeammlError(f'no model file {path}')
+        return path
+    candidate = _join(path, MODEL_FILE)
+    if _exists(candidate):
+        return candidate
+    latest = _join(path, LATEST_FILE)
+    if _exists(latest):
+        version = latest_version(path)
+        target = _join(path, version, MODEL_FILE)
+        if not _exists(target):
+            raise BeammlError(f'{latest} names version {version!r} but {target} does not '
+                              f'exist; point LATEST at an existing version ('
+                              f'{", ".join(list_versions(path)) or "none found"})')
+        return target
+    if _exists(path) and not _is_remote(path):
+        import os
+        if os.path.isfile(path):
+            return path  # a model file with another extension
+    raise BeammlError(f'no model at {path}: expected a {MODEL_FILE}, a version directory '
+                      f'holding one, or a model directory with a {LATEST_FILE} file')
+
+
+# ----------------------------------------------------------------------------- RunInference
+
+class CentroidModelHandler(ModelHandler[np.ndarray, PredictionResult, CentroidModel]):
+    """Nearest-centroid inference for Beam's ``RunInference`` over numpy arrays.
+
+    ``RunInference(CentroidModelHandler(path))`` takes a PCollection of points
+    (1-D arrays of shape (d,), or 2-D arrays of shape (m, d), which give one
+    result per row), batches them, and yields ``PredictionResult(example,
+    inference=(cluster, distance), model_id=<model version>)``.
+
+    ``path`` is anything :meth:`CentroidModel.load` accepts. With side-input
+    model updates (``RunInference(handler, model_metadata_pcoll=...)`` whose
+    ``ModelMetadata.model_id`` is a model path) the handler switches to the new
+    model and the results carry its version. Give version paths (or model.json
+    files) there: RunInference caches models by path, so the same model
+    directory sent twice is not reloaded even if its LATEST moved.
+
+    Parameters
+    ----------
+    model_path : str
+    min_batch_size, max_batch_size, max_batch_duration_secs :
+        ``BatchElements`` settings (defaults 1, 4096, none).
+    """
+
+    def __init__(self, model_path: str, *, min_batch_size: int = 1,
+                 max_batch_size: int = 4096, max_batch_duration_secs: int | None = None,
+                 **kwargs):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         max_batch_duration_secs=max_batch_duration_secs, **kwargs)
+        self._model_path = model_path
+
+    @property
+    def model_path(self) -> str:
+        return self._model_path
+
+    def load_model(self) -> CentroidModel:
+        return CentroidModel.load(self._model_path)
+
+    def update_model_path(self, model_path: Optional[str] = None):
+        if model_path:
+            self._model_path = model_path
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: CentroidModel,
+                      inference_args: Optional[dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        from transforms.assignment import nearest_centroid
+        if not len(batch):
+            return []
+        arrays = [np.asarray(x, dtype=np.float64) for x in batch]
+        if all(a.ndim == 1 for a in arrays):
+            lengths = {a.shape[0] for a in arrays}
+            if lengths != {model.d}:
+                raise BeammlError(f'points of {sorted(lengths)} features given to model '
+                                  f'{model.version} of d={model.d}')
+            labels, dist = nearest_centroid(np.stack(arrays), model.centers,
+                                            centers_sq=model.centers_sq)
+            return [PredictionResult(x, (int(c), float(r)), model.version)
+                    for x, c, r in zip(batch, labels.tolist(), dist.tolist())]
+        # 2-D examples: one call over all their rows, then split back
+        mats = [a.reshape(1, -1) if a.ndim == 1 else a for a in arrays]
+        bad = sorted({m.shape[-1] for m in mats if m.ndim != 2 or m.shape[1] != model.d})
+        if bad:
+            raise BeammlError(f'examples of {bad} features given to model {model.version} '
+                              f'of d={model.d}')
+        labels, dist = nearest_centroid(np.concatenate(mats), model.centers,
+                                        centers_sq=model.centers_sq)
+        out, lo = [], 0
+        for x, m in zip(batch, mats):
+            hi = lo + m.shape[0]
+            inf = ((int(labels[lo]), float(dist[lo])) if np.ndim(x) == 1
+                   else (labels[lo:hi], dist[lo:hi]))
+            out.append(PredictionResult(x, inf, model.version))
+            lo = hi
+        return out
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return int(sum(np.asarray(x).nbytes for x in batch))
+
+    def get_metrics_namespace(self) -> str:
+        return 'BeammlCentroidModel'
