@@ -83,6 +83,8 @@ class Layout:
     feature_columns: tuple[str, ...]  # scalar numeric columns, or one list column
     list_features: bool               # True: feature_columns[0] holds a list per row
     dimension: int
+    # Column types as read from the head of the first file (None for .npy).
+    head_schema: pa.Schema | None = dataclasses.field(default=None, compare=False)
 
     @property
     def id_arrow_type(self) -> pa.DataType:
@@ -276,7 +278,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
         id_type = 'int64'
 
     if not need_features:
-        return paths, Layout(fmt, columns, id_column, id_type, (), False, 0)
+        return paths, Layout(fmt, columns, id_column, id_type, (), False, 0, schema)
 
     if feature_columns:
         feature_columns = tuple(c.strip() for c in feature_columns)
@@ -325,7 +327,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
         raise BeammlError(f'cannot tell the dimension of {paths[0]}: its first rows have no '
                           f'features; pass --dimension')
     return paths, Layout(fmt, columns, id_column, id_type, tuple(feature_columns),
-                         list_features, int(d))
+                         list_features, int(d), schema)
 
 
 # ----------------------------------------------------------------------------- readers

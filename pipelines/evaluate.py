@@ -1,0 +1,279 @@
+"""Evaluate prediction logs: precision, recall, accuracy, F1; query precision, P@k, MAP; per slice.
+
+    beamml evaluate --input 'logs/*.parquet' --task classification --output out/eval
+    beamml evaluate --input 'logs/*.parquet' --task ranking --k 5 --slice_by model \\
+        --output out/eval
+
+Writes OUTPUT/metrics.json ({"overall", "slices", "counts"}), for ranking also
+OUTPUT/per_query/per_query-SSSSS-of-NNNNN.<format>, and the dead letters
+OUTPUT/evaluate-errors-*.jsonl.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystems import FileSystems
+
+from pipelines import common
+from transforms.io import (ERRORS, INPUT_FORMATS, OUTPUT_FORMATS, BeammlError, ReadTable,
+                           WriteDeadLetters, WriteTable)
+from transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
+                                ComputeMetrics, ParsePredictionLogs, PrecisionAtK)
+
+LOG = logging.getLogger('beamml')
+TASKS = ('classification', 'ranking')
+COLUMN_FLAGS = {
+    'classification': {'truth': 'truth_column', 'prediction': 'prediction_column'},
+    'ranking': {'q_id': 'query_column', 'predicted_rank': 'rank_column',
+                'truth_relevance': 'relevance_column'},
+}
+ZERO_DIVISION = {'0': 0.0, '1': 1.0, 'nan': float('nan')}
+
+
+class EvaluateOptions:
+    """The flags of ``beamml evaluate`` (a plain class, not a PipelineOptions subclass:
+    Beam parses every registered subclass for every pipeline built in the process)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        parser.add_argument('--input', required=True,
+                            help='prediction logs: file, glob or gs:// pattern')
+        parser.add_argument('--input_format', choices=[f for f in INPUT_FORMATS if f != 'npy'],
+                            default=None, help='default: from the file extension')
+        parser.add_argument('--id_column', default=None,
+                            help='a row id column; rows with a missing id are refused '
+                                 "(default: the column 'id' if there is one)")
+        parser.add_argument('--task', required=True, choices=TASKS)
+        parser.add_argument('--metrics', default=None,
+                            help='comma-separated metric names; default: all of the task '
+                                 f'(classification: {",".join(CLASSIFICATION_METRICS)}; '
+                                 f'ranking: {",".join(RANKING_METRICS)})')
+        parser.add_argument('--k', type=int, default=5,
+                            help='k of precision_at_k: relevant rows with predicted_rank < k, '
+                                 'divided by k (default 5)')
+        parser.add_argument('--slice_by', default=None,
+                            help='comma-separated columns; metrics per combination of '
+                                 'their values, keys "col=value" or "a=1,b=x"')
+        parser.add_argument('--zero_division', choices=list(ZERO_DIVISION), default='0',
+                            help='value of a 0/0 (as scikit-learn); such cases are '
+                                 'counted under "undefined" (default 0)')
+        parser.add_argument('--truth_column', default='truth')
+        parser.add_argument('--prediction_column', default='prediction')
+        parser.add_argument('--query_column', default='q_id')
+        parser.add_argument('--rank_column', default='predicted_rank',
+                            help='integer rank, 0 = top result (default predicted_rank)')
+        parser.add_argument('--relevance_column', default='truth_relevance',
+                            help='relevance; > 0 is relevant (default truth_relevance)')
+        parser.add_argument('--query_buckets', type=int, default=32,
+                            help='ranking: number of q_id hash buckets, i.e. the parallelism '
+                                 'of the per-query step (default 32)')
+        parser.add_argument('--output', required=True,
+                            help='output directory (local or gs://)')
+        parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
+                            help='format of per_query (default parquet)')
+        parser.add_argument('--max_refused_fraction', type=float, default=0.01,
+                            help='exit non-zero when more than this fraction of the records '
+                                 'read is refused (default 0.01)')
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in (value or '').split(',') if v.strip()]
+
+
+def _join(directory: str, name: str) -> str:
+    return directory.rstrip('/') + '/' + name
+
+
+def metric_list(args) -> list:
+    """The Metric objects of --task / --metrics / --k / --zero_division."""
+    registry = CLASSIFICATION_METRICS if args.task == 'classification' else RANKING_METRICS
+    names = _split(args.metrics) or list(registry)
+    unknown = [n for n in names if n not in registry]
+    if unknown:
+        raise BeammlError(f'unknown --metrics {", ".join(unknown)} for --task {args.task}; '
+                          f'one or more of {", ".join(registry)}')
+    if args.k < 1:
+        raise BeammlError(f'--k must be >= 1, got {args.k}')
+    zd = ZERO_DIVISION[str(args.zero_division)]
+    out = []
+    for n in dict.fromkeys(names):
+        cls = registry[n]
+        out.append(cls(args.k, zero_division=zd) if cls is PrecisionAtK
+                   else cls(zero_division=zd))
+    if args.task == 'ranking' and 'n_queries' not in names:
+        out.append(RANKING_METRICS['n_queries']())
+    return out
+
+
+def _id_type(layout, column: str) -> str:
+    """'int64' when the first file's query column holds numbers, else 'string'."""
+    t = layout.head_schema.field(column).type
+    return 'int64' if (pa.types.is_integer(t) or pa.types.is_floating(t)) else 'string'
+
+
+def check_columns(read: ReadTable, args) -> tuple[dict[str, str], list[str]]:
+    """(canonical name -> log column, slice columns); BeammlError for a missing column."""
+    columns = {name: getattr(args, flag) for name, flag in COLUMN_FLAGS[args.task].items()}
+    slice_by = _split(args.slice_by)
+    have = read.layout.columns
+    wanted = [(c, f'--{COLUMN_FLAGS[args.task][n]}') for n, c in columns.items()]
+    wanted += [(c, '--slice_by') for c in slice_by]
+    missing = [f'{c!r} ({flag})' for c, flag in wanted if c not in have]
+    if missing:
+        raise BeammlError(f'{read.paths[0]} has no column {", ".join(missing)}; its columns '
+                          f'are {", ".join(have)}')
+    for c in slice_by:
+        if c in ('_file', '_row') or c in columns or c in columns.values():
+            raise BeammlError(f'cannot --slice_by {c!r}: the metrics read that column '
+                              f'(or beamml uses the name: {", ".join(columns)})')
+    return columns, slice_by
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return None if not math.isfinite(float(v)) else float(v)
+    return v
+
+
+def format_metrics(result: dict, task: str, k: int) -> dict:
+    """The metrics.json document (without counts): NaN becomes null; ranking gets k."""
+    extra = {'k': k} if task == 'ranking' else {}
+    return _jsonable({'task': task, 'overall': {**result['overall'], **extra},
+                      'slices': {key: {**section, **extra}
+                                 for key, section in result['slices'].items()}})
+
+
+def per_query_schema(id_type: str) -> pa.Schema:
+    return pa.schema([('q_id', pa.int64() if id_type == 'int64' else pa.string()),
+                      ('n_returned', pa.int64()), ('n_relevant', pa.int64()),
+                      ('precision', pa.float64()), ('precision_at_k', pa.float64()),
+                      ('average_precision', pa.float64())])
+
+
+def per_query_batch(stats: pa.RecordBatch, k: int, zero_division: float):
+    """Overall rows of a per-query statistics batch -> the per_query output columns."""
+    overall = stats.filter(pc.is_null(stats.column(SLICE_COLUMN)))
+    if overall.num_rows == 0:
+        return
+    n_ret = overall.column('n_returned').to_numpy().astype(np.float64)
+    n_rel = overall.column('n_relevant').to_numpy().astype(np.float64)
+    at_k = overall.column(f'n_relevant_at_{k}').to_numpy().astype(np.float64)
+    ap_sum = overall.column('ap_sum').to_numpy()
+    with np.errstate(invalid='ignore', divide='ignore'):
+        ap = np.where(n_rel > 0, ap_sum / n_rel, zero_division)
+    yield pa.RecordBatch.from_arrays(
+        [overall.column('q_id'), overall.column('n_returned'), overall.column('n_relevant'),
+         pa.array(n_rel / n_ret), pa.array(at_k / k), pa.array(ap)],
+        names=per_query_schema('int64').names)
+
+
+def build(p, args):
+    """Read, parse, compute and write; returns {'metrics', 'per_query', 'errors'}."""
+    metrics = metric_list(args)
+    kwargs = dict(input_format=args.input_format, source_columns=True)
+    if args.id_column:
+        kwargs['id_column'] = args.id_column
+    read = ReadTable(args.input, **kwargs)
+    columns, slice_by = check_columns(read, args)
+    id_type = (_id_type(read.layout, columns['q_id'])
+               if args.task == 'ranking' else 'int64')
+    LOG.info('input: %d file(s), %s; task %s; metrics %s%s', len(read.paths),
+             read.layout.input_format, args.task, ','.join(m.name for m in metrics),
+             f'; slices by {",".join(slice_by)}' if slice_by else '')
+    logs = p | 'ReadLogs' >> read
+    parsed = logs.batches | 'ParseLogs' >> ParsePredictionLogs(
+        args.task, columns, slice_by, id_type)
+    ks = (args.k,) if args.task == 'ranking' else ()
+    result = parsed.rows | 'ComputeMetrics' >> ComputeMetrics(
+        metrics, slice_by, ks=ks, n_buckets=args.query_buckets)
+    out = args.output
+    document = result['metrics'] | 'FormatMetrics' >> beam.Map(
+        format_metrics, args.task, args.k)
+    document | 'WriteMetrics' >> beam.Map(write_json, _join(out, 'metrics.json'))
+    per_query = None
+    if args.task == 'ranking':
+        zd = ZERO_DIVISION[str(args.zero_division)]
+        per_query = result['query_stats'] | 'PerQueryColumns' >> beam.FlatMap(
+            per_query_batch, args.k, zd)
+        per_query | 'WritePerQuery' >> WriteTable(
+            _join(out, 'per_query/per_query'), args.output_format,
+            schema=per_query_schema(id_type))
+    errors = ((logs[ERRORS], parsed[ERRORS], result['errors'])
+              | 'AllDeadLetters' >> beam.Flatten())
+    errors | 'WriteDeadLetters' >> WriteDeadLetters(_join(out, 'evaluate'))
+    return {'metrics': document, 'per_query': per_query, 'errors': errors}
+
+
+def write_json(doc: dict, path: str) -> None:
+    """Write one JSON document (the single element of the metrics PCollection; a retry
+    rewrites the same content)."""
+    with FileSystems.create(path) as f:
+        f.write((json.dumps(doc, indent=2) + '\n').encode('utf-8'))
+
+
+def add_counts(metrics_path: str, counts: dict | None) -> dict:
+    """Add the run's record counts to metrics.json (rewritten in place)."""
+    with FileSystems.open(metrics_path) as f:
+        doc = json.loads(f.read().decode('utf-8'))
+    doc['counts'] = {k: (counts or {}).get(k) for k in
+                     ('records_read', 'records_ok', 'records_refused')}
+    write_json(doc, metrics_path)
+    return doc
+
+
+def summary(doc: dict) -> str:
+    overall = doc['overall']
+    parts = []
+    for k, v in overall.items():
+        if k == 'undefined':
+            continue
+        if isinstance(v, dict):
+            v = '(' + ' '.join(f'{a}={b}' for a, b in v.items()) + ')'
+        elif isinstance(v, float):
+            v = f'{v:.6g}'
+        parts.append(f'{k}={v}')
+    text = 'overall: ' + ' '.join(parts)
+    undefined = {k: v for k, v in overall.get('undefined', {}).items() if v}
+    if undefined:
+        text += '\nundefined (0/0, replaced by --zero_division): ' + ', '.join(
+            f'{k} {v}' for k, v in undefined.items())
+    if doc['slices']:
+        text += f'\nslices: {len(doc["slices"])}'
+    return text
+
+
+def run(argv=None):
+    args, options = common.parse_args(EvaluateOptions, argv, prog='beamml evaluate',
+                                      description=__doc__)
+    common.ensure_dir_for(_join(args.output, 'metrics.json'))
+    p = beam.Pipeline(options=options)
+    build(p, args)
+    result = common.run_pipeline(p)
+    metrics_path = _join(args.output, 'metrics.json')
+    doc = add_counts(metrics_path, common.record_counts(result))
+    errors_glob = WriteDeadLetters.glob(_join(args.output, 'evaluate'))
+    print(summary(doc))
+    print(f'metrics: {metrics_path}')
+    if args.task == 'ranking':
+        print(f'per_query: {_join(args.output, "per_query")}/per_query-?????-of-?????.'
+              f'{args.output_format}')
+    common.report(result, errors_glob=errors_glob,
+                  max_refused_fraction=args.max_refused_fraction)
+    return result
+
+
+if __name__ == '__main__':
+    import sys
+    sys.exit(common.main_wrapper(run, prog='beamml evaluate'))
