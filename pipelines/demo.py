@@ -35,10 +35,101 @@ def step_norms(workdir):
     pattern = make_points(workdir)
     out = os.path.join(workdir, 'norms', 'norms')
     norms.run(['--input', pattern, '--output', out])
-    return [('norms (id, l0, l1, l2, linf)', out + '-?????-of-?????.parquet')]
+    by_l2 = os.path.join(workdir, 'norms', 'by_l2')
+    norms.run(['--input', pattern, '--output', by_l2, '--sort', 'l2', '--num_shards', '2',
+               '--output_format', 'csv'])
+    return [('norms (id, l0, l1, l2, linf)', out + '-?????-of-?????.parquet'),
+            ('points ordered by l2, largest first (2 files, in order)',
+             by_l2 + '-?????-of-00002.csv')]
 
 
-STEPS = [step_norms]
+def step_index_ids(workdir):
+    """Events of 500 users (with repeats) in a CSV -> user id index and re-encoded events."""
+    import pyarrow.csv as pcsv
+    from pipelines import index_ids
+    rng = np.random.default_rng(1)
+    n = 5_000
+    users = rng.zipf(1.5, size=n) % 500  # a few heavy users, many rare ones
+    os.makedirs(os.path.join(workdir, 'events'), exist_ok=True)
+    path = os.path.join(workdir, 'events', 'events.csv')
+    pcsv.write_csv(pa.table({
+        'user_id': pa.array([f'user-{u:03d}' for u in users]),
+        'item': pa.array(rng.integers(0, 100, size=n)),
+        'rating': pa.array(rng.integers(1, 6, size=n)),
+    }), path)
+    out = os.path.join(workdir, 'index_ids', 'users')
+    index_ids.run(['--input', path, '--id_column', 'user_id', '--output', out,
+                   '--output_format', 'csv'])
+    return [('user id index (id, idx)', out + '-id2idx-?????-of-?????.parquet'),
+            ('events with idx (user_id, item, rating, idx)', out + '-encoded-?????-of-?????.csv')]
+
+
+def step_evaluate(workdir):
+    """Prediction logs of two models -> classification and ranking metrics, per model."""
+    import pyarrow.csv as pcsv
+    from pipelines import evaluate
+    rng = np.random.default_rng(2)
+    logs = os.path.join(workdir, 'prediction_logs')
+    os.makedirs(logs, exist_ok=True)
+    # classification: model b is right more often; 2 rows with a bad label
+    n = 10_000
+    model = rng.choice(['a', 'b'], n)
+    truth = rng.random(n) < 0.3
+    pred = np.where(rng.random(n) < np.where(model == 'a', 0.8, 0.9), truth, ~truth)
+    label = np.array(['F', 'T'])[truth.astype(int)].astype(object)
+    label[[10, 20]] = ['maybe', '?']
+    cls_path = os.path.join(logs, 'clicks.csv')
+    pcsv.write_csv(pa.table({'model': model, 'clicked': label.astype(str),
+                             'predicted_click': pred}), cls_path)
+    cls_out = os.path.join(workdir, 'evaluate', 'classification')
+    evaluate.run(['--input', cls_path, '--task', 'classification', '--truth_column',
+                  'clicked', '--prediction_column', 'predicted_click', '--slice_by', 'model',
+                  '--output', cls_out])
+    # ranking: 2,000 queries x 10 results in two files; one (q_id, rank) pair repeated
+    n_q, per = 2_000, 10
+    q = np.repeat(np.arange(n_q), per)
+    rank = np.tile(np.arange(per), n_q)
+    relevance = rng.integers(0, 4, n_q * per) * (rng.random(n_q * per) < 0.6 / (1 + rank))
+    table = pa.table({'q_id': q, 'predicted_rank': rank, 'truth_relevance': relevance,
+                      'model': np.repeat(rng.choice(['a', 'b'], n_q), per)})
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), os.path.join(logs, 'search-0.parquet'))
+    pq.write_table(pa.concat_tables([table.slice(half), table.slice(0, 1)]),
+                   os.path.join(logs, 'search-1.parquet'))
+    rank_out = os.path.join(workdir, 'evaluate', 'ranking')
+    evaluate.run(['--input', os.path.join(logs, 'search-*.parquet'), '--task', 'ranking',
+                  '--k', '5', '--slice_by', 'model', '--output', rank_out])
+    return [('classification metrics, overall and per model', cls_out + '/metrics.json'),
+            ('ranking metrics, overall and per model', rank_out + '/metrics.json'),
+            ('per-query precision', rank_out + '/per_query/per_query-?????-of-?????.parquet'),
+            ('evaluation dead letters (2 bad labels, 1 duplicate rank)',
+             os.path.join(workdir, 'evaluate', '*', 'evaluate-errors-*.jsonl'))]
+
+
+def step_kmeans(workdir):
+    """Blobs -> `beamml kmeans` (k-means++) -> `beamml assign` with the model; cluster sizes."""
+    from pipelines import assign, kmeans
+    rng = np.random.default_rng(4)
+    blob_centres = rng.uniform(-10, 10, size=(5, 4))
+    X = blob_centres[rng.integers(0, 5, size=30_000)] + rng.normal(size=(30_000, 4))
+    os.makedirs(os.path.join(workdir, 'blobs'), exist_ok=True)
+    for i, part in enumerate(np.array_split(np.arange(len(X)), 2)):
+        cols = {'id': pa.array(part.astype(np.int64))}
+        cols.update({f'x{j}': pa.array(X[part, j]) for j in range(X.shape[1])})
+        pq.write_table(pa.table(cols), os.path.join(workdir, 'blobs', f'part-{i}.parquet'))
+    pattern = os.path.join(workdir, 'blobs', '*.parquet')
+    model_dir = os.path.join(workdir, 'models', 'blobs')
+    model = kmeans.run(['--input', pattern, '--k', '5', '--max_iter', '20',
+                        '--random_state', '0', '--model_dir', model_dir])
+    print(f'trained: cluster sizes {" ".join(map(str, model.cluster_sizes))}')
+    out = os.path.join(workdir, 'assign', 'blobs')
+    assign.run(['--input', pattern, '--model', model_dir, '--output', out])
+    return [('K-means model (LATEST -> its version)', os.path.join(model_dir, 'LATEST')),
+            ('assignments (id, cluster, distance, model_version)',
+             out + '-?????-of-?????.parquet')]
+
+
+STEPS = [step_norms, step_index_ids, step_evaluate, step_kmeans]
 
 
 def run(argv=None):

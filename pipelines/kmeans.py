@@ -1,0 +1,178 @@
+"""K-means training (Lloyd, scikit-learn's stopping rule); writes a new model version.
+
+    beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs \\
+        [--max_iter 300] [--tol 1e-4] [--init k-means++|k-means||random|PATH] \\
+        [--random_state S] [--empty_cluster keep|farthest]
+
+The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
+training summary ``<model_dir>/<version>/training.json`` (initial centres,
+centre shifts per iteration) and the dead letters of the input,
+``<model_dir>/<version>/training-errors-*.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import StandardOptions
+
+from pipelines import common
+from transforms.io import BeammlError, ReadPoints, WriteDeadLetters
+from transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
+                               read_initial_centers)
+from transforms.model import CentroidModel, new_version
+
+LOG = logging.getLogger('beamml')
+RESULT_FILE = 'training.json'
+#: runners whose workers share this machine's disk (a local --cache_dir works)
+LOCAL_RUNNERS = ('FnApiRunner', 'DirectRunner', 'BundleBasedDirectRunner',
+                 'SwitchingDirectRunner')
+
+
+class KMeansOptions:
+    """The flags of ``beamml kmeans`` (not a PipelineOptions subclass; see pipelines.norms)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        common.add_input_args(parser)
+        parser.add_argument('--k', type=int, default=None,
+                            help='number of clusters (required unless --init is a file, '
+                                 'whose rows then give k)')
+        parser.add_argument('--max_iter', type=int, default=300,
+                            help='maximum number of Lloyd iterations (default 300); each is '
+                                 'a stage of the graph, so keep it to what you need')
+        parser.add_argument('--tol', type=float, default=1e-4,
+                            help='stop when the summed squared centre shift is <= tol x the '
+                                 'mean per-feature variance (default 1e-4; 0: only on '
+                                 'unchanged labels or max_iter)')
+        parser.add_argument('--init', default='k-means++',
+                            help="seeding: 'k-means++' (default, on a uniform sample), "
+                                 "'k-means||' (distributed), 'random', or a file of initial "
+                                 'centres (.npy (k, d) or any point-cloud format)')
+        parser.add_argument('--random_state', type=int, default=None,
+                            help='seed of every random choice (default: drawn, and recorded '
+                                 'in the model config)')
+        parser.add_argument('--empty_cluster', choices=EMPTY_CLUSTER, default='keep',
+                            help="an empty cluster keeps its centre ('keep', default) or "
+                                 "takes the point farthest from its centre ('farthest', as "
+                                 'scikit-learn)')
+        parser.add_argument('--init_sample_size', type=int, default=10_000,
+                            help='points sampled for k-means++ / random seeding '
+                                 '(default 10000)')
+        parser.add_argument('--init_steps', type=int, default=5,
+                            help='rounds of k-means|| (default 5)')
+        parser.add_argument('--oversampling_factor', type=float, default=2.0,
+                            help='k-means|| draws about this x k points per round (default 2)')
+        parser.add_argument('--cache_dir', default=None,
+                            help='where the centred points are kept between iterations '
+                                 '(local or gs://; deleted at the end); default: a '
+                                 'temporary local directory on the local runner, none '
+                                 '(the runner materialises them) on other runners')
+        parser.add_argument('--model_dir', required=True,
+                            help='model directory (local or gs://); a new version is written '
+                                 'there and LATEST points to it')
+
+
+def validate(args, dimension: int):
+    """Flag checks that need no data; returns the KMeans init (a method name or an array)."""
+    if args.allow_nan:
+        raise BeammlError('K-means cannot train on NaN or infinite features; drop --allow_nan '
+                          '(such rows then go to the dead letters)')
+    init = args.init
+    if init not in INIT_METHODS:
+        init = read_initial_centers(init, n_clusters=args.k, n_features=dimension)
+        if args.k is None:
+            args.k = init.shape[0]
+    elif args.k is None:
+        raise BeammlError('--k is required (or give --init a file of initial centres)')
+    if args.k < 1:
+        raise BeammlError(f'--k must be >= 1, got {args.k}')
+    return init
+
+
+def write_result(result: KMeansResult, path: str) -> str:
+    """Write the training result as JSON (one small file; a retry rewrites it)."""
+    with FileSystems.create(path) as f:
+        f.write(json.dumps(result.to_dict()).encode('utf-8'))
+    return path
+
+
+def build(p, args, *, version: str | None = None, cache_dir: str | None = None):
+    """Read, train, write the result; returns {'result', 'errors', 'kmeans', 'read'}.
+
+    ``args.model_dir`` and ``version`` say where the training summary and the
+    dead letters go (``<model_dir>/<version>/``); without a version they are
+    not written (tests drive the graph directly).
+    """
+    read = ReadPoints(args.input, **common.read_kwargs(args))
+    LOG.info('input: %d file(s), %s, d=%d, features %s', len(read.paths),
+             read.layout.input_format, read.layout.dimension,
+             ','.join(read.layout.feature_columns))
+    init = validate(args, read.layout.dimension)
+    kmeans = KMeans(args.k, max_iter=args.max_iter, tol=args.tol, init=init,
+                    random_state=args.random_state, empty_cluster=args.empty_cluster,
+                    init_sample_size=args.init_sample_size, init_steps=args.init_steps,
+                    oversampling_factor=args.oversampling_factor,
+                    cache_dir=cache_dir)
+    points = p | 'ReadPoints' >> read
+    result = points.batches | 'KMeans' >> kmeans
+    if version is not None:
+        vdir = FileSystems.join(args.model_dir, version)
+        result | 'WriteResult' >> beam.Map(write_result, FileSystems.join(vdir, RESULT_FILE))
+        points.errors | 'WriteErrors' >> WriteDeadLetters(FileSystems.join(vdir, 'training'))
+    return {'result': result, 'errors': points.errors, 'kmeans': kmeans, 'read': read}
+
+
+def model_config(args, kmeans: KMeans) -> dict:
+    return {
+        'k': kmeans.n_clusters, 'max_iter': kmeans.max_iter, 'tol': kmeans.tol,
+        'init': args.init, 'random_state': kmeans.random_state,
+        'empty_cluster': kmeans.empty_cluster, 'init_sample_size': kmeans.init_sample_size,
+        'init_steps': kmeans.init_steps, 'oversampling_factor': kmeans.oversampling_factor,
+        'input_format': args.input_format, 'id_column': args.id_column,
+        'feature_columns': args.feature_columns,
+    }
+
+
+def run(argv=None):
+    args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
+                                      description=__doc__)
+    version = new_version()
+    vdir = FileSystems.join(args.model_dir, version)
+    cache_dir, temp_cache = args.cache_dir, None
+    if cache_dir is None and options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        cache_dir = temp_cache = tempfile.mkdtemp(prefix='beamml-kmeans-')
+    try:
+        p = beam.Pipeline(options=options)
+        built = build(p, args, version=version, cache_dir=cache_dir)  # validates the flags
+        kmeans = built['kmeans']
+        common.ensure_dir_for(FileSystems.join(vdir, RESULT_FILE))
+        result = common.run_pipeline(p)
+    finally:
+        if temp_cache:
+            shutil.rmtree(temp_cache, ignore_errors=True)
+    errors_glob = WriteDeadLetters.glob(FileSystems.join(vdir, 'training'))
+    common.report(result, errors_glob=errors_glob,
+                  max_refused_fraction=args.max_refused_fraction)
+    result_path = FileSystems.join(vdir, RESULT_FILE)
+    with FileSystems.open(result_path) as f:
+        res = KMeansResult.from_dict(json.loads(f.read().decode('utf-8')))
+    model = CentroidModel(
+        res.centers, version=version, input_pattern=args.input, n_iter=res.n_iter,
+        inertia=res.inertia, inertia_history=res.inertia_history,
+        stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
+        config=model_config(args, kmeans))
+    saved = model.save(args.model_dir)
+    print(f'kmeans: k={model.k} d={model.d} n_iter={res.n_iter} stop_reason={res.stop_reason} '
+          f'inertia={res.inertia:.10g} n_samples={res.n_samples}')
+    print(f'model: {saved} (version {version}; LATEST updated)')
+    return model
+
+
+if __name__ == '__main__':
+    sys.exit(common.main_wrapper(run, prog='beamml kmeans'))
