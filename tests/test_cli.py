@@ -128,3 +128,54 @@ def test_dataflow_translation_offline(gcs_bucket, tmp_path, monkeypatch):
     assert b'beam_python' in env.payload
     staged = b''.join(d.role_payload for d in env.dependencies)
     assert b'workflow.tar.gz' in staged  # the --setup_file package
+
+
+def _dataflow_options(bucket):
+    return ['--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
+            '--region', 'us-central1', '--temp_location', f'{bucket}/tmp']
+
+
+@pytest.mark.parametrize('name', ['assign', 'kmeans', 'evaluate_classification',
+                                  'evaluate_ranking'])
+def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
+    """Each pipeline's graph builds as a Dataflow batch job offline (nothing is submitted)."""
+    import numpy as np
+    from pipelines import assign, evaluate, kmeans
+    from transforms.model import CentroidModel
+    with FileSystems.create(f'{gcs_bucket}/in/p.csv') as f:
+        f.write(b'id,a,b\n1,0,0\n2,1,1\n3,5,5\n4,6,6\n')
+    with FileSystems.create(f'{gcs_bucket}/logs/c.csv') as f:
+        f.write(b'truth,prediction,q_id,predicted_rank,truth_relevance\n1,0,1,0,1\n0,0,1,1,0\n')
+    flags = _dataflow_options(gcs_bucket)
+    if name == 'assign':
+        model_dir = f'{gcs_bucket}/models'
+        CentroidModel(np.array([[0.0, 0.0], [5.0, 5.0]])).save(model_dir)
+        args, options = common.parse_args(assign.AssignOptions, flags + [
+            '--input', f'{gcs_bucket}/in/*.csv', '--model', model_dir,
+            '--output', f'{gcs_bucket}/out/a'], prog='t')
+        labels = {'ReadPoints', 'WriteErrors'}
+        build = assign.build
+    elif name == 'kmeans':
+        args, options = common.parse_args(kmeans.KMeansOptions, flags + [
+            '--input', f'{gcs_bucket}/in/*.csv', '--k', '2', '--max_iter', '3',
+            '--model_dir', f'{gcs_bucket}/models'], prog='t')
+        labels = {'ReadPoints', 'KMeans'}
+
+        def build(p, a):
+            return kmeans.build(p, a, version='v1')
+    else:
+        task = name.split('_')[1]
+        args, options = common.parse_args(evaluate.EvaluateOptions, flags + [
+            '--input', f'{gcs_bucket}/logs/*.csv', '--task', task,
+            '--output', f'{gcs_bucket}/out/e'], prog='t')
+        labels = set()
+        build = evaluate.build
+    p = beam.Pipeline(options=options)
+    build(p, args)
+    job = p.run().job
+    assert job.proto.type == 1  # JOB_TYPE_BATCH
+    names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+    assert labels <= names, sorted(n for n in names if '/' not in n)
+    if name == 'kmeans':
+        assert {'KMeans/KMeansIteration0', 'KMeans/KMeansIteration2'} <= names, \
+            sorted(n for n in names if n.count('/') == 1)
