@@ -145,9 +145,8 @@ def run(argv=None):
     common.ensure_dir_for(args.output)
     p = beam.Pipeline(options=options)
     built = build(p, args)
-    result = common.run_pipeline(p)
-    common.report(result, errors_glob=WriteDeadLetters.glob(args.output),
-                  max_refused_fraction=args.max_refused_fraction)
+    result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
+                                   max_refused_fraction=args.max_refused_fraction)
     model = built['model']
     try:
         sizes = read_summary(args.output)['cluster_sizes']

@@ -28,8 +28,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from transforms.io import COUNTER_NAMESPACE, BeammlError, INPUT_FORMATS, OUTPUT_FORMATS
 
 __all__ = [
-    'BeammlError', 'add_input_args', 'add_output_args', 'parse_args', 'read_kwargs',
-    'report', 'run_pipeline', 'record_counts',
+    'BeammlError', 'add_input_args', 'add_output_args', 'add_refused_arg', 'parse_args',
+    'read_kwargs', 'report', 'run_pipeline', 'run_and_report', 'record_counts',
 ]
 
 LOG = logging.getLogger('beamml')
@@ -53,6 +53,10 @@ def add_input_args(parser, *, required: bool = True) -> None:
                         help='expected number of features; default: taken from the data')
     parser.add_argument('--allow_nan', action='store_true',
                         help='accept NaN and inf feature values instead of refusing the row')
+    add_refused_arg(parser)
+
+
+def add_refused_arg(parser) -> None:
     parser.add_argument('--max_refused_fraction', type=float, default=0.01,
                         help='exit non-zero when more than this fraction of the records '
                              'read is refused (default 0.01)')
@@ -243,6 +247,14 @@ def report(result, *, errors_glob: str, max_refused_fraction: float | None,
             f'{refused} of {read} records ({refused / read:.2%}) were refused, above '
             f'--max_refused_fraction={max_refused_fraction}; see {errors_glob}')
     return counts
+
+
+def run_and_report(p: beam.Pipeline, *, errors_glob: str,
+                   max_refused_fraction: float | None):
+    """Run the pipeline, print the record summary, enforce --max_refused_fraction."""
+    result = run_pipeline(p)
+    report(result, errors_glob=errors_glob, max_refused_fraction=max_refused_fraction)
+    return result
 
 
 def run_pipeline(p: beam.Pipeline):

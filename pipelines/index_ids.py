@@ -44,9 +44,7 @@ class IndexIdsOptions:
         parser.add_argument('--order', choices=ORDERS, default='first_seen',
                             help='first_seen (default): idx by first appearance (files in '
                                  'path order, rows in file order); sorted: by ascending id')
-        parser.add_argument('--max_refused_fraction', type=float, default=0.01,
-                            help='exit non-zero when more than this fraction of the records '
-                                 'read is refused (default 0.01)')
+        common.add_refused_arg(parser)
         common.add_output_args(parser)
 
 
@@ -88,9 +86,8 @@ def run(argv=None):
     common.ensure_dir_for(args.output)
     p = beam.Pipeline(options=options)
     build(p, args)
-    result = common.run_pipeline(p)
-    common.report(result, errors_glob=WriteDeadLetters.glob(args.output),
-                  max_refused_fraction=args.max_refused_fraction)
+    result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
+                                   max_refused_fraction=args.max_refused_fraction)
     print(f'id2idx: {args.output}-id2idx-?????-of-?????.parquet')
     print(f'encoded: {args.output}-encoded-?????-of-?????.{args.output_format}')
     return result

@@ -106,9 +106,8 @@ def run(argv=None):
     common.ensure_dir_for(args.output)
     p = beam.Pipeline(options=options)
     build(p, args)
-    result = common.run_pipeline(p)
-    common.report(result, errors_glob=WriteDeadLetters.glob(args.output),
-                  max_refused_fraction=args.max_refused_fraction)
+    result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
+                                   max_refused_fraction=args.max_refused_fraction)
     order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'
              if args.sort else '')
     print(f'norms{order}: {output_glob(args)}')
