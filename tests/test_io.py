@@ -300,3 +300,36 @@ def test_read_table_jsonl_keeps_every_field(tmp_path):
         r = p | ReadTable(path)
         assert_that(r.batches | beam.FlatMap(lambda b: b.to_pylist()),
                     equal_to([{'q': 1, 'rank': 0, 'rel': 1}, {'q': 1, 'rank': 1, 'rel': 0}]))
+
+
+@pytest.mark.parametrize('fmt', ['parquet', 'npy'])
+def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, fmt):
+    from transforms.io import plan_reads
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1000, 3))
+    X[777, 1] = np.nan  # its dead letter must name row 777 of the file
+    if fmt == 'parquet':
+        path = str(tmp_path / 'big.parquet')
+        pq.write_table(pa.table({f'x{j}': X[:, j] for j in range(3)}), path, row_group_size=100)
+    else:
+        path = str(tmp_path / 'big.npy')
+        np.save(path, X)
+    paths, layout = inspect_input(path)
+    items = plan_reads(path, layout, split_rows=250)
+    assert [part[:2] for _, part in items] == [(0, 300), (300, 600), (600, 900), (900, 1000)] \
+        if fmt == 'parquet' else [(0, 250), (250, 500), (500, 750), (750, 1000)]
+    assert plan_reads(path, layout, split_rows=5000) == [(path, None)]
+    import transforms.io as tio
+    old = tio.SPLIT_ROWS
+    tio.SPLIT_ROWS = 250
+    try:
+        with beam.Pipeline(runner='FnApiRunner') as p:
+            res = p | ReadPoints(path)
+            rows = res.batches | beam.FlatMap(
+                lambda b: zip(b.column('id').to_pylist(), features_matrix(b)[:, 0].tolist()))
+            expected = [(f'big.{fmt}:{i}', X[i, 0]) for i in range(1000) if i != 777]
+            assert_that(rows, equal_to(expected))
+            assert_that(res.errors | beam.Map(lambda d: (d['row'], d['reason'])),
+                        equal_to([(777, 'NaN feature value')]), label='Errors')
+    finally:
+        tio.SPLIT_ROWS = old

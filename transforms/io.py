@@ -49,7 +49,7 @@ __all__ = [
     'BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'INPUT_FORMATS', 'OUTPUT_FORMATS',
     'Layout', 'inspect_input', 'match_input', 'read_file_batches', 'to_points',
     'points_batch', 'features_matrix', 'ReadPoints', 'ReadTable', 'WriteTable',
-    'WriteDeadLetters', 'read_table_files', 'RecordCounters', 'dead_letter', 'RowBatch',
+    'WriteDeadLetters', 'read_table_files', 'plan_reads', 'RecordCounters', 'dead_letter', 'RowBatch',
 ]
 
 COUNTER_NAMESPACE = 'beamml'
@@ -378,28 +378,62 @@ def _jsonable(v):
     return str(v)
 
 
-def read_file_batches(path: str, layout: Layout,
-                      batch_rows: int = BATCH_ROWS) -> Iterator[RowBatch | dict]:
+SPLIT_ROWS = 1 << 20  # rows per work item when a Parquet or .npy file is split
+
+
+def plan_reads(path: str, layout: Layout,
+               split_rows: int | None = None) -> list[tuple[str, tuple | None]]:
+    """Work items ``(path, part)`` for one file: a large Parquet file is split at row
+    groups and a large ``.npy`` file at rows (about ``split_rows`` rows each), so
+    several workers read it; CSV and JSON lines files are read whole (``part=None``).
+    """
+    fmt = layout.input_format
+    split_rows = split_rows or SPLIT_ROWS
+    if fmt not in ('parquet', 'npy'):
+        return [(path, None)]
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        if fmt == 'npy':
+            shape, fortran, _ = _read_npy_header(f, path)
+            n = shape[0] if shape else 0
+            if fortran or n <= split_rows:
+                return [(path, None)]
+            return [(path, (s, min(s + split_rows, n))) for s in range(0, n, split_rows)]
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except Exception as e:
+            raise BeammlError(f'{path} is not a readable parquet file: {e}') from e
+    items, first_group, first_row, rows = [], 0, 0, 0
+    for g in range(meta.num_row_groups):
+        rows += meta.row_group(g).num_rows
+        if rows >= split_rows or g == meta.num_row_groups - 1:
+            items.append((path, (first_row, first_row + rows, first_group, g + 1)))
+            first_group, first_row, rows = g + 1, first_row + rows, 0
+    return items if len(items) > 1 else [(path, None)]
+
+
+def read_file_batches(path: str, layout: Layout, batch_rows: int = BATCH_ROWS,
+                      part: tuple | None = None) -> Iterator[RowBatch | dict]:
     """Yield RowBatches (and dead-letter dicts for unparseable rows) of one file.
 
-    The clean path is pyarrow's / numpy's readers only. A CSV row with the wrong
+    ``part`` (from :func:`plan_reads`) restricts the read to a range of rows. The
+    clean path is pyarrow's / numpy's readers only. A CSV row with the wrong
     number of fields and a JSON line that does not parse come out as dead letters.
     """
     fmt = layout.input_format
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if fmt == 'parquet':
-            yield from _read_parquet(f, path, layout, batch_rows)
+            yield from _read_parquet(f, path, layout, batch_rows, part)
         elif fmt == 'csv':
             yield from _read_csv(f, path, layout, batch_rows)
         elif fmt == 'jsonl':
             yield from _read_jsonl(f, path, layout)
         elif fmt == 'npy':
-            yield from _read_npy(f, path, batch_rows)
+            yield from _read_npy(f, path, batch_rows, part)
         else:
             raise AssertionError(fmt)
 
 
-def _read_parquet(f, path, layout, batch_rows):
+def _read_parquet(f, path, layout, batch_rows, part=None):
     try:
         pf = pq.ParquetFile(f)
     except Exception as e:
@@ -410,8 +444,12 @@ def _read_parquet(f, path, layout, batch_rows):
     if missing:
         raise BeammlError(f'{path} has no column {", ".join(map(repr, missing))}; its '
                           f'columns are {", ".join(names)}')
-    start = 0
-    for b in pf.iter_batches(batch_size=batch_rows, columns=cols, use_threads=False):
+    start, groups = 0, None
+    if part is not None:
+        start, _, g0, g1 = part
+        groups = range(g0, g1)
+    for b in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols,
+                             use_threads=False):
         yield RowBatch(b, np.arange(start, start + b.num_rows, dtype=np.int64), None)
         start += b.num_rows
 
@@ -602,7 +640,7 @@ def _bisect_json(lines, idx, data_row, path, parse, line0):
     yield from _bisect_json(lines, idx[mid:], data_row, path, parse, line0)
 
 
-def _read_npy(f, path, batch_rows):
+def _read_npy(f, path, batch_rows, part=None):
     shape, fortran, dtype = _read_npy_header(f, path)
     if len(shape) != 2:
         raise BeammlError(f'{path}: expected a 2-D (n, d) array, got shape {shape}')
@@ -611,10 +649,14 @@ def _read_npy(f, path, batch_rows):
         arr = np.frombuffer(f.read(), dtype=dtype, count=n * d).reshape((n, d), order='F')
         chunks = ((s, np.ascontiguousarray(arr[s:s + batch_rows])) for s in range(0, n, batch_rows))
     else:
+        row_bytes = d * dtype.itemsize
+        lo, hi = part if part is not None else (0, n)
+        if lo:
+            f.seek(f.tell() + lo * row_bytes)
+
         def gen():
-            row_bytes = d * dtype.itemsize
-            for s in range(0, n, batch_rows):
-                m = min(batch_rows, n - s)
+            for s in range(lo, hi, batch_rows):
+                m = min(batch_rows, hi - s)
                 buf = f.read(m * row_bytes)
                 if len(buf) < m * row_bytes:
                     raise BeammlError(f'{path}: truncated .npy file (expected {n} rows)')
@@ -883,9 +925,10 @@ class _ReadFileFn(beam.DoFn):
         counters = RecordCounters()
         self.read, self.ok, self.refused = counters.read, counters.ok, counters.refused
 
-    def process(self, path: str):
+    def process(self, work: str | tuple):
+        path, part = (work, None) if isinstance(work, str) else work
         n_ok = n_refused = 0
-        for item in read_file_batches(path, self.layout, self.batch_rows):
+        for item in read_file_batches(path, self.layout, self.batch_rows, part):
             if isinstance(item, dict):
                 self.read.inc()
                 self.refused.inc()
@@ -906,7 +949,8 @@ class _ReadFileFn(beam.DoFn):
                 self.ok.inc(out.num_rows)
                 n_ok += out.num_rows
                 yield out
-        _LOG.info('read %s: %d rows accepted, %d refused', path, n_ok, n_refused)
+        where = f' rows {part[0]}..{part[1] - 1}' if part else ''
+        _LOG.info('read %s%s: %d rows accepted, %d refused', path, where, n_ok, n_refused)
 
 
 class _ReadBase(beam.PTransform):
@@ -934,6 +978,7 @@ class _ReadBase(beam.PTransform):
     def expand(self, pbegin):
         files = (pbegin
                  | 'MatchedFiles' >> beam.Create(self.paths)
+                 | 'PlanReads' >> beam.FlatMap(plan_reads, self.layout)
                  | 'SpreadFiles' >> beam.Reshuffle())
         return files | 'ParseFiles' >> beam.ParDo(
             _ReadFileFn(self.layout, self._points, self.allow_nan, self.batch_rows,
