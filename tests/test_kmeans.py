@@ -518,3 +518,35 @@ def test_empty_input_is_an_error():
 def test_init_dimension_mismatch_is_an_error():
     with pytest.raises(Exception, match='initial centres have 3 features but the data have 2'):
         _run_single([np.ones((4, 2))], n_clusters=1, max_iter=1, init=np.zeros((1, 3)))
+
+
+def test_lloyd_labels_on_the_thread_pool_matches_brute_force():
+    # enough rows for several 4096-row chunks: they run on the thread pool
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(20_000, 3))
+    C = rng.normal(size=(6, 3))
+    labels, sq = lloyd_labels(X, C)
+    ref_labels, ref_sq = brute_labels(X, C)
+    np.testing.assert_array_equal(labels, ref_labels)
+    np.testing.assert_allclose(sq, ref_sq, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(lloyd_labels(X, C, return_distances=False), ref_labels)
+
+
+def test_cache_dir_with_default_tol_stops_as_sklearn(tmp_path):
+    # the statistics pass writes the cache, iterations after the stop pass the state
+    # through, and every cache file (raw and centred) is dropped at the end
+    X, _ = make_blobs(n_samples=600, n_features=3, centers=4, cluster_std=2.0, random_state=4)
+    X += 1000.0  # far from the origin: the centring matters
+    C0 = X[[0, 1, 2, 3]].copy()
+    cache = tmp_path / 'cache'
+    results = run_kmeans(tmp_path, {
+        'cached': (split(X, [150, 150, 150]), dict(n_clusters=4, max_iter=50, init=C0,
+                                                   cache_dir=str(cache))),
+        'plain': (split(X, [150, 150, 150]), dict(n_clusters=4, max_iter=50, init=C0)),
+    })
+    sk = sk_fit(X, C0, max_iter=50)
+    assert sk.n_iter_ < 50
+    assert_same_as_sklearn(results['cached'], sk, X)
+    np.testing.assert_array_equal(results['cached'].centers, results['plain'].centers)
+    assert results['cached'].inertia_history == results['plain'].inertia_history
+    assert not list(cache.glob('*.npy'))

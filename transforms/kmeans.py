@@ -27,19 +27,24 @@ and a different labelling collides with probability about 2**-64.
 
 The graph
 ---------
-``KMeansStats`` -> ``KMeansCheckInput`` (one pass: statistics, sample, checks),
+``KMeansStats`` -> ``KMeansCheckInput`` (one pass: statistics, sample, checks;
+with a cache directory the same pass writes each batch to the cache),
 ``KMeansCentrePoints`` (each batch centred, with its row hashes), ``KMeansInit``
 (seeding), ``KMeansInitialState``, then ``KMeansIteration0 ..
-KMeansIteration{max_iter-1}`` unrolled, and ``KMeansFinal``. An iteration is two
-steps: ``NearestCentre`` runs the E-step on each batch and adds it into a
-:class:`CentroidCombineFn` accumulator, one per bundle; ``UpdateCentres`` merges
-those accumulators (a list side input), computes the new centres and decides
-whether to stop. That is the lifted form of ``CombineGlobally(CentroidCombineFn)``
-written out: Beam's own adds a keying step, a shuffle and a merge stage to every
-iteration, and the graph alone then costs about 0.2 s per iteration on the local
-runner, against about 0.1 s for these two steps (measured with 50 iterations of
-trivial work). Once stopped, the later iterations pass the state through; they
-still read their input, which costs little.
+KMeansIteration{max_iter-1}`` unrolled, and ``KMeansFinal``. An iteration is one
+step, ``NearestCentre``: it merges the previous iteration's
+:class:`CentroidCombineFn` accumulators (a list side input, one per bundle) with
+its state (a singleton side input) into the new centres and the stopping
+decision (the M-step, computed once per worker; the first iteration takes the
+initial state as it is), then runs the E-step on each batch and adds it into an
+accumulator of its own. The state it used goes out through one extra element
+of the points, a marker (:class:`_IterationFn`), and is the next iteration's
+singleton side input. That is the lifted form of
+``CombineGlobally(CentroidCombineFn)`` written out: Beam's own adds a keying
+step, a shuffle and a merge stage to every iteration (about 0.2 s per iteration
+on the local runner with trivial work), and a separate update step costs one
+more stage per iteration. Once stopped, the later iterations pass the state
+through; they still read their input, which costs little.
 
 Empty clusters
 --------------
@@ -221,6 +226,18 @@ def _thread_pool():
     return _POOL[pid]
 
 
+def _map_chunks(chunk, starts) -> None:
+    """``chunk(lo)`` for every start, on the thread pool when there are several."""
+    starts = list(starts)
+    pool = _thread_pool() if len(starts) >= 4 else None
+    if pool is None:
+        for lo in starts:
+            chunk(lo)
+    else:  # numpy releases the GIL in the product and argmin: chunks run in parallel
+        for _ in pool.map(chunk, starts):
+            pass
+
+
 def lloyd_labels(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None,
                  *, return_distances: bool = True):
     """The Lloyd E-step: nearest centre of each point, and its squared distance.
@@ -258,27 +275,23 @@ def lloyd_labels(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | No
     # -2 folded into the centres: scaling by a power of two is exact, so
     # x.(-2c) == -2 (x.c) bit for bit, and one pass over D is saved.
     minus_2ct = np.ascontiguousarray(centers.T * -2.0)
+    k = centers.shape[0]
 
     def chunk(lo):
-        D = X[lo:lo + _CHUNK_ROWS] @ minus_2ct
+        Xc = X[lo:lo + _CHUNK_ROWS]
+        D = Xc @ minus_2ct
         D += centers_sq
         lab = D.argmin(axis=1)
         labels[lo:lo + len(lab)] = lab
-        if return_distances:
-            best[lo:lo + len(lab)] = np.take_along_axis(D, lab[:, None], axis=1)[:, 0]
+        if return_distances:  # ||x||^2 + min(||c||^2 - 2 x.c), clipped at 0
+            b = D.ravel()[lab + k * np.arange(len(lab))]  # D[i, lab[i]]
+            b += np.einsum('ij,ij->i', Xc, Xc)
+            np.maximum(b, 0.0, out=b)
+            best[lo:lo + len(lab)] = b
 
-    starts = range(0, n, _CHUNK_ROWS)
-    pool = _thread_pool() if n >= 4 * _CHUNK_ROWS else None
-    if pool is None:
-        for lo in starts:
-            chunk(lo)
-    else:  # numpy releases the GIL in the product and argmin: chunks run in parallel
-        for _ in pool.map(chunk, starts):
-            pass
+    _map_chunks(chunk, range(0, n, _CHUNK_ROWS))
     if not return_distances:
         return labels
-    best += row_sq_norms(X)
-    np.maximum(best, 0.0, out=best)
     return labels, best
 
 
@@ -687,7 +700,11 @@ class PointStatsCombineFn(beam.CombineFn):
         return PointStats()
 
     def add_input(self, acc: PointStats, element) -> PointStats:
-        X = _as_matrix(element)
+        return self.add_points(acc, _as_matrix(element))
+
+    def add_points(self, acc: PointStats, X: np.ndarray,
+                   hashes: np.ndarray | None = None) -> PointStats:
+        """:meth:`add_input` of an (n, d) array whose :func:`row_hashes` may be known."""
         n = X.shape[0]
         if n == 0:
             return acc
@@ -696,7 +713,8 @@ class PointStatsCombineFn(beam.CombineFn):
         part.mean = X.mean(axis=0)
         diff = X - part.mean
         part.m2 = np.einsum('ij,ij->j', diff, diff)
-        hashes = row_hashes(X)
+        if hashes is None:
+            hashes = row_hashes(X)
         if self.sample_size > 0:
             keys = _batch_seed(self.seed, 0, hashes).bit_generator.random_raw(n).astype(np.uint64)
             top = _smallest(keys, self.sample_size)
@@ -916,19 +934,41 @@ def _save_npy(path: str, arr: np.ndarray) -> None:
         os.replace(tmp, path)
 
 
+#: local cache files kept memory-mapped in this process between iterations:
+#: (pid, path) -> (inode, size, array). Opening and faulting in a file again
+#: every iteration costs about 10 ms per million points; the files never change
+#: (named by content, replaced atomically) and :func:`_drop_cache` forgets them.
+_MAPPED: dict = {}
+_MAX_MAPPED = 128  # each map holds a file descriptor
+
+
 def _load_npy(path: str) -> np.ndarray:
     if '://' in path:
         from apache_beam.io.filesystems import FileSystems
         with FileSystems.open(path) as f:
             return np.load(io.BytesIO(f.read()))
-    return np.load(path, mmap_mode='r')
+    st = os.stat(path)
+    key = (os.getpid(), path)
+    hit = _MAPPED.get(key)
+    if hit is not None and hit[0] == st.st_ino and hit[1] == st.st_size:
+        return hit[2]
+    arr = np.load(path, mmap_mode='r')
+    if hit is not None or len(_MAPPED) < _MAX_MAPPED:
+        _MAPPED[key] = (st.st_ino, st.st_size, arr)
+    return arr
+
+
+def _forget_mapped(paths) -> None:
+    for path in paths:
+        _MAPPED.pop((os.getpid(), path), None)
 
 
 def _hash_path(path: str) -> str:
     return path[:-len('.npy')] + '.hash.npy'
 
 
-def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray) -> str:
+def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
+                        prefix: str = 'points') -> str:
     """Write a batch of (centred) points and their row hashes as ``.npy`` files; X's path.
 
     The file names come from the batch's content, so a retried write rewrites
@@ -938,7 +978,7 @@ def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray) -> st
     if '://' not in cache_dir:
         os.makedirs(cache_dir, exist_ok=True)
     h = int(np.add.reduce(hashes, dtype=np.uint64))
-    path = FileSystems.join(cache_dir, f'points-{h:016x}-{len(hashes)}.npy')
+    path = FileSystems.join(cache_dir, f'{prefix}-{h:016x}-{len(hashes)}.npy')
     _save_npy(_hash_path(path), np.asarray(hashes, dtype=np.uint64))
     _save_npy(path, np.ascontiguousarray(X, dtype=np.float64))
     return path
@@ -955,25 +995,34 @@ def _points_of(element) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _CentreFn(beam.DoFn):
-    """Points batch -> (X - mean, row hashes), or the path of a cache file holding them."""
+    """Points batch -> (X - mean, row hashes), or the path of a cache file holding them.
+
+    With a cache the input is the path of a raw cache file (:class:`_StatsAndCacheFn`).
+    """
 
     def __init__(self, cache_dir: str | None):
         self.cache_dir = cache_dir
 
     def process(self, batch, stats):
-        X = _as_matrix(batch)
+        if isinstance(batch, str):
+            X, hashes = read_cached_points(batch)
+        else:
+            X = _as_matrix(batch)
+            hashes = row_hashes(X) if X.shape[0] else None
         if X.shape[0]:
-            Xc, hashes = X - stats.mean, row_hashes(X)
+            Xc = X - stats.mean
             if self.cache_dir is None:
                 yield Xc, hashes
             else:
                 yield write_cached_points(self.cache_dir, Xc, hashes)
 
 
-def _drop_cache(result, paths):
+def _drop_cache(result, paths, raw_paths=()):
     """Delete the cache files once the result exists; the result passes through."""
     from apache_beam.io.filesystems import FileSystems
-    paths = sorted({q for p in paths if isinstance(p, str) for q in (p, _hash_path(p))})
+    paths = sorted({q for p in list(paths) + list(raw_paths) if isinstance(p, str)
+                    for q in (p, _hash_path(p))})
+    _forget_mapped(paths)
     if paths:
         try:
             FileSystems.delete(paths)
@@ -1195,6 +1244,8 @@ class _PartialCombineFn(beam.DoFn):
         self.acc = None
 
     def process(self, element, *side_inputs):
+        if isinstance(element, _StateMarker):
+            return
         value = self.compute(element, *side_inputs, **self.compute_kwargs)
         if value is not None:
             if self.acc is None:
@@ -1208,6 +1259,31 @@ class _PartialCombineFn(beam.DoFn):
 
     def teardown(self):
         self.combine_fn.teardown()
+
+
+class _StatsAndCacheFn(_PartialCombineFn):
+    """The statistics pass that also writes each batch (raw) to the cache.
+
+    Main output: the bundle's :class:`PointStatsCombineFn` accumulator; output
+    ``'raw'``: the path of each batch's raw cache file. The batches then never
+    travel between stages (on the local runner, handing a stage 1M x 8 points
+    as RecordBatches costs about 0.3 s), and each batch is hashed once.
+    """
+
+    def __init__(self, combine_fn: 'PointStatsCombineFn', cache_dir: str):
+        super().__init__(_identity, combine_fn)
+        self.cache_dir = cache_dir
+
+    def process(self, element):
+        X = _as_matrix(element)
+        if not X.shape[0]:
+            return
+        hashes = row_hashes(X)
+        if self.acc is None:
+            self.acc = self.combine_fn.create_accumulator()
+        self.acc = self.combine_fn.add_points(self.acc, X, hashes)
+        yield beam.pvalue.TaggedOutput(
+            'raw', write_cached_points(self.cache_dir, X, hashes, prefix='raw'))
 
 
 def _merge_partials(combine_fn: beam.CombineFn, partials):
@@ -1244,12 +1320,95 @@ def _final_step(element, state: KMeansState):
     return LabelledPoints(X, labels, np.einsum('ij,ij->i', diff, diff))
 
 
-class _LloydIteration(beam.PTransform):
-    """One Lloyd iteration: {'points', 'state'} -> the next state.
+class _StateMarker:
+    """The one extra element of the points PCollection: where an iteration emits its state."""
 
-    ``NearestCentre`` labels each batch against the state's centres and adds it
-    into a :class:`CentroidCombineFn` accumulator; ``UpdateCentres`` merges the
-    accumulators, computes the new centres and decides whether to stop.
+    def __eq__(self, other):
+        return isinstance(other, _StateMarker)
+
+    def __hash__(self):
+        return 0
+
+
+def _state_marker(_) -> _StateMarker:
+    return _StateMarker()
+
+
+class _IterationFn(beam.DoFn):
+    """One pass over the points: the M-step of the previous iteration, then this E-step.
+
+    Side inputs: the state the previous iteration used and its partial
+    accumulators (none for the first iteration, which uses the initial
+    state). The state of this iteration (:func:`_next_state`: merge, new
+    centres, stopping test) is computed from them once per DoFn instance (the
+    side inputs of a step never change: batch, global window), so an
+    iteration is one stage instead of two (the update step, with its side
+    input, cost about 15 ms and one more transform per iteration on the local
+    runner). Each points batch goes through ``step(element, state, **kwargs)``
+    (an accumulator value, or None) into a :class:`CentroidCombineFn`
+    accumulator emitted at the end of the bundle (main output); the
+    :class:`_StateMarker` element emits the state (output ``'state'``, one
+    element: the singleton side input of the next iteration).
+    """
+
+    def __init__(self, step, combine_fn: 'CentroidCombineFn', *,
+                 update_fn: 'CentroidCombineFn | None', max_iter: int, empty_cluster: str,
+                 **step_kwargs):
+        self.step, self.combine_fn, self.update_fn = step, combine_fn, update_fn
+        self.max_iter, self.empty_cluster = max_iter, empty_cluster
+        self.step_kwargs = step_kwargs
+        self.acc = self.state = None
+
+    def setup(self):
+        self.combine_fn.setup()
+        self.state = None
+
+    def start_bundle(self):
+        self.acc = None
+
+    def _state(self, previous, partials):
+        if self.state is None:
+            self.state = previous if self.update_fn is None else _next_state(
+                previous, partials, combine_fn=self.update_fn, max_iter=self.max_iter,
+                empty_cluster=self.empty_cluster)
+        return self.state
+
+    def process(self, element, previous, partials=None):
+        state = self._state(previous, partials)
+        if isinstance(element, _StateMarker):
+            yield beam.pvalue.TaggedOutput('state', state)
+            return
+        value = self.step(element, state, **self.step_kwargs)
+        if value is not None:
+            if self.acc is None:
+                self.acc = self.combine_fn.create_accumulator()
+            self.acc = self.combine_fn.add_input(self.acc, value)
+
+    def finish_bundle(self):
+        if self.acc is not None:
+            yield WindowedValue(self.acc, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            self.acc = None
+
+    def teardown(self):
+        self.combine_fn.teardown()
+
+
+def _iteration_side_inputs(state, partials):
+    side = [beam.pvalue.AsSingleton(state)]
+    if partials is not None:
+        side.append(beam.pvalue.AsList(partials))
+    return side
+
+
+class _LloydIteration(beam.PTransform):
+    """One Lloyd iteration: {'points', 'state'[, 'partials']} -> {'state', 'partials'}.
+
+    ``NearestCentre`` (one step, :class:`_IterationFn`) computes the centres of
+    this iteration from the previous iteration's state and partial
+    accumulators (no ``partials``: ``state`` is the initial state), labels
+    each batch against them and adds it into a :class:`CentroidCombineFn`
+    accumulator. Its outputs: that state (one element) and the partial
+    accumulators, which the next iteration (or ``KMeansFinal``) merges.
     """
 
     def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str):
@@ -1257,31 +1416,36 @@ class _LloydIteration(beam.PTransform):
         self.n_clusters, self.max_iter, self.empty_cluster = n_clusters, max_iter, empty_cluster
 
     def expand(self, inputs):
-        points, state = inputs['points'], inputs['state']
+        points, state, partials = inputs['points'], inputs['state'], inputs.get('partials')
         farthest = self.empty_cluster == 'farthest'
         combine_fn = CentroidCombineFn(self.n_clusters, track_farthest=farthest)
-        partials = points | 'NearestCentre' >> beam.ParDo(
-            _PartialCombineFn(_lloyd_step, combine_fn, exact_distances=farthest),
-            beam.pvalue.AsSingleton(state))
-        return state | 'UpdateCentres' >> beam.Map(
-            _next_state, beam.pvalue.AsList(partials), combine_fn=combine_fn,
-            max_iter=self.max_iter, empty_cluster=self.empty_cluster)
+        outs = points | 'NearestCentre' >> beam.ParDo(
+            _IterationFn(_lloyd_step, combine_fn,
+                         update_fn=None if partials is None else combine_fn,
+                         max_iter=self.max_iter, empty_cluster=self.empty_cluster,
+                         exact_distances=farthest),
+            *_iteration_side_inputs(state, partials)).with_outputs('state', main='partials')
+        return {'state': outs.state, 'partials': outs.partials}
 
 
 class _FinalStep(beam.PTransform):
-    """Labels against the final centres -> KMeansResult (cluster sizes, inertia)."""
+    """The last M-step, then labels against the final centres -> KMeansResult."""
 
-    def __init__(self, n_clusters: int):
+    def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str):
         super().__init__()
-        self.n_clusters = n_clusters
+        self.n_clusters, self.max_iter, self.empty_cluster = n_clusters, max_iter, empty_cluster
 
     def expand(self, inputs):
-        points, state = inputs['points'], inputs['state']
+        points, state, partials = inputs['points'], inputs['state'], inputs.get('partials')
         combine_fn = CentroidCombineFn(self.n_clusters)
-        partials = points | 'NearestFinalCentre' >> beam.ParDo(
-            _PartialCombineFn(_final_step, combine_fn), beam.pvalue.AsSingleton(state))
-        return state | 'Result' >> beam.Map(_result, beam.pvalue.AsList(partials),
-                                            combine_fn=combine_fn)
+        update_fn = CentroidCombineFn(self.n_clusters,
+                                      track_farthest=self.empty_cluster == 'farthest')
+        outs = points | 'NearestFinalCentre' >> beam.ParDo(
+            _IterationFn(_final_step, combine_fn, update_fn=update_fn, max_iter=self.max_iter,
+                         empty_cluster=self.empty_cluster),
+            *_iteration_side_inputs(state, partials)).with_outputs('state', main='partials')
+        return outs.state | 'Result' >> beam.Map(_result, beam.pvalue.AsList(outs.partials),
+                                                 combine_fn=combine_fn)
 
 
 class KMeans(beam.PTransform):
@@ -1301,8 +1465,8 @@ class KMeans(beam.PTransform):
     n_clusters : int
         k.
     max_iter : int, default 300
-        Iterations, unrolled in the graph (two steps each; an iteration after the
-        stop costs about 0.1 s on the local runner, so ask for what you need).
+        Iterations, unrolled in the graph (one stage each; an iteration after the
+        stop costs only its stage's overhead, but ask for what you need).
     tol : float, default 1e-4
         Relative tolerance, as scikit-learn's.
     init : {'k-means++', 'k-means||', 'random'}, ndarray of shape (k, d), or a path
@@ -1319,12 +1483,14 @@ class KMeans(beam.PTransform):
     cache_dir : str, optional
         Where to keep the centred points between iterations (local or gs://).
         By default they travel through Beam (materialised by the runner and
-        sent to every iteration). With a directory, ``KMeansCentrePoints``
-        writes each batch there as an ``.npy`` file, the iterations read it
-        (memory-mapped when local) and ``KMeansDropCache`` deletes the files at
-        the end (give each KMeans a directory of its own). On the local runner
-        this makes an iteration about 2.5x faster: its data plane copies a
-        stage's whole input about five times.
+        sent to every iteration). With a directory, ``KMeansStats`` writes each
+        batch there as it reads it (so the batches never go from one stage to
+        another), ``KMeansCentrePoints`` writes its centred copy as ``.npy``
+        files, the iterations read those (memory-mapped when local, and kept
+        mapped in the process) and ``KMeansDropCache`` deletes the files at the
+        end (give each KMeans a directory of its own). On the local runner this
+        makes an iteration about 2.5x faster: its data plane copies a stage's
+        whole input about five times.
     """
 
     def __init__(self, n_clusters: int, max_iter: int = 300, tol: float = 1e-4,
@@ -1376,33 +1542,43 @@ class KMeans(beam.PTransform):
 
     def expand(self, batches):
         k = self.n_clusters
-        # The local runner walks the chain of stages recursively: about two
-        # stages per iteration.
+        # The local runner walks the chain of stages recursively: one stage per
+        # iteration.
         if sys.getrecursionlimit() < 1000 + 8 * self.max_iter:
             sys.setrecursionlimit(1000 + 8 * self.max_iter)
         sample_size = 0 if isinstance(self.init, np.ndarray) else self.init_sample_size
         if self.init_name == 'k-means||':
             sample_size = 1
         stats_fn = PointStatsCombineFn(sample_size, k, self.random_state)
-        partial_stats = batches | 'KMeansStats' >> beam.ParDo(
-            _PartialCombineFn(_identity, stats_fn))
+        if self.cache_dir is None:
+            partial_stats = batches | 'KMeansStats' >> beam.ParDo(
+                _PartialCombineFn(_identity, stats_fn))
+            raw = batches
+        else:  # the statistics pass also writes the batches to the cache
+            outs = batches | 'KMeansStats' >> beam.ParDo(
+                _StatsAndCacheFn(stats_fn, self.cache_dir)).with_outputs('raw', main='stats')
+            partial_stats, raw = outs.stats, outs.raw
         stats = (batches.pipeline
                  | 'KMeansStatsOnce' >> beam.Create([None])
                  | 'KMeansCheckInput' >> beam.Map(
                      _check_stats, beam.pvalue.AsList(partial_stats), combine_fn=stats_fn,
                      n_clusters=k))
         stats_si = beam.pvalue.AsSingleton(stats)
-        points = batches | 'KMeansCentrePoints' >> beam.ParDo(_CentreFn(self.cache_dir),
-                                                              stats_si)
+        centred = raw | 'KMeansCentrePoints' >> beam.ParDo(_CentreFn(self.cache_dir), stats_si)
+        # one more element, where each iteration emits its state (see _IterationFn)
+        marker = stats | 'KMeansStateMarker' >> beam.Map(_state_marker)
+        points = (centred, marker) | 'KMeansPoints' >> beam.Flatten()
         init = {'stats': stats, 'points': points} | 'KMeansInit' >> _Seed(
             self.init, k, self.random_state, self.init_steps, self.oversampling_factor)
         state = init | 'KMeansInitialState' >> beam.Map(
             _initial_state, stats_si, n_clusters=k, tol=self.tol)
+        step = {'state': state}  # no 'partials': the initial state is used as it is
         for i in range(self.max_iter):
-            state = {'points': points, 'state': state} | f'KMeansIteration{i}' >> \
+            step = {'points': points, **step} | f'KMeansIteration{i}' >> \
                 _LloydIteration(k, self.max_iter, self.empty_cluster)
-        result = {'points': points, 'state': state} | 'KMeansFinal' >> _FinalStep(k)
+        result = {'points': points, **step} | 'KMeansFinal' >> _FinalStep(
+            k, self.max_iter, self.empty_cluster)
         if self.cache_dir is not None:
-            result = result | 'KMeansDropCache' >> beam.Map(_drop_cache,
-                                                            beam.pvalue.AsList(points))
+            result = result | 'KMeansDropCache' >> beam.Map(
+                _drop_cache, beam.pvalue.AsList(centred), beam.pvalue.AsList(raw))
         return result
