@@ -12,7 +12,8 @@ query, sorted by query as logs usually are) to bench_output/evaluate/, then time
   per_query and dead letters), which computes more: duplicate checks, P@k and MAP.
 
 Both results are checked to agree. Prints rows/s of each and the ratio
-baseline time / beamml time (target >= 0.5). Extra flags after ``--`` go to
+baseline time / beamml time (target >= 0.5), and the baseline once more alone in a
+fresh process. Extra flags after ``--`` go to
 beamml (e.g. ``-- --direct_running_mode multi_processing --direct_num_workers 2``).
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -108,6 +110,24 @@ def main(argv=None):
     print(f'  ratio (baseline time / beamml time): {ratio:.2f}x, target >= {TARGET}x: '
           f'{"met" if ratio >= TARGET else "NOT met"} (best of {args.repeat}; CPU-time ratio '
           f'{cpu_base / cpu_beam:.2f}x)')
+    # The baseline above shares this process (memory, threads) with the beamml runs;
+    # the same baseline alone in a fresh process, for comparison.
+    alone = isolated_baseline(path, args.repeat)
+    print(f'  baseline alone in a fresh process: {alone:.2f} s; ratio against it: '
+          f'{alone / best_beam:.2f}x')
+
+
+def isolated_baseline(path: str, repeat: int) -> float:
+    """Best time of ``baseline(path)`` over ``repeat`` calls in a new Python process."""
+    code = ('import sys, time; sys.path.insert(0, sys.argv[1]); '
+            'from bench_evaluate import baseline; best = float("inf")\n'
+            'for _ in range(int(sys.argv[3])):\n'
+            '    t0 = time.perf_counter(); baseline(sys.argv[2])\n'
+            '    best = min(best, time.perf_counter() - t0)\n'
+            'print(best)')
+    out = subprocess.run([sys.executable, '-c', code, HERE, path, str(repeat)],
+                         check=True, capture_output=True, text=True).stdout
+    return float(out.split()[-1])
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.runners.runner import PipelineState
 
 from pipelines import common
 from transforms.io import (ERRORS, INPUT_FORMATS, OUTPUT_FORMATS, BeammlError, ReadTable,
@@ -180,7 +181,11 @@ def per_query_batch(stats: pa.RecordBatch, k: int, zero_division: float):
 
 
 def build(p, args):
-    """Read, parse, compute and write; returns {'metrics', 'per_query', 'errors'}."""
+    """Read, parse, compute and write; returns {'metrics', 'per_query', 'errors'}.
+
+    ``metrics`` (the metrics.json document) is empty when no row is usable; ``run``
+    then writes the metrics of nothing itself.
+    """
     metrics = metric_list(args)
     kwargs = dict(input_format=args.input_format, source_columns=True)
     if args.id_column:
@@ -195,18 +200,16 @@ def build(p, args):
     logs = p | 'ReadLogs' >> read
     parsed = logs.batches | 'ParseLogs' >> ParsePredictionLogs(
         args.task, columns, slice_by, id_type)
-    ks = (args.k,) if args.task == 'ranking' else ()
-    result = parsed.rows | 'ComputeMetrics' >> ComputeMetrics(
-        metrics, slice_by, ks=ks, n_buckets=args.query_buckets)
+    result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
     out = args.output
-    document = result['metrics'] | 'FormatMetrics' >> beam.Map(
-        format_metrics, args.task, args.k)
-    document | 'WriteMetrics' >> beam.Map(write_json, _join(out, 'metrics.json'))
+    # Empty without rows: run() then writes the metrics of nothing (compute_metrics).
+    document = result['metrics'] | 'WriteMetrics' >> beam.Map(
+        write_metrics, _join(out, 'metrics.json'), args.task, args.k)
     per_query = None
     if args.task == 'ranking':
         zd = ZERO_DIVISION[str(args.zero_division)]
         per_query = result['query_stats'] | 'PerQueryColumns' >> beam.FlatMap(
-            per_query_batch, args.k, zd)
+            per_query_batch, args.k, zd).with_output_types(pa.RecordBatch)
         per_query | 'WritePerQuery' >> WriteTable(
             _join(out, 'per_query/per_query'), args.output_format,
             schema=per_query_schema(id_type))
@@ -214,6 +217,21 @@ def build(p, args):
               | 'AllDeadLetters' >> beam.Flatten())
     errors | 'WriteDeadLetters' >> WriteDeadLetters(_join(out, 'evaluate'))
     return {'metrics': document, 'per_query': per_query, 'errors': errors}
+
+
+def compute_metrics(args, metrics=None, slice_by=None) -> ComputeMetrics:
+    """The ComputeMetrics of the flags (its ``metrics`` is empty without rows)."""
+    return ComputeMetrics(metric_list(args) if metrics is None else metrics,
+                          _split(args.slice_by) if slice_by is None else slice_by,
+                          ks=(args.k,) if args.task == 'ranking' else (),
+                          n_buckets=args.query_buckets, defaults=False)
+
+
+def write_metrics(result: dict, path: str, task: str, k: int) -> dict:
+    """Format the single element of the metrics PCollection and write it to ``path``."""
+    doc = format_metrics(result, task, k)
+    write_json(doc, path)
+    return doc
 
 
 def write_json(doc: dict, path: str) -> None:
@@ -257,11 +275,16 @@ def summary(doc: dict) -> str:
 def run(argv=None):
     args, options = common.parse_args(EvaluateOptions, argv, prog='beamml evaluate',
                                       description=__doc__)
-    common.ensure_dir_for(_join(args.output, 'metrics.json'))
+    metrics_path = _join(args.output, 'metrics.json')
+    common.ensure_dir_for(metrics_path)
+    if FileSystems.exists(metrics_path):  # not to be taken for this run's
+        FileSystems.delete([metrics_path])
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_pipeline(p)
-    metrics_path = _join(args.output, 'metrics.json')
+    if result.state == PipelineState.DONE and not FileSystems.exists(metrics_path):
+        # no row (or no query): nothing was combined
+        write_metrics(compute_metrics(args).empty_result(), metrics_path, args.task, args.k)
     doc = add_counts(metrics_path, common.record_counts(result))
     errors_glob = WriteDeadLetters.glob(_join(args.output, 'evaluate'))
     print(summary(doc))

@@ -258,3 +258,35 @@ def test_ranking_from_json_lines(tmp_path):
     assert got['overall']['precision_at_k'] == 1.0
     assert got['overall']['n_queries'] == 2
     assert got['counts'] == {'records_read': 7, 'records_ok': 7, 'records_refused': 0}
+
+
+@pytest.mark.parametrize('task', ['ranking', 'classification'])
+def test_no_usable_row_writes_the_metrics_of_nothing(tmp_path, task):
+    # every row is refused: metrics.json holds the metrics of no row (and replaces the
+    # metrics.json of an earlier run in the same directory)
+    if task == 'ranking':
+        good = 'q_id,predicted_rank,truth_relevance\n1,0,1\n1,1,0\n2,0,1\n'
+        bad = 'q_id,predicted_rank,truth_relevance\n1,x,1\n2,-1,0\n'
+    else:
+        good = 'truth,prediction\n1,1\n0,1\n1,0\n'
+        bad = 'truth,prediction\n1,7\nyes,0\n'
+    out = str(tmp_path / 'eval')
+    (tmp_path / 'good.csv').write_text(good)
+    evaluate.run(['--input', str(tmp_path / 'good.csv'), '--task', task, '--output', out])
+    before = read_json(os.path.join(out, 'metrics.json'))
+    (tmp_path / 'bad.csv').write_text(bad)
+    with pytest.raises(BeammlError, match='max_refused_fraction'):
+        evaluate.run(['--input', str(tmp_path / 'bad.csv'), '--task', task, '--output', out])
+    doc = read_json(os.path.join(out, 'metrics.json'))
+    assert doc['counts'] == {'records_read': 2, 'records_ok': 0, 'records_refused': 2}
+    assert doc != before and len(dead_letters(out)) == 2
+    o = doc['overall']
+    if task == 'ranking':
+        assert before['overall']['n_queries'] == 2
+        assert o['n_queries'] == 0 and o['k'] == 5
+        assert o['average_query_precision'] == 0.0
+        assert o['undefined']['mean_average_precision'] == 1
+    else:
+        assert o['confusion'] == {'tp': 0, 'fp': 0, 'tn': 0, 'fn': 0}
+        assert o['precision'] == 0.0 and o['undefined']['precision'] == 1
+    assert doc['slices'] == {}

@@ -448,3 +448,120 @@ def test_query_stats_string_ids_two_slice_columns_small_flushes(tmp_path):
         assert s['n_relevant_at_2'] / 2 == pytest.approx(v['p_at_k'])
         if v['ap'] is not None:
             assert s['ap_sum'] / s['n_relevant'] == pytest.approx(v['ap'])
+
+
+def test_query_buckets_blocks():
+    ints = pa.array(np.arange(-5000, 5000, 7, dtype=np.int64))
+    b = query_buckets(ints, 16, block=1024)
+    np.testing.assert_array_equal(b, query_buckets(pa.array(np.arange(-5000, 5000, 7) // 1024),
+                                                   16))
+    assert len(np.unique(b)) > 1
+    strings = pa.array([f'q{i}' for i in range(100)])
+    np.testing.assert_array_equal(query_buckets(strings, 16, block=1024),
+                                  query_buckets(strings, 16))
+
+
+@pytest.mark.parametrize('ids', ['dense', 'spread'])
+@pytest.mark.parametrize('sorted_logs', [True, False])
+def test_query_stats_int_ids_runs_and_shuffled_with_duplicates(tmp_path, ids, sorted_logs):
+    # dense ids: a sorted batch is a few runs of one bucket (cut in place); spread ids or
+    # shuffled rows: many runs (cut after a sort by bucket). Duplicates across batches.
+    rng = np.random.default_rng(21)
+    n_queries = 150
+    qids = (3000 + 37 * np.arange(n_queries) if ids == 'dense'
+            else rng.choice(10 ** 9, n_queries, replace=False) - 5 * 10 ** 8)
+    sizes = rng.integers(1, 12, n_queries)
+    q = np.repeat(qids, sizes)
+    r = np.concatenate([np.arange(s) for s in sizes])
+    rel = rng.integers(0, 3, len(q)) * (rng.random(len(q)) < 0.5)
+    # repeated (q, rank) pairs with other relevances, later in the logs
+    dup_src = rng.choice(len(q), 25, replace=False)
+    q = np.r_[q, q[dup_src]]
+    r = np.r_[r, r[dup_src]]
+    rel = np.r_[rel, 2 - np.minimum(rel[dup_src], 2)]
+    order = np.argsort(q, kind='stable') if sorted_logs else rng.permutation(len(q))
+    q, r, rel = q[order], r[order], rel[order]
+    n = len(q)
+    cols = {'q_id': q, 'predicted_rank': r, 'truth_relevance': rel.astype(float),
+            '_row': np.arange(n)}
+    batches = split_batches(cols, 4)
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        res = (p | beam.Create(batches[::-1], reshuffle=False)
+               | QueryStats(ks=(3,), n_buckets=5))
+        res.stats | 'KeepStats' >> beam.Map(_dump, str(tmp_path / 'stats'))
+        res[ERRORS] | 'KeepErrors' >> beam.Map(_dump, str(tmp_path / 'errors'))
+    # oracle: the first row (by _row) of each (q, rank) pair is kept
+    _, first = np.unique(np.stack([q, r], 1), axis=0, return_index=True)
+    kept = np.zeros(n, bool)
+    kept[first] = True
+    errors = _load(str(tmp_path / 'errors'))
+    assert sorted(e['row'] for e in errors) == np.flatnonzero(~kept).tolist()
+    assert all('duplicate' in e['reason'] for e in errors)
+    stats = pa.Table.from_batches(_load(str(tmp_path / 'stats'))).to_pylist()
+    got = {s['q_id']: s for s in stats}
+    want = oracle_per_query(q[kept], r[kept], rel[kept], 3)
+    assert set(got) == set(want) == set(qids.tolist())
+    for qid, v in want.items():
+        s = got[qid]
+        assert (s['n_returned'], s['n_relevant']) == (v['n_returned'], v['n_relevant'])
+        assert s['n_relevant_at_3'] / 3 == pytest.approx(v['p_at_k'])
+        if v['ap'] is not None:
+            assert s['ap_sum'] / s['n_relevant'] == pytest.approx(v['ap'])
+        else:
+            assert s['n_relevant'] == 0
+
+
+@pytest.mark.parametrize('case', ['sorted', 'shuffled', 'wide', 'one', 'strings', 'gaps'])
+def test_fragment_encoding_round_trip(case):
+    from transforms.metrics import _decode_part, _encode_part
+    rng = np.random.default_rng(5)
+    n = 1 if case == 'one' else 500
+    q = np.sort(rng.integers(-40, 60, n))
+    rank = np.concatenate([np.arange(c) for c in np.unique(q, return_counts=True)[1]])
+    row = np.arange(1000, 1000 + n)
+    if case == 'shuffled':
+        perm = rng.permutation(n)
+        q, rank, row = q[perm], rank[perm], row[perm]
+    if case == 'wide':
+        q = q * 2 ** 40
+        row = rng.permutation(n) * 2 ** 35
+    if case == 'gaps':
+        rank = rank * 3 + 1
+        row = np.arange(n) * 2
+    relevant = rng.random(n) < 0.3
+    qa = pa.array([f'q{x}' for x in q]) if case == 'strings' else q
+    path, q2, rank2, rel2, row2, slices = _decode_part(pickle.loads(pickle.dumps(
+        _encode_part('f', qa, rank, relevant, row, None))))
+    assert path == 'f' and slices is None
+    if case == 'strings':
+        assert q2.to_pylist() == qa.to_pylist()
+    else:
+        np.testing.assert_array_equal(q2, q)
+        assert q2.dtype == np.int64
+    np.testing.assert_array_equal(rank2, rank)
+    np.testing.assert_array_equal(rel2, relevant)
+    np.testing.assert_array_equal(row2(), row)
+    assert rank2.dtype == np.int64 and rel2.dtype == bool and row2().dtype == np.int64
+
+
+def test_record_batch_coder_round_trip_and_registered():
+    from transforms.metrics import RecordBatchCoder
+    coder = beam.coders.registry.get_coder(pa.RecordBatch)
+    assert isinstance(coder, RecordBatchCoder)
+    batch = pa.RecordBatch.from_pydict({
+        'q_id': pa.array([3, 1, None], pa.int64()), 'name': ['a', None, 'c'],
+        '_file': pa.DictionaryArray.from_arrays(pa.array([0, 0, 0], pa.int32()),
+                                                pa.array(['f.parquet']))})
+    for b in (batch, batch.slice(1, 2), batch.slice(0, 0)):
+        got = coder.decode(coder.encode(b))
+        assert got.equals(b) and got.schema == b.schema
+    assert coder.estimate_size(batch) == batch.nbytes
+    # through a shuffle on the FnApiRunner (values encoded with the coder)
+    from typing import Tuple
+    from apache_beam.testing.util import assert_that, equal_to
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        out = (p | beam.Create([batch, batch.slice(1, 2)], reshuffle=False)
+               | beam.Map(lambda b: (1, b)).with_output_types(Tuple[int, pa.RecordBatch])
+               | beam.GroupByKey()
+               | beam.Map(lambda kv: sorted(b.column('name').to_pylist()[-1] for b in kv[1])))
+        assert_that(out, equal_to([['c', 'c']]))

@@ -49,7 +49,8 @@ __all__ = [
     'BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'INPUT_FORMATS', 'OUTPUT_FORMATS',
     'Layout', 'inspect_input', 'match_input', 'read_file_batches', 'to_points',
     'points_batch', 'features_matrix', 'ReadPoints', 'ReadTable', 'WriteTable',
-    'WriteDeadLetters', 'read_table_files', 'plan_reads', 'RecordCounters', 'dead_letter', 'RowBatch',
+    'WriteDeadLetters', 'read_table_files', 'plan_reads', 'RecordCounters', 'RecordBatchCoder',
+    'dead_letter', 'RowBatch',
 ]
 
 COUNTER_NAMESPACE = 'beamml'
@@ -889,6 +890,44 @@ def _table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool)
 
 # ----------------------------------------------------------------------------- Beam
 
+class RecordBatchCoder(beam.coders.Coder):
+    """A RecordBatch as one Arrow IPC stream; its size estimate is ``nbytes``.
+
+    Beam estimates the size of sampled elements of every PCollection; with the
+    default (pickling) coder that copies whole batches. PCollections typed
+    ``pyarrow.RecordBatch`` (the sources' batches among them) use this coder,
+    registered for that type on import.
+    """
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        return sink.getvalue().to_pybytes()
+
+    def decode(self, data: bytes) -> pa.RecordBatch:
+        return pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()
+
+    def estimate_size(self, batch) -> int:
+        return int(batch.nbytes)
+
+    def is_deterministic(self) -> bool:
+        return False
+
+    def to_type_hint(self):
+        return pa.RecordBatch
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+
+beam.coders.registry.register_coder(pa.RecordBatch, RecordBatchCoder)
+
+
+
 class RecordCounters:
     """The Beam counters behind ``records_read == records_ok + records_refused``.
 
@@ -983,7 +1022,7 @@ class _ReadBase(beam.PTransform):
         return files | 'ParseFiles' >> beam.ParDo(
             _ReadFileFn(self.layout, self._points, self.allow_nan, self.batch_rows,
                         self.source_columns)
-        ).with_outputs(ERRORS, main='batches')
+        ).with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='batches')
 
 
 class ReadPoints(_ReadBase):

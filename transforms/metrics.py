@@ -35,9 +35,11 @@ an integer >= 0 with 0 the top result; a row is *relevant* when
 
 Per-query values need all rows of a query together, and a query's rows may be
 spread over batches and files. Ranking is therefore computed in two stages:
-:class:`QueryStats` keys row fragments by a hash bucket of ``q_id``, groups each
-bucket, sorts it by ``(q_id, predicted_rank)`` and reduces it to one row of
-counts per query (vectorised, no loop per row); the sort is also where a
+:class:`QueryStats` keys row fragments by a hash bucket of ``q_id`` (of blocks of
+1024 consecutive integer ids), groups each bucket, sorts it by ``(q_id,
+predicted_rank)`` (no sort when it arrives in that order, as logs sorted by
+query do) and reduces it to one row of counts per query (vectorised, no loop
+per row); the sort is also where a
 duplicate ``(q_id, predicted_rank)`` pair is found, across batches and files: the
 first row in (file, row) order is kept, the others become dead letters. The
 ranking metrics then combine these per-query batches with small accumulators
@@ -59,7 +61,7 @@ import pyarrow.compute as pc
 
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 
-from transforms.io import ERRORS, BeammlError, RecordCounters, dead_letter
+from transforms.io import ERRORS, BeammlError, RecordBatchCoder, RecordCounters, dead_letter
 
 __all__ = [
     'Metric', 'Precision', 'Recall', 'Accuracy', 'F1', 'ConfusionCounts',
@@ -68,7 +70,7 @@ __all__ = [
     'binary_labels', 'confusion_counts', 'parse_binary', 'parse_rank', 'parse_relevance',
     'parse_query_ids', 'query_stats', 'slice_keys',
     'MetricCombineFn', 'MetricsCombineFn', 'ParsePredictionLogs', 'QueryStats',
-    'ComputeMetrics', 'SLICE_COLUMN',
+    'ComputeMetrics', 'SLICE_COLUMN', 'RecordBatchCoder',
 ]
 
 TRUE_STRINGS = ('1', '1.0', 't', 'true')
@@ -191,7 +193,8 @@ def parse_rank(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     missing = _missing(arr)
     t = arr.type
     if pa.types.is_integer(t):
-        v = _np(arr if arr.null_count == 0 else pc.fill_null(arr, 0)).astype(np.int64)
+        v = _np(arr if arr.null_count == 0 else pc.fill_null(arr, 0)).astype(np.int64,
+                                                                             copy=False)
         return v, missing, ~missing & (v < 0)
     if pa.types.is_floating(t) or pa.types.is_decimal(t) or _is_string(t):
         if _is_string(t):
@@ -376,6 +379,14 @@ def _sort_dedup(codes: np.ndarray, rank: np.ndarray, origin: tuple[np.ndarray, .
     return order, dup_sorted, first
 
 
+def _strictly_increasing(codes: np.ndarray, rank: np.ndarray) -> bool:
+    """Whether the rows are sorted by (code, rank) with no repeated pair."""
+    if len(codes) < 2:
+        return True
+    a, b = codes[:-1], codes[1:]
+    return bool(((b > a) | ((b == a) & (rank[1:] > rank[:-1]))).all())
+
+
 def _group_stats(group: np.ndarray, rank: np.ndarray, relevant: np.ndarray,
                  ks: Sequence[int]) -> dict[str, np.ndarray]:
     """Per-group counts of rows sorted by (group, rank), one group per query.
@@ -399,7 +410,7 @@ def _group_stats(group: np.ndarray, rank: np.ndarray, relevant: np.ndarray,
     n_returned = np.diff(np.append(starts, n))
     # The relevant rows only: their group, and their count within the group so far.
     rel_idx = np.flatnonzero(relevant)
-    gid = (np.cumsum(new) - 1)[rel_idx]
+    gid = np.cumsum(new, dtype=np.int64)[rel_idx] - 1
     n_relevant = np.bincount(gid, minlength=n_groups)
     before = np.cumsum(n_relevant) - n_relevant
     within = np.arange(1, len(rel_idx) + 1) - before[gid]
@@ -966,6 +977,8 @@ def merge_results(results: Iterable[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- Beam: parsing
 
+
+
 class _RowReasons:
     """First reason of refusal per row (small int codes)."""
 
@@ -1093,7 +1106,7 @@ class ParsePredictionLogs(beam.PTransform):
     def expand(self, batches):
         return batches | 'ParseLogRows' >> beam.ParDo(_ParseLogsFn(
             self.task, self.columns, self.slice_by, self.id_type)
-        ).with_outputs(ERRORS, main='rows')
+        ).with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='rows')
 
 
 # ----------------------------------------------------------------------------- Beam: queries
@@ -1107,13 +1120,28 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(29))
 
 
-def query_buckets(q_id: pa.Array, n_buckets: int) -> np.ndarray:
-    """A deterministic bucket in [0, n_buckets) for each query id (int64 or string)."""
+def _blocks(q: np.ndarray, block: int) -> np.ndarray:
+    """q // block (a shift when block is a power of 2)."""
+    if block & (block - 1) == 0:
+        return q >> (block.bit_length() - 1)
+    return q // block
+
+
+def query_buckets(q_id: pa.Array, n_buckets: int, block: int = 1) -> np.ndarray:
+    """A deterministic bucket in [0, n_buckets) for each query id (int64 or string).
+
+    With ``block`` > 1, integer ids ``q // block`` share a bucket (the blocks are
+    hashed), so logs sorted by query give a few long runs of one bucket; string
+    ids are hashed one by one whatever ``block``.
+    """
     n = len(q_id)
     if n_buckets == 1 or n == 0:
         return np.zeros(n, np.int64)
     if pa.types.is_integer(q_id.type):
-        h = _np(pc.cast(q_id, pa.int64())).view(np.uint64)
+        h = _np(pc.cast(q_id, pa.int64()))
+        if block > 1:
+            h = _blocks(h, block)
+        h = h.view(np.uint64)
     else:
         s = pc.cast(q_id, pa.large_string())
         offsets = np.frombuffer(s.buffers()[1], np.int64)[s.offset:s.offset + n + 1]
@@ -1157,39 +1185,98 @@ def _concat(parts):
     return pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
 
 
-def _encode_fragment(parts) -> bytes:
-    """Rows of one bucket (parts of one or more batches) as compact bytes.
+def _run_starts(q: np.ndarray) -> np.ndarray:
+    """Start of each run of equal values."""
+    if not len(q):
+        return np.zeros(0, np.int64)
+    change = np.flatnonzero(q[1:] != q[:-1])
+    starts = np.empty(len(change) + 1, np.int64)
+    starts[0] = 0
+    np.add(change, 1, out=starts[1:])
+    return starts
 
-    A part is ``(path, q, rank, relevant, row, slices)``: integer columns packed
-    per batch as (base, narrow unsigned offsets) by :func:`_pack` (logs sorted by
-    query have a small q_id range in a batch), ``q`` else a string Array,
-    ``relevant`` bool, ``slices`` a dictionary Array or None. Beam's shuffle
-    copies these bytes without looking into them.
-    """
+
+def _run_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    lengths = np.empty_like(starts)
+    if len(starts):
+        np.subtract(starts[1:], starts[:-1], out=lengths[:-1])
+        lengths[-1] = n - starts[-1]
+    return lengths
+
+
+def _within_runs(q: np.ndarray, starts: np.ndarray | None = None) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values of ``q`` (runs start at ``starts``)."""
+    n = len(q)
+    starts = _run_starts(q) if starts is None else starts
+    return np.arange(n) - np.repeat(starts, _run_lengths(starts, n))
+
+
+def _enc_int(a: np.ndarray, starts: np.ndarray | None = None) -> tuple:
+    """An integer array, compact: ('a', first) for first, first + 1, ...; ('r', values,
+    lengths) for long runs of equal values (runs start at ``starts`` when given);
+    else ('p', base, offsets) (see _pack)."""
+    n = len(a)
+    if n and int(a[-1]) - int(a[0]) == n - 1 and (n == 1 or bool((np.diff(a) == 1).all())):
+        return ('a', int(a[0]))
+    starts = _run_starts(a) if starts is None else starts
+    if 4 * len(starts) <= n:
+        return ('r', _pack(a[starts]), _pack(_run_lengths(starts, n)))
+    return ('p',) + _pack(a)
+
+
+def _dec_int(code: tuple, n: int) -> np.ndarray:
+    if code[0] == 'a':
+        return np.arange(code[1], code[1] + n, dtype=np.int64)
+    if code[0] == 'r':
+        return np.repeat(_unpack(code[1]), _unpack(code[2]))
+    return _unpack(code[1:]).astype(np.int64, copy=False)
+
+
+def _encode_part(path, q, rank, relevant, row, slices) -> tuple:
+    """Rows of one batch for one bucket, compact: integer columns by _enc_int (logs
+    sorted by query: q in runs, row numbers consecutive), ``rank`` ('w',) when it is
+    0, 1, 2, ... within each run of q (ranks listed in order), ``relevant`` as bits;
+    string ``q`` and ``slices`` (dictionary) stay Arrow Arrays."""
+    n = len(rank)
+    if isinstance(q, np.ndarray):
+        starts = _run_starts(q)
+        q_code = _enc_int(q, starts)
+        r_code = (('w',) if np.array_equal(rank, _within_runs(q, starts)) else _enc_int(rank))
+    else:
+        q_code, r_code = q, _enc_int(rank)
+    return (path, n, q_code, r_code, np.packbits(relevant), _enc_int(row), slices)
+
+
+def _decode_part(part) -> tuple:
+    """(path, q, rank, relevant, row function, slices) of an :func:`_encode_part`."""
+    path, n, q_code, r_code, bits, row_code, slices = part
+    q = _dec_int(q_code, n) if isinstance(q_code, tuple) else q_code
+    rank = _within_runs(q) if r_code == ('w',) else _dec_int(r_code, n)
+    relevant = np.unpackbits(bits, count=n).view(bool)
+    return path, q, rank, relevant, (lambda: _dec_int(row_code, n)), slices
+
+
+def _encode_fragment(parts) -> bytes:
+    """Encoded parts (:func:`_encode_part`) of one bucket as bytes; Beam's shuffle
+    copies these bytes without looking into them."""
     return pickle.dumps(parts, protocol=5)
 
 
-def _unpack_parts(packed: list[tuple[int, np.ndarray]]) -> np.ndarray:
-    """Concatenate packed (base, offsets) arrays into one int64 array."""
-    out = np.concatenate([a for _, a in packed]).astype(np.int64)
-    bases = np.array([b for b, _ in packed], np.int64)
-    if bases.any():
-        out += np.repeat(bases, [len(a) for _, a in packed])
-    return out
-
-
 def _decode_fragments(fragments) -> tuple:
-    """(segments [(path, n)], q, rank, relevant, row, slices list or None) of fragments."""
-    parts = [p for data in fragments for p in pickle.loads(data)]
-    parts = [p for p in parts if len(p[3])]
+    """(segments [(path, n)], q, rank, relevant, row, slices list or None) of fragments.
+
+    ``row`` is a function returning the row numbers (only needed for duplicates).
+    """
+    parts = [_decode_part(p) for data in fragments for p in pickle.loads(data) if p[1]]
     if not parts:
         return None
-    segments = [(p[0], len(p[3])) for p in parts]
-    q = (_unpack_parts([p[1] for p in parts]) if isinstance(parts[0][1], tuple)
-         else _concat([p[1] for p in parts]))
-    rank = _unpack_parts([p[2] for p in parts])
+    segments = [(p[0], len(p[2])) for p in parts]
+    q = _concat([p[1] for p in parts])
+    rank = _concat([p[2] for p in parts])
     relevant = _concat([p[3] for p in parts])
-    row = _unpack_parts([p[4] for p in parts])
+
+    def row():
+        return _concat([p[4]() for p in parts])
     slices = None if parts[0][5] is None else [p[5] for p in parts]
     return segments, q, rank, relevant, row, slices
 
@@ -1203,9 +1290,16 @@ class _KeyByQueryBucketFn(beam.DoFn):
     batches x buckets small ones.
     """
 
+    # Integer ids are bucketed by blocks of QUERY_BLOCK consecutive ids (see
+    # query_buckets): a batch of logs sorted by query then holds a few runs of one
+    # bucket, cut without a sort, and each bucket receives its queries in order.
+    QUERY_BLOCK = 1024
+
     def __init__(self, n_buckets: int, slice_by: Sequence[str], flush_rows: int = 1 << 22):
         self.n_buckets, self.slice_by = n_buckets, tuple(slice_by)
         self.flush_rows = flush_rows
+        self.block = self.QUERY_BLOCK
+        self.max_runs = max(64, 2 * n_buckets)
 
     def start_bundle(self):
         self._parts: dict[int, list] = {}
@@ -1221,46 +1315,44 @@ class _KeyByQueryBucketFn(beam.DoFn):
         if n == 0:
             return
         path = _batch_path(batch)
-        q = batch.column('q_id')
-        if pa.types.is_integer(q.type):
-            q_base, q = _pack(_np(q))
-        rank_base, rank = _pack(_np(batch.column('predicted_rank')))
+        q_col = batch.column('q_id')
+        q = _np(q_col) if pa.types.is_integer(q_col.type) else q_col
+        rank = _np(batch.column('predicted_rank'))
         relevant = _np(batch.column('truth_relevance')) > 0
-        row_base, row = _pack(_np(batch.column('_row')) if '_row' in batch.schema.names
-                              else np.full(n, -1, np.int64))
-
-        def part(q, rank, relevant, row, slices):
-            return (path, (q_base, q) if isinstance(q, np.ndarray) else q, (rank_base, rank),
-                    relevant, (row_base, row), slices)
+        row = (_np(batch.column('_row')) if '_row' in batch.schema.names
+               else np.full(n, -1, np.int64))
         slices = (slice_keys(batch, self.slice_by).dictionary_encode() if self.slice_by
                   else None)
-        bucket = query_buckets(batch.column('q_id'), self.n_buckets)
-        counts = np.bincount(bucket, minlength=self.n_buckets)
-        if (counts == n).any():
-            if not isinstance(q, np.ndarray):  # a compact copy (the batch may be a slice)
-                q = q.take(pa.array(np.arange(n)))
-            split = [(int(np.flatnonzero(counts == n)[0]), part(q, rank, relevant, row,
-                                                                slices))]
+
+        def part(lo, hi, take=None):
+            """The packed rows lo:hi (of the batch, or of its rows ``take``)."""
+            idx = slice(lo, hi) if take is None else take[lo:hi]
+            rs, rel, rw = rank[idx], relevant[idx], row[idx]
+            qs = q[idx] if isinstance(q, np.ndarray) else None
+            arrow_rows = None
+            if not isinstance(q, np.ndarray) or slices is not None:
+                # a pickled Arrow slice would carry the whole batch's buffers: copy
+                arrow_rows = pa.array(np.arange(lo, hi) if take is None else take[lo:hi])
+            return _encode_part(path, qs if isinstance(q, np.ndarray) else q.take(arrow_rows),
+                                rs, rel, rw, None if slices is None else slices.take(arrow_rows))
+
+        starts = (_run_starts(_blocks(q, self.block)) if isinstance(q, np.ndarray)
+                  else None)
+        if starts is not None and len(starts) <= self.max_runs:
+            # logs sorted by query: a few runs of one id block each (hence of one
+            # bucket), sliced in place; the bucket of a run is that of its first id
+            run_bucket = query_buckets(pa.array(q[starts]), self.n_buckets, self.block)
+            ends = starts + _run_lengths(starts, n)
+            split = [(int(b), part(lo, hi)) for b, lo, hi in
+                     zip(run_bucket, starts, ends)]  # a loop over runs
         else:
+            bucket = query_buckets(q_col, self.n_buckets, self.block)
+            counts = np.bincount(bucket, minlength=self.n_buckets)
             order = np.argsort(bucket.astype(np.uint16 if self.n_buckets < 65536
                                              else np.int64), kind='stable')
-            ia = pa.array(order)
-            q = q[order] if isinstance(q, np.ndarray) else q.take(ia)
-            rank, relevant, row = rank[order], relevant[order], row[order]
-            if slices is not None:
-                slices = slices.take(ia)
             bounds = np.r_[0, np.cumsum(counts)]
-            split = []
-            for b in np.flatnonzero(counts):  # a loop over buckets, not rows
-                lo, hi = bounds[b], bounds[b + 1]
-                # numpy views pickle only their own rows, but a pickled Arrow slice
-                # would carry the whole batch's buffers: Arrow columns are copied.
-                rows = None if isinstance(q, np.ndarray) and slices is None else \
-                    pa.array(np.arange(lo, hi))
-                split.append((int(b), part(
-                    q[lo:hi] if isinstance(q, np.ndarray) else q.take(rows),
-                    rank[lo:hi], relevant[lo:hi], row[lo:hi],
-                    None if slices is None else slices.take(rows))))
+            split = [(int(b), part(bounds[b], bounds[b + 1], order))
+                     for b in np.flatnonzero(counts)]  # a loop over buckets, not rows
         if not isinstance(window, GlobalWindow):
             for b, p in split:
                 yield b, _encode_fragment([p])
@@ -1288,22 +1380,27 @@ class _QueryStatsFn(beam.DoFn):
         if decoded is None:
             return
         segments, q, rank, relevant, row, slices = decoded
-        paths = sorted({p for p, _ in segments if p is not None})
-        file_rank = {p: i for i, p in enumerate(paths)}
-        file_idx = np.repeat(np.array([file_rank.get(p, -1) for p, _ in segments], np.int64),
-                             [m for _, m in segments])
         codes, uniques = _query_codes(q)
-        order, dup, first = _sort_dedup(codes, rank, (file_idx, row))
-        if dup.any():
-            yield from self._dead_letters(order, dup, first, paths, file_idx, row, q, rank,
-                                          relevant)
-        keep = order[~dup]
-        codes, rank, relevant = codes[keep], rank[keep], relevant[keep]
+        if _strictly_increasing(codes, rank):
+            keep = None  # already in (q_id, rank) order without a repeated pair
+        else:
+            row = row()
+            paths = sorted({p for p, _ in segments if p is not None})
+            file_rank = {p: i for i, p in enumerate(paths)}
+            file_idx = np.repeat(np.array([file_rank.get(p, -1) for p, _ in segments],
+                                          np.int64), [m for _, m in segments])
+            order, dup, first = _sort_dedup(codes, rank, (file_idx, row))
+            if dup.any():
+                yield from self._dead_letters(order, dup, first, paths, file_idx, row, q,
+                                              rank, relevant)
+            keep = order[~dup]
+            codes, rank, relevant = codes[keep], rank[keep], relevant[keep]
         out = [self._stats(_group_stats(codes, rank, relevant, self.ks), uniques, None, 0)]
         if slices is not None:
             sl = pa.concat_arrays([a.dictionary_decode() for a in slices])
             s_codes, s_names = _factorize(sl)
-            s_codes = s_codes[keep]
+            if keep is not None:
+                s_codes = s_codes[keep]
             by_slice = np.argsort(s_codes, kind='stable')  # keeps (q, rank) order within
             ncodes = int(codes.max()) + 1 if len(codes) else 1
             group = s_codes[by_slice] * ncodes + codes[by_slice]
@@ -1346,14 +1443,19 @@ class QueryStats(beam.PTransform):
     """Canonical ranking rows -> per-query statistics batches, plus dead letters.
 
     Rows are keyed by a hash bucket of ``q_id`` (``n_buckets`` keys, the
-    parallelism of this step), so all rows of a query meet in one group whatever
-    batch or file they came from; each group is sorted by ``(q_id,
-    predicted_rank)`` and reduced with numpy. Output ``stats`` batches have
+    parallelism of this step; integer ids by blocks of
+    ``_KeyByQueryBucketFn.QUERY_BLOCK`` consecutive ids, so that a batch of logs
+    sorted by query is cut into a few slices without a sort), so all rows of a
+    query meet in one group whatever batch or file they came from; each group is
+    sorted by ``(q_id, predicted_rank)`` unless already in that order, and
+    reduced with numpy. Output ``stats`` batches have
     columns ``_slice`` (null for the overall rows, else the slice key),
     ``q_id, n_returned, n_relevant, n_relevant_at_<k>..., ap_sum``; ``errors``
     holds a dead letter for each repeated (q_id, predicted_rank) row.
 
-    Rows travel packed (about 5-20 bytes each); a bundle buffers at most
+    Rows travel packed (logs sorted by query with ranks 0, 1, 2...: about one
+    bit per row plus a few bytes per query; else about 3-20 bytes per row, see
+    :func:`_encode_part`); a bundle buffers at most
     ``flush_rows`` of them before sending. The grouped step holds one bucket's
     rows in memory (about 60 bytes per row while it sorts), so raise ``n_buckets``
     with the data. Meant for the global window (batch).
@@ -1373,8 +1475,8 @@ class QueryStats(beam.PTransform):
                 | 'KeyByQueryBucket' >> beam.ParDo(
                     _KeyByQueryBucketFn(self.n_buckets, self.slice_by, self.flush_rows))
                 | 'GroupQueryBuckets' >> beam.GroupByKey()
-                | 'ReduceQueries' >> beam.ParDo(_QueryStatsFn(self.ks)).with_outputs(
-                    ERRORS, main='stats'))
+                | 'ReduceQueries' >> beam.ParDo(_QueryStatsFn(self.ks))
+                .with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='stats'))
 
 
 class ComputeMetrics(beam.PTransform):
@@ -1387,11 +1489,18 @@ class ComputeMetrics(beam.PTransform):
     batches, empty without ranking metrics) and ``errors`` (dead letters of
     duplicate ranking rows). ``ks`` adds ``n_relevant_at_<k>`` columns to the
     per-query statistics beyond those the metrics need.
+
+    With ``defaults=False`` and metrics of one level, ``metrics`` is empty when
+    there is no row (no query for ranking) instead of holding the metrics of
+    nothing, which :meth:`empty_result` gives; this spares Beam's default-value
+    branch (an extra stage and a side input).
     """
 
     def __init__(self, metrics: Sequence[Metric], slice_by: Sequence[str] | None = None,
-                 *, ks: Sequence[int] = (), n_buckets: int = 32, label: str | None = None):
+                 *, ks: Sequence[int] = (), n_buckets: int = 32, defaults: bool = True,
+                 label: str | None = None):
         super().__init__(label)
+        self.defaults = defaults
         self.metrics = list(metrics)
         names = [m.name for m in self.metrics]
         if len(set(names)) != len(names):
@@ -1405,18 +1514,31 @@ class ComputeMetrics(beam.PTransform):
                                           for k in getattr(m, 'ks', ())}))
         self.n_buckets = n_buckets
 
+    def _combine_fns(self) -> list[MetricsCombineFn]:
+        return ([MetricsCombineFn(self.rows_metrics, self.slice_by)] if self.rows_metrics
+                else []) + ([MetricsCombineFn(self.query_metrics)] if self.query_metrics
+                            else [])
+
+    def empty_result(self) -> dict:
+        """The ``metrics`` element of an input without rows."""
+        results = [fn.extract_output(fn.create_accumulator()) for fn in self._combine_fns()]
+        return results[0] if len(results) == 1 else merge_results(results)
+
     def expand(self, rows):
         parts = []
         stats = errors = None
+        fns = self._combine_fns()
+
+        def combine(fn):
+            c = beam.CombineGlobally(fn)
+            return c if self.defaults or len(fns) > 1 else c.without_defaults()
         if self.rows_metrics:
-            parts.append(rows | 'CombineRowMetrics' >> beam.CombineGlobally(
-                MetricsCombineFn(self.rows_metrics, self.slice_by)))
+            parts.append(rows | 'CombineRowMetrics' >> combine(fns[0]))
         if self.query_metrics or self.ks:
             qs = rows | 'QueryStats' >> QueryStats(self.ks, self.slice_by, self.n_buckets)
             stats, errors = qs.stats, qs[ERRORS]
             if self.query_metrics:
-                parts.append(stats | 'CombineQueryMetrics' >> beam.CombineGlobally(
-                    MetricsCombineFn(self.query_metrics)))
+                parts.append(stats | 'CombineQueryMetrics' >> combine(fns[-1]))
         if len(parts) == 1:
             metrics = parts[0]
         else:
