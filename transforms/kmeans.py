@@ -1243,14 +1243,16 @@ class _PartialCombineFn(beam.DoFn):
     def start_bundle(self):
         self.acc = None
 
-    def process(self, element, *side_inputs):
-        if isinstance(element, _StateMarker):
-            return
-        value = self.compute(element, *side_inputs, **self.compute_kwargs)
+    def _add(self, value) -> None:
         if value is not None:
             if self.acc is None:
                 self.acc = self.combine_fn.create_accumulator()
             self.acc = self.combine_fn.add_input(self.acc, value)
+
+    def process(self, element, *side_inputs):
+        if isinstance(element, _StateMarker):
+            return
+        self._add(self.compute(element, *side_inputs, **self.compute_kwargs))
 
     def finish_bundle(self):
         if self.acc is not None:
@@ -1334,7 +1336,7 @@ def _state_marker(_) -> _StateMarker:
     return _StateMarker()
 
 
-class _IterationFn(beam.DoFn):
+class _IterationFn(_PartialCombineFn):
     """One pass over the points: the M-step of the previous iteration, then this E-step.
 
     Side inputs: the state the previous iteration used and its partial
@@ -1354,17 +1356,15 @@ class _IterationFn(beam.DoFn):
     def __init__(self, step, combine_fn: 'CentroidCombineFn', *,
                  update_fn: 'CentroidCombineFn | None', max_iter: int, empty_cluster: str,
                  **step_kwargs):
-        self.step, self.combine_fn, self.update_fn = step, combine_fn, update_fn
+        super().__init__(None, combine_fn)
+        self.step, self.update_fn = step, update_fn
         self.max_iter, self.empty_cluster = max_iter, empty_cluster
         self.step_kwargs = step_kwargs
-        self.acc = self.state = None
-
-    def setup(self):
-        self.combine_fn.setup()
         self.state = None
 
-    def start_bundle(self):
-        self.acc = None
+    def setup(self):
+        super().setup()
+        self.state = None
 
     def _state(self, previous, partials):
         if self.state is None:
@@ -1378,19 +1378,7 @@ class _IterationFn(beam.DoFn):
         if isinstance(element, _StateMarker):
             yield beam.pvalue.TaggedOutput('state', state)
             return
-        value = self.step(element, state, **self.step_kwargs)
-        if value is not None:
-            if self.acc is None:
-                self.acc = self.combine_fn.create_accumulator()
-            self.acc = self.combine_fn.add_input(self.acc, value)
-
-    def finish_bundle(self):
-        if self.acc is not None:
-            yield WindowedValue(self.acc, GlobalWindow().max_timestamp(), [GlobalWindow()])
-            self.acc = None
-
-    def teardown(self):
-        self.combine_fn.teardown()
+        self._add(self.step(element, state, **self.step_kwargs))
 
 
 def _iteration_side_inputs(state, partials):
