@@ -1147,9 +1147,14 @@ def to_json_lines(table: pa.Table | pa.RecordBatch) -> bytes:
         key = json.dumps(name)
         parts.append(('{' if i == 0 else ', ') + key + ': ')
         parts.append(_json_values(col))
-    parts.append('}')
-    line = pc.binary_join_element_wise(*parts, '')
-    return ('\n'.join(line.to_pylist()) + '\n').encode('utf-8')
+    parts.append('}\n')
+    lines = pc.cast(pc.binary_join_element_wise(*parts, ''), pa.large_string())
+    if isinstance(lines, pa.ChunkedArray):
+        lines = lines.combine_chunks()
+    # The lines' character data, end to end, is the file's text: take it whole.
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int64)
+    start, end = offsets[lines.offset], offsets[lines.offset + len(lines)]
+    return lines.buffers()[2].to_pybytes()[start:end]
 
 
 ROW_GROUP_ROWS = 1 << 20
