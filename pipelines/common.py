@@ -276,6 +276,10 @@ def configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING,
                             format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    # Beam logs an exception raised in a DoFn with its traceback before re-raising it;
+    # the CLI prints a beamml error as one line, and any other error still surfaces
+    # with its traceback when it reaches main_wrapper.
+    logging.getLogger('apache_beam.runners.common').setLevel(logging.CRITICAL)
     LOG.setLevel(logging.INFO)
     if not LOG.handlers:
         h = logging.StreamHandler(sys.stderr)
