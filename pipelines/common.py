@@ -28,7 +28,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from transforms.io import COUNTER_NAMESPACE, BeammlError, INPUT_FORMATS, OUTPUT_FORMATS
 
 __all__ = [
-    'BeammlError', 'add_input_args', 'add_output_args', 'add_refused_arg', 'parse_args',
+    'BeammlError', 'add_input_args', 'add_output_args', 'add_refused_arg',
+    'add_table_input_args', 'parse_args',
     'read_kwargs', 'report', 'run_pipeline', 'run_and_report', 'record_counts',
 ]
 
@@ -54,6 +55,15 @@ def add_input_args(parser, *, required: bool = True) -> None:
     parser.add_argument('--allow_nan', action='store_true',
                         help='accept NaN and inf feature values instead of refusing the row')
     add_refused_arg(parser)
+
+
+def add_table_input_args(parser, *, id_required: bool, id_help: str) -> None:
+    """Flags of a pipeline that reads tables (prediction logs, events), not points."""
+    parser.add_argument('--input', required=True,
+                        help='file, glob or gs:// pattern to read; files are read in path order')
+    parser.add_argument('--input_format', choices=[f for f in INPUT_FORMATS if f != 'npy'],
+                        default=None, help='input format; default: from the file extension')
+    parser.add_argument('--id_column', required=id_required, default=None, help=id_help)
 
 
 def add_refused_arg(parser) -> None:

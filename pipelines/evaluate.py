@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.runner import PipelineState
 
 from pipelines import common
-from transforms.io import (ERRORS, INPUT_FORMATS, OUTPUT_FORMATS, BeammlError, ReadTable,
+from transforms.io import (ERRORS, OUTPUT_FORMATS, BeammlError, ReadTable,
                            WriteDeadLetters, WriteTable)
 from transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
                                 ComputeMetrics, ParsePredictionLogs, PrecisionAtK)
@@ -43,13 +43,10 @@ class EvaluateOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument('--input', required=True,
-                            help='prediction logs: file, glob or gs:// pattern')
-        parser.add_argument('--input_format', choices=[f for f in INPUT_FORMATS if f != 'npy'],
-                            default=None, help='default: from the file extension')
-        parser.add_argument('--id_column', default=None,
-                            help='a row id column; rows with a missing id are refused '
-                                 "(default: the column 'id' if there is one)")
+        common.add_table_input_args(
+            parser, id_required=False,
+            id_help="a row id column; rows with a missing id are refused (default: the "
+                    "column 'id' if there is one)")
         parser.add_argument('--task', required=True, choices=TASKS)
         parser.add_argument('--metrics', default=None,
                             help='comma-separated metric names; default: all of the task '

@@ -34,13 +34,8 @@ class IndexIdsOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument('--input', required=True,
-                            help='file, glob or gs:// pattern to read; files are read in '
-                                 'path order')
-        parser.add_argument('--input_format', choices=('parquet', 'csv', 'jsonl'),
-                            default=None, help='input format; default: from the extension')
-        parser.add_argument('--id_column', required=True,
-                            help='the column holding the ids (int or string)')
+        common.add_table_input_args(parser, id_required=True,
+                                    id_help='the column holding the ids (int or string)')
         parser.add_argument('--order', choices=ORDERS, default='first_seen',
                             help='first_seen (default): idx by first appearance (files in '
                                  'path order, rows in file order); sorted: by ascending id')

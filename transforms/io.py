@@ -50,7 +50,7 @@ __all__ = [
     'Layout', 'inspect_input', 'match_input', 'read_file_batches', 'to_points',
     'points_batch', 'features_matrix', 'ReadPoints', 'ReadTable', 'WriteTable',
     'WriteDeadLetters', 'read_table_files', 'plan_reads', 'RecordCounters', 'RecordBatchCoder',
-    'dead_letter', 'RowBatch',
+    'dead_letter', 'RowBatch', 'RowReasons',
 ]
 
 COUNTER_NAMESPACE = 'beamml'
@@ -719,7 +719,7 @@ def points_batch(ids: pa.Array, X: np.ndarray, **columns) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-class _Reasons:
+class RowReasons:
     """Why each row of a batch is refused: a small int code per row, first reason wins."""
     __slots__ = ('code', 'texts')
 
@@ -728,6 +728,7 @@ class _Reasons:
         self.texts: list[str | None] = [None]
 
     def mark(self, mask: np.ndarray, text: str) -> None:
+        """Refuse the rows of ``mask`` not refused yet, for ``text``."""
         m = mask & (self.code == 0)
         if m.any():
             self.texts.append(text)
@@ -737,17 +738,19 @@ class _Reasons:
     def refused(self) -> np.ndarray:
         return self.code != 0
 
-    def dead_letters(self, rb: RowBatch, path: str) -> list[dict]:
+    def dead_letters(self, table, path: str | None, rows=None, lines=None) -> list[dict]:
+        """Dead letters of the refused rows of ``table``; ``rows`` / ``lines`` give each
+        row's place in its file (None: unknown)."""
         bad_idx = np.flatnonzero(self.code)
         if not len(bad_idx):
             return []
-        records = rb.table.take(pa.array(bad_idx)).to_pylist()
-        return [_dead(path, rb.rows[i], None if rb.lines is None else rb.lines[i],
-                      self.texts[self.code[i]], rec)
+        records = table.take(pa.array(bad_idx)).to_pylist()
+        return [_dead(path, None if rows is None else rows[i],
+                      None if lines is None else lines[i], self.texts[self.code[i]], rec)
                 for i, rec in zip(bad_idx, records)]  # a loop over bad rows only
 
 
-def _ids(rb: RowBatch, layout: Layout, path: str, why: _Reasons) -> pa.Array:
+def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
     """The ids of a RowBatch as ``layout.id_type``; bad ids are marked in ``why``."""
     n = rb.table.num_rows
     if not layout.id_column:
@@ -781,7 +784,7 @@ def _ids(rb: RowBatch, layout: Layout, path: str, why: _Reasons) -> pa.Array:
     return pc.cast(arr, pa.int64())
 
 
-def _list_features(arr, col: str, d: int, why: _Reasons) -> np.ndarray:
+def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
     n = len(arr)
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -826,7 +829,7 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
     t = rb.table
     n = t.num_rows
     d = layout.dimension
-    why = _Reasons(n)
+    why = RowReasons(n)
     ids = _ids(rb, layout, path, why)
     if layout.input_format == 'npy':
         X = features_matrix(t)
@@ -851,7 +854,7 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
             nan = np.isnan(X).any(axis=1)
             why.mark(~finite & nan, 'NaN feature value')
             why.mark(~finite, 'infinite feature value')
-    dead = why.dead_letters(rb, path)
+    dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
     if dead:
         keep = np.flatnonzero(~why.refused)
         if len(keep) == 0:
@@ -872,9 +875,9 @@ def _table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool)
     """
     t, rows, dead = rb.table, rb.rows, []
     if layout.id_column:
-        why = _Reasons(t.num_rows)
+        why = RowReasons(t.num_rows)
         _ids(rb, layout, path, why)
-        dead = why.dead_letters(rb, path)
+        dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
         if dead:
             keep = np.flatnonzero(~why.refused)
             if not len(keep):

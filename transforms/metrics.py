@@ -61,7 +61,8 @@ import pyarrow.compute as pc
 
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 
-from transforms.io import ERRORS, BeammlError, RecordBatchCoder, RecordCounters, dead_letter
+from transforms.io import (ERRORS, BeammlError, RecordBatchCoder, RecordCounters, RowReasons,
+                           dead_letter)
 
 __all__ = [
     'Metric', 'Precision', 'Recall', 'Accuracy', 'F1', 'ConfusionCounts',
@@ -979,26 +980,6 @@ def merge_results(results: Iterable[dict]) -> dict:
 
 
 
-class _RowReasons:
-    """First reason of refusal per row (small int codes)."""
-
-    def __init__(self, n: int):
-        self.code = np.zeros(n, np.int16)
-        self.texts = [None]
-
-    def mark(self, mask, text):
-        if not mask.any():
-            return
-        m = mask & (self.code == 0)
-        if m.any():
-            self.texts.append(text)
-            self.code[m] = len(self.texts) - 1
-
-    @property
-    def refused(self):
-        return self.code != 0
-
-
 def _batch_path(batch) -> str | None:
     if '_file' not in batch.schema.names:
         return None
@@ -1028,7 +1009,7 @@ class _ParseLogsFn(beam.DoFn):
             raise BeammlError(f'{_batch_path(batch) or "a batch"} has no column '
                               f'{", ".join(map(repr, absent))}; its columns are '
                               f'{", ".join(c for c in names if c not in ("_file", "_row"))}')
-        why = _RowReasons(n)
+        why = RowReasons(n)
         out = {}
         if self.task == 'classification':
             for name in ROW_INPUTS:
@@ -1061,17 +1042,12 @@ class _ParseLogsFn(beam.DoFn):
                 out[c] = batch.column(c)
         parsed = pa.RecordBatch.from_arrays(list(out.values()), names=list(out))
         if why.refused.any():
-            bad = np.flatnonzero(why.refused)
-            path = _batch_path(batch)
-            rows = (_np(batch.column('_row'))[bad] if '_row' in batch.schema.names
-                    else [None] * len(bad))
+            rows = _np(batch.column('_row')) if '_row' in batch.schema.names else None
             keep_cols = [c for c in batch.schema.names if c not in ('_file', '_row')]
-            records = batch.select(keep_cols).take(pa.array(bad)).to_pylist()
-            for i, row, rec in zip(bad, rows, records):  # a loop over refused rows only
-                yield beam.pvalue.TaggedOutput(ERRORS, dead_letter(
-                    path, None if row is None else int(row), None,
-                    why.texts[why.code[i]], rec))
-            self.counters.refuse_accepted(len(bad))
+            dead = why.dead_letters(batch.select(keep_cols), _batch_path(batch), rows)
+            for letter in dead:
+                yield beam.pvalue.TaggedOutput(ERRORS, letter)
+            self.counters.refuse_accepted(len(dead))
             keep = np.flatnonzero(~why.refused)
             if not len(keep):
                 return
