@@ -84,10 +84,6 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or '').split(',') if v.strip()]
 
 
-def _join(directory: str, name: str) -> str:
-    return directory.rstrip('/') + '/' + name
-
-
 def metric_list(args) -> list:
     """The Metric objects of --task / --metrics / --k / --zero_division."""
     registry = CLASSIFICATION_METRICS if args.task == 'classification' else RANKING_METRICS
@@ -201,18 +197,18 @@ def build(p, args):
     out = args.output
     # Empty without rows: run() then writes the metrics of nothing (compute_metrics).
     document = result['metrics'] | 'WriteMetrics' >> beam.Map(
-        write_metrics, _join(out, 'metrics.json'), args.task, args.k)
+        write_metrics, FileSystems.join(out, 'metrics.json'), args.task, args.k)
     per_query = None
     if args.task == 'ranking':
         zd = ZERO_DIVISION[str(args.zero_division)]
         per_query = result['query_stats'] | 'PerQueryColumns' >> beam.FlatMap(
             per_query_batch, args.k, zd).with_output_types(pa.RecordBatch)
         per_query | 'WritePerQuery' >> WriteTable(
-            _join(out, 'per_query/per_query'), args.output_format,
+            FileSystems.join(out, 'per_query/per_query'), args.output_format,
             schema=per_query_schema(id_type))
     errors = ((logs[ERRORS], parsed[ERRORS], result['errors'])
               | 'AllDeadLetters' >> beam.Flatten())
-    errors | 'WriteDeadLetters' >> WriteDeadLetters(_join(out, 'evaluate'))
+    errors | 'WriteDeadLetters' >> WriteDeadLetters(FileSystems.join(out, 'evaluate'))
     return {'metrics': document, 'per_query': per_query, 'errors': errors}
 
 
@@ -272,7 +268,7 @@ def summary(doc: dict) -> str:
 def run(argv=None):
     args, options = common.parse_args(EvaluateOptions, argv, prog='beamml evaluate',
                                       description=__doc__)
-    metrics_path = _join(args.output, 'metrics.json')
+    metrics_path = FileSystems.join(args.output, 'metrics.json')
     common.ensure_dir_for(metrics_path)
     if FileSystems.exists(metrics_path):  # not to be taken for this run's
         FileSystems.delete([metrics_path])
@@ -283,11 +279,11 @@ def run(argv=None):
         # no row (or no query): nothing was combined
         write_metrics(compute_metrics(args).empty_result(), metrics_path, args.task, args.k)
     doc = add_counts(metrics_path, common.record_counts(result))
-    errors_glob = WriteDeadLetters.glob(_join(args.output, 'evaluate'))
+    errors_glob = WriteDeadLetters.glob(FileSystems.join(args.output, 'evaluate'))
     print(summary(doc))
     print(f'metrics: {metrics_path}')
     if args.task == 'ranking':
-        print(f'per_query: {_join(args.output, "per_query")}/per_query-?????-of-?????.'
+        print(f'per_query: {FileSystems.join(args.output, "per_query")}/per_query-?????-of-?????.'
               f'{args.output_format}')
     common.report(result, errors_glob=errors_glob,
                   max_refused_fraction=args.max_refused_fraction)
