@@ -7,13 +7,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): setup.py
+$(STAMP): setup.py beamml/__init__.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines demo --workdir demo_output
+	$(PY) -m beamml demo --workdir demo_output
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -2,17 +2,41 @@
 
 This file is also what Dataflow workers install (``--setup_file ./setup.py``).
 """
+import os
+import re
+
 import setuptools
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _version() -> str:
+    with open(os.path.join(_HERE, 'beamml', '__init__.py'), encoding='utf-8') as f:
+        return re.search(r"^__version__ = '([^']+)'", f.read(), re.M).group(1)
+
+
+def _packages() -> dict[str, str]:
+    """{import name: folder}: ``pipelines/`` and ``transforms/`` (and their
+    sub-packages) install inside ``beamml``, never as top-level names."""
+    found = {'beamml': 'beamml'}
+    for top in ('pipelines', 'transforms'):
+        for sub in setuptools.find_packages(where=_HERE, include=[top, top + '.*']):
+            found['beamml.' + sub] = sub.replace('.', '/')
+    return found
+
+
+_PACKAGES = _packages()
 
 setuptools.setup(
     name='beamml',
-    version='0.1.0',
+    version=_version(),
     description='Apache Beam pipelines for ML on point clouds and prediction logs',
-    long_description=open('README.md', encoding='utf-8').read()
-    if __import__('os').path.exists('README.md') else '',
+    long_description=open(os.path.join(_HERE, 'README.md'), encoding='utf-8').read()
+    if os.path.exists(os.path.join(_HERE, 'README.md')) else '',
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
-    packages=['pipelines', 'transforms'],
+    packages=list(_PACKAGES),
+    package_dir=_PACKAGES,
     install_requires=[
         'apache-beam[gcp]>=2.60,<3',
         'numpy>=1.24,<3',
@@ -24,7 +48,8 @@ setuptools.setup(
             'pytest>=7',
             'scikit-learn>=1.3',
             'gcp-storage-emulator>=2024.0',
+            'wheel',  # tests/test_packaging.py builds the wheel offline
         ],
     },
-    entry_points={'console_scripts': ['beamml=pipelines.__main__:main']},
+    entry_points={'console_scripts': ['beamml=beamml.pipelines.__main__:main']},
 )

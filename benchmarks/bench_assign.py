@@ -29,7 +29,7 @@ TARGET = 0.5
 
 def make_data(workdir: str, n: int, d: int, k: int, seed: int = 0) -> tuple[str, str]:
     """Points from k blobs in one Parquet file, and a saved model of k centres."""
-    from transforms.model import CentroidModel
+    from beamml.transforms.model import CentroidModel
     rng = np.random.default_rng(seed)
     truth = rng.uniform(-10, 10, size=(k, d))
     path = os.path.join(workdir, f'points-{n}x{d}.parquet')
@@ -89,7 +89,7 @@ SCRIPTS = {'whole file': numpy_script_whole, 'batched': numpy_script_batched}
 
 
 def beamml_assign(path: str, model_dir: str, out_prefix: str, extra: list[str]) -> str:
-    from pipelines import assign
+    from beamml.pipelines import assign
     buf = io.StringIO()
     with redirect_stdout(buf):
         assign.run(['--input', path, '--model', model_dir, '--output', out_prefix] + extra)

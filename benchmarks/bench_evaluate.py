@@ -76,8 +76,8 @@ def main(argv=None):
         make_logs(path, args.rows, args.per_query)
         print(f'wrote {args.rows:,} rows to {path} in {time.perf_counter() - t0:.1f} s')
 
-    from pipelines import evaluate
-    from pipelines.common import configure_logging
+    from beamml.pipelines import evaluate
+    from beamml.pipelines.common import configure_logging
     configure_logging()
 
     best_base = best_beam = cpu_base = cpu_beam = float('inf')

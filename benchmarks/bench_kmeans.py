@@ -58,7 +58,7 @@ def run_sklearn(path: str, C0: np.ndarray, max_iter: int):
 
 
 def run_beamml(path: str, c0_path: str, model_dir: str, max_iter: int, extra: list[str]):
-    from pipelines import kmeans
+    from beamml.pipelines import kmeans
     shutil.rmtree(model_dir, ignore_errors=True)
     out = io.StringIO()
     t = time.perf_counter()

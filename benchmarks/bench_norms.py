@@ -10,7 +10,7 @@ bench_output/norms/points.parquet, then times on that file
   pyarrow.parquet.write_table of (id, l0, l1, l2, linf);
 * `beamml norms` in this process (`pipelines.norms.run([...])`, the imports
   already done), the best of --repeat runs;
-* `beamml norms` as a command (`python -m pipelines norms ...`, a new process:
+* `beamml norms` as a command (`python -m beamml norms ...`, a new process:
   interpreter start, imports, graph, run), wall time.
 
 It checks that the outputs agree and prints rows/s and the ratio against the
@@ -108,7 +108,7 @@ def main(argv=None):
     plain_out = os.path.join(args.workdir, 'plain.parquet')
     t_plain = timed(lambda: plain_script(src, plain_out), args.repeat)
 
-    from pipelines import norms  # imported before timing: the in-process figure is the run
+    from beamml.pipelines import norms  # imported before timing: the in-process figure is the run
     beam_out = os.path.join(args.workdir, 'beamml', 'norms')
     flags = ['--input', src, '--output', beam_out]
     t_beam = timed(lambda: norms.run(flags), args.repeat)
@@ -116,7 +116,7 @@ def main(argv=None):
     cli_out = os.path.join(args.workdir, 'cli', 'norms')
     t0 = time.perf_counter()
     child = os.times()
-    subprocess.run([sys.executable, '-m', 'pipelines', 'norms', '--input', src,
+    subprocess.run([sys.executable, '-m', 'beamml', 'norms', '--input', src,
                     '--output', cli_out], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     after = os.times()
     t_cli = (time.perf_counter() - t0, (after.children_user - child.children_user)

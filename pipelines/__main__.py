@@ -1,4 +1,4 @@
-"""``beamml <pipeline> [flags]`` and ``python -m pipelines <pipeline> [flags]``.
+"""``beamml <pipeline> [flags]`` and ``python -m beamml <pipeline> [flags]``.
 
 Each module of this package that defines ``run(argv)`` is a pipeline; the first
 line of its docstring is its one-line description in ``beamml --help``.
@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in pipelines():
         print(f'beamml: unknown pipeline {name!r}\n\n{usage()}', file=sys.stderr)
         return 2
-    module = importlib.import_module(f'pipelines.{name}')
-    from pipelines.common import main_wrapper
+    module = importlib.import_module(f'beamml.pipelines.{name}')
+    from beamml.pipelines.common import main_wrapper
     return main_wrapper(module.run, rest, prog=f'beamml {name}')
 
 

@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import common
-from transforms.assignment import AssignNearestCentroid
-from transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
-from transforms.model import CentroidModel
+from beamml.pipelines import common
+from beamml.transforms.assignment import AssignNearestCentroid
+from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
+from beamml.transforms.model import CentroidModel
 
 LOG = logging.getLogger('beamml')
 

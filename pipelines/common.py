@@ -25,7 +25,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from transforms.io import COUNTER_NAMESPACE, BeammlError, INPUT_FORMATS, OUTPUT_FORMATS
+from beamml.transforms.io import COUNTER_NAMESPACE, BeammlError, INPUT_FORMATS, OUTPUT_FORMATS
 
 __all__ = [
     'BeammlError', 'add_input_args', 'add_output_args', 'add_refused_arg',

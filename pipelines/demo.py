@@ -31,7 +31,7 @@ def make_points(workdir: str, n: int = 20_000, d: int = 8, seed: int = 0) -> str
 
 
 def step_norms(workdir):
-    from pipelines import norms
+    from beamml.pipelines import norms
     pattern = make_points(workdir)
     out = os.path.join(workdir, 'norms', 'norms')
     norms.run(['--input', pattern, '--output', out])
@@ -46,7 +46,7 @@ def step_norms(workdir):
 def step_index_ids(workdir):
     """Events of 500 users (with repeats) in a CSV -> user id index and re-encoded events."""
     import pyarrow.csv as pcsv
-    from pipelines import index_ids
+    from beamml.pipelines import index_ids
     rng = np.random.default_rng(1)
     n = 5_000
     users = rng.zipf(1.5, size=n) % 500  # a few heavy users, many rare ones
@@ -67,7 +67,7 @@ def step_index_ids(workdir):
 def step_evaluate(workdir):
     """Prediction logs of two models -> classification and ranking metrics, per model."""
     import pyarrow.csv as pcsv
-    from pipelines import evaluate
+    from beamml.pipelines import evaluate
     rng = np.random.default_rng(2)
     logs = os.path.join(workdir, 'prediction_logs')
     os.makedirs(logs, exist_ok=True)
@@ -108,7 +108,7 @@ def step_evaluate(workdir):
 
 def step_kmeans(workdir):
     """Blobs -> `beamml kmeans` (k-means++) -> `beamml assign` with the model; cluster sizes."""
-    from pipelines import assign, kmeans
+    from beamml.pipelines import assign, kmeans
     rng = np.random.default_rng(4)
     blob_centres = rng.uniform(-10, 10, size=(5, 4))
     X = blob_centres[rng.integers(0, 5, size=30_000)] + rng.normal(size=(30_000, 4))
@@ -151,5 +151,5 @@ def run(argv=None):
 
 
 if __name__ == '__main__':
-    from pipelines.common import main_wrapper
+    from beamml.pipelines.common import main_wrapper
     raise SystemExit(main_wrapper(run, prog='beamml demo'))

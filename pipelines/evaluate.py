@@ -21,10 +21,10 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.runner import PipelineState
 
-from pipelines import common
-from transforms.io import (ERRORS, OUTPUT_FORMATS, BeammlError, ReadTable,
+from beamml.pipelines import common
+from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, BeammlError, ReadTable,
                            WriteDeadLetters, WriteTable)
-from transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
+from beamml.transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
                                 ComputeMetrics, ParsePredictionLogs, PrecisionAtK)
 
 LOG = logging.getLogger('beamml')

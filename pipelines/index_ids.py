@@ -15,9 +15,9 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 
-from pipelines import common
-from transforms.index import ORDERS, SOURCE_COLUMNS, IndexIds, id2idx_schema, table_batches
-from transforms.io import BeammlError, ReadTable, WriteDeadLetters, WriteTable
+from beamml.pipelines import common
+from beamml.transforms.index import ORDERS, SOURCE_COLUMNS, IndexIds, id2idx_schema, table_batches
+from beamml.transforms.io import BeammlError, ReadTable, WriteDeadLetters, WriteTable
 
 LOG = logging.getLogger('beamml')
 IDX_COLUMN = 'idx'

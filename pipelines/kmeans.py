@@ -21,11 +21,11 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import StandardOptions
 
-from pipelines import common
-from transforms.io import BeammlError, ReadPoints, WriteDeadLetters
-from transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
+from beamml.pipelines import common
+from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters
+from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
                                read_initial_centers)
-from transforms.model import CentroidModel, new_version
+from beamml.transforms.model import CentroidModel, new_version
 
 LOG = logging.getLogger('beamml')
 RESULT_FILE = 'training.json'

@@ -19,9 +19,9 @@ import apache_beam as beam
 import pyarrow as pa
 
 
-from pipelines import common
-from transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
-from transforms.norms import (NORMS, ROWS_PER_SHARD, ComputeNorms, SortByNorm,
+from beamml.pipelines import common
+from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
+from beamml.transforms.norms import (NORMS, ROWS_PER_SHARD, ComputeNorms, SortByNorm,
                               WriteSortedShards)
 
 LOG = logging.getLogger('beamml')

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import assign
-from pipelines.common import main_wrapper
-from transforms.io import BeammlError
-from transforms.model import CentroidModel, set_latest
+from beamml.pipelines import assign
+from beamml.pipelines.common import main_wrapper
+from beamml.transforms.io import BeammlError
+from beamml.transforms.model import CentroidModel, set_latest
 
 
 def brute(X, C):

@@ -9,11 +9,11 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 from sklearn.metrics.pairwise import euclidean_distances
 
-import transforms.assignment as assignment
-from transforms.assignment import (AssignNearestCentroid, add_assignment, nearest_centroid,
-                                   pairwise_distances)
-from transforms.io import BeammlError, features_matrix, points_batch
-from transforms.model import CentroidModel
+import beamml.transforms.distances as distances
+from beamml.transforms.assignment import AssignNearestCentroid, add_assignment
+from beamml.transforms.distances import nearest_centroid, pairwise_distances
+from beamml.transforms.io import BeammlError, features_matrix, points_batch
+from beamml.transforms.model import CentroidModel
 
 
 def brute_sq(X, C):
@@ -105,8 +105,8 @@ def test_near_ties_are_recomputed_without_a_shift(monkeypatch):
     X = rng.integers(-3, 4, size=(400, 2)).astype(float) + 1e8
     E = brute_sq(X, C)
     redone = []
-    real = assignment._exact_sq_distances
-    monkeypatch.setattr(assignment, '_exact_sq_distances',
+    real = distances._exact_sq_distances
+    monkeypatch.setattr(distances, '_exact_sq_distances',
                         lambda Xr, Cr: redone.append(len(Xr)) or real(Xr, Cr))
     labels, sq = nearest_centroid(X, C, squared=True)
     assert sum(redone) > 0
@@ -130,7 +130,7 @@ def test_blocks_give_the_same_result(monkeypatch):
     C = rng.normal(size=(9, 3))
     X[::50] = C[rng.integers(0, 9, size=len(X[::50]))]  # some exact hits
     whole = nearest_centroid(X, C, return_all=True)
-    monkeypatch.setattr(assignment, '_BLOCK_VALUES', 9 * 37)  # 37 rows per block
+    monkeypatch.setattr(distances, '_BLOCK_VALUES', 9 * 37)  # 37 rows per block
     parts = nearest_centroid(X, C, return_all=True)
     for a, b in zip(whole, parts):
         np.testing.assert_array_equal(a, b)

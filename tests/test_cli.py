@@ -12,9 +12,9 @@ import pytest
 import yaml
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines import common, norms
-from pipelines.__main__ import main, pipelines
-from transforms.io import BeammlError
+from beamml.pipelines import common, norms
+from beamml.pipelines.__main__ import main, pipelines
+from beamml.transforms.io import BeammlError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -140,8 +140,8 @@ def _dataflow_options(bucket):
 def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
     """Each pipeline's graph builds as a Dataflow batch job offline (nothing is submitted)."""
     import numpy as np
-    from pipelines import assign, evaluate, kmeans
-    from transforms.model import CentroidModel
+    from beamml.pipelines import assign, evaluate, kmeans
+    from beamml.transforms.model import CentroidModel
     with FileSystems.create(f'{gcs_bucket}/in/p.csv') as f:
         f.write(b'id,a,b\n1,0,0\n2,1,1\n3,5,5\n4,6,6\n')
     with FileSystems.create(f'{gcs_bucket}/logs/c.csv') as f:

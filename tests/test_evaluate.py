@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from pipelines import evaluate
-from transforms.io import BeammlError
-from transforms.metrics import MeanAveragePrecision, PrecisionAtK
+from beamml.pipelines import evaluate
+from beamml.transforms.io import BeammlError
+from beamml.transforms.metrics import MeanAveragePrecision, PrecisionAtK
 
 
 def read_json(path):
@@ -246,7 +246,7 @@ def test_ranking_on_gcs(gcs_bucket):
 
 def test_ranking_from_json_lines(tmp_path):
     import json as _json
-    from pipelines import evaluate as _evaluate
+    from beamml.pipelines import evaluate as _evaluate
     rows = [{'q_id': 1, 'predicted_rank': r, 'truth_relevance': int(r < 2)} for r in range(4)]
     rows += [{'q_id': 2, 'predicted_rank': r, 'truth_relevance': 1} for r in range(3)]
     path = tmp_path / 'rank.jsonl'

@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import common, index_ids
-from transforms.index import (IdIndex, IndexIds, MinKeyPerIdFn, UnifySchemasFn, conform_batch,
+from beamml.pipelines import common, index_ids
+from beamml.transforms.index import (IdIndex, IndexIds, MinKeyPerIdFn, UnifySchemasFn, conform_batch,
                               dense_index, first_keys, number_ids, promote_types,
                               source_keys)
-from transforms.io import BeammlError, ReadTable
+from beamml.transforms.io import BeammlError, ReadTable
 
 EXAMPLE = [15, 12, 14, 10, 1, 2, 1]
 EXAMPLE_IDX = [0, 1, 2, 3, 4, 5, 4]

@@ -14,7 +14,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
+from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
                            features_matrix, inspect_input, read_table_files, to_json_lines)
 
 
@@ -194,7 +194,7 @@ def test_read_points_in_a_pipeline_many_files_and_counts(tmp_path):
         assert_that(res.errors | beam.Map(lambda d: (os.path.basename(d['file']), d['row'])),
                     equal_to([('b.csv', 30)]), label='Errors')
     result = p.result
-    from pipelines.common import record_counts
+    from beamml.pipelines.common import record_counts
     c = record_counts(result)
     assert (c['records_read'], c['records_ok'], c['records_refused']) == (51, 50, 1)
 
@@ -204,7 +204,7 @@ def test_write_table_round_trip(tmp_path, fmt):
     rng = np.random.default_rng(3)
     X = _points(rng, 40, 4)
     ids = pa.array(np.arange(40, dtype=np.int64))
-    from transforms.io import points_batch
+    from beamml.transforms.io import points_batch
     batches = [points_batch(ids[:25], X[:25], score=X[:25, 0]),
                points_batch(ids[25:], X[25:], score=X[25:, 0])]
     prefix = str(tmp_path / 'out' / 'pts')
@@ -304,7 +304,7 @@ def test_read_table_jsonl_keeps_every_field(tmp_path):
 
 @pytest.mark.parametrize('fmt', ['parquet', 'npy'])
 def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, fmt):
-    from transforms.io import plan_reads
+    from beamml.transforms.io import plan_reads
     rng = np.random.default_rng(5)
     X = rng.normal(size=(1000, 3))
     X[777, 1] = np.nan  # its dead letter must name row 777 of the file
@@ -319,7 +319,7 @@ def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, f
     assert [part[:2] for _, part in items] == [(0, 300), (300, 600), (600, 900), (900, 1000)] \
         if fmt == 'parquet' else [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert plan_reads(path, layout, split_rows=5000) == [(path, None)]
-    import transforms.io as tio
+    import beamml.transforms.io as tio
     old = tio.SPLIT_ROWS
     tio.SPLIT_ROWS = 250
     try:

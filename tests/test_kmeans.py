@@ -21,8 +21,8 @@ from sklearn.cluster._kmeans import _tolerance as sk_tolerance
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from transforms.io import BeammlError, points_batch
-from transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints, PointStatsCombineFn,
+from beamml.transforms.io import BeammlError, points_batch
+from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints, PointStatsCombineFn,
                                kmeans_plusplus, label_signature, lloyd_labels,
                                read_cached_points, read_initial_centers, row_hashes,
                                tolerance, update_centers, write_cached_points)

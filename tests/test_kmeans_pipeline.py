@@ -12,10 +12,10 @@ import pytest
 from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import make_blobs
 
-from pipelines import kmeans
-from pipelines.common import main_wrapper
-from transforms.io import BeammlError
-from transforms.model import CentroidModel, latest_version, list_versions
+from beamml.pipelines import kmeans
+from beamml.pipelines.common import main_wrapper
+from beamml.transforms.io import BeammlError
+from beamml.transforms.model import CentroidModel, latest_version, list_versions
 
 
 def write_points(path, X, ids=None):

@@ -12,8 +12,8 @@ import pytest
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
                              precision_score, recall_score)
 
-from transforms.io import ERRORS
-from transforms.metrics import (
+from beamml.transforms.io import ERRORS
+from beamml.transforms.metrics import (
     Accuracy, AverageQueryPrecision, ComputeMetrics, ConfusionCounts, F1,
     MeanAveragePrecision, MetricsCombineFn, Precision, PrecisionAtK, QueryCount,
     QueryPrecision, QueryStats, Recall, binary_labels, confusion_counts, parse_binary,
@@ -513,7 +513,7 @@ def test_query_stats_int_ids_runs_and_shuffled_with_duplicates(tmp_path, ids, so
 
 @pytest.mark.parametrize('case', ['sorted', 'shuffled', 'wide', 'one', 'strings', 'gaps'])
 def test_fragment_encoding_round_trip(case):
-    from transforms.metrics import _decode_part, _encode_part
+    from beamml.transforms.metrics import _decode_part, _encode_part
     rng = np.random.default_rng(5)
     n = 1 if case == 'one' else 500
     q = np.sort(rng.integers(-40, 60, n))
@@ -545,7 +545,7 @@ def test_fragment_encoding_round_trip(case):
 
 
 def test_record_batch_coder_round_trip_and_registered():
-    from transforms.metrics import RecordBatchCoder
+    from beamml.transforms.metrics import RecordBatchCoder
     coder = beam.coders.registry.get_coder(pa.RecordBatch)
     assert isinstance(coder, RecordBatchCoder)
     batch = pa.RecordBatch.from_pydict({

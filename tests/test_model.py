@@ -12,9 +12,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelMetadata, PredictionResult, RunInference
 from apache_beam.testing.util import assert_that
 
-import transforms.model as model_mod
-from transforms.io import BeammlError
-from transforms.model import (CentroidModel, CentroidModelHandler, latest_version,
+import beamml.transforms.model as model_mod
+from beamml.transforms.io import BeammlError
+from beamml.transforms.model import (CentroidModel, CentroidModelHandler, latest_version,
                               list_versions, set_latest)
 
 

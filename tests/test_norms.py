@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines import norms as norms_pipeline
-from transforms.io import BeammlError, features_matrix, points_batch
-from transforms.norms import (NORMS, SORT_KEY, ComputeNorms, SortByNorm, WriteSortedShards,
+from beamml.pipelines import norms as norms_pipeline
+from beamml.transforms.io import BeammlError, features_matrix, points_batch
+from beamml.transforms.norms import (NORMS, SORT_KEY, ComputeNorms, SortByNorm, WriteSortedShards,
                               _SortSampleFn, all_row_norms, lex_order, range_boundaries,
                               row_norms, shard_of, sort_keys)
 

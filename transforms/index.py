@@ -39,7 +39,8 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.io import BeammlError
+from beamml.transforms.io import BeammlError
+from beamml.transforms.io.types import SOURCE_COLUMNS, is_string_type
 
 __all__ = [
     'ORDERS', 'SOURCE_COLUMNS', 'ROW_BITS', 'source_keys', 'first_keys', 'number_ids',
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 ORDERS = ('first_seen', 'sorted')
-SOURCE_COLUMNS = ('_file', '_row')
 ROW_BITS = 40                      # rows per file < 2**40; files < 2**23
 MAX_FILES = 1 << (63 - ROW_BITS)
 _MAX_SORT_WIDTH = 64               # string ids up to this many bytes use a sorted bytes array
@@ -58,10 +58,6 @@ _SORT_ROWS = 1 << 18               # first_keys of int ids up to this size: nump
 
 
 # ----------------------------------------------------------------------------- kernels
-
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
 
 def normalise_ids(values, id_type: pa.DataType) -> pa.Array:
     """The id column of a batch as ``id_type`` (int64 or string).
@@ -74,7 +70,7 @@ def normalise_ids(values, id_type: pa.DataType) -> pa.Array:
         arr = arr.dictionary_decode()
     if arr.type.equals(id_type):
         return arr
-    if pa.types.is_integer(id_type) and _is_string(arr.type):
+    if pa.types.is_integer(id_type) and is_string_type(arr.type):
         arr = pc.utf8_trim_whitespace(arr)
     return pc.cast(arr, id_type)
 
@@ -189,7 +185,7 @@ def _as_ids(values) -> pa.Array:
         raise TypeError(f'ids must be all integers or all strings: {e}') from None
     if pa.types.is_integer(arr.type):
         return pc.cast(arr, pa.int64())
-    if _is_string(arr.type) or pa.types.is_null(arr.type):
+    if is_string_type(arr.type) or pa.types.is_null(arr.type):
         return pc.cast(arr, pa.string())
     raise TypeError(f'ids must be integers or strings, got {arr.type}')
 

@@ -102,8 +102,8 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.assignment import nearest_centroid, row_sq_norms
-from transforms.io import BeammlError, features_matrix
+from beamml.transforms.distances import nearest_centroid, row_sq_norms
+from beamml.transforms.io import BeammlError, features_matrix
 
 __all__ = [
     'INIT_METHODS', 'EMPTY_CLUSTER', 'STOP_REASONS',
@@ -247,7 +247,7 @@ def lloyd_labels(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | No
     (``_update_chunk_dense``), so labels agree with scikit-learn's bit for bit
     in practice. Chunks of 4096 rows run on a small thread pool (one thread
     per core, as scikit-learn's OpenMP loop) when there are several.
-    (:func:`transforms.assignment.nearest_centroid`, used for inference, also
+    (:func:`beamml.transforms.distances.nearest_centroid`, used for inference, also
     repairs near-ties exactly; it is about twice as slow.)
 
     Parameters
@@ -461,7 +461,7 @@ def read_initial_centers(path: str, *, n_clusters: int | None = None,
     infinite values, or its shape disagrees with ``n_clusters`` / ``n_features``.
     """
     from apache_beam.io.filesystems import FileSystems
-    from transforms.io import read_table_files
+    from beamml.transforms.io import read_table_files
 
     if path.lower().endswith('.npy'):
         try:

@@ -61,7 +61,8 @@ import pyarrow.compute as pc
 
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 
-from transforms.io import (ERRORS, BeammlError, RecordBatchCoder, RecordCounters, RowReasons,
+from beamml.transforms.io.types import INT_RE, NUMBER_RE, is_string_type
+from beamml.transforms.io import (ERRORS, BeammlError, RecordBatchCoder, RecordCounters, RowReasons,
                            dead_letter)
 
 __all__ = [
@@ -76,8 +77,6 @@ __all__ = [
 
 TRUE_STRINGS = ('1', '1.0', 't', 'true')
 FALSE_STRINGS = ('0', '0.0', 'f', 'false')
-_NUMBER_RE = r'^\s*[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|infinity|nan)\s*$'
-_INT_RE = r'^\s*[-+]?\d+\s*$'
 SLICE_COLUMN = '_slice'
 ROW_INPUTS = ('truth', 'prediction')
 RANKING_INPUTS = ('q_id', 'predicted_rank', 'truth_relevance')
@@ -105,10 +104,6 @@ def _as_arrow(values) -> pa.Array:
     return values
 
 
-def _is_string(t: pa.DataType) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t)
-
-
 def _np(arr) -> np.ndarray:
     return arr.to_numpy(zero_copy_only=False)
 
@@ -125,7 +120,7 @@ def _missing(arr: pa.Array) -> np.ndarray:
     """Nulls, and blank strings in a string column (a quoted empty CSV field)."""
     n = len(arr)
     missing = _np(arr.is_null()) if arr.null_count else np.zeros(n, bool)
-    if _is_string(arr.type):
+    if is_string_type(arr.type):
         missing |= _np(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ''), False))
     return missing
 
@@ -157,7 +152,7 @@ def parse_binary(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         v = _np(pc.fill_null(pc.cast(arr, pa.float64()), 0.0))
         return v == 1, missing, ~missing & (v != 0) & (v != 1)
-    if _is_string(t):
+    if is_string_type(t):
         s = _lowered(arr)
         is_t, is_f = _in(s, TRUE_STRINGS), _in(s, FALSE_STRINGS)
         return is_t, missing, ~missing & ~is_t & ~is_f
@@ -178,7 +173,7 @@ def binary_labels(values, name: str = 'labels') -> np.ndarray:
 
 def _string_numbers(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
     """(float64 values, is-a-number mask) of a string column."""
-    ok = pc.fill_null(pc.match_substring_regex(arr, _NUMBER_RE, ignore_case=True), False)
+    ok = pc.fill_null(pc.match_substring_regex(arr, NUMBER_RE, ignore_case=True), False)
     vals = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(arr), pa.scalar(None, pa.string())),
                    pa.float64())
     return vals, _np(ok)
@@ -197,8 +192,8 @@ def parse_rank(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v = _np(arr if arr.null_count == 0 else pc.fill_null(arr, 0)).astype(np.int64,
                                                                              copy=False)
         return v, missing, ~missing & (v < 0)
-    if pa.types.is_floating(t) or pa.types.is_decimal(t) or _is_string(t):
-        if _is_string(t):
+    if pa.types.is_floating(t) or pa.types.is_decimal(t) or is_string_type(t):
+        if is_string_type(t):
             f, num = _string_numbers(arr)
             f = _np(pc.fill_null(f, 0.0))
         else:
@@ -227,7 +222,7 @@ def parse_relevance(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         v = _np(pc.fill_null(pc.cast(arr, pa.float64()), 0.0))
         bad = ~np.isfinite(v)
         return (np.where(bad, 0.0, v) if bad.any() else v), missing, ~missing & bad
-    if _is_string(t):
+    if is_string_type(t):
         f, num = _string_numbers(arr)
         v = _np(pc.fill_null(f, 0.0))
         s = _lowered(arr)
@@ -258,8 +253,8 @@ def parse_query_ids(values, id_type: str = 'int64') -> tuple[pa.Array, np.ndarra
             with np.errstate(invalid='ignore'):
                 good = np.isfinite(f) & (f == np.floor(f)) & (np.abs(f) < 2.0 ** 62)
             return pa.array(np.where(good, f, 0).astype(np.int64)), missing, ~missing & ~good
-        if _is_string(t):
-            ok = _np(pc.fill_null(pc.match_substring_regex(arr, _INT_RE), False))
+        if is_string_type(t):
+            ok = _np(pc.fill_null(pc.match_substring_regex(arr, INT_RE), False))
             ids = pc.cast(pc.if_else(pa.array(ok), pc.utf8_trim_whitespace(arr),
                                      pa.scalar('0', pa.string())), pa.int64())
             return ids, missing, ~missing & ~ok
@@ -835,7 +830,7 @@ def _columns(batch, names) -> dict[str, np.ndarray]:
         if pa.types.is_boolean(col.type) and col.null_count == 0:
             out[name] = _np(col).astype(bool)
         else:
-            out[name] = col if (_is_string(col.type) or pa.types.is_dictionary(col.type)
+            out[name] = col if (is_string_type(col.type) or pa.types.is_dictionary(col.type)
                                 or col.null_count) else _np(col)
     return out
 

@@ -31,7 +31,8 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.io import BeammlError
+from beamml.transforms.distances import nearest_centroid, row_sq_norms
+from beamml.transforms.io import BeammlError
 
 __all__ = [
     'CentroidModel', 'CentroidModelHandler', 'MODEL_FILE', 'LATEST_FILE',
@@ -257,7 +258,7 @@ class CentroidModel:
     @property
     def centers_sq(self) -> np.ndarray:
         if self._centers_sq is None:
-            self._centers_sq = np.einsum('ij,ij->i', self.centers, self.centers)
+            self._centers_sq = row_sq_norms(self.centers)
         return self._centers_sq
 
     def __getstate__(self):
@@ -482,7 +483,6 @@ class CentroidModelHandler(ModelHandler[np.ndarray, PredictionResult, CentroidMo
     def run_inference(self, batch: Sequence[np.ndarray], model: CentroidModel,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        from transforms.assignment import nearest_centroid
         if not len(batch):
             return []
         arrays = [np.asarray(x, dtype=np.float64) for x in batch]

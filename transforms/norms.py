@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError, _ShardWriter,
+from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError, _ShardWriter,
                            features_matrix)
 
 __all__ = ['NORMS', 'row_norms', 'all_row_norms', 'sort_keys', 'lex_order', 'shard_of',

@@ -43,6 +43,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beamml.transforms.io.types import (INT_RE as _INT_RE, NUMBER_RE as _NUMBER_RE,
+                                        SOURCE_COLUMNS, is_list_type as _is_list_type,
+                                        is_numeric_type as _is_numeric_type)
+
 _LOG = logging.getLogger('beamml')
 
 __all__ = [
@@ -64,8 +68,6 @@ _EXTENSIONS = {
 BATCH_ROWS = 65536
 _JSON_CHUNK_BYTES = 16 << 20
 _PEEK_BYTES = 1 << 20
-_NUMBER_RE = r'^\s*[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|infinity|nan)\s*$'
-_INT_RE = r'^\s*[-+]?\d+\s*$'
 
 
 class BeammlError(ValueError):
@@ -136,14 +138,6 @@ def match_input(file_pattern: str) -> list[tuple[str, int]]:
         raise BeammlError(f'input file {empty[0]} is empty (0 bytes)'
                           + (f', and {len(empty) - 1} more' if len(empty) > 1 else ''))
     return files
-
-
-def _is_numeric_type(t: pa.DataType) -> bool:
-    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
-
-
-def _is_list_type(t: pa.DataType) -> bool:
-    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
 
 
 def _head_table(path: str, fmt: str) -> pa.Table:
@@ -864,7 +858,6 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
     return points_batch(pc.cast(ids, layout.id_arrow_type), X), dead
 
 
-SOURCE_COLUMNS = ('_file', '_row')
 
 
 def _table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool):

@@ -1,0 +1,112 @@
+"""Small documents beside the results (JSON summaries, model files, markers), local or gs://.
+
+One JSON policy for everything beamml writes: numpy scalars and arrays become
+Python numbers and lists, and non-finite floats become the strings ``"NaN"``,
+``"Infinity"`` and ``"-Infinity"`` (what BigQuery's JSON loader accepts for a
+FLOAT64, and what beamml's own readers accept back), never ``null``, which is
+kept for a missing value.
+"""
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import Any
+
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+__all__ = ['NON_FINITE', 'json_float', 'to_jsonable', 'dumps', 'join', 'is_remote',
+           'exists', 'read_bytes', 'read_text', 'write_bytes', 'write_text', 'read_json',
+           'write_json']
+
+#: how a non-finite float is written in JSON, and read back
+NON_FINITE = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
+
+
+def json_float(x: float) -> float | str:
+    """``x`` itself when finite, else ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``."""
+    x = float(x)
+    if math.isfinite(x):
+        return x
+    return 'NaN' if math.isnan(x) else ('Infinity' if x > 0 else '-Infinity')
+
+
+def to_jsonable(o: Any) -> Any:
+    """A JSON-ready copy of ``o`` under the policy above (dict keys become strings,
+    bytes are decoded with undecodable bytes shown as ``\\xNN``)."""
+    if o is None or isinstance(o, (str, bool)):
+        return o
+    if isinstance(o, (float, np.floating)):
+        return json_float(o)
+    if isinstance(o, (int, np.integer)):
+        return int(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, dict):
+        return {str(k): to_jsonable(v) for k, v in o.items()}
+    if isinstance(o, np.ndarray):
+        return to_jsonable(o.tolist())
+    if isinstance(o, (list, tuple, set, frozenset)):
+        return [to_jsonable(v) for v in o]
+    if isinstance(o, (bytes, bytearray, memoryview)):
+        return bytes(o).decode('utf-8', 'backslashreplace')
+    return str(o)
+
+
+def dumps(doc: Any, **kwargs) -> str:
+    """``json.dumps`` of :func:`to_jsonable` (so never a bare ``NaN`` token)."""
+    return json.dumps(to_jsonable(doc), allow_nan=False, **kwargs)
+
+
+def is_remote(path: str) -> bool:
+    return '://' in path
+
+
+def join(base: str, *parts: str) -> str:
+    """``FileSystems.join`` that tolerates a trailing ``/`` on ``base``."""
+    return FileSystems.join(base.rstrip('/') if base not in ('/', '') else base, *parts)
+
+
+def exists(path: str) -> bool:
+    try:
+        return FileSystems.exists(path)
+    except Exception:  # an unreachable store reads as missing; the caller says where
+        return False
+
+
+def read_bytes(path: str) -> bytes:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode('utf-8')
+
+
+def write_bytes(path: str, data: bytes) -> str:
+    """Write a small file whole: on Cloud Storage one upload (atomic), locally through a
+    temporary name and a rename, so a reader never sees half a file. Returns ``path``."""
+    if is_remote(path):
+        with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            f.write(data)
+        return path
+    tmp = f'{path}.{uuid.uuid4().hex[:8]}.tmp'
+    with FileSystems.create(tmp, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        f.write(data)
+    FileSystems.rename([tmp], [path])
+    return path
+
+
+def write_text(path: str, text: str) -> str:
+    return write_bytes(path, text.encode('utf-8'))
+
+
+def read_json(path: str) -> Any:
+    return json.loads(read_text(path))
+
+
+def write_json(path: str, doc: Any, *, indent: int | None = None) -> str:
+    """Write one JSON document (newline-terminated) under the policy above."""
+    return write_text(path, dumps(doc, indent=indent) + '\n')
