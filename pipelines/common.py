@@ -304,7 +304,7 @@ def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -
     try:
         run(None if argv is None else list(argv))
     except BeammlError as e:
-        print(f'{prog}: error: {e}', file=sys.stderr)
+        print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
         return 2
     return 0
 

@@ -71,7 +71,30 @@ _PEEK_BYTES = 1 << 20
 
 
 class BeammlError(ValueError):
-    """An error in the user's input or flags; its message says what to do."""
+    """An error in the user's input or parameters; its message says what to do.
+
+    A transform names its own parameters (``dimension``), never command-line
+    flags; ``parameters`` lists the names the message uses, so that the command
+    line can word them as its flags (:meth:`for_cli`: ``--dimension``).
+    """
+
+    def __init__(self, message: str = '', *, parameters: Sequence[str] = ()):
+        super().__init__(message)
+        self.parameters = tuple(parameters)
+
+    def __reduce__(self):  # pickles (from a worker) with its parameters
+        return (_beamml_error, (type(self), str(self), self.parameters))
+
+    def for_cli(self) -> str:
+        """The message with each named parameter written as its flag."""
+        text = str(self)
+        for name in self.parameters:
+            text = re.sub(rf'(?<![\w-]){re.escape(name)}(?!\w)', '--' + name, text)
+        return text
+
+
+def _beamml_error(cls, message, parameters):
+    return cls(message, parameters=parameters)
 
 
 # ----------------------------------------------------------------------------- layout
