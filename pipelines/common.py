@@ -15,10 +15,14 @@ After the run, :func:`report` prints the one-line record summary from the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import logging
 import os
 import re
+import shutil
 import sys
+import tempfile
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -66,16 +70,33 @@ def add_table_input_args(parser, *, id_required: bool, id_help: str) -> None:
     parser.add_argument('--id_column', required=id_required, default=None, help=id_help)
 
 
+def fraction(value: str) -> float:
+    """A number in [0, 1] (argparse type); NaN, negatives and > 1 are refused."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
+    if not 0.0 <= x <= 1.0:   # False for NaN too
+        raise argparse.ArgumentTypeError(f'{value!r} is not a fraction between 0 and 1')
+    return x
+
+
 def add_refused_arg(parser) -> None:
-    parser.add_argument('--max_refused_fraction', type=float, default=0.01,
+    parser.add_argument('--max_refused_fraction', type=fraction, default=0.01,
                         help='exit non-zero when more than this fraction of the records '
                              'read is refused (default 0.01)')
 
 
+def output_prefix(value: str) -> str:
+    """An ``--output`` prefix; one ending in ``/`` names a folder, whose shards are ``part-*``."""
+    return value + 'part' if value.endswith('/') else value
+
+
 def add_output_args(parser) -> None:
-    parser.add_argument('--output', required=True,
+    parser.add_argument('--output', required=True, type=output_prefix,
                         help='output prefix (local path or gs://); shards are '
-                             'PREFIX-SSSSS-of-NNNNN.<format>')
+                             'PREFIX-SSSSS-of-NNNNN.<format>; a prefix ending in / is a '
+                             'folder: FOLDER/part-SSSSS-of-NNNNN.<format>')
     parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                         help='output format (default parquet)')
 
@@ -161,8 +182,7 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
 
 
 def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
-               description: str | None = None,
-               streaming_capable: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
+               description: str | None = None) -> tuple[argparse.Namespace, PipelineOptions]:
     """Parse a pipeline's command line (and ``--config``) into (its flags, Beam options).
 
     ``options_cls`` is a plain class with a ``_add_argparse_args(parser)``
@@ -178,6 +198,9 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
                '--config FILE loads them from YAML; flags given here override it.')
     parser.add_argument('--config', default=None,
                         help='YAML run config (keys are flag names), e.g. configs/local.yaml')
+    parser.add_argument('--anonymous_storage', action='store_true',
+                        help='read and write gs:// without credentials (a public bucket); '
+                             'implied when STORAGE_EMULATOR_HOST is set')
     options_cls._add_argparse_args(parser)
     beam_parser = _beam_parser()
 
@@ -197,11 +220,88 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     # two pipelines defining --input (or a required flag) would break each other.
     options = PipelineOptions(rest)
     std = options.view_as(StandardOptions)
-    if std.runner in LOCAL_RUNNERS and not (streaming_capable and std.streaming):
+    if std.streaming:
+        raise BeammlError(f'{prog} runs in batch only: --streaming is not supported yet')
+    if args.anonymous_storage or os.environ.get('STORAGE_EMULATOR_HOST'):
+        use_anonymous_storage()
+    if is_dataflow(options):
+        check_dataflow_options(options)
+    if std.runner in LOCAL_RUNNERS:
         # The plain DirectRunner first tries to download the Prism runner; the
         # in-process FnApiRunner is what it falls back to for batch work anyway.
         std.runner = 'FnApiRunner'
     return args, options
+
+
+DATAFLOW_RUNNERS = {'DataflowRunner', 'dataflow', 'Dataflow'}
+
+
+def is_dataflow(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner in DATAFLOW_RUNNERS or (isinstance(runner, str)
+                                          and runner.endswith('.DataflowRunner'))
+
+
+def is_dry_run(options: PipelineOptions) -> bool:
+    """A Dataflow job that is translated offline and never submitted (``--dry_run True``)."""
+    from apache_beam.options.pipeline_options import TestOptions
+    return is_dataflow(options) and bool(options.view_as(TestOptions).dry_run)
+
+
+def check_dataflow_options(options: PipelineOptions) -> None:
+    """What Dataflow would refuse, as one line, before anything touches the network.
+
+    Beam's own option checks (project id, region, job name, gs:// paths and bucket
+    names), plus ``--temp_location``, without which Beam tries to create a default
+    staging bucket in the project (a minute of retries with no network).
+    """
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+    gcp = options.view_as(GoogleCloudOptions)
+    if not gcp.temp_location and not gcp.staging_location:
+        raise BeammlError('a Dataflow run needs --temp_location gs://BUCKET/PATH (Beam would '
+                          'otherwise try to create a default bucket in the project)')
+    errors = PipelineOptionsValidator(options, DataflowRunner()).validate()
+    if errors:
+        first = ' '.join(str(errors[0]).split())
+        more = f' (and {len(errors) - 1} more)' if len(errors) > 1 else ''
+        raise BeammlError(f'Dataflow would refuse these options: {first}{more}')
+
+
+def describe_job(job) -> list[str]:
+    """The lines ``beamml validate`` prints for a translated Dataflow job."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+    kind = {1: 'batch', 2: 'streaming'}.get(int(job.proto.type), str(job.proto.type))
+    proto = job.proto_pipeline
+    roots = [proto.components.transforms[t] for t in proto.root_transform_ids]
+    steps = []   # the pipeline's top-level steps (a root's children, or the root itself)
+    for t in roots:
+        steps.extend([proto.components.transforms[s].unique_name for s in t.subtransforms]
+                     or [t.unique_name])
+    images = sorted({beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
+                     for e in proto.components.environments.values()
+                     if e.urn == 'beam:env:docker:v1'})
+    return ([f'job: {job.proto.name or "(unnamed)"} type={kind} '
+             f'steps={len(proto.components.transforms)}'] +
+            [f'sdk_image: {i}' for i in images] +
+            ['steps:'] + [f'  {s}' for s in steps])
+
+
+def use_anonymous_storage() -> None:
+    """Make this process's Beam Cloud Storage client anonymous, at once.
+
+    Without credentials, Beam retries Google's default credentials with back-off
+    for about 25 s (and ~60 warning lines) before it goes anonymous; against the
+    Cloud Storage emulator or a public bucket there is nothing to wait for. This
+    sets Beam's credential cache (``apache_beam.internal.gcp.auth``) to "looked up,
+    none found" and stops google-auth from probing the GCE metadata server.
+    """
+    os.environ.setdefault('NO_GCE_CHECK', 'true')
+    from apache_beam.internal.gcp import auth
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials_init = True
+        auth._Credentials._credentials = None
 
 
 def _pop_config(argv: Sequence[str]) -> tuple[list[str], str | None]:
@@ -261,14 +361,19 @@ def report(result, *, errors_glob: str, max_refused_fraction: float | None,
 
 def run_and_report(p: beam.Pipeline, *, errors_glob: str,
                    max_refused_fraction: float | None):
-    """Run the pipeline, print the record summary, enforce --max_refused_fraction."""
+    """Run the pipeline, print the record summary, enforce --max_refused_fraction
+    (a dry run has no records: it prints the translated job instead)."""
     result = run_pipeline(p)
-    report(result, errors_glob=errors_glob, max_refused_fraction=max_refused_fraction)
+    if not is_dry_run(p.options):
+        report(result, errors_glob=errors_glob, max_refused_fraction=max_refused_fraction)
     return result
 
 
 def run_pipeline(p: beam.Pipeline):
-    """Run and wait; turn a failure that carries a beamml message into that message."""
+    """Run and wait; turn a failure that carries a beamml message into that message.
+
+    A Dataflow dry run translates the job offline and prints it (:func:`describe_job`);
+    the caller must not touch its outputs afterwards (:func:`is_dry_run`)."""
     try:
         result = p.run()
         result.wait_until_finish()
@@ -279,7 +384,43 @@ def run_pipeline(p: beam.Pipeline):
         if m:
             raise BeammlError(m.group(1).strip().splitlines()[0]) from e
         raise
+    if is_dry_run(p.options):
+        print('\n'.join(describe_job(result.job)))
     return result
+
+
+@contextlib.contextmanager
+def private_tempdir():
+    """Point :mod:`tempfile` at a folder of this run's own, and remove it afterwards.
+
+    Beam leaves temporary folders behind: every ``beam.Pipeline`` makes a
+    ``beam-pipeline-temp*`` folder that only a completed ``run()`` removes (so a run
+    refused while its graph is built leaves one), and a Dataflow submission or dry
+    run stages the sdist of ``--setup_file`` in a ``tmp*`` folder it keeps. Inside
+    this scope they all land in one folder, removed when the scope ends, however
+    it ends. Nested scopes share the outer folder.
+    """
+    if getattr(tempfile.tempdir, 'startswith', None) and os.path.basename(
+            tempfile.tempdir).startswith('beamml-run-'):
+        yield tempfile.tempdir
+        return
+    saved = tempfile.tempdir
+    folder = tempfile.mkdtemp(prefix='beamml-run-')
+    tempfile.tempdir = folder
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def pipeline_run(run):
+    """Decorator for a pipeline's ``run(argv)``: it runs in :func:`private_tempdir`."""
+    @functools.wraps(run)
+    def wrapper(*args, **kwargs):
+        with private_tempdir():
+            return run(*args, **kwargs)
+    return wrapper
 
 
 def configure_logging() -> None:

@@ -1,0 +1,60 @@
+"""Translate a pipeline to its Dataflow job offline and print the job; nothing is submitted.
+
+``beamml validate <pipeline> [flags]`` runs ``beamml <pipeline> [flags]
+--runner DataflowRunner --dry_run True``: the flags are checked as Dataflow
+would check them (project id, region, gs:// paths, bucket names, a
+``--temp_location``), the graph is built and translated to a Dataflow job
+without the network, and the job's type (batch or streaming), SDK container
+image and top-level steps are printed. Nothing is read from or written to
+Cloud Storage around the translation; local input files are read as for a
+real run (their layout decides the graph). Exit 0 when the job translates,
+2 with one line saying what Dataflow would refuse.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+from beamml.pipelines import common
+
+NOT_VALIDATED = {'validate', 'demo'}
+
+
+def _usage() -> str:
+    from beamml.pipelines.__main__ import pipelines
+    names = ', '.join(n for n in pipelines() if n not in NOT_VALIDATED)
+    return (f'usage: beamml validate <pipeline> [flags]   (pipeline: {names}); the flags '
+            'are the pipeline\'s own plus --project, --region, --temp_location gs://...')
+
+
+def _has(argv, flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + '=') for a in argv)
+
+
+def dry_run_argv(argv) -> list[str]:
+    """The pipeline's flags with ``--runner DataflowRunner --dry_run True`` added."""
+    argv = list(argv)
+    for i, a in enumerate(argv):
+        runner = (argv[i + 1] if a == '--runner' and i + 1 < len(argv)
+                  else a.split('=', 1)[1] if a.startswith('--runner=') else None)
+        if runner is not None and runner not in common.DATAFLOW_RUNNERS:
+            raise common.BeammlError(f'validate translates a Dataflow job; drop --runner '
+                                     f'{runner} (or give DataflowRunner)')
+    if not _has(argv, '--runner'):
+        argv += ['--runner', 'DataflowRunner']
+    if not _has(argv, '--dry_run'):
+        argv += ['--dry_run', 'True']
+    return argv
+
+
+def run(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from beamml.pipelines.__main__ import pipelines
+    if not argv or argv[0] in ('-h', '--help'):
+        print(_usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in pipelines() or name in NOT_VALIDATED:
+        raise common.BeammlError(f'cannot validate {name!r}; {_usage()}')
+    module = importlib.import_module(f'beamml.pipelines.{name}')
+    module.run(dry_run_argv(rest))
