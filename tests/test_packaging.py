@@ -66,11 +66,12 @@ def test_every_module_imports_under_beamml():
 
 
 def test_python_m_beamml_outside_the_checkout(tmp_path):
-    out = subprocess.run([sys.executable, '-m', 'beamml', '--help'], cwd=tmp_path,
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}   # the installed package
+    out = subprocess.run([sys.executable, '-m', 'beamml', '--help'], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert 'norms' in out.stdout
-    bare = subprocess.run([sys.executable, '-c', 'import pipelines'], cwd=tmp_path,
+    bare = subprocess.run([sys.executable, '-c', 'import pipelines'], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert bare.returncode != 0, 'a top-level `pipelines` package is installed'
 
