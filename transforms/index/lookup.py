@@ -1,4 +1,4 @@
-"""The plain-Python dense id index: :class:`IdIndex` (ids <-> idx, vectorised, no Beam) and its files.
+"""The plain-Python dense id index: :class:`IdIndex` (id <-> idx, vectorised, no Beam), its files.
 
 An :class:`IdIndex` is built from an id2idx table (``id, idx``), a file or glob
 of one (Parquet, CSV or JSON lines; local or gs://), a mapping or an array of

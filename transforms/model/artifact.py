@@ -1,4 +1,4 @@
-"""The centroid model artifact: :class:`CentroidModel`, saved and loaded as versions on local disk or gs://.
+"""The centroid model artifact: :class:`CentroidModel` and its versions, local or on gs://.
 
 A model directory holds immutable versions and a pointer to the current one::
 

@@ -1,4 +1,4 @@
-"""Beam's RunInference over a centroid model: :class:`CentroidModelHandler` (nearest centre per point).
+"""Beam's RunInference with a centroid model: :class:`CentroidModelHandler` (nearest centre).
 
 ``RunInference(CentroidModelHandler(path))`` loads a
 :class:`~beamml.transforms.model.artifact.CentroidModel` (a model directory, a
