@@ -312,8 +312,17 @@ def test_sort_by_norm_empty_input(tmp_path):
 def test_sort_by_norm_rejects_bad_arguments():
     with pytest.raises(BeammlError, match='unknown norm'):
         SortByNorm('l3')
-    with pytest.raises(BeammlError, match='num_shards'):
+    with pytest.raises(BeammlError, match='num_shards') as e:
         SortByNorm('l2', num_shards=0)
+    # a transform names its parameter; the command line words it as its flag
+    assert '--' not in str(e.value)
+    assert e.value.for_cli() == '--num_shards must be >= 1, got 0'
+    with pytest.raises(BeammlError) as e:
+        SortByNorm('l2', rows_per_shard=0)
+    assert e.value.for_cli() == '--rows_per_shard must be >= 1, got 0'
+    with pytest.raises(BeammlError, match="unknown output_format 'xml'") as e:
+        WriteSortedShards('out', 'xml')
+    assert e.value.for_cli().startswith("unknown --output_format 'xml'; one of parquet")
 
 
 # ----------------------------------------------------------------------------- run([...])
