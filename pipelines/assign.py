@@ -12,18 +12,17 @@ and the number of points per cluster.
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines import common
 from beamml.transforms.assignment import AssignNearestCentroid
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
+from beamml.transforms.io.documents import read_json, write_json
 from beamml.transforms.model import CentroidModel
 
 LOG = logging.getLogger('beamml')
@@ -125,18 +124,14 @@ def build(p, args, model: CentroidModel | None = None):
 
 
 def _write_summary(sizes, model, path) -> str:
-    """Write the one small summary file (same content on a retry: idempotent)."""
-    text = json.dumps({'model_version': model.version, 'model_path': model.path,
-                       'k': model.k, 'd': model.d, 'points': int(sum(sizes)),
-                       'cluster_sizes': sizes}) + '\n'
-    with FileSystems.create(path) as f:
-        f.write(text.encode('utf-8'))
-    return path
+    """Write the one small summary file, whole (same content on a retry: idempotent)."""
+    return write_json(path, {'model_version': model.version, 'model_path': model.path,
+                             'k': model.k, 'd': model.d, 'points': int(sum(sizes)),
+                             'cluster_sizes': sizes})
 
 
 def read_summary(output: str) -> dict:
-    with FileSystems.open(summary_path(output)) as f:
-        return json.loads(f.read().decode('utf-8'))
+    return read_json(summary_path(output))
 
 
 def run(argv=None):

@@ -16,8 +16,9 @@ import apache_beam as beam
 import pyarrow as pa
 
 from beamml.pipelines import common
-from beamml.transforms.index import ORDERS, SOURCE_COLUMNS, IndexIds, id2idx_schema, table_batches
+from beamml.transforms.index import ORDERS, IndexIds, id2idx_schema, table_batches
 from beamml.transforms.io import BeammlError, ReadTable, WriteDeadLetters, WriteTable
+from beamml.transforms.io.types import SOURCE_COLUMNS
 
 LOG = logging.getLogger('beamml')
 IDX_COLUMN = 'idx'

@@ -9,6 +9,10 @@ norm (descending unless ``--ascending``, ties by id ascending) across files:
 file ``PREFIX-00000-of-NNNNN`` holds the largest norms, each file is sorted, and
 reading the files in name order gives the whole data set in order. The data set
 is never gathered on one worker (range partitioning on a sample of the norms).
+
+``l0`` is the count of entries that are not 0, an integer: NaN and inf count as
+non-zero, so it is defined for every row; a row with a NaN has NaN ``l1``, ``l2``
+and ``linf`` (and sorts last by them).
 """
 from __future__ import annotations
 
@@ -18,11 +22,10 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 
-
 from beamml.pipelines import common
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
-from beamml.transforms.norms import (NORMS, ROWS_PER_SHARD, ComputeNorms, SortByNorm,
-                              WriteSortedShards)
+from beamml.transforms.norms import NORMS, ComputeNorms, WriteSortedShards
+from beamml.transforms.sorting import ROWS_PER_SHARD, SortByNorm
 
 LOG = logging.getLogger('beamml')
 
@@ -51,8 +54,10 @@ class NormsOptions:
 
 
 def norms_schema(id_type: pa.DataType, dimension: int | None = None) -> pa.Schema:
-    """Output columns: id, l0, l1, l2, linf (and features when ``dimension`` is given)."""
-    fields = [('id', id_type)] + [(n, pa.float64()) for n in NORMS]
+    """Output columns: id, l0 (int64), l1, l2, linf (float64), and features when
+    ``dimension`` is given."""
+    fields = [('id', id_type)] + [(n, pa.int64() if n == 'l0' else pa.float64())
+                                  for n in NORMS]
     if dimension is not None:
         fields.append(('features', pa.list_(pa.float64(), dimension)))
     return pa.schema(fields)

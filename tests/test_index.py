@@ -14,9 +14,9 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beamml.pipelines import common, index_ids
-from beamml.transforms.index import (IdIndex, IndexIds, MinKeyPerIdFn, UnifySchemasFn, conform_batch,
-                              dense_index, first_keys, number_ids, promote_types,
-                              source_keys)
+from beamml.transforms.index import (BuildIdIndex, IdIndex, IndexIds, MinKeyPerIdFn,
+                                     UnifySchemasFn, conform_batch, dense_index, first_keys,
+                                     number_ids, promote_types, source_keys)
 from beamml.transforms.io import BeammlError, ReadTable
 
 EXAMPLE = [15, 12, 14, 10, 1, 2, 1]
@@ -94,6 +94,13 @@ def test_first_keys_and_number_ids_against_oracle():
         first_keys(pa.array([1, None]), [0, 1])
     with pytest.raises(ValueError, match='unknown order'):
         number_ids(first, 'random')
+
+
+def test_build_id_index_names_its_parameter():
+    with pytest.raises(BeammlError, match="unknown order 'random'") as e:
+        BuildIdIndex('user_id', ['a.csv'], order='random')
+    assert e.value.parameters == ('order',)
+    assert e.value.for_cli() == "unknown --order 'random'; one of first_seen, sorted"
 
 
 def test_min_key_per_id_fn_add_merge_and_one_shot_agree():

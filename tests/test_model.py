@@ -12,7 +12,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelMetadata, PredictionResult, RunInference
 from apache_beam.testing.util import assert_that
 
-import beamml.transforms.model as model_mod
+import beamml.transforms.model.artifact as artifact
 from beamml.transforms.io import BeammlError
 from beamml.transforms.model import (CentroidModel, CentroidModelHandler, latest_version,
                               list_versions, set_latest)
@@ -102,8 +102,8 @@ def test_named_versions_are_immutable(model_dir):
 
 def test_latest_is_written_last(tmp_path, monkeypatch):
     written = []
-    real = model_mod._write_text
-    monkeypatch.setattr(model_mod, '_write_text',
+    real = artifact.write_text
+    monkeypatch.setattr(artifact, 'write_text',
                         lambda path, text: (written.append(os.path.basename(path)),
                                             real(path, text)))
     make_model().save(str(tmp_path))
@@ -173,12 +173,47 @@ def test_pickles_as_a_side_input_would():
 
 
 def test_json_is_plain_and_exact(tmp_path):
-    m = make_model(inertia=float('nan'))
+    m = make_model(inertia=float('nan'),
+                   inertia_history=[float('inf'), 2.5, float('-inf'), float('nan')],
+                   config={'tol': float('inf'), 'k': np.int64(4)})
     m.save(str(tmp_path))
-    with open(os.path.join(str(tmp_path), m.version, 'model.json')) as f:
-        data = json.load(f)
-    assert data['inertia'] is None  # non-finite metadata becomes null, JSON stays valid
+    path = os.path.join(str(tmp_path), m.version, 'model.json')
+    with open(path) as f:
+        text = f.read()
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f'bare {c} in model.json'))
+    # the one JSON policy: non-finite floats as strings, JSON stays valid
+    assert data['inertia'] == 'NaN'
+    assert data['inertia_history'] == ['Infinity', 2.5, '-Infinity', 'NaN']
+    assert data['config'] == {'tol': 'Infinity', 'k': 4}
     assert np.array(data['centers']).tobytes() == m.centers.tobytes()
+    back = CentroidModel.load(path)  # and they read back as the floats they were
+    assert np.isnan(back.inertia)
+    np.testing.assert_array_equal(back.inertia_history, [np.inf, 2.5, -np.inf, np.nan])
+    assert back == m
+
+
+def test_model_json_with_null_non_finite_fields_still_loads(tmp_path):
+    """Earlier versions wrote every non-finite float as null: those files still load."""
+    path = str(tmp_path / 'v1' / 'model.json')
+    os.makedirs(os.path.dirname(path))
+    with open(path, 'w') as f:
+        json.dump({'format': 'beamml.centroid_model', 'format_version': 1, 'version': 'v1',
+                   'k': 1, 'd': 2, 'n_iter': 3, 'inertia': None,
+                   'inertia_history': [10.0, None, 4.0], 'centers': [[1.0, 2.0]]}, f)
+    back = CentroidModel.load(path)
+    assert back.inertia is None and back.n_iter == 3
+    np.testing.assert_array_equal(back.inertia_history, [10.0, np.nan, 4.0])
+    np.testing.assert_array_equal(back.centers, [[1.0, 2.0]])
+
+
+@pytest.mark.parametrize('field,value', [('inertia', 'abc'), ('inertia', True),
+                                         ('inertia_history', [1.0, 'nan'])])
+def test_float_fields_accept_only_numbers_and_the_non_finite_names(tmp_path, field, value):
+    path = str(tmp_path / 'model.json')
+    with open(path, 'w') as f:
+        json.dump({'centers': [[1.0]], field: value}, f)
+    with pytest.raises(BeammlError, match=f'corrupt: {field} must hold numbers'):
+        CentroidModel.load(path)
 
 
 # ----------------------------------------------------------------------------- handler

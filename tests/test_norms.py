@@ -22,9 +22,9 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beamml.pipelines import norms as norms_pipeline
 from beamml.transforms.io import BeammlError, features_matrix, points_batch
-from beamml.transforms.norms import (NORMS, SORT_KEY, ComputeNorms, SortByNorm, WriteSortedShards,
-                              _SortSampleFn, all_row_norms, lex_order, range_boundaries,
-                              row_norms, shard_of, sort_keys)
+from beamml.transforms.norms import NORMS, ComputeNorms, WriteSortedShards, all_row_norms, row_norms
+from beamml.transforms.sorting import (SORT_KEY, SortByNorm, _SortSampleFn, lex_order,
+                                       range_boundaries, shard_of, sort_keys)
 
 ORD = {'l1': 1, 'l2': 2, 'linf': np.inf}
 
@@ -32,7 +32,7 @@ ORD = {'l1': 1, 'l2': 2, 'linf': np.inf}
 def numpy_norms(X):
     """The independent oracle: numpy's own norm functions."""
     X = np.asarray(X, dtype=np.float64)
-    out = {'l0': np.count_nonzero(X, axis=1).astype(np.float64)}
+    out = {'l0': np.count_nonzero(X, axis=1)}   # a count: int64
     for name, o in ORD.items():
         out[name] = (np.linalg.norm(X, ord=o, axis=1) if X.shape[1]
                      else np.zeros(X.shape[0]))
@@ -65,10 +65,13 @@ def test_kernels_match_numpy(shape):
     got = all_row_norms(X)
     assert set(got) == set(NORMS)
     for name in NORMS:
-        assert got[name].shape == (shape[0],) and got[name].dtype == np.float64
+        dtype = np.int64 if name == 'l0' else np.float64
+        assert got[name].shape == (shape[0],) and got[name].dtype == dtype
+        assert row_norms(X, name).dtype == dtype
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-12, atol=0, err_msg=name)
         np.testing.assert_allclose(row_norms(X, name), expected[name], rtol=1e-12, atol=0,
                                    err_msg=name)
+    np.testing.assert_array_equal(got['l0'], expected['l0'])  # exact: a count
 
 
 def test_kernels_accept_lists_and_ints():
@@ -103,6 +106,15 @@ def test_non_finite_values():
     X = np.array([[np.inf, 1.0], [np.nan, 0.0], [-np.inf, np.nan]])
     got = all_row_norms(X)
     np.testing.assert_array_equal(got['l0'], [2.0, 1.0, 2.0])
+    # l0 of a row with NaN: NaN (and inf) count as non-zero, as in numpy; never NaN itself
+    assert got['l0'].dtype == np.int64
+    np.testing.assert_array_equal(got['l0'], np.count_nonzero(X, axis=1))
+    np.testing.assert_array_equal(row_norms(X, 'l0'), [2, 1, 2])
+    wide = np.zeros((2, 300))
+    wide[0, :7] = np.nan
+    wide[1, 5:] = -np.inf                          # the count_nonzero path (d >= 256)
+    assert all_row_norms(wide)['l0'].dtype == np.int64
+    np.testing.assert_array_equal(all_row_norms(wide)['l0'], [7, 295])
     assert np.isinf(got['l2'][0]) and np.isinf(got['l1'][0]) and np.isinf(got['linf'][0])
     for name in ('l1', 'l2', 'linf'):
         assert np.isnan(got[name][1]), name
@@ -216,6 +228,7 @@ def test_compute_norms_in_pipeline():
     by_id = {int(i): tuple(expected[k][r] for k in NORMS) for r, i in enumerate(ids)}
 
     def rows(batch):
+        assert batch.schema.field('l0').type == pa.int64()
         out = []
         for r, i in enumerate(batch.column('id').to_pylist()):
             got = tuple(batch.column(k)[r].as_py() for k in NORMS)
@@ -299,8 +312,17 @@ def test_sort_by_norm_empty_input(tmp_path):
 def test_sort_by_norm_rejects_bad_arguments():
     with pytest.raises(BeammlError, match='unknown norm'):
         SortByNorm('l3')
-    with pytest.raises(BeammlError, match='num_shards'):
+    with pytest.raises(BeammlError, match='num_shards') as e:
         SortByNorm('l2', num_shards=0)
+    # a transform names its parameter; the command line words it as its flag
+    assert '--' not in str(e.value)
+    assert e.value.for_cli() == '--num_shards must be >= 1, got 0'
+    with pytest.raises(BeammlError) as e:
+        SortByNorm('l2', rows_per_shard=0)
+    assert e.value.for_cli() == '--rows_per_shard must be >= 1, got 0'
+    with pytest.raises(BeammlError, match="unknown output_format 'xml'") as e:
+        WriteSortedShards('out', 'xml')
+    assert e.value.for_cli().startswith("unknown --output_format 'xml'; one of parquet")
 
 
 # ----------------------------------------------------------------------------- run([...])
@@ -350,6 +372,7 @@ def test_run_norms(points_file, tmp_path, fmt, capsys):
     assert 'records_read=500 records_ok=500 records_refused=0' in capsys.readouterr().out
     _, table = read_output(f'{out}-?????-of-?????.{fmt}', fmt)
     assert table.column_names == ['id', 'l0', 'l1', 'l2', 'linf']
+    assert table.schema.field('l0').type == pa.int64()   # written as integers in every format
     got_ids = table.column('id').to_numpy()
     assert sorted(got_ids) == sorted(ids)
     row = {int(i): r for r, i in enumerate(ids)}
@@ -383,6 +406,53 @@ def test_run_sorted(points_file, tmp_path, fmt, norm, ascending, num_shards):
     np.testing.assert_array_equal(table.column('id').to_numpy(), ids[expected_rows])
     np.testing.assert_allclose(features_of(table, fmt, X.shape[1]), X[expected_rows])
     np.testing.assert_allclose(table.column(norm).to_numpy(), norms[expected_rows], rtol=1e-12)
+    if norm == 'l0':
+        assert table.schema.field('l0').type == pa.int64()
+        np.testing.assert_array_equal(table.column('l0').to_numpy(),
+                                      np.count_nonzero(X[expected_rows], axis=1))
+
+
+@pytest.mark.parametrize('fmt', ['parquet', 'csv', 'jsonl'])
+@pytest.mark.parametrize('sort', [None, 'l0'])
+def test_run_l0_of_rows_with_nan_and_inf(tmp_path, fmt, sort):
+    """With --allow_nan, l0 of a row with NaN or inf is its count of non-zero entries
+    (NaN and inf count, as in numpy), an int64 in every format; the other norms of a
+    NaN row are NaN. Sorted by l0, such rows take their place by that count."""
+    rng = np.random.default_rng(8)
+    X = rng.integers(-1, 2, size=(60, 4)).astype(np.float64)
+    X[::7, 1] = np.nan
+    X[3::11, 2] = np.inf
+    X[5] = [np.nan, 0.0, 0.0, 0.0]
+    ids = rng.permutation(60).astype(np.int64)
+    src = str(tmp_path / 'nan.parquet')
+    write_points(src, X, ids)
+    out = str(tmp_path / 'o' / 'n')
+    argv = ['--input', src, '--output', out, '--output_format', fmt, '--allow_nan']
+    norms_pipeline.run(argv + (['--sort', 'l0', '--num_shards', '2'] if sort else []))
+    files = sorted(glob.glob(f'{out}-?????-of-?????.{fmt}'))
+    if fmt == 'jsonl':  # only id and l0: how NaN floats are spelled is the writer's business
+        records = [json.loads(line) for f in files for line in open(f)]
+        assert all(type(r['l0']) is int for r in records)
+        table = pa.table({'id': [r['id'] for r in records], 'l0': [r['l0'] for r in records]})
+    elif fmt == 'csv':
+        table = pa.concat_tables([pcsv.read_csv(f, convert_options=pcsv.ConvertOptions(
+            include_columns=['id', 'l0'])) for f in files])
+    else:
+        table = pa.concat_tables([pq.read_table(f) for f in files])
+    assert table.schema.field('l0').type == pa.int64()
+    got_ids = table.column('id').to_numpy()
+    row = {int(i): r for r, i in enumerate(ids)}
+    take = np.array([row[int(i)] for i in got_ids])
+    count = np.count_nonzero(X, axis=1)
+    np.testing.assert_array_equal(table.column('l0').to_numpy(), count[take])
+    if fmt == 'parquet':
+        nan_rows = np.isnan(X[take]).any(axis=1)
+        assert nan_rows.any()
+        for name in ('l1', 'l2', 'linf'):
+            assert np.isnan(table.column(name).to_numpy()[nan_rows]).all(), name
+    if sort:  # l0 descending, ties by id: NaN rows are not sent last
+        expected = sorted(range(len(ids)), key=lambda r: (-count[r], ids[r]))
+        np.testing.assert_array_equal(got_ids, ids[expected])
 
 
 def test_run_sorted_replaces_stale_shards(points_file, tmp_path):

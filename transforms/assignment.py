@@ -136,7 +136,7 @@ class LoadModel(beam.PTransform):
 class AssignNearestCentroid(beam.PTransform):
     """Append ``cluster`` and ``distance`` (and ``distances``) to every points batch.
 
-    ``model`` is a :class:`~transforms.model.CentroidModel`, a PCollection holding
+    ``model`` is a :class:`~beamml.transforms.model.CentroidModel`, a PCollection holding
     exactly one CentroidModel, an ``AsSingleton`` view of one, or a model path
     (read by :class:`LoadModel` when the job runs); it always reaches the DoFn
     as a singleton side input (a model given directly goes through ``beam.Create``).

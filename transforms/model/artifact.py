@@ -1,4 +1,4 @@
-"""The centroid model artifact: save / load on local disk or gs://, versions, RunInference.
+"""The centroid model artifact: :class:`CentroidModel` and its versions, local or on gs://.
 
 A model directory holds immutable versions and a pointer to the current one::
 
@@ -8,35 +8,38 @@ A model directory holds immutable versions and a pointer to the current one::
 :meth:`CentroidModel.save` writes the version's ``model.json`` first and
 ``LATEST`` last, so a reader never sees a ``LATEST`` naming a version that is
 not complete. Pointing ``LATEST`` back at an older version (:func:`set_latest`)
-is a rollback. Everything goes through Beam's ``FileSystems``, so local paths
-and ``gs://`` behave alike.
+is a rollback. Everything goes through Beam's ``FileSystems``
+(:mod:`beamml.transforms.io.documents`), so local paths and ``gs://`` behave alike.
 
-``model.json`` is plain JSON; the centres are lists of floats written with
-Python's ``repr`` (shortest round-trip text), so float64 values survive
-save / load exactly.
-
-:class:`CentroidModelHandler` makes a model usable with Beam's own
-``RunInference`` over numpy arrays, including side-input model updates.
+``model.json`` is plain JSON under beamml's one JSON policy; the centres are
+lists of finite floats written with Python's ``repr`` (shortest round-trip
+text), so float64 values survive save / load exactly. A non-finite optional
+float (``inertia``, ``inertia_history``) is written ``"NaN"``, ``"Infinity"`` or
+``"-Infinity"`` and read back as that float; ``null`` (what earlier versions
+wrote for any non-finite value) still loads, as a missing ``inertia`` and as
+NaN in ``inertia_history``.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import math
+import os
 import posixpath
 import re
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beamml.transforms.distances import nearest_centroid, row_sq_norms
+from beamml.transforms.distances import row_sq_norms
 from beamml.transforms.io import BeammlError
+from beamml.transforms.io.documents import (NON_FINITE, dumps, exists, is_remote, join,
+                                            read_text, to_jsonable, write_text)
 
 __all__ = [
-    'CentroidModel', 'CentroidModelHandler', 'MODEL_FILE', 'LATEST_FILE',
-    'set_latest', 'latest_version', 'list_versions', 'new_version',
+    'CentroidModel', 'MODEL_FILE', 'LATEST_FILE', 'set_latest', 'latest_version',
+    'list_versions', 'new_version',
 ]
 
 MODEL_FILE = 'model.json'
@@ -47,40 +50,7 @@ _VERSION_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9._-]*$')
 _REQUIRED = ('centers',)
 
 
-# ----------------------------------------------------------------------------- paths
-
-def _join(base: str, *parts: str) -> str:
-    return FileSystems.join(base.rstrip('/') if base not in ('/', '') else base, *parts)
-
-
-def _is_remote(path: str) -> bool:
-    return '://' in path
-
-
-def _read_text(path: str) -> str:
-    with FileSystems.open(path) as f:
-        return f.read().decode('utf-8')
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write a small file; locally through a temporary name and a rename (atomic)."""
-    data = text.encode('utf-8')
-    if _is_remote(path):  # an object upload is atomic on Cloud Storage
-        with FileSystems.create(path) as f:
-            f.write(data)
-        return
-    tmp = path + '.tmp'
-    with FileSystems.create(tmp) as f:
-        f.write(data)
-    FileSystems.rename([tmp], [path])
-
-
-def _exists(path: str) -> bool:
-    try:
-        return FileSystems.exists(path)
-    except Exception:  # an unreachable store reads as missing; the caller says where
-        return False
-
+# ----------------------------------------------------------------------------- versions
 
 def new_version(now: _dt.datetime | None = None) -> str:
     """A version name from the UTC time: ``YYYYMMDDTHHMMSSffffffZ`` (sorts by time)."""
@@ -103,13 +73,13 @@ def _check_version_name(version: str) -> str:
 
 def latest_version(model_dir: str) -> str:
     """The version ``<model_dir>/LATEST`` names."""
-    path = _join(model_dir, LATEST_FILE)
-    if not _exists(path):
+    path = join(model_dir, LATEST_FILE)
+    if not exists(path):
         raise BeammlError(f'{model_dir} is not a model directory: {path} does not exist '
                           f'(save a model there first, or give a version directory or a '
                           f'{MODEL_FILE})')
     try:
-        version = _read_text(path).strip()
+        version = read_text(path).strip()
     except Exception as e:
         raise BeammlError(f'cannot read {path}: {e}') from e
     if not version or not _VERSION_RE.match(version):
@@ -121,7 +91,7 @@ def latest_version(model_dir: str) -> str:
 def list_versions(model_dir: str) -> list[str]:
     """Names of the complete versions (those with a model.json) of a model directory, sorted."""
     try:
-        results = FileSystems.match([_join(model_dir, '*', MODEL_FILE)])
+        results = FileSystems.match([join(model_dir, '*', MODEL_FILE)])
     except Exception:
         return []
     names = set()
@@ -137,48 +107,25 @@ def set_latest(model_dir: str, version: str) -> str:
     The version must exist and load; returns its directory.
     """
     version = _check_version_name(version)
-    vdir = _join(model_dir, version)
-    CentroidModel.load(_join(vdir, MODEL_FILE))  # refuse to point at a broken version
-    _write_text(_join(model_dir, LATEST_FILE), version + '\n')
+    vdir = join(model_dir, version)
+    CentroidModel.load(join(vdir, MODEL_FILE))  # refuse to point at a broken version
+    write_text(join(model_dir, LATEST_FILE), version + '\n')
     return vdir
 
 
 # ----------------------------------------------------------------------------- model
 
-def _json_default(o):
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return _finite_or_none(float(o))
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    return str(o)
-
-
-def _finite_or_none(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-def _clean(o):
-    """JSON-ready copy: numpy scalars and arrays to Python, non-finite floats to None."""
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, np.ndarray):
-        return _clean(o.tolist())
-    if isinstance(o, (float, np.floating)):
-        return _finite_or_none(o)
-    if isinstance(o, (bool, np.bool_)):
-        return bool(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    return o
+def _read_float(value, name: str, *, missing: float | None = None) -> float | None:
+    """A float field of model.json: a number or "NaN" / "Infinity" / "-Infinity";
+    ``null`` (a missing value, or a non-finite one written by earlier versions) is
+    ``missing``."""
+    if value is None:
+        return missing
+    if isinstance(value, str) and value in NON_FINITE:
+        return NON_FINITE[value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f'{name} must hold numbers, got {value!r}')
+    return float(value)
 
 
 class CentroidModel:
@@ -294,7 +241,9 @@ class CentroidModel:
 
     # -- JSON
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The model.json document: JSON-ready, non-finite floats as "NaN", "Infinity",
+        "-Infinity" (:func:`~beamml.transforms.io.documents.to_jsonable`)."""
+        return to_jsonable({
             'format': FORMAT,
             'format_version': FORMAT_VERSION,
             'version': self.version,
@@ -303,13 +252,13 @@ class CentroidModel:
             'k': self.k,
             'd': self.d,
             'n_iter': self.n_iter,
-            'inertia': _finite_or_none(self.inertia),
-            'inertia_history': [_finite_or_none(v) for v in self.inertia_history],
+            'inertia': self.inertia,
+            'inertia_history': self.inertia_history,
             'stop_reason': self.stop_reason,
             'cluster_sizes': self.cluster_sizes,
-            'config': _clean(self.config),
-            'centers': self.centers.tolist(),
-        }
+            'config': self.config,
+            'centers': self.centers,
+        })
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = 'model') -> 'CentroidModel':
@@ -343,8 +292,8 @@ class CentroidModel:
             return cls(
                 centers, version=data.get('version'), created=data.get('created'),
                 input_pattern=data.get('input_pattern'), n_iter=data.get('n_iter'),
-                inertia=data.get('inertia'),
-                inertia_history=[math.nan if v is None else v
+                inertia=_read_float(data.get('inertia'), 'inertia'),
+                inertia_history=[_read_float(v, 'inertia_history', missing=math.nan)
                                  for v in data.get('inertia_history') or ()],
                 stop_reason=data.get('stop_reason'), cluster_sizes=data.get('cluster_sizes'),
                 config=data.get('config') or {})
@@ -354,7 +303,7 @@ class CentroidModel:
             raise BeammlError(f'{source} is corrupt: {e}') from e
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, allow_nan=False, default=_json_default)
+        return dumps(self.to_dict(), indent=1)
 
     # -- files
     def save(self, model_dir: str, *, make_latest: bool = True) -> str:
@@ -365,18 +314,18 @@ class CentroidModel:
         """
         if self.version is None:
             version = new_version()
-            while _exists(_join(model_dir, version, MODEL_FILE)):
+            while exists(join(model_dir, version, MODEL_FILE)):
                 version = new_version()
             self.version = version
-        vdir = _join(model_dir, self.version)
-        path = _join(vdir, MODEL_FILE)
-        if _exists(path):
+        vdir = join(model_dir, self.version)
+        path = join(vdir, MODEL_FILE)
+        if exists(path):
             raise BeammlError(f'model version {self.version} already exists at {path}; '
                               'versions are immutable, save under a new version')
         try:
-            _write_text(path, self.to_json())
+            write_text(path, self.to_json())
             if make_latest:
-                _write_text(_join(model_dir, LATEST_FILE), self.version + '\n')
+                write_text(join(model_dir, LATEST_FILE), self.version + '\n')
         except BeammlError:
             raise
         except Exception as e:
@@ -394,7 +343,7 @@ class CentroidModel:
         path = str(path)
         file_path = _resolve(path)
         try:
-            text = _read_text(file_path)
+            text = read_text(file_path)
         except Exception as e:
             raise BeammlError(f'cannot read model {file_path}: {e}') from e
         if not text.strip():
@@ -415,105 +364,22 @@ class CentroidModel:
 def _resolve(path: str) -> str:
     """The model.json a path designates (file, version directory or model directory)."""
     if path.endswith('.json'):
-        if not _exists(path):
+        if not exists(path):
             raise BeammlError(f'no model file {path}')
         return path
-    candidate = _join(path, MODEL_FILE)
-    if _exists(candidate):
+    candidate = join(path, MODEL_FILE)
+    if exists(candidate):
         return candidate
-    latest = _join(path, LATEST_FILE)
-    if _exists(latest):
+    latest = join(path, LATEST_FILE)
+    if exists(latest):
         version = latest_version(path)
-        target = _join(path, version, MODEL_FILE)
-        if not _exists(target):
+        target = join(path, version, MODEL_FILE)
+        if not exists(target):
             raise BeammlError(f'{latest} names version {version!r} but {target} does not '
                               f'exist; point LATEST at an existing version ('
                               f'{", ".join(list_versions(path)) or "none found"})')
         return target
-    if _exists(path) and not _is_remote(path):
-        import os
-        if os.path.isfile(path):
-            return path  # a model file with another extension
+    if exists(path) and not is_remote(path) and os.path.isfile(path):
+        return path  # a model file with another extension
     raise BeammlError(f'no model at {path}: expected a {MODEL_FILE}, a version directory '
                       f'holding one, or a model directory with a {LATEST_FILE} file')
-
-
-# ----------------------------------------------------------------------------- RunInference
-
-class CentroidModelHandler(ModelHandler[np.ndarray, PredictionResult, CentroidModel]):
-    """Nearest-centroid inference for Beam's ``RunInference`` over numpy arrays.
-
-    ``RunInference(CentroidModelHandler(path))`` takes a PCollection of points
-    (1-D arrays of shape (d,), or 2-D arrays of shape (m, d), which give one
-    result per row), batches them, and yields ``PredictionResult(example,
-    inference=(cluster, distance), model_id=<model version>)``.
-
-    ``path`` is anything :meth:`CentroidModel.load` accepts. With side-input
-    model updates (``RunInference(handler, model_metadata_pcoll=...)`` whose
-    ``ModelMetadata.model_id`` is a model path) the handler switches to the new
-    model and the results carry its version. Give version paths (or model.json
-    files) there: RunInference caches models by path, so the same model
-    directory sent twice is not reloaded even if its LATEST moved.
-
-    Parameters
-    ----------
-    model_path : str
-    min_batch_size, max_batch_size, max_batch_duration_secs :
-        ``BatchElements`` settings (defaults 1, 4096, none).
-    """
-
-    def __init__(self, model_path: str, *, min_batch_size: int = 1,
-                 max_batch_size: int = 4096, max_batch_duration_secs: int | None = None,
-                 **kwargs):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                         max_batch_duration_secs=max_batch_duration_secs, **kwargs)
-        self._model_path = model_path
-
-    @property
-    def model_path(self) -> str:
-        return self._model_path
-
-    def load_model(self) -> CentroidModel:
-        return CentroidModel.load(self._model_path)
-
-    def update_model_path(self, model_path: Optional[str] = None):
-        if model_path:
-            self._model_path = model_path
-
-    def run_inference(self, batch: Sequence[np.ndarray], model: CentroidModel,
-                      inference_args: Optional[dict[str, Any]] = None
-                      ) -> Iterable[PredictionResult]:
-        if not len(batch):
-            return []
-        arrays = [np.asarray(x, dtype=np.float64) for x in batch]
-        if all(a.ndim == 1 for a in arrays):
-            lengths = {a.shape[0] for a in arrays}
-            if lengths != {model.d}:
-                raise BeammlError(f'points of {sorted(lengths)} features given to model '
-                                  f'{model.version} of d={model.d}')
-            labels, dist = nearest_centroid(np.stack(arrays), model.centers,
-                                            centers_sq=model.centers_sq)
-            return [PredictionResult(x, (int(c), float(r)), model.version)
-                    for x, c, r in zip(batch, labels.tolist(), dist.tolist())]
-        # 2-D examples: one call over all their rows, then split back
-        mats = [a.reshape(1, -1) if a.ndim == 1 else a for a in arrays]
-        bad = sorted({m.shape[-1] for m in mats if m.ndim != 2 or m.shape[1] != model.d})
-        if bad:
-            raise BeammlError(f'examples of {bad} features given to model {model.version} '
-                              f'of d={model.d}')
-        labels, dist = nearest_centroid(np.concatenate(mats), model.centers,
-                                        centers_sq=model.centers_sq)
-        out, lo = [], 0
-        for x, m in zip(batch, mats):
-            hi = lo + m.shape[0]
-            inf = ((int(labels[lo]), float(dist[lo])) if np.ndim(x) == 1
-                   else (labels[lo:hi], dist[lo:hi]))
-            out.append(PredictionResult(x, inf, model.version))
-            lo = hi
-        return out
-
-    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
-        return int(sum(np.asarray(x).nbytes for x in batch))
-
-    def get_metrics_namespace(self) -> str:
-        return 'BeammlCentroidModel'

@@ -1,0 +1,87 @@
+"""Table schemas across input files: the one type a column is written as, and batches cast to it.
+
+Files of one table may disagree (a CSV file read as text, another as numbers;
+ints in one, floats in another): :func:`promote_types` decides the type both
+meet as, :func:`add_schema` / :func:`unified_schema` fold every batch's schema
+into the one schema (the maths of :class:`~beamml.transforms.index.beam.UnifySchemasFn`),
+and :func:`conform_batch` casts a batch to it.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beamml.transforms.io import BeammlError
+from beamml.transforms.io.types import SOURCE_COLUMNS
+
+__all__ = ['promote_types', 'add_schema', 'unified_schema', 'schema_without_source',
+           'conform_batch']
+
+
+def promote_types(a: pa.DataType, b: pa.DataType, name: str = '') -> pa.DataType:
+    """The type two files' versions of a column are written as.
+
+    Equal types stay; null gives way; integers widen to int64, integers and
+    floats to float64; anything else scalar meets as string. Nested types that
+    differ are an error.
+    """
+    if pa.types.is_dictionary(a):
+        a = a.value_type
+    if pa.types.is_dictionary(b):
+        b = b.value_type
+    if a.equals(b):
+        return a
+    if pa.types.is_null(a):
+        return b
+    if pa.types.is_null(b):
+        return a
+    if pa.types.is_integer(a) and pa.types.is_integer(b):
+        return pa.int64()
+    num = (pa.types.is_integer, pa.types.is_floating)
+    if any(f(a) for f in num) and any(f(b) for f in num):
+        return pa.float64()
+    if pa.types.is_nested(a) or pa.types.is_nested(b):
+        raise BeammlError(f'column {name!r} is {a} in one input file and {b} in another; '
+                          'make the files agree')
+    return pa.string()
+
+
+def add_schema(types: dict[str, pa.DataType], schema: pa.Schema) -> dict[str, pa.DataType]:
+    """Fold ``schema`` into ``types`` (column name -> type so far) with :func:`promote_types`;
+    updates ``types`` in place and returns it."""
+    for field in schema:
+        types[field.name] = (promote_types(types[field.name], field.type, field.name)
+                             if field.name in types else field.type)
+    return types
+
+
+def unified_schema(types: dict[str, pa.DataType], columns: Sequence[str] = ()) -> pa.Schema:
+    """The schema of ``types``: columns in ``columns`` order (the first file's), then any
+    others by name."""
+    names = [c for c in columns if c in types]
+    names += sorted(set(types) - set(names))
+    return pa.schema([(n, types[n]) for n in names])
+
+
+def schema_without_source(batch: pa.RecordBatch) -> pa.Schema:
+    """The batch's schema without the reader's source columns (``_file``, ``_row``)."""
+    return pa.schema([f for f in batch.schema if f.name not in SOURCE_COLUMNS])
+
+
+def conform_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """The batch with exactly the schema's columns and types (missing columns are null)."""
+    arrays = []
+    names = batch.schema.names
+    for field in schema:
+        if field.name in names:
+            col = batch.column(field.name)
+            if pa.types.is_dictionary(col.type) and not pa.types.is_dictionary(field.type):
+                col = col.dictionary_decode()
+            if not col.type.equals(field.type):
+                col = pc.cast(col, field.type)
+            arrays.append(col)
+        else:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
