@@ -22,7 +22,7 @@ from beamml.transforms.kmeans import LabelledPoints, row_hashes
 from beamml.transforms.metrics import (
     SLICE_COLUMN, Accuracy, AverageQueryPrecision, ConfusionCounts, F1, MeanAveragePrecision,
     Precision, PrecisionAtK, QueryCount, QueryPrecision, Recall, query_stats)
-from beamml.transforms.norms import SORT_KEY
+from beamml.transforms.sorting import SORT_KEY
 
 PACKAGES = ('beamml.transforms', 'beamml.pipelines')
 FLOAT_SUMS = dict(rtol=1e-9, atol=1e-12)   # sums whose order of additions differs
