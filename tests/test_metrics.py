@@ -513,7 +513,7 @@ def test_query_stats_int_ids_runs_and_shuffled_with_duplicates(tmp_path, ids, so
 
 @pytest.mark.parametrize('case', ['sorted', 'shuffled', 'wide', 'one', 'strings', 'gaps'])
 def test_fragment_encoding_round_trip(case):
-    from beamml.transforms.metrics import _decode_part, _encode_part
+    from beamml.transforms.metrics.ranking import _decode_part, _encode_part
     rng = np.random.default_rng(5)
     n = 1 if case == 'one' else 500
     q = np.sort(rng.integers(-40, 60, n))
@@ -545,7 +545,7 @@ def test_fragment_encoding_round_trip(case):
 
 
 def test_record_batch_coder_round_trip_and_registered():
-    from beamml.transforms.metrics import RecordBatchCoder
+    from beamml.transforms.io import RecordBatchCoder
     coder = beam.coders.registry.get_coder(pa.RecordBatch)
     assert isinstance(coder, RecordBatchCoder)
     batch = pa.RecordBatch.from_pydict({
