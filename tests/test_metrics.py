@@ -327,6 +327,81 @@ def test_query_combine_fn_merge_order():
                                    QueryPrecision()(**arrays)['precision'])
 
 
+def _accumulate(fn, batches):
+    acc = fn.create_accumulator()
+    for b in batches:
+        acc = fn.add_input(acc, b)
+    return acc
+
+
+def assert_same_output(got, want):
+    """Metric outputs equal: the same keys, counts and arrays, floats up to rounding."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want)
+        for k in want:
+            assert_same_output(got[k], want[k])
+    elif isinstance(want, np.ndarray):
+        if want.dtype.kind == 'f':
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(got, want)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, nan_ok=True)
+    else:
+        assert got == want
+
+
+def merge_contract_cases():
+    """(CombineFn, batches of A, B, C): A holds slice a, B slices a and b, C b and c, so
+    that B brings a merge slices the first accumulator does not have yet and C adds
+    into them."""
+    t, p = random_logs(31, 240)
+    model = np.array(['a'] * 60 + ['a', 'b'] * 30 + ['b', 'c'] * 60)
+    rows = {'truth': t.astype(bool), 'prediction': p.astype(bool), 'model': model}
+
+    def batch(lo, hi):
+        return pa.RecordBatch.from_pydict({k: v[lo:hi] for k, v in rows.items()})
+    classification = (MetricsCombineFn(classification_metrics(), slice_by=['model']),
+                      [batch(0, 30), batch(30, 60)], [batch(60, 120)],
+                      [batch(120, 180), batch(180, 240)])
+    q, r, rel = random_ranking(32, n_queries=60)
+    stats = {k: v for k, v in query_stats(q, r, rel, ks=(3,)).items() if k != 'duplicates'}
+
+    def stats_batch(lo, hi, key):
+        cols = {'_slice': pa.array([key] * (hi - lo), pa.string())}
+        cols.update({k: pa.array(v[lo:hi]) for k, v in stats.items()})
+        return pa.RecordBatch.from_pydict(cols)
+    ranking = (MetricsCombineFn([AverageQueryPrecision(), PrecisionAtK(3),
+                                 MeanAveragePrecision(), QueryCount(), QueryPrecision()]),
+               [stats_batch(0, 20, None), stats_batch(20, 30, 'model=a')],
+               [stats_batch(30, 40, 'model=a'), stats_batch(40, 50, 'model=b'),
+                stats_batch(0, 10, None)],
+               [stats_batch(50, 60, 'model=b'), stats_batch(10, 20, 'model=c')])
+    return {'classification': classification, 'ranking': ranking}
+
+
+@pytest.mark.parametrize('first', ['empty', 'A'])
+@pytest.mark.parametrize('case', ['classification', 'ranking'])
+def test_merge_changes_only_the_first_accumulator(case, first):
+    # Beam's CombineFn contract: merge_accumulators may modify and return only the first
+    # accumulator (combiner lifting, retries and speculative merges reuse the others).
+    fn, a, b, c = merge_contract_cases()[case]
+    accs = [_accumulate(fn, a if first == 'A' else []), _accumulate(fn, b),
+            _accumulate(fn, c)]
+    before = [pickle.dumps(acc) for acc in accs[1:]]
+    merged = fn.merge_accumulators(accs)
+    assert [pickle.dumps(acc) for acc in accs[1:]] == before
+    single = _accumulate(fn, (a if first == 'A' else []) + b + c)
+    assert_same_output(fn.extract_output(merged), fn.extract_output(single))
+    # adding to the merged accumulator does not reach into B or C either
+    fn.extract_output(fn.add_input(merged, c[0]))
+    assert [pickle.dumps(acc) for acc in accs[1:]] == before
+    # B and C, unchanged, still merge to the same result (as on a retry)
+    again = fn.merge_accumulators([fn.create_accumulator()] + accs[1:])
+    assert_same_output(fn.extract_output(again),
+                       fn.extract_output(_accumulate(fn, b + c)))
+
+
 # ----------------------------------------------------------------------------- Beam
 
 def _dump(element, directory):

@@ -76,7 +76,8 @@ class MetricsCombineFn(beam.CombineFn):
     metrics (ranking) read per-query statistics batches and slice them by their
     ``_slice`` column (null = overall). The accumulator is a dict
     ``{slice key (None = overall): [one small array per distinct state]}``;
-    merges sum into the first accumulator.
+    merges add into the first accumulator and copy a slice it does not have yet,
+    never keeping another accumulator's arrays (Beam may reuse them).
 
     The output is ``{'overall': section, 'slices': {key: section}}``, a section
     being ``{metric name: value, ..., 'undefined': {metric name: n}}``.
@@ -134,10 +135,10 @@ class MetricsCombineFn(beam.CombineFn):
         for a in accumulators:
             for key, accs in a.items():
                 mine = first.get(key)
-                if mine is None:
-                    first[key] = accs
-                else:
-                    first[key] = [s.merge(x, y) for s, x, y in zip(self.states, mine, accs)]
+                if mine is None:  # a slice new to first: merged into fresh states, a copy
+                    mine = first[key] = [s.create() for s in self.states]
+                for i, s in enumerate(self.states):
+                    mine[i] = s.merge(mine[i], accs[i])
         return first
 
     def _section(self, accs) -> dict:

@@ -57,7 +57,8 @@ __all__ = ['Metric', 'Precision', 'Recall', 'Accuracy', 'F1', 'ConfusionCounts',
 # A state is the accumulator of one or more metrics: create / add / merge, the
 # add reading numpy columns. Metrics with equal states share one accumulator in
 # ComputeMetrics (Precision, Recall, F1, Accuracy and ConfusionCounts all read
-# the same confusion counts).
+# the same confusion counts). A merge adds ``other`` into ``acc`` and never
+# modifies ``other`` (Beam's rule: only the first accumulator may change).
 
 class _State:
     level = 'rows'        # 'rows': log rows; 'queries': per-query statistics
@@ -79,6 +80,7 @@ class _State:
         raise NotImplementedError
 
     def merge(self, acc, other):
+        """``acc`` with ``other`` added in; ``other`` is left as it was."""
         acc += other
         return acc
 
@@ -134,8 +136,20 @@ class _AtK(_State):
         return acc
 
 
+def _read_only(a) -> np.ndarray:
+    """A read-only view of ``a`` (the caller's array keeps its own flags)."""
+    v = np.asarray(a).view()
+    v.flags.writeable = False
+    return v
+
+
 class _QueryTable(_State):
-    """Per-query counts (q_id, n_returned, n_relevant): a list of chunks, summed by q_id."""
+    """Per-query counts (q_id, n_returned, n_relevant): a list of chunks, summed by q_id.
+
+    A merge appends the other list's chunks without copying them: the chunks are
+    read-only arrays, never written once stored (compaction makes new ones), so
+    accumulators can share them while each list stays its accumulator's own.
+    """
     level = 'queries'
     inputs = ('q_id', 'n_returned', 'n_relevant')
     _COMPACT_ROWS = 1 << 16
@@ -144,10 +158,11 @@ class _QueryTable(_State):
         return []
 
     def add(self, acc, cols):
-        acc.append((np.asarray(cols['q_id']), np.asarray(cols['n_returned'], np.int64),
-                     np.asarray(cols['n_relevant'], np.int64)))
+        acc.append((_read_only(cols['q_id']),
+                    _read_only(np.asarray(cols['n_returned'], np.int64)),
+                    _read_only(np.asarray(cols['n_relevant'], np.int64))))
         if sum(len(c[0]) for c in acc) > 2 * self._COMPACT_ROWS and len(acc) > 2:
-            acc[:] = [self.compact(acc)]
+            acc[:] = [tuple(_read_only(a) for a in self.compact(acc))]
         return acc
 
     def merge(self, acc, other):
