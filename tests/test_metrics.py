@@ -12,12 +12,13 @@ import pytest
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
                              precision_score, recall_score)
 
-from beamml.transforms.io import ERRORS
+from beamml.transforms.io import ERRORS, BeammlError
 from beamml.transforms.metrics import (
     Accuracy, AverageQueryPrecision, ComputeMetrics, ConfusionCounts, F1,
-    MeanAveragePrecision, MetricsCombineFn, Precision, PrecisionAtK, QueryCount,
-    QueryPrecision, QueryStats, Recall, binary_labels, confusion_counts, parse_binary,
-    parse_query_ids, parse_rank, parse_relevance, query_buckets, query_stats)
+    MeanAveragePrecision, MetricsCombineFn, ParsePredictionLogs, Precision, PrecisionAtK,
+    QueryCount, QueryPrecision, QueryStats, Recall, binary_labels, confusion_counts,
+    parse_binary, parse_query_ids, parse_rank, parse_relevance, per_query_metrics,
+    query_buckets, query_stats)
 
 SKLEARN = {'precision': precision_score, 'recall': recall_score, 'f1': f1_score}
 
@@ -224,10 +225,49 @@ def test_ranking_input_errors():
     assert QueryCount()(**empty) == 0
 
 
+def test_parameter_errors_name_the_parameter():
+    # a transform names its parameter; the command line words it as a flag (for_cli)
+    cases = [(lambda: PrecisionAtK(0), 'k'),
+             (lambda: Precision(zero_division=2), 'zero_division'),
+             (lambda: QueryStats(n_buckets=0), 'n_buckets'),
+             (lambda: ComputeMetrics([QueryCount()], n_buckets=0), 'n_buckets'),
+             (lambda: ParsePredictionLogs('regression'), 'task'),
+             (lambda: ParsePredictionLogs('ranking', id_type='float'), 'id_type')]
+    for make, name in cases:
+        with pytest.raises(BeammlError) as e:
+            make()
+        assert e.value.parameters == (name,)
+        assert str(e.value).startswith(f'{name} ') and '--' not in str(e.value)
+        assert e.value.for_cli().startswith(f'--{name} ')
+    ComputeMetrics([Precision()], n_buckets=0)  # no ranking step, nothing to check
+
+
 def test_query_stats_drop_keeps_first():
     s = query_stats([1, 1, 1], [0, 0, 1], [1, 0, 0], ks=(1,), duplicates='drop')
     assert s['duplicates'] == 1
     assert s['n_returned'].tolist() == [2] and s['n_relevant'].tolist() == [1]
+
+
+@pytest.mark.parametrize('zero_division', [0.0, float('nan')])
+def test_per_query_metrics_against_oracle(zero_division):
+    q, r, rel = random_ranking(9, n_queries=40, gaps=True)
+    s = query_stats(q, r, rel, ks=(3,))
+    want = oracle_per_query(q, r, rel, 3)
+    for stats in (s, pa.RecordBatch.from_pydict({k: v for k, v in s.items()
+                                                 if k != 'duplicates'})):
+        got = per_query_metrics(stats, 3, zero_division)
+        for i, qid in enumerate(s['q_id'].tolist()):
+            v = want[qid]
+            assert got['precision'][i] == pytest.approx(v['n_relevant'] / v['n_returned'])
+            assert got['precision_at_k'][i] == pytest.approx(v['p_at_k'])
+            assert got['average_precision'][i] == pytest.approx(
+                zero_division if v['ap'] is None else v['ap'], nan_ok=True)
+    # the per-query values are what the metrics average
+    arrays = dict(q_id=q, predicted_rank=r, truth_relevance=rel)
+    got = per_query_metrics(s, 3)
+    assert got['precision'].mean() == pytest.approx(AverageQueryPrecision()(**arrays))
+    assert got['precision_at_k'].mean() == pytest.approx(PrecisionAtK(3)(**arrays))
+    assert got['average_precision'].mean() == pytest.approx(MeanAveragePrecision()(**arrays))
 
 
 def test_parsers():

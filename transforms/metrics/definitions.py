@@ -33,12 +33,13 @@ the top result, a row is *relevant* when ``truth_relevance > 0``). Per query q w
 Ranking metrics accumulate per-query statistics (``q_id, n_returned, n_relevant,
 n_relevant_at_<k>, ap_sum``: :func:`~beamml.transforms.metrics.kernels.query_stats`
 on arrays, :class:`~beamml.transforms.metrics.ranking.QueryStats` in Beam), so a
-ranking metric's ``combine_fn()`` takes RecordBatches of those, not raw rows.
+ranking metric's ``combine_fn()`` takes RecordBatches of those, not raw rows;
+:func:`per_query_metrics` turns them into each query's precision, P@k and AP.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -49,7 +50,7 @@ from beamml.transforms.metrics.parsing import RANKING_INPUTS, ROW_INPUTS, binary
 
 __all__ = ['Metric', 'Precision', 'Recall', 'Accuracy', 'F1', 'ConfusionCounts',
            'QueryPrecision', 'AverageQueryPrecision', 'PrecisionAtK', 'MeanAveragePrecision',
-           'QueryCount', 'CLASSIFICATION_METRICS', 'RANKING_METRICS']
+           'QueryCount', 'CLASSIFICATION_METRICS', 'RANKING_METRICS', 'per_query_metrics']
 
 
 # ----------------------------------------------------------------------------- states
@@ -386,6 +387,38 @@ class PrecisionAtK(_RankingMetric):
 
     def value(self, acc):
         return _divide(acc[1] / self.k, acc[0], self.zero_division)
+
+
+def per_query_metrics(stats: Mapping[str, Any], k: int,
+                      zero_division: float = 0.0) -> dict[str, np.ndarray]:
+    """Each query's precision, precision at k and average precision from its statistics.
+
+    Parameters
+    ----------
+    stats : mapping of column name to array of shape (n_queries,)
+        Per-query statistics: the dict of :func:`query_stats`, or a batch of
+        :class:`QueryStats` (a ``pyarrow.RecordBatch``), with ``n_returned``,
+        ``n_relevant``, ``n_relevant_at_<k>`` and ``ap_sum``.
+    k : the k of precision at k
+    zero_division : the AP of a query without a relevant row (0, 1 or nan), as
+        :class:`MeanAveragePrecision`
+
+    Returns
+    -------
+    dict of ndarray of shape (n_queries,), float64
+        ``precision`` (relevant / returned), ``precision_at_k`` (relevant rows with
+        ``predicted_rank < k``, divided by k) and ``average_precision``: the
+        per-query values that :class:`AverageQueryPrecision`,
+        :class:`PrecisionAtK` and :class:`MeanAveragePrecision` average.
+    """
+    k, zero_division = _check_k(k), _check_zero_division(zero_division)
+    n_ret = np.asarray(stats['n_returned'], np.float64)
+    n_rel = np.asarray(stats['n_relevant'], np.float64)
+    at_k = np.asarray(stats[f'n_relevant_at_{k}'], np.float64)
+    ap_sum = np.asarray(stats['ap_sum'], np.float64)
+    with np.errstate(invalid='ignore', divide='ignore'):
+        ap = np.where(n_rel > 0, ap_sum / n_rel, zero_division)
+    return {'precision': n_rel / n_ret, 'precision_at_k': at_k / k, 'average_precision': ap}
 
 
 CLASSIFICATION_METRICS = {
