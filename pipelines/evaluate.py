@@ -140,8 +140,8 @@ def format_metrics(result: dict, task: str, k: int) -> dict:
     one JSON policy: NaN (a 0/0 with --zero_division nan) is written "NaN"."""
     extra = {'k': k} if task == 'ranking' else {}
     return to_jsonable({'task': task, 'overall': {**result['overall'], **extra},
-                      'slices': {key: {**section, **extra}
-                                 for key, section in result['slices'].items()}})
+                        'slices': {key: {**section, **extra}
+                                   for key, section in result['slices'].items()}})
 
 
 def per_query_schema(id_type: str) -> pa.Schema:

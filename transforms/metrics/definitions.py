@@ -429,5 +429,3 @@ RANKING_METRICS = {
     'average_query_precision': AverageQueryPrecision, 'precision_at_k': PrecisionAtK,
     'mean_average_precision': MeanAveragePrecision, 'n_queries': QueryCount,
 }
-
-

@@ -38,7 +38,6 @@ def confusion_counts(truth, prediction) -> np.ndarray:
     return np.array([c[3], c[1], c[0], c[2]], dtype=np.int64)
 
 
-
 def _factorize(values) -> tuple[np.ndarray, pa.Array]:
     """Dense int64 codes (first-appearance order) and the unique values."""
     arr = _as_arrow(values)
@@ -194,4 +193,3 @@ def query_stats(q_id, predicted_rank, truth_relevance, ks: Sequence[int] = (),
     out.update({k: v[by_id] for k, v in s.items()})
     out['duplicates'] = int(dup.sum())
     return out
-

@@ -348,4 +348,3 @@ class ParsePredictionLogs(beam.PTransform):
         return batches | 'ParseLogRows' >> beam.ParDo(_ParseLogsFn(
             self.task, self.columns, self.slice_by, self.id_type)
         ).with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='rows')
-

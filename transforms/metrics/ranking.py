@@ -406,5 +406,3 @@ class QueryStats(beam.PTransform):
                 | 'GroupQueryBuckets' >> beam.GroupByKey()
                 | 'ReduceQueries' >> beam.ParDo(_QueryStatsFn(self.ks))
                 .with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='stats'))
-
-
