@@ -1,9 +1,10 @@
-"""Metrics in Beam: the CombineFns that accumulate any list of metrics overall and per
-slice, and :class:`ComputeMetrics`, which computes them all in one pass over log batches.
+"""Metrics in Beam: CombineFns of any list of metrics, overall and per slice; ComputeMetrics.
 
-The CombineFns know a metric only by its interface (``name``, ``level``, ``state``,
-``value``, ``can_be_undefined``; see :class:`~beamml.transforms.metrics.definitions.Metric`),
-whose state does the arithmetic on numpy columns.
+:class:`ComputeMetrics` computes them all in one pass over log batches. The
+CombineFns know a metric only by its interface (``name``, ``level``, ``state``,
+``value``, ``can_be_undefined``; see
+:class:`~beamml.transforms.metrics.definitions.Metric`), whose state does the
+arithmetic on numpy columns.
 """
 from __future__ import annotations
 

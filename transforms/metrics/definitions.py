@@ -44,6 +44,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from beamml.transforms.io import BeammlError
+# Metric.combine_fn's Beam form; compute knows a metric only by its interface and
+# imports nothing from here.
 from beamml.transforms.metrics.compute import MetricCombineFn
 from beamml.transforms.metrics.kernels import confusion_counts, query_stats
 from beamml.transforms.metrics.parsing import RANKING_INPUTS, ROW_INPUTS, binary_labels

@@ -1,6 +1,8 @@
-"""Numpy kernels of the metrics: confusion counts of labels, and per-query statistics of
-ranking rows (sorted by ``(q_id, predicted_rank)``, repeated pairs found, one row of
-counts per query), shared by the metric definitions and the Beam ranking path.
+"""Numpy kernels of the metrics: confusion counts, and per-query statistics of ranking rows.
+
+Per-query statistics: rows sorted by ``(q_id, predicted_rank)``, repeated pairs
+found, one row of counts per query; shared by the metric definitions (on arrays)
+and the Beam ranking path (:mod:`beamml.transforms.metrics.ranking`).
 """
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
-"""Prediction-log parsing: log columns to typed label, rank, relevance and query-id arrays,
-slice keys, and :class:`ParsePredictionLogs`, which refuses unusable rows as dead letters.
+"""Prediction-log parsing: log columns to typed arrays, slice keys, and ParsePredictionLogs.
+
+The parsers turn a column into labels, ranks, relevances or query ids plus masks of
+missing and invalid values; :class:`ParsePredictionLogs` applies them to log batches
+and refuses the unusable rows as dead letters.
 
 Labels may be 0/1, booleans or the strings T/F/true/false (any case; also "0"/"1");
 1 / true is the positive class. ``predicted_rank`` is an integer >= 0 with 0 the top
