@@ -19,7 +19,6 @@ beamml (e.g. ``-- --direct_running_mode multi_processing --direct_num_workers 2`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -78,6 +77,7 @@ def main(argv=None):
 
     from beamml.pipelines import evaluate
     from beamml.pipelines.common import configure_logging
+    from beamml.transforms.io.documents import read_json
     configure_logging()
 
     best_base = best_beam = cpu_base = cpu_beam = float('inf')
@@ -93,8 +93,7 @@ def main(argv=None):
         best_beam = min(best_beam, time.perf_counter() - t0)
         cpu_beam = min(cpu_beam, time.process_time() - c0)
 
-    with open(os.path.join(out, 'metrics.json')) as f:
-        doc = json.load(f)
+    doc = read_json(os.path.join(out, 'metrics.json'))
     got = doc['overall']['average_query_precision']
     if doc['overall']['n_queries'] != base_n or abs(got - base_avg) > 1e-9:
         sys.exit(f'MISMATCH: beamml average_query_precision={got} n_queries='

@@ -10,12 +10,9 @@ OUTPUT/evaluate-errors-*.jsonl.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
@@ -23,9 +20,11 @@ from apache_beam.runners.runner import PipelineState
 
 from beamml.pipelines import common
 from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, BeammlError, ReadTable,
-                           WriteDeadLetters, WriteTable)
+                                  WriteDeadLetters, WriteTable)
+from beamml.transforms.io.documents import read_json, to_jsonable, write_json
 from beamml.transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
-                                ComputeMetrics, ParsePredictionLogs, PrecisionAtK)
+                                       ComputeMetrics, ParsePredictionLogs, PrecisionAtK,
+                                       per_query_metrics)
 
 LOG = logging.getLogger('beamml')
 TASKS = ('classification', 'ranking')
@@ -84,6 +83,15 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or '').split(',') if v.strip()]
 
 
+def check_flags(args) -> None:
+    """BeammlError for a numeric flag out of range, before anything is built (the
+    transforms name their parameters, e.g. ``n_buckets`` for --query_buckets)."""
+    if args.k < 1:
+        raise BeammlError(f'--k must be >= 1, got {args.k}')
+    if args.task == 'ranking' and args.query_buckets < 1:
+        raise BeammlError(f'--query_buckets must be >= 1, got {args.query_buckets}')
+
+
 def metric_list(args) -> list:
     """The Metric objects of --task / --metrics / --k / --zero_division."""
     registry = CLASSIFICATION_METRICS if args.task == 'classification' else RANKING_METRICS
@@ -92,8 +100,6 @@ def metric_list(args) -> list:
     if unknown:
         raise BeammlError(f'unknown --metrics {", ".join(unknown)} for --task {args.task}; '
                           f'one or more of {", ".join(registry)}')
-    if args.k < 1:
-        raise BeammlError(f'--k must be >= 1, got {args.k}')
     zd = ZERO_DIVISION[str(args.zero_division)]
     out = []
     for n in dict.fromkeys(names):
@@ -129,24 +135,13 @@ def check_columns(read: ReadTable, args) -> tuple[dict[str, str], list[str]]:
     return columns, slice_by
 
 
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return None if not math.isfinite(float(v)) else float(v)
-    return v
-
-
 def format_metrics(result: dict, task: str, k: int) -> dict:
-    """The metrics.json document (without counts): NaN becomes null; ranking gets k."""
+    """The metrics.json document (without counts; ranking gets k), JSON-ready under the
+    one JSON policy: NaN (a 0/0 with --zero_division nan) is written "NaN"."""
     extra = {'k': k} if task == 'ranking' else {}
-    return _jsonable({'task': task, 'overall': {**result['overall'], **extra},
-                      'slices': {key: {**section, **extra}
-                                 for key, section in result['slices'].items()}})
+    return to_jsonable({'task': task, 'overall': {**result['overall'], **extra},
+                        'slices': {key: {**section, **extra}
+                                   for key, section in result['slices'].items()}})
 
 
 def per_query_schema(id_type: str) -> pa.Schema:
@@ -161,15 +156,11 @@ def per_query_batch(stats: pa.RecordBatch, k: int, zero_division: float):
     overall = stats.filter(pc.is_null(stats.column(SLICE_COLUMN)))
     if overall.num_rows == 0:
         return
-    n_ret = overall.column('n_returned').to_numpy().astype(np.float64)
-    n_rel = overall.column('n_relevant').to_numpy().astype(np.float64)
-    at_k = overall.column(f'n_relevant_at_{k}').to_numpy().astype(np.float64)
-    ap_sum = overall.column('ap_sum').to_numpy()
-    with np.errstate(invalid='ignore', divide='ignore'):
-        ap = np.where(n_rel > 0, ap_sum / n_rel, zero_division)
+    values = per_query_metrics(overall, k, zero_division)
     yield pa.RecordBatch.from_arrays(
         [overall.column('q_id'), overall.column('n_returned'), overall.column('n_relevant'),
-         pa.array(n_rel / n_ret), pa.array(at_k / k), pa.array(ap)],
+         pa.array(values['precision']), pa.array(values['precision_at_k']),
+         pa.array(values['average_precision'])],
         names=per_query_schema('int64').names)
 
 
@@ -179,6 +170,7 @@ def build(p, args):
     ``metrics`` (the metrics.json document) is empty when no row is usable; ``run``
     then writes the metrics of nothing itself.
     """
+    check_flags(args)
     metrics = metric_list(args)
     kwargs = dict(input_format=args.input_format, source_columns=True)
     if args.id_column:
@@ -223,24 +215,17 @@ def compute_metrics(args, metrics=None, slice_by=None) -> ComputeMetrics:
 def write_metrics(result: dict, path: str, task: str, k: int) -> dict:
     """Format the single element of the metrics PCollection and write it to ``path``."""
     doc = format_metrics(result, task, k)
-    write_json(doc, path)
+    write_json(path, doc, indent=2)  # the single element: a retry rewrites the same content
     return doc
 
 
-def write_json(doc: dict, path: str) -> None:
-    """Write one JSON document (the single element of the metrics PCollection; a retry
-    rewrites the same content)."""
-    with FileSystems.create(path) as f:
-        f.write((json.dumps(doc, indent=2) + '\n').encode('utf-8'))
-
-
 def add_counts(metrics_path: str, counts: dict | None) -> dict:
-    """Add the run's record counts to metrics.json (rewritten in place)."""
-    with FileSystems.open(metrics_path) as f:
-        doc = json.loads(f.read().decode('utf-8'))
+    """Add the run's record counts to metrics.json (rewritten in place; a non-finite
+    value, written "NaN", is read back and written again as that same string)."""
+    doc = read_json(metrics_path)
     doc['counts'] = {k: (counts or {}).get(k) for k in
                      ('records_read', 'records_ok', 'records_refused')}
-    write_json(doc, metrics_path)
+    write_json(metrics_path, doc, indent=2)
     return doc
 
 

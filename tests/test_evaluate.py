@@ -290,3 +290,60 @@ def test_no_usable_row_writes_the_metrics_of_nothing(tmp_path, task):
         assert o['confusion'] == {'tp': 0, 'fp': 0, 'tn': 0, 'fn': 0}
         assert o['precision'] == 0.0 and o['undefined']['precision'] == 1
     assert doc['slices'] == {}
+
+
+def strict_json(path):
+    """metrics.json parsed as strict JSON: a bare NaN / Infinity token is an error."""
+    def refuse(token):
+        raise ValueError(f'non-standard JSON token {token}')
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def test_zero_division_nan_is_written_as_the_string_nan(tmp_path, capsys):
+    # the one JSON policy: a non-finite metric is "NaN" (as BigQuery reads a FLOAT64),
+    # not null; add_counts reads it back and rewrites it unchanged
+    pq.write_table(pa.table({'truth': np.zeros(20, bool), 'prediction': np.zeros(20, bool)}),
+                   tmp_path / 'neg.parquet')
+    out = str(tmp_path / 'eval')
+    evaluate.run(['--input', str(tmp_path / 'neg.parquet'), '--task', 'classification',
+                  '--zero_division', 'nan', '--output', out])
+    doc = strict_json(os.path.join(out, 'metrics.json'))
+    o = doc['overall']
+    assert o['precision'] == o['recall'] == o['f1'] == 'NaN'
+    assert o['accuracy'] == 1.0
+    assert o['undefined'] == {'precision': 1, 'recall': 1, 'accuracy': 0, 'f1': 1}
+    assert doc['counts'] == {'records_read': 20, 'records_ok': 20, 'records_refused': 0}
+    assert 'precision=NaN' in capsys.readouterr().out
+
+
+def test_ranking_per_query_values_and_nan_average_precision(tmp_path):
+    # query 1: ranks 0-3, relevant at 1 and 3; query 2: nothing relevant (AP 0/0 -> nan)
+    rows = [{'q_id': 1, 'predicted_rank': r, 'truth_relevance': int(r in (1, 3))}
+            for r in range(4)]
+    rows += [{'q_id': 2, 'predicted_rank': r, 'truth_relevance': 0} for r in range(2)]
+    path = tmp_path / 'rank.jsonl'
+    path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    out = str(tmp_path / 'ev')
+    evaluate.run(['--input', str(path), '--task', 'ranking', '--k', '2',
+                  '--zero_division', 'nan', '--output', out])
+    pqr = per_query(out)
+    by_q = {q: i for i, q in enumerate(pqr['q_id'])}
+    one, two = by_q[1], by_q[2]
+    assert pqr['precision'][one] == 0.5 and pqr['precision'][two] == 0.0
+    assert pqr['precision_at_k'][one] == 0.5 and pqr['precision_at_k'][two] == 0.0
+    assert pqr['average_precision'][one] == pytest.approx((1 / 2 + 2 / 4) / 2)
+    assert np.isnan(pqr['average_precision'][two])
+    o = strict_json(os.path.join(out, 'metrics.json'))['overall']
+    assert o['mean_average_precision'] == 'NaN'
+    assert o['undefined']['mean_average_precision'] == 1
+    assert o['precision_at_k'] == 0.25
+
+
+def test_bad_query_buckets_is_an_error_before_running(tmp_path):
+    pq.write_table(pa.table({'q_id': [1], 'predicted_rank': [0], 'truth_relevance': [1]}),
+                   tmp_path / 'x.parquet')
+    with pytest.raises(BeammlError, match='--query_buckets must be >= 1'):
+        evaluate.run(['--input', str(tmp_path / 'x.parquet'), '--task', 'ranking',
+                      '--query_buckets', '0', '--output', str(tmp_path / 'out')])
+    assert not os.path.exists(tmp_path / 'out' / 'metrics.json')

@@ -12,12 +12,13 @@ import pytest
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
                              precision_score, recall_score)
 
-from beamml.transforms.io import ERRORS
+from beamml.transforms.io import ERRORS, BeammlError
 from beamml.transforms.metrics import (
     Accuracy, AverageQueryPrecision, ComputeMetrics, ConfusionCounts, F1,
-    MeanAveragePrecision, MetricsCombineFn, Precision, PrecisionAtK, QueryCount,
-    QueryPrecision, QueryStats, Recall, binary_labels, confusion_counts, parse_binary,
-    parse_query_ids, parse_rank, parse_relevance, query_buckets, query_stats)
+    MeanAveragePrecision, MetricsCombineFn, ParsePredictionLogs, Precision, PrecisionAtK,
+    QueryCount, QueryPrecision, QueryStats, Recall, binary_labels, confusion_counts,
+    parse_binary, parse_query_ids, parse_rank, parse_relevance, per_query_metrics,
+    query_buckets, query_stats)
 
 SKLEARN = {'precision': precision_score, 'recall': recall_score, 'f1': f1_score}
 
@@ -224,10 +225,49 @@ def test_ranking_input_errors():
     assert QueryCount()(**empty) == 0
 
 
+def test_parameter_errors_name_the_parameter():
+    # a transform names its parameter; the command line words it as a flag (for_cli)
+    cases = [(lambda: PrecisionAtK(0), 'k'),
+             (lambda: Precision(zero_division=2), 'zero_division'),
+             (lambda: QueryStats(n_buckets=0), 'n_buckets'),
+             (lambda: ComputeMetrics([QueryCount()], n_buckets=0), 'n_buckets'),
+             (lambda: ParsePredictionLogs('regression'), 'task'),
+             (lambda: ParsePredictionLogs('ranking', id_type='float'), 'id_type')]
+    for make, name in cases:
+        with pytest.raises(BeammlError) as e:
+            make()
+        assert e.value.parameters == (name,)
+        assert str(e.value).startswith(f'{name} ') and '--' not in str(e.value)
+        assert e.value.for_cli().startswith(f'--{name} ')
+    ComputeMetrics([Precision()], n_buckets=0)  # no ranking step, nothing to check
+
+
 def test_query_stats_drop_keeps_first():
     s = query_stats([1, 1, 1], [0, 0, 1], [1, 0, 0], ks=(1,), duplicates='drop')
     assert s['duplicates'] == 1
     assert s['n_returned'].tolist() == [2] and s['n_relevant'].tolist() == [1]
+
+
+@pytest.mark.parametrize('zero_division', [0.0, float('nan')])
+def test_per_query_metrics_against_oracle(zero_division):
+    q, r, rel = random_ranking(9, n_queries=40, gaps=True)
+    s = query_stats(q, r, rel, ks=(3,))
+    want = oracle_per_query(q, r, rel, 3)
+    for stats in (s, pa.RecordBatch.from_pydict({k: v for k, v in s.items()
+                                                 if k != 'duplicates'})):
+        got = per_query_metrics(stats, 3, zero_division)
+        for i, qid in enumerate(s['q_id'].tolist()):
+            v = want[qid]
+            assert got['precision'][i] == pytest.approx(v['n_relevant'] / v['n_returned'])
+            assert got['precision_at_k'][i] == pytest.approx(v['p_at_k'])
+            assert got['average_precision'][i] == pytest.approx(
+                zero_division if v['ap'] is None else v['ap'], nan_ok=True)
+    # the per-query values are what the metrics average
+    arrays = dict(q_id=q, predicted_rank=r, truth_relevance=rel)
+    got = per_query_metrics(s, 3)
+    assert got['precision'].mean() == pytest.approx(AverageQueryPrecision()(**arrays))
+    assert got['precision_at_k'].mean() == pytest.approx(PrecisionAtK(3)(**arrays))
+    assert got['average_precision'].mean() == pytest.approx(MeanAveragePrecision()(**arrays))
 
 
 def test_parsers():
@@ -325,6 +365,81 @@ def test_query_combine_fn_merge_order():
             assert res['overall'][m.name] == pytest.approx(m(**arrays))
         np.testing.assert_allclose(res['overall']['query_precision']['precision'],
                                    QueryPrecision()(**arrays)['precision'])
+
+
+def _accumulate(fn, batches):
+    acc = fn.create_accumulator()
+    for b in batches:
+        acc = fn.add_input(acc, b)
+    return acc
+
+
+def assert_same_output(got, want):
+    """Metric outputs equal: the same keys, counts and arrays, floats up to rounding."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and list(got) == list(want)
+        for k in want:
+            assert_same_output(got[k], want[k])
+    elif isinstance(want, np.ndarray):
+        if want.dtype.kind == 'f':
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(got, want)
+    elif isinstance(want, float):
+        assert got == pytest.approx(want, rel=1e-12, nan_ok=True)
+    else:
+        assert got == want
+
+
+def merge_contract_cases():
+    """(CombineFn, batches of A, B, C): A holds slice a, B slices a and b, C b and c, so
+    that B brings a merge slices the first accumulator does not have yet and C adds
+    into them."""
+    t, p = random_logs(31, 240)
+    model = np.array(['a'] * 60 + ['a', 'b'] * 30 + ['b', 'c'] * 60)
+    rows = {'truth': t.astype(bool), 'prediction': p.astype(bool), 'model': model}
+
+    def batch(lo, hi):
+        return pa.RecordBatch.from_pydict({k: v[lo:hi] for k, v in rows.items()})
+    classification = (MetricsCombineFn(classification_metrics(), slice_by=['model']),
+                      [batch(0, 30), batch(30, 60)], [batch(60, 120)],
+                      [batch(120, 180), batch(180, 240)])
+    q, r, rel = random_ranking(32, n_queries=60)
+    stats = {k: v for k, v in query_stats(q, r, rel, ks=(3,)).items() if k != 'duplicates'}
+
+    def stats_batch(lo, hi, key):
+        cols = {'_slice': pa.array([key] * (hi - lo), pa.string())}
+        cols.update({k: pa.array(v[lo:hi]) for k, v in stats.items()})
+        return pa.RecordBatch.from_pydict(cols)
+    ranking = (MetricsCombineFn([AverageQueryPrecision(), PrecisionAtK(3),
+                                 MeanAveragePrecision(), QueryCount(), QueryPrecision()]),
+               [stats_batch(0, 20, None), stats_batch(20, 30, 'model=a')],
+               [stats_batch(30, 40, 'model=a'), stats_batch(40, 50, 'model=b'),
+                stats_batch(0, 10, None)],
+               [stats_batch(50, 60, 'model=b'), stats_batch(10, 20, 'model=c')])
+    return {'classification': classification, 'ranking': ranking}
+
+
+@pytest.mark.parametrize('first', ['empty', 'A'])
+@pytest.mark.parametrize('case', ['classification', 'ranking'])
+def test_merge_changes_only_the_first_accumulator(case, first):
+    # Beam's CombineFn contract: merge_accumulators may modify and return only the first
+    # accumulator (combiner lifting, retries and speculative merges reuse the others).
+    fn, a, b, c = merge_contract_cases()[case]
+    accs = [_accumulate(fn, a if first == 'A' else []), _accumulate(fn, b),
+            _accumulate(fn, c)]
+    before = [pickle.dumps(acc) for acc in accs[1:]]
+    merged = fn.merge_accumulators(accs)
+    assert [pickle.dumps(acc) for acc in accs[1:]] == before
+    single = _accumulate(fn, (a if first == 'A' else []) + b + c)
+    assert_same_output(fn.extract_output(merged), fn.extract_output(single))
+    # adding to the merged accumulator does not reach into B or C either
+    fn.extract_output(fn.add_input(merged, c[0]))
+    assert [pickle.dumps(acc) for acc in accs[1:]] == before
+    # B and C, unchanged, still merge to the same result (as on a retry)
+    again = fn.merge_accumulators([fn.create_accumulator()] + accs[1:])
+    assert_same_output(fn.extract_output(again),
+                       fn.extract_output(_accumulate(fn, b + c)))
 
 
 # ----------------------------------------------------------------------------- Beam
@@ -513,7 +628,7 @@ def test_query_stats_int_ids_runs_and_shuffled_with_duplicates(tmp_path, ids, so
 
 @pytest.mark.parametrize('case', ['sorted', 'shuffled', 'wide', 'one', 'strings', 'gaps'])
 def test_fragment_encoding_round_trip(case):
-    from beamml.transforms.metrics import _decode_part, _encode_part
+    from beamml.transforms.metrics.ranking import _decode_part, _encode_part
     rng = np.random.default_rng(5)
     n = 1 if case == 'one' else 500
     q = np.sort(rng.integers(-40, 60, n))
@@ -545,7 +660,7 @@ def test_fragment_encoding_round_trip(case):
 
 
 def test_record_batch_coder_round_trip_and_registered():
-    from beamml.transforms.metrics import RecordBatchCoder
+    from beamml.transforms.io import RecordBatchCoder
     coder = beam.coders.registry.get_coder(pa.RecordBatch)
     assert isinstance(coder, RecordBatchCoder)
     batch = pa.RecordBatch.from_pydict({
