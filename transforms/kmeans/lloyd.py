@@ -77,7 +77,7 @@ class KMeansState:
 
 @dataclasses.dataclass
 class KMeansResult:
-    """The outcome of :class:`KMeans`.
+    """The outcome of :class:`~beamml.transforms.kmeans.training.KMeans`.
 
     Attributes
     ----------
@@ -147,7 +147,8 @@ def checked_stats(_, partials, *, combine_fn: PointStatsCombineFn,
 
 
 def initial_state(centers: np.ndarray, stats: PointStats, *, n_clusters: int,
-                   tol: float) -> KMeansState:
+                  tol: float) -> KMeansState:
+    """The state before the first iteration, from the seeding's (centred) centres."""
     centers = np.ascontiguousarray(centers, dtype=np.float64)
     if centers.shape[0] != n_clusters:
         raise BeammlError(f'seeding produced {centers.shape[0]} centres for k={n_clusters}')
@@ -156,7 +157,7 @@ def initial_state(centers: np.ndarray, stats: PointStats, *, n_clusters: int,
 
 
 def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
-                max_iter: int, empty_cluster: str) -> KMeansState:
+               max_iter: int, empty_cluster: str) -> KMeansState:
     """M-step and stopping test after iteration ``state.n_iter`` (scikit-learn's order)."""
     if state.stopped:
         return state
@@ -187,6 +188,7 @@ def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
 
 def final_result(state: KMeansState, partials, *,
                  combine_fn: CentroidCombineFn) -> KMeansResult:
+    """The result: the final state, with labels, sizes and inertia against its centres."""
     sums = merge_partials(combine_fn, partials)
     return KMeansResult(
         centers=state.centers + state.mean, n_iter=state.n_iter,

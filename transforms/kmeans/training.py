@@ -214,6 +214,8 @@ class _FinalStep(beam.PTransform):
             final_result, beam.pvalue.AsList(outs.partials), combine_fn=combine_fn)
 
 
+# ----------------------------------------------------------------------------- KMeans
+
 def _is_count(v) -> bool:
     return isinstance(v, (int, np.integer)) and v >= 1
 
@@ -386,7 +388,7 @@ class KMeans(beam.PTransform):
 
 @contextlib.contextmanager
 def recursion_limit_for(max_iter: int):
-    """Raise Python's recursion limit enough to run a KMeans of ``max_iter`` iterations; restore it.
+    """Within the block, a recursion limit high enough to run a KMeans of ``max_iter`` iterations.
 
     Before it runs a pipeline, the local runner (``FnApiRunner``, what
     ``DirectRunner`` means for a batch pipeline) annotates each stage with the
@@ -395,10 +397,10 @@ def recursion_limit_for(max_iter: int):
     ``runners/portability/fn_api_runner/translations.py``): one Python frame
     per stage of the longest chain, and :class:`KMeans`'s unrolled iterations
     are a chain of ``max_iter`` stages (measured: about ``max_iter + 20``
-    frames below the caller's). The limit is raised to at least ``1000 + 2 * max_iter`` inside
-    the block and put back when it ends, however it ends. Dataflow's
-    translation does not recurse over the chain. Use it around building and
-    running::
+    frames below the caller's). The limit is raised to at least
+    ``1000 + 2 * max_iter`` inside the block (never lowered) and put back when
+    the block ends, however it ends. Dataflow's translation does not recurse
+    over the chain. Use it around building and running::
 
         with recursion_limit_for(max_iter):
             with beam.Pipeline() as p:
