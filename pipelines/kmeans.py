@@ -11,7 +11,6 @@ centre shifts per iteration) and the dead letters of the input,
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -23,8 +22,9 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 from beamml.pipelines import common
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters
+from beamml.transforms.io.documents import read_json, write_json
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
-                               read_initial_centers)
+                                      read_initial_centers, recursion_limit_for)
 from beamml.transforms.model import CentroidModel, new_version
 
 LOG = logging.getLogger('beamml')
@@ -79,7 +79,11 @@ class KMeansOptions:
 
 
 def validate(args, dimension: int):
-    """Flag checks that need no data; returns the KMeans init (a method name or an array)."""
+    """Flag checks that need no data; returns the KMeans init (a method name or an array).
+
+    ``--k`` is checked here, in its flag's words: KMeans calls it ``n_clusters``. The
+    other flags are KMeans's parameters by the same names, which its errors name.
+    """
     if args.allow_nan:
         raise BeammlError('K-means cannot train on NaN or infinite features; drop --allow_nan '
                           '(such rows then go to the dead letters)')
@@ -96,10 +100,8 @@ def validate(args, dimension: int):
 
 
 def write_result(result: KMeansResult, path: str) -> str:
-    """Write the training result as JSON (one small file; a retry rewrites it)."""
-    with FileSystems.create(path) as f:
-        f.write(json.dumps(result.to_dict()).encode('utf-8'))
-    return path
+    """Write the training result as JSON (one small file, written whole; a retry rewrites it)."""
+    return write_json(path, result.to_dict())
 
 
 def build(p, args, *, version: str | None = None, cache_dir: str | None = None):
@@ -148,20 +150,19 @@ def run(argv=None):
     if cache_dir is None and options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
         cache_dir = temp_cache = tempfile.mkdtemp(prefix='beamml-kmeans-')
     try:
-        p = beam.Pipeline(options=options)
-        built = build(p, args, version=version, cache_dir=cache_dir)  # validates the flags
-        kmeans = built['kmeans']
-        common.ensure_dir_for(FileSystems.join(vdir, RESULT_FILE))
-        result = common.run_pipeline(p)
+        with recursion_limit_for(args.max_iter):  # the local runner recurses per iteration
+            p = beam.Pipeline(options=options)
+            built = build(p, args, version=version, cache_dir=cache_dir)  # validates the flags
+            kmeans = built['kmeans']
+            common.ensure_dir_for(FileSystems.join(vdir, RESULT_FILE))
+            result = common.run_pipeline(p)
     finally:
         if temp_cache:
             shutil.rmtree(temp_cache, ignore_errors=True)
     errors_glob = WriteDeadLetters.glob(FileSystems.join(vdir, 'training'))
     common.report(result, errors_glob=errors_glob,
                   max_refused_fraction=args.max_refused_fraction)
-    result_path = FileSystems.join(vdir, RESULT_FILE)
-    with FileSystems.open(result_path) as f:
-        res = KMeansResult.from_dict(json.loads(f.read().decode('utf-8')))
+    res = KMeansResult.from_dict(read_json(FileSystems.join(vdir, RESULT_FILE)))
     model = CentroidModel(
         res.centers, version=version, input_pattern=args.input, n_iter=res.n_iter,
         inertia=res.inertia, inertia_history=res.inertia_history,

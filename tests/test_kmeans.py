@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import os
 import pickle
+import sys
 import uuid
 import warnings
 
@@ -22,10 +23,12 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from beamml.transforms.io import BeammlError, points_batch
-from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints, PointStatsCombineFn,
-                               kmeans_plusplus, label_signature, lloyd_labels,
-                               read_cached_points, read_initial_centers, row_hashes,
-                               tolerance, update_centers, write_cached_points)
+from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints,
+                                      PointStatsCombineFn, kmeans_plusplus, label_signature,
+                                      lloyd_labels, read_cached_points, read_initial_centers,
+                                      recursion_limit_for, row_hashes, tolerance,
+                                      update_centers, write_cached_points)
+from beamml.transforms.kmeans.kernels import _multipliers
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -153,6 +156,18 @@ def test_row_hashes_equal_rows_only():
     X2 = X.copy()
     X2[0, 2] = np.nextafter(X2[0, 2], 1.0)  # one bit differs
     assert row_hashes(X2)[0] != h[0]
+
+
+def test_row_hash_multipliers_are_splitmix64():
+    # the per-feature constants, vectorised, against SplitMix64 in Python integers
+    mask, x, ref = (1 << 64) - 1, 0x2545F4914F6CDD1D, []
+    for _ in range(300):
+        x = (x + 0x9E3779B97F4A7C15) & mask
+        z = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        ref.append((z ^ (z >> 31)) | 1)
+    assert _multipliers(300).tolist() == ref
+    assert _multipliers(3).tolist() == ref[:3] and len(_multipliers(0)) == 0
 
 
 def test_label_signature_order_free_and_sensitive():
@@ -349,7 +364,7 @@ def test_point_stats_sample_is_uniform():
 # ----------------------------------------------------------------------------- KMeans vs sklearn
 
 def test_validation_at_construction(tmp_path):
-    with pytest.raises(BeammlError, match='k must be'):
+    with pytest.raises(BeammlError, match='n_clusters must be'):
         KMeans(0)
     with pytest.raises(BeammlError, match='max_iter'):
         KMeans(2, max_iter=0)
@@ -362,6 +377,42 @@ def test_validation_at_construction(tmp_path):
     with pytest.raises(BeammlError):
         KMeans(3, init=str(tmp_path / 'no-such-file.npy'))
     assert isinstance(KMeans(2).random_state, int)  # drawn once, then fixed
+
+
+@pytest.mark.parametrize('kwargs, name', [
+    (dict(n_clusters=0), 'n_clusters'), (dict(n_clusters=2.5), 'n_clusters'),
+    (dict(max_iter=0), 'max_iter'), (dict(tol=float('nan')), 'tol'),
+    (dict(empty_cluster='drop'), 'empty_cluster'), (dict(init_sample_size=0), 'init_sample_size'),
+    (dict(init_steps=0), 'init_steps'), (dict(oversampling_factor=0), 'oversampling_factor'),
+    (dict(n_clusters=3, init=np.zeros((2, 2))), 'init'),
+    (dict(init=[[np.nan, 0.0]]), 'init'),
+])
+def test_errors_name_the_parameter_never_a_flag(kwargs, name):
+    with pytest.raises(BeammlError) as e:
+        KMeans(**{'n_clusters': 1, **kwargs})
+    assert str(e.value).startswith(f'{name} ') and '--' not in str(e.value)
+    assert e.value.parameters == (name,)
+    assert e.value.for_cli().startswith(f'--{name} ')  # how the command line words it
+
+
+def test_building_and_running_leave_the_recursion_limit_alone():
+    before = sys.getrecursionlimit()
+    _run_single([np.arange(8.0).reshape(4, 2)], n_clusters=2, max_iter=3, random_state=0)
+    assert sys.getrecursionlimit() == before
+
+
+def test_recursion_limit_for_is_scoped():
+    before = sys.getrecursionlimit()
+    with recursion_limit_for(5000):
+        assert sys.getrecursionlimit() == max(before, 1000 + 2 * 5000)
+    assert sys.getrecursionlimit() == before
+    with pytest.raises(RuntimeError):  # restored however the block ends
+        with recursion_limit_for(5000):
+            raise RuntimeError('stop')
+    assert sys.getrecursionlimit() == before
+    with recursion_limit_for(1):  # never lowered
+        assert sys.getrecursionlimit() == max(before, 1002)
+    assert sys.getrecursionlimit() == before
 
 
 def test_exact_against_sklearn_tol0_and_default_tol(tmp_path):

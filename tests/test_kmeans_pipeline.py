@@ -1,8 +1,10 @@
 """`beamml kmeans` end to end: run([...]) into tmp_path, checked against scikit-learn."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -132,6 +134,35 @@ def test_flag_errors(blobs, tmp_path):
     with pytest.raises(SystemExit):  # argparse: an unknown --empty_cluster value
         kmeans.run(base + ['--k', '2', '--empty_cluster', 'drop'])
     assert not os.path.exists(str(tmp_path / 'm'))  # nothing written
+
+
+def test_cli_words_the_parameters_as_its_flags(blobs, tmp_path, capsys):
+    base = ['--input', blobs['pattern'], '--model_dir', str(tmp_path / 'm')]
+    for flags, line in [(['--k', '0'], '--k must be >= 1, got 0'),
+                        (['--k', '2', '--max_iter', '0'],
+                         '--max_iter must be an integer >= 1, got 0'),
+                        (['--k', '2', '--init_steps', '0'], '--init_steps must be >= 1, got 0')]:
+        assert main_wrapper(kmeans.run, base + flags, prog='beamml kmeans') == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f'beamml kmeans: error: {line}'
+    assert not os.path.exists(str(tmp_path / 'm'))
+
+
+def test_run_raises_the_recursion_limit_only_around_the_run(blobs, tmp_path, monkeypatch):
+    seen, real = [], kmeans.recursion_limit_for
+
+    @contextlib.contextmanager
+    def spy(max_iter):
+        with real(max_iter):
+            seen.append((max_iter, sys.getrecursionlimit()))
+            yield
+
+    monkeypatch.setattr(kmeans, 'recursion_limit_for', spy)
+    before = sys.getrecursionlimit()
+    kmeans.run(['--input', blobs['pattern'], '--init', blobs['c0'], '--max_iter', '2',
+                '--model_dir', str(tmp_path / 'm')])
+    assert seen == [(2, max(before, 1000 + 2 * 2))]
+    assert sys.getrecursionlimit() == before
 
 
 def test_data_errors_at_run_time(tmp_path, capsys):

@@ -1,0 +1,377 @@
+"""K-means numpy kernels (no Beam): the Lloyd E- and M-steps, k-means++, tolerance, row hashes.
+
+Plain functions on ``(n_samples, n_features)`` arrays, with scikit-learn's names
+and arithmetic (``sklearn/cluster/_kmeans.py``); the Beam adapters in
+:mod:`~beamml.transforms.kmeans.combiners`, the seeding graph and the
+training composite call them.
+
+Empty clusters
+--------------
+``empty_cluster='keep'`` (the default) leaves an empty cluster's centre where it
+was. ``empty_cluster='farthest'`` reproduces scikit-learn's relocation
+(``_relocate_empty_clusters_dense``): the points farthest from their own centre
+(squared distance computed directly, ``((x - c) ** 2).sum()``) are taken, the
+farthest for the first (lowest-index) empty cluster, the next for the next one;
+each is removed from its cluster and becomes the empty cluster's centre (a
+cluster of one point). Then, as scikit-learn does, a cluster still empty (its
+only point was moved, or every point lies on its centre) is placed on the
+centre of the largest cluster. With one empty cluster at a time this is
+exactly scikit-learn's; with several, scikit-learn pairs the same far points
+with the empty clusters in ``np.argpartition`` order, which is unspecified, while
+here the pairing is by decreasing distance (ties: lexicographic coordinates).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from beamml.transforms.distances import row_sq_norms
+
+__all__ = [
+    'INIT_METHODS', 'EMPTY_CLUSTER', 'STOP_REASONS', 'MASK64',
+    'row_hashes', 'label_signature', 'batch_rng', 'tolerance', 'lloyd_labels',
+    'kmeans_plusplus', 'farthest_order', 'update_centers', 'center_shift',
+    'largest', 'smallest',
+]
+
+INIT_METHODS = ('k-means++', 'k-means||', 'random')
+EMPTY_CLUSTER = ('keep', 'farthest')
+STOP_REASONS = ('converged_labels', 'converged_tol', 'max_iter')
+
+MASK64 = (1 << 64) - 1
+_GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
+_FEATURE_SEED = np.uint64(0x2545F4914F6CDD1D)
+_CHUNK_ROWS = 4096  # rows per BLAS product in the E-step (the distances stay in cache)
+
+
+# ----------------------------------------------------------------------------- row hashes
+
+def _mix64(h: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser, element-wise on a uint64 array (in place)."""
+    h ^= h >> np.uint64(30)
+    h *= np.uint64(0xBF58476D1CE4E5B9)
+    h ^= h >> np.uint64(27)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(31)
+    return h
+
+
+def _multipliers(d: int) -> np.ndarray:
+    """d odd 64-bit constants (the first d outputs of a SplitMix64 sequence), one per feature."""
+    x = _FEATURE_SEED + np.arange(1, d + 1, dtype=np.uint64) * _GOLDEN64  # wraps mod 2**64
+    return _mix64(x) | np.uint64(1)
+
+
+def row_hashes(X: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's coordinates (equal rows, equal hashes).
+
+    ``-0.0`` and ``0.0`` hash alike. Vectorised: the rows' bit patterns times odd
+    constants, summed modulo 2**64 (an integer matrix product), then mixed.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+
+    Returns
+    -------
+    ndarray of shape (n_samples,), uint64
+    """
+    X = np.asarray(X, dtype=np.float64)
+    bits = (X + 0.0).view(np.uint64)  # + 0.0: a copy, and -0.0 becomes 0.0
+    return _mix64(bits @ _multipliers(X.shape[1]))
+
+
+def label_signature(hashes: np.ndarray, labels: np.ndarray) -> int:
+    """Sum over the points of a mix of (row hash, label), modulo 2**64.
+
+    Two labellings of the same points have the same signature when they are the
+    same (as multisets of (point, label)); otherwise they collide with
+    probability about 2**-64. The sum does not depend on the order of the
+    points or on how they are split into batches.
+
+    Parameters
+    ----------
+    hashes : ndarray of shape (n_samples,), uint64
+        :func:`row_hashes` of the points.
+    labels : ndarray of shape (n_samples,), int
+
+    Returns
+    -------
+    int in [0, 2**64)
+    """
+    v = _mix64(hashes ^ ((labels.astype(np.uint64) + np.uint64(1)) * _GOLDEN64))
+    return int(np.add.reduce(v, dtype=np.uint64))
+
+
+def batch_rng(seed: int, stream: int, hashes: np.ndarray) -> np.random.Generator:
+    """A generator for one batch, from the run's seed and the batch's content.
+
+    The same batch gets the same draws whatever the order batches arrive in;
+    ``stream`` separates the uses (0: the sample, ``r + 1``: k-means|| round r).
+    """
+    h = int(np.add.reduce(hashes, dtype=np.uint64)) if len(hashes) else 0
+    return np.random.default_rng([seed & MASK64, stream, h & 0xFFFFFFFF, h >> 32, len(hashes)])
+
+
+def largest(keys: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the m largest keys (all when there are at most m), in no order."""
+    if len(keys) <= m:
+        return np.arange(len(keys))
+    return np.argpartition(keys, len(keys) - m)[len(keys) - m:]
+
+
+def smallest(keys: np.ndarray, m: int) -> np.ndarray:
+    """Indices of the m smallest keys (all when there are at most m), in no order."""
+    if len(keys) <= m:
+        return np.arange(len(keys))
+    return np.argpartition(keys, m - 1)[:m]
+
+
+# ----------------------------------------------------------------------------- E-step
+
+def tolerance(variances: np.ndarray, tol: float) -> float:
+    """scikit-learn's absolute tolerance: ``tol * mean(var(X, axis=0))`` (0 when tol is 0)."""
+    if tol == 0:
+        return 0.0
+    return float(np.mean(variances) * tol)
+
+
+#: The E-step's thread pool, one per process: DoFns are created, pickled and torn
+#: down by the runner, while the threads should be started once and shared by
+#: every batch and iteration the process runs (as scikit-learn's OpenMP team).
+#: Keyed by pid because a forked worker inherits the dict but not the threads.
+_POOL: dict = {}
+
+
+def _thread_pool():
+    """The small thread pool for the E-step of this process (None on a single core)."""
+    pid = os.getpid()
+    if pid not in _POOL:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        _POOL.clear()
+        _POOL[pid] = (ThreadPoolExecutor(min(cores, 8), thread_name_prefix='beamml-kmeans')
+                      if cores > 1 else None)
+    return _POOL[pid]
+
+
+def _map_chunks(chunk, starts) -> None:
+    """``chunk(lo)`` for every start, on the thread pool when there are several."""
+    starts = list(starts)
+    pool = _thread_pool() if len(starts) >= 4 else None
+    if pool is None:
+        for lo in starts:
+            chunk(lo)
+    else:  # numpy releases the GIL in the product and argmin: chunks run in parallel
+        for _ in pool.map(chunk, starts):
+            pass
+
+
+def lloyd_labels(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None,
+                 *, return_distances: bool = True):
+    """The Lloyd E-step: nearest centre of each point, and its squared distance.
+
+    Computes ``||c||^2 - 2 x.c`` with one BLAS product per chunk of rows and takes
+    the first minimum, exactly as scikit-learn's Lloyd kernel
+    (``_update_chunk_dense``), so labels agree with scikit-learn's bit for bit
+    in practice. Chunks of 4096 rows run on a small thread pool (one thread
+    per core, as scikit-learn's OpenMP loop) when there are several.
+    (:func:`beamml.transforms.distances.nearest_centroid`, used for inference, also
+    repairs near-ties exactly; it is about twice as slow.)
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    centers : ndarray of shape (n_clusters, n_features)
+    centers_sq : ndarray of shape (n_clusters,), optional
+        Squared norms of the centres.
+    return_distances : bool, default True
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,), int64
+    sq_distances : ndarray of shape (n_samples,), float64
+        ``||x||^2 + ||c||^2 - 2 x.c`` for the nearest centre, clipped at 0
+        (only with ``return_distances``).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    centers = np.asarray(centers, dtype=np.float64)
+    if centers_sq is None:
+        centers_sq = row_sq_norms(centers)
+    n = X.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    best = np.empty(n, dtype=np.float64) if return_distances else None
+    # -2 folded into the centres: scaling by a power of two is exact, so
+    # x.(-2c) == -2 (x.c) bit for bit, and one pass over D is saved.
+    minus_2ct = np.ascontiguousarray(centers.T * -2.0)
+    k = centers.shape[0]
+
+    def chunk(lo):
+        Xc = X[lo:lo + _CHUNK_ROWS]
+        D = Xc @ minus_2ct
+        D += centers_sq
+        lab = D.argmin(axis=1)
+        labels[lo:lo + len(lab)] = lab
+        if return_distances:  # ||x||^2 + min(||c||^2 - 2 x.c), clipped at 0
+            b = D.ravel()[lab + k * np.arange(len(lab))]  # D[i, lab[i]]
+            b += np.einsum('ij,ij->i', Xc, Xc)
+            np.maximum(b, 0.0, out=b)
+            best[lo:lo + len(lab)] = b
+
+    _map_chunks(chunk, range(0, n, _CHUNK_ROWS))
+    if not return_distances:
+        return labels
+    return labels, best
+
+
+# ----------------------------------------------------------------------------- k-means++
+
+def _sq_distances_sklearn(A: np.ndarray, B: np.ndarray, B_sq: np.ndarray) -> np.ndarray:
+    """scikit-learn's ``_euclidean_distances(A, B, Y_norm_squared=B_sq, squared=True)``."""
+    D = -2 * (A @ B.T)
+    D += row_sq_norms(A)[:, None]
+    D += B_sq.reshape(1, -1)
+    np.maximum(D, 0, out=D)
+    return D
+
+
+def _check_random_state(random_state) -> np.random.RandomState:
+    if random_state is None or isinstance(random_state, (int, np.integer)):
+        return np.random.RandomState(random_state)
+    if isinstance(random_state, np.random.RandomState):
+        return random_state
+    raise ValueError(f'random_state must be None, an int or a RandomState, '
+                     f'got {type(random_state).__name__}')
+
+
+def kmeans_plusplus(X: np.ndarray, n_clusters: int, *, sample_weight: np.ndarray | None = None,
+                    x_squared_norms: np.ndarray | None = None, random_state=None,
+                    n_local_trials: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy k-means++ seeding, step for step scikit-learn's ``_kmeans_plusplus``.
+
+    With the same ``random_state`` it returns the same centres and indices as
+    ``sklearn.cluster.kmeans_plusplus`` (same draws, same arithmetic).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    n_clusters : int
+    sample_weight : ndarray of shape (n_samples,), optional
+        Weights (default 1 each): the first centre is drawn with probability
+        ``w / sum(w)``, the next ones with probability ``w d^2 / sum(w d^2)``.
+    x_squared_norms : ndarray of shape (n_samples,), optional
+    random_state : None, int or RandomState
+    n_local_trials : int, optional
+        Candidates tried per centre; default ``2 + int(log(n_clusters))``.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, n_features)
+    indices : ndarray of shape (n_clusters,)
+        ``X[indices[i]] == centers[i]``.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    n_samples, n_features = X.shape
+    if not 1 <= n_clusters <= n_samples:
+        raise ValueError(f'n_clusters={n_clusters} must be in [1, n_samples={n_samples}]')
+    random_state = _check_random_state(random_state)
+    if sample_weight is None:
+        sample_weight = np.ones(n_samples, dtype=X.dtype)
+    sample_weight = np.asarray(sample_weight, dtype=np.float64)
+    if x_squared_norms is None:
+        x_squared_norms = row_sq_norms(X)
+    centers = np.empty((n_clusters, n_features), dtype=X.dtype)
+    if n_local_trials is None:
+        n_local_trials = 2 + int(np.log(n_clusters))
+
+    center_id = random_state.choice(n_samples, p=sample_weight / sample_weight.sum())
+    indices = np.full(n_clusters, -1, dtype=int)
+    centers[0] = X[center_id]
+    indices[0] = center_id
+    closest_dist_sq = _sq_distances_sklearn(centers[0, np.newaxis], X, x_squared_norms)
+    current_pot = closest_dist_sq @ sample_weight
+
+    for c in range(1, n_clusters):  # a loop over centres, not points
+        rand_vals = random_state.uniform(size=n_local_trials) * current_pot
+        candidate_ids = np.searchsorted(np.cumsum(sample_weight * closest_dist_sq), rand_vals)
+        np.clip(candidate_ids, None, closest_dist_sq.size - 1, out=candidate_ids)
+        distance_to_candidates = _sq_distances_sklearn(X[candidate_ids], X, x_squared_norms)
+        np.minimum(closest_dist_sq, distance_to_candidates, out=distance_to_candidates)
+        candidates_pot = distance_to_candidates @ sample_weight.reshape(-1, 1)
+        best_candidate = np.argmin(candidates_pot)
+        current_pot = candidates_pot[best_candidate]
+        closest_dist_sq = distance_to_candidates[best_candidate]
+        best_candidate = candidate_ids[best_candidate]
+        centers[c] = X[best_candidate]
+        indices[c] = best_candidate
+    return centers, indices
+
+
+# ----------------------------------------------------------------------------- M-step
+
+def farthest_order(sq_distances: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Order of candidates: distance decreasing, ties by lexicographic coordinates."""
+    keys = [points[:, j] for j in range(points.shape[1] - 1, -1, -1)] + [-sq_distances]
+    return np.lexsort(keys)
+
+
+def update_centers(sums: np.ndarray, counts: np.ndarray, centers_old: np.ndarray, *,
+                   empty_cluster: str = 'keep', far_points: np.ndarray | None = None,
+                   far_labels: np.ndarray | None = None,
+                   far_sq_distances: np.ndarray | None = None):
+    """The M-step: new centres from per-cluster sums and counts, with empty clusters handled.
+
+    Parameters
+    ----------
+    sums : ndarray of shape (n_clusters, n_features)
+        Sum of the points of each cluster.
+    counts : ndarray of shape (n_clusters,)
+        Points in each cluster.
+    centers_old : ndarray of shape (n_clusters, n_features)
+        The centres the labels were computed against.
+    empty_cluster : {'keep', 'farthest'}
+        See the module docstring.
+    far_points, far_labels, far_sq_distances : ndarrays, optional
+        For ``'farthest'``: the points farthest from their centre (at least as
+        many as there are empty clusters), their labels and squared distances.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, n_features)
+    counts : ndarray of shape (n_clusters,), int64
+        After relocation.
+    n_relocated : int
+    """
+    if empty_cluster not in EMPTY_CLUSTER:
+        raise ValueError(f'empty_cluster must be one of {EMPTY_CLUSTER}, got {empty_cluster!r}')
+    sums = np.array(sums, dtype=np.float64)
+    counts = np.array(counts, dtype=np.int64)
+    empty = np.flatnonzero(counts == 0)
+    n_relocated = 0
+    if (len(empty) and empty_cluster == 'farthest' and far_sq_distances is not None
+            and len(far_sq_distances) and far_sq_distances.max() > 0):
+        order = farthest_order(far_sq_distances, far_points)
+        for new_id, far in zip(empty, order):  # a loop over empty clusters, not points
+            x, old_id = far_points[far], int(far_labels[far])
+            sums[old_id] -= x
+            counts[old_id] -= 1
+            sums[new_id] = x
+            counts[new_id] = 1
+            n_relocated += 1
+    centers = np.array(centers_old, dtype=np.float64, copy=True)
+    full = counts > 0
+    # as scikit-learn's _average_centers: multiply by the reciprocal
+    centers[full] = sums[full] * (1.0 / counts[full])[:, None]
+    if empty_cluster == 'farthest' and not full.all():
+        centers[~full] = centers[np.argmax(counts)]
+    return centers, counts, n_relocated
+
+
+def center_shift(centers_old: np.ndarray, centers_new: np.ndarray) -> np.ndarray:
+    """Euclidean distance each centre moved, shape (n_clusters,)."""
+    diff = centers_new - centers_old
+    return np.sqrt(np.einsum('ij,ij->i', diff, diff))

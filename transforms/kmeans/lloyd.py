@@ -1,0 +1,226 @@
+"""The Lloyd iteration as numpy steps: the state between iterations, E-step, M-step, stop, result.
+
+The arithmetic is scikit-learn's ``KMeans(algorithm='lloyd')`` (1.9), so that from
+the same initial centres, with ``tol=0`` and the same ``max_iter``, the centres,
+labels and inertia agree with scikit-learn's to rounding, and with the default
+``tol`` the number of iterations agrees:
+
+* the data are centred on their mean first (as scikit-learn does for accuracy);
+  the centres are moved back at the end;
+* iteration ``i`` labels every point with its nearest centre ``C_i`` (the E-step,
+  :func:`~beamml.transforms.kmeans.kernels.lloyd_labels`), then ``C_{i+1}`` is
+  the mean of each cluster (the M-step,
+  :class:`~beamml.transforms.kmeans.combiners.CentroidCombineFn` and
+  :func:`~beamml.transforms.kmeans.kernels.update_centers`);
+* it stops after iteration ``i`` when the labels equal those of iteration
+  ``i - 1`` (``converged_labels``, scikit-learn's "strict convergence"), else when
+  the squared centre shift summed over clusters is ``<= tol * mean(var(X, axis=0))``
+  (``converged_tol``), else after ``max_iter`` iterations (``max_iter``);
+  ``n_iter`` counts the iterations run, as scikit-learn's ``n_iter_``;
+* the final labels, cluster sizes and inertia are computed against the *final*
+  centres (scikit-learn re-runs the E-step after the loop).
+
+Labels are not kept between iterations (a point has no state in a Beam graph).
+Whether they changed is decided in one number: every iteration sums, over the
+points, a 64-bit mix of (hash of the point's coordinates, label) modulo 2**64
+(:func:`~beamml.transforms.kmeans.kernels.label_signature`); equal multisets of
+(point, label) give equal sums, and a different labelling collides with
+probability about 2**-64.
+
+The Beam side (:mod:`~beamml.transforms.kmeans.training`) calls these once per
+batch (the E-steps) or once per iteration (the merge, M-step and stopping test).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from beamml.transforms.distances import row_sq_norms
+from beamml.transforms.io import BeammlError
+from beamml.transforms.kmeans.cache import points_of
+from beamml.transforms.kmeans.combiners import (CentroidCombineFn, LabelledPoints, PointStats,
+                                                PointStatsCombineFn, merge_partials)
+from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, tolerance,
+                                              update_centers)
+
+__all__ = ['KMeansState', 'KMeansResult', 'checked_stats', 'initial_state', 'next_state',
+           'final_result', 'lloyd_step', 'final_step']
+
+
+# ----------------------------------------------------------------------------- state
+
+@dataclasses.dataclass
+class KMeansState:
+    """What one Lloyd iteration hands the next (a singleton side input).
+
+    ``centers`` are in centred coordinates (the data mean subtracted).
+    """
+    centers: np.ndarray
+    mean: np.ndarray
+    tol: float
+    n_samples: int
+    initial_centers: np.ndarray
+    n_iter: int = 0
+    stopped: bool = False
+    stop_reason: str | None = None
+    signature: int | None = None
+    inertia_history: list = dataclasses.field(default_factory=list)
+    center_shift_history: list = dataclasses.field(default_factory=list)
+    n_relocated: int = 0
+
+    @property
+    def centers_sq(self) -> np.ndarray:
+        return row_sq_norms(self.centers)
+
+
+@dataclasses.dataclass
+class KMeansResult:
+    """The outcome of :class:`~beamml.transforms.kmeans.training.KMeans`.
+
+    Attributes
+    ----------
+    centers : ndarray of shape (k, d)
+    n_iter : int
+        Iterations run (scikit-learn's ``n_iter_``).
+    stop_reason : {'converged_labels', 'converged_tol', 'max_iter'}
+    inertia : float
+        Sum of squared distances to the nearest final centre.
+    inertia_history : list of float
+        Inertia of iteration i (labels against the centres entering it).
+    center_shift_history : list of float
+        Squared shift of the centres summed over clusters, per iteration.
+    cluster_sizes : list of int
+        Points per cluster, labels against the final centres.
+    n_samples : int
+    tol : float
+        The absolute tolerance used (``tol * mean variance``).
+    initial_centers : ndarray of shape (k, d)
+    n_relocated : int
+        Empty clusters relocated (``empty_cluster='farthest'``).
+    """
+    centers: np.ndarray
+    n_iter: int
+    stop_reason: str
+    inertia: float
+    inertia_history: list
+    center_shift_history: list
+    cluster_sizes: list
+    n_samples: int
+    tol: float
+    initial_centers: np.ndarray
+    n_relocated: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out['centers'] = self.centers.tolist()
+        out['initial_centers'] = self.initial_centers.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'KMeansResult':
+        data = dict(data)
+        data['centers'] = np.array(data['centers'], dtype=np.float64)
+        data['initial_centers'] = np.array(data['initial_centers'], dtype=np.float64)
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def checked_stats(_, partials, *, combine_fn: PointStatsCombineFn,
+                  n_clusters: int) -> PointStats:
+    """Merge the statistics; refuse an empty input or k above the number of distinct points."""
+    stats = merge_partials(combine_fn, partials)
+    if stats is None:
+        stats = combine_fn.extract_output(combine_fn.create_accumulator())
+    if stats.n == 0:
+        raise BeammlError('the input holds no valid point to train on (every row was refused '
+                          'or the files hold no rows); see the dead letters')
+    if not (np.isfinite(stats.mean).all() and np.isfinite(stats.m2).all()):
+        raise BeammlError('the features hold NaN or infinite values, or values too large to '
+                          'train on (their squares overflow float64); clean or rescale them')
+    if stats.n_distinct < n_clusters:
+        raise BeammlError(f'k={n_clusters} is greater than the number of distinct points '
+                          f'({stats.n_distinct} among {stats.n} rows); use a smaller k')
+    return stats
+
+
+def initial_state(centers: np.ndarray, stats: PointStats, *, n_clusters: int,
+                  tol: float) -> KMeansState:
+    """The state before the first iteration, from the seeding's (centred) centres."""
+    centers = np.ascontiguousarray(centers, dtype=np.float64)
+    if centers.shape[0] != n_clusters:
+        raise BeammlError(f'seeding produced {centers.shape[0]} centres for k={n_clusters}')
+    return KMeansState(centers=centers, mean=stats.mean, tol=tolerance(stats.var, tol),
+                       n_samples=stats.n, initial_centers=centers.copy())
+
+
+def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
+               max_iter: int, empty_cluster: str) -> KMeansState:
+    """M-step and stopping test after iteration ``state.n_iter`` (scikit-learn's order)."""
+    if state.stopped:
+        return state
+    sums = merge_partials(combine_fn, partials)
+    if sums is None or sums.sums is None:
+        raise BeammlError('a K-means iteration saw no point (the input changed while '
+                          'training?)')
+    centers, counts, n_relocated = update_centers(
+        sums.sums, sums.counts, state.centers, empty_cluster=empty_cluster,
+        far_points=sums.far_points, far_labels=sums.far_labels,
+        far_sq_distances=sums.far_sq_distances)
+    shift_tot = float((center_shift(state.centers, centers) ** 2).sum())
+    i = state.n_iter
+    if i > 0 and sums.signature == state.signature:
+        reason = 'converged_labels'
+    elif shift_tot <= state.tol:
+        reason = 'converged_tol'
+    elif i + 1 >= max_iter:
+        reason = 'max_iter'
+    else:
+        reason = None
+    return dataclasses.replace(
+        state, centers=centers, n_iter=i + 1, stopped=reason is not None, stop_reason=reason,
+        signature=sums.signature, inertia_history=state.inertia_history + [sums.inertia],
+        center_shift_history=state.center_shift_history + [shift_tot],
+        n_relocated=state.n_relocated + n_relocated)
+
+
+def final_result(state: KMeansState, partials, *,
+                 combine_fn: CentroidCombineFn) -> KMeansResult:
+    """The result: the final state, with labels, sizes and inertia against its centres."""
+    sums = merge_partials(combine_fn, partials)
+    return KMeansResult(
+        centers=state.centers + state.mean, n_iter=state.n_iter,
+        stop_reason=state.stop_reason or 'max_iter', inertia=float(sums.inertia),
+        inertia_history=[float(v) for v in state.inertia_history],
+        center_shift_history=[float(v) for v in state.center_shift_history],
+        cluster_sizes=[int(c) for c in sums.counts], n_samples=int(state.n_samples),
+        tol=float(state.tol), initial_centers=state.initial_centers + state.mean,
+        n_relocated=int(state.n_relocated))
+
+
+def lloyd_step(element, state: KMeansState, exact_distances: bool):
+    """E-step of one iteration over a batch; nothing once the iterations stopped."""
+    if state.stopped:
+        return None
+    X, hashes = points_of(element)
+    if exact_distances:
+        labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
+        diff = X - state.centers[labels]
+        sq = np.einsum('ij,ij->i', diff, diff)
+    else:
+        labels, sq = lloyd_labels(X, state.centers, state.centers_sq)
+    return LabelledPoints(X, labels, sq, hashes)
+
+
+def final_step(element, state: KMeansState):
+    """Labels against the final centres and exact squared distances (the final E-step).
+
+    As scikit-learn: labels from the Lloyd E-step, inertia from the direct
+    squared distances ``((x - c) ** 2).sum()``.
+    """
+    X, _ = points_of(element)
+    labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
+    diff = X - state.centers[labels]
+    return LabelledPoints(X, labels, np.einsum('ij,ij->i', diff, diff))

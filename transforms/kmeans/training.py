@@ -1,0 +1,414 @@
+"""K-means training on Beam: the unrolled Lloyd iterations and the :class:`KMeans` composite.
+
+The steps themselves are numpy (:mod:`~beamml.transforms.kmeans.lloyd`); this
+module wires them into the graph: the DoFns that run them, one composite per
+iteration, and :class:`KMeans`, which validates its parameters and builds the
+whole training graph.
+
+The graph
+---------
+``KMeansStats`` -> ``KMeansCheckInput`` (one pass: statistics, sample, checks;
+with a cache directory the same pass writes each batch to the cache),
+``KMeansCentrePoints`` (each batch centred, with its row hashes), ``KMeansInit``
+(seeding, :class:`~beamml.transforms.kmeans.seeding.SeedCenters`),
+``KMeansInitialState``, then ``KMeansIteration0 .. KMeansIteration{max_iter-1}``
+unrolled, and ``KMeansFinal``. An iteration is one step, ``NearestCentre``: it
+merges the previous iteration's ``CentroidCombineFn`` accumulators (a list side
+input, one per bundle) with its state (a singleton side input) into the new
+centres and the stopping decision (the M-step, computed once per worker; the
+first iteration takes the initial state as it is), then runs the E-step on each
+batch and adds it into an accumulator of its own. The state it used goes out
+through one extra element of the points, a marker (:class:`_IterationFn`), and
+is the next iteration's singleton side input. That is the lifted form of
+``CombineGlobally(CentroidCombineFn)`` written out: Beam's own adds a keying
+step, a shuffle and a merge stage to every iteration, and a separate update
+step one more stage. Once stopped, the later iterations pass the state through;
+they still read their input, which costs little.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from beamml.transforms.io import BeammlError
+from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
+                                            write_cached_points)
+from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn,
+                                                PointStatsCombineFn, StateMarker, _as_matrix)
+from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, row_hashes
+from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_step,
+                                            initial_state, lloyd_step, next_state)
+from beamml.transforms.kmeans.seeding import SeedCenters, read_initial_centers
+
+__all__ = ['KMeans', 'recursion_limit_for']
+
+
+# ----------------------------------------------------------------------------- Beam: DoFns
+
+def _identity(element):
+    return element
+
+
+def _state_marker(_) -> StateMarker:
+    return StateMarker()
+
+
+def _drop_cache(result, paths, raw_paths=()):
+    """Delete the cache files once the result exists; the result passes through."""
+    drop_cached_points(list(paths) + list(raw_paths))
+    return result
+
+
+class _StatsAndCacheFn(PartialCombineFn):
+    """The statistics pass that also writes each batch (raw) to the cache.
+
+    Main output: the bundle's :class:`PointStatsCombineFn` accumulator; output
+    ``'raw'``: the path of each batch's raw cache file. The batches then never
+    travel between stages (on the local runner, handing a stage 1M x 8 points
+    as RecordBatches costs about 0.3 s), and each batch is hashed once.
+    """
+
+    def __init__(self, combine_fn: PointStatsCombineFn, cache_dir: str):
+        super().__init__(_identity, combine_fn)
+        self.cache_dir = cache_dir
+
+    def process(self, element):
+        X = _as_matrix(element)
+        if not X.shape[0]:
+            return
+        hashes = row_hashes(X)
+        if self.acc is None:
+            self.acc = self.combine_fn.create_accumulator()
+        self.acc = self.combine_fn.add_points(self.acc, X, hashes)
+        yield beam.pvalue.TaggedOutput(
+            'raw', write_cached_points(self.cache_dir, X, hashes, prefix='raw'))
+
+
+class _CentreFn(beam.DoFn):
+    """Points batch -> (X - mean, row hashes), or the path of a cache file holding them.
+
+    With a cache the input is the path of a raw cache file (:class:`_StatsAndCacheFn`).
+    """
+
+    def __init__(self, cache_dir: str | None):
+        self.cache_dir = cache_dir
+
+    def process(self, batch, stats):
+        if isinstance(batch, str):
+            X, hashes = read_cached_points(batch)
+        else:
+            X = _as_matrix(batch)
+            hashes = row_hashes(X) if X.shape[0] else None
+        if X.shape[0]:
+            Xc = X - stats.mean
+            if self.cache_dir is None:
+                yield Xc, hashes
+            else:
+                yield write_cached_points(self.cache_dir, Xc, hashes)
+
+
+class _IterationFn(PartialCombineFn):
+    """One pass over the points: the M-step of the previous iteration, then this E-step.
+
+    Side inputs: the state the previous iteration used and its partial
+    accumulators (none for the first iteration, which uses the initial
+    state). The state of this iteration (:func:`next_state`: merge, new
+    centres, stopping test) is computed from them once per DoFn instance (the
+    side inputs of a step never change: batch, global window), so an
+    iteration is one stage instead of two (a separate update step, with its
+    side input, costs one more transform per iteration, about 15 ms on the
+    local runner). Each points batch goes through
+    ``step(element, state, **kwargs)`` (an accumulator value, or None) into a
+    :class:`CentroidCombineFn` accumulator emitted at the end of the bundle
+    (main output); the :class:`StateMarker` element emits the state (output
+    ``'state'``, one element: the singleton side input of the next iteration).
+    """
+
+    def __init__(self, step, combine_fn: CentroidCombineFn, *,
+                 update_fn: CentroidCombineFn | None, max_iter: int, empty_cluster: str,
+                 **step_kwargs):
+        super().__init__(None, combine_fn)
+        self.step, self.update_fn = step, update_fn
+        self.max_iter, self.empty_cluster = max_iter, empty_cluster
+        self.step_kwargs = step_kwargs
+        self.state = None
+
+    def setup(self):
+        super().setup()
+        self.state = None
+
+    def _state(self, previous, partials):
+        if self.state is None:
+            self.state = previous if self.update_fn is None else next_state(
+                previous, partials, combine_fn=self.update_fn, max_iter=self.max_iter,
+                empty_cluster=self.empty_cluster)
+        return self.state
+
+    def process(self, element, previous, partials=None):
+        state = self._state(previous, partials)
+        if isinstance(element, StateMarker):
+            yield beam.pvalue.TaggedOutput('state', state)
+            return
+        self._add(self.step(element, state, **self.step_kwargs))
+
+
+# ----------------------------------------------------------------------------- composites
+
+def _iteration_side_inputs(state, partials):
+    side = [beam.pvalue.AsSingleton(state)]
+    if partials is not None:
+        side.append(beam.pvalue.AsList(partials))
+    return side
+
+
+class _LloydIteration(beam.PTransform):
+    """One Lloyd iteration: {'points', 'state'[, 'partials']} -> {'state', 'partials'}.
+
+    ``NearestCentre`` (one step, :class:`_IterationFn`) computes the centres of
+    this iteration from the previous iteration's state and partial
+    accumulators (no ``partials``: ``state`` is the initial state), labels
+    each batch against them and adds it into a :class:`CentroidCombineFn`
+    accumulator. Its outputs: that state (one element) and the partial
+    accumulators, which the next iteration (or ``KMeansFinal``) merges.
+    """
+
+    def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str):
+        super().__init__()
+        self.n_clusters, self.max_iter, self.empty_cluster = n_clusters, max_iter, empty_cluster
+
+    def expand(self, inputs):
+        points, state, partials = inputs['points'], inputs['state'], inputs.get('partials')
+        farthest = self.empty_cluster == 'farthest'
+        combine_fn = CentroidCombineFn(self.n_clusters, track_farthest=farthest)
+        outs = points | 'NearestCentre' >> beam.ParDo(
+            _IterationFn(lloyd_step, combine_fn,
+                         update_fn=None if partials is None else combine_fn,
+                         max_iter=self.max_iter, empty_cluster=self.empty_cluster,
+                         exact_distances=farthest),
+            *_iteration_side_inputs(state, partials)).with_outputs('state', main='partials')
+        return {'state': outs.state, 'partials': outs.partials}
+
+
+class _FinalStep(beam.PTransform):
+    """The last M-step, then labels against the final centres -> KMeansResult."""
+
+    def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str):
+        super().__init__()
+        self.n_clusters, self.max_iter, self.empty_cluster = n_clusters, max_iter, empty_cluster
+
+    def expand(self, inputs):
+        points, state, partials = inputs['points'], inputs['state'], inputs.get('partials')
+        combine_fn = CentroidCombineFn(self.n_clusters)
+        update_fn = CentroidCombineFn(self.n_clusters,
+                                      track_farthest=self.empty_cluster == 'farthest')
+        outs = points | 'NearestFinalCentre' >> beam.ParDo(
+            _IterationFn(final_step, combine_fn, update_fn=update_fn, max_iter=self.max_iter,
+                         empty_cluster=self.empty_cluster),
+            *_iteration_side_inputs(state, partials)).with_outputs('state', main='partials')
+        return outs.state | 'Result' >> beam.Map(
+            final_result, beam.pvalue.AsList(outs.partials), combine_fn=combine_fn)
+
+
+# ----------------------------------------------------------------------------- KMeans
+
+def _is_count(v) -> bool:
+    return isinstance(v, (int, np.integer)) and v >= 1
+
+
+#: KMeans's scalar parameters: (accepts the value, what it must be), checked in this order.
+_CONSTRAINTS = {
+    'n_clusters': (_is_count, 'an integer >= 1'),
+    'max_iter': (_is_count, 'an integer >= 1'),
+    'tol': (lambda v: isinstance(v, (int, float)) and math.isfinite(v) and v >= 0,
+            'a number >= 0'),
+    'empty_cluster': (lambda v: v in EMPTY_CLUSTER, f'one of {", ".join(EMPTY_CLUSTER)}'),
+    'init_sample_size': (lambda v: v >= 1, '>= 1'),
+    'init_steps': (lambda v: v >= 1, '>= 1'),
+    'oversampling_factor': (lambda v: v > 0, '> 0'),
+}
+
+
+def _check_parameters(**values) -> None:
+    """Raise a BeammlError naming the first parameter that breaks :data:`_CONSTRAINTS`."""
+    for name, (accepts, requirement) in _CONSTRAINTS.items():
+        value = values[name]
+        if not accepts(value):
+            raise BeammlError(f'{name} must be {requirement}, got {value!r}',
+                              parameters=(name,))
+
+
+def _check_init(init: Any, n_clusters: int) -> str | np.ndarray:
+    """A method name, or the initial centres as a (k, d) float array (a path is read)."""
+    if isinstance(init, str):
+        if init in INIT_METHODS:
+            return init
+        return read_initial_centers(init, n_clusters=n_clusters)
+    init = np.array(init, dtype=np.float64)
+    if init.ndim != 2 or init.shape[0] != n_clusters:
+        raise BeammlError(f'init must be an array of shape (k={n_clusters}, d), '
+                          f'got shape {init.shape}', parameters=('init',))
+    if not np.isfinite(init).all():
+        raise BeammlError('init contains NaN or infinite values', parameters=('init',))
+    return init
+
+
+class KMeans(beam.PTransform):
+    """Train K-means on a PCollection of points batches; outputs one ``KMeansResult``.
+
+    (:class:`~beamml.transforms.kmeans.lloyd.KMeansResult`.)
+
+    ``batches | KMeans(k=8, random_state=0)``. Inputs are points RecordBatches
+    (a ``features`` column, as ``ReadPoints`` makes) or (n, d) float arrays.
+    The graph: ``KMeansStats`` (count, mean, variance, sample, distinct points;
+    an empty input or ``k`` above the number of distinct points fails the run
+    with a BeammlError), ``KMeansCentrePoints``, ``KMeansInit`` (seeding),
+    ``KMeansIteration0 .. KMeansIteration{max_iter-1}`` (each reads the points
+    and the previous state as a singleton side input; after the stop they pass
+    the state through and compute nothing) and ``KMeansFinal``.
+
+    Parameters
+    ----------
+    n_clusters : int
+        k.
+    max_iter : int, default 300
+        Iterations, unrolled in the graph (one stage each; an iteration after the
+        stop costs only its stage's overhead, but ask for what you need). The
+        local runner walks that chain of stages recursively before it runs
+        it, one Python frame per iteration: from a little under ``max_iter=1000``
+        Python's default recursion limit (1000) is too low, so run such a
+        pipeline inside ``with recursion_limit_for(max_iter):``
+        (:func:`recursion_limit_for`; ``beamml kmeans`` does). Building the
+        graph changes no process state.
+    tol : float, default 1e-4
+        Relative tolerance, as scikit-learn's.
+    init : {'k-means++', 'k-means||', 'random'}, ndarray of shape (k, d), or a path
+        A path is read with :func:`~beamml.transforms.kmeans.seeding.read_initial_centers`.
+    random_state : int, optional
+        Seeds every random choice; drawn once (and reported) when None.
+    empty_cluster : {'keep', 'farthest'}, default 'keep'
+        See :mod:`beamml.transforms.kmeans.kernels` (empty clusters).
+    init_sample_size : int, default 10000
+        Points sampled for 'k-means++' and 'random'.
+    init_steps : int, default 5
+        Rounds of 'k-means||'.
+    oversampling_factor : float, default 2.0
+        'k-means||' samples about ``oversampling_factor * k`` points per round.
+    cache_dir : str, optional
+        Where to keep the centred points between iterations (local or gs://).
+        By default they travel through Beam (materialised by the runner and
+        sent to every iteration). With a directory, ``KMeansStats`` writes each
+        batch there as it reads it (so the batches never go from one stage to
+        another), ``KMeansCentrePoints`` writes its centred copy as ``.npy``
+        files, the iterations read those (memory-mapped when local, and kept
+        mapped in the process) and ``KMeansDropCache`` deletes the files at the
+        end (give each KMeans a directory of its own). The local runner's data
+        plane copies a stage's whole input several times, which the cache saves.
+
+    Raises
+    ------
+    BeammlError
+        A parameter out of range; the message names it (``parameters``).
+    """
+
+    def __init__(self, n_clusters: int, max_iter: int = 300, tol: float = 1e-4,
+                 init: Any = 'k-means++', random_state: int | None = None,
+                 empty_cluster: str = 'keep', init_sample_size: int = 10_000,
+                 init_steps: int = 5, oversampling_factor: float = 2.0, *,
+                 cache_dir: str | None = None, label: str | None = None):
+        super().__init__(label)
+        _check_parameters(n_clusters=n_clusters, max_iter=max_iter, tol=tol,
+                          empty_cluster=empty_cluster, init_sample_size=init_sample_size,
+                          init_steps=init_steps, oversampling_factor=oversampling_factor)
+        init = _check_init(init, int(n_clusters))
+        if random_state is None:
+            random_state = int(np.random.SeedSequence().entropy % (1 << 32))
+        self.n_clusters = int(n_clusters)
+        self.max_iter = int(max_iter)
+        self.tol = float(tol)
+        self.init = init
+        self.random_state = int(random_state)
+        self.empty_cluster = empty_cluster
+        self.init_sample_size = int(init_sample_size)
+        self.init_steps = int(init_steps)
+        self.oversampling_factor = float(oversampling_factor)
+        self.cache_dir = cache_dir
+
+    @property
+    def init_name(self) -> str:
+        return 'array' if isinstance(self.init, np.ndarray) else self.init
+
+    def _stats_pass(self, batches, stats_fn: PointStatsCombineFn):
+        """(partial statistics, the batches or the paths of their raw cache files)."""
+        if self.cache_dir is None:
+            partial_stats = batches | 'KMeansStats' >> beam.ParDo(
+                PartialCombineFn(_identity, stats_fn))
+            return partial_stats, batches
+        # the statistics pass also writes the batches to the cache
+        outs = batches | 'KMeansStats' >> beam.ParDo(
+            _StatsAndCacheFn(stats_fn, self.cache_dir)).with_outputs('raw', main='stats')
+        return outs.stats, outs.raw
+
+    def expand(self, batches):
+        k = self.n_clusters
+        sample_size = 0 if isinstance(self.init, np.ndarray) else self.init_sample_size
+        if self.init_name == 'k-means||':
+            sample_size = 1
+        stats_fn = PointStatsCombineFn(sample_size, k, self.random_state)
+        partial_stats, raw = self._stats_pass(batches, stats_fn)
+        stats = (batches.pipeline
+                 | 'KMeansStatsOnce' >> beam.Create([None])
+                 | 'KMeansCheckInput' >> beam.Map(
+                     checked_stats, beam.pvalue.AsList(partial_stats), combine_fn=stats_fn,
+                     n_clusters=k))
+        stats_si = beam.pvalue.AsSingleton(stats)
+        centred = raw | 'KMeansCentrePoints' >> beam.ParDo(_CentreFn(self.cache_dir), stats_si)
+        # one more element, where each iteration emits its state (see _IterationFn)
+        marker = stats | 'KMeansStateMarker' >> beam.Map(_state_marker)
+        points = (centred, marker) | 'KMeansPoints' >> beam.Flatten()
+        init = {'stats': stats, 'points': points} | 'KMeansInit' >> SeedCenters(
+            self.init, k, self.random_state, self.init_steps, self.oversampling_factor)
+        state = init | 'KMeansInitialState' >> beam.Map(
+            initial_state, stats_si, n_clusters=k, tol=self.tol)
+        step = {'state': state}  # no 'partials': the initial state is used as it is
+        for i in range(self.max_iter):
+            step = {'points': points, **step} | f'KMeansIteration{i}' >> \
+                _LloydIteration(k, self.max_iter, self.empty_cluster)
+        result = {'points': points, **step} | 'KMeansFinal' >> _FinalStep(
+            k, self.max_iter, self.empty_cluster)
+        if self.cache_dir is not None:
+            result = result | 'KMeansDropCache' >> beam.Map(
+                _drop_cache, beam.pvalue.AsList(centred), beam.pvalue.AsList(raw))
+        return result
+
+
+@contextlib.contextmanager
+def recursion_limit_for(max_iter: int):
+    """Within the block, a recursion limit high enough to run a KMeans of ``max_iter`` iterations.
+
+    Before it runs a pipeline, the local runner (``FnApiRunner``, what
+    ``DirectRunner`` means for a batch pipeline) annotates each stage with the
+    side inputs downstream of it by a recursive walk over the stages
+    (``annotate_downstream_side_inputs`` in Beam's
+    ``runners/portability/fn_api_runner/translations.py``): one Python frame
+    per stage of the longest chain, and :class:`KMeans`'s unrolled iterations
+    are a chain of ``max_iter`` stages (measured: about ``max_iter + 20``
+    frames below the caller's). The limit is raised to at least
+    ``1000 + 2 * max_iter`` inside the block (never lowered) and put back when
+    the block ends, however it ends. Dataflow's translation does not recurse
+    over the chain. Use it around building and running::
+
+        with recursion_limit_for(max_iter):
+            with beam.Pipeline() as p:
+                p | ... | KMeans(k, max_iter=max_iter)
+    """
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 1000 + 2 * max_iter))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
