@@ -134,14 +134,18 @@ def read_summary(output: str) -> dict:
     return read_json(summary_path(output))
 
 
+@common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(AssignOptions, argv, prog='beamml assign',
                                       description=__doc__)
-    common.ensure_dir_for(args.output)
+    if not common.is_dry_run(options):
+        common.ensure_dir_for(args.output)
     p = beam.Pipeline(options=options)
     built = build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
                                    max_refused_fraction=args.max_refused_fraction)
+    if common.is_dry_run(options):   # translated offline: the outputs do not exist
+        return result
     model = built['model']
     try:
         sizes = read_summary(args.output)['cluster_sizes']

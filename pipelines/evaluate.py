@@ -250,16 +250,21 @@ def summary(doc: dict) -> str:
     return text
 
 
+@common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(EvaluateOptions, argv, prog='beamml evaluate',
                                       description=__doc__)
     metrics_path = FileSystems.join(args.output, 'metrics.json')
-    common.ensure_dir_for(metrics_path)
-    if FileSystems.exists(metrics_path):  # not to be taken for this run's
-        FileSystems.delete([metrics_path])
+    dry_run = common.is_dry_run(options)   # translated offline: no storage before or after
+    if not dry_run:
+        common.ensure_dir_for(metrics_path)
+        if FileSystems.exists(metrics_path):  # not to be taken for this run's
+            FileSystems.delete([metrics_path])
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_pipeline(p)
+    if dry_run:
+        return result
     if result.state == PipelineState.DONE and not FileSystems.exists(metrics_path):
         # no row (or no query): nothing was combined
         write_metrics(compute_metrics(args).empty_result(), metrics_path, args.task, args.k)

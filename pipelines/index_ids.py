@@ -76,10 +76,12 @@ def build(p, args):
     return {'id2idx': out['id2idx'], 'encoded': out['encoded'], 'errors': rows.errors}
 
 
+@common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(IndexIdsOptions, argv, prog='beamml index_ids',
                                       description=__doc__)
-    common.ensure_dir_for(args.output)
+    if not common.is_dry_run(options):
+        common.ensure_dir_for(args.output)
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),

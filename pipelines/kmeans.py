@@ -141,6 +141,7 @@ def model_config(args, kmeans: KMeans) -> dict:
     }
 
 
+@common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
                                       description=__doc__)
@@ -154,11 +155,14 @@ def run(argv=None):
             p = beam.Pipeline(options=options)
             built = build(p, args, version=version, cache_dir=cache_dir)  # validates the flags
             kmeans = built['kmeans']
-            common.ensure_dir_for(FileSystems.join(vdir, RESULT_FILE))
+            if not common.is_dry_run(options):
+                common.ensure_dir_for(FileSystems.join(vdir, RESULT_FILE))
             result = common.run_pipeline(p)
     finally:
         if temp_cache:
             shutil.rmtree(temp_cache, ignore_errors=True)
+    if common.is_dry_run(options):   # translated offline: no model was trained
+        return result
     errors_glob = WriteDeadLetters.glob(FileSystems.join(vdir, 'training'))
     common.report(result, errors_glob=errors_glob,
                   max_refused_fraction=args.max_refused_fraction)

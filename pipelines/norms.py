@@ -104,11 +104,13 @@ def build(p, args):
     return {'norms': norms, 'errors': points.errors}
 
 
+@common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(NormsOptions, argv, prog='beamml norms',
                                       description=__doc__)
     validate(args)
-    common.ensure_dir_for(args.output)
+    if not common.is_dry_run(options):
+        common.ensure_dir_for(args.output)
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
