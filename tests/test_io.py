@@ -1,4 +1,4 @@
-"""transforms/io.py: every format read and written, dead letters, counts, gs:// paths."""
+"""transforms/io: every format read and written, dead letters, counts, gs:// paths."""
 from __future__ import annotations
 
 import glob
@@ -15,7 +15,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
 
 from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
-                           features_matrix, inspect_input, read_table_files, to_json_lines)
+                                  features_matrix, inspect_input, read_table_files, to_json_lines)
 
 
 def _points(rng, n=50, d=3):
@@ -160,8 +160,10 @@ def test_clear_errors_before_the_run(tmp_path):
     with pytest.raises(BeammlError, match='is empty'):
         inspect_input(str(tmp_path / 'empty.csv'))
     (tmp_path / 'x.txt').write_text('a,b\n1,2\n')
-    with pytest.raises(BeammlError, match='--input_format'):
+    # The Python API names the parameter; the command line words it as its flag.
+    with pytest.raises(BeammlError, match='pass input_format') as e:
         inspect_input(str(tmp_path / 'x.txt'))
+    assert '--' not in str(e.value) and 'pass --input_format' in e.value.for_cli()
     (tmp_path / 'y.parquet').write_text('not parquet at all')
     with pytest.raises(BeammlError, match='not a readable parquet'):
         inspect_input(str(tmp_path / 'y.parquet'))
@@ -319,7 +321,7 @@ def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, f
     assert [part[:2] for _, part in items] == [(0, 300), (300, 600), (600, 900), (900, 1000)] \
         if fmt == 'parquet' else [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert plan_reads(path, layout, split_rows=5000) == [(path, None)]
-    import beamml.transforms.io as tio
+    import beamml.transforms.io.sources as tio
     old = tio.SPLIT_ROWS
     tio.SPLIT_ROWS = 250
     try:
@@ -333,3 +335,36 @@ def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, f
                         equal_to([(777, 'NaN feature value')]), label='Errors')
     finally:
         tio.SPLIT_ROWS = old
+
+
+def test_dead_letter_records_follow_the_json_policy(tmp_path):
+    path = str(tmp_path / 'bad.jsonl')
+    with open(path, 'wb') as f:
+        f.write(b'{"id": "a", "features": [1, 2]}\n{"id": "b", "features": [1, \xff]}\n')
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == ['a']
+    assert dead[0]['record'] == '{"id": "b", "features": [1, \\xff]}'  # the byte, escaped
+    path = str(tmp_path / 'n.csv')
+    with open(path, 'w') as f:
+        f.write('id,a,b\n1,nan,2\n2,-inf,1\n')
+    _, dead = read_table_files(path)   # non-finite floats as documents.to_jsonable writes them
+    assert [d['record'] for d in dead] == [{'id': 1, 'a': 'NaN', 'b': 2.0},
+                                           {'id': 2, 'a': '-Infinity', 'b': 1.0}]
+
+
+def test_inspect_input_names_parameters_not_flags(tmp_path):
+    path = str(tmp_path / 'p.csv')
+    with open(path, 'w') as f:
+        f.write('a,b\n1,2\n')
+    with pytest.raises(BeammlError) as e:
+        inspect_input(path, dimension=0)
+    assert '--' not in str(e.value) and 'dimension must be >= 1' in str(e.value)
+    assert e.value.for_cli() == '--dimension must be >= 1, got 0'
+    with pytest.raises(BeammlError) as e:
+        inspect_input(path, dimension=3)
+    assert '--' not in str(e.value) and 'but --dimension is 3' in e.value.for_cli()
+    with open(str(tmp_path / 'w.csv'), 'w') as f:
+        f.write('name,city\nx,y\n')
+    with pytest.raises(BeammlError) as e:
+        inspect_input(str(tmp_path / 'w.csv'))
+    assert '--' not in str(e.value) and e.value.for_cli().endswith('pass --feature_columns')

@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError, _ShardWriter,
-                           features_matrix)
+from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError,
+                                  ShardWriter as _ShardWriter, features_matrix)
 
 __all__ = ['NORMS', 'row_norms', 'all_row_norms', 'sort_keys', 'lex_order', 'shard_of',
            'range_boundaries', 'ComputeNorms', 'SortByNorm', 'SortedShard', 'SortPlan',
