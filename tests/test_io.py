@@ -15,7 +15,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
 
 from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
-                                  features_matrix, inspect_input, read_table_files, to_json_lines)
+                                  features_matrix, inspect_input, points_batch, read_table_files,
+                                  to_json_lines)
 
 
 def _points(rng, n=50, d=3):
@@ -239,7 +240,7 @@ def test_json_lines_writer_is_valid_json():
     lines = to_json_lines(t).decode().splitlines()
     assert [json.loads(x) for x in lines] == [
         {'id': 'a"b', 'x': 1.5, 'n': 1, 'v': [1.0, 2.0], 'ok': True},
-        {'id': 'c\\d\n', 'x': None, 'n': None, 'v': [3.0, 4.0], 'ok': False}]
+        {'id': 'c\\d\n', 'x': 'NaN', 'n': None, 'v': [3.0, 4.0], 'ok': False}]
 
 
 def test_read_table_keeps_columns_and_source(tmp_path):
@@ -335,6 +336,74 @@ def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, f
                         equal_to([(777, 'NaN feature value')]), label='Errors')
     finally:
         tio.SPLIT_ROWS = old
+
+
+def test_json_lines_writes_non_finite_floats_as_strings():
+    t = pa.table({'x': [1.5, float('nan'), float('inf'), float('-inf'), None],
+                  'v': pa.array([[1.0, float('inf')], [float('nan'), 2.0], [0.0, 0.0],
+                                 [float('-inf'), 1e308], None], pa.list_(pa.float64())),
+                  'word': ['NaN', 'Infinity', '-Infinity', 'nan', None]})
+    lines = to_json_lines(t).decode().splitlines()
+    assert lines[1].startswith('{"x": "NaN", "v": ["NaN",2]')
+    assert [json.loads(x) for x in lines] == [
+        {'x': 1.5, 'v': [1.0, 'Infinity'], 'word': 'NaN'},
+        {'x': 'NaN', 'v': ['NaN', 2.0], 'word': 'Infinity'},
+        {'x': 'Infinity', 'v': [0.0, 0.0], 'word': '-Infinity'},
+        {'x': '-Infinity', 'v': ['-Infinity', 1e308], 'word': 'nan'},
+        {'x': None, 'v': None, 'word': None}]   # null stays a missing value
+    # Text spelled like a non-finite float is escaped, so it is not read as a float.
+    assert '"word": "NaN"' not in lines[0] and '"word": "nan"' in lines[3]
+
+
+def test_json_lines_output_reads_back_unchanged(tmp_path):
+    # The norms case: two 1.3e308 entries sum to l1 = inf, written "Infinity".
+    X = np.array([[1.3e308, 1.3e308], [1.0, np.nan], [-np.inf, 2.0], [3.0, 4.0]])
+    with np.errstate(over='ignore'):
+        l1 = np.abs(X).sum(axis=1)
+    batch = points_batch(pa.array(['a', 'NaN', 'c', 'd']), X, l1=l1,
+                         note=pa.array(['Infinity', None, 'x', 'NaN']))
+    out = str(tmp_path / 'out' / 'pts')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        _ = p | beam.Create([batch]) | WriteTable(out, 'jsonl')
+    (path,) = glob.glob(out + '-*.jsonl')
+    text = open(path).read()
+    assert '"l1": "Infinity"' in text and '"features": [1,"NaN"]' in text
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        r = p | ReadTable(path)
+        assert_that(r.batches | beam.FlatMap(lambda b: b.to_pylist()),
+                    lambda rows: _same_rows(rows, batch.to_pylist()))
+    table, dead = read_table_files(path, allow_nan=True)
+    assert dead == [] and table.column('id').to_pylist() == ['a', 'NaN', 'c', 'd']
+    np.testing.assert_array_equal(features_matrix(table.to_batches()[0]), X)  # NaN where NaN
+    table, dead = read_table_files(path, feature_columns=['l1'], allow_nan=True)
+    np.testing.assert_array_equal(features_matrix(table.to_batches()[0]).ravel(), l1)
+    # ReadPoints keeps its allow_nan rule: without it the non-finite rows are refused.
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == ['a', 'd']
+    assert [(d['row'], d['reason']) for d in dead] == [
+        (1, 'NaN feature value'), (2, 'infinite feature value')]
+    # Dead letters follow the one JSON policy too.
+    assert [d['record']['features'] for d in dead] == [[1.0, 'NaN'], ['-Infinity', 2.0]]
+
+
+def _same_rows(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(sorted(got, key=lambda r: r['id']), sorted(want, key=lambda r: r['id'])):
+        assert g.keys() == w.keys() and g['id'] == w['id'] and g['note'] == w['note']
+        np.testing.assert_array_equal(g['features'], w['features'])
+        np.testing.assert_array_equal(g['l1'], w['l1'])
+
+
+def test_json_lines_reader_takes_non_finite_words_only_as_values(tmp_path):
+    path = str(tmp_path / 'w.jsonl')
+    with open(path, 'w') as f:
+        f.write('{"id": "NaN", "x": "Infinity", "y": 1, "NaN": "text"}\n'
+                '{"id": "b", "x": 2, "y": "-Infinity", "NaN": "NaN"}\n'
+                '{"id": "c", "x": ["NaN"], "y": 3, "NaN": "z"}\n')
+    table, dead = read_table_files(path, feature_columns=['x', 'y'], allow_nan=True)
+    assert table.column('id').to_pylist() == ['NaN', 'b']   # the id stays text
+    assert table.column('features').to_pylist() == [[np.inf, 1.0], [2.0, -np.inf]]
+    assert [(d['row'], d['reason'].split(':')[0]) for d in dead] == [(2, 'invalid JSON line')]
 
 
 def test_dead_letter_records_follow_the_json_policy(tmp_path):

@@ -26,7 +26,7 @@ from beamml.transforms.io.types import (NUMBER_RE, is_list_type, is_numeric_type
 __all__ = ['inspect_input']
 
 
-def _head_table(path: str, fmt: str) -> pa.Table:
+def _head_table(path: str, fmt: str, id_column: str | None) -> pa.Table:
     """A table of the first rows of a file, every column as its reader infers."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if fmt == 'parquet':
@@ -34,7 +34,7 @@ def _head_table(path: str, fmt: str) -> pa.Table:
         if fmt == 'csv':
             return csv_head(f)
         if fmt == 'jsonl':
-            return jsonl_head(f, path)
+            return jsonl_head(f, path, id_column)
         raise AssertionError(fmt)
 
 
@@ -92,7 +92,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
         return paths, _npy_layout(paths[0], id_column, dimension)
 
     try:
-        head = _head_table(paths[0], fmt)
+        head = _head_table(paths[0], fmt, id_column or 'id')
     except BeammlError:
         raise
     except Exception as e:

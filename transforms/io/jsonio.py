@@ -4,18 +4,24 @@ A file is parsed by pyarrow in chunks of about 16 MB. Feature fields have a fixe
 type (ints read as floats); every other field, the id included, is inferred per
 chunk, so that a string id among integer ids costs that line only (the chunk is
 bisected) and a table read keeps every field.
+
+The JSON strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` in a value
+position are read as the floats they name: they are how beamml (and BigQuery)
+write non-finite floats, so beamml's JSON lines output reads back unchanged.
+The id field is the exception: an id ``"NaN"`` stays a string.
 """
 from __future__ import annotations
 
 import io
 import json
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.json as pjson
 
+from beamml.transforms.io.documents import NON_FINITE, NON_FINITE_TEXT
 from beamml.transforms.io.errors import BeammlError, dead_letter
 from beamml.transforms.io.layout import HEAD_BYTES, Layout
 from beamml.transforms.io.rows import BATCH_ROWS, RowBatch
@@ -24,12 +30,44 @@ __all__ = ['jsonl_head', 'read_jsonl']
 
 _CHUNK_BYTES = 16 << 20
 _HEAD_LINES = 2000  # lines of the head that decide the layout
-def jsonl_head(f, path: str) -> pa.Table:
+_WORDS = b'|'.join(re.escape(w.encode()) for w in NON_FINITE)
+# A non-finite word as a value: after ':', '[' or ',' and before ',', ']' or '}' (a key
+# is followed by ':'); group 1 keeps what precedes it, group 2 is the word.
+_VALUE_WORD = re.compile(rb'([:\[,][ \t]*)"(' + _WORDS + rb')"(?=[ \t]*[,\]}])')
+_AS_TEXT = {w.encode(): t.encode() for w, t in NON_FINITE_TEXT.items()}
+
+
+def _non_finite_reader(id_column: str | None) -> Callable[[bytes], bytes]:
+    """A function that rewrites the non-finite words of a chunk of JSON lines as the
+    bare tokens ``NaN``, ``Infinity``, ``-Infinity`` (which pyarrow's and Python's JSON
+    parsers read as floats), except as the value of the key ``id_column``, which
+    is kept as text (written as :data:`~beamml.transforms.io.documents.NON_FINITE_TEXT`).
+
+    A chunk without such a word (the usual case) is returned as it is, after a
+    substring search; else regular-expression substitutions, C loops over the
+    chunk, rewrite it. Lines and their order are kept.
+    """
+    id_word = None
+    if id_column:
+        key = re.escape(json.dumps(id_column, ensure_ascii=False).encode())
+        id_word = re.compile(rb'(' + key + rb'[ \t]*:[ \t]*)"(' + _WORDS + rb')"')
+
+    def rewrite(chunk: bytes) -> bytes:
+        if b'NaN"' not in chunk and b'Infinity"' not in chunk:
+            return chunk
+        if id_word is not None:  # a call per id spelled like a float only
+            chunk = id_word.sub(lambda m: m.group(1) + _AS_TEXT[m.group(2)], chunk)
+        return _VALUE_WORD.sub(rb'\1\2', chunk)
+    return rewrite
+
+
+def jsonl_head(f, path: str, id_column: str | None) -> pa.Table:
     """The first lines (about :data:`HEAD_BYTES`) of the open file ``f`` as a table,
     each key typed by the majority of its values (see :func:`_json_head_table`)."""
     head = f.read(HEAD_BYTES)
     if len(head) == HEAD_BYTES and b'\n' in head:
         head = head[:head.rindex(b'\n') + 1]
+    head = _non_finite_reader(id_column)(head)
     lines = [ln for ln in head.split(b'\n') if ln.strip()]
     parsed = []
     for ln in lines[:_HEAD_LINES]:  # the head only, to decide the layout
@@ -79,6 +117,7 @@ def read_jsonl(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
         fields = [(c, pa.float64()) for c in layout.feature_columns]
     parse = pjson.ParseOptions(explicit_schema=pa.schema(fields),
                                unexpected_field_behavior='infer')
+    numbers = _non_finite_reader(layout.id_column)
     line0 = 1   # physical line number of the chunk's first line
     row0 = 0    # data rows (non-blank lines) before the chunk
     rest = b''
@@ -94,7 +133,7 @@ def read_jsonl(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
                 continue
             chunk, rest = data[:cut + 1], data[cut + 1:]
         if chunk:
-            yield from _parse_json_chunk(chunk, path, parse, line0, row0)
+            yield from _parse_json_chunk(chunk, numbers(chunk), path, parse, line0, row0)
             n_lines = chunk.count(b'\n') + (0 if chunk.endswith(b'\n') else 1)
             row0 += n_lines - _blank_lines(chunk)
             line0 += n_lines
@@ -117,8 +156,9 @@ def _lines(chunk: bytes) -> list[bytes]:
     return lines
 
 
-def _parse_json_chunk(chunk, path, parse, line0, row0):
-    """Parse ``chunk`` whole when it parses and has no blank line, else by bisection."""
+def _parse_json_chunk(raw, chunk, path, parse, line0, row0):
+    """Parse ``chunk`` (``raw`` with its non-finite words as numbers): whole when it
+    parses and has no blank line, else by bisection; dead letters quote ``raw``."""
     blanks = _blank_lines(chunk)
     try:
         table = pjson.read_json(io.BytesIO(chunk), parse_options=parse,
@@ -135,12 +175,13 @@ def _parse_json_chunk(chunk, path, parse, line0, row0):
     # Slow path: a line that does not parse, or blank lines. Split into lines and
     # bisect with pyarrow, so only the bad lines are handled one by one.
     lines = _lines(chunk)
+    raw_lines = lines if raw is chunk else _lines(raw)
     idx = [i for i, ln in enumerate(lines) if ln.strip()]
     data_row = {i: row0 + k for k, i in enumerate(idx)}
-    yield from _bisect_json(lines, idx, data_row, path, parse, line0)
+    yield from _bisect_json(lines, raw_lines, idx, data_row, path, parse, line0)
 
 
-def _bisect_json(lines, idx, data_row, path, parse, line0):
+def _bisect_json(lines, raw_lines, idx, data_row, path, parse, line0):
     if not idx:
         return
     payload = b'\n'.join(lines[i] for i in idx) + b'\n'
@@ -163,8 +204,8 @@ def _bisect_json(lines, idx, data_row, path, parse, line0):
         reason = str(err) if err is not None else 'not one JSON object'
         reason = re.sub(r'\s*in row \d+$', '', reason)
         yield dead_letter(path, data_row[i], i + line0, f'invalid JSON line: {reason}',
-                          lines[i])
+                          raw_lines[i])
         return
     mid = len(idx) // 2
-    yield from _bisect_json(lines, idx[:mid], data_row, path, parse, line0)
-    yield from _bisect_json(lines, idx[mid:], data_row, path, parse, line0)
+    yield from _bisect_json(lines, raw_lines, idx[:mid], data_row, path, parse, line0)
+    yield from _bisect_json(lines, raw_lines, idx[mid:], data_row, path, parse, line0)

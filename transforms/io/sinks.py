@@ -1,10 +1,13 @@
 """Writing results: sharded Parquet / CSV / JSON lines tables and the dead-letter files.
 
-Shards are written through Beam's FileSystems (local paths and gs://).
+Shards are written through Beam's FileSystems (local paths and gs://). JSON lines follow beamml's one JSON policy
+(:mod:`~beamml.transforms.io.documents`): a non-finite float is the string
+``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, and ``null`` is a missing value.
 """
 from __future__ import annotations
 
 import json
+import math
 
 import apache_beam as beam
 import numpy as np
@@ -15,7 +18,7 @@ import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 
-from beamml.transforms.io.documents import dumps
+from beamml.transforms.io.documents import NON_FINITE_TEXT, dumps, json_float
 from beamml.transforms.io.errors import BeammlError
 from beamml.transforms.io.types import is_list_type, is_string_type
 
@@ -25,6 +28,7 @@ __all__ = ['OUTPUT_FORMATS', 'ROW_GROUP_ROWS', 'to_json_lines', 'ShardWriter', '
 OUTPUT_FORMATS = ('parquet', 'csv', 'jsonl')
 ROW_GROUP_ROWS = 1 << 20  # rows gathered per Parquet row group (and per write)
 
+_NAN, _INF, _NEG_INF = (json.dumps(json_float(x)) for x in (math.nan, math.inf, -math.inf))
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -62,12 +66,22 @@ def _json_text(arr: pa.Array) -> pa.Array:
     s = pc.replace_substring(s, '\n', '\\n')
     s = pc.replace_substring(s, '\r', '\\r')
     s = pc.replace_substring(s, '\t', '\\t')
-    return pc.binary_join_element_wise('"', s, '"', '')
+    out = pc.binary_join_element_wise('"', s, '"', '')
+    if pc.any(pc.is_in(arr, value_set=pa.array(list(NON_FINITE_TEXT)))).as_py():
+        for word, text in NON_FINITE_TEXT.items():  # text, not a float, to beamml's reader
+            out = pc.if_else(pc.fill_null(pc.equal(arr, word), False), text, out)
+    return out
 
 
 def _json_floats(col: pa.Array) -> pa.Array:
-    """JSON numbers of a float column; NaN and +-inf become null."""
-    return pc.if_else(pc.is_finite(col), pc.cast(col, pa.string()), pa.scalar(None, pa.string()))
+    """JSON numbers of a float column; NaN and +-inf as "NaN", "Infinity", "-Infinity"."""
+    out = pc.cast(col, pa.string())
+    finite = pc.is_finite(col)
+    if pc.all(finite).as_py() is False:
+        non_finite = pc.if_else(pc.is_nan(col), _NAN,
+                                pc.if_else(pc.greater(col, 0), _INF, _NEG_INF))
+        out = pc.if_else(finite, out, non_finite)
+    return out
 
 
 def _json_values(col) -> pa.Array:
@@ -96,7 +110,13 @@ def _json_values(col) -> pa.Array:
 
 
 def to_json_lines(table: pa.Table | pa.RecordBatch) -> bytes:
-    """Serialise a table as JSON lines without a Python loop over rows."""
+    """Serialise a table as JSON lines without a Python loop over rows.
+
+    Non-finite floats are written ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (the
+    spelling BigQuery's JSON loader and beamml's readers take for a float), a
+    null value ``null``; text spelled like one of those words is escaped so that
+    it reads back as text.
+    """
     if table.num_rows == 0:
         return b''
     parts = []
