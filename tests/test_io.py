@@ -16,7 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
                                   features_matrix, inspect_input, points_batch, read_table_files,
-                                  to_json_lines)
+                                  shard_prefix, to_json_lines)
 
 
 def _points(rng, n=50, d=3):
@@ -419,6 +419,23 @@ def test_dead_letter_records_follow_the_json_policy(tmp_path):
     _, dead = read_table_files(path)   # non-finite floats as documents.to_jsonable writes them
     assert [d['record'] for d in dead] == [{'id': 1, 'a': 'NaN', 'b': 2.0},
                                            {'id': 2, 'a': '-Infinity', 'b': 1.0}]
+
+
+def test_shard_prefix_a_trailing_slash_is_a_directory(tmp_path):
+    assert shard_prefix('out/norms') == 'out/norms'
+    assert shard_prefix('out/norms', 'errors') == 'out/norms-errors'
+    assert shard_prefix('out/') == 'out/part'
+    assert shard_prefix('gs://b/out/', 'errors') == 'gs://b/out/errors'
+    assert WriteDeadLetters.glob('out/') == 'out/errors-*.jsonl'
+    assert WriteDeadLetters.glob('out/norms') == 'out/norms-errors-*.jsonl'
+    out = str(tmp_path / 'out') + '/'
+    batch = points_batch(pa.array([1, 2]), np.ones((2, 2)))
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        _ = p | beam.Create([batch]) | WriteTable(out, 'parquet')
+        _ = p | 'Errors' >> beam.Create([{'reason': 'x'}]) | WriteDeadLetters(out)
+    assert sorted(os.listdir(out)) == ['errors-00000-of-00001.jsonl',
+                                       'part-00000-of-00001.parquet']
+    assert glob.glob(WriteDeadLetters.glob(out)) == [out + 'errors-00000-of-00001.jsonl']
 
 
 def test_inspect_input_names_parameters_not_flags(tmp_path):

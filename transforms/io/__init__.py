@@ -10,7 +10,8 @@ Modules, from the bottom up:
 - ``parquetio``, ``csvio``, ``jsonio``, ``npyio``: one reader per format, file -> RowBatches.
 - ``inspection``: inspect_input, the Layout decided from the head of the first file.
 - ``sources``: read planning, ReadPoints, ReadTable, read_table_files.
-- ``sinks``: JSON lines / CSV preparation, ShardWriter, WriteTable, WriteDeadLetters.
+- ``sinks``: shard naming, JSON lines / CSV preparation, ShardWriter, WriteTable,
+  WriteDeadLetters.
 - ``coder``: RecordBatchCoder, registered for ``pyarrow.RecordBatch`` on import.
 
 Every refused row becomes a dead letter ``{"file", "row", "line", "reason",
@@ -25,7 +26,8 @@ from beamml.transforms.io.layout import INPUT_FORMATS, Layout, match_input
 from beamml.transforms.io.rows import (BATCH_ROWS, RowBatch, RowReasons, features_matrix,
                                        points_batch, to_points)
 from beamml.transforms.io.sinks import (OUTPUT_FORMATS, ROW_GROUP_ROWS, ShardWriter,
-                                        WriteDeadLetters, WriteTable, to_json_lines)
+                                        WriteDeadLetters, WriteTable, shard_prefix,
+                                        to_json_lines)
 from beamml.transforms.io.sources import (SPLIT_ROWS, ReadPoints, ReadTable, plan_reads,
                                           read_file_batches, read_table_files)
 from beamml.transforms.io.types import SOURCE_COLUMNS
@@ -35,6 +37,6 @@ __all__ = [
     'BATCH_ROWS', 'SPLIT_ROWS', 'ROW_GROUP_ROWS', 'SOURCE_COLUMNS',
     'Layout', 'inspect_input', 'match_input', 'read_file_batches', 'to_points',
     'points_batch', 'features_matrix', 'ReadPoints', 'ReadTable', 'WriteTable',
-    'WriteDeadLetters', 'ShardWriter', 'to_json_lines', 'read_table_files',
+    'WriteDeadLetters', 'ShardWriter', 'shard_prefix', 'to_json_lines', 'read_table_files',
     'plan_reads', 'RecordCounters', 'RecordBatchCoder', 'dead_letter', 'RowBatch', 'RowReasons',
 ]

@@ -1,6 +1,7 @@
 """Writing results: sharded Parquet / CSV / JSON lines tables and the dead-letter files.
 
-Shards are written through Beam's FileSystems (local paths and gs://). JSON lines follow beamml's one JSON policy
+Shards are written through Beam's FileSystems (local paths and gs://) under one
+naming rule, :func:`shard_prefix`. JSON lines follow beamml's one JSON policy
 (:mod:`~beamml.transforms.io.documents`): a non-finite float is the string
 ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, and ``null`` is a missing value.
 """
@@ -22,13 +23,28 @@ from beamml.transforms.io.documents import NON_FINITE_TEXT, dumps, json_float
 from beamml.transforms.io.errors import BeammlError
 from beamml.transforms.io.types import is_list_type, is_string_type
 
-__all__ = ['OUTPUT_FORMATS', 'ROW_GROUP_ROWS', 'to_json_lines', 'ShardWriter', 'WriteTable',
-           'WriteDeadLetters']
+__all__ = ['OUTPUT_FORMATS', 'ROW_GROUP_ROWS', 'shard_prefix', 'to_json_lines', 'ShardWriter',
+           'WriteTable', 'WriteDeadLetters']
 
 OUTPUT_FORMATS = ('parquet', 'csv', 'jsonl')
 ROW_GROUP_ROWS = 1 << 20  # rows gathered per Parquet row group (and per write)
 
 _NAN, _INF, _NEG_INF = (json.dumps(json_float(x)) for x in (math.nan, math.inf, -math.inf))
+
+
+def shard_prefix(prefix: str, name: str | None = None) -> str:
+    """The file-name prefix of the shards written at ``prefix`` (the shards add
+    ``-SSSSS-of-NNNNN.<format>``).
+
+    A prefix ending in ``/`` is a directory: its shards are ``<prefix><name>``,
+    ``<prefix>part`` without a name. Any other prefix starts the file names:
+    ``<prefix>``, or ``<prefix>-<name>``. So ``WriteTable('out/')`` writes
+    ``out/part-00000-of-00001.parquet`` and ``WriteDeadLetters('out/norms')``
+    ``out/norms-errors-00000-of-00001.jsonl``.
+    """
+    if prefix.endswith('/'):
+        return prefix + (name or 'part')
+    return f'{prefix}-{name}' if name else prefix
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -215,7 +231,8 @@ class _TableSink(filebasedsink.FileBasedSink):
 class WriteTable(beam.PTransform):
     """Write RecordBatches (or Tables) as sharded Parquet, CSV or JSON lines files.
 
-    Files are ``<prefix>-SSSSS-of-NNNNN.<format>``, written through Beam's
+    Files are ``<prefix>-SSSSS-of-NNNNN.<format>`` (``<prefix>part-SSSSS-...`` when
+    ``prefix`` ends in ``/``, see :func:`shard_prefix`), written through Beam's
     FileSystems (local paths and gs://). CSV spreads fixed-size list columns into
     ``<name>_0 .. <name>_{d-1}``; JSON lines keeps them as arrays. ``schema`` lets
     an empty output still carry its columns.
@@ -233,12 +250,13 @@ class WriteTable(beam.PTransform):
 
     def expand(self, pcoll):
         return pcoll | 'WriteShards' >> beam.io.Write(_TableSink(
-            self.prefix, self.output_format, self.num_shards, self.schema,
+            shard_prefix(self.prefix), self.output_format, self.num_shards, self.schema,
             self.shard_name_template))
 
 
 class WriteDeadLetters(beam.PTransform):
-    """Write dead-letter dicts as JSON lines to ``<prefix>-errors-SSSSS-of-NNNNN.jsonl``."""
+    """Write dead-letter dicts as JSON lines to ``<prefix>-errors-SSSSS-of-NNNNN.jsonl``
+    (``<prefix>errors-SSSSS-...`` when ``prefix`` ends in ``/``, see :func:`shard_prefix`)."""
 
     def __init__(self, prefix: str, label: str | None = None):
         super().__init__(label)
@@ -247,10 +265,10 @@ class WriteDeadLetters(beam.PTransform):
     @staticmethod
     def glob(prefix: str) -> str:
         """The pattern that matches the files written for ``prefix``."""
-        return f'{prefix}-errors-*.jsonl'
+        return shard_prefix(prefix, 'errors') + '-*.jsonl'
 
     def expand(self, errors):
         return (errors
                 | 'ToJson' >> beam.Map(lambda d: dumps(d, sort_keys=True))
                 | 'WriteErrors' >> beam.io.WriteToText(
-                    self.prefix + '-errors', file_name_suffix='.jsonl'))
+                    shard_prefix(self.prefix, 'errors'), file_name_suffix='.jsonl'))
