@@ -1,4 +1,4 @@
-"""transforms/io.py: every format read and written, dead letters, counts, gs:// paths."""
+"""transforms/io: every format read and written, dead letters, counts, gs:// paths."""
 from __future__ import annotations
 
 import glob
@@ -15,7 +15,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
 
 from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
-                           features_matrix, inspect_input, read_table_files, to_json_lines)
+                                  features_matrix, inspect_input, points_batch, read_table_files,
+                                  shard_prefix, to_json_lines)
 
 
 def _points(rng, n=50, d=3):
@@ -160,8 +161,10 @@ def test_clear_errors_before_the_run(tmp_path):
     with pytest.raises(BeammlError, match='is empty'):
         inspect_input(str(tmp_path / 'empty.csv'))
     (tmp_path / 'x.txt').write_text('a,b\n1,2\n')
-    with pytest.raises(BeammlError, match='--input_format'):
+    # The Python API names the parameter; the command line words it as its flag.
+    with pytest.raises(BeammlError, match='pass input_format') as e:
         inspect_input(str(tmp_path / 'x.txt'))
+    assert '--' not in str(e.value) and 'pass --input_format' in e.value.for_cli()
     (tmp_path / 'y.parquet').write_text('not parquet at all')
     with pytest.raises(BeammlError, match='not a readable parquet'):
         inspect_input(str(tmp_path / 'y.parquet'))
@@ -237,7 +240,7 @@ def test_json_lines_writer_is_valid_json():
     lines = to_json_lines(t).decode().splitlines()
     assert [json.loads(x) for x in lines] == [
         {'id': 'a"b', 'x': 1.5, 'n': 1, 'v': [1.0, 2.0], 'ok': True},
-        {'id': 'c\\d\n', 'x': None, 'n': None, 'v': [3.0, 4.0], 'ok': False}]
+        {'id': 'c\\d\n', 'x': 'NaN', 'n': None, 'v': [3.0, 4.0], 'ok': False}]
 
 
 def test_read_table_keeps_columns_and_source(tmp_path):
@@ -319,7 +322,7 @@ def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, f
     assert [part[:2] for _, part in items] == [(0, 300), (300, 600), (600, 900), (900, 1000)] \
         if fmt == 'parquet' else [(0, 250), (250, 500), (500, 750), (750, 1000)]
     assert plan_reads(path, layout, split_rows=5000) == [(path, None)]
-    import beamml.transforms.io as tio
+    import beamml.transforms.io.sources as tio
     old = tio.SPLIT_ROWS
     tio.SPLIT_ROWS = 250
     try:
@@ -333,3 +336,121 @@ def test_large_files_are_split_into_work_items_with_true_row_numbers(tmp_path, f
                         equal_to([(777, 'NaN feature value')]), label='Errors')
     finally:
         tio.SPLIT_ROWS = old
+
+
+def test_json_lines_writes_non_finite_floats_as_strings():
+    t = pa.table({'x': [1.5, float('nan'), float('inf'), float('-inf'), None],
+                  'v': pa.array([[1.0, float('inf')], [float('nan'), 2.0], [0.0, 0.0],
+                                 [float('-inf'), 1e308], None], pa.list_(pa.float64())),
+                  'word': ['NaN', 'Infinity', '-Infinity', 'nan', None]})
+    lines = to_json_lines(t).decode().splitlines()
+    assert lines[1].startswith('{"x": "NaN", "v": ["NaN",2]')
+    assert [json.loads(x) for x in lines] == [
+        {'x': 1.5, 'v': [1.0, 'Infinity'], 'word': 'NaN'},
+        {'x': 'NaN', 'v': ['NaN', 2.0], 'word': 'Infinity'},
+        {'x': 'Infinity', 'v': [0.0, 0.0], 'word': '-Infinity'},
+        {'x': '-Infinity', 'v': ['-Infinity', 1e308], 'word': 'nan'},
+        {'x': None, 'v': None, 'word': None}]   # null stays a missing value
+    # Text spelled like a non-finite float is escaped, so it is not read as a float.
+    assert '"word": "NaN"' not in lines[0] and '"word": "nan"' in lines[3]
+
+
+def test_json_lines_output_reads_back_unchanged(tmp_path):
+    # The norms case: two 1.3e308 entries sum to l1 = inf, written "Infinity".
+    X = np.array([[1.3e308, 1.3e308], [1.0, np.nan], [-np.inf, 2.0], [3.0, 4.0]])
+    with np.errstate(over='ignore'):
+        l1 = np.abs(X).sum(axis=1)
+    batch = points_batch(pa.array(['a', 'NaN', 'c', 'd']), X, l1=l1,
+                         note=pa.array(['Infinity', None, 'x', 'NaN']))
+    out = str(tmp_path / 'out' / 'pts')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        _ = p | beam.Create([batch]) | WriteTable(out, 'jsonl')
+    (path,) = glob.glob(out + '-*.jsonl')
+    text = open(path).read()
+    assert '"l1": "Infinity"' in text and '"features": [1,"NaN"]' in text
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        r = p | ReadTable(path)
+        assert_that(r.batches | beam.FlatMap(lambda b: b.to_pylist()),
+                    lambda rows: _same_rows(rows, batch.to_pylist()))
+    table, dead = read_table_files(path, allow_nan=True)
+    assert dead == [] and table.column('id').to_pylist() == ['a', 'NaN', 'c', 'd']
+    np.testing.assert_array_equal(features_matrix(table.to_batches()[0]), X)  # NaN where NaN
+    table, dead = read_table_files(path, feature_columns=['l1'], allow_nan=True)
+    np.testing.assert_array_equal(features_matrix(table.to_batches()[0]).ravel(), l1)
+    # ReadPoints keeps its allow_nan rule: without it the non-finite rows are refused.
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == ['a', 'd']
+    assert [(d['row'], d['reason']) for d in dead] == [
+        (1, 'NaN feature value'), (2, 'infinite feature value')]
+    # Dead letters follow the one JSON policy too.
+    assert [d['record']['features'] for d in dead] == [[1.0, 'NaN'], ['-Infinity', 2.0]]
+
+
+def _same_rows(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(sorted(got, key=lambda r: r['id']), sorted(want, key=lambda r: r['id'])):
+        assert g.keys() == w.keys() and g['id'] == w['id'] and g['note'] == w['note']
+        np.testing.assert_array_equal(g['features'], w['features'])
+        np.testing.assert_array_equal(g['l1'], w['l1'])
+
+
+def test_json_lines_reader_takes_non_finite_words_only_as_values(tmp_path):
+    path = str(tmp_path / 'w.jsonl')
+    with open(path, 'w') as f:
+        f.write('{"id": "NaN", "x": "Infinity", "y": 1, "NaN": "text"}\n'
+                '{"id": "b", "x": 2, "y": "-Infinity", "NaN": "NaN"}\n'
+                '{"id": "c", "x": ["NaN"], "y": 3, "NaN": "z"}\n')
+    table, dead = read_table_files(path, feature_columns=['x', 'y'], allow_nan=True)
+    assert table.column('id').to_pylist() == ['NaN', 'b']   # the id stays text
+    assert table.column('features').to_pylist() == [[np.inf, 1.0], [2.0, -np.inf]]
+    assert [(d['row'], d['reason'].split(':')[0]) for d in dead] == [(2, 'invalid JSON line')]
+
+
+def test_dead_letter_records_follow_the_json_policy(tmp_path):
+    path = str(tmp_path / 'bad.jsonl')
+    with open(path, 'wb') as f:
+        f.write(b'{"id": "a", "features": [1, 2]}\n{"id": "b", "features": [1, \xff]}\n')
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == ['a']
+    assert dead[0]['record'] == '{"id": "b", "features": [1, \\xff]}'  # the byte, escaped
+    path = str(tmp_path / 'n.csv')
+    with open(path, 'w') as f:
+        f.write('id,a,b\n1,nan,2\n2,-inf,1\n')
+    _, dead = read_table_files(path)   # non-finite floats as documents.to_jsonable writes them
+    assert [d['record'] for d in dead] == [{'id': 1, 'a': 'NaN', 'b': 2.0},
+                                           {'id': 2, 'a': '-Infinity', 'b': 1.0}]
+
+
+def test_shard_prefix_a_trailing_slash_is_a_directory(tmp_path):
+    assert shard_prefix('out/norms') == 'out/norms'
+    assert shard_prefix('out/norms', 'errors') == 'out/norms-errors'
+    assert shard_prefix('out/') == 'out/part'
+    assert shard_prefix('gs://b/out/', 'errors') == 'gs://b/out/errors'
+    assert WriteDeadLetters.glob('out/') == 'out/errors-*.jsonl'
+    assert WriteDeadLetters.glob('out/norms') == 'out/norms-errors-*.jsonl'
+    out = str(tmp_path / 'out') + '/'
+    batch = points_batch(pa.array([1, 2]), np.ones((2, 2)))
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        _ = p | beam.Create([batch]) | WriteTable(out, 'parquet')
+        _ = p | 'Errors' >> beam.Create([{'reason': 'x'}]) | WriteDeadLetters(out)
+    assert sorted(os.listdir(out)) == ['errors-00000-of-00001.jsonl',
+                                       'part-00000-of-00001.parquet']
+    assert glob.glob(WriteDeadLetters.glob(out)) == [out + 'errors-00000-of-00001.jsonl']
+
+
+def test_inspect_input_names_parameters_not_flags(tmp_path):
+    path = str(tmp_path / 'p.csv')
+    with open(path, 'w') as f:
+        f.write('a,b\n1,2\n')
+    with pytest.raises(BeammlError) as e:
+        inspect_input(path, dimension=0)
+    assert '--' not in str(e.value) and 'dimension must be >= 1' in str(e.value)
+    assert e.value.for_cli() == '--dimension must be >= 1, got 0'
+    with pytest.raises(BeammlError) as e:
+        inspect_input(path, dimension=3)
+    assert '--' not in str(e.value) and 'but --dimension is 3' in e.value.for_cli()
+    with open(str(tmp_path / 'w.csv'), 'w') as f:
+        f.write('name,city\nx,y\n')
+    with pytest.raises(BeammlError) as e:
+        inspect_input(str(tmp_path / 'w.csv'))
+    assert '--' not in str(e.value) and e.value.for_cli().endswith('pass --feature_columns')

@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError, _ShardWriter,
-                           features_matrix)
+from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError,
+                                  ShardWriter as _ShardWriter, features_matrix)
 
 __all__ = ['NORMS', 'row_norms', 'all_row_norms', 'add_norms', 'ComputeNorms',
            'shard_path', 'WriteSortedShards']

@@ -17,12 +17,16 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-__all__ = ['NON_FINITE', 'json_float', 'to_jsonable', 'dumps', 'join', 'is_remote',
-           'exists', 'read_bytes', 'read_text', 'write_bytes', 'write_text', 'read_json',
-           'write_json']
+__all__ = ['NON_FINITE', 'NON_FINITE_TEXT', 'json_float', 'to_jsonable', 'dumps', 'join',
+           'is_remote', 'exists', 'read_bytes', 'read_text', 'write_bytes', 'write_text',
+           'read_json', 'write_json']
 
 #: how a non-finite float is written in JSON, and read back
 NON_FINITE = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
+#: how a JSON lines table writes text spelled like a non-finite float: its first
+#: character escaped (the same string to any JSON parser), so that beamml's JSON
+#: lines reader, which reads those words as floats, reads it back as text
+NON_FINITE_TEXT = {w: '"\\u%04x%s"' % (ord(w[0]), w[1:]) for w in NON_FINITE}
 
 
 def json_float(x: float) -> float | str:

@@ -1,0 +1,165 @@
+"""Deciding an input's Layout before the graph is built, from the head of its first file.
+
+A missing input, an empty file, an unreadable format or a missing column is a
+:class:`~beamml.transforms.io.errors.BeammlError` here, naming the file and what
+exists, not a stack trace from a worker.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beamml.transforms.io.csvio import csv_head
+from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.io.jsonio import jsonl_head
+from beamml.transforms.io.layout import Layout, format_of, match_input
+from beamml.transforms.io.npyio import npy_header
+from beamml.transforms.io.parquetio import parquet_head
+from beamml.transforms.io.types import (NUMBER_RE, is_list_type, is_numeric_type,
+                                        is_string_type)
+
+__all__ = ['inspect_input']
+
+
+def _head_table(path: str, fmt: str, id_column: str | None) -> pa.Table:
+    """A table of the first rows of a file, every column as its reader infers."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        if fmt == 'parquet':
+            return parquet_head(f)
+        if fmt == 'csv':
+            return csv_head(f)
+        if fmt == 'jsonl':
+            return jsonl_head(f, path, id_column)
+        raise AssertionError(fmt)
+
+
+def _numeric_share(arr: pa.ChunkedArray | pa.Array) -> float:
+    """Share of the non-null values of a string column that parse as numbers."""
+    arr = pc.drop_null(arr)
+    if len(arr) == 0:
+        return 0.0
+    return pc.sum(pc.match_substring_regex(arr, NUMBER_RE, ignore_case=True)).as_py() / len(arr)
+
+
+def _mode_length(arr) -> int | None:
+    lengths = pc.drop_null(pc.list_value_length(arr)).to_numpy(zero_copy_only=False)
+    if len(lengths) == 0:
+        return None
+    values, counts = np.unique(lengths, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def _npy_layout(path: str, id_column: str | None, dimension: int | None) -> Layout:
+    if id_column:
+        raise BeammlError('.npy input has no columns; drop id_column '
+                          '(ids are <file name>:<row>)', parameters=('id_column',))
+    shape, _, _ = npy_header(path)
+    d = shape[1] if len(shape) == 2 else None
+    if d is None:
+        raise BeammlError(f'{path}: expected a 2-D (n, d) array, got shape {shape}')
+    if dimension is not None and dimension != d:
+        raise BeammlError(f'{path} has {d} features, dimension says {dimension}',
+                          parameters=('dimension',))
+    return Layout('npy', ('features',), None, 'string', ('features',), True, d)
+
+
+def inspect_input(file_pattern: str, *, input_format: str | None = None,
+                  id_column: str | None = None,
+                  feature_columns: Sequence[str] | None = None,
+                  dimension: int | None = None,
+                  need_features: bool = True) -> tuple[list[str], Layout]:
+    """Match the input and decide its :class:`Layout` from the head of the first file.
+
+    Returns the matched paths (in path order) and the layout. Every problem a
+    user can fix is a :class:`BeammlError` naming the file and what exists.
+    """
+    files = match_input(file_pattern)
+    paths = [p for p, _ in files]
+    fmt = format_of(paths[0], input_format)
+    for p in paths[1:]:
+        if input_format is None and format_of(p, None) != fmt:
+            raise BeammlError(f'{file_pattern} mixes formats ({paths[0]} is {fmt}, {p} is '
+                              f'{format_of(p, None)}); read them separately')
+    if dimension is not None and dimension < 1:
+        raise BeammlError(f'dimension must be >= 1, got {dimension}',
+                          parameters=('dimension',))
+    if fmt == 'npy':
+        return paths, _npy_layout(paths[0], id_column, dimension)
+
+    try:
+        head = _head_table(paths[0], fmt, id_column or 'id')
+    except BeammlError:
+        raise
+    except Exception as e:
+        raise BeammlError(f'{paths[0]} is not a readable {fmt} file: {e}') from e
+    columns = tuple(head.column_names)
+    if not columns:
+        raise BeammlError(f'{paths[0]} has no columns')
+    schema = head.schema
+
+    if id_column is None and 'id' in columns:
+        id_column = 'id'
+    if id_column is not None and id_column not in columns:
+        raise BeammlError(f'{paths[0]} has no id column {id_column!r}; '
+                          f'its columns are {", ".join(columns)}')
+    id_type = 'string'
+    if id_column is not None and pa.types.is_integer(schema.field(id_column).type):
+        id_type = 'int64'
+
+    if not need_features:
+        return paths, Layout(fmt, columns, id_column, id_type, (), False, 0, schema)
+
+    if feature_columns:
+        feature_columns = tuple(c.strip() for c in feature_columns)
+        missing = [c for c in feature_columns if c not in columns]
+        if missing:
+            raise BeammlError(f'{paths[0]} has no column {", ".join(map(repr, missing))}; '
+                              f'its columns are {", ".join(columns)}')
+        list_cols = [c for c in feature_columns if is_list_type(schema.field(c).type)]
+        if list_cols and len(feature_columns) > 1:
+            raise BeammlError(f'feature column {list_cols[0]!r} holds lists; give it alone '
+                              'or give scalar columns')
+        list_features = bool(list_cols)
+    else:
+        candidates = [c for c in columns if c != id_column]
+        numeric = []
+        for c in candidates:
+            t = schema.field(c).type
+            if is_numeric_type(t):
+                numeric.append(c)
+            elif is_string_type(t) and _numeric_share(head.column(c)) >= 0.5:
+                numeric.append(c)  # numbers with a few bad values: bad rows are refused later
+        lists = [c for c in candidates if is_list_type(schema.field(c).type)]
+        if 'features' in lists:
+            feature_columns, list_features = ('features',), True
+        elif numeric:
+            feature_columns, list_features = tuple(numeric), False
+        elif len(lists) == 1:
+            feature_columns, list_features = (lists[0],), True
+        else:
+            raise BeammlError(f'{paths[0]} has no numeric column to use as features; its '
+                              f'columns are {", ".join(columns)}; pass feature_columns',
+                              parameters=('feature_columns',))
+
+    if list_features:
+        t = schema.field(feature_columns[0]).type
+        d = t.list_size if pa.types.is_fixed_size_list(t) else _mode_length(
+            head.column(feature_columns[0]))
+    else:
+        d = len(feature_columns)
+    if dimension is not None:
+        if not list_features and dimension != d:
+            raise BeammlError(f'{len(feature_columns)} feature columns '
+                              f'({", ".join(feature_columns)}) but dimension is {dimension}',
+                              parameters=('dimension',))
+        d = dimension
+    if not d:
+        raise BeammlError(f'cannot tell the number of features of {paths[0]}: its first rows '
+                          f'have none; pass dimension', parameters=('dimension',))
+    return paths, Layout(fmt, columns, id_column, id_type, tuple(feature_columns),
+                         list_features, int(d), schema)

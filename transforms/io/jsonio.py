@@ -1,0 +1,211 @@
+"""Reading JSON lines files into RowBatches; a line that does not parse is a dead letter.
+
+A file is parsed by pyarrow in chunks of about 16 MB. Feature fields have a fixed
+type (ints read as floats); every other field, the id included, is inferred per
+chunk, so that a string id among integer ids costs that line only (the chunk is
+bisected) and a table read keeps every field.
+
+The JSON strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` in a value
+position are read as the floats they name: they are how beamml (and BigQuery)
+write non-finite floats, so beamml's JSON lines output reads back unchanged.
+The id field is the exception: an id ``"NaN"`` stays a string.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.json as pjson
+
+from beamml.transforms.io.documents import NON_FINITE, NON_FINITE_TEXT
+from beamml.transforms.io.errors import BeammlError, dead_letter
+from beamml.transforms.io.layout import HEAD_BYTES, Layout
+from beamml.transforms.io.rows import BATCH_ROWS, RowBatch
+
+__all__ = ['jsonl_head', 'read_jsonl']
+
+_CHUNK_BYTES = 16 << 20
+_HEAD_LINES = 2000  # lines of the head that decide the layout
+_WORDS = b'|'.join(re.escape(w.encode()) for w in NON_FINITE)
+# A non-finite word as a value: after ':', '[' or ',' and before ',', ']' or '}' (a key
+# is followed by ':'); group 1 keeps what precedes it, group 2 is the word.
+_VALUE_WORD = re.compile(rb'([:\[,][ \t]*)"(' + _WORDS + rb')"(?=[ \t]*[,\]}])')
+_AS_TEXT = {w.encode(): t.encode() for w, t in NON_FINITE_TEXT.items()}
+
+
+def _non_finite_reader(id_column: str | None) -> Callable[[bytes], bytes]:
+    """A function that rewrites the non-finite words of a chunk of JSON lines as the
+    bare tokens ``NaN``, ``Infinity``, ``-Infinity`` (which pyarrow's and Python's JSON
+    parsers read as floats), except as the value of the key ``id_column``, which
+    is kept as text (written as :data:`~beamml.transforms.io.documents.NON_FINITE_TEXT`).
+
+    A chunk without such a word (the usual case) is returned as it is, after a
+    substring search; else regular-expression substitutions, C loops over the
+    chunk, rewrite it. Lines and their order are kept.
+    """
+    id_word = None
+    if id_column:
+        key = re.escape(json.dumps(id_column, ensure_ascii=False).encode())
+        id_word = re.compile(rb'(' + key + rb'[ \t]*:[ \t]*)"(' + _WORDS + rb')"')
+
+    def rewrite(chunk: bytes) -> bytes:
+        if b'NaN"' not in chunk and b'Infinity"' not in chunk:
+            return chunk
+        if id_word is not None:  # a call per id spelled like a float only
+            chunk = id_word.sub(lambda m: m.group(1) + _AS_TEXT[m.group(2)], chunk)
+        return _VALUE_WORD.sub(rb'\1\2', chunk)
+    return rewrite
+
+
+def jsonl_head(f, path: str, id_column: str | None) -> pa.Table:
+    """The first lines (about :data:`HEAD_BYTES`) of the open file ``f`` as a table,
+    each key typed by the majority of its values (see :func:`_json_head_table`)."""
+    head = f.read(HEAD_BYTES)
+    if len(head) == HEAD_BYTES and b'\n' in head:
+        head = head[:head.rindex(b'\n') + 1]
+    head = _non_finite_reader(id_column)(head)
+    lines = [ln for ln in head.split(b'\n') if ln.strip()]
+    parsed = []
+    for ln in lines[:_HEAD_LINES]:  # the head only, to decide the layout
+        try:
+            parsed.append(json.loads(ln))
+        except ValueError:
+            continue
+    if lines and not parsed:
+        raise BeammlError(f'{path}: no line of the first {len(lines)} is a JSON object')
+    return _json_head_table([p for p in parsed if isinstance(p, dict)])
+
+
+def _json_head_table(rows: list[dict]) -> pa.Table:
+    """The layout-deciding table of the first JSON lines: each key typed by its majority."""
+    keys: dict[str, None] = {}
+    for r in rows:
+        keys.update(dict.fromkeys(r))
+
+    def is_num(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    out = {}
+    for k in keys:
+        vals = [r.get(k) for r in rows]
+        present = [v for v in vals if v is not None]
+        n_list = sum(isinstance(v, list) for v in present)
+        if present and n_list * 2 >= len(present):
+            out[k] = pa.array([v if isinstance(v, list) and all(map(is_num, v)) else None
+                               for v in vals], pa.list_(pa.float64()))
+        elif present and all(isinstance(v, int) and not isinstance(v, bool) or
+                             (isinstance(v, str) and not v.strip()) for v in present) and \
+                any(isinstance(v, int) for v in present):
+            vals = [v if isinstance(v, int) else None for v in vals]  # '' ids are refused later
+            out[k] = pa.array(vals, pa.int64())
+        elif present and sum(map(is_num, present)) * 2 >= len(present):
+            out[k] = pa.array([float(v) if is_num(v) else None for v in vals], pa.float64())
+        else:
+            out[k] = pa.array([None if v is None else str(v) for v in vals], pa.string())
+    return pa.table(out) if out else pa.table({})
+
+
+def read_jsonl(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
+    """RowBatches of every field and dead letters of the lines that do not parse."""
+    if layout.list_features:
+        fields = [(layout.feature_columns[0], pa.list_(pa.float64()))]
+    else:
+        fields = [(c, pa.float64()) for c in layout.feature_columns]
+    parse = pjson.ParseOptions(explicit_schema=pa.schema(fields),
+                               unexpected_field_behavior='infer')
+    numbers = _non_finite_reader(layout.id_column)
+    line0 = 1   # physical line number of the chunk's first line
+    row0 = 0    # data rows (non-blank lines) before the chunk
+    rest = b''
+    while True:
+        block = f.read(_CHUNK_BYTES)
+        data = rest + block
+        if not block:
+            chunk, rest = data, b''
+        else:
+            cut = data.rfind(b'\n')
+            if cut < 0:
+                rest = data
+                continue
+            chunk, rest = data[:cut + 1], data[cut + 1:]
+        if chunk:
+            yield from _parse_json_chunk(chunk, numbers(chunk), path, parse, line0, row0)
+            n_lines = chunk.count(b'\n') + (0 if chunk.endswith(b'\n') else 1)
+            row0 += n_lines - _blank_lines(chunk)
+            line0 += n_lines
+        if not block:
+            break
+
+
+def _blank_lines(chunk: bytes) -> int:
+    if b'\n\n' not in chunk and not chunk.startswith(b'\n') and b'\r\n\r\n' not in chunk \
+            and b'\n ' not in chunk and b'\n\t' not in chunk:
+        return 0
+    return sum(1 for ln in chunk.split(b'\n')[:-1 if chunk.endswith(b'\n') else None]
+               if not ln.strip())
+
+
+def _lines(chunk: bytes) -> list[bytes]:
+    lines = chunk.split(b'\n')
+    if chunk.endswith(b'\n'):
+        lines.pop()
+    return lines
+
+
+def _parse_json_chunk(raw, chunk, path, parse, line0, row0):
+    """Parse ``chunk`` (``raw`` with its non-finite words as numbers): whole when it
+    parses and has no blank line, else by bisection; dead letters quote ``raw``."""
+    blanks = _blank_lines(chunk)
+    try:
+        table = pjson.read_json(io.BytesIO(chunk), parse_options=parse,
+                                read_options=pjson.ReadOptions(use_threads=False))
+    except pa.ArrowInvalid:
+        table = None
+    if table is not None and blanks == 0:
+        rows = np.arange(row0, row0 + table.num_rows, dtype=np.int64)
+        for b in table.to_batches(max_chunksize=BATCH_ROWS):
+            n = b.num_rows
+            yield RowBatch(b, rows[:n], rows[:n] - row0 + line0)
+            rows = rows[n:]
+        return
+    # Slow path: a line that does not parse, or blank lines. Split into lines and
+    # bisect with pyarrow, so only the bad lines are handled one by one.
+    lines = _lines(chunk)
+    raw_lines = lines if raw is chunk else _lines(raw)
+    idx = [i for i, ln in enumerate(lines) if ln.strip()]
+    data_row = {i: row0 + k for k, i in enumerate(idx)}
+    yield from _bisect_json(lines, raw_lines, idx, data_row, path, parse, line0)
+
+
+def _bisect_json(lines, raw_lines, idx, data_row, path, parse, line0):
+    if not idx:
+        return
+    payload = b'\n'.join(lines[i] for i in idx) + b'\n'
+    try:
+        table = pjson.read_json(io.BytesIO(payload), parse_options=parse,
+                                read_options=pjson.ReadOptions(use_threads=False))
+        err = None
+    except pa.ArrowInvalid as e:
+        table, err = None, e
+    if table is not None and table.num_rows == len(idx):
+        rows = np.asarray([data_row[i] for i in idx], dtype=np.int64)
+        lns = np.asarray(idx, dtype=np.int64) + line0
+        for b in table.to_batches(max_chunksize=BATCH_ROWS):
+            n = b.num_rows
+            yield RowBatch(b, rows[:n], lns[:n])
+            rows, lns = rows[n:], lns[n:]
+        return
+    if len(idx) == 1:
+        i = idx[0]
+        reason = str(err) if err is not None else 'not one JSON object'
+        reason = re.sub(r'\s*in row \d+$', '', reason)
+        yield dead_letter(path, data_row[i], i + line0, f'invalid JSON line: {reason}',
+                          raw_lines[i])
+        return
+    mid = len(idx) // 2
+    yield from _bisect_json(lines, raw_lines, idx[:mid], data_row, path, parse, line0)
+    yield from _bisect_json(lines, raw_lines, idx[mid:], data_row, path, parse, line0)

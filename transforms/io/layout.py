@@ -1,0 +1,86 @@
+"""The shape of an input: its Layout (format, id, features, dimension), format names, matching."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pyarrow as pa
+from apache_beam.io.filesystems import FileSystems
+
+from beamml.transforms.io.errors import BeammlError
+
+__all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'match_input']
+
+INPUT_FORMATS = ('parquet', 'csv', 'jsonl', 'npy')
+_EXTENSIONS = {
+    '.parquet': 'parquet', '.pq': 'parquet', '.csv': 'csv', '.jsonl': 'jsonl',
+    '.json': 'jsonl', '.ndjson': 'jsonl', '.npy': 'npy',
+}
+#: how much of the first file (about 1 MB) decides the layout of a text input
+HEAD_BYTES = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How rows of the input become points; decided before the graph is built."""
+    input_format: str
+    columns: tuple[str, ...]          # columns of the first file ('features' for npy)
+    id_column: str | None             # None: ids are '<file name>:<row>'
+    id_type: str                      # 'int64' or 'string'
+    feature_columns: tuple[str, ...]  # scalar numeric columns, or one list column
+    list_features: bool               # True: feature_columns[0] holds a list per row
+    dimension: int
+    # Column types as read from the head of the first file (None for .npy).
+    head_schema: pa.Schema | None = dataclasses.field(default=None, compare=False)
+
+    @property
+    def id_arrow_type(self) -> pa.DataType:
+        return pa.int64() if self.id_type == 'int64' else pa.string()
+
+    def points_schema(self) -> pa.Schema:
+        return pa.schema([('id', self.id_arrow_type),
+                          ('features', pa.list_(pa.float64(), self.dimension))])
+
+    def read_columns(self) -> list[str] | None:
+        """Columns to read; None (every column) for a table read without features."""
+        if not self.feature_columns:
+            return None
+        cols = list(self.feature_columns)
+        if self.id_column:
+            cols.insert(0, self.id_column)
+        return cols
+
+
+def format_of(path: str, input_format: str | None) -> str:
+    """``input_format`` when given (checked), else the format its extension names."""
+    if input_format:
+        if input_format not in INPUT_FORMATS:
+            raise BeammlError(f'unknown input format {input_format!r}; one of {INPUT_FORMATS}')
+        return input_format
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in _EXTENSIONS:
+        raise BeammlError(
+            f'cannot tell the format of {path} from its extension {ext or "(none)"!r}; '
+            f'pass input_format, one of {", ".join(INPUT_FORMATS)}',
+            parameters=('input_format',))
+    return _EXTENSIONS[ext]
+
+
+def match_input(file_pattern: str) -> list[tuple[str, int]]:
+    """(path, size) of every file matching the pattern, in path order.
+
+    Raises BeammlError when nothing matches or a matched file is empty.
+    """
+    try:
+        results = FileSystems.match([file_pattern])
+    except Exception as e:  # BeamIOError: the pattern itself is unreadable
+        raise BeammlError(f'cannot list input {file_pattern}: {e}') from e
+    files = sorted((m.path, m.size_in_bytes) for r in results for m in r.metadata_list)
+    files = [f for f in files if not f[0].endswith('/')]
+    if not files:
+        raise BeammlError(f'no input file matches {file_pattern}')
+    empty = [p for p, size in files if size == 0]
+    if empty:
+        raise BeammlError(f'input file {empty[0]} is empty (0 bytes)'
+                          + (f', and {len(empty) - 1} more' if len(empty) > 1 else ''))
+    return files

@@ -1,0 +1,254 @@
+"""Rows read from a file become points or checked table rows: RowBatch, RowReasons, to_points.
+
+The checks are vectorised over a whole batch: one small integer reason code per
+row (:class:`RowReasons`, the first reason wins), and Python touches single rows
+only to write the dead letters of the refused ones.
+"""
+from __future__ import annotations
+
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from beamml.transforms.io.errors import dead_letter
+from beamml.transforms.io.layout import Layout
+from beamml.transforms.io.types import (INT_RE, NUMBER_RE, SOURCE_COLUMNS, is_list_type,
+                                        is_numeric_type, is_string_type)
+
+__all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'points_batch',
+           'to_points', 'table_checks']
+
+#: rows per RowBatch a reader yields
+BATCH_ROWS = 65536
+
+
+class RowBatch:
+    """A block of rows read from one file: the table and each row's place in the file."""
+    __slots__ = ('table', 'rows', 'lines')
+
+    def __init__(self, table: pa.RecordBatch, rows: np.ndarray, lines: np.ndarray | None):
+        self.table, self.rows, self.lines = table, rows, lines
+
+
+class RowReasons:
+    """Why each row of a batch is refused: a small int code per row, first reason wins."""
+    __slots__ = ('code', 'texts')
+
+    def __init__(self, n: int):
+        self.code = np.zeros(n, dtype=np.int16)
+        self.texts: list[str | None] = [None]
+
+    def mark(self, mask: np.ndarray, text: str) -> None:
+        """Refuse the rows of ``mask`` not refused yet, for ``text``."""
+        m = mask & (self.code == 0)
+        if m.any():
+            self.texts.append(text)
+            self.code[m] = len(self.texts) - 1
+
+    @property
+    def refused(self) -> np.ndarray:
+        return self.code != 0
+
+    def dead_letters(self, table, path: str | None, rows=None, lines=None) -> list[dict]:
+        """Dead letters of the refused rows of ``table``; ``rows`` / ``lines`` give each
+        row's place in its file (None: unknown)."""
+        bad_idx = np.flatnonzero(self.code)
+        if not len(bad_idx):
+            return []
+        records = table.take(pa.array(bad_idx)).to_pylist()
+        return [dead_letter(path, None if rows is None else rows[i],
+                            None if lines is None else lines[i], self.texts[self.code[i]], rec)
+                for i, rec in zip(bad_idx, records)]  # a loop over bad rows only
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def features_matrix(batch: pa.RecordBatch, column: str = 'features') -> np.ndarray:
+    """Zero-copy (n, d) float64 view of a fixed_size_list<float64> column."""
+    arr = batch.column(column)
+    d = arr.type.list_size
+    if arr.offset == 0 and arr.values.offset == 0 and arr.null_count == 0:
+        flat = arr.values
+    else:
+        flat = arr.flatten()
+    return flat.to_numpy(zero_copy_only=False).reshape(len(arr), d)
+
+
+def points_batch(ids: pa.Array, X: np.ndarray, **columns) -> pa.RecordBatch:
+    """A points RecordBatch: id, features (fixed_size_list<float64>[d]) and extra columns."""
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    feats = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    arrays, names = [ids, feats], ['id', 'features']
+    for k, v in columns.items():
+        arrays.append(v if isinstance(v, (pa.Array, pa.ChunkedArray)) else pa.array(v))
+        names.append(k)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def _string_to_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(values, bad) of a string column: bad where a present value is not a number."""
+    ok = pc.fill_null(pc.match_substring_regex(arr, NUMBER_RE, ignore_case=True), True)
+    okn = ok.to_numpy(zero_copy_only=False)
+    cleaned = pc.if_else(ok, pc.utf8_trim_whitespace(arr), pa.scalar(None, pa.string()))
+    vals = pc.cast(cleaned, pa.float64())
+    return vals, ~okn
+
+
+def _column_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(float64 values, missing mask, non-numeric mask) of one scalar column."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    bad = np.zeros(len(arr), dtype=bool)
+    if is_string_type(arr.type):
+        arr, bad = _string_to_float(arr)
+    elif pa.types.is_null(arr.type):
+        arr = pa.nulls(len(arr), pa.float64())
+    elif not is_numeric_type(arr.type) and not pa.types.is_boolean(arr.type):
+        return (np.full(len(arr), np.nan), np.zeros(len(arr), bool), np.ones(len(arr), bool))
+    missing = arr.is_null().to_numpy(zero_copy_only=False) & ~bad
+    values = pc.cast(arr, pa.float64()).to_numpy(zero_copy_only=False)
+    return values, missing, bad
+
+
+def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
+    """The ids of a RowBatch as ``layout.id_type``; bad ids are marked in ``why``."""
+    n = rb.table.num_rows
+    if not layout.id_column:
+        name = posixpath.basename(path.rstrip('/')) + ':'
+        return pc.binary_join_element_wise(
+            pa.scalar(name), pc.cast(pa.array(rb.rows), pa.string()), '')
+    if layout.id_column not in rb.table.column_names:  # a JSON block without the key
+        why.mark(np.ones(n, bool), 'missing id')
+        return pa.nulls(n, layout.id_arrow_type)
+    arr = rb.table.column(layout.id_column)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_null(arr.type):
+        arr = pa.nulls(n, layout.id_arrow_type)
+    if arr.null_count:
+        why.mark(arr.is_null().to_numpy(zero_copy_only=False), 'missing id')
+    if is_string_type(arr.type):
+        why.mark(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ''), False)
+                 .to_numpy(zero_copy_only=False), 'empty id')
+        if layout.id_type == 'int64':
+            ok = pc.fill_null(pc.match_substring_regex(arr, INT_RE), True)
+            why.mark(~ok.to_numpy(zero_copy_only=False), 'id is not an integer')
+            arr = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(arr),
+                                     pa.scalar(None, pa.string())), pa.int64())
+        return arr
+    if layout.id_type == 'string':
+        return pc.cast(arr, pa.string())
+    if not pa.types.is_integer(arr.type):
+        why.mark(np.ones(n, bool), 'id is not an integer')
+        return pa.nulls(n, pa.int64())
+    return pc.cast(arr, pa.int64())
+
+
+def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
+    n = len(arr)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if not is_list_type(arr.type):
+        why.mark(np.ones(n, bool), f'column {col!r} does not hold lists')
+        return np.zeros((n, d))
+    values = pc.list_flatten(arr)
+    if arr.null_count == 0 and values.null_count == 0 and len(values) == n * d and (
+            pa.types.is_fixed_size_list(arr.type) or
+            bool(pc.all(pc.equal(pc.list_value_length(arr), d)).as_py() if n else True)):
+        vals, _, bad = _column_values(values)
+        if not bad.any():
+            return vals.reshape(n, d)  # the clean path: one reshape
+    lengths = pc.fill_null(pc.list_value_length(arr), -1).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(arr).to_numpy(zero_copy_only=False)
+    vals, missing, bad = _column_values(values)
+    why.mark(lengths < 0, f'missing value in {col!r}')
+    row_bad = np.zeros(n, bool)
+    row_bad[parents[bad]] = True
+    why.mark(row_bad, f'value in {col!r} is not a number')
+    row_missing = np.zeros(n, bool)
+    row_missing[parents[missing]] = True
+    why.mark(row_missing, f'missing value in {col!r}')
+    for L in np.unique(lengths[(lengths != d) & (lengths >= 0)]):
+        why.mark(lengths == L, f'dimension {int(L)}, expected {d}')
+    X = np.zeros((n, d))
+    good = lengths == d
+    if good.any():
+        X[good] = vals[good[parents]].reshape(-1, d)
+    return X
+
+
+# ----------------------------------------------------------------------------- checks
+
+def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
+              ) -> tuple[pa.RecordBatch | None, list[dict]]:
+    """Turn one RowBatch into a points batch and the dead letters of its bad rows.
+
+    A row is refused with the first reason that applies: a missing or empty id,
+    an id that is not an integer (in an integer id column), a value that is not
+    a number, a missing value, a dimension other than the layout's, NaN or inf
+    (unless ``allow_nan``).
+    """
+    t = rb.table
+    n = t.num_rows
+    d = layout.dimension
+    why = RowReasons(n)
+    ids = _ids(rb, layout, path, why)
+    if layout.input_format == 'npy':
+        X = features_matrix(t)
+    elif layout.list_features:
+        col = layout.feature_columns[0]
+        arr = (t.column(col) if col in t.column_names
+               else pa.nulls(n, pa.list_(pa.float64())))
+        X = _list_features(arr, col, d, why)
+    else:
+        X = np.empty((n, d), dtype=np.float64)
+        for j, c in enumerate(layout.feature_columns):
+            arr = t.column(c) if c in t.column_names else pa.nulls(n, pa.float64())
+            vals, missing, bad = _column_values(arr)
+            X[:, j] = vals
+            if bad.any():
+                why.mark(bad, f'value in {c!r} is not a number')
+            if missing.any():
+                why.mark(missing, f'missing value in {c!r}')
+    if not allow_nan:
+        finite = np.isfinite(X).all(axis=1)
+        if not finite.all():
+            nan = np.isnan(X).any(axis=1)
+            why.mark(~finite & nan, 'NaN feature value')
+            why.mark(~finite, 'infinite feature value')
+    dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
+    if dead:
+        keep = np.flatnonzero(~why.refused)
+        if len(keep) == 0:
+            return None, dead
+        ids = ids.take(pa.array(keep))
+        X = X[keep]
+    return points_batch(pc.cast(ids, layout.id_arrow_type), X), dead
+
+
+def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
+                 ) -> tuple[pa.RecordBatch | None, list[dict]]:
+    """ReadTable's check: the id column, when there is one, holds no missing or empty id.
+
+    With ``source_columns`` the batch gets ``_file`` (dictionary-encoded) and
+    ``_row`` (data row in the file), :data:`SOURCE_COLUMNS`, so later steps can
+    write dead letters too.
+    """
+    t, rows, dead = rb.table, rb.rows, []
+    if layout.id_column:
+        why = RowReasons(t.num_rows)
+        _ids(rb, layout, path, why)
+        dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
+        if dead:
+            keep = np.flatnonzero(~why.refused)
+            if not len(keep):
+                return None, dead
+            t, rows = t.take(pa.array(keep)), rows[keep]
+    if source_columns:
+        file_column, row_column = SOURCE_COLUMNS
+        t = t.append_column(file_column, pa.DictionaryArray.from_arrays(
+            pa.array(np.zeros(t.num_rows, np.int32)), pa.array([path])))
+        t = t.append_column(row_column, pa.array(rows, pa.int64()))
+    return t, dead

@@ -1,0 +1,191 @@
+"""Reading inputs: work-item planning, one file to RowBatches, the ReadPoints / ReadTable sources.
+
+Sources yield ``pyarrow.RecordBatch``es, never single rows: ``ReadPoints`` gives
+batches ``(id, features)``, ``ReadTable`` the files' own columns. Every refused
+row is a dead letter on the ``errors`` output and is counted
+(:class:`~beamml.transforms.io.errors.RecordCounters`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator, Sequence
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from beamml.transforms.io.csvio import read_csv
+from beamml.transforms.io.errors import ERRORS, RecordCounters
+from beamml.transforms.io.inspection import inspect_input
+from beamml.transforms.io.jsonio import read_jsonl
+from beamml.transforms.io.layout import Layout
+from beamml.transforms.io.npyio import plan_npy, read_npy
+from beamml.transforms.io.parquetio import plan_parquet, read_parquet
+from beamml.transforms.io.rows import BATCH_ROWS, RowBatch, table_checks, to_points
+
+__all__ = ['SPLIT_ROWS', 'plan_reads', 'read_file_batches', 'ReadPoints', 'ReadTable',
+           'read_table_files']
+
+_LOG = logging.getLogger('beamml')
+
+SPLIT_ROWS = 1 << 20  # rows per work item when a Parquet or .npy file is split
+
+
+def plan_reads(path: str, layout: Layout,
+               split_rows: int | None = None) -> list[tuple[str, tuple | None]]:
+    """Work items ``(path, part)`` for one file: a large Parquet file is split at row
+    groups and a large ``.npy`` file at rows (about ``split_rows`` rows each), so
+    several workers read it; CSV and JSON lines files are read whole (``part=None``).
+    """
+    fmt = layout.input_format
+    split_rows = split_rows or SPLIT_ROWS
+    if fmt not in ('parquet', 'npy'):
+        return [(path, None)]
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        if fmt == 'npy':
+            return plan_npy(f, path, split_rows)
+        return plan_parquet(f, path, split_rows)
+
+
+def read_file_batches(path: str, layout: Layout, batch_rows: int = BATCH_ROWS,
+                      part: tuple | None = None) -> Iterator[RowBatch | dict]:
+    """Yield RowBatches (and dead-letter dicts for unparseable rows) of one file.
+
+    ``part`` (from :func:`plan_reads`) restricts the read to a range of rows. The
+    clean path is pyarrow's / numpy's readers only. A CSV row with the wrong
+    number of fields and a JSON line that does not parse come out as dead letters.
+    """
+    fmt = layout.input_format
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        if fmt == 'parquet':
+            yield from read_parquet(f, path, layout, batch_rows, part)
+        elif fmt == 'csv':
+            yield from read_csv(f, path, layout)
+        elif fmt == 'jsonl':
+            yield from read_jsonl(f, path, layout)
+        elif fmt == 'npy':
+            yield from read_npy(f, path, batch_rows, part)
+        else:
+            raise AssertionError(fmt)
+
+
+class _ReadFileFn(beam.DoFn):
+    """Read whole files (given by path) into batches; refused rows go to ERRORS."""
+
+    def __init__(self, layout: Layout, points: bool, allow_nan: bool, batch_rows: int,
+                 source_columns: bool = False):
+        self.layout, self.points = layout, points
+        self.allow_nan, self.batch_rows = allow_nan, batch_rows
+        self.source_columns = source_columns
+        counters = RecordCounters()
+        self.read, self.ok, self.refused = counters.read, counters.ok, counters.refused
+
+    def process(self, work: str | tuple):
+        path, part = (work, None) if isinstance(work, str) else work
+        n_ok = n_refused = 0
+        for item in read_file_batches(path, self.layout, self.batch_rows, part):
+            if isinstance(item, dict):
+                self.read.inc()
+                self.refused.inc()
+                n_refused += 1
+                yield beam.pvalue.TaggedOutput(ERRORS, item)
+                continue
+            self.read.inc(item.table.num_rows)
+            if self.points:
+                out, dead = to_points(item, self.layout, path, self.allow_nan)
+            else:
+                out, dead = table_checks(item, self.layout, path, self.source_columns)
+            if dead:
+                self.refused.inc(len(dead))
+                n_refused += len(dead)
+                for dl in dead:
+                    yield beam.pvalue.TaggedOutput(ERRORS, dl)
+            if out is not None and out.num_rows:
+                self.ok.inc(out.num_rows)
+                n_ok += out.num_rows
+                yield out
+        where = f' rows {part[0]}..{part[1] - 1}' if part else ''
+        _LOG.info('read %s%s: %d rows accepted, %d refused', path, where, n_ok, n_refused)
+
+
+class _ReadBase(beam.PTransform):
+    _points = True
+
+    def __init__(self, file_pattern: str, *, input_format: str | None = None,
+                 id_column: str | None = None, feature_columns: Sequence[str] | None = None,
+                 dimension: int | None = None, allow_nan: bool = False,
+                 batch_rows: int = BATCH_ROWS, source_columns: bool = False,
+                 label: str | None = None):
+        super().__init__(label)
+        self.file_pattern = file_pattern
+        self.source_columns = source_columns
+        self.allow_nan = allow_nan
+        self.batch_rows = batch_rows
+        # Decided now, before the graph runs: errors a user can fix surface here.
+        self.paths, self.layout = inspect_input(
+            file_pattern, input_format=input_format, id_column=id_column,
+            feature_columns=feature_columns, dimension=dimension, need_features=self._points)
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self.layout.points_schema()
+
+    def expand(self, pbegin):
+        files = (pbegin
+                 | 'MatchedFiles' >> beam.Create(self.paths)
+                 | 'PlanReads' >> beam.FlatMap(plan_reads, self.layout)
+                 | 'SpreadFiles' >> beam.Reshuffle())
+        return files | 'ParseFiles' >> beam.ParDo(
+            _ReadFileFn(self.layout, self._points, self.allow_nan, self.batch_rows,
+                        self.source_columns)
+        ).with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='batches')
+
+
+class ReadPoints(_ReadBase):
+    """Read a point cloud into RecordBatches ``(id, features)`` plus dead letters.
+
+    ``p | ReadPoints('data/*.csv')`` returns a tuple-like result: ``result.batches``
+    (or ``result['batches']``) holds the RecordBatches, ``result.errors`` the
+    dead-letter dicts. The files are matched and the first one inspected when the
+    transform is constructed (see :func:`inspect_input`); ``.layout`` and ``.schema``
+    tell what was decided.
+    """
+    _points = True
+
+
+class ReadTable(_ReadBase):
+    """Read tabular files into RecordBatches of their own columns plus dead letters.
+
+    Only structural problems are refused (a CSV row with the wrong number of
+    fields, a JSON line that does not parse) and, when an id column is named or
+    present, rows whose id is missing or empty. ``source_columns=True`` appends
+    ``_file`` and ``_row`` so later steps can refuse rows with their origin (and
+    must then call ``RecordCounters().refuse_accepted(n)``).
+    """
+    _points = False
+
+    @property
+    def schema(self):
+        raise AttributeError('ReadTable keeps the files\' own columns')
+
+
+def read_table_files(file_pattern: str, **kwargs) -> tuple[pa.Table, list[dict]]:
+    """Read a whole (small) point cloud in this process: (points table, dead letters).
+
+    For loading side data such as initial centres; the same parsing and checks as
+    ReadPoints, without Beam.
+    """
+    allow_nan = kwargs.pop('allow_nan', False)
+    paths, layout = inspect_input(file_pattern, **kwargs)
+    batches, dead = [], []
+    for path in paths:
+        for item in read_file_batches(path, layout):
+            if isinstance(item, dict):
+                dead.append(item)
+                continue
+            out, dl = to_points(item, layout, path, allow_nan)
+            dead.extend(dl)
+            if out is not None:
+                batches.append(out)
+    return pa.Table.from_batches(batches, schema=layout.points_schema()), dead
