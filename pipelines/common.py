@@ -29,7 +29,8 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from beamml.transforms.io import COUNTER_NAMESPACE, BeammlError, INPUT_FORMATS, OUTPUT_FORMATS
+from beamml.transforms.io import (COUNTER_NAMESPACE, INPUT_FORMATS, OUTPUT_FORMATS, BeammlError,
+                                  shard_prefix)
 
 __all__ = [
     'BeammlError', 'add_input_args', 'add_output_args', 'add_refused_arg',
@@ -88,8 +89,9 @@ def add_refused_arg(parser) -> None:
 
 
 def output_prefix(value: str) -> str:
-    """An ``--output`` prefix; one ending in ``/`` names a folder, whose shards are ``part-*``."""
-    return value + 'part' if value.endswith('/') else value
+    """An ``--output`` prefix; one ending in ``/`` names a folder, whose shards are
+    ``part-*`` (:func:`beamml.transforms.io.shard_prefix`, the rule the sinks follow)."""
+    return shard_prefix(value)
 
 
 def add_output_args(parser) -> None:
@@ -259,6 +261,16 @@ def check_dataflow_options(options: PipelineOptions) -> None:
     from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
     from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
     gcp = options.view_as(GoogleCloudOptions)
+    for flag, path in (('temp_location', gcp.temp_location),
+                       ('staging_location', gcp.staging_location)):
+        if path is None:
+            continue
+        m = re.fullmatch(r'gs://([^/]*)(/.*)?', path)
+        if not m:
+            raise BeammlError(f'--{flag} {path}: Dataflow needs a gs://BUCKET/PATH location')
+        if not re.fullmatch(r'[a-z0-9][-_a-z0-9.]{1,61}[a-z0-9]', m.group(1)):
+            raise BeammlError(f'--{flag} {path}: {m.group(1)!r} is not a valid bucket name '
+                              '(3-63 lowercase letters, digits, "-", "_" and ".")')
     if not gcp.temp_location and not gcp.staging_location:
         raise BeammlError('a Dataflow run needs --temp_location gs://BUCKET/PATH (Beam would '
                           'otherwise try to create a default bucket in the project)')

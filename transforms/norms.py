@@ -23,7 +23,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError,
-                                  ShardWriter as _ShardWriter, features_matrix)
+                                  ShardWriter, features_matrix, points_matrix)
 
 __all__ = ['NORMS', 'row_norms', 'all_row_norms', 'add_norms', 'ComputeNorms',
            'shard_path', 'WriteSortedShards']
@@ -35,13 +35,6 @@ _SAFE_MIN = 2.0 ** -500     # |x| below this: x*x underflows to a subnormal or 0
 
 
 # ----------------------------------------------------------------------------- kernels
-
-def _as_matrix(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f'X must be 2-D (n_samples, n_features), got shape {X.shape}')
-    return X
-
 
 def _row_max(A: np.ndarray) -> np.ndarray:
     """max over axis 1 of a non-negative matrix; for few features a column loop is faster."""
@@ -109,7 +102,7 @@ def row_norms(X: np.ndarray, ord: str = 'l2') -> np.ndarray:
     -------
     ndarray of shape (n_samples,): int64 for ``l0``, float64 for the others
     """
-    X = _as_matrix(X)
+    X = points_matrix(X)
     if ord == 'l2':
         return _l2(X)
     if ord == 'l1':
@@ -134,7 +127,7 @@ def all_row_norms(X: np.ndarray) -> dict[str, np.ndarray]:
     dict with keys ``l0, l1, l2, linf``, each an ndarray of shape (n_samples,) as
         :func:`row_norms` computes it (``l0`` int64, the others float64).
     """
-    X = _as_matrix(X)
+    X = points_matrix(X)
     A = np.abs(X)
     linf = _row_max(A)
     with np.errstate(over='ignore'):  # an l1 sum above float64's range is inf, as in numpy
@@ -181,7 +174,7 @@ class _WriteShardFn(beam.DoFn):
             table = self.schema.empty_table()
         elif self.schema is not None:
             table = table.select(self.schema.names)
-        writer = _ShardWriter(FileSystems.create(temp), self.output_format,
+        writer = ShardWriter(FileSystems.create(temp), self.output_format,
                               self.schema if self.schema is not None else table.schema)
         # Parquet: big row groups (pyarrow writes 64k-row groups ~4x slower); text
         # formats: bounded pieces (their serialisation holds a piece's text in memory).

@@ -24,7 +24,7 @@ from beamml.transforms.io.errors import (COUNTER_NAMESPACE, ERRORS, BeammlError,
 from beamml.transforms.io.inspection import inspect_input
 from beamml.transforms.io.layout import INPUT_FORMATS, Layout, match_input
 from beamml.transforms.io.rows import (BATCH_ROWS, RowBatch, RowReasons, features_matrix,
-                                       points_batch, to_points)
+                                       points_batch, points_matrix, to_points)
 from beamml.transforms.io.sinks import (OUTPUT_FORMATS, ROW_GROUP_ROWS, ShardWriter,
                                         WriteDeadLetters, WriteTable, shard_prefix,
                                         to_json_lines)
@@ -36,7 +36,7 @@ __all__ = [
     'BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'INPUT_FORMATS', 'OUTPUT_FORMATS',
     'BATCH_ROWS', 'SPLIT_ROWS', 'ROW_GROUP_ROWS', 'SOURCE_COLUMNS',
     'Layout', 'inspect_input', 'match_input', 'read_file_batches', 'to_points',
-    'points_batch', 'features_matrix', 'ReadPoints', 'ReadTable', 'WriteTable',
+    'points_batch', 'points_matrix', 'features_matrix', 'ReadPoints', 'ReadTable', 'WriteTable',
     'WriteDeadLetters', 'ShardWriter', 'shard_prefix', 'to_json_lines', 'read_table_files',
     'plan_reads', 'RecordCounters', 'RecordBatchCoder', 'dead_letter', 'RowBatch', 'RowReasons',
 ]

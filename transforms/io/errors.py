@@ -32,10 +32,11 @@ class BeammlError(ValueError):
         return (_beamml_error, (type(self), str(self), self.parameters))
 
     def for_cli(self) -> str:
-        """The message with each named parameter written as its flag."""
+        """The message with each named parameter written as its flag (a word of a path
+        such as ``gs://b/dimension/x.npy`` is left alone)."""
         text = str(self)
         for name in self.parameters:
-            text = re.sub(rf'(?<![\w-]){re.escape(name)}(?!\w)', '--' + name, text)
+            text = re.sub(rf'(?<![\w\-/.:]){re.escape(name)}(?![\w/]|\.\w)', '--' + name, text)
         return text
 
 

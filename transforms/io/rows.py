@@ -76,6 +76,22 @@ def features_matrix(batch: pa.RecordBatch, column: str = 'features') -> np.ndarr
     return flat.to_numpy(zero_copy_only=False).reshape(len(arr), d)
 
 
+def points_matrix(points) -> np.ndarray:
+    """The (n_samples, n_features) float64 matrix of points given as a points
+    RecordBatch or Table (its ``features`` column, zero-copy for a batch) or as an
+    array-like; anything that is not 2-D is a ValueError."""
+    if isinstance(points, pa.RecordBatch):
+        return features_matrix(points)
+    if isinstance(points, pa.Table):
+        if not points.num_rows:
+            return np.empty((0, points.schema.field('features').type.list_size))
+        return features_matrix(points.combine_chunks().to_batches()[0])
+    X = np.asarray(points, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f'X must be 2-D (n_samples, n_features), got shape {X.shape}')
+    return X
+
+
 def points_batch(ids: pa.Array, X: np.ndarray, **columns) -> pa.RecordBatch:
     """A points RecordBatch: id, features (fixed_size_list<float64>[d]) and extra columns."""
     X = np.ascontiguousarray(X, dtype=np.float64)

@@ -17,11 +17,10 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beamml.transforms.io import features_matrix
+from beamml.transforms.io import points_matrix
 from beamml.transforms.kmeans.kernels import (MASK64, batch_rng, farthest_order,
                                               label_signature, largest, row_hashes, smallest)
 
@@ -30,15 +29,6 @@ __all__ = [
     'OversampleCombineFn', 'SumArraysCombineFn', 'StateMarker', 'PartialCombineFn',
     'merge_partials',
 ]
-
-
-def _as_matrix(element) -> np.ndarray:
-    if isinstance(element, pa.RecordBatch):
-        return features_matrix(element)
-    if isinstance(element, pa.Table):
-        return features_matrix(element.combine_chunks().to_batches()[0]) if element.num_rows \
-            else np.empty((0, element.schema.field('features').type.list_size))
-    return np.asarray(element, dtype=np.float64)
 
 
 # ----------------------------------------------------------------------------- accumulators
@@ -330,7 +320,7 @@ class PointStatsCombineFn(beam.CombineFn):
         return PointStats(self.sample_size, self.max_distinct, self.seed)
 
     def add_input(self, acc: PointStats, element) -> PointStats:
-        return acc.add_points(_as_matrix(element))
+        return acc.add_points(points_matrix(element))
 
     def add_points(self, acc: PointStats, X: np.ndarray,
                    hashes: np.ndarray | None = None) -> PointStats:

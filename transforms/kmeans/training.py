@@ -35,11 +35,11 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from beamml.transforms.io import BeammlError
+from beamml.transforms.io import BeammlError, points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
                                             write_cached_points)
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn,
-                                                PointStatsCombineFn, StateMarker, _as_matrix)
+                                                PointStatsCombineFn, StateMarker)
 from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, row_hashes
 from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_step,
                                             initial_state, lloyd_step, next_state)
@@ -78,7 +78,7 @@ class _StatsAndCacheFn(PartialCombineFn):
         self.cache_dir = cache_dir
 
     def process(self, element):
-        X = _as_matrix(element)
+        X = points_matrix(element)
         if not X.shape[0]:
             return
         hashes = row_hashes(X)
@@ -102,7 +102,7 @@ class _CentreFn(beam.DoFn):
         if isinstance(batch, str):
             X, hashes = read_cached_points(batch)
         else:
-            X = _as_matrix(batch)
+            X = points_matrix(batch)
             hashes = row_hashes(X) if X.shape[0] else None
         if X.shape[0]:
             Xc = X - stats.mean

@@ -1,0 +1,85 @@
+"""`beamml validate`: every pipeline translates to a Dataflow job with no network at all."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from beamml.pipelines import validate
+from beamml.pipelines.__main__ import main
+from beamml.transforms.model import CentroidModel
+
+DATAFLOW = ['--project', 'my-project', '--region', 'us-central1',
+            '--temp_location', 'gs://beamml-bkt/tmp']
+
+
+def _offline(cmd, **kw):
+    """Run ``cmd`` in a network namespace with no network (loopback down), where possible."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('STORAGE_EMULATOR_HOST', 'GOOGLE_APPLICATION_CREDENTIALS')}
+    if shutil.which('unshare') and subprocess.run(['unshare', '-n', 'true'],
+                                                  capture_output=True).returncode == 0:
+        cmd = ['unshare', '-n'] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, **kw)
+
+
+@pytest.fixture(scope='module')
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp('validate')
+    (d / 'p.csv').write_text('id,a,b\n1,0,0\n2,1,1\n3,5,5\n4,6,6\n')
+    (d / 'logs.csv').write_text('truth,prediction,q_id,predicted_rank,truth_relevance\n'
+                                '1,0,1,0,1\n0,0,1,1,0\n')
+    (d / 'events.csv').write_text('user_id,item\nu1,a\nu2,b\n')
+    CentroidModel(np.array([[0.0, 0.0], [5.0, 5.0]])).save(str(d / 'models'))
+    return d
+
+
+def _cases(d):
+    return {
+        'norms': ['--input', f'{d}/p.csv', '--output', 'gs://beamml-bkt/out/n'],
+        'index_ids': ['--input', f'{d}/events.csv', '--id_column', 'user_id',
+                      '--output', 'gs://beamml-bkt/out/i'],
+        'assign': ['--input', f'{d}/p.csv', '--model', f'{d}/models',
+                   '--output', 'gs://beamml-bkt/out/a'],
+        'kmeans': ['--input', f'{d}/p.csv', '--k', '2', '--max_iter', '3',
+                   '--model_dir', 'gs://beamml-bkt/models'],
+        'evaluate': ['--input', f'{d}/logs.csv', '--task', 'classification',
+                     '--output', 'gs://beamml-bkt/out/e'],
+    }
+
+
+@pytest.mark.parametrize('name', ['norms', 'index_ids', 'assign', 'kmeans', 'evaluate'])
+def test_validate_every_pipeline_offline(name, inputs):
+    cmd = [sys.executable, '-m', 'beamml', 'validate', name] + _cases(inputs)[name] + DATAFLOW
+    out = _offline(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'type=batch' in out.stdout
+    assert 'sdk_image: ' in out.stdout and 'beam_python' in out.stdout
+    assert 'steps:' in out.stdout
+    assert 'Traceback' not in out.stderr
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--project', 'p', '--region', 'us-central1', '--temp_location', 'gs://beamml-bkt/tmp'],
+     'Dataflow would refuse'),
+    (['--project', 'my-project', '--region', 'us-central1', '--temp_location', 'gs://b/tmp'],
+     "'b' is not a valid bucket name"),
+    (['--project', 'my-project', '--region', 'us-central1'], 'needs --temp_location'),
+])
+def test_validate_refuses_what_dataflow_would_in_one_line(flags, message, inputs, capsys):
+    rc = main(['validate', 'norms'] + _cases(inputs)['norms'] + flags)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_validate_usage_and_unknown_pipeline(capsys):
+    assert main(['validate']) == 0
+    assert 'beamml validate <pipeline>' in capsys.readouterr().out
+    assert main(['validate', 'demo']) == 2
+    assert "cannot validate 'demo'" in capsys.readouterr().err
+    with pytest.raises(validate.common.BeammlError, match='drop --runner'):
+        validate.dry_run_argv(['--runner', 'FnApiRunner'])
