@@ -156,15 +156,46 @@ def _lines(chunk: bytes) -> list[bytes]:
     return lines
 
 
+# A line that is not blank and does not start with '{': not a JSON object. pyarrow
+# must never see one: with an explicit schema it reads a `null` line as a row of
+# nulls, and a payload whose first line is `null` crashes the process (SIGSEGV).
+_NOT_OBJECT = re.compile(rb'^[ \t\r]*[^{ \t\r\n]', re.M)
+
+
+def _suspect(chunk: bytes) -> bool:
+    """Whether a chunk needs the line-by-line path: a non-object line, or bytes that
+    are not UTF-8 (both searched in C; the usual chunk has neither)."""
+    if _NOT_OBJECT.search(chunk):
+        return True
+    try:
+        chunk.decode('utf-8')
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def _line_problem(line: bytes) -> str | None:
+    """Why a non-blank line cannot go to pyarrow, or None."""
+    if not line.lstrip(b' \t\r').startswith(b'{'):
+        return 'invalid JSON line: line is not a JSON object'
+    try:
+        line.decode('utf-8')
+    except UnicodeDecodeError as e:
+        return f'invalid JSON line: invalid UTF-8 at byte {e.start}'
+    return None
+
+
 def _parse_json_chunk(raw, chunk, path, parse, line0, row0):
     """Parse ``chunk`` (``raw`` with its non-finite words as numbers): whole when it
     parses and has no blank line, else by bisection; dead letters quote ``raw``."""
     blanks = _blank_lines(chunk)
-    try:
-        table = pjson.read_json(io.BytesIO(chunk), parse_options=parse,
-                                read_options=pjson.ReadOptions(use_threads=False))
-    except pa.ArrowInvalid:
-        table = None
+    table = None
+    if not _suspect(chunk):
+        try:
+            table = pjson.read_json(io.BytesIO(chunk), parse_options=parse,
+                                    read_options=pjson.ReadOptions(use_threads=False))
+        except pa.ArrowInvalid:
+            table = None
     if table is not None and blanks == 0:
         rows = np.arange(row0, row0 + table.num_rows, dtype=np.int64)
         for b in table.to_batches(max_chunksize=BATCH_ROWS):
@@ -178,7 +209,17 @@ def _parse_json_chunk(raw, chunk, path, parse, line0, row0):
     raw_lines = lines if raw is chunk else _lines(raw)
     idx = [i for i, ln in enumerate(lines) if ln.strip()]
     data_row = {i: row0 + k for k, i in enumerate(idx)}
-    yield from _bisect_json(lines, raw_lines, idx, data_row, path, parse, line0)
+    good, dead = [], []
+    for i in idx:   # Python per line only in a chunk that has a bad line
+        problem = _line_problem(lines[i])
+        if problem is None:
+            good.append(i)
+        else:
+            dead.append(dead_letter(path, data_row[i], i + line0, problem, raw_lines[i]))
+    items = dead + list(_bisect_json(lines, raw_lines, good, data_row, path, parse, line0))
+    # in the file's order, as the bisection alone gives them
+    yield from sorted(items, key=lambda it: it['line'] if isinstance(it, dict)
+                      else int(it.lines[0]))
 
 
 def _bisect_json(lines, raw_lines, idx, data_row, path, parse, line0):
