@@ -51,3 +51,38 @@ def test_each_bad_json_line_is_a_dead_letter(lines, bad, tmp_path):
     if any(b'\xff' in ln for ln in lines):
         (d,) = dead
         assert '\\xff' in d['record']   # the byte shown escaped
+
+
+# ------------------------------------------------------------------ one line, exit 2
+CLI_CASES = [
+    # (files, argv after the pipeline name, expected message pattern)
+    ({'dup.csv': b'id,a,a\n1,2,3\n'}, ['norms', '--input', '{dir}/dup.csv'],
+     r"names column 'a' more than once"),
+    ({'f.csv': b'id,x0,x1\n1,2,3\n'},
+     ['norms', '--input', '{dir}/f.csv', '--feature_columns', 'id,x0'],
+     r"the id column 'id' cannot also be a feature column \(--feature_columns\)"),
+    ({'l.csv': b'truth,prediction,q_id,predicted_rank,truth_relevance\n1,0,1,0,1\n'},
+     ['evaluate', '--input', '{dir}/l.csv', '--task', 'ranking', '--query_buckets', '0'],
+     r'--query_buckets'),
+    ({'p.csv': b'id,a\n1,2\n'},
+     ['norms', '--input', '{dir}/p.csv', '--max_refused_fraction', 'nan'],
+     r'--max_refused_fraction'),
+]
+
+
+@pytest.mark.parametrize('files, argv, pattern', CLI_CASES,
+                         ids=[c[1][0] + ':' + c[2][:30] for c in CLI_CASES])
+def test_cli_errors_are_one_line_with_exit_2(files, argv, pattern, tmp_path):
+    import re
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    argv = [a.replace('{dir}', str(tmp_path)) for a in argv]
+    argv += ['--output', str(tmp_path / 'out')]
+    out = subprocess.run([sys.executable, '-m', 'beamml'] + argv, capture_output=True,
+                         text=True, timeout=120)
+    err = out.stderr.strip()
+    assert out.returncode == 2, (out.returncode, err[-2000:])
+    assert 'Traceback' not in err
+    last = err.splitlines()[-1]
+    assert re.search(pattern, last), last
+    assert sum(1 for ln in err.splitlines() if 'error' in ln) == 1, err

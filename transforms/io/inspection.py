@@ -100,6 +100,10 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
     columns = tuple(head.column_names)
     if not columns:
         raise BeammlError(f'{paths[0]} has no columns')
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise BeammlError(f'{paths[0]} names column {", ".join(map(repr, repeated))} more than '
+                          'once; every column needs its own name')
     schema = head.schema
 
     if id_column is None and 'id' in columns:
@@ -116,6 +120,10 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
 
     if feature_columns:
         feature_columns = tuple(c.strip() for c in feature_columns)
+        if id_column is not None and id_column in feature_columns:
+            raise BeammlError(f'the id column {id_column!r} cannot also be a feature column '
+                              '(feature_columns); give the features only, or another '
+                              'id_column', parameters=('feature_columns', 'id_column'))
         missing = [c for c in feature_columns if c not in columns]
         if missing:
             raise BeammlError(f'{paths[0]} has no column {", ".join(map(repr, missing))}; '
