@@ -47,7 +47,19 @@ class LabelledPoints(NamedTuple):
     row_hashes: np.ndarray | None = None
 
 
-class ClusterSums:
+class _Slotted:
+    """Pickles a class with ``__slots__`` by its slots (an accumulator crosses the wire)."""
+    __slots__ = ()
+
+    def __getstate__(self):
+        return {s: getattr(self, s) for s in self.__slots__}
+
+    def __setstate__(self, state):
+        for s, v in state.items():
+            setattr(self, s, v)
+
+
+class ClusterSums(_Slotted):
     """Accumulator (and output) of :class:`CentroidCombineFn`.
 
     Attributes
@@ -133,18 +145,11 @@ class ClusterSums:
             self.far_sq_distances = self.far_sq_distances[order]
         return self
 
-    def __getstate__(self):
-        return {s: getattr(self, s) for s in self.__slots__}
-
-    def __setstate__(self, state):
-        for s, v in state.items():
-            setattr(self, s, v)
-
     def __repr__(self):
         return f'ClusterSums(n={self.n}, counts={self.counts.tolist()}, inertia={self.inertia})'
 
 
-class PointStats:
+class PointStats(_Slotted):
     """Accumulator (and output) of :class:`PointStatsCombineFn`.
 
     Attributes
@@ -239,13 +244,6 @@ class PointStats:
             order = np.argsort(self.sample_keys, kind='stable')
             self.sample_keys, self.sample = self.sample_keys[order], self.sample[order]
         return self
-
-    def __getstate__(self):
-        return {s: getattr(self, s) for s in self.__slots__}
-
-    def __setstate__(self, state):
-        for s, v in state.items():
-            setattr(self, s, v)
 
 
 # ----------------------------------------------------------------------------- CombineFns
