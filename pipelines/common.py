@@ -1,13 +1,19 @@
 """What every beamml pipeline shares: flags, run configs, runner choice, the end-of-run summary.
 
-A pipeline module declares its flags in a ``PipelineOptions`` subclass and calls
-:func:`parse_args`, which
+A pipeline module declares its flags in a plain class (not a ``PipelineOptions``
+subclass) and calls :func:`parse_args`, which
 
 * loads ``--config FILE`` (YAML, keys are flag names; unknown keys are an error
   naming the key) and lets flags on the command line override it,
 * refuses flags that neither the pipeline nor Beam knows,
 * picks the local runner without trying to download anything (``DirectRunner``
-  or no ``--runner`` means Beam's in-process ``FnApiRunner`` for batch work).
+  or no ``--runner`` means Beam's in-process ``FnApiRunner`` for batch work),
+* checks Dataflow options as Dataflow would, before anything touches the network,
+  and makes ``gs://`` anonymous at once against the storage emulator.
+
+Its ``run`` is decorated with :func:`pipeline_run` (Beam's temporary folders go
+to one of the run's own, removed afterwards); a Dataflow dry run
+(:func:`is_dry_run`) prints the translated job and touches no storage.
 
 After the run, :func:`report` prints the one-line record summary from the
 ``beamml`` counters and enforces ``--max_refused_fraction``.
