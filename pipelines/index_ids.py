@@ -86,6 +86,8 @@ def run(argv=None):
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
                                    max_refused_fraction=args.max_refused_fraction)
+    if common.is_dry_run(options):   # translated offline: nothing was written
+        return result
     print(f'id2idx: {args.output}-id2idx-?????-of-?????.parquet')
     print(f'encoded: {args.output}-encoded-?????-of-?????.{args.output_format}')
     return result

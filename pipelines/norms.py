@@ -115,6 +115,8 @@ def run(argv=None):
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
                                    max_refused_fraction=args.max_refused_fraction)
+    if common.is_dry_run(options):   # translated offline: nothing was written
+        return result
     order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'
              if args.sort else '')
     print(f'norms{order}: {output_glob(args)}')

@@ -17,10 +17,12 @@ DATAFLOW = ['--project', 'my-project', '--region', 'us-central1',
             '--temp_location', 'gs://beamml-bkt/tmp']
 
 
-def _offline(cmd, **kw):
-    """Run ``cmd`` in a network namespace with no network (loopback down), where possible."""
+def _offline(cmd, tmpdir, **kw):
+    """Run ``cmd`` in a network namespace with no network (loopback down), where possible,
+    with ``tmpdir`` as its system temp folder."""
     env = {k: v for k, v in os.environ.items()
            if k not in ('STORAGE_EMULATOR_HOST', 'GOOGLE_APPLICATION_CREDENTIALS')}
+    env['TMPDIR'] = str(tmpdir)
     if shutil.which('unshare') and subprocess.run(['unshare', '-n', 'true'],
                                                   capture_output=True).returncode == 0:
         cmd = ['unshare', '-n'] + cmd
@@ -53,14 +55,16 @@ def _cases(d):
 
 
 @pytest.mark.parametrize('name', ['norms', 'index_ids', 'assign', 'kmeans', 'evaluate'])
-def test_validate_every_pipeline_offline(name, inputs):
+def test_validate_every_pipeline_offline(name, inputs, tmp_path):
     cmd = [sys.executable, '-m', 'beamml', 'validate', name] + _cases(inputs)[name] + DATAFLOW
-    out = _offline(cmd, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cmd += ['--setup_file', './setup.py']   # staged as an sdist in a temporary folder
+    out = _offline(cmd, tmp_path, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'type=batch' in out.stdout
     assert 'sdk_image: ' in out.stdout and 'beam_python' in out.stdout
     assert 'steps:' in out.stdout
     assert 'Traceback' not in out.stderr
+    assert os.listdir(tmp_path) == []   # no temporary folder left behind
 
 
 @pytest.mark.parametrize('flags, message', [
