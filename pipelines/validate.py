@@ -16,40 +16,43 @@ import importlib
 import sys
 
 from beamml.pipelines import common
+from beamml.pipelines.__main__ import pipelines
 
 NOT_VALIDATED = {'validate', 'demo'}
 
 
 def _usage() -> str:
-    from beamml.pipelines.__main__ import pipelines
     names = ', '.join(n for n in pipelines() if n not in NOT_VALIDATED)
     return (f'usage: beamml validate <pipeline> [flags]   (pipeline: {names}); the flags '
             'are the pipeline\'s own plus --project, --region, --temp_location gs://...')
 
 
-def _has(argv, flag: str) -> bool:
-    return any(a == flag or a.startswith(flag + '=') for a in argv)
+def _values(argv, flag: str) -> list[str]:
+    """The values given to ``flag`` (``--flag V`` or ``--flag=V``)."""
+    return [argv[i + 1] if a == flag and i + 1 < len(argv) else a.split('=', 1)[1]
+            for i, a in enumerate(argv) if a == flag or a.startswith(flag + '=')]
 
 
 def dry_run_argv(argv) -> list[str]:
-    """The pipeline's flags with ``--runner DataflowRunner --dry_run True`` added."""
+    """The pipeline's flags with ``--runner DataflowRunner --dry_run True`` added; another
+    runner, or a dry run switched off, is refused (validate never submits a job)."""
     argv = list(argv)
-    for i, a in enumerate(argv):
-        runner = (argv[i + 1] if a == '--runner' and i + 1 < len(argv)
-                  else a.split('=', 1)[1] if a.startswith('--runner=') else None)
-        if runner is not None and runner not in common.DATAFLOW_RUNNERS:
+    for runner in _values(argv, '--runner'):
+        if runner not in common.DATAFLOW_RUNNERS:
             raise common.BeammlError(f'validate translates a Dataflow job; drop --runner '
                                      f'{runner} (or give DataflowRunner)')
-    if not _has(argv, '--runner'):
+    for value in _values(argv, '--dry_run'):
+        if value.lower() != 'true':
+            raise common.BeammlError(f'validate never submits a job; drop --dry_run {value}')
+    if not _values(argv, '--runner'):
         argv += ['--runner', 'DataflowRunner']
-    if not _has(argv, '--dry_run'):
+    if not _values(argv, '--dry_run'):
         argv += ['--dry_run', 'True']
     return argv
 
 
 def run(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    from beamml.pipelines.__main__ import pipelines
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())
         return

@@ -87,3 +87,7 @@ def test_validate_usage_and_unknown_pipeline(capsys):
     assert "cannot validate 'demo'" in capsys.readouterr().err
     with pytest.raises(validate.common.BeammlError, match='drop --runner'):
         validate.dry_run_argv(['--runner', 'FnApiRunner'])
+    with pytest.raises(validate.common.BeammlError, match='never submits a job'):
+        validate.dry_run_argv(['--dry_run=False'])
+    assert validate.dry_run_argv(['--runner=DataflowRunner']) == [
+        '--runner=DataflowRunner', '--dry_run', 'True']
