@@ -407,6 +407,9 @@ def run_pipeline(p: beam.Pipeline):
     return result
 
 
+_RUN_PREFIX = 'beamml-run-'
+
+
 @contextlib.contextmanager
 def private_tempdir():
     """Point :mod:`tempfile` at a folder of this run's own, and remove it afterwards.
@@ -418,12 +421,12 @@ def private_tempdir():
     this scope they all land in one folder, removed when the scope ends, however
     it ends. Nested scopes share the outer folder.
     """
-    if getattr(tempfile.tempdir, 'startswith', None) and os.path.basename(
-            tempfile.tempdir).startswith('beamml-run-'):
+    if isinstance(tempfile.tempdir, str) and os.path.basename(
+            tempfile.tempdir).startswith(_RUN_PREFIX):
         yield tempfile.tempdir
         return
     saved = tempfile.tempdir
-    folder = tempfile.mkdtemp(prefix='beamml-run-')
+    folder = tempfile.mkdtemp(prefix=_RUN_PREFIX)
     tempfile.tempdir = folder
     try:
         yield folder
