@@ -164,7 +164,9 @@ _NOT_OBJECT = re.compile(rb'^[ \t\r]*[^{ \t\r\n]', re.M)
 
 def _suspect(chunk: bytes) -> bool:
     """Whether a chunk needs the line-by-line path: a non-object line, or bytes that
-    are not UTF-8 (both searched in C; the usual chunk has neither)."""
+    are not UTF-8 (both searched in C; the usual chunk has neither). pyarrow must see
+    neither: on bytes that are not UTF-8 it either raises UnicodeDecodeError or
+    keeps them in a string column that breaks later compute functions."""
     if _NOT_OBJECT.search(chunk):
         return True
     try:
