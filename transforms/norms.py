@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError,
                                   ShardWriter, features_matrix, points_matrix)
+from beamml.transforms.io.sinks import RemoveStaleShards
 
 __all__ = ['NORMS', 'row_norms', 'all_row_norms', 'add_norms', 'ComputeNorms',
            'shard_path', 'WriteSortedShards']
@@ -188,23 +189,12 @@ class _WriteShardFn(beam.DoFn):
         yield final
 
 
-def _remove_stale_shards(paths: list[str], prefix: str, output_format: str) -> list[str]:
-    """Delete ``prefix-?????-of-?????.<fmt>`` files that this run did not write."""
-    keep = set(paths)
-    pattern = f'{prefix}-?????-of-?????.{output_format}'
-    stale = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list
-             if m.path not in keep]
-    if stale:
-        FileSystems.delete(stale)
-    return sorted(paths)
-
-
 class WriteSortedShards(beam.PTransform):
     """Write the shards of :class:`~beamml.transforms.sorting.SortByNorm`: shard ``i``
     of ``N`` to ``PREFIX-iiiii-of-NNNNN.<fmt>``.
 
-    File name order is the sort order. Files of an earlier run with the same
-    prefix and format but another shard count are deleted. Returns a
+    File name order is the sort order. Shards of an earlier run with the same
+    prefix (another shard count or format) are deleted. Returns a
     PCollection holding the sorted list of the paths written.
     """
 
@@ -220,6 +210,4 @@ class WriteSortedShards(beam.PTransform):
         return (shards
                 | 'WriteShardFiles' >> beam.ParDo(
                     _WriteShardFn(self.prefix, self.output_format, self.schema))
-                | 'ListShardFiles' >> beam.combiners.ToList()
-                | 'RemoveStaleShards' >> beam.Map(
-                    _remove_stale_shards, self.prefix, self.output_format))
+                | 'RemoveStaleShards' >> RemoveStaleShards(self.prefix))

@@ -8,9 +8,12 @@ naming rule, :func:`shard_prefix`. JSON lines follow beamml's one JSON policy
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 
 import apache_beam as beam
+from apache_beam import coders
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,16 +21,19 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io.documents import NON_FINITE_TEXT, dumps, json_float
 from beamml.transforms.io.errors import BeammlError
 from beamml.transforms.io.types import is_list_type, is_string_type
 
 __all__ = ['OUTPUT_FORMATS', 'ROW_GROUP_ROWS', 'shard_prefix', 'to_json_lines', 'ShardWriter',
-           'WriteTable', 'WriteDeadLetters']
+           'WriteTable', 'WriteDeadLetters', 'remove_stale_shards', 'RemoveStaleShards']
 
 OUTPUT_FORMATS = ('parquet', 'csv', 'jsonl')
 ROW_GROUP_ROWS = 1 << 20  # rows gathered per Parquet row group (and per write)
+
+_LOG = logging.getLogger('beamml')
 
 _NAN, _INF, _NEG_INF = (json.dumps(json_float(x)) for x in (math.nan, math.inf, -math.inf))
 
@@ -209,7 +215,20 @@ class ShardWriter:
         self.fh.close()
 
 
-class _TableSink(filebasedsink.FileBasedSink):
+class _EveryShard:
+    """Mixin for a FileBasedSink: ``finalize_write`` returns the final name of every
+    shard of this run. Beam's returns only the files it renamed, and skips a shard
+    whose final file already holds the same bytes (a rerun), which would then look
+    like an earlier run's file to :func:`remove_stale_shards`."""
+
+    def finalize_write(self, init_result, writer_results, pre_finalize_results):
+        for _ in super().finalize_write(init_result, writer_results, pre_finalize_results):
+            pass
+        n = len(writer_results)
+        return [self._get_final_name(i, n) for i in range(n)]
+
+
+class _TableSink(_EveryShard, filebasedsink.FileBasedSink):
     def __init__(self, prefix, output_format, num_shards, schema, shard_name_template):
         super().__init__(prefix, coder=None, file_name_suffix='.' + output_format,
                          num_shards=num_shards, shard_name_template=shard_name_template,
@@ -228,11 +247,57 @@ class _TableSink(filebasedsink.FileBasedSink):
         writer.close()
 
 
+def remove_stale_shards(written: list[str], prefix: str, suffixes=OUTPUT_FORMATS) -> list[str]:
+    """Delete the ``<prefix>-SSSSS-of-NNNNN.<suffix>`` files that this run did not write
+    (an earlier run's, with another shard count or format), so ``<prefix>-*`` holds
+    this run's shards only; log what was removed. Returns ``written``, sorted."""
+    def same(path):
+        return path if '://' in path else os.path.abspath(path)
+    keep = {same(p) for p in written}
+    patterns = [f'{prefix}-?????-of-?????.{s}' for s in suffixes]
+    stale = sorted(m.path for r in FileSystems.match(patterns) for m in r.metadata_list
+                   if same(m.path) not in keep)
+    if stale:
+        FileSystems.delete(stale)
+        _LOG.info('removed %d shard(s) of an earlier run with the same prefix: %s',
+                  len(stale), ', '.join(stale))
+    return sorted(written)
+
+
+class RemoveStaleShards(beam.PTransform):
+    """``written_paths | RemoveStaleShards(prefix)``: once every shard is written,
+    delete the files of an earlier run under the same prefix
+    (:func:`remove_stale_shards`); a PCollection of the sorted list of paths."""
+
+    def __init__(self, prefix: str, suffixes=OUTPUT_FORMATS, label: str | None = None):
+        super().__init__(label)
+        self.prefix, self.suffixes = prefix, tuple(suffixes)
+
+    def expand(self, written):
+        return (written
+                | 'ListShards' >> beam.combiners.ToList()
+                | 'RemoveStale' >> beam.Map(remove_stale_shards, self.prefix, self.suffixes))
+
+
+class _LinesSink(_EveryShard, filebasedsink.FileBasedSink):
+    """Text lines (bytes) to ``<prefix>-SSSSS-of-NNNNN.jsonl``, one per record."""
+
+    def __init__(self, prefix):
+        super().__init__(prefix, coder=coders.BytesCoder(), file_name_suffix='.jsonl',
+                         num_shards=0, shard_name_template=None, mime_type='text/plain',
+                         compression_type=CompressionTypes.UNCOMPRESSED)
+
+    def write_encoded_record(self, file_handle, encoded_value):
+        file_handle.write(encoded_value + b'\n')
+
+
 class WriteTable(beam.PTransform):
     """Write RecordBatches (or Tables) as sharded Parquet, CSV or JSON lines files.
 
     Files are ``<prefix>-SSSSS-of-NNNNN.<format>`` (``<prefix>part-SSSSS-...`` when
-    ``prefix`` ends in ``/``, see :func:`shard_prefix`), written through Beam's
+    ``prefix`` ends in ``/``, see :func:`shard_prefix`); once they are written, an
+    earlier run's shards under the same prefix are deleted (:class:`RemoveStaleShards`),
+    so ``<prefix>-*`` never mixes two runs. Written through Beam's
     FileSystems (local paths and gs://). CSV spreads fixed-size list columns into
     ``<name>_0 .. <name>_{d-1}``; JSON lines keeps them as arrays. ``schema`` lets
     an empty output still carry its columns.
@@ -249,14 +314,19 @@ class WriteTable(beam.PTransform):
         self.shard_name_template = shard_name_template
 
     def expand(self, pcoll):
-        return pcoll | 'WriteShards' >> beam.io.Write(_TableSink(
-            shard_prefix(self.prefix), self.output_format, self.num_shards, self.schema,
+        prefix = shard_prefix(self.prefix)
+        written = pcoll | 'WriteShards' >> beam.io.Write(_TableSink(
+            prefix, self.output_format, self.num_shards, self.schema,
             self.shard_name_template))
+        if self.shard_name_template is not None:   # another naming: nothing to compare
+            return written
+        return written | 'RemoveStaleShards' >> RemoveStaleShards(prefix)
 
 
 class WriteDeadLetters(beam.PTransform):
     """Write dead-letter dicts as JSON lines to ``<prefix>-errors-SSSSS-of-NNNNN.jsonl``
-    (``<prefix>errors-SSSSS-...`` when ``prefix`` ends in ``/``, see :func:`shard_prefix`)."""
+    (``<prefix>errors-SSSSS-...`` when ``prefix`` ends in ``/``, see :func:`shard_prefix`);
+    an earlier run's error shards under that prefix are deleted (:class:`RemoveStaleShards`)."""
 
     def __init__(self, prefix: str, label: str | None = None):
         super().__init__(label)
@@ -268,7 +338,8 @@ class WriteDeadLetters(beam.PTransform):
         return shard_prefix(prefix, 'errors') + '-*.jsonl'
 
     def expand(self, errors):
+        prefix = shard_prefix(self.prefix, 'errors')
         return (errors
-                | 'ToJson' >> beam.Map(lambda d: dumps(d, sort_keys=True))
-                | 'WriteErrors' >> beam.io.WriteToText(
-                    shard_prefix(self.prefix, 'errors'), file_name_suffix='.jsonl'))
+                | 'ToJson' >> beam.Map(lambda d: dumps(d, sort_keys=True).encode('utf-8'))
+                | 'WriteErrors' >> beam.io.Write(_LinesSink(prefix))
+                | 'RemoveStaleShards' >> RemoveStaleShards(prefix, ('jsonl',)))
