@@ -139,7 +139,7 @@ def run(argv=None):
     args, options = common.parse_args(AssignOptions, argv, prog='beamml assign',
                                       description=__doc__)
     if not common.is_dry_run(options):
-        common.ensure_dir_for(args.output)
+        common.check_output(args.output)
     p = beam.Pipeline(options=options)
     built = build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),

@@ -395,8 +395,11 @@ def run_pipeline(p: beam.Pipeline):
     try:
         result = p.run()
         result.wait_until_finish()
-    except BeammlError:
-        raise
+    except BeammlError as e:  # a worker's error, re-raised with the step appended
+        message = re.sub(r'\s\[while running .*$', '', str(e), flags=re.S)
+        if message == str(e):
+            raise
+        raise BeammlError(message.strip(), parameters=e.parameters) from e
     except Exception as e:  # Beam wraps errors raised in workers
         m = re.search(r'BeammlError: (.+?)(?:\s\[while running|$)', str(e), re.S)
         if m:
@@ -471,8 +474,47 @@ def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -
     return 0
 
 
-def ensure_dir_for(prefix: str) -> None:
-    """Create the local directory a prefix writes into (gs:// needs nothing)."""
-    if '://' not in prefix:
-        d = os.path.dirname(os.path.abspath(prefix))
+def check_output(prefix: str, flag: str = '--output', given: str | None = None) -> None:
+    """Make sure the run can write under ``prefix`` before anything runs.
+
+    Locally the folder it writes into is created; an existing file in its way,
+    or a folder that cannot be created or written, is a one-line error. For
+    ``gs://`` the bucket must exist (found now, not when the results are
+    written at the end of the run). ``given`` is the flag's value as the user
+    wrote it (``prefix`` may be a file under it). A dry run must not call this.
+    """
+    shown = f'{flag} {given or prefix}'
+    if prefix.startswith('gs://'):
+        _check_bucket(prefix, shown)
+        return
+    if '://' in prefix:
+        return
+    d = os.path.dirname(os.path.abspath(shard_prefix(prefix)))
+    up = d
+    while up and not os.path.exists(up):
+        up = os.path.dirname(up)
+    if up and not os.path.isdir(up):
+        raise BeammlError(f'{shown}: {up} is a file, not a folder')
+    try:
         os.makedirs(d, exist_ok=True)
+    except OSError as e:
+        raise BeammlError(f'{shown}: cannot create the folder {d}: {e.strerror or e}') from e
+    try:
+        with tempfile.NamedTemporaryFile(dir=d, prefix='.beamml-write-check-'):
+            pass
+    except OSError as e:
+        raise BeammlError(f'{shown}: cannot write in {d}: {e.strerror or e}') from e
+
+
+def _check_bucket(path: str, shown: str) -> None:
+    bucket = path[len('gs://'):].split('/', 1)[0]
+    if not bucket:
+        raise BeammlError(f'{shown} names no bucket')
+    from apache_beam.io.gcp.gcsio import GcsIO
+    try:
+        found = GcsIO().get_bucket(bucket)
+    except Exception as e:   # no access, no network: say so in one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BeammlError(f'{shown}: cannot look up the bucket gs://{bucket}: {first}') from e
+    if found is None:
+        raise BeammlError(f'{shown}: the bucket gs://{bucket} does not exist')

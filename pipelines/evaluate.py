@@ -257,7 +257,7 @@ def run(argv=None):
     metrics_path = FileSystems.join(args.output, 'metrics.json')
     dry_run = common.is_dry_run(options)   # translated offline: no storage before or after
     if not dry_run:
-        common.ensure_dir_for(metrics_path)
+        common.check_output(metrics_path, given=args.output)
         if FileSystems.exists(metrics_path):  # not to be taken for this run's
             FileSystems.delete([metrics_path])
     p = beam.Pipeline(options=options)

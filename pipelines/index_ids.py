@@ -81,7 +81,7 @@ def run(argv=None):
     args, options = common.parse_args(IndexIdsOptions, argv, prog='beamml index_ids',
                                       description=__doc__)
     if not common.is_dry_run(options):
-        common.ensure_dir_for(args.output)
+        common.check_output(args.output)
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),

@@ -110,7 +110,7 @@ def run(argv=None):
                                       description=__doc__)
     validate(args)
     if not common.is_dry_run(options):
-        common.ensure_dir_for(args.output)
+        common.check_output(args.output)
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
