@@ -8,6 +8,10 @@ The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
 centre shifts per iteration) and the dead letters of the input,
 ``<model_dir>/<version>/training-errors-*.jsonl``.
+
+A run that fails leaves no version folder: its dead letters and summary are
+moved to ``<model_dir>/_failed/<version>/`` (never taken for a version: a
+version holds a ``model.json``), and the error names them.
 """
 from __future__ import annotations
 
@@ -25,10 +29,12 @@ from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters
 from beamml.transforms.io.documents import read_json, write_json
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
                                       read_initial_centers, recursion_limit_for)
-from beamml.transforms.model import CentroidModel, new_version
+from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
 
 LOG = logging.getLogger('beamml')
 RESULT_FILE = 'training.json'
+#: where a failed run's dead letters and summary go, under the model directory
+FAILED_DIR = '_failed'
 #: runners whose workers share this machine's disk (a local --cache_dir works)
 LOCAL_RUNNERS = ('FnApiRunner', 'DirectRunner', 'BundleBasedDirectRunner',
                  'SwitchingDirectRunner')
@@ -147,6 +153,7 @@ def run(argv=None):
                                       description=__doc__)
     version = new_version()
     vdir = FileSystems.join(args.model_dir, version)
+    dry_run = common.is_dry_run(options)
     cache_dir, temp_cache = args.cache_dir, None
     if cache_dir is None and options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
         cache_dir = temp_cache = tempfile.mkdtemp(prefix='beamml-kmeans-')
@@ -155,17 +162,27 @@ def run(argv=None):
             p = beam.Pipeline(options=options)
             built = build(p, args, version=version, cache_dir=cache_dir)  # validates the flags
             kmeans = built['kmeans']
-            if not common.is_dry_run(options):
-                common.ensure_dir_for(FileSystems.join(vdir, RESULT_FILE))
-            result = common.run_pipeline(p)
+            if not dry_run:
+                common.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
+                                    '--model_dir', args.model_dir)
+            try:
+                result = common.run_pipeline(p)
+            except BeammlError as e:   # a worker refused the training (no point, k too big)
+                raise _training_failed(e, args, options, version) from e
     finally:
         if temp_cache:
             shutil.rmtree(temp_cache, ignore_errors=True)
-    if common.is_dry_run(options):   # translated offline: no model was trained
+    if dry_run:   # translated offline: no model was trained
         return result
     errors_glob = WriteDeadLetters.glob(FileSystems.join(vdir, 'training'))
-    common.report(result, errors_glob=errors_glob,
-                  max_refused_fraction=args.max_refused_fraction)
+    try:
+        common.report(result, errors_glob=errors_glob,
+                      max_refused_fraction=args.max_refused_fraction)
+    except BeammlError as e:   # too many refused rows: keep them, but not as a version
+        failed = _move_to_failed(args.model_dir, version)
+        raise BeammlError(str(e).replace(
+            errors_glob, WriteDeadLetters.glob(FileSystems.join(failed, 'training'))) +
+            '; no model version was written') from e
     res = KMeansResult.from_dict(read_json(FileSystems.join(vdir, RESULT_FILE)))
     model = CentroidModel(
         res.centers, version=version, input_pattern=args.input, n_iter=res.n_iter,
@@ -177,6 +194,53 @@ def run(argv=None):
           f'inertia={res.inertia:.10g} n_samples={res.n_samples}')
     print(f'model: {saved} (version {version}; LATEST updated)')
     return model
+
+
+def _move_to_failed(model_dir: str, version: str) -> str:
+    """Move what a failed run wrote under its version to ``<model_dir>/_failed/<version>``
+    (Beam's temporary files of an unfinished write are removed); returns that folder."""
+    vdir = FileSystems.join(model_dir, version)
+    failed = FileSystems.join(model_dir, FAILED_DIR, version)
+    found = [m.path for r in FileSystems.match([FileSystems.join(vdir, '**')])
+             for m in r.metadata_list]
+    keep = [f for f in found if '/beam-temp-' not in f.replace('\\', '/')]
+    if keep:
+        common.check_output(FileSystems.join(failed, RESULT_FILE), '--model_dir', model_dir)
+        FileSystems.rename(keep, [FileSystems.join(failed, f[len(vdir):].lstrip('/'))
+                                  for f in keep])
+    junk = [f for f in found if f not in keep]
+    if junk:
+        FileSystems.delete(junk)
+    if '://' not in vdir:
+        shutil.rmtree(vdir, ignore_errors=True)
+    return failed
+
+
+def _training_failed(error: BeammlError, args, options, version: str) -> BeammlError:
+    """The error of a training the workers refused, with the input's dead letters.
+
+    A failed job never finishes its writes, so the dead letters are written again
+    by a pipeline that only reads the input, into ``<model_dir>/_failed/<version>``.
+    """
+    _move_to_failed(args.model_dir, version)
+    failed = FileSystems.join(args.model_dir, FAILED_DIR, version)
+    prefix = FileSystems.join(failed, 'training')
+    p = beam.Pipeline(options=options)
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **common.read_kwargs(args))
+    points.errors | 'WriteErrors' >> WriteDeadLetters(prefix)
+    counts = common.record_counts(common.run_pipeline(p))
+    message = f'{error}; no model version was written'
+    if counts and counts['records_refused']:
+        message += (f'; {counts["records_refused"]} of {counts["records_read"]} records '
+                    f'were refused, see {WriteDeadLetters.glob(prefix)}')
+    elif '://' not in failed:
+        shutil.rmtree(failed, ignore_errors=True)
+    else:
+        found = [m.path for r in FileSystems.match([FileSystems.join(failed, '**')])
+                 for m in r.metadata_list]
+        if found:
+            FileSystems.delete(found)
+    return BeammlError(message, parameters=error.parameters)
 
 
 if __name__ == '__main__':

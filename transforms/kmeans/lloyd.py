@@ -136,7 +136,7 @@ def checked_stats(_, partials, *, combine_fn: PointStatsCombineFn,
         stats = combine_fn.extract_output(combine_fn.create_accumulator())
     if stats.n == 0:
         raise BeammlError('the input holds no valid point to train on (every row was refused '
-                          'or the files hold no rows); see the dead letters')
+                          'or the files hold no rows)')
     if not (np.isfinite(stats.mean).all() and np.isfinite(stats.m2).all()):
         raise BeammlError('the features hold NaN or infinite values, or values too large to '
                           'train on (their squares overflow float64); clean or rescale them')
