@@ -3,6 +3,7 @@ letters with file, row and line, names that clash with the reader's source colum
 import glob
 import json
 import os
+import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +15,7 @@ from beamml.pipelines import evaluate
 from beamml.transforms.io import SOURCE_COLUMNS, BeammlError
 from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.rows import RowBatch, table_checks
+from beamml.transforms.metrics.ranking import _decode_lines, _decode_part, _encode_part
 
 
 def read_json(path):
@@ -233,6 +235,49 @@ def test_ranking_duplicates_from_json_and_parquet_carry_line_or_none(tmp_path):
     out, _ = run(tmp_path, str(tmp_path / 'p.parquet'), '--task', 'ranking', name='eval2')
     (d,) = dead_letters(out)
     assert (d['row'], d['line']) == (2, None) and d['file'].endswith('p.parquet')
+
+
+@pytest.mark.parametrize('case', ['consecutive', 'blank_lines', 'shuffled', 'unknown',
+                                  'some_unknown', 'none'])
+def test_fragment_encoding_keeps_the_lines(case):
+    rng = np.random.default_rng(3)
+    n = 300
+    q = np.sort(rng.integers(0, 40, n))
+    rank = np.concatenate([np.arange(c) for c in np.unique(q, return_counts=True)[1]])
+    row = np.arange(n) + 10
+    line = row + 2 + (np.cumsum(rng.random(n) < 0.05) if case != 'consecutive' else 0)
+    if case == 'shuffled':
+        perm = rng.permutation(n)
+        q, rank, row, line = q[perm], rank[perm], row[perm], line[perm]
+    if case == 'unknown':
+        line = np.full(n, -1)
+    if case == 'some_unknown':
+        line[::7] = -1
+    part = _encode_part('f', q, rank, rng.random(n) < 0.5, row,
+                        None, None if case == 'none' else line)
+    part = pickle.loads(pickle.dumps(part))
+    want = np.full(n, -1) if case == 'none' else line
+    np.testing.assert_array_equal(_decode_lines(part), want)
+    np.testing.assert_array_equal(_decode_part(part)[4](), row)
+    if case == 'consecutive':   # line - row is one constant: a single run
+        assert part[7][0] == 'd' and part[7][1][0] == 'r' and len(part[7][1][1][1]) == 1
+
+
+def test_index_ids_output_has_no_line_column_and_refuses_a_later_source_key(tmp_path):
+    from beamml.pipelines import index_ids
+    (tmp_path / 'a.csv').write_text('user_id,v\n7,a\n3,b\n')
+    out = str(tmp_path / 'o' / 'users')
+    index_ids.run(['--input', str(tmp_path / 'a.csv'), '--id_column', 'user_id',
+                   '--output', out, '--output_format', 'csv'])
+    (shard,) = glob.glob(f'{out}-encoded-*.csv')
+    assert open(shard).readline().strip().replace('"', '') == 'user_id,v,idx'
+    (tmp_path / 'b.jsonl').write_text('{"user_id":1}\n')
+    (tmp_path / 'c.jsonl').write_text('{"user_id":2,"_row":9}\n')
+    with pytest.raises(BeammlError) as e:
+        index_ids.run(['--input', str(tmp_path / '*.jsonl'), '--id_column', 'user_id',
+                       '--output', str(tmp_path / 'o2' / 'users')])
+    msg = e.value.for_cli()
+    assert '\n' not in msg and "'_row'" in msg and 'c.jsonl' in msg
 
 
 # ----------------------------------------------------------------------------- source columns

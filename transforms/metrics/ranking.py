@@ -160,7 +160,8 @@ def _encode_part(path, q, rank, relevant, row, slices, line=None) -> tuple:
     sorted by query: q in runs, row and line numbers consecutive), ``rank`` ('w',)
     when it is 0, 1, 2, ... within each run of q (ranks listed in order), ``relevant``
     as bits; string ``q`` and ``slices`` (dictionary) stay Arrow Arrays. ``line``
-    (physical lines, -1 where unknown) is None when no line is known (Parquet)."""
+    (physical lines, -1 where unknown) is None when no line is known (Parquet), else
+    kept as ``line - row`` when every line is known (a few runs: the blank lines)."""
     n = len(rank)
     if isinstance(q, np.ndarray):
         starts = _run_starts(q)
@@ -168,8 +169,13 @@ def _encode_part(path, q, rank, relevant, row, slices, line=None) -> tuple:
         r_code = (('w',) if np.array_equal(rank, _within_runs(q, starts)) else _enc_int(rank))
     else:
         q_code, r_code = q, _enc_int(rank)
-    return (path, n, q_code, r_code, np.packbits(relevant), _enc_int(row), slices,
-            None if line is None else _enc_int(line))
+    if line is None:
+        l_code = None
+    elif n and int(line.min()) >= 0:
+        l_code = ('d', _enc_int(line - row))
+    else:
+        l_code = ('l', _enc_int(line))
+    return (path, n, q_code, r_code, np.packbits(relevant), _enc_int(row), slices, l_code)
 
 
 def _decode_part(part) -> tuple:
@@ -190,7 +196,11 @@ def _encode_fragment(parts) -> bytes:
 def _decode_lines(part) -> np.ndarray:
     """The physical lines of an :func:`_encode_part`, -1 where unknown."""
     n, code = part[1], part[7]
-    return np.full(n, -1, np.int64) if code is None else _dec_int(code, n)
+    if code is None:
+        return np.full(n, -1, np.int64)
+    if code[0] == 'd':
+        return _dec_int(code[1], n) + _dec_int(part[5], n)
+    return _dec_int(code[1], n)
 
 
 def _decode_fragments(fragments) -> tuple:
