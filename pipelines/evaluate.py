@@ -19,8 +19,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.runner import PipelineState
 
 from beamml.pipelines import common
-from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, BeammlError, ReadTable,
-                                  WriteDeadLetters, WriteTable)
+from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, SOURCE_COLUMNS, BeammlError,
+                                  ReadTable, WriteDeadLetters, WriteTable)
 from beamml.transforms.io.documents import read_json, to_jsonable, write_json
 from beamml.transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
                                        ComputeMetrics, ParsePredictionLogs, PrecisionAtK,
@@ -118,20 +118,26 @@ def _id_type(layout, column: str) -> str:
 
 
 def check_columns(read: ReadTable, args) -> tuple[dict[str, str], list[str]]:
-    """(canonical name -> log column, slice columns); BeammlError for a missing column."""
+    """(canonical name -> log column, slice columns); BeammlError for a missing column,
+    or a column named like one the reader adds (SOURCE_COLUMNS)."""
     columns = {name: getattr(args, flag) for name, flag in COLUMN_FLAGS[args.task].items()}
     slice_by = _split(args.slice_by)
     have = read.layout.columns
+    for c in slice_by:
+        if c in SOURCE_COLUMNS or c in columns or c in columns.values():
+            raise BeammlError(f'cannot --slice_by {c!r}: the metrics read that column '
+                              f'(or beamml uses the name: {", ".join(columns)}, '
+                              f'{", ".join(SOURCE_COLUMNS)})')
+    clash = [c for c in SOURCE_COLUMNS if c in have]
+    if clash:
+        raise BeammlError(f'{read.paths[0]} has a column {clash[0]!r}, a name beamml gives '
+                          'the source of each row; rename it')
     wanted = [(c, f'--{COLUMN_FLAGS[args.task][n]}') for n, c in columns.items()]
     wanted += [(c, '--slice_by') for c in slice_by]
     missing = [f'{c!r} ({flag})' for c, flag in wanted if c not in have]
     if missing:
         raise BeammlError(f'{read.paths[0]} has no column {", ".join(missing)}; its columns '
                           f'are {", ".join(have)}')
-    for c in slice_by:
-        if c in ('_file', '_row') or c in columns or c in columns.values():
-            raise BeammlError(f'cannot --slice_by {c!r}: the metrics read that column '
-                              f'(or beamml uses the name: {", ".join(columns)})')
     return columns, slice_by
 
 
@@ -184,7 +190,7 @@ def build(p, args):
              f'; slices by {",".join(slice_by)}' if slice_by else '')
     logs = p | 'ReadLogs' >> read
     parsed = logs.batches | 'ParseLogs' >> ParsePredictionLogs(
-        args.task, columns, slice_by, id_type)
+        args.task, columns, slice_by, id_type, read.layout.input_format)
     result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
     out = args.output
     # Empty without rows: run() then writes the metrics of nothing (compute_metrics).

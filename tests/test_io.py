@@ -251,9 +251,12 @@ def test_read_table_keeps_columns_and_source(tmp_path):
         r = p | ReadTable(path, id_column='user_id', source_columns=True)
         rows = r.batches | beam.FlatMap(lambda b: b.to_pylist())
         assert_that(rows, equal_to([
-            {'user_id': 15, 'item': 'a', 'truth': '1', '_file': path, '_row': 0},
-            {'user_id': 12, 'item': 'b', 'truth': '0', '_file': path, '_row': 1},
-            {'user_id': 14, 'item': 'd', 'truth': 'T', '_file': path, '_row': 3}]))
+            {'user_id': 15, 'item': 'a', 'truth': '1', '_file': path, '_row': 0,
+             '_line': 2},
+            {'user_id': 12, 'item': 'b', 'truth': '0', '_file': path, '_row': 1,
+             '_line': 3},
+            {'user_id': 14, 'item': 'd', 'truth': 'T', '_file': path, '_row': 3,
+             '_line': 5}]))
         assert_that(r.errors | beam.Map(lambda d: (d['row'], d['reason'])),
                     equal_to([(2, 'missing id')]), label='Errors')
 

@@ -248,11 +248,18 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
                  ) -> tuple[pa.RecordBatch | None, list[dict]]:
     """ReadTable's check: the id column, when there is one, holds no missing or empty id.
 
-    With ``source_columns`` the batch gets ``_file`` (dictionary-encoded) and
-    ``_row`` (data row in the file), :data:`SOURCE_COLUMNS`, so later steps can
-    write dead letters too.
+    With ``source_columns`` the batch gets :data:`SOURCE_COLUMNS`: ``_file``
+    (dictionary-encoded), ``_row`` (data row in the file) and ``_line`` (int64, the
+    physical line; null for a binary format), so later steps can write dead letters
+    too. A file with a column of one of those names is a BeammlError.
     """
-    t, rows, dead = rb.table, rb.rows, []
+    t, rows, lines, dead = rb.table, rb.rows, rb.lines, []
+    if source_columns:
+        from beamml.transforms.io.errors import BeammlError
+        clash = [c for c in SOURCE_COLUMNS if c in t.column_names]
+        if clash:
+            raise BeammlError(f'{path} has a column {clash[0]!r}, a name beamml gives the '
+                              'source of each row; rename it')
     if layout.id_column:
         why = RowReasons(t.num_rows)
         _ids(rb, layout, path, why)
@@ -262,9 +269,13 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
             if not len(keep):
                 return None, dead
             t, rows = t.take(pa.array(keep)), rows[keep]
+            lines = None if lines is None else lines[keep]
     if source_columns:
-        file_column, row_column = SOURCE_COLUMNS
+        file_column, row_column, line_column = SOURCE_COLUMNS
+        n = t.num_rows
         t = t.append_column(file_column, pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(t.num_rows, np.int32)), pa.array([path])))
+            pa.array(np.zeros(n, np.int32)), pa.array([path])))
         t = t.append_column(row_column, pa.array(rows, pa.int64()))
+        t = t.append_column(line_column, pa.nulls(n, pa.int64()) if lines is None
+                            else pa.array(lines, pa.int64()))
     return t, dead

@@ -10,8 +10,9 @@ __all__ = ['NUMBER_RE', 'INT_RE', 'SOURCE_COLUMNS', 'is_string_type', 'is_numeri
 NUMBER_RE = r'^\s*[-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|inf|infinity|nan)\s*$'
 #: an integer, optionally signed
 INT_RE = r'^\s*[-+]?\d+\s*$'
-#: columns a table reader adds on request: the source file and the data row in it
-SOURCE_COLUMNS = ('_file', '_row')
+#: columns a table reader adds on request: the source file, the data row in it (0-based)
+#: and its physical line (1-based; null for a binary format such as Parquet)
+SOURCE_COLUMNS = ('_file', '_row', '_line')
 
 
 def is_string_type(t: pa.DataType) -> bool:

@@ -155,11 +155,13 @@ def _dec_int(code: tuple, n: int) -> np.ndarray:
     return _unpack(code[1:]).astype(np.int64, copy=False)
 
 
-def _encode_part(path, q, rank, relevant, row, slices) -> tuple:
+def _encode_part(path, q, rank, relevant, row, slices, line=None) -> tuple:
     """Rows of one batch for one bucket, compact: integer columns by _enc_int (logs
-    sorted by query: q in runs, row numbers consecutive), ``rank`` ('w',) when it is
-    0, 1, 2, ... within each run of q (ranks listed in order), ``relevant`` as bits;
-    string ``q`` and ``slices`` (dictionary) stay Arrow Arrays."""
+    sorted by query: q in runs, row and line numbers consecutive), ``rank`` ('w',)
+    when it is 0, 1, 2, ... within each run of q (ranks listed in order), ``relevant``
+    as bits; string ``q`` and ``slices`` (dictionary) stay Arrow Arrays. ``line``
+    (physical lines, -1 where unknown) is None when no line is known (Parquet), else
+    kept as ``line - row`` when every line is known (a few runs: the blank lines)."""
     n = len(rank)
     if isinstance(q, np.ndarray):
         starts = _run_starts(q)
@@ -167,12 +169,18 @@ def _encode_part(path, q, rank, relevant, row, slices) -> tuple:
         r_code = (('w',) if np.array_equal(rank, _within_runs(q, starts)) else _enc_int(rank))
     else:
         q_code, r_code = q, _enc_int(rank)
-    return (path, n, q_code, r_code, np.packbits(relevant), _enc_int(row), slices)
+    if line is None:
+        l_code = None
+    elif n and int(line.min()) >= 0:
+        l_code = ('d', _enc_int(line - row))
+    else:
+        l_code = ('l', _enc_int(line))
+    return (path, n, q_code, r_code, np.packbits(relevant), _enc_int(row), slices, l_code)
 
 
 def _decode_part(part) -> tuple:
     """(path, q, rank, relevant, row function, slices) of an :func:`_encode_part`."""
-    path, n, q_code, r_code, bits, row_code, slices = part
+    path, n, q_code, r_code, bits, row_code, slices = part[:7]
     q = _dec_int(q_code, n) if isinstance(q_code, tuple) else q_code
     rank = _within_runs(q) if r_code == ('w',) else _dec_int(r_code, n)
     relevant = np.unpackbits(bits, count=n).view(bool)
@@ -185,14 +193,27 @@ def _encode_fragment(parts) -> bytes:
     return pickle.dumps(parts, protocol=5)
 
 
-def _decode_fragments(fragments) -> tuple:
-    """(segments [(path, n)], q, rank, relevant, row, slices list or None) of fragments.
+def _decode_lines(part) -> np.ndarray:
+    """The physical lines of an :func:`_encode_part`, -1 where unknown."""
+    n, code = part[1], part[7]
+    if code is None:
+        return np.full(n, -1, np.int64)
+    if code[0] == 'd':
+        return _dec_int(code[1], n) + _dec_int(part[5], n)
+    return _dec_int(code[1], n)
 
-    ``row`` is a function returning the row numbers (only needed for duplicates).
+
+def _decode_fragments(fragments) -> tuple:
+    """(segments [(path, n)], q, rank, relevant, row, line, slices list or None) of
+    fragments.
+
+    ``row`` and ``line`` are functions returning the row numbers and the physical
+    lines, -1 where unknown (only needed for duplicates).
     """
-    parts = [_decode_part(p) for data in fragments for p in pickle.loads(data) if p[1]]
-    if not parts:
+    raw = [p for data in fragments for p in pickle.loads(data) if p[1]]
+    if not raw:
         return None
+    parts = [_decode_part(p) for p in raw]
     segments = [(p[0], len(p[2])) for p in parts]
     q = _concat([p[1] for p in parts])
     rank = _concat([p[2] for p in parts])
@@ -200,8 +221,11 @@ def _decode_fragments(fragments) -> tuple:
 
     def row():
         return _concat([p[4]() for p in parts])
+
+    def line():
+        return _concat([_decode_lines(p) for p in raw])
     slices = None if parts[0][5] is None else [p[5] for p in parts]
-    return segments, q, rank, relevant, row, slices
+    return segments, q, rank, relevant, row, line, slices
 
 
 # ----------------------------------------------------------------------------- Beam
@@ -246,6 +270,11 @@ class _KeyByQueryBucketFn(beam.DoFn):
         relevant = _np(batch.column('truth_relevance')) > 0
         row = (_np(batch.column('_row')) if '_row' in batch.schema.names
                else np.full(n, -1, np.int64))
+        line = None
+        if '_line' in batch.schema.names:
+            col = batch.column('_line')
+            if col.null_count < len(col):  # all null: a binary format
+                line = _np(pc.fill_null(col, -1))
         slices = (slice_keys(batch, self.slice_by).dictionary_encode() if self.slice_by
                   else None)
 
@@ -253,13 +282,15 @@ class _KeyByQueryBucketFn(beam.DoFn):
             """The packed rows lo:hi (of the batch, or of its rows ``take``)."""
             idx = slice(lo, hi) if take is None else take[lo:hi]
             rs, rel, rw = rank[idx], relevant[idx], row[idx]
+            ln = None if line is None else line[idx]
             qs = q[idx] if isinstance(q, np.ndarray) else None
             arrow_rows = None
             if not isinstance(q, np.ndarray) or slices is not None:
                 # a pickled Arrow slice would carry the whole batch's buffers: copy
                 arrow_rows = pa.array(np.arange(lo, hi) if take is None else take[lo:hi])
             return _encode_part(path, qs if isinstance(q, np.ndarray) else q.take(arrow_rows),
-                                rs, rel, rw, None if slices is None else slices.take(arrow_rows))
+                                rs, rel, rw, None if slices is None else slices.take(arrow_rows),
+                                ln)
 
         starts = (_run_starts(_blocks(q, self.block)) if isinstance(q, np.ndarray)
                   else None)
@@ -304,7 +335,7 @@ class _QueryStatsFn(beam.DoFn):
         decoded = _decode_fragments(element[1])
         if decoded is None:
             return
-        segments, q, rank, relevant, row, slices = decoded
+        segments, q, rank, relevant, row, line, slices = decoded
         codes, uniques = _query_codes(q)
         if _strictly_increasing(codes, rank):
             keep = None  # already in (q_id, rank) order without a repeated pair
@@ -316,8 +347,8 @@ class _QueryStatsFn(beam.DoFn):
                                           np.int64), [m for _, m in segments])
             order, dup, first = _sort_dedup(codes, rank, (file_idx, row))
             if dup.any():
-                yield from self._dead_letters(order, dup, first, paths, file_idx, row, q,
-                                              rank, relevant)
+                yield from self._dead_letters(order, dup, first, paths, file_idx, row,
+                                              line(), q, rank, relevant)
             keep = order[~dup]
             codes, rank, relevant = codes[keep], rank[keep], relevant[keep]
         out = [self._stats(_group_stats(codes, rank, relevant, self.ks), uniques, None, 0)]
@@ -349,7 +380,8 @@ class _QueryStatsFn(beam.DoFn):
         cols.update({k: pa.array(v) for k, v in s.items()})
         return pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols))
 
-    def _dead_letters(self, order, dup, first, paths, file_idx, row, q, rank, relevant):
+    def _dead_letters(self, order, dup, first, paths, file_idx, row, line, q, rank,
+                      relevant):
         pos = np.flatnonzero(dup)
         rows_dup, rows_kept = order[pos], order[first[pos]]
         self.counters.refuse_accepted(len(pos))
@@ -358,7 +390,8 @@ class _QueryStatsFn(beam.DoFn):
             kept = (f'{posixpath.basename(paths[file_idx[j]])}:' if file_idx[j] >= 0 else
                     'row ') + str(int(row[j]))
             yield beam.pvalue.TaggedOutput(ERRORS, dead_letter(
-                path, int(row[i]) if row[i] >= 0 else None, None,
+                path, int(row[i]) if row[i] >= 0 else None,
+                int(line[i]) if line[i] >= 0 else None,
                 f'duplicate (q_id, predicted_rank) pair; the row kept is {kept}',
                 {'q_id': q[int(i)].item() if isinstance(q, np.ndarray) else q[int(i)].as_py(),
                  'predicted_rank': int(rank[i]), 'relevant': bool(relevant[i])}))
