@@ -97,7 +97,8 @@ def build(p, args, model: CentroidModel | None = None):
     Returns {'assigned', 'errors', 'sizes', 'model'}; ``model`` is loaded from
     ``args.model`` unless given.
     """
-    read = ReadPoints(args.input, **common.read_kwargs(args))
+    # the reader's source columns name the file and row of a row refused by assignment
+    read = ReadPoints(args.input, source_columns=True, **common.read_kwargs(args))
     if model is None:
         model = load_model(args, read.layout.dimension)
     else:

@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from beamml.transforms.distances import nearest_centroid
-from beamml.transforms.io import BeammlError, RecordCounters, dead_letter, features_matrix
+from beamml.transforms.io import (SOURCE_COLUMNS, BeammlError, RecordCounters, dead_letter,
+                                  features_matrix)
+from beamml.transforms.io.rows import source_of
 from beamml.transforms.model import CentroidModel
 
 __all__ = ['add_assignment', 'AssignNearestCentroid', 'LoadModel', 'ASSIGN_COLUMNS']
@@ -77,11 +79,18 @@ def add_assignment(batch: pa.RecordBatch, model, *, all_distances: bool = False,
 
 
 def _refused_letters(batch: pa.RecordBatch, positions, reason: str) -> list[dict]:
-    """Dead letters for rows of a points batch (error path only)."""
+    """Dead letters for rows of a points batch (error path only), with each row's file,
+    row and line when the batch carries the reader's source columns."""
     if not len(positions):
         return []
     sub = batch.select(['id', 'features']).take(pa.array(np.asarray(positions)))
-    return [dead_letter(None, None, None, reason, rec) for rec in sub.to_pylist()]
+    return [dead_letter(f, r, ln, reason, rec)
+            for (f, r, ln), rec in zip(source_of(batch, positions), sub.to_pylist())]
+
+
+def _without_source(batch: pa.RecordBatch) -> pa.RecordBatch:
+    names = [c for c in batch.schema.names if c not in SOURCE_COLUMNS]
+    return batch if len(names) == batch.num_columns else batch.select(names)
 
 
 class _AssignFn(beam.DoFn):
@@ -113,7 +122,7 @@ class _AssignFn(beam.DoFn):
                                        'centres (non-finite or huge feature values)'):
                 yield beam.pvalue.TaggedOutput('errors', dl)
         if out.num_rows:
-            yield out.select(self.output_columns) if self.output_columns else out
+            yield out.select(self.output_columns) if self.output_columns else _without_source(out)
 
 
 class LoadModel(beam.PTransform):

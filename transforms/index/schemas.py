@@ -66,7 +66,7 @@ def unified_schema(types: dict[str, pa.DataType], columns: Sequence[str] = ()) -
 
 
 def schema_without_source(batch: pa.RecordBatch) -> pa.Schema:
-    """The batch's schema without the reader's source columns (``_file``, ``_row``)."""
+    """The batch's schema without the reader's source columns (``_file``, ``_row``, ``_line``)."""
     return pa.schema([f for f in batch.schema if f.name not in SOURCE_COLUMNS])
 
 

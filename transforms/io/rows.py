@@ -12,13 +12,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.io.errors import dead_letter
+from beamml.transforms.io.errors import BeammlError, dead_letter
 from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.types import (INT_RE, NUMBER_RE, SOURCE_COLUMNS, is_list_type,
                                         is_numeric_type, is_string_type)
 
 __all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'points_batch',
-           'to_points', 'table_checks']
+           'to_points', 'table_checks', 'with_source_columns', 'source_of']
 
 #: rows per RowBatch a reader yields
 BATCH_ROWS = 65536
@@ -197,14 +197,15 @@ def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- checks
 
-def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
-              ) -> tuple[pa.RecordBatch | None, list[dict]]:
+def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
+              source_columns: bool = False) -> tuple[pa.RecordBatch | None, list[dict]]:
     """Turn one RowBatch into a points batch and the dead letters of its bad rows.
 
     A row is refused with the first reason that applies: a missing or empty id,
     an id that is not an integer (in an integer id column), a value that is not
     a number, a missing value, a dimension other than the layout's, NaN or inf
-    (unless ``allow_nan``).
+    (unless ``allow_nan``). With ``source_columns`` the points batch also carries
+    :data:`SOURCE_COLUMNS`, so later steps (assignment) can name each row's origin.
     """
     t = rb.table
     n = t.num_rows
@@ -235,13 +236,19 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
             why.mark(~finite & nan, 'NaN feature value')
             why.mark(~finite, 'infinite feature value')
     dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
+    rows, lines = rb.rows, rb.lines
     if dead:
         keep = np.flatnonzero(~why.refused)
         if len(keep) == 0:
             return None, dead
         ids = ids.take(pa.array(keep))
         X = X[keep]
-    return points_batch(pc.cast(ids, layout.id_arrow_type), X), dead
+        rows = rows[keep]
+        lines = None if lines is None else lines[keep]
+    out = points_batch(pc.cast(ids, layout.id_arrow_type), X)
+    if source_columns:
+        out = with_source_columns(out, path, rows, lines)
+    return out, dead
 
 
 def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
@@ -255,7 +262,6 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
     """
     t, rows, lines, dead = rb.table, rb.rows, rb.lines, []
     if source_columns:
-        from beamml.transforms.io.errors import BeammlError
         clash = [c for c in SOURCE_COLUMNS if c in t.column_names]
         if clash:
             raise BeammlError(f'{path} has a column {clash[0]!r}, a name beamml gives the '
@@ -271,11 +277,29 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
             t, rows = t.take(pa.array(keep)), rows[keep]
             lines = None if lines is None else lines[keep]
     if source_columns:
-        file_column, row_column, line_column = SOURCE_COLUMNS
-        n = t.num_rows
-        t = t.append_column(file_column, pa.DictionaryArray.from_arrays(
-            pa.array(np.zeros(n, np.int32)), pa.array([path])))
-        t = t.append_column(row_column, pa.array(rows, pa.int64()))
-        t = t.append_column(line_column, pa.nulls(n, pa.int64()) if lines is None
-                            else pa.array(lines, pa.int64()))
+        t = with_source_columns(t, path, rows, lines)
     return t, dead
+
+
+def with_source_columns(t, path: str, rows: np.ndarray, lines: np.ndarray | None):
+    """``t`` with :data:`SOURCE_COLUMNS` appended: ``_file`` (dictionary-encoded),
+    ``_row`` and ``_line`` (null when ``lines`` is None)."""
+    file_column, row_column, line_column = SOURCE_COLUMNS
+    n = t.num_rows
+    t = t.append_column(file_column, pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(n, np.int32)), pa.array([path])))
+    t = t.append_column(row_column, pa.array(rows, pa.int64()))
+    return t.append_column(line_column, pa.nulls(n, pa.int64()) if lines is None
+                           else pa.array(lines, pa.int64()))
+
+
+def source_of(batch, positions) -> list[tuple[str | None, int | None, int | None]]:
+    """(file, row, line) of the rows at ``positions`` of a batch that carries
+    :data:`SOURCE_COLUMNS` (all None when it does not): for dead letters of later steps."""
+    names = batch.schema.names
+    if SOURCE_COLUMNS[0] not in names:
+        return [(None, None, None)] * len(positions)
+    idx = pa.array(np.asarray(positions, dtype=np.int64))
+    cols = [batch.column(c).take(idx).to_pylist() if c in names else [None] * len(positions)
+            for c in SOURCE_COLUMNS]
+    return list(zip(*cols))

@@ -93,7 +93,8 @@ class _ReadFileFn(beam.DoFn):
                 continue
             self.read.inc(item.table.num_rows)
             if self.points:
-                out, dead = to_points(item, self.layout, path, self.allow_nan)
+                out, dead = to_points(item, self.layout, path, self.allow_nan,
+                                      self.source_columns)
             else:
                 out, dead = table_checks(item, self.layout, path, self.source_columns)
             if dead:
@@ -149,7 +150,8 @@ class ReadPoints(_ReadBase):
     (or ``result['batches']``) holds the RecordBatches, ``result.errors`` the
     dead-letter dicts. The files are matched and the first one inspected when the
     transform is constructed (see :func:`inspect_input`); ``.layout`` and ``.schema``
-    tell what was decided.
+    tell what was decided. ``source_columns=True`` appends ``_file``, ``_row`` and
+    ``_line`` to each batch, for steps that refuse rows later (assignment).
     """
     _points = True
 
@@ -160,7 +162,7 @@ class ReadTable(_ReadBase):
     Only structural problems are refused (a CSV row with the wrong number of
     fields, a JSON line that does not parse) and, when an id column is named or
     present, rows whose id is missing or empty. ``source_columns=True`` appends
-    ``_file`` and ``_row`` so later steps can refuse rows with their origin (and
+    ``_file``, ``_row`` and ``_line`` so later steps can refuse rows with their origin (and
     must then call ``RecordCounters().refuse_accepted(n)``).
     """
     _points = False
