@@ -17,8 +17,8 @@ from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.types import (INT_RE, NUMBER_RE, SOURCE_COLUMNS, is_list_type,
                                         is_numeric_type, is_string_type)
 
-__all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'points_batch',
-           'to_points', 'table_checks']
+__all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'int64_or_null',
+           'points_batch', 'to_points', 'table_checks']
 
 #: rows per RowBatch a reader yields
 BATCH_ROWS = 65536
@@ -128,6 +128,28 @@ def _column_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, missing, bad
 
 
+_INT64_MAX = str(2 ** 63 - 1)
+_INT64_MIN_DIGITS = str(2 ** 63)
+
+
+def int64_or_null(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(int64 values, out of range) of a string column of integers (``INT_RE``, or
+    null): a value beyond int64 is null in the values and True in the mask.
+    Vectorised: the digits without sign and leading zeros, compared as text."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    text = pc.utf8_trim_whitespace(arr)
+    digits = pc.replace_substring_regex(text, r'^[-+]?0*', '')
+    length = pc.utf8_length(digits)
+    negative = pc.starts_with(text, '-')
+    limit = pc.if_else(negative, pa.scalar(_INT64_MIN_DIGITS), pa.scalar(_INT64_MAX))
+    over = pc.or_(pc.greater(length, 19),
+                  pc.and_(pc.equal(length, 19), pc.greater(digits, limit)))
+    over = pc.fill_null(over, False)
+    values = pc.cast(pc.if_else(over, pa.scalar(None, pa.string()), text), pa.int64())
+    return values, over.to_numpy(zero_copy_only=False)
+
+
 def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
     """The ids of a RowBatch as ``layout.id_type``; bad ids are marked in ``why``."""
     n = rb.table.num_rows
@@ -151,8 +173,8 @@ def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
         if layout.id_type == 'int64':
             ok = pc.fill_null(pc.match_substring_regex(arr, INT_RE), True)
             why.mark(~ok.to_numpy(zero_copy_only=False), 'id is not an integer')
-            arr = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(arr),
-                                     pa.scalar(None, pa.string())), pa.int64())
+            arr, over = int64_or_null(pc.if_else(ok, arr, pa.scalar(None, pa.string())))
+            why.mark(over, 'id is out of the int64 range')
         return arr
     if layout.id_type == 'string':
         return pc.cast(arr, pa.string())
@@ -213,6 +235,9 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
     ids = _ids(rb, layout, path, why)
     if layout.input_format == 'npy':
         X = features_matrix(t)
+        if X.shape[1] != d:   # a later file of the glob: one mark for the whole batch
+            why.mark(np.ones(n, bool), f'dimension {X.shape[1]}, expected {d}')
+            X = np.zeros((n, d))
     elif layout.list_features:
         col = layout.feature_columns[0]
         arr = (t.column(col) if col in t.column_names
