@@ -83,15 +83,19 @@ def _frame(data: bytes, final: bool) -> _Frame:
     arr = np.frombuffer(data, dtype=np.uint8)
     n = len(arr)
     nl = np.flatnonzero(arr == _NL)
-    cr = np.flatnonzero(arr == _CR)
-    if len(cr):
+    ends = nl
+    has_cr = b'\r' in data
+    if has_cr:   # one-byte searches (memchr) spare the clean path numpy passes
+        cr = np.flatnonzero(arr == _CR)
         after = arr[np.minimum(cr + 1, n - 1)]
         cr = cr[np.where(cr + 1 < n, after != _NL, final)]
-        ends = np.union1d(nl, cr)
-    else:
-        ends = nl
-    toggles = _quote_toggles(arr, np.flatnonzero(arr == _QUOTE))
-    term = ends[np.searchsorted(toggles, ends) % 2 == 0] if len(toggles) else ends
+        if len(cr):
+            ends = np.union1d(nl, cr)
+    term = ends
+    if b'"' in data:
+        toggles = _quote_toggles(arr, np.flatnonzero(arr == _QUOTE))
+        if len(toggles):
+            term = ends[np.searchsorted(toggles, ends) % 2 == 0]
     if final:
         cut = n
         last = [n] if not len(term) or term[-1] + 1 < n else []
@@ -100,14 +104,20 @@ def _frame(data: bytes, final: bool) -> _Frame:
         cut = int(term[-1]) + 1 if len(term) else 0
         stops = term
     starts = np.concatenate([[0], stops[:-1] + 1]).astype(np.int64)[:len(stops)]
-    content_end = stops.copy()
-    crlf = (stops < n) & (stops > starts)
-    crlf[crlf] = (arr[stops[crlf]] == _NL) & (arr[stops[crlf] - 1] == _CR)
-    content_end[crlf] -= 1
+    content_end = stops
+    if has_cr:
+        content_end = stops.copy()
+        crlf = (stops < n) & (stops > starts)
+        crlf[crlf] = (arr[stops[crlf]] == _NL) & (arr[stops[crlf] - 1] == _CR)
+        content_end[crlf] -= 1
+    # line ends before each record: its index when every line end ends a record
+    lines = (np.arange(len(stops), dtype=np.int64) if len(term) == len(ends)
+             else np.searchsorted(ends, starts))
     keep = content_end > starts
-    starts, content_end = starts[keep], content_end[keep]
-    return _Frame(starts, content_end, np.searchsorted(ends, starts),
-                  cut, int(np.searchsorted(ends, cut)))
+    if not keep.all():
+        starts, content_end, lines = starts[keep], content_end[keep], lines[keep]
+    n_lines = int(np.searchsorted(ends, cut))
+    return _Frame(starts, content_end, lines, cut, n_lines)
 
 
 def _invalid_utf8(data: bytes, starts: np.ndarray, stop: int) -> list[tuple[int, int]]:
