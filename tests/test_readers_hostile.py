@@ -336,6 +336,34 @@ def test_csv_id_beyond_int64_in_the_first_file(tmp_path):
         (1, 3, 'id is out of the int64 range')]
 
 
+@pytest.mark.parametrize('first', [b'{"id": 1, "a": 2}\n', b''])
+def test_jsonl_id_beyond_int64_costs_its_line_only(tmp_path, first):
+    # pyarrow reads a block with such an id as float64: the ids that are exact
+    # integers are kept, the others refused
+    path = _file(tmp_path, 'j.jsonl', first + b'{"id": 99999999999999999999, "a": 3}\n'
+                 b'{"id": 4, "a": 5}\n{"id": -7, "a": 8}\n')
+    _, layout = inspect_input(path)
+    assert layout.id_type == 'int64'
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == ([1] if first else []) + [4, -7]
+    k = 1 if first else 0
+    assert [(d['row'], d['line'], d['reason']) for d in dead] == [
+        (k, k + 1, 'id is out of the int64 range')]
+
+
+def test_jsonl_a_fractional_id_after_the_head_costs_its_line_only(tmp_path, monkeypatch):
+    import beamml.transforms.io.jsonio as jsonio
+    monkeypatch.setattr(jsonio, '_HEAD_LINES', 2)
+    path = _file(tmp_path, 'j.jsonl', b'{"id": 1, "a": 2}\n{"id": 2, "a": 2}\n'
+                 b'{"id": 1.5, "a": 3}\n{"id": 4, "a": 5}\n{"id": 9007199254740993, "a": 1}\n')
+    _, layout = inspect_input(path)
+    assert layout.id_type == 'int64'
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == [1, 2, 4]
+    assert [(d['row'], d['reason']) for d in dead] == [
+        (2, 'id is not an integer'), (4, 'id is not exactly an integer (read as a float)')]
+
+
 def test_index_ids_cli_id_beyond_int64_in_a_later_file(tmp_path):
     _file(tmp_path, 'd/i1.csv', b'id,a\n1,2\n')
     _file(tmp_path, 'd/i2.csv', b'id,a\n99999999999999999999,2\n')

@@ -178,10 +178,27 @@ def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
         return arr
     if layout.id_type == 'string':
         return pc.cast(arr, pa.string())
+    if pa.types.is_floating(arr.type):   # a JSON block with an id beyond int64 or 1.5
+        return _float_ids(arr, why)
     if not pa.types.is_integer(arr.type):
         why.mark(np.ones(n, bool), 'id is not an integer')
         return pa.nulls(n, pa.int64())
     return pc.cast(arr, pa.int64())
+
+
+def _float_ids(arr: pa.Array, why: RowReasons) -> pa.Array:
+    """int64 ids of a float column (pyarrow reads a JSON block of integers as floats
+    when one is beyond int64): exact integers are kept, the others refused."""
+    v = pc.fill_null(pc.cast(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid='ignore'):
+        integral = np.isfinite(v) & (np.floor(v) == v)
+        big = np.abs(v) >= 2.0 ** 63
+    why.mark(~integral, 'id is not an integer')
+    why.mark(big, 'id is out of the int64 range')
+    why.mark(np.abs(v) >= 2.0 ** 53, 'id is not exactly an integer (read as a float)')
+    ok = integral & (np.abs(v) < 2.0 ** 53)   # 2**53 may be 2**53 + 1, rounded
+    ids = np.where(ok, v, 0).astype(np.int64)
+    return pa.array(ids, pa.int64(), mask=~ok | arr.is_null().to_numpy(zero_copy_only=False))
 
 
 def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
