@@ -1,6 +1,8 @@
-"""Deciding an input's Layout before the graph is built, from the head of its first file.
+"""Deciding an input's Layout before the graph is built, from the head of its first file
+that has data rows.
 
-A missing input, an empty file, an unreadable format or a missing column is a
+A missing input, an empty file, an input of no data rows (every file empty or a
+header only), an unreadable format or a missing column is a
 :class:`~beamml.transforms.io.errors.BeammlError` here, naming the file and what
 exists, not a stack trace from a worker.
 """

@@ -241,8 +241,9 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False
     """Turn one RowBatch into a points batch and the dead letters of its bad rows.
 
     A row is refused with the first reason that applies: a missing or empty id,
-    an id that is not an integer (in an integer id column), a value that is not
-    a number, a missing value, a dimension other than the layout's, NaN or inf
+    an id that is not an integer or is beyond int64 (in an integer id column), a
+    value that is not a number, a missing value, a dimension other than the
+    layout's (a list of another length, a .npy file of another width), NaN or inf
     (unless ``allow_nan``).
     """
     t = rb.table
