@@ -172,7 +172,7 @@ def test_data_errors_at_run_time(tmp_path, capsys):
     with pytest.raises(BeammlError, match=r'k=3 is greater than the number of distinct points'):
         kmeans.run(['--input', path, '--k', '3', '--model_dir', model_dir, '--max_iter', '2'])
     empty = write_points(tmp_path / 'empty.parquet', np.empty((0, 2)))  # a schema, no row
-    with pytest.raises(BeammlError, match='no valid point'):
+    with pytest.raises(BeammlError, match=r'empty\.parquet: no data rows \(1 file\(s\)'):
         kmeans.run(['--input', empty, '--k', '1', '--model_dir', model_dir, '--max_iter', '2'])
     (tmp_path / 'nan.csv').write_text('id,a,b\n1,nan,2\n2,3,inf\n')  # every row refused
     with pytest.raises(BeammlError, match='no valid point'):

@@ -1,56 +1,269 @@
 """Reading CSV files with a header into RowBatches; malformed rows become dead letters.
 
-The clean path is one typed pyarrow read. When a value does not convert (a word
-in a number column, an id that is not an integer), the file is read again as
-text from where the typed read stopped, and :func:`~beamml.transforms.io.rows.to_points`
+A file is read in blocks of whole records (about 8 MB). numpy frames each block
+first: newline positions and quote parity (a cumulative count) give where each
+record starts and its physical line (1-based, the header is line 1; blank lines
+and newlines inside quoted fields count), and one UTF-8 decode of the block, in
+C, finds the records that are not valid UTF-8: each is a dead letter ("invalid
+UTF-8 at byte N" of the record), and pyarrow never sees it. pyarrow then parses
+the block with the layout's types; when a value does not convert (a word in a
+number column, an id that is not an integer, any ``ArrowInvalid``), that block
+is parsed again as text, and :func:`~beamml.transforms.io.rows.to_points`
 refuses the bad rows.
 """
 from __future__ import annotations
 
-from typing import Iterator
+import codecs
+import io
+import re
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
 from beamml.transforms.io.errors import BeammlError, dead_letter
-from beamml.transforms.io.layout import HEAD_BYTES, Layout
-from beamml.transforms.io.rows import RowBatch
+from beamml.transforms.io.layout import HEAD_BYTES, Layout, printable
+from beamml.transforms.io.rows import BATCH_ROWS, RowBatch, int64_or_null
+from beamml.transforms.io.types import INT_RE
 
 __all__ = ['csv_head', 'read_csv']
 
 _BLOCK_BYTES = 8 << 20
+_NL, _CR, _QUOTE, _DELIM = 10, 13, 34, 44
+_CONTROL = re.compile(rb'[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]')
 
 
-def csv_head(f) -> pa.Table:
-    """The first rows (about :data:`HEAD_BYTES`) of the open file ``f``, types inferred."""
-    reader = pcsv.open_csv(
-        f, read_options=pcsv.ReadOptions(block_size=HEAD_BYTES, use_threads=False),
-        parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: 'skip'))
+# ----------------------------------------------------------------------------- framing
+
+class _Frame(NamedTuple):
+    """The non-empty records of a chunk of bytes (offsets into it)."""
+    starts: np.ndarray   # first byte of each record
+    ends: np.ndarray     # end of its content (its line end excluded)
+    lines: np.ndarray    # line ends before it in the chunk (0: on the chunk's first line)
+    cut: int             # bytes [cut:] are an incomplete record, carried to the next chunk
+    n_lines: int         # line ends in [0, cut)
+
+
+def _quote_toggles(arr: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Positions of the quotes that open or close a quoted field, as pyarrow reads them.
+
+    The clean path is parity: every quote toggles. That is exact unless a quote
+    stands inside an unquoted field (``ab"c``, ``"a"b"``), which pyarrow keeps as a
+    character; then a loop over the quotes (not the bytes) follows pyarrow's rules.
+    """
+    if not len(q):
+        return q
+    prev = arr[np.maximum(q - 1, 0)]
+    field_start = (q == 0) | (prev == _DELIM) | (prev == _NL) | (prev == _CR)
+    outside = np.arange(len(q)) % 2 == 0
+    if not (outside & ~field_start & ~((q > 0) & (prev == _QUOTE))).any():
+        return q
+    out, inside, skip, n = [], False, -1, len(arr)
+    for p in q.tolist():   # a loop over the quotes of an unusual block only
+        if p == skip:
+            continue
+        if inside:
+            if p + 1 < n and arr[p + 1] == _QUOTE:
+                skip = p + 1            # "" inside a quoted field: one quote character
+            else:
+                inside = False
+                out.append(p)
+        elif p == 0 or arr[p - 1] in (_DELIM, _NL, _CR):
+            inside = True
+            out.append(p)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _frame(data: bytes, final: bool) -> _Frame:
+    """Frame ``data`` into records: line ends are ``\\n``, ``\\r\\n`` and a lone ``\\r``
+    (as pyarrow reads them); one outside quotes ends a record; an empty record (a
+    blank line) is not a row. With ``final`` the last record may lack its line end."""
+    arr = np.frombuffer(data, dtype=np.uint8)
+    n = len(arr)
+    nl = np.flatnonzero(arr == _NL)
+    ends = nl
+    has_cr = b'\r' in data
+    if has_cr:   # one-byte searches (memchr) spare the clean path numpy passes
+        cr = np.flatnonzero(arr == _CR)
+        after = arr[np.minimum(cr + 1, n - 1)]
+        cr = cr[np.where(cr + 1 < n, after != _NL, final)]
+        if len(cr):
+            ends = np.union1d(nl, cr)
+    term = ends
+    if b'"' in data:
+        toggles = _quote_toggles(arr, np.flatnonzero(arr == _QUOTE))
+        if len(toggles):
+            term = ends[np.searchsorted(toggles, ends) % 2 == 0]
+    if final:
+        cut = n
+        last = [n] if not len(term) or term[-1] + 1 < n else []
+        stops = np.concatenate([term, np.asarray(last, dtype=np.int64)])
+    else:
+        cut = int(term[-1]) + 1 if len(term) else 0
+        stops = term
+    starts = np.concatenate([[0], stops[:-1] + 1]).astype(np.int64)[:len(stops)]
+    content_end = stops
+    if has_cr:
+        content_end = stops.copy()
+        crlf = (stops < n) & (stops > starts)
+        crlf[crlf] = (arr[stops[crlf]] == _NL) & (arr[stops[crlf] - 1] == _CR)
+        content_end[crlf] -= 1
+    # line ends before each record: its index when every line end ends a record
+    lines = (np.arange(len(stops), dtype=np.int64) if len(term) == len(ends)
+             else np.searchsorted(ends, starts))
+    keep = content_end > starts
+    if not keep.all():
+        starts, content_end, lines = starts[keep], content_end[keep], lines[keep]
+    n_lines = int(np.searchsorted(ends, cut))
+    return _Frame(starts, content_end, lines, cut, n_lines)
+
+
+def _invalid_utf8(data: bytes, starts: np.ndarray, stop: int) -> list[tuple[int, int]]:
+    """(record index, byte in the record) of each record of ``data[starts[0]:stop]``
+    that is not UTF-8: one decode in C, and one more per bad record."""
+    bad, pos, view = [], int(starts[0]) if len(starts) else stop, memoryview(data)
+    while pos < stop:
+        try:
+            codecs.utf_8_decode(view[pos:stop], 'strict', True)
+            break
+        except UnicodeDecodeError as e:
+            at = pos + e.start
+            i = int(np.searchsorted(starts, at, side='right')) - 1
+            bad.append((i, at - int(starts[i])))
+            pos = int(starts[i + 1]) if i + 1 < len(starts) else stop
+    return bad
+
+
+def _check_header(path: str, raw: bytes, partial: bool = False) -> None:
+    """A BeammlError when the header record is not text (the file is binary);
+    ``partial``: ``raw`` is the start of a header, maybe cut inside a character."""
     try:
-        first = reader.read_next_batch()
-    except StopIteration:
-        return reader.schema.empty_table()
-    return pa.Table.from_batches([first])
+        codecs.utf_8_decode(raw, 'strict', not partial)
+    except UnicodeDecodeError as e:
+        raise BeammlError(f'{path} is not a text CSV file (invalid UTF-8 in its header at '
+                          f'byte {e.start})') from None
+    if b'\x00' in raw:
+        raise BeammlError(f'{path} is not a text CSV file (NUL bytes in its header)')
+    m = _CONTROL.search(raw)
+    if m:
+        raise BeammlError(f'{path} is not a text CSV file (control byte 0x{m.group()[0]:02x} '
+                          f'in its header at byte {m.start()})')
 
 
-def read_csv(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
-    """RowBatches of the layout's columns and dead letters of malformed rows, in file order."""
-    progress = [2]  # physical line of the next row not yet handed out
+class _Block(NamedTuple):
+    """Whole records of a file, ready for pyarrow: the header, then the good records."""
+    payload: bytes
+    rows: np.ndarray     # data row (0-based, in the file) of each good record
+    lines: np.ndarray    # physical line (1-based) of each good record
+    dead: list           # dead letters of the records that are not UTF-8
+
+
+def _blocks(f, path: str, block_bytes: int, limit: int | None = None
+            ) -> Iterator[tuple[list[str], _Block]]:
+    """(header names, block) for each block of whole records of the open file ``f``
+    (one block of no rows for a file of a header only); the header is checked
+    first. ``limit``: stop after the records of about that many bytes."""
+    header = names = None
+    line_base = row_base = read = 0
+    rest = b''
+    empty = np.zeros(0, dtype=np.int64)
+    yielded = False
+    while True:
+        chunk = f.read(block_bytes)
+        read += len(chunk)
+        final = not chunk
+        data = rest + chunk if rest else chunk
+        if not data:
+            break
+        fr = _frame(data, final)
+        if header is None and len(fr.starts) == 0 and not final:
+            _check_header(path, data[:HEAD_BYTES], partial=True)   # a binary file fails early
+            rest = data
+            continue
+        starts, ends, lines = fr.starts, fr.ends, fr.lines + line_base + 1
+        if header is None and len(starts):
+            header = data[starts[0]:ends[0]]
+            _check_header(path, header)
+            names = _header_names(path, header)
+            starts, ends, lines = starts[1:], ends[1:], lines[1:]
+        rest = data[fr.cut:]
+        line_base += fr.n_lines
+        n = len(starts)
+        rows = np.arange(row_base, row_base + n, dtype=np.int64)
+        row_base += n
+        if n:
+            bad = _invalid_utf8(data, starts, fr.cut)
+            dead = [dead_letter(path, rows[i], lines[i], f'invalid UTF-8 at byte {b}',
+                                data[starts[i]:ends[i]]) for i, b in bad]
+            if bad:
+                cuts = [i for i, _ in bad]
+                pieces, pos = [], int(starts[0])
+                for i in cuts:   # a loop over the bad records only
+                    pieces.append(data[pos:starts[i]])
+                    pos = int(starts[i + 1]) if i + 1 < n else fr.cut
+                pieces.append(data[pos:fr.cut])
+                body = b''.join(pieces)
+                good = np.ones(n, dtype=bool)
+                good[cuts] = False
+                rows, lines = rows[good], lines[good]
+            else:
+                body = data[starts[0]:fr.cut]
+            yielded = True
+            yield names, _Block(header + b'\n' + body, rows, lines, dead)
+        if final or (limit is not None and read >= limit and header is not None):
+            break
+    if header is None:
+        raise BeammlError(f'{path} is not a text CSV file (no header)')
+    if not yielded:
+        yield names, _Block(header + b'\n', empty, empty, [])
+
+
+def _header_names(path: str, header: bytes) -> list[str]:
     try:
-        yield from _read_csv_typed(f, path, layout, as_strings=False, progress=progress)
-    except _CsvConversionError:
-        f.seek(0)
-        yield from _read_csv_typed(f, path, layout, as_strings=True, progress=progress)
+        return pcsv.read_csv(io.BytesIO(header + b'\n'),
+                             read_options=pcsv.ReadOptions(use_threads=False)).column_names
+    except pa.ArrowInvalid as e:
+        raise BeammlError(f'{path}: cannot read its header: {printable(str(e))}') from e
 
 
-class _CsvConversionError(Exception):
-    pass
+# ----------------------------------------------------------------------------- parsing
+
+def _parse(path: str, block: _Block, types: dict, include: list[str] | None
+           ) -> tuple[pa.Table, list[int], list[str], list[str]]:
+    """pyarrow's parse of a block: (table, bad record indexes, their texts, reasons)."""
+    bad, texts, reasons = [], [], []
+
+    def on_invalid(row):
+        bad.append(row.number - 2)   # the header is record 1
+        texts.append(row.text)
+        reasons.append(f'expected {row.expected_columns} fields, got {row.actual_columns}')
+        return 'skip'
+
+    table = pcsv.read_csv(
+        io.BytesIO(block.payload),
+        read_options=pcsv.ReadOptions(use_threads=False,
+                                      block_size=max(len(block.payload) + 1, 1 << 16)),
+        parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid,
+                                        newlines_in_values=True),
+        convert_options=pcsv.ConvertOptions(
+            column_types=types, include_columns=include or [],
+            null_values=[''], strings_can_be_null=True, quoted_strings_can_be_null=False))
+    if table.num_rows + len(bad) != len(block.rows) or any(b < 0 for b in bad):
+        raise BeammlError(f'{path}: cannot tell the rows of this CSV file apart '
+                          f'({table.num_rows + len(bad)} parsed, {len(block.rows)} framed)')
+    return table, bad, texts, reasons
 
 
-def _csv_types(layout: Layout, as_strings: bool) -> dict[str, pa.DataType]:
-    if as_strings and not layout.feature_columns:
-        return {c: pa.string() for c in layout.columns}  # a table: every column as text
+def _types(layout: Layout, names: list[str], as_strings: bool, pinned: dict | None) -> dict:
+    if not layout.feature_columns:   # a table: every column
+        if as_strings:
+            return {c: pa.string() for c in names}
+        types = dict(pinned or {})
+        if layout.id_column:
+            types[layout.id_column] = layout.id_arrow_type
+        return types
     types = {}
     if layout.id_column:
         types[layout.id_column] = pa.string() if as_strings else layout.id_arrow_type
@@ -60,64 +273,86 @@ def _csv_types(layout: Layout, as_strings: bool) -> dict[str, pa.DataType]:
     return types
 
 
-def _read_csv_typed(f, path, layout, as_strings, progress):
-    """Stream a CSV file; rows and dead letters before line ``progress[0]`` are skipped."""
-    resume = progress[0]
-    bad_lines: list[int] = []
-    pending: list[tuple[int, str, str]] = []
-
-    def on_invalid(row):
-        bad_lines.append(row.number)
-        pending.append((row.number, row.text,
-                        f'expected {row.expected_columns} fields, got {row.actual_columns}'))
-        return 'skip'
-
-    def conversion_error(e):
-        if 'conversion error' in str(e) and not as_strings:
-            return _CsvConversionError(str(e))
-        return BeammlError(f'{path} is not a readable CSV file: {e}')
-
-    try:
-        reader = pcsv.open_csv(
-            f,
-            read_options=pcsv.ReadOptions(use_threads=False, block_size=_BLOCK_BYTES),
-            parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid),
-            convert_options=pcsv.ConvertOptions(
-                column_types=_csv_types(layout, as_strings),
-                include_columns=layout.read_columns() or [],
-                null_values=[''], strings_can_be_null=True,
-                quoted_strings_can_be_null=False))
-    except pa.ArrowInvalid as e:
-        if 'include' in str(e) or 'not exist' in str(e).lower():
-            raise BeammlError(f'{path}: {e}; the columns were taken from the first file '
-                              f'({", ".join(layout.columns)})') from e
-        raise conversion_error(e) from e
-
-    next_line = 2  # line 1 is the header
-    while True:
+def read_csv(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
+    """RowBatches of the layout's columns and dead letters of malformed rows, in file order."""
+    include = layout.read_columns()
+    pinned = None
+    for names, block in _blocks(f, path, _BLOCK_BYTES):
+        missing = [c for c in include or [] if c not in names]
+        if missing:
+            raise BeammlError(f'{path} has no column {", ".join(map(repr, missing))}; its '
+                              f'columns are {", ".join(names)} (the columns were taken '
+                              f'from the first file: {", ".join(layout.columns)})')
         try:
-            batch = reader.read_next_batch()
-        except StopIteration:
-            break
-        except pa.ArrowInvalid as e:
-            raise conversion_error(e) from e
-        n = batch.num_rows
-        # Lines of this batch's rows: the next n line numbers the parser did not refuse.
-        bad = np.asarray(bad_lines, dtype=np.int64)
-        span = np.arange(next_line, next_line + n + len(bad), dtype=np.int64)
-        lines = span[~np.isin(span, bad)][:n] if len(bad) else span[:n]
-        if n:
-            next_line = int(lines[-1]) + 1
-        bad_lines[:] = [b for b in bad_lines if b >= next_line]
-        while pending and pending[0][0] < next_line:
-            ln, text, reason = pending.pop(0)
-            if ln >= resume:
-                yield dead_letter(path, ln - 2, ln, reason, text)
-        if n and lines[-1] >= resume:
-            keep = int(np.searchsorted(lines, resume))
-            b = batch.slice(keep) if keep else batch
-            progress[0] = next_line
-            yield RowBatch(b, lines[keep:] - 2, lines[keep:])
-    for ln, text, reason in pending:
-        if ln >= resume:
-            yield dead_letter(path, ln - 2, ln, reason, text)
+            table, bad, texts, reasons = _parse(
+                path, block, _types(layout, names, False, pinned), include)
+            if pinned is None and not layout.feature_columns:
+                pinned = dict(zip(table.column_names, table.schema.types))
+        except pa.ArrowInvalid:
+            try:   # a value that does not convert: this block as text
+                table, bad, texts, reasons = _parse(
+                    path, block, _types(layout, names, True, None), include)
+            except pa.ArrowInvalid as e:
+                raise BeammlError(f'{path} is not a readable CSV file: '
+                                  f'{printable(str(e))}') from e
+        yield from _emit(path, table, block, bad, texts, reasons)
+
+
+def _emit(path, table, block, bad, texts, reasons):
+    """The block's batches, each after the dead letters of the rows before its end."""
+    dead = list(block.dead)
+    dead += [dead_letter(path, block.rows[j], block.lines[j], r, t)
+             for j, t, r in zip(bad, texts, reasons)]
+    dead.sort(key=lambda d: d['row'])
+    keep = np.ones(len(block.rows), dtype=bool)
+    keep[bad] = False
+    rows, lines = block.rows[keep], block.lines[keep]
+    k = 0
+    start = 0
+    for b in table.combine_chunks().to_batches(max_chunksize=BATCH_ROWS):
+        n = b.num_rows
+        last = rows[start + n - 1] if n else -1
+        while k < len(dead) and dead[k]['row'] <= last:
+            yield dead[k]
+            k += 1
+        yield RowBatch(b, rows[start:start + n], lines[start:start + n])
+        start += n
+    yield from dead[k:]
+
+
+# ----------------------------------------------------------------------------- head
+
+def csv_head(f, path: str, id_column: str | None = None) -> tuple[pa.Table, int]:
+    """The first rows (about :data:`HEAD_BYTES`) of the open file ``f``, types inferred,
+    and how many data records the head holds (refused ones included).
+
+    Records that are not UTF-8 are left out, so that a column is typed by its
+    other values. An integer id column with a value beyond int64 (which pyarrow
+    infers as float64) is int64, the out-of-range values null (refused later).
+    """
+    for names, block in _blocks(f, path, HEAD_BYTES, limit=HEAD_BYTES):
+        n_records = len(block.rows) + len(block.dead)
+        table = pcsv.read_csv(
+            io.BytesIO(block.payload),
+            read_options=pcsv.ReadOptions(use_threads=False,
+                                          block_size=max(len(block.payload) + 1, 1 << 16)),
+            parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: 'skip',
+                                            newlines_in_values=True))
+        if id_column in table.column_names and pa.types.is_floating(
+                table.schema.field(id_column).type):
+            text = pcsv.read_csv(
+                io.BytesIO(block.payload),
+                read_options=pcsv.ReadOptions(use_threads=False,
+                                              block_size=max(len(block.payload) + 1, 1 << 16)),
+                parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: 'skip',
+                                                newlines_in_values=True),
+                convert_options=pcsv.ConvertOptions(
+                    include_columns=[id_column], column_types={id_column: pa.string()},
+                    null_values=[''], strings_can_be_null=True)).column(0).combine_chunks()
+            present = pc.drop_null(text)
+            if len(present) and pc.all(pc.match_substring_regex(present, INT_RE)).as_py():
+                ids, _ = int64_or_null(text)
+                i = table.column_names.index(id_column)
+                table = table.set_column(i, id_column, ids)
+        return table, n_records
+    raise AssertionError('unreachable: _blocks yields a block or raises')

@@ -1,6 +1,8 @@
-"""Deciding an input's Layout before the graph is built, from the head of its first file.
+"""Deciding an input's Layout before the graph is built, from the head of its first file
+that has data rows.
 
-A missing input, an empty file, an unreadable format or a missing column is a
+A missing input, an empty file, an input of no data rows (every file empty or a
+header only), an unreadable format or a missing column is a
 :class:`~beamml.transforms.io.errors.BeammlError` here, naming the file and what
 exists, not a stack trace from a worker.
 """
@@ -17,7 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from beamml.transforms.io.csvio import csv_head
 from beamml.transforms.io.errors import BeammlError
 from beamml.transforms.io.jsonio import jsonl_head
-from beamml.transforms.io.layout import Layout, format_of, match_input
+from beamml.transforms.io.layout import HEAD_BYTES, Layout, format_of, match_input, printable
 from beamml.transforms.io.npyio import npy_header
 from beamml.transforms.io.parquetio import parquet_head
 from beamml.transforms.io.types import (NUMBER_RE, is_list_type, is_numeric_type,
@@ -26,16 +28,47 @@ from beamml.transforms.io.types import (NUMBER_RE, is_list_type, is_numeric_type
 __all__ = ['inspect_input']
 
 
-def _head_table(path: str, fmt: str, id_column: str | None) -> pa.Table:
-    """A table of the first rows of a file, every column as its reader infers."""
+def _head_table(path: str, fmt: str, id_column: str | None) -> tuple[pa.Table, bool]:
+    """A table of the first rows of a file, every column as its reader infers, and
+    whether the file has data rows (refused ones count)."""
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
         if fmt == 'parquet':
-            return parquet_head(f)
+            head = parquet_head(f)
+            return head, head.num_rows > 0
         if fmt == 'csv':
-            return csv_head(f)
+            head, n_records = csv_head(f, path, id_column)
+            return head, n_records > 0
         if fmt == 'jsonl':
-            return jsonl_head(f, path, id_column)
+            has_rows = bool(f.read(HEAD_BYTES).strip())
+            f.seek(0)
+            return jsonl_head(f, path, id_column), has_rows
         raise AssertionError(fmt)
+
+
+def _first_head(paths: list[str], fmt: str, id_column: str | None, file_pattern: str
+                ) -> tuple[str, pa.Table]:
+    """(path, head) of the first file whose head has rows; a BeammlError when no file
+    has a data row."""
+    first = None
+    for path in paths:
+        try:
+            head, has_rows = _head_table(path, fmt, id_column)
+        except BeammlError:
+            raise
+        except Exception as e:
+            raise BeammlError(f'{path} is not a readable {fmt} file: '
+                              f'{printable(str(e))}') from e
+        if head.num_rows:
+            return path, head
+        if first is None and has_rows:
+            first = (path, head)   # rows, none of them readable: its head says why
+    if first is None:
+        raise _no_rows(file_pattern, len(paths))
+    return first
+
+
+def _no_rows(file_pattern: str, n: int) -> BeammlError:
+    return BeammlError(f'{file_pattern}: no data rows ({n} file(s), header only / empty)')
 
 
 def _numeric_share(arr: pa.ChunkedArray | pa.Array) -> float:
@@ -54,14 +87,20 @@ def _mode_length(arr) -> int | None:
     return int(values[np.argmax(counts)])
 
 
-def _npy_layout(path: str, id_column: str | None, dimension: int | None) -> Layout:
+def _npy_layout(paths: list[str], id_column: str | None, dimension: int | None,
+                file_pattern: str) -> Layout:
     if id_column:
         raise BeammlError('.npy input has no columns; drop id_column '
                           '(ids are <file name>:<row>)', parameters=('id_column',))
-    shape, _, _ = npy_header(path)
-    d = shape[1] if len(shape) == 2 else None
-    if d is None:
-        raise BeammlError(f'{path}: expected a 2-D (n, d) array, got shape {shape}')
+    for path in paths:   # the first file that has rows decides d
+        shape, _, _ = npy_header(path)
+        if len(shape) != 2:
+            raise BeammlError(f'{path}: expected a 2-D (n, d) array, got shape {shape}')
+        if shape[0]:
+            break
+    else:
+        raise _no_rows(file_pattern, len(paths))
+    d = shape[1]
     if dimension is not None and dimension != d:
         raise BeammlError(f'{path} has {d} features, dimension says {dimension}',
                           parameters=('dimension',))
@@ -73,7 +112,8 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
                   feature_columns: Sequence[str] | None = None,
                   dimension: int | None = None,
                   need_features: bool = True) -> tuple[list[str], Layout]:
-    """Match the input and decide its :class:`Layout` from the head of the first file.
+    """Match the input and decide its :class:`Layout` from the head of the first file
+    that has data rows (a file of a header only has none).
 
     Returns the matched paths (in path order) and the layout. Every problem a
     user can fix is a :class:`BeammlError` naming the file and what exists.
@@ -89,27 +129,22 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
         raise BeammlError(f'dimension must be >= 1, got {dimension}',
                           parameters=('dimension',))
     if fmt == 'npy':
-        return paths, _npy_layout(paths[0], id_column, dimension)
+        return paths, _npy_layout(paths, id_column, dimension, file_pattern)
 
-    try:
-        head = _head_table(paths[0], fmt, id_column or 'id')
-    except BeammlError:
-        raise
-    except Exception as e:
-        raise BeammlError(f'{paths[0]} is not a readable {fmt} file: {e}') from e
+    first, head = _first_head(paths, fmt, id_column or 'id', file_pattern)
     columns = tuple(head.column_names)
     if not columns:
-        raise BeammlError(f'{paths[0]} has no columns')
+        raise BeammlError(f'{first} has no columns')
     repeated = sorted({c for c in columns if columns.count(c) > 1})
     if repeated:
-        raise BeammlError(f'{paths[0]} names column {", ".join(map(repr, repeated))} more than '
+        raise BeammlError(f'{first} names column {", ".join(map(repr, repeated))} more than '
                           'once; every column needs its own name')
     schema = head.schema
 
     if id_column is None and 'id' in columns:
         id_column = 'id'
     if id_column is not None and id_column not in columns:
-        raise BeammlError(f'{paths[0]} has no id column {id_column!r}; '
+        raise BeammlError(f'{first} has no id column {id_column!r}; '
                           f'its columns are {", ".join(columns)}')
     id_type = 'string'
     if id_column is not None and pa.types.is_integer(schema.field(id_column).type):
@@ -126,7 +161,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
                               'id_column', parameters=('feature_columns', 'id_column'))
         missing = [c for c in feature_columns if c not in columns]
         if missing:
-            raise BeammlError(f'{paths[0]} has no column {", ".join(map(repr, missing))}; '
+            raise BeammlError(f'{first} has no column {", ".join(map(repr, missing))}; '
                               f'its columns are {", ".join(columns)}')
         list_cols = [c for c in feature_columns if is_list_type(schema.field(c).type)]
         if list_cols and len(feature_columns) > 1:
@@ -150,7 +185,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
         elif len(lists) == 1:
             feature_columns, list_features = (lists[0],), True
         else:
-            raise BeammlError(f'{paths[0]} has no numeric column to use as features; its '
+            raise BeammlError(f'{first} has no numeric column to use as features; its '
                               f'columns are {", ".join(columns)}; pass feature_columns',
                               parameters=('feature_columns',))
 
@@ -167,7 +202,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
                               parameters=('dimension',))
         d = dimension
     if not d:
-        raise BeammlError(f'cannot tell the number of features of {paths[0]}: its first rows '
+        raise BeammlError(f'cannot tell the number of features of {first}: its first rows '
                           f'have none; pass dimension', parameters=('dimension',))
     return paths, Layout(fmt, columns, id_column, id_type, tuple(feature_columns),
                          list_features, int(d), schema)

@@ -100,7 +100,8 @@ def _json_head_table(rows: list[dict]) -> pa.Table:
         elif present and all(isinstance(v, int) and not isinstance(v, bool) or
                              (isinstance(v, str) and not v.strip()) for v in present) and \
                 any(isinstance(v, int) for v in present):
-            vals = [v if isinstance(v, int) else None for v in vals]  # '' ids are refused later
+            # '' ids, and ints beyond int64 (pyarrow reads them as floats), are refused later
+            vals = [v if isinstance(v, int) and -2 ** 63 <= v < 2 ** 63 else None for v in vals]
             out[k] = pa.array(vals, pa.int64())
         elif present and sum(map(is_num, present)) * 2 >= len(present):
             out[k] = pa.array([float(v) if is_num(v) else None for v in vals], pa.float64())

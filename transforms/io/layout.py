@@ -9,7 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io.errors import BeammlError
 
-__all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'match_input']
+__all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'match_input', 'printable']
 
 INPUT_FORMATS = ('parquet', 'csv', 'jsonl', 'npy')
 _EXTENSIONS = {
@@ -18,6 +18,15 @@ _EXTENSIONS = {
 }
 #: how much of the first file (about 1 MB) decides the layout of a text input
 HEAD_BYTES = 1 << 20
+
+
+def printable(text: str) -> str:
+    """``text`` fit for a one-line message: control characters, other unprintable ones
+    and U+FFFD (an undecodable byte) written as escapes, never raw."""
+    if text.isprintable() and '\ufffd' not in text:
+        return text
+    return ''.join(c if c.isprintable() and c != '\ufffd' else
+                   c.encode('unicode_escape').decode('ascii') for c in text)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,8 +17,8 @@ from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.types import (INT_RE, NUMBER_RE, SOURCE_COLUMNS, is_list_type,
                                         is_numeric_type, is_string_type)
 
-__all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'points_batch',
-           'to_points', 'table_checks', 'with_source_columns', 'source_of']
+__all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'int64_or_null',
+           'points_batch', 'to_points', 'table_checks', 'with_source_columns', 'source_of']
 
 #: rows per RowBatch a reader yields
 BATCH_ROWS = 65536
@@ -128,6 +128,28 @@ def _column_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, missing, bad
 
 
+_INT64_MAX = str(2 ** 63 - 1)
+_INT64_MIN_DIGITS = str(2 ** 63)
+
+
+def int64_or_null(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """(int64 values, out of range) of a string column of integers (``INT_RE``, or
+    null): a value beyond int64 is null in the values and True in the mask.
+    Vectorised: the digits without sign and leading zeros, compared as text."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    text = pc.utf8_trim_whitespace(arr)
+    digits = pc.replace_substring_regex(text, r'^[-+]?0*', '')
+    length = pc.utf8_length(digits)
+    negative = pc.starts_with(text, '-')
+    limit = pc.if_else(negative, pa.scalar(_INT64_MIN_DIGITS), pa.scalar(_INT64_MAX))
+    over = pc.or_(pc.greater(length, 19),
+                  pc.and_(pc.equal(length, 19), pc.greater(digits, limit)))
+    over = pc.fill_null(over, False)
+    values = pc.cast(pc.if_else(over, pa.scalar(None, pa.string()), text), pa.int64())
+    return values, over.to_numpy(zero_copy_only=False)
+
+
 def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
     """The ids of a RowBatch as ``layout.id_type``; bad ids are marked in ``why``."""
     n = rb.table.num_rows
@@ -151,15 +173,32 @@ def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
         if layout.id_type == 'int64':
             ok = pc.fill_null(pc.match_substring_regex(arr, INT_RE), True)
             why.mark(~ok.to_numpy(zero_copy_only=False), 'id is not an integer')
-            arr = pc.cast(pc.if_else(ok, pc.utf8_trim_whitespace(arr),
-                                     pa.scalar(None, pa.string())), pa.int64())
+            arr, over = int64_or_null(pc.if_else(ok, arr, pa.scalar(None, pa.string())))
+            why.mark(over, 'id is out of the int64 range')
         return arr
     if layout.id_type == 'string':
         return pc.cast(arr, pa.string())
+    if pa.types.is_floating(arr.type):   # a JSON block with an id beyond int64 or 1.5
+        return _float_ids(arr, why)
     if not pa.types.is_integer(arr.type):
         why.mark(np.ones(n, bool), 'id is not an integer')
         return pa.nulls(n, pa.int64())
     return pc.cast(arr, pa.int64())
+
+
+def _float_ids(arr: pa.Array, why: RowReasons) -> pa.Array:
+    """int64 ids of a float column (pyarrow reads a JSON block of integers as floats
+    when one is beyond int64): exact integers are kept, the others refused."""
+    v = pc.fill_null(pc.cast(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+    with np.errstate(invalid='ignore'):
+        integral = np.isfinite(v) & (np.floor(v) == v)
+        big = np.abs(v) >= 2.0 ** 63
+    why.mark(~integral, 'id is not an integer')
+    why.mark(big, 'id is out of the int64 range')
+    why.mark(np.abs(v) >= 2.0 ** 53, 'id is not exactly an integer (read as a float)')
+    ok = integral & (np.abs(v) < 2.0 ** 53)   # 2**53 may be 2**53 + 1, rounded
+    ids = np.where(ok, v, 0).astype(np.int64)
+    return pa.array(ids, pa.int64(), mask=~ok | arr.is_null().to_numpy(zero_copy_only=False))
 
 
 def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
@@ -202,8 +241,9 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
     """Turn one RowBatch into a points batch and the dead letters of its bad rows.
 
     A row is refused with the first reason that applies: a missing or empty id,
-    an id that is not an integer (in an integer id column), a value that is not
-    a number, a missing value, a dimension other than the layout's, NaN or inf
+    an id that is not an integer or is beyond int64 (in an integer id column), a
+    value that is not a number, a missing value, a dimension other than the
+    layout's (a list of another length, a .npy file of another width), NaN or inf
     (unless ``allow_nan``). With ``source_columns`` the points batch also carries
     :data:`SOURCE_COLUMNS`, so later steps (assignment) can name each row's origin.
     """
@@ -214,6 +254,9 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
     ids = _ids(rb, layout, path, why)
     if layout.input_format == 'npy':
         X = features_matrix(t)
+        if X.shape[1] != d:   # a later file of the glob: one mark for the whole batch
+            why.mark(np.ones(n, bool), f'dimension {X.shape[1]}, expected {d}')
+            X = np.zeros((n, d))
     elif layout.list_features:
         col = layout.feature_columns[0]
         arr = (t.column(col) if col in t.column_names

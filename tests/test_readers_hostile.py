@@ -1,0 +1,442 @@
+"""Hostile input to the readers: invalid UTF-8, binary files, physical lines, header-only
+input, ids beyond int64, another dimension in a later file, a later file missing a column."""
+from __future__ import annotations
+
+import glob
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from beamml.transforms.io import (BeammlError, inspect_input, read_file_batches,
+                                  read_table_files)
+from beamml.transforms.io.rows import table_checks
+
+BAD_A = b'id,a,b\n1,2,3\n2,\xff4,5\n3,6,7\n'
+BAD_ID = b'id,a,b\n1,2,3\n\xff2,4,5\n3,6,7\n'
+
+
+def _file(tmp_path, name, data: bytes) -> str:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return str(path)
+
+
+def _table_read(pattern, **kw):
+    """What ReadTable does for each file: the reader, then table_checks."""
+    paths, layout = inspect_input(pattern, need_features=False, **kw)
+    rows, dead = [], []
+    for path in paths:
+        for item in read_file_batches(path, layout):
+            if isinstance(item, dict):
+                dead.append(item)
+                continue
+            out, dl = table_checks(item, layout, path, False)
+            dead.extend(dl)
+            if out is not None:
+                rows.extend(out.to_pylist())
+    return rows, dead
+
+
+def _cli(argv, tmp_path):
+    argv = [a.replace('{dir}', str(tmp_path)) for a in argv]
+    if argv[0] != 'evaluate':
+        argv += ['--max_refused_fraction', '1']
+    if argv[0] == 'kmeans':
+        argv += ['--model_dir', str(tmp_path / 'model')]
+    else:
+        argv += ['--output', str(tmp_path / 'out' / 'r')]
+    out = subprocess.run([sys.executable, '-m', 'beamml'] + argv,
+                         capture_output=True, timeout=180)
+    return out.returncode, out.stdout.decode('utf-8', 'replace'), out.stderr
+
+
+def _one_line_error(rc, err: bytes) -> str:
+    text = err.decode('ascii')   # never a raw byte on the terminal
+    assert rc == 2, text[-2000:]
+    assert 'Traceback' not in text and 'Exception ignored' not in text, text[-2000:]
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert all(ln.isprintable() for ln in lines), text
+    assert sum('error' in ln for ln in lines) == 1 and 'error' in lines[-1], text
+    return lines[-1]
+
+
+# ------------------------------------------------------------ 1. invalid UTF-8 in a value
+
+@pytest.mark.parametrize('kw', [{}, {'feature_columns': ['a', 'b']}])
+def test_csv_invalid_utf8_value_refuses_the_row_and_keeps_the_column(tmp_path, kw):
+    path = _file(tmp_path, 'u.csv', BAD_A)
+    _, layout = inspect_input(path, **kw)
+    assert layout.feature_columns == ('a', 'b') and layout.id_type == 'int64'
+    table, dead = read_table_files(path, **kw)
+    assert table.column('id').to_pylist() == [1, 3]
+    assert table.column('features').to_pylist() == [[2.0, 3.0], [6.0, 7.0]]
+    (d,) = dead
+    assert (d['file'], d['row'], d['line']) == (path, 1, 3)
+    assert d['reason'] == 'invalid UTF-8 at byte 2'
+    assert d['record'] == '2,\\xff4,5'
+
+
+def test_csv_invalid_utf8_in_the_id(tmp_path):
+    path = _file(tmp_path, 'u.csv', BAD_ID)
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == [1, 3]
+    assert [(d['row'], d['line'], d['reason'], d['record']) for d in dead] == [
+        (1, 3, 'invalid UTF-8 at byte 0', '\\xff2,4,5')]
+
+
+@pytest.mark.parametrize('data', [BAD_A, BAD_ID])
+def test_csv_invalid_utf8_in_a_table_read_refuses_the_row_not_the_file(tmp_path, data):
+    path = _file(tmp_path, 'u.csv', data)
+    for kw in ({}, {'id_column': 'id'}):
+        rows, dead = _table_read(path, **kw)
+        assert [r['id'] for r in rows] == [1, 3]
+        assert [(d['row'], d['line']) for d in dead] == [(1, 3)]
+        assert 'invalid UTF-8' in dead[0]['reason'] and '\\xff' in dead[0]['record']
+        assert all(isinstance(v, (int, float, str)) for r in rows for v in r.values())
+
+
+def test_csv_invalid_utf8_in_a_later_block_and_a_row_of_too_few_fields(tmp_path):
+    # pyarrow's invalid-row handler must never see bytes that are not UTF-8 (it
+    # prints "Exception ignored ... UnicodeDecodeError" and gives up on the file).
+    n = 50_000
+    body = b''.join(b'%d,%d,%d\n' % (i, i, i) for i in range(n))
+    path = _file(tmp_path, 'big.csv', b'id,a,b\n' + body + b'7\xfe\n' + b'8,\xc3(,1\n9,9,9\n')
+    import beamml.transforms.io.csvio as csvio
+    old = csvio._BLOCK_BYTES
+    csvio._BLOCK_BYTES = 1 << 16
+    try:
+        table, dead = read_table_files(path)
+    finally:
+        csvio._BLOCK_BYTES = old
+    assert table.num_rows == n + 1
+    assert [(d['row'], d['line'], d['reason'], d['record']) for d in dead] == [
+        (n, n + 2, 'invalid UTF-8 at byte 1', '7\\xfe'),
+        (n + 1, n + 3, 'invalid UTF-8 at byte 2', '8,\\xc3(,1')]
+
+
+def test_index_ids_cli_refuses_the_row_with_invalid_utf8(tmp_path):
+    _file(tmp_path, 'u.csv', BAD_A)
+    rc, out, err = _cli(['index_ids', '--input', '{dir}/u.csv', '--id_column', 'id'], tmp_path)
+    assert rc == 0, err.decode('utf-8', 'replace')[-2000:]
+    (errors,) = glob.glob(str(tmp_path / 'out' / 'r-errors-*.jsonl'))
+    dead = [json.loads(ln) for ln in open(errors)]
+    assert [(d['row'], d['line'], d['record']) for d in dead] == [(1, 3, '2,\\xff4,5')]
+
+
+# ------------------------------------------------------------ 2. binary files
+
+def test_binary_garbage_named_csv_is_one_line(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    data = b'\xff' + data  # the header cannot be UTF-8 by chance
+    _file(tmp_path, 'bin.csv', data)
+    rc, _, err = _cli(['norms', '--input', '{dir}/bin.csv'], tmp_path)
+    line = _one_line_error(rc, err)
+    assert re.search(r'bin\.csv is not a text CSV file \(invalid UTF-8 in its header at '
+                     r'byte 0\)$', line), line
+
+
+@pytest.mark.parametrize('data, why', [
+    (b'\xff\xfei\x00d\x00,\x00a\x00\n\x001\x00,\x002\x00\n\x00', 'invalid UTF-8 in its header'),
+    ('id,a\n1,2\n'.encode('utf-16-le'), 'NUL bytes in its header'),
+    (b'id,\x1b[31ma\n1,2\n', 'control byte 0x1b in its header'),
+])
+def test_a_csv_that_is_not_text_is_refused_with_the_file_named(tmp_path, data, why):
+    path = _file(tmp_path, 'w.csv', data)
+    with pytest.raises(BeammlError) as e:
+        inspect_input(path)
+    msg = str(e.value)
+    assert msg.startswith(f'{path} is not a text CSV file (') and why in msg, msg
+    assert msg.isprintable() and '\n' not in msg
+
+
+def test_a_later_binary_csv_of_a_glob_is_one_line_naming_it(tmp_path):
+    _file(tmp_path, 'd/a.csv', b'id,a,b\n1,2,3\n')
+    _file(tmp_path, 'd/b.csv', b'\x00\xff\x1b' * 500)
+    rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    line = _one_line_error(rc, err)
+    assert 'b.csv is not a text CSV file (invalid UTF-8 in its header at byte 1)' in line, line
+
+
+def test_csv_rows_of_binary_after_a_text_header_are_dead_letters(tmp_path):
+    # pyarrow's handler of a row of the wrong number of fields must never see bytes
+    # that are not UTF-8: each such row is refused, its bytes escaped
+    path = _file(tmp_path, 'h.csv', b'id,a,b\n\xfa\xfb\n1,2,3\n\xfc,\xfd\n\x00\x01,1,2\n')
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == ['1', '\x00\x01']   # text, so a text id
+    assert [(d['row'], d['line'], d['reason'], d['record']) for d in dead] == [
+        (0, 2, 'invalid UTF-8 at byte 0', '\\xfa\\xfb'),
+        (2, 4, 'invalid UTF-8 at byte 0', '\\xfc,\\xfd')]
+
+
+@pytest.mark.parametrize('name, data', [
+    ('t.parquet', 'parquet-truncated'),
+    ('g.parquet', b'PAR1' + b'\xff\x00' * 200),
+    ('g.npy', b'\x93NUMPY\x01\x00\x10\x00' + b'\xff' * 16 + b'\x00' * 100),
+    ('r.npy', bytes(range(256)) * 4),
+])
+def test_garbage_parquet_and_npy_are_one_line_naming_the_file(tmp_path, name, data):
+    if data == 'parquet-truncated':
+        full = tmp_path / 'full.parquet'
+        pq.write_table(pa.table({'id': list(range(100)), 'a': [1.0] * 100}), str(full))
+        data = full.read_bytes()[:-30]
+    _file(tmp_path, name, data)
+    rc, _, err = _cli(['norms', '--input', '{dir}/' + name], tmp_path)
+    line = _one_line_error(rc, err)
+    assert name in line, line
+
+
+def test_npy_truncated_body_is_one_line(tmp_path):
+    path = tmp_path / 'cut.npy'
+    np.save(str(path), np.ones((100, 3)))
+    path.write_bytes(path.read_bytes()[:-100])
+    rc, _, err = _cli(['norms', '--input', str(path)], tmp_path)
+    line = _one_line_error(rc, err)
+    assert 'cut.npy' in line and 'truncated' in line, line
+
+
+# ------------------------------------------------------------ 3. physical lines
+
+@pytest.mark.parametrize('eol', [b'\n', b'\r\n'])
+def test_csv_dead_letters_carry_the_physical_line(tmp_path, eol):
+    data = b'id,a,b\n1,2,3\n\n2,4,x\n3,"6\n",7\n4,y,1\n'.replace(b'\n', eol)
+    path = _file(tmp_path, 'l.csv', data)
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == [1, 3]
+    assert [(d['row'], d['line'], d['reason']) for d in dead] == [
+        (1, 4, "value in 'b' is not a number"), (3, 7, "value in 'a' is not a number")]
+
+
+def test_csv_lines_of_every_row_of_a_batch(tmp_path):
+    data = (b'\n\nid,a\n1,2\n\n\n2,"x\ny\nz"\n3,4\r\n\r\n4,5\r5,6\n'
+            b'6,7,8\n7,"a""b\nc"\n8,"say ""hi""",\n9,ab"c\n10,"1"x"\n11,1')
+    path = _file(tmp_path, 'm.csv', data)
+    _, layout = inspect_input(path, need_features=False)
+    items = list(read_file_batches(path, layout))
+    lines, rows = [], []
+    for it in items:
+        if isinstance(it, dict):
+            lines.append(it['line'])
+            rows.append(it['row'])
+        else:
+            lines.extend(it.lines.tolist())
+            rows.extend(it.rows.tolist())
+    # a record's line is where it starts; a lone \r ends a line as pyarrow reads it;
+    # a quote inside an unquoted field is a character (rows 8 and 9)
+    assert sorted(zip(rows, lines)) == [(0, 4), (1, 7), (2, 10), (3, 12), (4, 13), (5, 14),
+                                        (6, 15), (7, 17), (8, 18), (9, 19), (10, 20)]
+
+
+def test_csv_lines_across_blocks_with_quoted_newlines(tmp_path):
+    import beamml.transforms.io.csvio as csvio
+    n = 3000
+    body = b''.join(b'%d,"v\n%d",%d\n' % (i, i, i) for i in range(n))
+    path = _file(tmp_path, 'q.csv', b'id,s,a\n' + body + b'x,"bad",1\n')
+    old = csvio._BLOCK_BYTES
+    csvio._BLOCK_BYTES = 1000
+    try:
+        table, dead = read_table_files(path, feature_columns=['a'], id_column='s')
+    finally:
+        csvio._BLOCK_BYTES = old
+    assert table.num_rows == n + 1 and dead == []
+    _, layout = inspect_input(path, need_features=False)
+    csvio._BLOCK_BYTES = 1000
+    try:
+        items = [it for it in read_file_batches(path, layout)]
+    finally:
+        csvio._BLOCK_BYTES = old
+    lines = np.concatenate([it.lines for it in items])
+    np.testing.assert_array_equal(lines, np.arange(n + 1) * 2 + 2)
+
+
+# ------------------------------------------------------------ 4. no data rows
+
+@pytest.mark.parametrize('files', [
+    {'h.csv': b'id,a,b\n'},
+    {'h1.csv': b'id,a,b\n', 'h2.csv': b'id,a,b\r\n\r\n'},
+    {'e.jsonl': b'\n\n'},
+    {'z.parquet': 'empty-parquet'},
+    {'z.npy': 'empty-npy'},
+])
+def test_input_without_data_rows_is_one_error(tmp_path, files):
+    for name, data in files.items():
+        if data == 'empty-parquet':
+            pq.write_table(pa.table({'id': pa.array([], pa.int64()),
+                                     'a': pa.array([], pa.float64())}), str(tmp_path / name))
+        elif data == 'empty-npy':
+            np.save(str(tmp_path / name), np.zeros((0, 3)))
+        else:
+            _file(tmp_path, name, data)
+    pattern = str(tmp_path / '*')
+    n = len(files)
+    for need in (True, False):
+        with pytest.raises(BeammlError) as e:
+            inspect_input(pattern, need_features=need)
+        assert str(e.value) == f'{pattern}: no data rows ({n} file(s), header only / empty)'
+
+
+@pytest.mark.parametrize('argv', [
+    ['norms', '--input', '{dir}/h.csv'],
+    ['index_ids', '--input', '{dir}/h.csv', '--id_column', 'id'],
+    ['evaluate', '--input', '{dir}/h.csv', '--task', 'classification'],
+])
+def test_header_only_cli_says_no_data_rows(tmp_path, argv):
+    _file(tmp_path, 'h.csv', b'id,a,b\n')
+    rc, _, err = _cli(argv, tmp_path)
+    line = _one_line_error(rc, err)
+    assert line.endswith('h.csv: no data rows (1 file(s), header only / empty)'), line
+
+
+def test_header_only_first_file_takes_the_layout_from_the_next(tmp_path):
+    _file(tmp_path, 'd/a.csv', b'id,a,b\n')
+    _file(tmp_path, 'd/b.csv', b'id,a,b\n1,2,3\n2,4,5\n')
+    (tmp_path / 'n').mkdir()
+    np.save(str(tmp_path / 'n' / 'a.npy'), np.zeros((0, 4)))
+    np.save(str(tmp_path / 'n' / 'b.npy'), np.ones((2, 4)))
+    paths, layout = inspect_input(str(tmp_path / 'd' / '*.csv'))
+    assert len(paths) == 2 and layout.feature_columns == ('a', 'b')
+    assert layout.id_type == 'int64'
+    table, dead = read_table_files(str(tmp_path / 'd' / '*.csv'))
+    assert table.column('id').to_pylist() == [1, 2] and dead == []
+    table, dead = read_table_files(str(tmp_path / 'n' / '*.npy'))
+    assert table.num_rows == 2 and dead == []
+
+
+# ------------------------------------------------------------ 5. ids beyond int64
+
+def test_csv_id_beyond_int64_in_a_later_file_is_a_dead_letter(tmp_path):
+    _file(tmp_path, 'd/i1.csv', b'id,a\n1,2\n')
+    p2 = _file(tmp_path, 'd/i2.csv', b'id,a\n99999999999999999999,2\n5,3\n'
+               b'-9223372036854775808,1\n9223372036854775808,1\n0009223372036854775807,1\n')
+    pattern = str(tmp_path / 'd' / 'i*.csv')
+    rows, dead = _table_read(pattern, id_column='id')
+    # (the rows of a block read again as text keep their text: ids checked, not cast)
+    assert [int(r['id']) for r in rows] == [1, 5, -9223372036854775808, 9223372036854775807]
+    assert [(d['file'], d['row'], d['line'], d['reason']) for d in dead] == [
+        (p2, 0, 2, 'id is out of the int64 range'), (p2, 3, 5, 'id is out of the int64 range')]
+    table, dead = read_table_files(pattern)
+    assert table.column('id').to_pylist() == [1, 5, -9223372036854775808, 9223372036854775807]
+    assert [d['reason'] for d in dead] == ['id is out of the int64 range'] * 2
+
+
+def test_csv_id_beyond_int64_in_the_first_file(tmp_path):
+    path = _file(tmp_path, 'i.csv', b'id,a\n1,2\n99999999999999999999,2\n3,4\n')
+    _, layout = inspect_input(path)
+    assert layout.id_type == 'int64'
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == [1, 3]
+    assert [(d['row'], d['line'], d['reason']) for d in dead] == [
+        (1, 3, 'id is out of the int64 range')]
+
+
+@pytest.mark.parametrize('first', [b'{"id": 1, "a": 2}\n', b''])
+def test_jsonl_id_beyond_int64_costs_its_line_only(tmp_path, first):
+    # pyarrow reads a block with such an id as float64: the ids that are exact
+    # integers are kept, the others refused
+    path = _file(tmp_path, 'j.jsonl', first + b'{"id": 99999999999999999999, "a": 3}\n'
+                 b'{"id": 4, "a": 5}\n{"id": -7, "a": 8}\n')
+    _, layout = inspect_input(path)
+    assert layout.id_type == 'int64'
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == ([1] if first else []) + [4, -7]
+    k = 1 if first else 0
+    assert [(d['row'], d['line'], d['reason']) for d in dead] == [
+        (k, k + 1, 'id is out of the int64 range')]
+
+
+def test_jsonl_a_fractional_id_after_the_head_costs_its_line_only(tmp_path, monkeypatch):
+    import beamml.transforms.io.jsonio as jsonio
+    monkeypatch.setattr(jsonio, '_HEAD_LINES', 2)
+    path = _file(tmp_path, 'j.jsonl', b'{"id": 1, "a": 2}\n{"id": 2, "a": 2}\n'
+                 b'{"id": 1.5, "a": 3}\n{"id": 4, "a": 5}\n{"id": 9007199254740993, "a": 1}\n')
+    _, layout = inspect_input(path)
+    assert layout.id_type == 'int64'
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == [1, 2, 4]
+    assert [(d['row'], d['reason']) for d in dead] == [
+        (2, 'id is not an integer'), (4, 'id is not exactly an integer (read as a float)')]
+
+
+def test_index_ids_cli_id_beyond_int64_in_a_later_file(tmp_path):
+    _file(tmp_path, 'd/i1.csv', b'id,a\n1,2\n')
+    _file(tmp_path, 'd/i2.csv', b'id,a\n99999999999999999999,2\n')
+    rc, out, err = _cli(['index_ids', '--input', '{dir}/d/i*.csv', '--id_column', 'id'],
+                        tmp_path)
+    assert rc == 0, err.decode('utf-8', 'replace')[-2000:]
+    (errors,) = glob.glob(str(tmp_path / 'out' / 'r-errors-*.jsonl'))
+    dead = [json.loads(ln) for ln in open(errors)]
+    assert [(d['row'], d['reason']) for d in dead] == [(0, 'id is out of the int64 range')]
+
+
+def test_any_arrow_error_of_the_typed_csv_read_falls_back_to_text(tmp_path, monkeypatch):
+    import beamml.transforms.io.csvio as csvio
+    path = _file(tmp_path, 'a.csv', b'id,a\n1,2\n2,3\n')
+    real = csvio.pcsv.read_csv
+
+    def flaky(source, *a, convert_options=None, **kw):
+        types = convert_options.column_types if convert_options else {}
+        if any(t != pa.string() for t in types.values()):
+            raise pa.ArrowInvalid('Failed to parse string: something else')
+        return real(source, *a, convert_options=convert_options, **kw)
+    monkeypatch.setattr(csvio.pcsv, 'read_csv', flaky)
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == [1, 2] and dead == []
+
+
+# ------------------------------------------------------------ 6. another dimension
+
+def test_npy_glob_with_another_dimension(tmp_path):
+    d = tmp_path / 'd'
+    d.mkdir()
+    np.save(str(d / 'n1.npy'), np.ones((4, 3)))
+    np.save(str(d / 'n2.npy'), np.ones((2, 5)))
+    table, dead = read_table_files(str(d / '*.npy'))
+    assert table.num_rows == 4
+    assert [(d_['file'].rsplit('/', 1)[1], d_['row'], d_['line'], d_['reason'])
+            for d_ in dead] == [('n2.npy', 0, None, 'dimension 5, expected 3'),
+                                ('n2.npy', 1, None, 'dimension 5, expected 3')]
+
+
+def test_parquet_and_jsonl_with_another_dimension_in_a_later_file(tmp_path):
+    pq.write_table(pa.table({'features': pa.array([[1.0, 2.0, 3.0]] * 2,
+                                                  pa.list_(pa.float64(), 3))}),
+                   str(tmp_path / 'p1.parquet'))
+    pq.write_table(pa.table({'features': pa.array([[1.0] * 5], pa.list_(pa.float64(), 5))}),
+                   str(tmp_path / 'p2.parquet'))
+    table, dead = read_table_files(str(tmp_path / 'p*.parquet'))
+    assert table.num_rows == 2 and [d['reason'] for d in dead] == ['dimension 5, expected 3']
+    _file(tmp_path, 'j1.jsonl', b'{"features": [1, 2, 3]}\n')
+    _file(tmp_path, 'j2.jsonl', b'{"features": [1, 2, 3, 4, 5]}\n')
+    table, dead = read_table_files(str(tmp_path / 'j*.jsonl'))
+    assert table.num_rows == 1 and [(d['row'], d['line'], d['reason']) for d in dead] == [
+        (0, 1, 'dimension 5, expected 3')]
+
+
+@pytest.mark.parametrize('argv', [['norms', '--sort', 'l2'], ['kmeans', '--k', '2']])
+def test_npy_another_dimension_cli_does_not_crash(tmp_path, argv):
+    d = tmp_path / 'd'
+    d.mkdir()
+    np.save(str(d / 'n1.npy'), np.arange(12.0).reshape(4, 3))
+    np.save(str(d / 'n2.npy'), np.ones((2, 5)))
+    rc, out, err = _cli([argv[0], '--input', '{dir}/d/*.npy'] + argv[1:], tmp_path)
+    assert rc == 0, err.decode('utf-8', 'replace')[-3000:]
+    (errors,) = (glob.glob(str(tmp_path / 'out' / 'r-errors-*.jsonl'))
+                 or glob.glob(str(tmp_path / 'model' / '*' / 'training-errors-*.jsonl')))
+    assert [json.loads(ln)['reason'] for ln in open(errors)] == ['dimension 5, expected 3'] * 2
+
+
+# ------------------------------------------------------------ 7. a later file lacks a column
+
+def test_a_later_csv_missing_a_feature_column_is_one_line(tmp_path):
+    _file(tmp_path, 'd/a.csv', b'id,a,b\n1,2,3\n')
+    _file(tmp_path, 'd/b.csv', b'id,a\n2,3\n')
+    rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    line = _one_line_error(rc, err)
+    assert re.search(r"b\.csv has no column 'b'; its columns are id, a", line), line
