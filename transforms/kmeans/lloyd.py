@@ -74,6 +74,24 @@ class KMeansState:
     def centers_sq(self) -> np.ndarray:
         return row_sq_norms(self.centers)
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (floats exact: JSON numbers are written with ``repr``)."""
+        out = dataclasses.asdict(self)
+        for name in ('centers', 'mean', 'initial_centers'):
+            out[name] = np.asarray(out[name], dtype=np.float64).tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'KMeansState':
+        """The state :meth:`to_dict` wrote (a non-finite float may be read as a string)."""
+        data = dict(data)
+        for name in ('centers', 'mean', 'initial_centers'):
+            data[name] = np.array(data[name], dtype=np.float64)
+        for name in ('inertia_history', 'center_shift_history'):
+            data[name] = [float(v) for v in data[name]]
+        data['tol'] = float(data['tol'])
+        return cls(**data)
+
 
 @dataclasses.dataclass
 class KMeansResult:

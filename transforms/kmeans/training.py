@@ -45,7 +45,8 @@ from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_s
                                             initial_state, lloyd_step, next_state)
 from beamml.transforms.kmeans.seeding import SeedCenters, read_initial_centers
 
-__all__ = ['KMeans', 'recursion_limit_for']
+__all__ = ['KMeans', 'PrepareKMeans', 'LloydBlock', 'cached_points', 'centre_into_cache',
+           'recursion_limit_for']
 
 
 # ----------------------------------------------------------------------------- Beam: DoFns
@@ -171,10 +172,11 @@ class _LloydIteration(beam.PTransform):
 
     ``NearestCentre`` (one step, :class:`_IterationFn`) computes the centres of
     this iteration from the previous iteration's state and partial
-    accumulators (no ``partials``: ``state`` is the initial state), labels
-    each batch against them and adds it into a :class:`CentroidCombineFn`
-    accumulator. Its outputs: that state (one element) and the partial
-    accumulators, which the next iteration (or ``KMeansFinal``) merges.
+    accumulators (no ``partials``: ``state`` is used as it is: the initial
+    state, or a block's first state), labels each batch against them and adds
+    it into a :class:`CentroidCombineFn` accumulator. Its outputs: that state
+    (one element) and the partial accumulators, which the next iteration (or
+    the block's end) merges.
     """
 
     def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str):
@@ -194,24 +196,55 @@ class _LloydIteration(beam.PTransform):
         return {'state': outs.state, 'partials': outs.partials}
 
 
-class _FinalStep(beam.PTransform):
-    """The last M-step, then labels against the final centres -> KMeansResult."""
+def _final_step_if_stopped(element, state):
+    return final_step(element, state) if state.stopped else None
 
-    def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str):
-        super().__init__()
-        self.n_clusters, self.max_iter, self.empty_cluster = n_clusters, max_iter, empty_cluster
+
+def _result_if_stopped(state, partials, combine_fn):
+    if state.stopped:
+        yield final_result(state, partials, combine_fn=combine_fn)
+
+
+class LloydBlock(beam.PTransform):
+    """``iterations`` Lloyd iterations, then the result if they stopped.
+
+    ``{'points': centred points (cache paths) and one StateMarker, 'state': one
+    KMeansState}`` -> ``{'state': the state after the block's last M-step (the
+    state the next block starts from, ``n_iter`` advanced by the iterations run),
+    'result': one KMeansResult when the training stopped in this block (the
+    final E-step against the final centres), else nothing}``.
+
+    :class:`KMeans` is one block of ``max_iter`` iterations; ``beamml kmeans``
+    runs blocks of ``--block_size`` as separate pipelines, checkpointing the
+    state between them. The block's start state is used as it is (its M-step
+    was done at the end of the block before), so a run split into blocks
+    computes exactly what one long block computes. Once stopped, the remaining
+    iterations and the final pass read no point (their input is cache paths).
+    """
+
+    def __init__(self, n_clusters: int, iterations: int, max_iter: int, empty_cluster: str,
+                 label: str | None = None):
+        super().__init__(label)
+        self.n_clusters, self.iterations = n_clusters, iterations
+        self.max_iter, self.empty_cluster = max_iter, empty_cluster
 
     def expand(self, inputs):
-        points, state, partials = inputs['points'], inputs['state'], inputs.get('partials')
-        combine_fn = CentroidCombineFn(self.n_clusters)
-        update_fn = CentroidCombineFn(self.n_clusters,
-                                      track_farthest=self.empty_cluster == 'farthest')
-        outs = points | 'NearestFinalCentre' >> beam.ParDo(
-            _IterationFn(final_step, combine_fn, update_fn=update_fn, max_iter=self.max_iter,
-                         empty_cluster=self.empty_cluster),
-            *_iteration_side_inputs(state, partials)).with_outputs('state', main='partials')
-        return outs.state | 'Result' >> beam.Map(
-            final_result, beam.pvalue.AsList(outs.partials), combine_fn=combine_fn)
+        points, state = inputs['points'], inputs['state']
+        k = self.n_clusters
+        step = {'state': state}  # no 'partials': the block's state is used as it is
+        for i in range(self.iterations):
+            step = {'points': points, **step} | f'KMeansIteration{i}' >> \
+                _LloydIteration(k, self.max_iter, self.empty_cluster)
+        update_fn = CentroidCombineFn(k, track_farthest=self.empty_cluster == 'farthest')
+        end = step['state'] | 'KMeansBlockEnd' >> beam.Map(
+            next_state, beam.pvalue.AsList(step['partials']), combine_fn=update_fn,
+            max_iter=self.max_iter, empty_cluster=self.empty_cluster)
+        combine_fn = CentroidCombineFn(k)
+        final = points | 'KMeansFinal' >> beam.ParDo(
+            PartialCombineFn(_final_step_if_stopped, combine_fn), beam.pvalue.AsSingleton(end))
+        result = end | 'KMeansResult' >> beam.FlatMap(
+            _result_if_stopped, beam.pvalue.AsList(final), combine_fn=combine_fn)
+        return {'state': end, 'result': result}
 
 
 # ----------------------------------------------------------------------------- KMeans
@@ -354,36 +387,87 @@ class KMeans(beam.PTransform):
         return outs.stats, outs.raw
 
     def expand(self, batches):
-        k = self.n_clusters
-        sample_size = 0 if isinstance(self.init, np.ndarray) else self.init_sample_size
-        if self.init_name == 'k-means||':
+        prepared = batches | 'KMeansPrepare' >> self.prepare()
+        block = prepared | 'KMeansLloyd' >> self.block(self.max_iter)
+        result = block['result']
+        if self.cache_dir is not None:
+            result = result | 'KMeansDropCache' >> beam.Map(
+                _drop_cache, beam.pvalue.AsList(prepared['centred']),
+                beam.pvalue.AsList(prepared['raw']))
+        return result
+
+    def prepare(self) -> 'PrepareKMeans':
+        """The steps before the iterations, as a transform of their own (see
+        :class:`PrepareKMeans`)."""
+        return PrepareKMeans(self)
+
+    def block(self, iterations: int) -> LloydBlock:
+        """A :class:`LloydBlock` of ``iterations`` iterations of this training."""
+        return LloydBlock(self.n_clusters, iterations, self.max_iter, self.empty_cluster)
+
+
+class PrepareKMeans(beam.PTransform):
+    """Batches -> what the iterations need: ``{'points', 'state', 'stats', 'centred', 'raw'}``.
+
+    ``KMeansStats`` and ``KMeansCheckInput`` (statistics, sample, checks; with a
+    cache directory the same pass writes each batch to the cache),
+    ``KMeansCentrePoints`` (each batch centred: the cache paths, or the centred
+    arrays), a :class:`StateMarker`, ``KMeansInit`` (seeding) and
+    ``KMeansInitialState``. ``points`` is the centred points plus the marker
+    (the input of :class:`LloydBlock`), ``state`` the initial state, ``centred``
+    and ``raw`` the cache paths (for dropping the cache).
+    """
+
+    def __init__(self, kmeans: KMeans):
+        super().__init__()
+        self.kmeans = kmeans
+
+    def expand(self, batches):
+        km = self.kmeans
+        k = km.n_clusters
+        sample_size = 0 if isinstance(km.init, np.ndarray) else km.init_sample_size
+        if km.init_name == 'k-means||':
             sample_size = 1
-        stats_fn = PointStatsCombineFn(sample_size, k, self.random_state)
-        partial_stats, raw = self._stats_pass(batches, stats_fn)
+        stats_fn = PointStatsCombineFn(sample_size, k, km.random_state)
+        partial_stats, raw = km._stats_pass(batches, stats_fn)
         stats = (batches.pipeline
                  | 'KMeansStatsOnce' >> beam.Create([None])
                  | 'KMeansCheckInput' >> beam.Map(
                      checked_stats, beam.pvalue.AsList(partial_stats), combine_fn=stats_fn,
                      n_clusters=k))
         stats_si = beam.pvalue.AsSingleton(stats)
-        centred = raw | 'KMeansCentrePoints' >> beam.ParDo(_CentreFn(self.cache_dir), stats_si)
+        centred = raw | 'KMeansCentrePoints' >> beam.ParDo(_CentreFn(km.cache_dir), stats_si)
         # one more element, where each iteration emits its state (see _IterationFn)
         marker = stats | 'KMeansStateMarker' >> beam.Map(_state_marker)
         points = (centred, marker) | 'KMeansPoints' >> beam.Flatten()
         init = {'stats': stats, 'points': points} | 'KMeansInit' >> SeedCenters(
-            self.init, k, self.random_state, self.init_steps, self.oversampling_factor)
+            km.init, k, km.random_state, km.init_steps, km.oversampling_factor)
         state = init | 'KMeansInitialState' >> beam.Map(
-            initial_state, stats_si, n_clusters=k, tol=self.tol)
-        step = {'state': state}  # no 'partials': the initial state is used as it is
-        for i in range(self.max_iter):
-            step = {'points': points, **step} | f'KMeansIteration{i}' >> \
-                _LloydIteration(k, self.max_iter, self.empty_cluster)
-        result = {'points': points, **step} | 'KMeansFinal' >> _FinalStep(
-            k, self.max_iter, self.empty_cluster)
-        if self.cache_dir is not None:
-            result = result | 'KMeansDropCache' >> beam.Map(
-                _drop_cache, beam.pvalue.AsList(centred), beam.pvalue.AsList(raw))
-        return result
+            initial_state, stats_si, n_clusters=k, tol=km.tol)
+        return {'points': points, 'state': state, 'stats': stats, 'centred': centred,
+                'raw': raw}
+
+
+class _Mean:
+    """Stands in for the statistics when the points are centred again (``--resume``)."""
+
+    def __init__(self, mean):
+        self.mean = np.asarray(mean, dtype=np.float64)
+
+
+def centre_into_cache(cache_dir: str, mean) -> beam.PTransform:
+    """Points batches -> the paths of their centred cache files (``X - mean``): the files
+    :class:`PrepareKMeans` writes for the same batches and mean."""
+    return beam.ParDo(_CentreFn(cache_dir), _Mean(mean))
+
+
+def cached_points(pipeline, paths, label: str = 'KMeansCachedPoints'):
+    """The input of a later :class:`LloydBlock`: the cache ``paths`` (a checkpoint's
+    manifest) and one :class:`StateMarker`."""
+    return ((pipeline | f'{label}Paths' >> beam.Create(sorted(paths)),
+             pipeline | f'{label}Marker' >> beam.Create([None])
+             | f'{label}ToMarker' >> beam.Map(_state_marker))
+            | label >> beam.Flatten())
 
 
 @contextlib.contextmanager
