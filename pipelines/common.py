@@ -438,6 +438,23 @@ def private_tempdir():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def outer_tempdir() -> str:
+    """The temporary folder outside :func:`private_tempdir` (which ends with the run):
+    for files that must outlive a killed run, such as a K-means point cache."""
+    d = tempfile.gettempdir()
+    return os.path.dirname(d) if os.path.basename(d).startswith(_RUN_PREFIX) else d
+
+
+def kill_for_test(variable: str, value: int) -> None:
+    """Kill this process (SIGKILL, no clean-up) when the environment variable says so:
+    how the tests interrupt a long run at a known point (e.g. after a K-means block)."""
+    if os.environ.get(variable) == str(value):
+        import signal
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def pipeline_run(run):
     """Decorator for a pipeline's ``run(argv)``: it runs in :func:`private_tempdir`."""
     @functools.wraps(run)

@@ -15,29 +15,33 @@ version holds a ``model.json``), and the error names them.
 """
 from __future__ import annotations
 
+import io
 import logging
-import shutil
+import os
 import sys
-import tempfile
+import time
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines import common
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters
-from beamml.transforms.io.documents import read_json, write_json
+from beamml.transforms.io.documents import write_json
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
-                                      read_initial_centers, recursion_limit_for)
+                                      KMeansState, read_initial_centers, recursion_limit_for)
+from beamml.transforms.kmeans.checkpoint import FAILED_DIR, RESULT_FILE, TrainingRun
+from beamml.transforms.kmeans.training import LloydBlock, cached_points, centre_into_cache
 from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
 
+__all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']
+
 LOG = logging.getLogger('beamml')
-RESULT_FILE = 'training.json'
-#: where a failed run's dead letters and summary go, under the model directory
-FAILED_DIR = '_failed'
 #: runners whose workers share this machine's disk (a local --cache_dir works)
 LOCAL_RUNNERS = ('FnApiRunner', 'DirectRunner', 'BundleBasedDirectRunner',
                  'SwitchingDirectRunner')
+#: iterations per pipeline run, by default
+BLOCK_SIZE = 10
 
 
 class KMeansOptions:
@@ -50,8 +54,19 @@ class KMeansOptions:
                             help='number of clusters (required unless --init is a file, '
                                  'whose rows then give k)')
         parser.add_argument('--max_iter', type=int, default=300,
-                            help='maximum number of Lloyd iterations (default 300); each is '
-                                 'a stage of the graph, so keep it to what you need')
+                            help='maximum number of Lloyd iterations (default 300); they run '
+                                 'in blocks of --block_size, and no block starts after the '
+                                 'training stopped')
+        parser.add_argument('--block_size', type=int, default=BLOCK_SIZE,
+                            help=f'iterations per pipeline run (default {BLOCK_SIZE}); the '
+                                 'state is checkpointed after each block (on Dataflow each '
+                                 'block is a job: see the README for choosing it)')
+        parser.add_argument('--resume', nargs='?', const='latest', default=None,
+                            metavar='VERSION',
+                            help='continue the unfinished training VERSION (default: the '
+                                 'newest one under MODEL_DIR/_runs) from its last checkpoint, '
+                                 'with the same flags; the result is what the uninterrupted '
+                                 'run gives')
         parser.add_argument('--tol', type=float, default=1e-4,
                             help='stop when the summed squared centre shift is <= tol x the '
                                  'mean per-feature variance (default 1e-4; 0: only on '
@@ -75,10 +90,11 @@ class KMeansOptions:
         parser.add_argument('--oversampling_factor', type=float, default=2.0,
                             help='k-means|| draws about this x k points per round (default 2)')
         parser.add_argument('--cache_dir', default=None,
-                            help='where the centred points are kept between iterations '
-                                 '(local or gs://; deleted at the end); default: a '
-                                 'temporary local directory on the local runner, none '
-                                 '(the runner materialises them) on other runners')
+                            help='where the centred points are kept between iterations and '
+                                 'blocks, in a folder per version (local or gs://; deleted at '
+                                 'the end); default: MODEL_DIR/_runs/VERSION/cache on the '
+                                 'local runner (a local temporary folder when MODEL_DIR is '
+                                 'on gs://), TEMP_LOCATION/beamml-kmeans/VERSION on Dataflow')
         parser.add_argument('--model_dir', required=True,
                             help='model directory (local or gs://); a new version is written '
                                  'there and LATEST points to it')
@@ -110,30 +126,50 @@ def write_result(result: KMeansResult, path: str) -> str:
     return write_json(path, result.to_dict())
 
 
-def build(p, args, *, version: str | None = None, cache_dir: str | None = None):
-    """Read, train, write the result; returns {'result', 'errors', 'kmeans', 'read'}.
+def make_kmeans(args, init, cache_dir: str | None) -> KMeans:
+    return KMeans(args.k, max_iter=args.max_iter, tol=args.tol, init=init,
+                  random_state=args.random_state, empty_cluster=args.empty_cluster,
+                  init_sample_size=args.init_sample_size, init_steps=args.init_steps,
+                  oversampling_factor=args.oversampling_factor, cache_dir=cache_dir)
 
-    ``args.model_dir`` and ``version`` say where the training summary and the
-    dead letters go (``<model_dir>/<version>/``); without a version they are
-    not written (tests drive the graph directly).
+
+def _write_block(state: KMeansState, results, path: str) -> str:
+    """A block's checkpoint: the state after it, and the result when it stopped."""
+    results = list(results)
+    return write_json(path, {'state': state.to_dict(),
+                             'result': results[0].to_dict() if results else None})
+
+
+def _write_block_outputs(block, run: TrainingRun, index: int) -> None:
+    state, result = block['state'], block['result']
+    state | 'WriteCheckpoint' >> beam.Map(_write_block, beam.pvalue.AsList(result),
+                                          run.block_path(index))
+
+
+def build(p, args, *, run: TrainingRun | None = None, cache_dir: str | None = None):
+    """The first pipeline of a training: read, check, cache, seed, the first block.
+
+    Returns {'kmeans', 'read', 'errors', 'state', 'result'}. With ``run`` (a
+    :class:`~beamml.transforms.kmeans.checkpoint.TrainingRun`) it writes the dead
+    letters, the cache manifest and the block's checkpoint into the run's folder;
+    without, nothing is written (tests drive the graph directly).
     """
     read = ReadPoints(args.input, **common.read_kwargs(args))
     LOG.info('input: %d file(s), %s, d=%d, features %s', len(read.paths),
              read.layout.input_format, read.layout.dimension,
              ','.join(read.layout.feature_columns))
     init = validate(args, read.layout.dimension)
-    kmeans = KMeans(args.k, max_iter=args.max_iter, tol=args.tol, init=init,
-                    random_state=args.random_state, empty_cluster=args.empty_cluster,
-                    init_sample_size=args.init_sample_size, init_steps=args.init_steps,
-                    oversampling_factor=args.oversampling_factor,
-                    cache_dir=cache_dir)
+    kmeans = make_kmeans(args, init, cache_dir)
     points = p | 'ReadPoints' >> read
-    result = points.batches | 'KMeans' >> kmeans
-    if version is not None:
-        vdir = FileSystems.join(args.model_dir, version)
-        result | 'WriteResult' >> beam.Map(write_result, FileSystems.join(vdir, RESULT_FILE))
-        points.errors | 'WriteErrors' >> WriteDeadLetters(FileSystems.join(vdir, 'training'))
-    return {'result': result, 'errors': points.errors, 'kmeans': kmeans, 'read': read}
+    prepared = points.batches | 'KMeansPrepare' >> kmeans.prepare()
+    block = prepared | 'KMeans' >> kmeans.block(min(args.block_size, args.max_iter))
+    if run is not None:
+        points.errors | 'WriteErrors' >> WriteDeadLetters(run.errors_prefix)
+        _write_block_outputs(block, run, 1)
+        (prepared['centred'], prepared['raw']) | 'CachePaths' >> beam.Flatten() \
+            | 'ListCache' >> beam.combiners.ToList() \
+            | 'WriteManifest' >> beam.Map(run.write_manifest)
+    return {'kmeans': kmeans, 'read': read, 'errors': points.errors, **block}
 
 
 def model_config(args, kmeans: KMeans) -> dict:
@@ -147,99 +183,180 @@ def model_config(args, kmeans: KMeans) -> dict:
     }
 
 
+def default_cache_dir(args, options, run: TrainingRun) -> str:
+    """``--cache_dir``, else: on Dataflow ``<temp_location>/beamml-kmeans/<version>``; on
+    the local runner the run's folder when the model directory is local, else a
+    local temporary folder named by the version (so ``--resume`` finds it)."""
+    if args.cache_dir:
+        return FileSystems.join(args.cache_dir, run.version)
+    if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
+        temp = options.view_as(GoogleCloudOptions).temp_location
+        return FileSystems.join(temp, 'beamml-kmeans', run.version)
+    if '://' not in args.model_dir:
+        return FileSystems.join(run.folder, 'cache')
+    return os.path.join(common.outer_tempdir(), f'beamml-kmeans-cache-{run.version}')
+
+
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
                                       description=__doc__)
-    version = new_version()
-    vdir = FileSystems.join(args.model_dir, version)
+    if args.block_size < 1:
+        raise BeammlError(f'--block_size must be >= 1, got {args.block_size}')
     dry_run = common.is_dry_run(options)
-    cache_dir, temp_cache = args.cache_dir, None
-    if cache_dir is None and options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
-        cache_dir = temp_cache = tempfile.mkdtemp(prefix='beamml-kmeans-')
-    try:
-        with recursion_limit_for(args.max_iter):  # the local runner recurses per iteration
+    if args.resume:
+        if dry_run:
+            raise BeammlError('--resume continues a training: it cannot be a dry run')
+        training = TrainingRun.find(args.model_dir, args.resume)
+    else:
+        training = TrainingRun(args.model_dir, new_version())
+    cache_dir = default_cache_dir(args, options, training)
+    with recursion_limit_for(min(args.block_size, args.max_iter)):  # recursion per iteration
+        if args.resume:
+            checkpoint, kmeans = _resume(args, options, training)
+        else:
             p = beam.Pipeline(options=options)
-            built = build(p, args, version=version, cache_dir=cache_dir)  # validates the flags
+            built = build(p, args, run=None if dry_run else training, cache_dir=cache_dir)
             kmeans = built['kmeans']
-            if not dry_run:
-                common.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
-                                    '--model_dir', args.model_dir)
-            try:
-                result = common.run_pipeline(p)
-            except BeammlError as e:   # a worker refused the training (no point, k too big)
-                raise _training_failed(e, args, options, version) from e
-    finally:
-        if temp_cache:
-            shutil.rmtree(temp_cache, ignore_errors=True)
-    if dry_run:   # translated offline: no model was trained
-        return result
-    errors_glob = WriteDeadLetters.glob(FileSystems.join(vdir, 'training'))
+            if dry_run:   # translated offline: the first block's job; nothing was trained
+                return common.run_pipeline(p)
+            common.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
+                                '--model_dir', args.model_dir)
+            training.start(vars(args), model_config(args, kmeans), cache_dir)
+            checkpoint = _first_block(p, args, training)
+        while checkpoint['result'] is None:
+            checkpoint = _next_block(args, options, training, kmeans, checkpoint)
+    return _finish(args, training, kmeans, checkpoint)
+
+
+def _block_log(training: TrainingRun, index: int, checkpoint: dict, seconds: float) -> None:
+    state = KMeansState.from_dict(checkpoint['state'])
+    inertia = state.inertia_history[-1] if state.inertia_history else float('nan')
+    shift = state.center_shift_history[-1] if state.center_shift_history else float('nan')
+    LOG.info('kmeans %s: block %d done in %.1f s: %d iteration(s) in all, inertia %.6g, '
+             'centre shift %.3g%s', training.version, index, seconds, state.n_iter, inertia,
+             shift, f', stopped ({state.stop_reason})' if state.stopped else '')
+
+
+def _first_block(p, args, training: TrainingRun) -> dict:
+    started = time.monotonic()
     try:
-        common.report(result, errors_glob=errors_glob,
-                      max_refused_fraction=args.max_refused_fraction)
+        result = common.run_pipeline(p)
+    except BeammlError as e:   # a worker refused the training (no point, k too big)
+        raise _training_failed(e, args, p.options, training) from e
+    try:
+        counts = common.report(result, errors_glob=training.errors_glob,
+                               max_refused_fraction=args.max_refused_fraction,
+                               out=io.StringIO())   # printed at the end, with the final path
     except BeammlError as e:   # too many refused rows: keep them, but not as a version
-        failed = _move_to_failed(args.model_dir, version)
-        raise BeammlError(str(e).replace(
-            errors_glob, WriteDeadLetters.glob(FileSystems.join(failed, 'training'))) +
-            '; no model version was written') from e
-    res = KMeansResult.from_dict(read_json(FileSystems.join(vdir, RESULT_FILE)))
+        failed = training.fail()
+        raise BeammlError(str(e).replace(training.errors_glob, failed.errors_glob) +
+                          '; no model version was written') from e
+    training.write_counts(counts)
+    training.drop_raw_cache()
+    checkpoint = training.read_block(1)
+    if counts:
+        LOG.info('kmeans %s: records_read=%d records_ok=%d records_refused=%d',
+                 training.version, counts['records_read'], counts['records_ok'],
+                 counts['records_refused'])
+    _block_log(training, 1, checkpoint, time.monotonic() - started)
+    common.kill_for_test('BEAMML_TEST_KILL_AFTER_BLOCK', 1)
+    return checkpoint
+
+
+def _next_block(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: dict) -> dict:
+    index = checkpoint['index'] + 1
+    state = KMeansState.from_dict(checkpoint['state'])
+    remaining = args.max_iter - state.n_iter
+    started = time.monotonic()
+    manifest = training.manifest()
+    if not training.cache_complete(manifest):
+        manifest = _rebuild_cache(args, options, training, state)
+    p = beam.Pipeline(options=options)
+    points = cached_points(p, manifest)
+    states = p | 'CheckpointState' >> beam.Create([state])
+    block = {'points': points, 'state': states} | 'KMeans' >> LloydBlock(
+        kmeans.n_clusters, min(args.block_size, remaining), kmeans.max_iter,
+        kmeans.empty_cluster)
+    _write_block_outputs(block, training, index)
+    common.run_pipeline(p)
+    checkpoint = training.read_block(index)
+    _block_log(training, index, checkpoint, time.monotonic() - started)
+    common.kill_for_test('BEAMML_TEST_KILL_AFTER_BLOCK', index)
+    return checkpoint
+
+
+def _resume(args, options, training: TrainingRun) -> tuple[dict, KMeans]:
+    """The last checkpoint of the run ``--resume`` names, and its KMeans (same flags)."""
+    saved = training.flags()
+    changed = training.changed_flags(vars(args))
+    if changed:
+        raise BeammlError(f'--resume {training.version}: the run was started with other '
+                          f'flags ({"; ".join(changed)}); give the same ones')
+    read = ReadPoints(args.input, **common.read_kwargs(args))   # checks the input is there
+    init = validate(args, read.layout.dimension)
+    kmeans = make_kmeans(args, init, training.cache_dir)
+    checkpoint = training.last_block()
+    if checkpoint is None:
+        raise BeammlError(f'--resume {training.version}: its first block never finished; '
+                          'start a new training')
+    LOG.info('kmeans %s: resuming after block %d (%d iteration(s) done), started with '
+             '--random_state %s', training.version, checkpoint['index'],
+             KMeansState.from_dict(checkpoint['state']).n_iter, saved.get('random_state'))
+    return checkpoint, kmeans
+
+
+def _rebuild_cache(args, options, training: TrainingRun, state: KMeansState) -> list[str]:
+    """Centre the input again into the cache (it was lost with the process that made it):
+    the same batches, the same mean, so the same files."""
+    LOG.info('kmeans %s: the point cache is gone; rebuilding it from the input',
+             training.version)
+    p = beam.Pipeline(options=options)
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **common.read_kwargs(args))
+    (points.batches | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean)
+     | 'ListCache' >> beam.combiners.ToList()
+     | 'WriteManifest' >> beam.Map(training.write_manifest))
+    common.run_pipeline(p)
+    return training.manifest()
+
+
+def _finish(args, training: TrainingRun, kmeans: KMeans, checkpoint: dict):
+    res = KMeansResult.from_dict(checkpoint['result'])
+    counts = training.counts()
+    print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
+          f'records_refused={counts["records_refused"]} '
+          f'errors={WriteDeadLetters.glob(training.version_prefix("training"))}')
+    training.complete(res.to_dict())   # the version's files, before its model.json
     model = CentroidModel(
-        res.centers, version=version, input_pattern=args.input, n_iter=res.n_iter,
+        res.centers, version=training.version, input_pattern=args.input, n_iter=res.n_iter,
         inertia=res.inertia, inertia_history=res.inertia_history,
         stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
-        config=model_config(args, kmeans))
+        config=training.config())
     saved = model.save(args.model_dir)
+    training.remove()
     print(f'kmeans: k={model.k} d={model.d} n_iter={res.n_iter} stop_reason={res.stop_reason} '
           f'inertia={res.inertia:.10g} n_samples={res.n_samples}')
-    print(f'model: {saved} (version {version}; LATEST updated)')
+    print(f'model: {saved} (version {training.version}; LATEST updated)')
     return model
 
 
-def _move_to_failed(model_dir: str, version: str) -> str:
-    """Move what a failed run wrote under its version to ``<model_dir>/_failed/<version>``
-    (Beam's temporary files of an unfinished write are removed); returns that folder."""
-    vdir = FileSystems.join(model_dir, version)
-    failed = FileSystems.join(model_dir, FAILED_DIR, version)
-    found = [m.path for r in FileSystems.match([FileSystems.join(vdir, '**')])
-             for m in r.metadata_list]
-    keep = [f for f in found if '/beam-temp-' not in f.replace('\\', '/')]
-    if keep:
-        common.check_output(FileSystems.join(failed, RESULT_FILE), '--model_dir', model_dir)
-        FileSystems.rename(keep, [FileSystems.join(failed, f[len(vdir):].lstrip('/'))
-                                  for f in keep])
-    junk = [f for f in found if f not in keep]
-    if junk:
-        FileSystems.delete(junk)
-    if '://' not in vdir:
-        shutil.rmtree(vdir, ignore_errors=True)
-    return failed
-
-
-def _training_failed(error: BeammlError, args, options, version: str) -> BeammlError:
+def _training_failed(error: BeammlError, args, options, training: TrainingRun) -> BeammlError:
     """The error of a training the workers refused, with the input's dead letters.
 
     A failed job never finishes its writes, so the dead letters are written again
     by a pipeline that only reads the input, into ``<model_dir>/_failed/<version>``.
     """
-    _move_to_failed(args.model_dir, version)
-    failed = FileSystems.join(args.model_dir, FAILED_DIR, version)
-    prefix = FileSystems.join(failed, 'training')
+    failed = training.fail()
     p = beam.Pipeline(options=options)
     points = p | 'ReadPoints' >> ReadPoints(args.input, **common.read_kwargs(args))
-    points.errors | 'WriteErrors' >> WriteDeadLetters(prefix)
+    points.errors | 'WriteErrors' >> WriteDeadLetters(failed.errors_prefix)
     counts = common.record_counts(common.run_pipeline(p))
     message = f'{error}; no model version was written'
     if counts and counts['records_refused']:
         message += (f'; {counts["records_refused"]} of {counts["records_read"]} records '
-                    f'were refused, see {WriteDeadLetters.glob(prefix)}')
-    elif '://' not in failed:
-        shutil.rmtree(failed, ignore_errors=True)
+                    f'were refused, see {failed.errors_glob}')
     else:
-        found = [m.path for r in FileSystems.match([FileSystems.join(failed, '**')])
-                 for m in r.metadata_list]
-        if found:
-            FileSystems.delete(found)
+        failed.remove()
     return BeammlError(message, parameters=error.parameters)
 
 

@@ -165,8 +165,8 @@ def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
             '--model_dir', f'{gcs_bucket}/models'], prog='t')
         labels = {'ReadPoints', 'KMeans'}
 
-        def build(p, a):
-            return kmeans.build(p, a, version='v1')
+        def build(p, a):   # the first block's job (each later block is a job of its own)
+            return kmeans.build(p, a, cache_dir=f'{gcs_bucket}/tmp/beamml-kmeans/v1')
     else:
         task = name.split('_')[1]
         args, options = common.parse_args(evaluate.EvaluateOptions, flags + [

@@ -1,0 +1,118 @@
+"""`beamml kmeans` in blocks: checkpoints, a killed run resumed, cost after convergence."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from beamml.pipelines import kmeans
+from beamml.transforms.model import list_versions
+
+
+@pytest.fixture(scope='module')
+def blobs(tmp_path_factory):
+    """1,200 points in 4 overlapping blobs: a dozen iterations before the labels settle."""
+    d = tmp_path_factory.mktemp('blobs')
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(c, 1.0, (300, 2)) for c in [(0, 0), (3, 3), (0, 4), (5, 0)]])
+    path = d / 'blobs.csv'
+    path.write_text('id,a,b\n' + ''.join(f'{i},{float(x)!r},{float(y)!r}\n' for i, (x, y) in enumerate(X)))
+    return {'path': str(path), 'X': X}
+
+
+def _train(blobs, model_dir, *flags, env=None):
+    argv = [sys.executable, '-m', 'beamml', 'kmeans', '--input', blobs['path'], '--k', '4',
+            '--random_state', '1', '--model_dir', str(model_dir), *map(str, flags)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def _model_doc(model_dir) -> dict:
+    (version,) = list_versions(str(model_dir))
+    doc = json.load(open(os.path.join(model_dir, version, 'model.json')))
+    for key in ('version', 'created'):
+        doc.pop(key, None)
+    return doc
+
+
+def test_blocks_give_what_one_block_gives(blobs, tmp_path):
+    """Blocks of 2 iterations (6 pipeline runs) and one block of 300: the same training."""
+    one = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
+                      '--model_dir', str(tmp_path / 'one'), '--block_size', '300'])
+    many = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
+                       '--model_dir', str(tmp_path / 'many'), '--block_size', '2'])
+    assert one.n_iter == many.n_iter > 4 and many.stop_reason == 'converged_labels'
+    np.testing.assert_allclose(many.centers, one.centers, rtol=1e-12, atol=1e-12)
+    assert many.inertia == pytest.approx(one.inertia, rel=1e-12)
+    assert many.cluster_sizes == one.cluster_sizes
+    # the same as scikit-learn from the same initial centres
+    from sklearn.cluster import KMeans as SkKMeans
+    c0 = np.array(json.load(open(os.path.join(
+        tmp_path / 'many', many.version, 'training.json')))['initial_centers'])
+    sk = SkKMeans(4, init=c0, n_init=1, algorithm='lloyd', max_iter=300).fit(blobs['X'])
+    assert sk.n_iter_ == many.n_iter
+    np.testing.assert_allclose(many.centers, sk.cluster_centers_, rtol=1e-9)
+    # a finished run leaves its version only: no run folder, no cache
+    assert set(os.listdir(tmp_path / 'many')) == {'LATEST', many.version}
+
+
+def test_a_killed_run_resumes_to_the_same_model_bit_for_bit(blobs, tmp_path):
+    whole = _train(blobs, tmp_path / 'whole', '--block_size', '3')
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    for lose_cache in (False, True):
+        models = tmp_path / f'killed-{lose_cache}'
+        killed = _train(blobs, models, '--block_size', '3',
+                        env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+        assert killed.returncode == -9, killed.stderr[-3000:]   # SIGKILL: no clean-up ran
+        assert list_versions(str(models)) == []
+        (version,) = os.listdir(models / '_runs')
+        assert os.path.exists(models / '_runs' / version / 'block-0001.json')
+        if lose_cache:
+            shutil.rmtree(models / '_runs' / version / 'cache')
+        resumed = _train(blobs, models, '--block_size', '3', '--resume')
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert 'resuming after block 1 (3 iteration(s) done)' in resumed.stderr
+        assert ('rebuilding it from the input' in resumed.stderr) == lose_cache
+        assert 'records_read=1200 records_ok=1200 records_refused=0' in resumed.stdout
+        assert list_versions(str(models)) == [version]
+        assert _model_doc(models) == _model_doc(tmp_path / 'whole')   # every bit
+        assert set(os.listdir(models)) == {'LATEST', version}
+
+
+def test_resume_refuses_other_flags_and_nothing_to_resume(blobs, tmp_path):
+    models = tmp_path / 'm'
+    out = _train(blobs, models, '--resume')
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].startswith(
+        'beamml kmeans: error: --resume: ') and 'no unfinished training' in out.stderr
+    killed = _train(blobs, models, '--block_size', '2', env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+    assert killed.returncode == -9
+    out = _train(blobs, models, '--block_size', '2', '--tol', '0.5', '--resume')
+    assert out.returncode == 2
+    assert "--tol was 0.0001, now 0.5" in out.stderr.strip().splitlines()[-1]
+    out = _train(blobs, models, '--block_size', '2', '--resume', 'no-such-version')
+    assert out.returncode == 2 and 'no-such-version' in out.stderr.strip().splitlines()[-1]
+
+
+def test_no_block_runs_after_convergence(tmp_path, caplog):
+    """The default --max_iter 300 on tiny data: one pipeline run when it converges in
+    the first block, so about the time of a norms run (it was 300 unrolled stages)."""
+    (tmp_path / 'p.csv').write_text('id,a,b\n' + ''.join(
+        f'{i},{i % 3 * 10 + i / 100},{i % 3}\n' for i in range(100)))
+    import logging
+    log = logging.getLogger('beamml')
+    log.addHandler(caplog.handler)   # beamml's logger does not propagate (its own format)
+    try:
+        with caplog.at_level(logging.INFO, logger='beamml'):
+            model = kmeans.run(['--input', str(tmp_path / 'p.csv'), '--k', '3',
+                                '--random_state', '0', '--model_dir', str(tmp_path / 'm')])
+    finally:
+        log.removeHandler(caplog.handler)
+    err = caplog.text
+    assert model.n_iter <= kmeans.BLOCK_SIZE and model.stop_reason == 'converged_labels'
+    assert 'block 1 done' in err and 'block 2' not in err
