@@ -334,6 +334,10 @@ def _finish(args, training: TrainingRun, kmeans: KMeans, checkpoint: dict):
         config=training.config())
     saved = model.save(args.model_dir)
     training.remove()
+    if res.n_distinct is not None:
+        print(f'warning: the input has only {res.n_distinct} distinct point(s) for k={model.k}: '
+              'some centres are duplicates or empty (as scikit-learn, which warns too)',
+              file=sys.stderr)
     print(f'kmeans: k={model.k} d={model.d} n_iter={res.n_iter} stop_reason={res.stop_reason} '
           f'inertia={res.inertia:.10g} n_samples={res.n_samples}')
     print(f'model: {saved} (version {training.version}; LATEST updated)')

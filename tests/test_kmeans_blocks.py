@@ -116,3 +116,30 @@ def test_no_block_runs_after_convergence(tmp_path, caplog):
     err = caplog.text
     assert model.n_iter <= kmeans.BLOCK_SIZE and model.stop_reason == 'converged_labels'
     assert 'block 1 done' in err and 'block 2' not in err
+
+
+def test_fewer_distinct_points_than_k_with_given_centres_trains_with_a_warning(tmp_path, capsys):
+    """As scikit-learn: given initial centres, k above the number of distinct points is a
+    warning (and duplicate or empty centres), not an error; with k-means++ it still is."""
+    import warnings
+
+    from sklearn.cluster import KMeans as SkKMeans
+    from beamml.transforms.io import BeammlError
+    X = np.array([[0.0, 0.0], [0.0, 0.0], [4.0, 4.0], [4.0, 4.0], [4.0, 4.0]])
+    (tmp_path / 'p.csv').write_text('id,a,b\n' + ''.join(
+        f'{i},{a},{b}\n' for i, (a, b) in enumerate(X)))
+    C0 = np.array([[0.0, 0.5], [4.0, 3.0], [9.0, 9.0]])
+    np.save(tmp_path / 'c0.npy', C0)
+    model = kmeans.run(['--input', str(tmp_path / 'p.csv'), '--init', str(tmp_path / 'c0.npy'),
+                        '--empty_cluster', 'farthest', '--model_dir', str(tmp_path / 'm')])
+    err = capsys.readouterr().err
+    assert 'warning: the input has only 2 distinct point(s) for k=3' in err
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        sk = SkKMeans(3, init=C0, n_init=1, algorithm='lloyd').fit(X)
+    # both fit every distinct point exactly (scikit-learn's spare centre goes elsewhere)
+    assert model.inertia == sk.inertia_ == 0.0
+    assert sorted(map(tuple, model.centers.tolist())) == [(0.0, 0.0), (4.0, 4.0), (4.0, 4.0)]
+    with pytest.raises(BeammlError, match='k=3 is greater than the number of distinct points'):
+        kmeans.run(['--input', str(tmp_path / 'p.csv'), '--k', '3',
+                    '--model_dir', str(tmp_path / 'm2')])

@@ -69,6 +69,7 @@ class KMeansState:
     inertia_history: list = dataclasses.field(default_factory=list)
     center_shift_history: list = dataclasses.field(default_factory=list)
     n_relocated: int = 0
+    n_distinct: int | None = None   # set when there are fewer distinct points than k
 
     @property
     def centers_sq(self) -> np.ndarray:
@@ -117,6 +118,9 @@ class KMeansResult:
     initial_centers : ndarray of shape (k, d)
     n_relocated : int
         Empty clusters relocated (``empty_cluster='farthest'``).
+    n_distinct : int or None
+        The number of distinct points when it is below k (given initial centres
+        only: some centres then end up duplicates or empty), else None.
     """
     centers: np.ndarray
     n_iter: int
@@ -129,6 +133,7 @@ class KMeansResult:
     tol: float
     initial_centers: np.ndarray
     n_relocated: int = 0
+    n_distinct: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -147,8 +152,10 @@ class KMeansResult:
 # ----------------------------------------------------------------------------- steps
 
 def checked_stats(_, partials, *, combine_fn: PointStatsCombineFn,
-                  n_clusters: int) -> PointStats:
-    """Merge the statistics; refuse an empty input or k above the number of distinct points."""
+                  n_clusters: int, centres_given: bool = False) -> PointStats:
+    """Merge the statistics; refuse an empty input, and k above the number of distinct
+    points unless the initial centres are given (then, as scikit-learn, train anyway:
+    :func:`initial_state` records it and the launcher warns)."""
     stats = merge_partials(combine_fn, partials)
     if stats is None:
         stats = combine_fn.extract_output(combine_fn.create_accumulator())
@@ -158,7 +165,7 @@ def checked_stats(_, partials, *, combine_fn: PointStatsCombineFn,
     if not (np.isfinite(stats.mean).all() and np.isfinite(stats.m2).all()):
         raise BeammlError('the features hold NaN or infinite values, or values too large to '
                           'train on (their squares overflow float64); clean or rescale them')
-    if stats.n_distinct < n_clusters:
+    if stats.n_distinct < n_clusters and not centres_given:
         raise BeammlError(f'k={n_clusters} is greater than the number of distinct points '
                           f'({stats.n_distinct} among {stats.n} rows); use a smaller k')
     return stats
@@ -171,7 +178,8 @@ def initial_state(centers: np.ndarray, stats: PointStats, *, n_clusters: int,
     if centers.shape[0] != n_clusters:
         raise BeammlError(f'seeding produced {centers.shape[0]} centres for k={n_clusters}')
     return KMeansState(centers=centers, mean=stats.mean, tol=tolerance(stats.var, tol),
-                       n_samples=stats.n, initial_centers=centers.copy())
+                       n_samples=stats.n, initial_centers=centers.copy(),
+                       n_distinct=stats.n_distinct if stats.n_distinct < n_clusters else None)
 
 
 def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
@@ -215,7 +223,7 @@ def final_result(state: KMeansState, partials, *,
         center_shift_history=[float(v) for v in state.center_shift_history],
         cluster_sizes=[int(c) for c in sums.counts], n_samples=int(state.n_samples),
         tol=float(state.tol), initial_centers=state.initial_centers + state.mean,
-        n_relocated=int(state.n_relocated))
+        n_relocated=int(state.n_relocated), n_distinct=state.n_distinct)
 
 
 def lloyd_step(element, state: KMeansState, exact_distances: bool):

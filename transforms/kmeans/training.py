@@ -434,7 +434,7 @@ class PrepareKMeans(beam.PTransform):
                  | 'KMeansStatsOnce' >> beam.Create([None])
                  | 'KMeansCheckInput' >> beam.Map(
                      checked_stats, beam.pvalue.AsList(partial_stats), combine_fn=stats_fn,
-                     n_clusters=k))
+                     n_clusters=k, centres_given=isinstance(km.init, np.ndarray)))
         stats_si = beam.pvalue.AsSingleton(stats)
         centred = raw | 'KMeansCentrePoints' >> beam.ParDo(_CentreFn(km.cache_dir), stats_si)
         # one more element, where each iteration emits its state (see _IterationFn)
