@@ -22,16 +22,19 @@ import sys
 import time
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines import common
-from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters
+from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
+                                  WriteTable)
 from beamml.transforms.io.documents import write_json
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
                                       KMeansState, read_initial_centers, recursion_limit_for)
 from beamml.transforms.kmeans.checkpoint import FAILED_DIR, RESULT_FILE, TrainingRun
-from beamml.transforms.kmeans.training import LloydBlock, cached_points, centre_into_cache
+from beamml.transforms.kmeans.training import (LloydBlock, cached_points, centre_into_cache,
+                                               training_labels)
 from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
 
 __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']
@@ -95,6 +98,12 @@ class KMeansOptions:
                                  'the end); default: MODEL_DIR/_runs/VERSION/cache on the '
                                  'local runner (a local temporary folder when MODEL_DIR is '
                                  'on gs://), TEMP_LOCATION/beamml-kmeans/VERSION on Dataflow')
+        parser.add_argument('--output', type=common.output_prefix, default=None,
+                            help='also write the training points\' labels (scikit-learn\'s '
+                                 'labels_): PREFIX-SSSSS-of-NNNNN.<format> with id, cluster, '
+                                 'distance, model_version, from one more pass over the input')
+        parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
+                            help='format of --output (default parquet)')
         parser.add_argument('--model_dir', required=True,
                             help='model directory (local or gs://); a new version is written '
                                  'there and LATEST points to it')
@@ -222,11 +231,13 @@ def run(argv=None):
                 return common.run_pipeline(p)
             common.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
                                 '--model_dir', args.model_dir)
+            if args.output:
+                common.check_output(args.output)
             training.start(vars(args), model_config(args, kmeans), cache_dir)
             checkpoint = _first_block(p, args, training)
         while checkpoint['result'] is None:
             checkpoint = _next_block(args, options, training, kmeans, checkpoint)
-    return _finish(args, training, kmeans, checkpoint)
+    return _finish(args, options, training, kmeans, checkpoint)
 
 
 def _block_log(training: TrainingRun, index: int, checkpoint: dict, seconds: float) -> None:
@@ -320,7 +331,7 @@ def _rebuild_cache(args, options, training: TrainingRun, state: KMeansState) -> 
     return training.manifest()
 
 
-def _finish(args, training: TrainingRun, kmeans: KMeans, checkpoint: dict):
+def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: dict):
     res = KMeansResult.from_dict(checkpoint['result'])
     counts = training.counts()
     print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
@@ -341,7 +352,23 @@ def _finish(args, training: TrainingRun, kmeans: KMeans, checkpoint: dict):
     print(f'kmeans: k={model.k} d={model.d} n_iter={res.n_iter} stop_reason={res.stop_reason} '
           f'inertia={res.inertia:.10g} n_samples={res.n_samples}')
     print(f'model: {saved} (version {training.version}; LATEST updated)')
+    if args.output:
+        _write_labels(args, options, KMeansState.from_dict(checkpoint['state']), model)
     return model
+
+
+def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> None:
+    """``--output``: the training points' labels and distances against the final centres."""
+    p = beam.Pipeline(options=options)
+    read = ReadPoints(args.input, **common.read_kwargs(args))
+    schema = pa.schema([('id', read.layout.id_arrow_type), ('cluster', pa.int64()),
+                        ('distance', pa.float64()), ('model_version', pa.string())])
+    points = p | 'ReadPoints' >> read   # the refused rows are the training's dead letters
+    (points.batches
+     | 'Labels' >> beam.Map(training_labels, state, model.version)
+     | 'WriteLabels' >> WriteTable(args.output, args.output_format, schema=schema))
+    common.run_pipeline(p)
+    print(f'labels: {args.output}-?????-of-?????.{args.output_format}')
 
 
 def _training_failed(error: BeammlError, args, options, training: TrainingRun) -> BeammlError:

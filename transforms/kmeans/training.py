@@ -34,19 +34,20 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
 from beamml.transforms.io import BeammlError, points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
                                             write_cached_points)
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn,
                                                 PointStatsCombineFn, StateMarker)
-from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, row_hashes
+from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, lloyd_labels, row_hashes
 from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_step,
                                             initial_state, lloyd_step, next_state)
 from beamml.transforms.kmeans.seeding import SeedCenters, read_initial_centers
 
 __all__ = ['KMeans', 'PrepareKMeans', 'LloydBlock', 'cached_points', 'centre_into_cache',
-           'recursion_limit_for']
+           'training_labels', 'recursion_limit_for']
 
 
 # ----------------------------------------------------------------------------- Beam: DoFns
@@ -459,6 +460,21 @@ def centre_into_cache(cache_dir: str, mean) -> beam.PTransform:
     """Points batches -> the paths of their centred cache files (``X - mean``): the files
     :class:`PrepareKMeans` writes for the same batches and mean."""
     return beam.ParDo(_CentreFn(cache_dir), _Mean(mean))
+
+
+def training_labels(batch, state, version: str | None = None):
+    """A points batch -> ``id, cluster, distance, model_version`` against the final state:
+    the labels of the final E-step (scikit-learn's ``labels_``: the Lloyd kernel on the
+    centred points) and the direct Euclidean distance to that centre."""
+    X = points_matrix(batch) - state.mean
+    labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
+    diff = X - state.centers[labels]
+    dist = np.sqrt(np.einsum('ij,ij->i', diff, diff))
+    n = len(labels)
+    return pa.RecordBatch.from_arrays(
+        [batch.column('id'), pa.array(labels, pa.int64()), pa.array(dist, pa.float64()),
+         pa.repeat(pa.scalar(version, pa.string()), n) if version else pa.nulls(n, pa.string())],
+        names=['id', 'cluster', 'distance', 'model_version'])
 
 
 def cached_points(pipeline, paths, label: str = 'KMeansCachedPoints'):
