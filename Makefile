@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test fuzz bench clean
 
 $(STAMP): setup.py beamml/__init__.py
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# A long fuzz run (~15 min on 2 cores): random examples, and how many ran.
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(STAMP)
+	BEAMML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py \
+		--hypothesis-show-statistics
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

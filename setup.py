@@ -46,6 +46,7 @@ setuptools.setup(
     extras_require={
         'test': [
             'pytest>=7',
+            'hypothesis>=6',  # tests/test_fuzz.py
             'scikit-learn>=1.3',
             'gcp-storage-emulator>=2024.0',
             'wheel',  # tests/test_packaging.py builds the wheel offline
