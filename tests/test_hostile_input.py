@@ -308,3 +308,47 @@ def test_rows_refused_by_assign_name_their_file_row_and_line(tmp_path):
         import pyarrow.parquet as pq
         t = pq.read_table(str(next(tmp_path.glob(f'{name}-out-0*.parquet'))))
         assert t.column_names == ['id', 'cluster', 'distance', 'model_version']
+
+
+# ------------------------------------------------------------------ found by the fuzz suite
+def test_a_json_id_that_is_a_list_or_an_object_is_a_dead_letter(tmp_path):
+    path = tmp_path / 'x.jsonl'
+    path.write_bytes(b'{"id":"a","features":[1,2]}\n{"id":["b"],"features":[1,2]}\n'
+                     b'{"id":{"x":1},"features":[1,2]}\n')
+    table, dead = read_table_files(str(path))
+    assert table.column('id').to_pylist() == ['a']
+    assert [(d['row'], d['line'], d['reason']) for d in dead] == [
+        (1, 2, 'id is not a string (a JSON list)'), (2, 3, 'id is not a string (a JSON object)')]
+
+
+def test_json_lines_after_a_whitespace_only_first_line(tmp_path):
+    path = tmp_path / 'x.jsonl'
+    path.write_bytes(b'  \n{"x0":1}\n{"x0":"NaN"}\n{"x0":2}\n{"x')
+    table, dead = read_table_files(str(path))
+    assert table.num_rows == 2
+    assert [(d['row'], d['line']) for d in dead] == [(1, 3), (3, 5)]
+
+
+def test_a_truncated_fortran_npy_is_one_line(tmp_path):
+    import io
+
+    import numpy as np
+    buf = io.BytesIO()
+    np.save(buf, np.asfortranarray(np.ones((5, 3))))
+    (tmp_path / 'f.npy').write_bytes(buf.getvalue()[:-10])
+    from beamml.transforms.io import BeammlError
+    with pytest.raises(BeammlError, match=r'f\.npy: truncated \.npy file \(expected 5 rows\)'):
+        read_table_files(str(tmp_path / 'f.npy'))
+
+
+def test_index_ids_takes_a_later_file_of_empty_or_null_lists(tmp_path):
+    import pyarrow.parquet as pq
+    from beamml.pipelines import index_ids
+    (tmp_path / 'a.jsonl').write_bytes(b'{"id":1,"features":[1.5,2]}\n')
+    (tmp_path / 'b.jsonl').write_bytes(b'{"id":2,"features":[]}\n{"id":3,"features":null}\n')
+    index_ids.run(['--input', str(tmp_path / '*.jsonl'), '--id_column', 'id',
+                   '--output', str(tmp_path / 'out')])
+    (path,) = tmp_path.glob('out-encoded-*.parquet')
+    assert pq.read_table(str(path)).to_pylist() == [
+        {'id': 1, 'features': [1.5, 2.0], 'idx': 0}, {'id': 2, 'features': [], 'idx': 1},
+        {'id': 3, 'features': None, 'idx': 2}]

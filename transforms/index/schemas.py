@@ -24,8 +24,8 @@ def promote_types(a: pa.DataType, b: pa.DataType, name: str = '') -> pa.DataType
     """The type two files' versions of a column are written as.
 
     Equal types stay; null gives way; integers widen to int64, integers and
-    floats to float64; anything else scalar meets as string. Nested types that
-    differ are an error.
+    floats to float64; lists meet as a list of their items' promoted type; anything
+    else scalar meets as string. Other nested types that differ are an error.
     """
     if pa.types.is_dictionary(a):
         a = a.value_type
@@ -42,6 +42,11 @@ def promote_types(a: pa.DataType, b: pa.DataType, name: str = '') -> pa.DataType
     num = (pa.types.is_integer, pa.types.is_floating)
     if any(f(a) for f in num) and any(f(b) for f in num):
         return pa.float64()
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list)
+    if any(f(a) for f in lists) and any(f(b) for f in lists):
+        # lists of another item type (a file whose lists are all empty: list<null>) or
+        # length meet as a list of the promoted item type
+        return pa.list_(promote_types(a.value_type, b.value_type, name))
     if pa.types.is_nested(a) or pa.types.is_nested(b):
         raise BeammlError(f'column {name!r} is {a} in one input file and {b} in another; '
                           'make the files agree')

@@ -142,9 +142,13 @@ def read_jsonl(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
             break
 
 
+_BLANK_LINE = re.compile(rb'^[ \t\r]*\n', re.M)
+
+
 def _blank_lines(chunk: bytes) -> int:
-    if b'\n\n' not in chunk and not chunk.startswith(b'\n') and b'\r\n\r\n' not in chunk \
-            and b'\n ' not in chunk and b'\n\t' not in chunk:
+    """The number of lines of ``chunk`` that hold only whitespace (searched in C first)."""
+    last = chunk.rsplit(b'\n', 1)[-1]
+    if not _BLANK_LINE.search(chunk) and (last.strip() or not last):
         return 0
     return sum(1 for ln in chunk.split(b'\n')[:-1 if chunk.endswith(b'\n') else None]
                if not ln.strip())

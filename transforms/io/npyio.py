@@ -51,7 +51,10 @@ def read_npy(f, path: str, batch_rows: int, part: tuple | None = None) -> Iterat
         raise BeammlError(f'{path}: expected a 2-D (n, d) array, got shape {shape}')
     n, d = shape
     if fortran:
-        arr = np.frombuffer(f.read(), dtype=dtype, count=n * d).reshape((n, d), order='F')
+        buf = f.read()
+        if len(buf) < n * d * dtype.itemsize:
+            raise BeammlError(f'{path}: truncated .npy file (expected {n} rows)')
+        arr = np.frombuffer(buf, dtype=dtype, count=n * d).reshape((n, d), order='F')
         chunks = ((s, np.ascontiguousarray(arr[s:s + batch_rows])) for s in range(0, n, batch_rows))
     else:
         row_bytes = d * dtype.itemsize

@@ -176,6 +176,12 @@ def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
             arr, over = int64_or_null(pc.if_else(ok, arr, pa.scalar(None, pa.string())))
             why.mark(over, 'id is out of the int64 range')
         return arr
+    if not (is_numeric_type(arr.type) or pa.types.is_boolean(arr.type)):
+        # a JSON id that is a list or an object: no id type holds it
+        wanted = 'a string' if layout.id_type == 'string' else 'an integer'
+        got = 'a JSON list' if is_list_type(arr.type) else 'a JSON object'
+        why.mark(np.ones(n, bool), f'id is not {wanted} ({got})')
+        return pa.nulls(n, layout.id_arrow_type)
     if layout.id_type == 'string':
         return pc.cast(arr, pa.string())
     if pa.types.is_floating(arr.type):   # a JSON block with an id beyond int64 or 1.5
@@ -296,7 +302,8 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
 
 def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
                  ) -> tuple[pa.RecordBatch | None, list[dict]]:
-    """ReadTable's check: the id column, when there is one, holds no missing or empty id.
+    """ReadTable's check: the id column, when there is one, holds no missing or empty id
+    (nor, for integer ids, one that is not an int64); it is given the layout's id type.
 
     With ``source_columns`` the batch gets :data:`SOURCE_COLUMNS`: ``_file``
     (dictionary-encoded), ``_row`` (data row in the file) and ``_line`` (int64, the
@@ -311,7 +318,13 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
                               'source of each row; rename it')
     if layout.id_column:
         why = RowReasons(t.num_rows)
-        _ids(rb, layout, path, why)
+        ids = _ids(rb, layout, path, why)
+        if layout.id_column in t.column_names and t.schema.field(
+                layout.id_column).type != layout.id_arrow_type:
+            # one id type for the whole input: a block read as text (after a bad value) or
+            # as floats (a JSON id beyond int64) gets the ids as the layout types them
+            i = t.schema.get_field_index(layout.id_column)
+            t = t.set_column(i, layout.id_column, pc.cast(ids, layout.id_arrow_type))
         dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
         if dead:
             keep = np.flatnonzero(~why.refused)
