@@ -19,6 +19,28 @@ centre of the largest cluster. With one empty cluster at a time this is
 exactly scikit-learn's; with several, scikit-learn pairs the same far points
 with the empty clusters in ``np.argpartition`` order, which is unspecified, while
 here the pairing is by decreasing distance (ties: lexicographic coordinates).
+
+The fused pass and float32
+--------------------------
+:func:`lloyd_pass` is the training's E- and M-step over a batch in one go:
+per 4096-row chunk the labels (bit for bit :func:`lloyd_labels`'s), then at
+once the chunk's per-cluster sums, counts, inertia and label signature; the
+batch's ``n x k`` distances and labels are never built. Measured on 2 cores
+(1M x 8 points, k=16, one iteration): product 14 ms, argmin 29 ms, per-feature
+bincounts 17 ms, ``||x||^2`` 6 ms, signature 4 ms, the rest 7 ms; before, the
+separate E-step (``lloyd_labels``, with BLAS on 2 threads per product) and
+``ClusterSums.add`` took about 1.5 times as long.
+
+``dtype=float32`` (an opt-in; a float32 cache, ``write_cached_points(...,
+dtype=np.float32)``, selects it) computes the products and argmin in float32;
+the sums and inertia are still accumulated in float64. On the benchmark's
+blobs (1M x 8 points, 16 blobs, coordinates up to ~20, 10 iterations from the
+same centres) the float32 centres differ from the float64 ones by at most
+2.3e-9 (2.3e-10 of the largest coordinate), the inertia by 2e-14 relative,
+and no label of the 10th iteration differed; in general a label can differ
+where two centres are within float32 rounding (about 1e-7 relative) of a
+point, so float32 results agree with scikit-learn's to that precision, not
+bit for bit.
 """
 from __future__ import annotations
 
