@@ -21,7 +21,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beamml.transforms.io import points_matrix
-from beamml.transforms.kmeans.kernels import (MASK64, batch_rng, farthest_order,
+from beamml.transforms.kmeans.kernels import (MASK64, LloydPass, batch_rng, farthest_order,
                                               label_signature, largest, row_hashes, smallest)
 
 __all__ = [
@@ -91,6 +91,19 @@ class ClusterSums(_Slotted):
     @property
     def n(self) -> int:
         return int(self.counts.sum())
+
+    @classmethod
+    def from_pass(cls, part: LloydPass) -> 'ClusterSums':
+        """The accumulator of one batch from :func:`~beamml.transforms.kmeans.kernels.lloyd_pass`.
+
+        (No farthest points: ``lloyd_pass`` keeps no per-point distances.)
+        """
+        acc = cls(len(part.counts))
+        acc.sums = np.array(part.sums, dtype=np.float64)
+        acc.counts = np.array(part.counts, dtype=np.int64)
+        acc.inertia = float(part.inertia)
+        acc.signature = int(part.signature or 0) & MASK64
+        return acc
 
     def add(self, X: np.ndarray, labels: np.ndarray, sq_distances: np.ndarray,
             hashes: np.ndarray | None = None) -> 'ClusterSums':
@@ -260,7 +273,10 @@ class CentroidCombineFn(beam.CombineFn):
     """Per-cluster sums, counts and inertia of labelled batches (the K-means M-step).
 
     Inputs are :class:`LabelledPoints` (or tuples ``(X, labels, sq_distances[,
-    row_hashes])``), one per batch. Accumulators are :class:`ClusterSums`;
+    row_hashes])``), one per batch, or a batch already reduced to a
+    :class:`ClusterSums` (the fused E+M step,
+    :func:`~beamml.transforms.kmeans.kernels.lloyd_pass`), which is merged in.
+    Accumulators are :class:`ClusterSums`;
     merging adds into the first. The output is the merged :class:`ClusterSums`;
     :func:`~beamml.transforms.kmeans.kernels.update_centers` turns it into centres.
 
@@ -282,6 +298,11 @@ class CentroidCombineFn(beam.CombineFn):
         return ClusterSums(self.n_clusters, track_farthest=self.track_farthest)
 
     def add_input(self, acc: ClusterSums, element) -> ClusterSums:
+        if isinstance(element, ClusterSums):
+            if self.track_farthest and element.sums is not None and element.far_points is None:
+                raise ValueError('a ClusterSums without farthest points was added to a '
+                                 'CentroidCombineFn(track_farthest=True)')
+            return acc.merge(element)
         return acc.add(*tuple(element))
 
     def merge_accumulators(self, accumulators) -> ClusterSums:

@@ -40,9 +40,9 @@ import numpy as np
 from beamml.transforms.distances import row_sq_norms
 from beamml.transforms.io import BeammlError
 from beamml.transforms.kmeans.cache import points_of
-from beamml.transforms.kmeans.combiners import (CentroidCombineFn, LabelledPoints, PointStats,
-                                                PointStatsCombineFn, merge_partials)
-from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, tolerance,
+from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, LabelledPoints,
+                                                PointStats, PointStatsCombineFn, merge_partials)
+from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, lloyd_pass, tolerance,
                                               update_centers)
 
 __all__ = ['KMeansState', 'KMeansResult', 'checked_stats', 'initial_state', 'next_state',
@@ -226,27 +226,42 @@ def final_result(state: KMeansState, partials, *,
         n_relocated=int(state.n_relocated), n_distinct=state.n_distinct)
 
 
-def lloyd_step(element, state: KMeansState, exact_distances: bool):
-    """E-step of one iteration over a batch; nothing once the iterations stopped."""
+def lloyd_step(element, state: KMeansState, exact_distances: bool, dtype=None):
+    """E-step of one iteration over a batch, reduced to its accumulator; None once stopped.
+
+    The default (``exact_distances=False``) is the fused E+M step
+    (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass`): labels, per-cluster
+    sums, counts, inertia and the labels' signature per 4096-row chunk, never
+    the batch's n x k distances nor its labels; it returns a
+    :class:`~beamml.transforms.kmeans.combiners.ClusterSums`. With
+    ``exact_distances`` (``empty_cluster='farthest'``, whose accumulator keeps
+    the points farthest from their centre) it returns the batch's
+    :class:`~beamml.transforms.kmeans.combiners.LabelledPoints`, with the direct
+    squared distances. ``dtype`` (None, float64 or float32): what the E-step
+    computes in (None: float32 for a float32 cache, else float64; see
+    ``lloyd_pass``).
+    """
     if state.stopped:
         return None
     X, hashes = points_of(element)
     if exact_distances:
         labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
+        X = np.asarray(X, dtype=np.float64)
         diff = X - state.centers[labels]
         sq = np.einsum('ij,ij->i', diff, diff)
-    else:
-        labels, sq = lloyd_labels(X, state.centers, state.centers_sq)
-    return LabelledPoints(X, labels, sq, hashes)
+        return LabelledPoints(X, labels, sq, hashes)
+    return ClusterSums.from_pass(lloyd_pass(X, state.centers, state.centers_sq, hashes=hashes,
+                                            dtype=dtype))
 
 
-def final_step(element, state: KMeansState):
+def final_step(element, state: KMeansState, dtype=None):
     """Labels against the final centres and exact squared distances (the final E-step).
 
     As scikit-learn: labels from the Lloyd E-step, inertia from the direct
-    squared distances ``((x - c) ** 2).sum()``.
+    squared distances ``((x - c) ** 2).sum()``. Fused
+    (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass`): returns the batch's
+    :class:`~beamml.transforms.kmeans.combiners.ClusterSums` (sums, sizes, inertia).
     """
     X, _ = points_of(element)
-    labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
-    diff = X - state.centers[labels]
-    return LabelledPoints(X, labels, np.einsum('ij,ij->i', diff, diff))
+    return ClusterSums.from_pass(lloyd_pass(X, state.centers, state.centers_sq,
+                                            exact_distances=True, dtype=dtype))
