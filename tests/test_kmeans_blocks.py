@@ -143,3 +143,16 @@ def test_fewer_distinct_points_than_k_with_given_centres_trains_with_a_warning(t
     with pytest.raises(BeammlError, match='k=3 is greater than the number of distinct points'):
         kmeans.run(['--input', str(tmp_path / 'p.csv'), '--k', '3',
                     '--model_dir', str(tmp_path / 'm2')])
+
+
+def test_dtype_float32_is_an_opt_in_close_to_float64(blobs, tmp_path):
+    runs = {dt: kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
+                            '--model_dir', str(tmp_path / dt), '--dtype', dt])
+            for dt in ('float64', 'float32')}
+    a, b = runs['float64'], runs['float32']
+    assert b.config['dtype'] == 'float32' and a.config['dtype'] == 'float64'
+    assert a.n_iter == b.n_iter and a.cluster_sizes == b.cluster_sizes
+    np.testing.assert_allclose(b.centers, a.centers, rtol=1e-6)
+    assert b.inertia == pytest.approx(a.inertia, rel=1e-6)
+    # the points really were kept in float32: the centres are close, not equal
+    assert not np.array_equal(b.centers, a.centers)
