@@ -56,8 +56,9 @@ def _first_head(paths: list[str], fmt: str, id_column: str | None, file_pattern:
         except BeammlError:
             raise
         except Exception as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BeammlError(f'{path} is not a readable {fmt} file: '
-                              f'{printable(str(e))}') from e
+                              f'{printable(first_line)}') from e
         if head.num_rows:
             return path, head
         if first is None and has_rows:
@@ -72,8 +73,10 @@ def _no_rows(file_pattern: str, n: int) -> BeammlError:
 
 
 def _numeric_share(arr: pa.ChunkedArray | pa.Array) -> float:
-    """Share of the non-null values of a string column that parse as numbers."""
+    """Share of the non-blank values of a string column that parse as numbers (a blank
+    value is a missing one, refused later)."""
     arr = pc.drop_null(arr)
+    arr = arr.filter(pc.not_equal(pc.utf8_trim_whitespace(arr), ''))
     if len(arr) == 0:
         return 0.0
     return pc.sum(pc.match_substring_regex(arr, NUMBER_RE, ignore_case=True)).as_py() / len(arr)
