@@ -382,7 +382,7 @@ def test_damaged_parquet_pages_are_one_line(tmp_path):
     data[start:start + 64] = bytes(64)   # the second row group's pages; the footer is intact
     path.write_bytes(bytes(data))
     with pytest.raises(BeammlError, match=r'x\.parquet is not a readable parquet file '
-                                          r'\(damaged after row 500\): [^\n]+$'):
+                                          r"\(a damaged page in its data\): [^\n]+$"):
         read_table_files(str(path))
 
 
