@@ -2,7 +2,7 @@
 
     beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs \\
         [--max_iter 300] [--tol 1e-4] [--init k-means++|k-means||random|PATH] \\
-        [--random_state S] [--empty_cluster keep|farthest]
+        [--random_state S] [--empty_cluster keep|farthest] [--weight_column W]
 
 The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
@@ -92,6 +92,12 @@ class KMeansOptions:
                             help='rounds of k-means|| (default 5)')
         parser.add_argument('--oversampling_factor', type=float, default=2.0,
                             help='k-means|| draws about this x k points per round (default 2)')
+        parser.add_argument('--weight_column', default=None,
+                            help='column of per-row sample weights (scikit-learn\'s '
+                                 'sample_weight, Spark\'s weightCol): weighted seeding and '
+                                 'Lloyd; a row whose weight is missing, not a number, NaN, '
+                                 'infinite or negative is a dead letter (0 is a weight); '
+                                 'never a feature')
         parser.add_argument('--dtype', choices=('float64', 'float32'), default='float64',
                             help='what the points are cached and the E-step computed in '
                                  '(default float64; float32 halves the bytes read per '
@@ -134,6 +140,14 @@ def validate(args, dimension: int):
     return init
 
 
+def read_kwargs(args) -> dict:
+    """ReadPoints' keyword arguments: the input flags and ``--weight_column``."""
+    kwargs = common.read_kwargs(args)
+    if getattr(args, 'weight_column', None):
+        kwargs['weight_column'] = args.weight_column
+    return kwargs
+
+
 def write_result(result: KMeansResult, path: str) -> str:
     """Write the training result as JSON (one small file, written whole; a retry rewrites it)."""
     return write_json(path, result.to_dict())
@@ -168,7 +182,7 @@ def build(p, args, *, run: TrainingRun | None = None, cache_dir: str | None = No
     letters, the cache manifest and the block's checkpoint into the run's folder;
     without, nothing is written (tests drive the graph directly).
     """
-    read = ReadPoints(args.input, **common.read_kwargs(args))
+    read = ReadPoints(args.input, **read_kwargs(args))
     LOG.info('input: %d file(s), %s, d=%d, features %s', len(read.paths),
              read.layout.input_format, read.layout.dimension,
              ','.join(read.layout.feature_columns))
@@ -194,6 +208,7 @@ def model_config(args, kmeans: KMeans) -> dict:
         'init_steps': kmeans.init_steps, 'oversampling_factor': kmeans.oversampling_factor,
         'input_format': args.input_format, 'id_column': args.id_column,
         'feature_columns': args.feature_columns, 'dtype': kmeans.dtype,
+        'weight_column': getattr(args, 'weight_column', None),
     }
 
 
@@ -309,7 +324,7 @@ def _resume(args, options, training: TrainingRun) -> tuple[dict, KMeans]:
     if changed:
         raise BeammlError(f'--resume {training.version}: the run was started with other '
                           f'flags ({"; ".join(changed)}); give the same ones')
-    read = ReadPoints(args.input, **common.read_kwargs(args))   # checks the input is there
+    read = ReadPoints(args.input, **read_kwargs(args))   # checks the input is there
     init = validate(args, read.layout.dimension)
     kmeans = make_kmeans(args, init, training.cache_dir)
     checkpoint = training.last_block()
@@ -328,7 +343,7 @@ def _rebuild_cache(args, options, training: TrainingRun, state: KMeansState) -> 
     LOG.info('kmeans %s: the point cache is gone; rebuilding it from the input',
              training.version)
     p = beam.Pipeline(options=options)
-    points = p | 'ReadPoints' >> ReadPoints(args.input, **common.read_kwargs(args))
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **read_kwargs(args))
     (points.batches
      | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean, args.dtype)
      | 'ListCache' >> beam.combiners.ToList()
@@ -366,7 +381,7 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
 def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> None:
     """``--output``: the training points' labels and distances against the final centres."""
     p = beam.Pipeline(options=options)
-    read = ReadPoints(args.input, **common.read_kwargs(args))
+    read = ReadPoints(args.input, **read_kwargs(args))
     schema = pa.schema([('id', read.layout.id_arrow_type), ('cluster', pa.int64()),
                         ('distance', pa.float64()), ('model_version', pa.string())])
     points = p | 'ReadPoints' >> read   # the refused rows are the training's dead letters
@@ -385,7 +400,7 @@ def _training_failed(error: BeammlError, args, options, training: TrainingRun) -
     """
     failed = training.fail()
     p = beam.Pipeline(options=options)
-    points = p | 'ReadPoints' >> ReadPoints(args.input, **common.read_kwargs(args))
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **read_kwargs(args))
     points.errors | 'WriteErrors' >> WriteDeadLetters(failed.errors_prefix)
     counts = common.record_counts(common.run_pipeline(p))
     message = f'{error}; no model version was written'

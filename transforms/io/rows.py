@@ -245,6 +245,32 @@ def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
     return X
 
 
+def _weights(t, layout: Layout, why: RowReasons) -> np.ndarray:
+    """The float64 sample weights of a batch (``layout.weight_column``); a row whose
+    weight is missing, not a number, NaN, infinite or negative is marked in ``why``
+    (zero is a weight, as scikit-learn's ``sample_weight``)."""
+    n = t.num_rows
+    col = layout.weight_column
+    if col not in t.column_names:   # a JSON block without the key
+        why.mark(np.ones(n, bool), 'missing weight')
+        return np.zeros(n)
+    arr = t.column(col)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_boolean(arr.type):   # true / false is not a weight
+        why.mark(arr.is_valid().to_numpy(zero_copy_only=False), 'weight is not a number')
+        why.mark(np.ones(n, bool), 'missing weight')
+        return np.zeros(n)
+    w, missing, bad = _column_values(arr)
+    why.mark(bad, 'weight is not a number')
+    why.mark(missing, 'missing weight')
+    with np.errstate(invalid='ignore'):
+        why.mark(np.isnan(w), 'weight is NaN')
+        why.mark(np.isinf(w), 'weight is infinite')
+        why.mark(w < 0, 'weight is negative')
+    return w
+
+
 # ----------------------------------------------------------------------------- checks
 
 def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
@@ -255,7 +281,9 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
     an id that is not an integer or is beyond int64 (in an integer id column), a
     value that is not a number, a missing value, a dimension other than the
     layout's (a list of another length, a .npy file of another width), NaN or inf
-    (unless ``allow_nan``). With ``source_columns`` the points batch also carries
+    (unless ``allow_nan``); then, with a ``layout.weight_column``, a weight that is
+    missing, not a number, NaN, infinite or negative (the batch then carries a float64
+    ``weight`` column). With ``source_columns`` the points batch also carries
     :data:`SOURCE_COLUMNS`, so later steps (assignment) can name each row's origin.
     """
     t = rb.table
@@ -289,6 +317,7 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
             nan = np.isnan(X).any(axis=1)
             why.mark(~finite & nan, 'NaN feature value')
             why.mark(~finite, 'infinite feature value')
+    weights = _weights(t, layout, why) if layout.weight_column else None
     dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
     rows, lines = rb.rows, rb.lines
     if dead:
@@ -297,9 +326,11 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
             return None, dead
         ids = ids.take(pa.array(keep))
         X = X[keep]
+        weights = None if weights is None else weights[keep]
         rows = rows[keep]
         lines = None if lines is None else lines[keep]
-    out = points_batch(pc.cast(ids, layout.id_arrow_type), X)
+    extra = {} if weights is None else {'weight': pa.array(weights, pa.float64())}
+    out = points_batch(pc.cast(ids, layout.id_arrow_type), X, **extra)
     if source_columns:
         out = with_source_columns(out, path, rows, lines)
     return out, dead

@@ -117,7 +117,7 @@ class _ReadBase(beam.PTransform):
                  id_column: str | None = None, feature_columns: Sequence[str] | None = None,
                  dimension: int | None = None, allow_nan: bool = False,
                  batch_rows: int = BATCH_ROWS, source_columns: bool = False,
-                 label: str | None = None):
+                 weight_column: str | None = None, label: str | None = None):
         super().__init__(label)
         self.file_pattern = file_pattern
         self.source_columns = source_columns
@@ -126,7 +126,8 @@ class _ReadBase(beam.PTransform):
         # Decided now, before the graph runs: errors a user can fix surface here.
         self.paths, self.layout = inspect_input(
             file_pattern, input_format=input_format, id_column=id_column,
-            feature_columns=feature_columns, dimension=dimension, need_features=self._points)
+            feature_columns=feature_columns, dimension=dimension, need_features=self._points,
+            weight_column=weight_column)
 
     @property
     def schema(self) -> pa.Schema:
@@ -152,6 +153,9 @@ class ReadPoints(_ReadBase):
     transform is constructed (see :func:`inspect_input`); ``.layout`` and ``.schema``
     tell what was decided. ``source_columns=True`` appends ``_file``, ``_row`` and
     ``_line`` to each batch, for steps that refuse rows later (assignment).
+    ``weight_column='w'`` adds a float64 ``weight`` column (sample weights, e.g. for
+    K-means); a row whose weight is missing, not a number, NaN, infinite or negative
+    is a dead letter, and the column is never a feature.
     """
     _points = True
 

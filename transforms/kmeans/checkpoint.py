@@ -40,7 +40,8 @@ RESULT_FILE = 'training.json'
 #: the flags a resumed run must share with the run it continues
 TRAINING_FLAGS = ('input', 'input_format', 'id_column', 'feature_columns', 'dimension', 'k',
                   'max_iter', 'tol', 'init', 'random_state', 'empty_cluster',
-                  'init_sample_size', 'init_steps', 'oversampling_factor', 'block_size', 'dtype')
+                  'init_sample_size', 'init_steps', 'oversampling_factor', 'block_size', 'dtype',
+                  'weight_column')
 
 
 def _files_under(folder: str) -> list[str]:

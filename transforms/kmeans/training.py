@@ -38,9 +38,9 @@ import pyarrow as pa
 
 from beamml.transforms.io import BeammlError, points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
-                                            write_cached_points)
+                                            read_cached_weights, write_cached_points)
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn,
-                                                PointStatsCombineFn, StateMarker)
+                                                PointStatsCombineFn, StateMarker, batch_weights)
 from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, lloyd_labels, row_hashes
 from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_step,
                                             initial_state, lloyd_step, next_state)
@@ -84,17 +84,21 @@ class _StatsAndCacheFn(PartialCombineFn):
         if not X.shape[0]:
             return
         hashes = row_hashes(X)
+        weights = batch_weights(element)
         if self.acc is None:
             self.acc = self.combine_fn.create_accumulator()
-        self.acc = self.combine_fn.add_points(self.acc, X, hashes)
+        self.acc = self.combine_fn.add_points(self.acc, X, hashes, weights)
         yield beam.pvalue.TaggedOutput(
-            'raw', write_cached_points(self.cache_dir, X, hashes, prefix='raw'))
+            'raw', write_cached_points(self.cache_dir, X, hashes, prefix='raw',
+                                       weights=weights))
 
 
 class _CentreFn(beam.DoFn):
-    """Points batch -> (X - mean, row hashes), or the path of a cache file holding them.
+    """Points batch -> (X - mean, row hashes[, weights]), or the path of a cache file
+    holding them.
 
     With a cache the input is the path of a raw cache file (:class:`_StatsAndCacheFn`).
+    A weighted batch (a ``weight`` column) keeps its weights beside the points.
     """
 
     def __init__(self, cache_dir: str | None, dtype: str = 'float64'):
@@ -103,15 +107,19 @@ class _CentreFn(beam.DoFn):
     def process(self, batch, stats):
         if isinstance(batch, str):
             X, hashes = read_cached_points(batch)
+            weights = read_cached_weights(batch)
         else:
             X = points_matrix(batch)
             hashes = row_hashes(X) if X.shape[0] else None
+            weights = batch_weights(batch)
         if X.shape[0]:
             Xc = X - stats.mean   # centred in float64, then stored as dtype
             if self.cache_dir is None:
-                yield Xc.astype(self.dtype, copy=False), hashes
+                Xc = Xc.astype(self.dtype, copy=False)
+                yield (Xc, hashes) if weights is None else (Xc, hashes, np.array(weights))
             else:
-                yield write_cached_points(self.cache_dir, Xc, hashes, dtype=self.dtype)
+                yield write_cached_points(self.cache_dir, Xc, hashes, dtype=self.dtype,
+                                          weights=weights)
 
 
 class _IterationFn(PartialCombineFn):
