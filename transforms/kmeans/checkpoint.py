@@ -137,7 +137,7 @@ class TrainingRun:
     # ------------------------------------------------------------------ the point cache
     def write_manifest(self, paths) -> str:
         """(A Beam step.) The cache's centred point files, and the raw ones to drop."""
-        paths = sorted(set(paths))
+        paths = sorted(paths)   # two identical batches share a file: it is listed twice
         is_raw = [posixpath.basename(p.replace(os.sep, '/')).startswith('raw-') for p in paths]
         return write_json(FileSystems.join(self.folder, 'manifest.json'), {
             'points': [p for p, r in zip(paths, is_raw) if not r],
