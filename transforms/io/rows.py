@@ -381,8 +381,8 @@ def _mark_type_conflicts(t, layout: Layout, why: RowReasons) -> None:
     if layout.head_schema is None or layout.input_format != 'jsonl':
         return
     for i, field in enumerate(t.schema):
-        if field.name not in layout.head_schema.names:
-            continue
+        if field.name == layout.id_column or field.name not in layout.head_schema.names:
+            continue   # (ids have rules of their own: _ids)
         want = layout.head_schema.field(field.name).type
         got = field.type
         if pa.types.is_null(got) or pa.types.is_null(want):
