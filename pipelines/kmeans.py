@@ -2,7 +2,7 @@
 
     beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs \\
         [--max_iter 300] [--tol 1e-4] [--init k-means++|k-means||random|PATH] \\
-        [--random_state S] [--empty_cluster keep|farthest]
+        [--random_state S] [--empty_cluster keep|farthest] [--distance euclidean|cosine]
 
 The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
@@ -27,6 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines import common
+from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
                                   WriteTable)
 from beamml.transforms.io.documents import write_json
@@ -85,6 +86,11 @@ class KMeansOptions:
                             help="an empty cluster keeps its centre ('keep', default) or "
                                  "takes the point farthest from its centre ('farthest', as "
                                  'scikit-learn)')
+        parser.add_argument('--distance', choices=DISTANCES, default='euclidean',
+                            help="'euclidean' (default, scikit-learn's K-means) or 'cosine' "
+                                 "(Spark MLlib's: 1 - cos; points and centres normalised, a "
+                                 'centre is the normalised mean of its points; a zero vector '
+                                 'is a dead letter); recorded in the model, which assign uses')
         parser.add_argument('--init_sample_size', type=int, default=10_000,
                             help='points sampled for k-means++ / random seeding '
                                  '(default 10000)')
@@ -111,6 +117,12 @@ class KMeansOptions:
         parser.add_argument('--model_dir', required=True,
                             help='model directory (local or gs://); a new version is written '
                                  'there and LATEST points to it')
+
+
+def read_kwargs(args) -> dict:
+    """The reader's arguments: the input flags, and for ``--distance cosine`` zero
+    vectors refused as dead letters (with their file, row and line)."""
+    return {**common.read_kwargs(args), 'refuse_zero': args.distance == 'cosine'}
 
 
 def validate(args, dimension: int):
@@ -144,7 +156,7 @@ def make_kmeans(args, init, cache_dir: str | None) -> KMeans:
                   random_state=args.random_state, empty_cluster=args.empty_cluster,
                   init_sample_size=args.init_sample_size, init_steps=args.init_steps,
                   oversampling_factor=args.oversampling_factor, cache_dir=cache_dir,
-                  dtype=args.dtype)
+                  dtype=args.dtype, distance=args.distance)
 
 
 def _write_block(state: KMeansState, results, path: str) -> str:
@@ -168,7 +180,7 @@ def build(p, args, *, run: TrainingRun | None = None, cache_dir: str | None = No
     letters, the cache manifest and the block's checkpoint into the run's folder;
     without, nothing is written (tests drive the graph directly).
     """
-    read = ReadPoints(args.input, **common.read_kwargs(args))
+    read = ReadPoints(args.input, **read_kwargs(args))
     LOG.info('input: %d file(s), %s, d=%d, features %s', len(read.paths),
              read.layout.input_format, read.layout.dimension,
              ','.join(read.layout.feature_columns))
@@ -194,6 +206,7 @@ def model_config(args, kmeans: KMeans) -> dict:
         'init_steps': kmeans.init_steps, 'oversampling_factor': kmeans.oversampling_factor,
         'input_format': args.input_format, 'id_column': args.id_column,
         'feature_columns': args.feature_columns, 'dtype': kmeans.dtype,
+        'distance': kmeans.distance,
     }
 
 
@@ -309,7 +322,7 @@ def _resume(args, options, training: TrainingRun) -> tuple[dict, KMeans]:
     if changed:
         raise BeammlError(f'--resume {training.version}: the run was started with other '
                           f'flags ({"; ".join(changed)}); give the same ones')
-    read = ReadPoints(args.input, **common.read_kwargs(args))   # checks the input is there
+    read = ReadPoints(args.input, **read_kwargs(args))   # checks the input is there
     init = validate(args, read.layout.dimension)
     kmeans = make_kmeans(args, init, training.cache_dir)
     checkpoint = training.last_block()
@@ -328,9 +341,10 @@ def _rebuild_cache(args, options, training: TrainingRun, state: KMeansState) -> 
     LOG.info('kmeans %s: the point cache is gone; rebuilding it from the input',
              training.version)
     p = beam.Pipeline(options=options)
-    points = p | 'ReadPoints' >> ReadPoints(args.input, **common.read_kwargs(args))
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **read_kwargs(args))
     (points.batches
-     | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean, args.dtype)
+     | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean, args.dtype,
+                                                 state.distance)
      | 'ListCache' >> beam.combiners.ToList()
      | 'WriteManifest' >> beam.Map(training.write_manifest))
     common.run_pipeline(p)
@@ -348,7 +362,7 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
         res.centers, version=training.version, input_pattern=args.input, n_iter=res.n_iter,
         inertia=res.inertia, inertia_history=res.inertia_history,
         stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
-        config=training.config())
+        config=training.config(), distance=args.distance)
     saved = model.save(args.model_dir)
     training.remove()
     if res.n_distinct is not None:
@@ -366,7 +380,7 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
 def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> None:
     """``--output``: the training points' labels and distances against the final centres."""
     p = beam.Pipeline(options=options)
-    read = ReadPoints(args.input, **common.read_kwargs(args))
+    read = ReadPoints(args.input, **read_kwargs(args))
     schema = pa.schema([('id', read.layout.id_arrow_type), ('cluster', pa.int64()),
                         ('distance', pa.float64()), ('model_version', pa.string())])
     points = p | 'ReadPoints' >> read   # the refused rows are the training's dead letters
@@ -385,7 +399,7 @@ def _training_failed(error: BeammlError, args, options, training: TrainingRun) -
     """
     failed = training.fail()
     p = beam.Pipeline(options=options)
-    points = p | 'ReadPoints' >> ReadPoints(args.input, **common.read_kwargs(args))
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **read_kwargs(args))
     points.errors | 'WriteErrors' >> WriteDeadLetters(failed.errors_prefix)
     counts = common.record_counts(common.run_pipeline(p))
     message = f'{error}; no model version was written'
