@@ -435,11 +435,12 @@ def test_resume_keeps_the_distance(cloud, tmp_path):
 
 def test_a_run_saved_before_the_distance_flag_resumes_as_euclidean(tmp_path):
     run = TrainingRun(str(tmp_path), 'v1')
-    run.start({'k': 3, 'tol': 0.0, 'random_state': 1}, {'random_state': 1}, str(tmp_path / 'cache'))
+    flags = {'k': 3, 'tol': 0.0, 'random_state': 1}
+    run.start(flags, {'random_state': 1}, str(tmp_path / 'cache'))
     info = json.load(open(tmp_path / '_runs' / 'v1' / 'run.json'))
     del info['flags']['distance']   # what an earlier beamml wrote
     (tmp_path / '_runs' / 'v1' / 'run.json').write_text(json.dumps(info))
     old = TrainingRun(str(tmp_path), 'v1')
-    assert old.changed_flags({'k': 3, 'tol': 0.0, 'random_state': 1, 'distance': 'euclidean'}) == []
-    assert old.changed_flags({'k': 3, 'tol': 0.0, 'random_state': 1, 'distance': 'cosine'}) == [
+    assert old.changed_flags({**flags, 'distance': 'euclidean'}) == []
+    assert old.changed_flags({**flags, 'distance': 'cosine'}) == [
         "--distance was 'euclidean', now 'cosine'"]

@@ -3,8 +3,8 @@
 :class:`AssignNearestCentroid` applies :func:`beamml.transforms.distances.nearest_centroid`
 (or, for a model whose ``distance`` is ``'cosine'``,
 :func:`~beamml.transforms.distances.nearest_centroid_cosine`: ``1 - cos``, a zero
-vector refused) to whole points RecordBatches (columns ``id``, ``features``) and appends ``cluster``
-and ``distance`` (and optionally ``distances`` and ``model_version``). The model (a
+vector refused) to whole points RecordBatches (columns ``id``, ``features``) and
+appends ``cluster`` and ``distance`` (and optionally ``distances`` and ``model_version``). The model (a
 :class:`beamml.transforms.model.CentroidModel`) always reaches the workers as a
 singleton side input. How ties and far-from-origin data stay exact is told in
 :mod:`beamml.transforms.distances`.

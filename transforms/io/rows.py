@@ -18,7 +18,7 @@ from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.types import (INT_RE, NUMBER_RE, SOURCE_COLUMNS, is_list_type,
                                         is_numeric_type, is_string_type)
 
-__all__ = ['ZERO_VECTOR', 'BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'int64_or_null',
+__all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'int64_or_null',
            'points_batch', 'to_points', 'table_checks', 'with_source_columns', 'source_of']
 
 #: rows per RowBatch a reader yields

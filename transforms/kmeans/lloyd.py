@@ -117,7 +117,8 @@ class KMeansResult:
         Iterations run (scikit-learn's ``n_iter_``).
     stop_reason : {'converged_labels', 'converged_tol', 'max_iter'}
     inertia : float
-        Sum of squared distances to the nearest final centre.
+        Sum of squared distances to the nearest final centre (cosine: of the
+        cosine distances ``1 - cos``).
     inertia_history : list of float
         Inertia of iteration i (labels against the centres entering it).
     center_shift_history : list of float
