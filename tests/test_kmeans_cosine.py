@@ -178,6 +178,9 @@ def test_kmeans_cosine_is_sparks_rule_from_the_same_centres(tmp_path):
                                   distance='cosine')),
         'cached': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300, distance='cosine',
                                  cache_dir=str(tmp_path / 'cache'))),
+        'float32': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300,
+                                  distance='cosine', dtype='float32',
+                                  cache_dir=str(tmp_path / 'cache32'))),
         'euclidean': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=4)),
     }
     res = run_kmeans(tmp_path, cases)
@@ -195,6 +198,10 @@ def test_kmeans_cosine_is_sparks_rule_from_the_same_centres(tmp_path):
     np.testing.assert_allclose(res['cached'].initial_centers,
                                C0 / np.linalg.norm(C0, axis=1, keepdims=True), rtol=1e-15)
     assert not os.listdir(tmp_path / 'cache')   # dropped at the end
+    # float32 points: the same rule, to float32's precision
+    np.testing.assert_allclose(res['float32'].centers, ref['centers'], atol=1e-6)
+    assert res['float32'].n_iter == ref['n_iter']
+    assert res['float32'].inertia == pytest.approx(ref['cost'], rel=1e-6)
     # not the Euclidean training: the test tells the two apart
     assert np.abs(res['euclidean'].centers - res['tol0'].centers).max() > 0.1
 
