@@ -3,6 +3,7 @@
     beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs \\
         [--max_iter 300] [--tol 1e-4] [--init k-means++|k-means||random|PATH] \\
         [--random_state S] [--empty_cluster keep|farthest] [--distance euclidean|cosine]
+        [--weight_column W]
 
 The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
@@ -98,6 +99,12 @@ class KMeansOptions:
                             help='rounds of k-means|| (default 5)')
         parser.add_argument('--oversampling_factor', type=float, default=2.0,
                             help='k-means|| draws about this x k points per round (default 2)')
+        parser.add_argument('--weight_column', default=None,
+                            help='column of per-row sample weights (scikit-learn\'s '
+                                 'sample_weight, Spark\'s weightCol): weighted seeding and '
+                                 'Lloyd; a row whose weight is missing, not a number, NaN, '
+                                 'infinite or negative is a dead letter (0 is a weight); '
+                                 'never a feature')
         parser.add_argument('--dtype', choices=('float64', 'float32'), default='float64',
                             help='what the points are cached and the E-step computed in '
                                  '(default float64; float32 halves the bytes read per '
@@ -119,12 +126,6 @@ class KMeansOptions:
                                  'there and LATEST points to it')
 
 
-def read_kwargs(args) -> dict:
-    """The reader's arguments: the input flags, and for ``--distance cosine`` zero
-    vectors refused as dead letters (with their file, row and line)."""
-    return {**common.read_kwargs(args), 'refuse_zero': args.distance == 'cosine'}
-
-
 def validate(args, dimension: int):
     """Flag checks that need no data; returns the KMeans init (a method name or an array).
 
@@ -144,6 +145,18 @@ def validate(args, dimension: int):
     if args.k < 1:
         raise BeammlError(f'--k must be >= 1, got {args.k}')
     return init
+
+
+def read_kwargs(args) -> dict:
+    """ReadPoints' keyword arguments: the input flags and ``--weight_column``; for
+    ``--distance cosine`` zero vectors are refused as dead letters (with their file,
+    row and line)."""
+    kwargs = common.read_kwargs(args)
+    if getattr(args, 'weight_column', None):
+        kwargs['weight_column'] = args.weight_column
+    if getattr(args, 'distance', 'euclidean') == 'cosine':
+        kwargs['refuse_zero'] = True
+    return kwargs
 
 
 def write_result(result: KMeansResult, path: str) -> str:
@@ -207,6 +220,7 @@ def model_config(args, kmeans: KMeans) -> dict:
         'input_format': args.input_format, 'id_column': args.id_column,
         'feature_columns': args.feature_columns, 'dtype': kmeans.dtype,
         'distance': kmeans.distance,
+        'weight_column': getattr(args, 'weight_column', None),
     }
 
 

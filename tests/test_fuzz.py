@@ -247,7 +247,7 @@ def check_error(case: Case, res: dict) -> bool:
         assert '\n' not in msg.strip(), f'a BeammlError of several lines: {msg!r}'
         assert 'bug in beamml' not in msg, msg
         if not any(f.rows for f in case.files):   # the whole input has no data row
-            assert 'no data rows' in msg, msg
+            assert 'no data rows' in msg or case.may_error, msg
             return True
         assert case.may_error, f'BeammlError on input that should read: {msg}'
         return True
@@ -428,6 +428,10 @@ def test_fuzz_assign_pipeline(worker, scratch, case):
     C = np.random.default_rng(len(case.files)).normal(size=(2, case.dimension))
     folder = _folder(scratch)
     CentroidModel(C).save(os.path.join(folder, 'model'))
+    for f in case.files:   # NaN or inf let through by --allow_nan: assign cannot place it
+        for r in f.rows:
+            if r.kind == 'non_finite' and r.expect == 'ok':
+                r.expect, r.values = 'refused', None
     res, out, _ = _pipeline_case(worker, scratch, case, 'assign', _argv(case, '{input}') + [
         '--model', os.path.join(folder, 'model'), '--output', '{out}'])
     if check_error(case, res):

@@ -352,3 +352,47 @@ def test_index_ids_takes_a_later_file_of_empty_or_null_lists(tmp_path):
     assert pq.read_table(str(path)).to_pylist() == [
         {'id': 1, 'features': [1.5, 2.0], 'idx': 0}, {'id': 2, 'features': [], 'idx': 1},
         {'id': 3, 'features': None, 'idx': 2}]
+
+
+def test_blank_values_do_not_make_a_number_column_text(tmp_path):
+    (tmp_path / 'x.csv').write_bytes(b'x0\n0\n""\n   \n\n')
+    table, dead = read_table_files(str(tmp_path / 'x.csv'))
+    assert table.num_rows == 1 and [d['line'] for d in dead] == [3, 4]
+
+
+def test_a_json_id_beyond_int64_in_a_string_id_column_is_refused_not_rounded(tmp_path):
+    (tmp_path / 'x.jsonl').write_bytes(
+        b'{"id": 0, "x0": 0.0}\n{"id": [1], "x0": 0.0}\n{"id": 10000003, "x0": 0.0}\n'
+        b'{"id": -9223372036854775809, "x0": 0.0}\n')
+    table, dead = read_table_files(str(tmp_path / 'x.jsonl'))
+    assert table.column('id').to_pylist() == ['0', '10000003']
+    assert [(d['line'], d['reason']) for d in dead][-1] == (
+        4, 'id is a number too large to keep exactly (write it as a string)')
+
+
+def test_damaged_parquet_pages_are_one_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from beamml.transforms.io import BeammlError
+    path = tmp_path / 'x.parquet'
+    pq.write_table(pa.table({'id': list(range(10000)), 'x0': [0.5] * 10000}), str(path),
+                   compression='none', row_group_size=5000)   # the head reads group 0 only
+    start = pq.ParquetFile(str(path)).metadata.row_group(1).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[start:start + 64] = bytes(64)   # the second row group's pages; the footer is intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(BeammlError, match=r'x\.parquet is not a readable parquet file '
+                                          r"\(a damaged page in its data\): [^\n]+$"):
+        read_table_files(str(path))
+
+
+def test_a_json_value_of_another_kind_refuses_its_row_not_the_table_run(tmp_path):
+    import json
+    from beamml.pipelines import index_ids
+    (tmp_path / 'x.jsonl').write_bytes(b'{"id": 0, "features": [0.0]}\n'
+                                       b'{"id": 1, "features": 5}\n{"id": 2, "features": [1]}\n')
+    index_ids.run(['--input', str(tmp_path / 'x.jsonl'), '--id_column', 'id',
+                   '--output', str(tmp_path / 'out'), '--max_refused_fraction', '1'])
+    (errors,) = tmp_path.glob('out-errors-*.jsonl')
+    assert [(d['line'], d['reason']) for d in map(json.loads, open(errors))] == [
+        (2, "value in 'features' is a number, the column holds a list")]

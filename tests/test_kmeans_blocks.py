@@ -156,3 +156,20 @@ def test_dtype_float32_is_an_opt_in_close_to_float64(blobs, tmp_path):
     assert b.inertia == pytest.approx(a.inertia, rel=1e-6)
     # the points really were kept in float32: the centres are close, not equal
     assert not np.array_equal(b.centers, a.centers)
+
+
+def test_identical_input_files_count_twice_in_every_block(blobs, tmp_path):
+    """Two identical files make identical batches, which share one cache file (named by
+    content): the manifest lists it twice, so later blocks see every point twice too."""
+    for name in ('a.csv', 'b.csv'):
+        shutil.copy(blobs['path'], tmp_path / name)
+    X = np.concatenate([blobs['X'], blobs['X']])
+    model = kmeans.run(['--input', str(tmp_path / '*.csv'), '--k', '4', '--random_state', '1',
+                        '--model_dir', str(tmp_path / 'm'), '--block_size', '1'])
+    assert model.n_iter > 2 and sum(model.cluster_sizes) == len(X)
+    from sklearn.cluster import KMeans as SkKMeans
+    c0 = np.array(json.load(open(os.path.join(
+        tmp_path / 'm', model.version, 'training.json')))['initial_centers'])
+    sk = SkKMeans(4, init=c0, n_init=1, algorithm='lloyd', max_iter=300).fit(X)
+    assert sk.n_iter_ == model.n_iter
+    np.testing.assert_allclose(model.centers, sk.cluster_centers_, rtol=1e-9)

@@ -36,8 +36,13 @@ ZERO = 'zero vector: cosine distance is undefined'
 
 # ----------------------------------------------------------------------------- oracles
 
-def spark_cosine_lloyd(X, C0, *, max_iter, tol=0.0, empty_cluster='keep'):
-    """Spark's cosine K-means from C0 with beamml's stopping rule; a dict of the result."""
+def spark_cosine_lloyd(X, C0, *, max_iter, tol=0.0, w=None):
+    """Spark's cosine K-means from C0 with beamml's stopping rule; a dict of the result.
+
+    With weights ``w`` (Spark's weightCol): a cluster's sum is of ``w x / ||x||``, its
+    centre that sum over the cluster's weight, normalised; the cost is ``sum w (1 - cos)``.
+    """
+    w = np.ones(len(X)) if w is None else np.asarray(w, dtype=np.float64)
     U = X / np.linalg.norm(X, axis=1, keepdims=True)
     C = C0 / np.linalg.norm(C0, axis=1, keepdims=True)
     tol_abs = tol * np.mean(np.var(U, axis=0)) if tol else 0.0
@@ -45,10 +50,10 @@ def spark_cosine_lloyd(X, C0, *, max_iter, tol=0.0, empty_cluster='keep'):
     for it in range(max_iter):
         D = 1.0 - U @ C.T
         labels = D.argmin(axis=1)
-        history.append(float(D[np.arange(len(U)), labels].sum()))
+        history.append(float((w * D[np.arange(len(U)), labels]).sum()))
         sums = np.zeros_like(C)
-        np.add.at(sums, labels, U)
-        counts = np.bincount(labels, minlength=len(C))
+        np.add.at(sums, labels, w[:, None] * U)
+        counts = np.bincount(labels, weights=w, minlength=len(C))
         new = C.copy()
         full = counts > 0
         mean = sums[full] / counts[full, None]
@@ -64,7 +69,8 @@ def spark_cosine_lloyd(X, C0, *, max_iter, tol=0.0, empty_cluster='keep'):
         previous = labels
     D = 1.0 - U @ C.T
     labels = D.argmin(axis=1)
-    return {'centers': C, 'labels': labels, 'cost': float(D[np.arange(len(U)), labels].sum()),
+    return {'centers': C, 'labels': labels,
+            'cost': float((w * D[np.arange(len(U)), labels]).sum()),
             'n_iter': it + 1, 'stop_reason': reason, 'history': history,
             'sizes': np.bincount(labels, minlength=len(C)).tolist()}
 
@@ -204,6 +210,27 @@ def test_kmeans_cosine_is_sparks_rule_from_the_same_centres(tmp_path):
     assert res['float32'].inertia == pytest.approx(ref['cost'], rel=1e-6)
     # not the Euclidean training: the test tells the two apart
     assert np.abs(res['euclidean'].centers - res['tol0'].centers).max() > 0.1
+
+
+def test_kmeans_cosine_with_sample_weights_is_sparks_weighted_rule(tmp_path):
+    X = directions(seed=8)
+    w = np.random.default_rng(8).uniform(0, 3, len(X))
+    w[::50] = 0.0
+    C0 = X[[0, 1, 2, 3]]
+    batches = [points_batch(pa.array(np.arange(lo, min(lo + 400, len(X)))), X[lo:lo + 400],
+                            weight=pa.array(w[lo:lo + 400])) for lo in range(0, len(X), 400)]
+    res = run_kmeans(tmp_path, {
+        'w': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300, distance='cosine')),
+        'w_cached': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300,
+                                   distance='cosine', cache_dir=str(tmp_path / 'c')))})
+    ref = spark_cosine_lloyd(X, C0, max_iter=300, w=w)
+    unweighted = spark_cosine_lloyd(X, C0, max_iter=300)
+    assert np.abs(ref['centers'] - unweighted['centers']).max() > 1e-6   # the weights matter
+    for r in res.values():
+        np.testing.assert_allclose(r.centers, ref['centers'], rtol=0, atol=1e-9)
+        assert r.inertia == pytest.approx(ref['cost'], rel=1e-9)
+        np.testing.assert_allclose(r.inertia_history, ref['history'], rtol=1e-9)
+        assert r.n_iter == ref['n_iter'] and r.stop_reason == ref['stop_reason']
 
 
 @pytest.mark.parametrize('init', ['k-means++', 'k-means||', 'random'])

@@ -270,6 +270,8 @@ def _types(layout: Layout, names: list[str], as_strings: bool, pinned: dict | No
     if not layout.list_features:
         for c in layout.feature_columns:
             types[c] = pa.string() if as_strings else pa.float64()
+    if layout.weight_column:
+        types[layout.weight_column] = pa.string() if as_strings else pa.float64()
     return types
 
 

@@ -56,8 +56,9 @@ def _first_head(paths: list[str], fmt: str, id_column: str | None, file_pattern:
         except BeammlError:
             raise
         except Exception as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BeammlError(f'{path} is not a readable {fmt} file: '
-                              f'{printable(str(e))}') from e
+                              f'{printable(first_line)}') from e
         if head.num_rows:
             return path, head
         if first is None and has_rows:
@@ -72,8 +73,10 @@ def _no_rows(file_pattern: str, n: int) -> BeammlError:
 
 
 def _numeric_share(arr: pa.ChunkedArray | pa.Array) -> float:
-    """Share of the non-null values of a string column that parse as numbers."""
+    """Share of the non-blank values of a string column that parse as numbers (a blank
+    value is a missing one, refused later)."""
     arr = pc.drop_null(arr)
+    arr = arr.filter(pc.not_equal(pc.utf8_trim_whitespace(arr), ''))
     if len(arr) == 0:
         return 0.0
     return pc.sum(pc.match_substring_regex(arr, NUMBER_RE, ignore_case=True)).as_py() / len(arr)
@@ -111,9 +114,14 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
                   id_column: str | None = None,
                   feature_columns: Sequence[str] | None = None,
                   dimension: int | None = None,
-                  need_features: bool = True) -> tuple[list[str], Layout]:
+                  need_features: bool = True,
+                  weight_column: str | None = None) -> tuple[list[str], Layout]:
     """Match the input and decide its :class:`Layout` from the head of the first file
     that has data rows (a file of a header only has none).
+
+    ``weight_column`` names a column of per-row sample weights: it must exist, is
+    never a feature (refused in ``feature_columns``, left out of the inferred
+    features) nor the id column.
 
     Returns the matched paths (in path order) and the layout. Every problem a
     user can fix is a :class:`BeammlError` naming the file and what exists.
@@ -128,7 +136,18 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
     if dimension is not None and dimension < 1:
         raise BeammlError(f'dimension must be >= 1, got {dimension}',
                           parameters=('dimension',))
+    if weight_column is not None:
+        weight_column = weight_column.strip()
+        if not weight_column:
+            raise BeammlError('weight_column is empty; name a column of the input',
+                              parameters=('weight_column',))
+        if not need_features:
+            raise BeammlError('weight_column is for reading points, not tables',
+                              parameters=('weight_column',))
     if fmt == 'npy':
+        if weight_column:
+            raise BeammlError('.npy input has no columns, so no weight column; drop '
+                              'weight_column', parameters=('weight_column',))
         return paths, _npy_layout(paths, id_column, dimension, file_pattern)
 
     first, head = _first_head(paths, fmt, id_column or 'id', file_pattern)
@@ -149,6 +168,14 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
     id_type = 'string'
     if id_column is not None and pa.types.is_integer(schema.field(id_column).type):
         id_type = 'int64'
+    if weight_column is not None:
+        if weight_column not in columns:
+            raise BeammlError(f'{first} has no weight column {weight_column!r}; '
+                              f'its columns are {", ".join(columns)}',
+                              parameters=('weight_column',))
+        if weight_column == id_column:
+            raise BeammlError(f'the id column {id_column!r} cannot also be the weight column '
+                              '(weight_column)', parameters=('weight_column', 'id_column'))
 
     if not need_features:
         return paths, Layout(fmt, columns, id_column, id_type, (), False, 0, schema)
@@ -159,6 +186,10 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
             raise BeammlError(f'the id column {id_column!r} cannot also be a feature column '
                               '(feature_columns); give the features only, or another '
                               'id_column', parameters=('feature_columns', 'id_column'))
+        if weight_column is not None and weight_column in feature_columns:
+            raise BeammlError(f'the weight column {weight_column!r} cannot also be a feature '
+                              'column (feature_columns); give the features only, or another '
+                              'weight_column', parameters=('feature_columns', 'weight_column'))
         missing = [c for c in feature_columns if c not in columns]
         if missing:
             raise BeammlError(f'{first} has no column {", ".join(map(repr, missing))}; '
@@ -169,7 +200,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
                               'or give scalar columns')
         list_features = bool(list_cols)
     else:
-        candidates = [c for c in columns if c != id_column]
+        candidates = [c for c in columns if c != id_column and c != weight_column]
         numeric = []
         for c in candidates:
             t = schema.field(c).type
@@ -205,4 +236,4 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
         raise BeammlError(f'cannot tell the number of features of {first}: its first rows '
                           f'have none; pass dimension', parameters=('dimension',))
     return paths, Layout(fmt, columns, id_column, id_type, tuple(feature_columns),
-                         list_features, int(d), schema)
+                         list_features, int(d), schema, weight_column=weight_column)

@@ -41,14 +41,19 @@ class Layout:
     dimension: int
     # Column types as read from the head of the first file (None for .npy).
     head_schema: pa.Schema | None = dataclasses.field(default=None, compare=False)
+    # A column of per-row sample weights (points batches then carry ``weight``).
+    weight_column: str | None = None
 
     @property
     def id_arrow_type(self) -> pa.DataType:
         return pa.int64() if self.id_type == 'int64' else pa.string()
 
     def points_schema(self) -> pa.Schema:
-        return pa.schema([('id', self.id_arrow_type),
-                          ('features', pa.list_(pa.float64(), self.dimension))])
+        fields = [('id', self.id_arrow_type),
+                  ('features', pa.list_(pa.float64(), self.dimension))]
+        if self.weight_column:
+            fields.append(('weight', pa.float64()))
+        return pa.schema(fields)
 
     def read_columns(self) -> list[str] | None:
         """Columns to read; None (every column) for a table read without features."""
@@ -57,6 +62,8 @@ class Layout:
         cols = list(self.feature_columns)
         if self.id_column:
             cols.insert(0, self.id_column)
+        if self.weight_column:
+            cols.append(self.weight_column)
         return cols
 
 

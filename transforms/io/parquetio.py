@@ -56,7 +56,16 @@ def read_parquet(f, path: str, layout: Layout, batch_rows: int,
     if part is not None:
         start, _, g0, g1 = part
         groups = range(g0, g1)
-    for b in pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols,
-                             use_threads=False):
+    batches = pf.iter_batches(batch_size=batch_rows, row_groups=groups, columns=cols,
+                              use_threads=False)
+    while True:
+        try:
+            b = next(batches)
+        except StopIteration:
+            return
+        except (OSError, pa.ArrowException) as e:   # damaged pages past a good footer
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise BeammlError(f'{path} is not a readable parquet file (a damaged page '
+                              f'in its data): {first}') from e
         yield RowBatch(b, np.arange(start, start + b.num_rows, dtype=np.int64), None)
         start += b.num_rows

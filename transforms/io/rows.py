@@ -184,6 +184,11 @@ def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
         why.mark(np.ones(n, bool), f'id is not {wanted} ({got})')
         return pa.nulls(n, layout.id_arrow_type)
     if layout.id_type == 'string':
+        if pa.types.is_floating(arr.type):   # pyarrow reads a JSON int beyond int64 as a float
+            v = pc.fill_null(pc.cast(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
+            with np.errstate(invalid='ignore'):
+                why.mark(~(np.abs(v) < 2.0 ** 53), 'id is a number too large to keep exactly '
+                         '(write it as a string)')
         return pc.cast(arr, pa.string())
     if pa.types.is_floating(arr.type):   # a JSON block with an id beyond int64 or 1.5
         return _float_ids(arr, why)
@@ -241,6 +246,32 @@ def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
     return X
 
 
+def _weights(t, layout: Layout, why: RowReasons) -> np.ndarray:
+    """The float64 sample weights of a batch (``layout.weight_column``); a row whose
+    weight is missing, not a number, NaN, infinite or negative is marked in ``why``
+    (zero is a weight, as scikit-learn's ``sample_weight``)."""
+    n = t.num_rows
+    col = layout.weight_column
+    if col not in t.column_names:   # a JSON block without the key
+        why.mark(np.ones(n, bool), 'missing weight')
+        return np.zeros(n)
+    arr = t.column(col)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    if pa.types.is_boolean(arr.type):   # true / false is not a weight
+        why.mark(arr.is_valid().to_numpy(zero_copy_only=False), 'weight is not a number')
+        why.mark(np.ones(n, bool), 'missing weight')
+        return np.zeros(n)
+    w, missing, bad = _column_values(arr)
+    why.mark(bad, 'weight is not a number')
+    why.mark(missing, 'missing weight')
+    with np.errstate(invalid='ignore'):
+        why.mark(np.isnan(w), 'weight is NaN')
+        why.mark(np.isinf(w), 'weight is infinite')
+        why.mark(w < 0, 'weight is negative')
+    return w
+
+
 # ----------------------------------------------------------------------------- checks
 
 def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
@@ -253,7 +284,9 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
     value that is not a number, a missing value, a dimension other than the
     layout's (a list of another length, a .npy file of another width), NaN or inf
     (unless ``allow_nan``), and with ``refuse_zero`` a zero vector (every feature 0:
-    what cosine distance is undefined for, :data:`ZERO_VECTOR`). With
+    what cosine distance is undefined for, :data:`ZERO_VECTOR`); then, with a
+    ``layout.weight_column``, a weight that is missing, not a number, NaN, infinite
+    or negative (the batch then carries a float64 ``weight`` column). With
     ``source_columns`` the points batch also carries
     :data:`SOURCE_COLUMNS`, so later steps (assignment) can name each row's origin.
     """
@@ -290,6 +323,7 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
             why.mark(~finite, 'infinite feature value')
     if refuse_zero:
         why.mark(~(X != 0).any(axis=1), ZERO_VECTOR)
+    weights = _weights(t, layout, why) if layout.weight_column else None
     dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
     rows, lines = rb.rows, rb.lines
     if dead:
@@ -298,9 +332,11 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
             return None, dead
         ids = ids.take(pa.array(keep))
         X = X[keep]
+        weights = None if weights is None else weights[keep]
         rows = rows[keep]
         lines = None if lines is None else lines[keep]
-    out = points_batch(pc.cast(ids, layout.id_arrow_type), X)
+    extra = {} if weights is None else {'weight': pa.array(weights, pa.float64())}
+    out = points_batch(pc.cast(ids, layout.id_arrow_type), X, **extra)
     if source_columns:
         out = with_source_columns(out, path, rows, lines)
     return out, dead
@@ -322,8 +358,9 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
         if clash:
             raise BeammlError(f'{path} has a column {clash[0]!r}, a name beamml gives the '
                               'source of each row; rename it')
+    why = RowReasons(t.num_rows)
+    _mark_type_conflicts(t, layout, why)
     if layout.id_column:
-        why = RowReasons(t.num_rows)
         ids = _ids(rb, layout, path, why)
         if layout.id_column in t.column_names and t.schema.field(
                 layout.id_column).type != layout.id_arrow_type:
@@ -331,16 +368,43 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
             # as floats (a JSON id beyond int64) gets the ids as the layout types them
             i = t.schema.get_field_index(layout.id_column)
             t = t.set_column(i, layout.id_column, pc.cast(ids, layout.id_arrow_type))
-        dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
-        if dead:
-            keep = np.flatnonzero(~why.refused)
-            if not len(keep):
-                return None, dead
-            t, rows = t.take(pa.array(keep)), rows[keep]
-            lines = None if lines is None else lines[keep]
+    dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
+    if dead:
+        keep = np.flatnonzero(~why.refused)
+        if not len(keep):
+            return None, dead
+        t, rows = t.take(pa.array(keep)), rows[keep]
+        lines = None if lines is None else lines[keep]
     if source_columns:
         t = with_source_columns(t, path, rows, lines)
     return t, dead
+
+
+def _mark_type_conflicts(t, layout: Layout, why: RowReasons) -> None:
+    """Refuse the rows of a JSON block whose column holds lists or objects where the
+    input's (the first file's) holds scalars, or the other way round: no table can hold
+    both, and the rest of the input must not be refused for them."""
+    if layout.head_schema is None or layout.input_format != 'jsonl':
+        return
+    for i, field in enumerate(t.schema):
+        if field.name not in layout.head_schema.names:
+            continue
+        want = layout.head_schema.field(field.name).type
+        got = field.type
+        if pa.types.is_null(got) or pa.types.is_null(want):
+            continue
+        if pa.types.is_nested(got) != pa.types.is_nested(want):
+            col = t.column(i)
+            why.mark(~col.is_null().to_numpy(zero_copy_only=False),
+                     f'value in {field.name!r} is {_kind(got)}, the column holds {_kind(want)}')
+
+
+def _kind(t: pa.DataType) -> str:
+    if is_list_type(t):
+        return 'a list'
+    if pa.types.is_struct(t):
+        return 'an object'
+    return 'a number' if is_numeric_type(t) else ('text' if is_string_type(t) else str(t))
 
 
 def with_source_columns(t, path: str, rows: np.ndarray, lines: np.ndarray | None):

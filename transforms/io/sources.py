@@ -118,7 +118,8 @@ class _ReadBase(beam.PTransform):
                  id_column: str | None = None, feature_columns: Sequence[str] | None = None,
                  dimension: int | None = None, allow_nan: bool = False,
                  batch_rows: int = BATCH_ROWS, source_columns: bool = False,
-                 refuse_zero: bool = False, label: str | None = None):
+                 refuse_zero: bool = False, weight_column: str | None = None,
+                 label: str | None = None):
         super().__init__(label)
         self.file_pattern = file_pattern
         self.refuse_zero = refuse_zero
@@ -128,7 +129,8 @@ class _ReadBase(beam.PTransform):
         # Decided now, before the graph runs: errors a user can fix surface here.
         self.paths, self.layout = inspect_input(
             file_pattern, input_format=input_format, id_column=id_column,
-            feature_columns=feature_columns, dimension=dimension, need_features=self._points)
+            feature_columns=feature_columns, dimension=dimension, need_features=self._points,
+            weight_column=weight_column)
 
     @property
     def schema(self) -> pa.Schema:
@@ -157,6 +159,9 @@ class ReadPoints(_ReadBase):
     ``refuse_zero=True`` refuses a zero vector (every feature 0) as a dead letter,
     ``"zero vector: cosine distance is undefined"`` (K-means with cosine distance
     reads its input so).
+    ``weight_column='w'`` adds a float64 ``weight`` column (sample weights, e.g. for
+    K-means); a row whose weight is missing, not a number, NaN, infinite or negative
+    is a dead letter, and the column is never a feature.
     """
     _points = True
 

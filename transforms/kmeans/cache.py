@@ -4,11 +4,17 @@ File I/O only. :class:`~beamml.transforms.kmeans.training.KMeans` with a
 ``cache_dir`` writes each batch here once and hands the iterations the files'
 paths instead of the points; the iterations read them back (memory-mapped
 when local) and the last step drops them.
+
+Weighted points (sample weights) also keep their weights, in a third file
+``<stem>.weight.npy``; such a batch's name carries a hash of its weights
+(``-w<16 hex>``), so two batches of the same points but other weights never
+share a file, and :func:`weights_of` knows a weighted file by its name.
 """
 from __future__ import annotations
 
 import io
 import os
+import re
 import uuid
 
 import numpy as np
@@ -16,7 +22,11 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io.documents import is_remote, read_bytes, write_bytes
 
-__all__ = ['write_cached_points', 'read_cached_points', 'points_of', 'drop_cached_points']
+__all__ = ['write_cached_points', 'read_cached_points', 'read_cached_weights', 'points_of',
+           'weights_of', 'drop_cached_points']
+
+#: the name of a cache file of weighted points: ...-w<hash of the weights>[-f32].npy
+_WEIGHTED_NAME = re.compile(r'-w[0-9a-f]{16}(-f32)?\.npy$')
 
 
 def _save_npy(path: str, arr: np.ndarray) -> None:
@@ -59,8 +69,27 @@ def _hash_path(path: str) -> str:
     return path[:-len('.npy')] + '.hash.npy'
 
 
+def _weight_path(path: str) -> str:
+    return path[:-len('.npy')] + '.weight.npy'
+
+
+def _is_weighted(path: str) -> bool:
+    return bool(_WEIGHTED_NAME.search(path))
+
+
+def _weights_hash(weights: np.ndarray, hashes: np.ndarray) -> int:
+    """A 64-bit hash of (row hash, weight) pairs, order-free (summed mod 2**64)."""
+    h = np.asarray(weights, dtype=np.float64).view(np.uint64) ^ np.asarray(hashes, np.uint64)
+    h = h * np.uint64(0xBF58476D1CE4E5B9)   # a copy; then SplitMix64-style mixing
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(29)
+    return int(np.add.reduce(h, dtype=np.uint64))
+
+
 def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
-                        prefix: str = 'points', dtype=np.float64) -> str:
+                        prefix: str = 'points', dtype=np.float64,
+                        weights: np.ndarray | None = None) -> str:
     """Write a batch of (centred) points and their row hashes as ``.npy`` files; X's path.
 
     The file names come from the batch's content, so a retried write rewrites
@@ -69,6 +98,8 @@ def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
     the bytes to write and to read every iteration, and the E-step
     (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass`) then computes in
     float32; the row hashes stay those of the points given (float64).
+    ``weights`` (sample weights, float64) are written beside them
+    (:func:`weights_of` reads them).
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float64, np.float32):
@@ -77,7 +108,11 @@ def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
         os.makedirs(cache_dir, exist_ok=True)
     h = int(np.add.reduce(hashes, dtype=np.uint64))
     tag = '' if dtype == np.float64 else '-f32'  # a float32 copy never replaces a float64 one
+    if weights is not None:
+        tag = f'-w{_weights_hash(weights, hashes):016x}{tag}'
     path = FileSystems.join(cache_dir, f'{prefix}-{h:016x}-{len(hashes)}{tag}.npy')
+    if weights is not None:
+        _save_npy(_weight_path(path), np.ascontiguousarray(weights, dtype=np.float64))
     _save_npy(_hash_path(path), np.asarray(hashes, dtype=np.uint64))
     _save_npy(path, np.ascontiguousarray(X, dtype=dtype))
     return path
@@ -88,9 +123,24 @@ def read_cached_points(path: str) -> tuple[np.ndarray, np.ndarray]:
     return _load_npy(path), _load_npy(_hash_path(path))
 
 
+def read_cached_weights(path: str) -> np.ndarray | None:
+    """The sample weights written with the points of ``path`` (None: unweighted)."""
+    return _load_npy(_weight_path(path)) if _is_weighted(path) else None
+
+
 def points_of(element) -> tuple[np.ndarray, np.ndarray]:
-    """A training element: (centred X, row hashes), or the path of their cache file."""
-    return read_cached_points(element) if isinstance(element, str) else element
+    """A training element: (centred X, row hashes[, weights]), or the path of their
+    cache file -> (X, row hashes)."""
+    if isinstance(element, str):
+        return read_cached_points(element)
+    return element[0], element[1]
+
+
+def weights_of(element) -> np.ndarray | None:
+    """The sample weights of a training element (None when unweighted)."""
+    if isinstance(element, str):
+        return read_cached_weights(element)
+    return element[2] if len(element) > 2 else None
 
 
 def drop_cached_points(paths) -> None:
@@ -98,7 +148,8 @@ def drop_cached_points(paths) -> None:
 
     Elements that are not paths (points that travelled without a cache) are ignored.
     """
-    paths = sorted({q for p in paths if isinstance(p, str) for q in (p, _hash_path(p))})
+    paths = sorted({q for p in paths if isinstance(p, str)
+                    for q in (p, _hash_path(p)) + ((_weight_path(p),) if _is_weighted(p) else ())})
     for path in paths:
         _MAPPED.pop((os.getpid(), path), None)
     if paths:

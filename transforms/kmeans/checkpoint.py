@@ -41,7 +41,7 @@ RESULT_FILE = 'training.json'
 TRAINING_FLAGS = ('input', 'input_format', 'id_column', 'feature_columns', 'dimension', 'k',
                   'max_iter', 'tol', 'init', 'random_state', 'empty_cluster',
                   'init_sample_size', 'init_steps', 'oversampling_factor', 'block_size', 'dtype',
-                  'distance')
+                  'weight_column', 'distance')
 #: what a flag saved by an earlier beamml (which did not have it) was
 _FLAG_DEFAULTS = {'distance': 'euclidean'}
 
@@ -141,7 +141,7 @@ class TrainingRun:
     # ------------------------------------------------------------------ the point cache
     def write_manifest(self, paths) -> str:
         """(A Beam step.) The cache's centred point files, and the raw ones to drop."""
-        paths = sorted(set(paths))
+        paths = sorted(paths)   # two identical batches share a file: it is listed twice
         is_raw = [posixpath.basename(p.replace(os.sep, '/')).startswith('raw-') for p in paths]
         return write_json(FileSystems.join(self.folder, 'manifest.json'), {
             'points': [p for p, r in zip(paths, is_raw) if not r],

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -27,7 +28,7 @@ from beamml.transforms.kmeans.kernels import (MASK64, LloydPass, batch_rng, fart
 __all__ = [
     'LabelledPoints', 'ClusterSums', 'CentroidCombineFn', 'PointStats', 'PointStatsCombineFn',
     'OversampleCombineFn', 'SumArraysCombineFn', 'StateMarker', 'PartialCombineFn',
-    'merge_partials',
+    'merge_partials', 'batch_weights',
 ]
 
 
@@ -39,12 +40,13 @@ class LabelledPoints(NamedTuple):
     ``sq_distances`` are the squared distances to the assigned centres (summed
     into the inertia; with ``track_farthest`` they pick the farthest points).
     ``row_hashes`` (optional, :func:`~beamml.transforms.kmeans.kernels.row_hashes`)
-    feed the labels' signature.
+    feed the labels' signature. ``weights`` (optional): the points' sample weights.
     """
     X: np.ndarray
     labels: np.ndarray
     sq_distances: np.ndarray
     row_hashes: np.ndarray | None = None
+    weights: np.ndarray | None = None
 
 
 class _Slotted:
@@ -76,9 +78,14 @@ class ClusterSums(_Slotted):
     far_points, far_labels, far_sq_distances : ndarrays or None
         With ``track_farthest``: the ``n_clusters`` points farthest from their
         centre.
+    weights : ndarray of shape (n_clusters,), float64, or None
+        With sample weights: the weight in each cluster (``sums`` are then of
+        ``w * x`` and ``inertia`` is weighted); None when unweighted.
+    far_weights : ndarray or None
+        With weights and ``track_farthest``: the far points' weights.
     """
     __slots__ = ('sums', 'counts', 'inertia', 'signature', 'track_farthest', 'far_points',
-                 'far_labels', 'far_sq_distances')
+                 'far_labels', 'far_sq_distances', 'weights', 'far_weights')
 
     def __init__(self, n_clusters: int, *, track_farthest: bool = False):
         self.sums = None
@@ -87,6 +94,7 @@ class ClusterSums(_Slotted):
         self.signature = 0
         self.track_farthest = track_farthest
         self.far_points = self.far_labels = self.far_sq_distances = None
+        self.weights = self.far_weights = None
 
     @property
     def n(self) -> int:
@@ -103,11 +111,17 @@ class ClusterSums(_Slotted):
         acc.counts = np.array(part.counts, dtype=np.int64)
         acc.inertia = float(part.inertia)
         acc.signature = int(part.signature or 0) & MASK64
+        if getattr(part, 'weights', None) is not None:
+            acc.weights = np.array(part.weights, dtype=np.float64)
         return acc
 
     def add(self, X: np.ndarray, labels: np.ndarray, sq_distances: np.ndarray,
-            hashes: np.ndarray | None = None) -> 'ClusterSums':
-        """Add a labelled batch (vectorised: one ``np.bincount`` per feature); returns self."""
+            hashes: np.ndarray | None = None,
+            weights: np.ndarray | None = None) -> 'ClusterSums':
+        """Add a labelled batch (vectorised: one ``np.bincount`` per feature); returns self.
+
+        With ``weights`` (sample weights) the sums are of ``w * x``, the inertia
+        is ``sum(w * sq_distances)`` and the weight per cluster is kept."""
         X = np.asarray(X, dtype=np.float64)
         n, d = X.shape
         if n == 0:
@@ -116,15 +130,26 @@ class ClusterSums(_Slotted):
         labels = np.asarray(labels)
         if self.sums is None:
             self.sums = np.zeros((k, d))
-        for j in range(d):  # a loop over features; each bincount is over the whole batch
-            self.sums[:, j] += np.bincount(labels, weights=X[:, j], minlength=k)
+        if weights is None:
+            for j in range(d):  # a loop over features; each bincount is over the whole batch
+                self.sums[:, j] += np.bincount(labels, weights=X[:, j], minlength=k)
+            self.inertia += float(np.sum(sq_distances))
+        else:
+            weights = np.asarray(weights, dtype=np.float64)
+            Xw = X * weights[:, None]
+            for j in range(d):
+                self.sums[:, j] += np.bincount(labels, weights=Xw[:, j], minlength=k)
+            if self.weights is None:
+                self.weights = np.zeros(k)
+            self.weights += np.bincount(labels, weights=weights, minlength=k)
+            self.inertia += float(np.dot(np.asarray(sq_distances, dtype=np.float64), weights))
         self.counts += np.bincount(labels, minlength=k)
-        self.inertia += float(np.sum(sq_distances))
         if hashes is not None:
             self.signature = (self.signature + label_signature(hashes, labels)) & MASK64
         if self.track_farthest:
             top = largest(sq_distances, k)
-            self._keep_farthest(X[top], labels[top], np.asarray(sq_distances)[top])
+            self._keep_farthest(X[top], labels[top], np.asarray(sq_distances)[top],
+                                None if weights is None else weights[top])
         return self
 
     def merge(self, other: 'ClusterSums') -> 'ClusterSums':
@@ -137,17 +162,24 @@ class ClusterSums(_Slotted):
         self.counts += other.counts
         self.inertia += other.inertia
         self.signature = (self.signature + other.signature) & MASK64
+        if other.weights is not None:
+            self.weights = (other.weights.copy() if self.weights is None
+                            else self.weights + other.weights)
         if other.far_points is not None:
-            self._keep_farthest(other.far_points, other.far_labels, other.far_sq_distances)
+            self._keep_farthest(other.far_points, other.far_labels, other.far_sq_distances,
+                                other.far_weights)
         return self
 
-    def _keep_farthest(self, points, labels, sq) -> None:
+    def _keep_farthest(self, points, labels, sq, weights=None) -> None:
         if self.far_points is not None:
             points = np.concatenate([self.far_points, points])
             labels = np.concatenate([self.far_labels, labels])
             sq = np.concatenate([self.far_sq_distances, sq])
+            if weights is not None:
+                weights = np.concatenate([self.far_weights, weights])
         top = largest(sq, len(self.counts))
         self.far_points, self.far_labels, self.far_sq_distances = points[top], labels[top], sq[top]
+        self.far_weights = None if weights is None else weights[top]
 
     def sort_farthest(self) -> 'ClusterSums':
         """Put the farthest points in a canonical order, whatever the merge order; returns self."""
@@ -156,6 +188,8 @@ class ClusterSums(_Slotted):
             self.far_points = self.far_points[order]
             self.far_labels = self.far_labels[order]
             self.far_sq_distances = self.far_sq_distances[order]
+            if self.far_weights is not None:
+                self.far_weights = self.far_weights[order]
         return self
 
     def __repr__(self):
@@ -176,9 +210,16 @@ class PointStats(_Slotted):
         Up to ``max_distinct`` distinct points (those with the smallest hashes).
     sample_size, max_distinct, seed : int
         The parameters of :class:`PointStatsCombineFn`.
+    weight_sum : float or None
+        With sample weights: their total (None when unweighted). The mean and
+        variance stay unweighted, as scikit-learn's centring and ``_tolerance``.
+    sample_weights : ndarray (m,) or None
+        With sample weights: the weight of each sampled point (the sample itself
+        is uniform, as scikit-learn's ``init_size`` subsample, which keeps the
+        weights of the points it draws).
     """
     __slots__ = ('n', 'mean', 'm2', 'sample_keys', 'sample', 'distinct_hashes', 'distinct',
-                 'sample_size', 'max_distinct', 'seed')
+                 'sample_size', 'max_distinct', 'seed', 'weight_sum', 'sample_weights')
 
     def __init__(self, sample_size: int, max_distinct: int, seed: int):
         self.n = 0
@@ -186,6 +227,7 @@ class PointStats(_Slotted):
         self.sample_keys = self.sample = None
         self.distinct_hashes = self.distinct = None
         self.sample_size, self.max_distinct, self.seed = sample_size, max_distinct, seed
+        self.weight_sum = self.sample_weights = None
 
     @property
     def n_features(self) -> int | None:
@@ -199,8 +241,10 @@ class PointStats(_Slotted):
     def n_distinct(self) -> int:
         return 0 if self.distinct_hashes is None else len(self.distinct_hashes)
 
-    def add_points(self, X: np.ndarray, hashes: np.ndarray | None = None) -> 'PointStats':
-        """Add an (n, d) array whose row hashes may be known already; returns self."""
+    def add_points(self, X: np.ndarray, hashes: np.ndarray | None = None,
+                   weights: np.ndarray | None = None) -> 'PointStats':
+        """Add an (n, d) array whose row hashes may be known already (and the points'
+        sample weights, if any); returns self."""
         n = X.shape[0]
         if n == 0:
             return self
@@ -209,12 +253,17 @@ class PointStats(_Slotted):
         part.mean = X.mean(axis=0)
         diff = X - part.mean
         part.m2 = np.einsum('ij,ij->j', diff, diff)
+        if weights is not None:
+            weights = np.asarray(weights, dtype=np.float64)
+            part.weight_sum = float(weights.sum())
         if hashes is None:
             hashes = row_hashes(X)
         if self.sample_size > 0:
             keys = batch_rng(self.seed, 0, hashes).bit_generator.random_raw(n).astype(np.uint64)
             top = smallest(keys, self.sample_size)
             part.sample_keys, part.sample = keys[top], X[top]
+            if weights is not None:
+                part.sample_weights = weights[top]
         if self.max_distinct > 0:
             if self.distinct_hashes is not None and len(self.distinct_hashes) >= self.max_distinct:
                 cand = np.flatnonzero(hashes < self.distinct_hashes.max())  # can still enter
@@ -238,11 +287,18 @@ class PointStats(_Slotted):
         self.m2 = self.m2 + other.m2 + delta * delta * (self.n * other.n / n)
         self.mean = self.mean + delta * (other.n / n)
         self.n = n
+        if (self.weight_sum is None) != (other.weight_sum is None):
+            raise ValueError('PointStats of weighted and unweighted points cannot be merged')
+        if other.weight_sum is not None:
+            self.weight_sum = self.weight_sum + other.weight_sum
         if other.sample_keys is not None:
             keys = np.concatenate([self.sample_keys, other.sample_keys])
             pts = np.concatenate([self.sample, other.sample])
             top = smallest(keys, self.sample_size)
             self.sample_keys, self.sample = keys[top], pts[top]
+            if other.sample_weights is not None:
+                self.sample_weights = np.concatenate(
+                    [self.sample_weights, other.sample_weights])[top]
         if other.distinct_hashes is not None:
             h = np.concatenate([self.distinct_hashes, other.distinct_hashes])
             pts = np.concatenate([self.distinct, other.distinct])
@@ -256,10 +312,23 @@ class PointStats(_Slotted):
         if self.sample_keys is not None:
             order = np.argsort(self.sample_keys, kind='stable')
             self.sample_keys, self.sample = self.sample_keys[order], self.sample[order]
+            if self.sample_weights is not None:
+                self.sample_weights = self.sample_weights[order]
         return self
 
 
 # ----------------------------------------------------------------------------- CombineFns
+
+def batch_weights(batch) -> np.ndarray | None:
+    """The sample weights of a points batch (its float64 ``weight`` column, as
+    ``ReadPoints(weight_column=...)`` makes), or None (unweighted; an array input)."""
+    if isinstance(batch, (pa.RecordBatch, pa.Table)) and 'weight' in batch.schema.names:
+        col = batch.column('weight')
+        if isinstance(col, pa.ChunkedArray):
+            col = col.combine_chunks()
+        return col.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return None
+
 
 def _merge_into_first(accumulators):
     accumulators = iter(accumulators)
@@ -339,12 +408,13 @@ class PointStatsCombineFn(beam.CombineFn):
         return PointStats(self.sample_size, self.max_distinct, self.seed)
 
     def add_input(self, acc: PointStats, element) -> PointStats:
-        return acc.add_points(points_matrix(element))
+        return acc.add_points(points_matrix(element), weights=batch_weights(element))
 
     def add_points(self, acc: PointStats, X: np.ndarray,
-                   hashes: np.ndarray | None = None) -> PointStats:
-        """:meth:`add_input` of an (n, d) array whose row hashes may be known."""
-        return acc.add_points(X, hashes)
+                   hashes: np.ndarray | None = None,
+                   weights: np.ndarray | None = None) -> PointStats:
+        """:meth:`add_input` of an (n, d) array whose row hashes (and weights) may be known."""
+        return acc.add_points(X, hashes, weights)
 
     def merge_accumulators(self, accumulators) -> PointStats:
         return _merge_into_first(accumulators)

@@ -306,7 +306,9 @@ class LloydPass(NamedTuple):
     ``sums`` (k, d) float64, ``counts`` (k,) int64, ``inertia`` (a float),
     ``signature`` (:func:`label_signature` of the labels, or None without row
     hashes), ``labels`` (n,) when asked for (else None) and ``n_changed``, the
-    labels that differ from ``previous_labels`` (None without them).
+    labels that differ from ``previous_labels`` (None without them). With
+    sample weights, ``sums`` are of ``w * x``, ``inertia`` is weighted and
+    ``weights`` (k,) float64 holds the weight in each cluster (else None).
     """
     sums: np.ndarray
     counts: np.ndarray
@@ -314,12 +316,14 @@ class LloydPass(NamedTuple):
     signature: int | None
     labels: np.ndarray | None = None
     n_changed: int | None = None
+    weights: np.ndarray | None = None
 
 
 def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None, *,
                hashes: np.ndarray | None = None, exact_distances: bool = False,
                return_labels: bool = False, labels_dtype=np.int64,
-               previous_labels: np.ndarray | None = None, dtype=None) -> LloydPass:
+               previous_labels: np.ndarray | None = None, dtype=None,
+               sample_weight: np.ndarray | None = None) -> LloydPass:
     """One Lloyd pass over a batch, fused: labels, per-cluster sums, counts and inertia at once.
 
     The labels are :func:`lloyd_labels`'s, bit for bit (the same 4096-row BLAS
@@ -354,6 +358,11 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None
         memory traffic, but the labels of points near a boundary between two
         centres can differ from float64's (and from scikit-learn's on float64
         data); the sums and the inertia are always accumulated in float64.
+    sample_weight : ndarray of shape (n_samples,), optional
+        Weights of the points (scikit-learn's ``sample_weight``): the sums are
+        of ``w * x``, the weight per cluster is returned (``weights``) and the
+        inertia is ``sum(w * d^2)``. The labels do not depend on them. Without
+        it nothing is weighted and nothing is added to the work.
 
     Returns
     -------
@@ -375,6 +384,9 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None
     # ||c||^2 tiled to a chunk: an element-wise add, no broadcast over rows of k
     sq_tile = np.tile(centers_sq, (min(n, _CHUNK_ROWS), 1))
     labels = np.empty(n, dtype=labels_dtype) if return_labels else None
+    weighted = sample_weight is not None
+    if weighted:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
     task_rows = _CHUNK_ROWS * _TASK_CHUNKS
     starts = range(0, n, task_rows)
     out = [None] * len(starts)
@@ -383,6 +395,7 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None
         lo = starts[t]
         sums = np.zeros((k, d))
         counts = np.zeros(k, dtype=np.int64)
+        wsums = np.zeros(k) if weighted else None
         inertia, signature, changed = 0.0, 0, 0
         for a in range(lo, min(lo + task_rows, n), _CHUNK_ROWS):
             Xc = X[a:a + _CHUNK_ROWS]
@@ -397,9 +410,17 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None
                 sq = D.ravel()[lab + k * np.arange(m)]
                 sq += np.einsum('ij,ij->i', Xc, Xc)
                 np.maximum(sq, 0, out=sq)
-            inertia += float(np.sum(sq, dtype=np.float64))
-            for j in range(d):  # a loop over features, each bincount over the chunk
-                sums[:, j] += np.bincount(lab, weights=Xc[:, j], minlength=k)
+            if weighted:  # sums of w * x, weight per cluster, weighted inertia
+                wc = sample_weight[a:a + m]
+                inertia += float(np.dot(np.asarray(sq, dtype=np.float64), wc))
+                Xw = np.asarray(Xc, dtype=np.float64) * wc[:, None]
+                for j in range(d):
+                    sums[:, j] += np.bincount(lab, weights=Xw[:, j], minlength=k)
+                wsums += np.bincount(lab, weights=wc, minlength=k)
+            else:
+                inertia += float(np.sum(sq, dtype=np.float64))
+                for j in range(d):  # a loop over features, each bincount over the chunk
+                    sums[:, j] += np.bincount(lab, weights=Xc[:, j], minlength=k)
             counts += np.bincount(lab, minlength=k)
             if hashes is not None:
                 signature += label_signature(hashes[a:a + m], lab)
@@ -407,12 +428,13 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None
                 changed += int(np.count_nonzero(previous_labels[a:a + m] != lab))
             if labels is not None:
                 labels[a:a + m] = lab
-        out[t] = (sums, counts, inertia, signature, changed)
+        out[t] = (sums, counts, inertia, signature, changed, wsums)
 
     with _single_threaded_blas():
         _map_chunks(task, range(len(starts)), min_parallel=2)
     sums = np.zeros((k, d))
     counts = np.zeros(k, dtype=np.int64)
+    wsums = np.zeros(k) if weighted else None
     inertia, signature, changed = 0.0, 0, 0
     for part in out:  # in task order: the same result however the tasks were scheduled
         sums += part[0]
@@ -420,8 +442,10 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None
         inertia += part[2]
         signature += part[3]
         changed += part[4]
+        if weighted:
+            wsums += part[5]
     return LloydPass(sums, counts, inertia, None if hashes is None else signature & MASK64,
-                     labels, None if previous_labels is None else changed)
+                     labels, None if previous_labels is None else changed, wsums)
 
 
 # ----------------------------------------------------------------------------- k-means++
@@ -518,8 +542,16 @@ def farthest_order(sq_distances: np.ndarray, points: np.ndarray) -> np.ndarray:
 def update_centers(sums: np.ndarray, counts: np.ndarray, centers_old: np.ndarray, *,
                    empty_cluster: str = 'keep', far_points: np.ndarray | None = None,
                    far_labels: np.ndarray | None = None,
-                   far_sq_distances: np.ndarray | None = None):
+                   far_sq_distances: np.ndarray | None = None,
+                   weights: np.ndarray | None = None,
+                   far_weights: np.ndarray | None = None):
     """The M-step: new centres from per-cluster sums and counts, with empty clusters handled.
+
+    With sample weights (``weights``, the weight in each cluster; ``sums`` then
+    are of ``w * x``), as scikit-learn's weighted Lloyd: a centre is
+    ``sums / weights``, a cluster is empty when its weight is 0 (it may hold
+    points of weight 0), and a relocated far point carries its weight
+    (``far_weights``) from its cluster to the empty one.
 
     Parameters
     ----------
@@ -534,6 +566,8 @@ def update_centers(sums: np.ndarray, counts: np.ndarray, centers_old: np.ndarray
     far_points, far_labels, far_sq_distances : ndarrays, optional
         For ``'farthest'``: the points farthest from their centre (at least as
         many as there are empty clusters), their labels and squared distances.
+    weights, far_weights : ndarrays, optional
+        Weight per cluster, and the far points' weights (see above).
 
     Returns
     -------
@@ -544,6 +578,12 @@ def update_centers(sums: np.ndarray, counts: np.ndarray, centers_old: np.ndarray
     """
     if empty_cluster not in EMPTY_CLUSTER:
         raise ValueError(f'empty_cluster must be one of {EMPTY_CLUSTER}, got {empty_cluster!r}')
+    if weights is not None:
+        return _update_centers_weighted(sums, counts, centers_old, weights,
+                                        empty_cluster=empty_cluster, far_points=far_points,
+                                        far_labels=far_labels,
+                                        far_sq_distances=far_sq_distances,
+                                        far_weights=far_weights)
     sums = np.array(sums, dtype=np.float64)
     counts = np.array(counts, dtype=np.int64)
     empty = np.flatnonzero(counts == 0)
@@ -564,6 +604,37 @@ def update_centers(sums: np.ndarray, counts: np.ndarray, centers_old: np.ndarray
     centers[full] = sums[full] * (1.0 / counts[full])[:, None]
     if empty_cluster == 'farthest' and not full.all():
         centers[~full] = centers[np.argmax(counts)]
+    return centers, counts, n_relocated
+
+
+def _update_centers_weighted(sums, counts, centers_old, weights, *, empty_cluster,
+                             far_points, far_labels, far_sq_distances, far_weights):
+    """:func:`update_centers` with sample weights (scikit-learn's
+    ``_relocate_empty_clusters_dense`` and ``_average_centers`` with weights)."""
+    sums = np.array(sums, dtype=np.float64)
+    counts = np.array(counts, dtype=np.int64)
+    weights = np.array(weights, dtype=np.float64)
+    empty = np.flatnonzero(weights == 0)
+    n_relocated = 0
+    if (len(empty) and empty_cluster == 'farthest' and far_sq_distances is not None
+            and len(far_sq_distances) and far_sq_distances.max() > 0):
+        if far_weights is None:
+            raise ValueError('weighted relocation needs the far points\' weights')
+        order = farthest_order(far_sq_distances, far_points)
+        for new_id, far in zip(empty, order):  # a loop over empty clusters, not points
+            x, old_id, w = far_points[far], int(far_labels[far]), float(far_weights[far])
+            sums[old_id] -= x * w
+            counts[old_id] -= 1
+            weights[old_id] -= w
+            sums[new_id] = x * w
+            counts[new_id] = 1
+            weights[new_id] = w
+            n_relocated += 1
+    centers = np.array(centers_old, dtype=np.float64, copy=True)
+    full = weights > 0
+    centers[full] = sums[full] * (1.0 / weights[full])[:, None]
+    if empty_cluster == 'farthest' and not full.all():
+        centers[~full] = centers[np.argmax(weights)]
     return centers, counts, n_relocated
 
 

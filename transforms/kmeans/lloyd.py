@@ -30,6 +30,13 @@ the sum of the cosine distances ``1 - cos``, half the squared Euclidean ones.
 The stopping rule is the same (labels, then ``tol`` on the summed squared shift
 of the unit centres, relative to the mean per-feature variance of the unit
 points, then ``max_iter``).
+With sample weights (a ``weight`` column, ``ReadPoints(weight_column=...)``) it
+is scikit-learn's ``fit(X, sample_weight=w)``: the centring mean and the
+tolerance's variance stay unweighted (``X.mean(axis=0)``, ``np.var(X, axis=0)``,
+as scikit-learn's ``fit`` and ``_tolerance``), a centre is the weighted mean of
+its cluster, a cluster of weight 0 is empty, and the inertia is
+``sum(w * d^2)``. A point of weight 0 takes part in the labels (and so in the
+convergence test) but in no centre.
 
 Labels are not kept between iterations (a point has no state in a Beam graph).
 Whether they changed is decided in one number: every iteration sums, over the
@@ -50,7 +57,7 @@ import numpy as np
 
 from beamml.transforms.distances import row_sq_norms, unit_rows
 from beamml.transforms.io import BeammlError
-from beamml.transforms.kmeans.cache import points_of
+from beamml.transforms.kmeans.cache import points_of, weights_of
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, LabelledPoints,
                                                 PointStats, PointStatsCombineFn, merge_partials)
 from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, lloyd_pass, tolerance,
@@ -125,6 +132,8 @@ class KMeansResult:
         Squared shift of the centres summed over clusters, per iteration.
     cluster_sizes : list of int
         Points per cluster, labels against the final centres.
+    cluster_weights : list of float or None
+        With sample weights: the weight in each cluster (else None).
     n_samples : int
     tol : float
         The absolute tolerance used (``tol * mean variance``).
@@ -147,6 +156,7 @@ class KMeansResult:
     initial_centers: np.ndarray
     n_relocated: int = 0
     n_distinct: int | None = None
+    cluster_weights: list | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -178,6 +188,10 @@ def checked_stats(_, partials, *, combine_fn: PointStatsCombineFn,
     if not (np.isfinite(stats.mean).all() and np.isfinite(stats.m2).all()):
         raise BeammlError('the features hold NaN or infinite values, or values too large to '
                           'train on (their squares overflow float64); clean or rescale them')
+    if stats.weight_sum is not None and not stats.weight_sum > 0:
+        raise BeammlError(f'the sample weights of the {stats.n} points sum to 0: there is '
+                          'nothing to train on (give some point a weight > 0)',
+                          parameters=('weight_column',))
     if stats.n_distinct < n_clusters and not centres_given:
         raise BeammlError(f'k={n_clusters} is greater than the number of distinct points '
                           f'({stats.n_distinct} among {stats.n} rows); use a smaller k')
@@ -205,18 +219,16 @@ def initial_state(centers: np.ndarray, stats: PointStats, *, n_clusters: int,
                        distance=distance)
 
 
-def cosine_centers(centers: np.ndarray, counts: np.ndarray, centers_old: np.ndarray, *,
-                   empty_cluster: str) -> np.ndarray:
+def cosine_centers(centers: np.ndarray, centers_old: np.ndarray) -> np.ndarray:
     """The cosine M-step after :func:`update_centers`: each centre of a cluster with
-    points (the mean of its unit points) scaled to unit norm, Spark's ``centroid``
-    (``sum / count``, then normalised). A kept empty centre stays as it was, bit
-    for bit; a cluster whose unit points sum to 0 (opposite directions; its
-    direction is undefined) keeps its old centre too."""
+    points (the (weighted) mean of its unit points) scaled to unit norm, Spark's
+    ``centroid`` (``sum / count``, then normalised). A centre ``update_centers``
+    left where it was (an empty cluster kept) stays as it was, bit for bit; a
+    cluster whose unit points sum to 0 (opposite directions; its direction is
+    undefined) keeps its old centre too."""
     unit, zero = unit_rows(centers)
-    unit[zero] = centers_old[zero]
-    if empty_cluster == 'keep':
-        empty = np.asarray(counts) == 0
-        unit[empty] = centers_old[empty]
+    kept = zero | (centers == centers_old).all(axis=1)
+    unit[kept] = centers_old[kept]
     return unit
 
 
@@ -232,10 +244,11 @@ def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
     centers, counts, n_relocated = update_centers(
         sums.sums, sums.counts, state.centers, empty_cluster=empty_cluster,
         far_points=sums.far_points, far_labels=sums.far_labels,
-        far_sq_distances=sums.far_sq_distances)
+        far_sq_distances=sums.far_sq_distances, weights=sums.weights,
+        far_weights=sums.far_weights)
     inertia = sums.inertia
     if state.distance == 'cosine':
-        centers = cosine_centers(centers, counts, state.centers, empty_cluster=empty_cluster)
+        centers = cosine_centers(centers, state.centers)
         inertia = inertia / 2   # ||x - c||^2 = 2 (1 - cos) on unit vectors
     shift_tot = float((center_shift(state.centers, centers) ** 2).sum())
     i = state.n_iter
@@ -266,7 +279,8 @@ def final_result(state: KMeansState, partials, *,
         center_shift_history=[float(v) for v in state.center_shift_history],
         cluster_sizes=[int(c) for c in sums.counts], n_samples=int(state.n_samples),
         tol=float(state.tol), initial_centers=state.initial_centers + state.mean,
-        n_relocated=int(state.n_relocated), n_distinct=state.n_distinct)
+        n_relocated=int(state.n_relocated), n_distinct=state.n_distinct,
+        cluster_weights=None if sums.weights is None else [float(w) for w in sums.weights])
 
 
 def lloyd_step(element, state: KMeansState, exact_distances: bool, dtype=None):
@@ -287,14 +301,15 @@ def lloyd_step(element, state: KMeansState, exact_distances: bool, dtype=None):
     if state.stopped:
         return None
     X, hashes = points_of(element)
+    weights = weights_of(element)
     if exact_distances:
         labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
         X = np.asarray(X, dtype=np.float64)
         diff = X - state.centers[labels]
         sq = np.einsum('ij,ij->i', diff, diff)
-        return LabelledPoints(X, labels, sq, hashes)
+        return LabelledPoints(X, labels, sq, hashes, weights)
     return ClusterSums.from_pass(lloyd_pass(X, state.centers, state.centers_sq, hashes=hashes,
-                                            dtype=dtype))
+                                            dtype=dtype, sample_weight=weights))
 
 
 def final_step(element, state: KMeansState, dtype=None):
@@ -307,4 +322,5 @@ def final_step(element, state: KMeansState, dtype=None):
     """
     X, _ = points_of(element)
     return ClusterSums.from_pass(lloyd_pass(X, state.centers, state.centers_sq,
-                                            exact_distances=True, dtype=dtype))
+                                            exact_distances=True, dtype=dtype,
+                                            sample_weight=weights_of(element)))

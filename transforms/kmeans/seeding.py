@@ -23,6 +23,22 @@ complete a seeding that came up short). Then:
 * ``'random'``: ``k`` distinct points of the sample, in sample (random) order;
 * an array of shape ``(k, d)`` (see :func:`read_initial_centers` for files).
 
+With sample weights (scikit-learn's ``sample_weight``, Spark's ``weightCol``):
+
+* ``'k-means++'`` runs on the same uniform sample, each sampled point keeping its
+  weight, exactly as scikit-learn's ``_init_centroids`` with ``init_size`` (a
+  uniform subsample, then ``_kmeans_plusplus(sample_weight=...)`` on it). When
+  the sample's weights sum to 0 (every sampled point has weight 0), or the
+  sample is completed with distinct points of the data (fewer than k distinct
+  points sampled), those points get the sample's mean weight, or 1 when it is 0;
+* ``'random'``: k distinct sampled points drawn without replacement with
+  probability proportional to their weights (scikit-learn's
+  ``choice(p=w / w.sum())``), points of weight 0 only when the others are too few;
+* ``'k-means||'`` as Spark's: the cost is ``sum(w d^2)``, a point is drawn with
+  probability ``min(1, l w d^2 / cost)`` (the key is ``w d^2 / u``), the first
+  candidate is a uniformly drawn point, and a candidate's weight for the final
+  k-means++ is the weight of the points nearest to it.
+
 The module reads: the numpy steps (on the statistics, in centred coordinates),
 :class:`SeedCenters`, the composite that wires them into the graph
 (``KMeansInit``), and :func:`read_initial_centers`.
@@ -38,7 +54,7 @@ import numpy as np
 from beamml.transforms.distances import nearest_centroid, row_sq_norms
 from beamml.transforms.io import BeammlError, features_matrix, read_table_files
 from beamml.transforms.io.documents import read_bytes
-from beamml.transforms.kmeans.cache import points_of
+from beamml.transforms.kmeans.cache import points_of, weights_of
 from beamml.transforms.kmeans.combiners import (OversampleCombineFn, PartialCombineFn,
                                                 PointStats, SumArraysCombineFn, merge_partials)
 from beamml.transforms.kmeans.kernels import batch_rng, kmeans_plusplus, largest, row_hashes
@@ -66,14 +82,45 @@ def _with_distinct(points: np.ndarray, stats: PointStats, n_clusters: int) -> np
     return both[_distinct_rows(both)]
 
 
+def _seeding_points(stats: PointStats, n_clusters: int
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The (centred) points k-means++ and 'random' seed from, and their weights (None
+    when unweighted): the sample (:func:`_with_distinct`), each point with its
+    weight. When the sample is completed with distinct points of the data, the
+    sample's duplicates are one point of their summed weight and the added points
+    get the sample's mean weight; when the weights sum to 0 every point weighs 1."""
+    sample = stats.sample - stats.mean
+    X = _with_distinct(sample, stats, n_clusters)
+    if stats.sample_weights is None:
+        return X, None
+    w = np.asarray(stats.sample_weights, dtype=np.float64)
+    total = float(w.sum())
+    if not total > 0:
+        return X, np.ones(len(X))
+    if X is not sample:   # completed: the sample deduplicated, then distinct points
+        hashes = row_hashes(sample)
+        uniq, inverse = np.unique(hashes, return_inverse=True)
+        summed = np.bincount(inverse.ravel(), weights=w, minlength=len(uniq))
+        by_hash = dict(zip(uniq.tolist(), summed.tolist()))
+        mean_w = total / len(w)
+        w = np.array([by_hash.get(h, mean_w) for h in row_hashes(X).tolist()])  # < 2k rows
+    return X, w
+
+
 def _seed_plusplus(stats: PointStats, *, n_clusters: int, seed: int) -> np.ndarray:
-    X = _with_distinct(stats.sample - stats.mean, stats, n_clusters)
-    centers, _ = kmeans_plusplus(X, n_clusters, random_state=np.random.RandomState(seed))
+    X, w = _seeding_points(stats, n_clusters)
+    centers, _ = kmeans_plusplus(X, n_clusters, sample_weight=w,
+                                 random_state=np.random.RandomState(seed))
     return centers
 
 
-def _seed_random(stats: PointStats, *, n_clusters: int) -> np.ndarray:
-    X = _with_distinct(stats.sample - stats.mean, stats, n_clusters)
+def _seed_random(stats: PointStats, *, n_clusters: int, seed: int = 0) -> np.ndarray:
+    X, w = _seeding_points(stats, n_clusters)
+    if w is not None:   # a random order by weight (positive weights first), as choice(p=)
+        positive = np.flatnonzero(w > 0)
+        order = np.random.RandomState(seed).choice(
+            positive, size=len(positive), replace=False, p=w[positive] / w[positive].sum())
+        X = X[np.concatenate([order, np.flatnonzero(w <= 0)])]
     return X[_distinct_rows(X)[:n_clusters]]
 
 
@@ -95,9 +142,13 @@ def _first_candidate(stats: PointStats) -> _Candidates:
 
 
 def _oversample(element, cand: _Candidates, *, seed: int, round_: int, cap: int):
-    """k-means|| round over a batch: the largest keys ``d^2 / u`` (at most cap) and the cost."""
+    """k-means|| round over a batch: the largest keys ``d^2 / u`` (at most cap) and the cost
+    (with weights ``w d^2 / u`` and ``sum(w d^2)``, as Spark's)."""
     X, hashes = points_of(element)
     _, sq = nearest_centroid(X, cand.centers, centers_sq=cand.centers_sq, squared=True)
+    w = weights_of(element)
+    if w is not None:
+        sq = sq * w
     u = 1.0 - batch_rng(seed, round_ + 1, hashes).random(len(sq))  # in (0, 1]
     keys = sq / u
     top = largest(keys, cap)
@@ -122,10 +173,11 @@ def _add_candidates(cand: _Candidates, partials, *, combine_fn: beam.CombineFn,
 
 
 def _candidate_weights(element, cand: _Candidates) -> np.ndarray:
-    """Points of a batch nearest to each candidate."""
+    """Points of a batch nearest to each candidate (with weights: their weight)."""
     X, _ = points_of(element)
     labels, _ = nearest_centroid(X, cand.centers, centers_sq=cand.centers_sq)
-    return np.bincount(labels, minlength=len(cand.centers)).astype(np.float64)
+    return np.bincount(labels, weights=weights_of(element),
+                       minlength=len(cand.centers)).astype(np.float64)
 
 
 def _seed_from_candidates(cand: _Candidates, partials, stats: PointStats, *,
@@ -167,7 +219,7 @@ class SeedCenters(beam.PTransform):
         if self.init == 'k-means++':
             return stats | 'KMeansPlusPlus' >> beam.Map(_seed_plusplus, n_clusters=k, seed=seed)
         if self.init == 'random':
-            return stats | 'RandomPoints' >> beam.Map(_seed_random, n_clusters=k)
+            return stats | 'RandomPoints' >> beam.Map(_seed_random, n_clusters=k, seed=seed)
         # k-means||
         oversampling = self.oversampling_factor * k
         cap = int(3 * oversampling) + 32

@@ -39,9 +39,9 @@ import pyarrow as pa
 from beamml.transforms.distances import DISTANCES, ZERO_VECTOR, unit_rows
 from beamml.transforms.io import BeammlError, points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
-                                            write_cached_points)
+                                            read_cached_weights, write_cached_points)
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn, PointStats,
-                                                PointStatsCombineFn, StateMarker)
+                                                PointStatsCombineFn, StateMarker, batch_weights)
 from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, lloyd_labels, row_hashes
 from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_step,
                                             initial_state, lloyd_step, next_state)
@@ -61,9 +61,10 @@ def _state_marker(_) -> StateMarker:
     return StateMarker()
 
 
-def unit_points(batch) -> np.ndarray:
-    """A points batch (RecordBatch or (n, d) array) -> its rows scaled to unit norm
-    (the input of a cosine training). A zero vector is a BeammlError: it should have
+def unit_points(batch):
+    """A points batch (RecordBatch or (n, d) array) -> the same with its rows scaled to
+    unit norm (the input of a cosine training; a RecordBatch keeps its other columns,
+    such as the sample weights). A zero vector is a BeammlError: it should have
     been refused where its file and row are known (``ReadPoints(..., refuse_zero=True)``,
     which ``beamml kmeans --distance cosine`` uses)."""
     X, zero = unit_rows(points_matrix(batch))
@@ -71,7 +72,15 @@ def unit_points(batch) -> np.ndarray:
         raise BeammlError(f'{int(zero.sum())} point(s) given to KMeans(distance=\'cosine\') '
                           f'are zero vectors ({ZERO_VECTOR}); read the input with '
                           'ReadPoints(..., refuse_zero=True) to refuse them as dead letters')
-    return X
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
+    if not isinstance(batch, pa.RecordBatch):
+        return X
+    # a RecordBatch keeps its other columns (the sample weights)
+    features = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    names = batch.schema.names
+    return pa.RecordBatch.from_arrays(
+        [features if name == 'features' else batch.column(name) for name in names], names=names)
 
 
 def _uncentred(stats: PointStats) -> PointStats:
@@ -109,17 +118,21 @@ class _StatsAndCacheFn(PartialCombineFn):
         if not X.shape[0]:
             return
         hashes = row_hashes(X)
+        weights = batch_weights(element)
         if self.acc is None:
             self.acc = self.combine_fn.create_accumulator()
-        self.acc = self.combine_fn.add_points(self.acc, X, hashes)
+        self.acc = self.combine_fn.add_points(self.acc, X, hashes, weights)
         yield beam.pvalue.TaggedOutput(
-            'raw', write_cached_points(self.cache_dir, X, hashes, prefix='raw'))
+            'raw', write_cached_points(self.cache_dir, X, hashes, prefix='raw',
+                                       weights=weights))
 
 
 class _CentreFn(beam.DoFn):
-    """Points batch -> (X - mean, row hashes), or the path of a cache file holding them.
+    """Points batch -> (X - mean, row hashes[, weights]), or the path of a cache file
+    holding them.
 
     With a cache the input is the path of a raw cache file (:class:`_StatsAndCacheFn`).
+    A weighted batch (a ``weight`` column) keeps its weights beside the points.
     """
 
     def __init__(self, cache_dir: str | None, dtype: str = 'float64'):
@@ -128,15 +141,19 @@ class _CentreFn(beam.DoFn):
     def process(self, batch, stats):
         if isinstance(batch, str):
             X, hashes = read_cached_points(batch)
+            weights = read_cached_weights(batch)
         else:
             X = points_matrix(batch)
             hashes = row_hashes(X) if X.shape[0] else None
+            weights = batch_weights(batch)
         if X.shape[0]:
             Xc = X - stats.mean   # centred in float64, then stored as dtype
             if self.cache_dir is None:
-                yield Xc.astype(self.dtype, copy=False), hashes
+                Xc = Xc.astype(self.dtype, copy=False)
+                yield (Xc, hashes) if weights is None else (Xc, hashes, np.array(weights))
             else:
-                yield write_cached_points(self.cache_dir, Xc, hashes, dtype=self.dtype)
+                yield write_cached_points(self.cache_dir, Xc, hashes, dtype=self.dtype,
+                                          weights=weights)
 
 
 class _IterationFn(PartialCombineFn):
@@ -541,7 +558,7 @@ def training_labels(batch, state, version: str | None = None):
     centred points) and the direct Euclidean distance to that centre (cosine: the unit
     points, and the cosine distance ``1 - cos = ||x - c||^2 / 2`` on unit vectors)."""
     if state.distance == 'cosine':
-        X = unit_points(batch)
+        X = unit_points(points_matrix(batch))
     else:
         X = points_matrix(batch) - state.mean
     labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
