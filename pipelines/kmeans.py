@@ -2,7 +2,8 @@
 
     beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs \\
         [--max_iter 300] [--tol 1e-4] [--init k-means++|k-means||random|PATH] \\
-        [--random_state S] [--empty_cluster keep|farthest] [--weight_column W]
+        [--random_state S] [--empty_cluster keep|farthest] [--distance euclidean|cosine]
+        [--weight_column W]
 
 The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
@@ -27,6 +28,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines import common
+from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
                                   WriteTable)
 from beamml.transforms.io.documents import write_json
@@ -85,6 +87,11 @@ class KMeansOptions:
                             help="an empty cluster keeps its centre ('keep', default) or "
                                  "takes the point farthest from its centre ('farthest', as "
                                  'scikit-learn)')
+        parser.add_argument('--distance', choices=DISTANCES, default='euclidean',
+                            help="'euclidean' (default, scikit-learn's K-means) or 'cosine' "
+                                 "(Spark MLlib's: 1 - cos; points and centres normalised, a "
+                                 'centre is the normalised mean of its points; a zero vector '
+                                 'is a dead letter); recorded in the model, which assign uses')
         parser.add_argument('--init_sample_size', type=int, default=10_000,
                             help='points sampled for k-means++ / random seeding '
                                  '(default 10000)')
@@ -141,10 +148,14 @@ def validate(args, dimension: int):
 
 
 def read_kwargs(args) -> dict:
-    """ReadPoints' keyword arguments: the input flags and ``--weight_column``."""
+    """ReadPoints' keyword arguments: the input flags and ``--weight_column``; for
+    ``--distance cosine`` zero vectors are refused as dead letters (with their file,
+    row and line)."""
     kwargs = common.read_kwargs(args)
     if getattr(args, 'weight_column', None):
         kwargs['weight_column'] = args.weight_column
+    if getattr(args, 'distance', 'euclidean') == 'cosine':
+        kwargs['refuse_zero'] = True
     return kwargs
 
 
@@ -158,7 +169,7 @@ def make_kmeans(args, init, cache_dir: str | None) -> KMeans:
                   random_state=args.random_state, empty_cluster=args.empty_cluster,
                   init_sample_size=args.init_sample_size, init_steps=args.init_steps,
                   oversampling_factor=args.oversampling_factor, cache_dir=cache_dir,
-                  dtype=args.dtype)
+                  dtype=args.dtype, distance=args.distance)
 
 
 def _write_block(state: KMeansState, results, path: str) -> str:
@@ -208,6 +219,7 @@ def model_config(args, kmeans: KMeans) -> dict:
         'init_steps': kmeans.init_steps, 'oversampling_factor': kmeans.oversampling_factor,
         'input_format': args.input_format, 'id_column': args.id_column,
         'feature_columns': args.feature_columns, 'dtype': kmeans.dtype,
+        'distance': kmeans.distance,
         'weight_column': getattr(args, 'weight_column', None),
     }
 
@@ -345,7 +357,8 @@ def _rebuild_cache(args, options, training: TrainingRun, state: KMeansState) -> 
     p = beam.Pipeline(options=options)
     points = p | 'ReadPoints' >> ReadPoints(args.input, **read_kwargs(args))
     (points.batches
-     | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean, args.dtype)
+     | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean, args.dtype,
+                                                 state.distance)
      | 'ListCache' >> beam.combiners.ToList()
      | 'WriteManifest' >> beam.Map(training.write_manifest))
     common.run_pipeline(p)
@@ -363,7 +376,7 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
         res.centers, version=training.version, input_pattern=args.input, n_iter=res.n_iter,
         inertia=res.inertia, inertia_history=res.inertia_history,
         stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
-        config=training.config())
+        config=training.config(), distance=args.distance)
     saved = model.save(args.model_dir)
     training.remove()
     if res.n_distinct is not None:

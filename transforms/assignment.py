@@ -1,8 +1,10 @@
 """Nearest-centroid assignment (batch inference) on points RecordBatches, as Beam transforms.
 
 :class:`AssignNearestCentroid` applies :func:`beamml.transforms.distances.nearest_centroid`
-to whole points RecordBatches (columns ``id``, ``features``) and appends ``cluster``
-and ``distance`` (and optionally ``distances`` and ``model_version``). The model (a
+(or, for a model whose ``distance`` is ``'cosine'``,
+:func:`~beamml.transforms.distances.nearest_centroid_cosine`: ``1 - cos``, a zero
+vector refused) to whole points RecordBatches (columns ``id``, ``features``) and
+appends ``cluster`` and ``distance`` (and optionally ``distances`` and ``model_version``). The model (a
 :class:`beamml.transforms.model.CentroidModel`) always reaches the workers as a
 singleton side input. How ties and far-from-origin data stay exact is told in
 :mod:`beamml.transforms.distances`.
@@ -15,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.distances import nearest_centroid
+from beamml.transforms.distances import ZERO_VECTOR, nearest_centroid
 from beamml.transforms.io import (SOURCE_COLUMNS, BeammlError, RecordCounters, dead_letter,
                                   features_matrix)
 from beamml.transforms.io.rows import source_of
@@ -42,6 +44,8 @@ def add_assignment(batch: pa.RecordBatch, model, *, all_distances: bool = False,
     ----------
     batch : RecordBatch with a ``features`` column, fixed_size_list<float64>[d]
     model : CentroidModel
+        Its ``distance`` (euclidean, or cosine) decides what nearest means
+        (:meth:`~beamml.transforms.model.CentroidModel.nearest`).
     all_distances : bool
         Also append ``distances``, fixed_size_list<float64>[k].
     with_version : bool
@@ -52,14 +56,14 @@ def add_assignment(batch: pa.RecordBatch, model, *, all_distances: bool = False,
     out : RecordBatch
         The rows that could be assigned, with the new columns.
     refused : ndarray of int64
-        Positions (in ``batch``) of the rows that could not (non-finite values).
+        Positions (in ``batch``) of the rows that could not (non-finite values; a zero
+        vector for a cosine model).
     """
     X = features_matrix(batch)
     if all_distances:
-        labels, dist, every = nearest_centroid(X, model.centers, centers_sq=model.centers_sq,
-                                               return_all=True)
+        labels, dist, every = _nearest(model, X, return_all=True)
     else:
-        labels, dist = nearest_centroid(X, model.centers, centers_sq=model.centers_sq)
+        labels, dist = _nearest(model, X)
     refused = np.flatnonzero(labels < 0)
     if len(refused):
         keep = np.flatnonzero(labels >= 0)
@@ -76,6 +80,27 @@ def add_assignment(batch: pa.RecordBatch, model, *, all_distances: bool = False,
     if with_version:
         batch = batch.append_column('model_version', _version_array(model.version, n))
     return batch, refused
+
+
+def _nearest(model, X, *, return_all: bool = False):
+    """The model's nearest centres (a model object without ``nearest``: Euclidean)."""
+    if hasattr(model, 'nearest'):
+        return model.nearest(X, return_all=return_all)
+    return nearest_centroid(X, model.centers, centers_sq=model.centers_sq,
+                            return_all=return_all)
+
+
+_NON_FINITE = ('cannot assign: NaN or infinite distance to the centres (non-finite or huge '
+               'feature values)')
+
+
+def _refusal_reasons(batch: pa.RecordBatch, refused: np.ndarray, model) -> dict[str, np.ndarray]:
+    """The refused positions by reason: a zero vector (cosine models), else non-finite."""
+    if getattr(model, 'distance', 'euclidean') != 'cosine':
+        return {_NON_FINITE: refused}
+    X = features_matrix(batch)[refused]
+    zero = (X == 0).all(axis=1)
+    return {ZERO_VECTOR: refused[zero], _NON_FINITE: refused[~zero]}
 
 
 def _refused_letters(batch: pa.RecordBatch, positions, reason: str) -> list[dict]:
@@ -117,10 +142,9 @@ class _AssignFn(beam.DoFn):
                                       with_version=self.with_version)
         if len(refused):
             self.counters.refuse_accepted(len(refused))
-            for dl in _refused_letters(batch, refused,
-                                       'cannot assign: NaN or infinite distance to the '
-                                       'centres (non-finite or huge feature values)'):
-                yield beam.pvalue.TaggedOutput('errors', dl)
+            for reason, positions in _refusal_reasons(batch, refused, model).items():
+                for dl in _refused_letters(batch, positions, reason):
+                    yield beam.pvalue.TaggedOutput('errors', dl)
         if out.num_rows:
             yield out.select(self.output_columns) if self.output_columns else _without_source(out)
 
@@ -152,8 +176,9 @@ class AssignNearestCentroid(beam.PTransform):
 
     The result is tuple-like, as ReadPoints': ``result.batches`` (the batches with
     the new columns) and ``result.errors`` (dead letters for rows that cannot
-    be assigned: NaN / infinite features when the reader allowed them, or a
-    feature dimension that differs from the model's). Refused rows are moved
+    be assigned: NaN / infinite features when the reader allowed them, a
+    feature dimension that differs from the model's, or a zero vector when the
+    model's distance is cosine). Refused rows are moved
     from ``records_ok`` to ``records_refused``.
 
     Parameters

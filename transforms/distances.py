@@ -45,7 +45,13 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ['row_sq_norms', 'pairwise_distances', 'nearest_centroid', 'PRECISION_FACTOR']
+__all__ = ['row_sq_norms', 'pairwise_distances', 'nearest_centroid', 'PRECISION_FACTOR',
+           'DISTANCES', 'unit_rows', 'nearest_centroid_cosine', 'ZERO_VECTOR']
+
+#: the distances a centroid model (and K-means) can use
+DISTANCES = ('euclidean', 'cosine')
+#: the reason a zero vector is refused where the distance is cosine
+ZERO_VECTOR = 'zero vector: cosine distance is undefined'
 
 #: rows whose nearest squared distance is below this many error bounds are recomputed
 PRECISION_FACTOR = 1e6
@@ -238,6 +244,99 @@ def nearest_centroid(X: np.ndarray, centers: np.ndarray, *,
         np.sqrt(best, out=best)
         if return_all:
             np.sqrt(every, out=every)
+    if return_all:
+        return labels, best, every
+    return labels, best
+
+
+# ----------------------------------------------------------------------------- cosine
+
+def unit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row scaled to unit Euclidean norm, and which rows are zero vectors.
+
+    A row is first divided by its largest absolute coordinate, then by the norm
+    of that (so neither tiny nor huge coordinates under- or overflow the norm);
+    the result is ``x / ||x||`` to rounding. A zero row (every coordinate 0,
+    where the direction, hence the cosine distance, is undefined) stays 0 and
+    is flagged; a row with a NaN or infinite value comes out NaN.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+
+    Returns
+    -------
+    unit : ndarray of shape (n_samples, n_features), float64
+    zero : ndarray of shape (n_samples,), bool
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f'X must be 2-D (n_samples, n_features), got shape {X.shape}')
+    with np.errstate(invalid='ignore', divide='ignore', over='ignore'):
+        scale = (np.abs(X).max(axis=1) if X.shape[1] else np.zeros(X.shape[0]))
+        zero = scale == 0
+        scale[zero] = 1.0
+        U = X / scale[:, None]
+        norm = np.sqrt(np.einsum('ij,ij->i', U, U))
+        norm[zero] = 1.0
+        U /= norm[:, None]
+    return U, zero
+
+
+def nearest_centroid_cosine(X: np.ndarray, centers: np.ndarray, *,
+                            return_all: bool = False):
+    """Index of and cosine distance to the nearest centre of each point.
+
+    The cosine distance is ``1 - x.c / (||x|| ||c||)`` (Spark MLlib's
+    ``CosineDistanceMeasure``), in [0, 2]: points and centres are scaled to
+    unit norm (:func:`unit_rows`), the similarities are one BLAS product per
+    block of rows, and the nearest centre is the smallest distance, ties
+    (equal computed distances) to the lowest index. A zero row, or one with a
+    NaN or infinite value, gets label ``-1`` and distance NaN (its direction is
+    undefined).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_samples, n_features)
+    centers : ndarray of shape (n_clusters, n_features)
+        Finite, none of them a zero vector.
+    return_all : bool, default False
+        Also return the cosine distance to every centre (NaN rows for refused points).
+
+    Returns
+    -------
+    labels : ndarray of shape (n_samples,), int64
+    distances : ndarray of shape (n_samples,), float64
+    all_distances : ndarray of shape (n_samples, n_clusters), float64
+        Only with ``return_all``.
+    """
+    X, centers = _check_X_centers(X, centers)
+    if not np.isfinite(centers).all():
+        raise ValueError('centers contain NaN or infinite values')
+    C, czero = unit_rows(centers)
+    if czero.any():
+        raise ValueError(f'centre {int(np.flatnonzero(czero)[0])} is a zero vector: '
+                         'cosine distance is undefined')
+    n, k = X.shape[0], C.shape[0]
+    labels = np.empty(n, dtype=np.int64)
+    best = np.empty(n, dtype=np.float64)
+    every = np.empty((n, k)) if return_all else None
+    CT = np.ascontiguousarray(C.T)
+    step = max(1, _BLOCK_VALUES // k)
+    for lo in range(0, n, step):
+        U, zero = unit_rows(X[lo:lo + step])
+        D = U @ CT
+        np.subtract(1.0, D, out=D)
+        np.clip(D, 0.0, 2.0, out=D)   # rounding can step just outside [0, 2]
+        bad = zero | ~np.isfinite(D).all(axis=1)
+        D[bad] = np.nan
+        lab = np.argmin(np.where(bad[:, None], 0.0, D), axis=1)
+        m = D[np.arange(len(lab)), lab]
+        lab[bad] = -1
+        labels[lo:lo + len(lab)] = lab
+        best[lo:lo + len(lab)] = m
+        if return_all:
+            every[lo:lo + len(lab)] = D
     if return_all:
         return labels, best, every
     return labels, best

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beamml.transforms.distances import ZERO_VECTOR
 from beamml.transforms.io.errors import BeammlError, dead_letter
 from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.types import (INT_RE, NUMBER_RE, SOURCE_COLUMNS, is_list_type,
@@ -274,16 +275,19 @@ def _weights(t, layout: Layout, why: RowReasons) -> np.ndarray:
 # ----------------------------------------------------------------------------- checks
 
 def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
-              source_columns: bool = False) -> tuple[pa.RecordBatch | None, list[dict]]:
+              source_columns: bool = False, refuse_zero: bool = False
+              ) -> tuple[pa.RecordBatch | None, list[dict]]:
     """Turn one RowBatch into a points batch and the dead letters of its bad rows.
 
     A row is refused with the first reason that applies: a missing or empty id,
     an id that is not an integer or is beyond int64 (in an integer id column), a
     value that is not a number, a missing value, a dimension other than the
     layout's (a list of another length, a .npy file of another width), NaN or inf
-    (unless ``allow_nan``); then, with a ``layout.weight_column``, a weight that is
-    missing, not a number, NaN, infinite or negative (the batch then carries a float64
-    ``weight`` column). With ``source_columns`` the points batch also carries
+    (unless ``allow_nan``), and with ``refuse_zero`` a zero vector (every feature 0:
+    what cosine distance is undefined for, :data:`ZERO_VECTOR`); then, with a
+    ``layout.weight_column``, a weight that is missing, not a number, NaN, infinite
+    or negative (the batch then carries a float64 ``weight`` column). With
+    ``source_columns`` the points batch also carries
     :data:`SOURCE_COLUMNS`, so later steps (assignment) can name each row's origin.
     """
     t = rb.table
@@ -317,6 +321,8 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
             nan = np.isnan(X).any(axis=1)
             why.mark(~finite & nan, 'NaN feature value')
             why.mark(~finite, 'infinite feature value')
+    if refuse_zero:
+        why.mark(~(X != 0).any(axis=1), ZERO_VECTOR)
     weights = _weights(t, layout, why) if layout.weight_column else None
     dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
     rows, lines = rb.rows, rb.lines

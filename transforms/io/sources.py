@@ -74,8 +74,9 @@ class _ReadFileFn(beam.DoFn):
     """Read whole files (given by path) into batches; refused rows go to ERRORS."""
 
     def __init__(self, layout: Layout, points: bool, allow_nan: bool, batch_rows: int,
-                 source_columns: bool = False):
+                 source_columns: bool = False, refuse_zero: bool = False):
         self.layout, self.points = layout, points
+        self.refuse_zero = refuse_zero
         self.allow_nan, self.batch_rows = allow_nan, batch_rows
         self.source_columns = source_columns
         counters = RecordCounters()
@@ -94,7 +95,7 @@ class _ReadFileFn(beam.DoFn):
             self.read.inc(item.table.num_rows)
             if self.points:
                 out, dead = to_points(item, self.layout, path, self.allow_nan,
-                                      self.source_columns)
+                                      self.source_columns, self.refuse_zero)
             else:
                 out, dead = table_checks(item, self.layout, path, self.source_columns)
             if dead:
@@ -117,9 +118,11 @@ class _ReadBase(beam.PTransform):
                  id_column: str | None = None, feature_columns: Sequence[str] | None = None,
                  dimension: int | None = None, allow_nan: bool = False,
                  batch_rows: int = BATCH_ROWS, source_columns: bool = False,
-                 weight_column: str | None = None, label: str | None = None):
+                 refuse_zero: bool = False, weight_column: str | None = None,
+                 label: str | None = None):
         super().__init__(label)
         self.file_pattern = file_pattern
+        self.refuse_zero = refuse_zero
         self.source_columns = source_columns
         self.allow_nan = allow_nan
         self.batch_rows = batch_rows
@@ -140,7 +143,7 @@ class _ReadBase(beam.PTransform):
                  | 'SpreadFiles' >> beam.Reshuffle())
         return files | 'ParseFiles' >> beam.ParDo(
             _ReadFileFn(self.layout, self._points, self.allow_nan, self.batch_rows,
-                        self.source_columns)
+                        self.source_columns, self.refuse_zero)
         ).with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='batches')
 
 
@@ -153,6 +156,9 @@ class ReadPoints(_ReadBase):
     transform is constructed (see :func:`inspect_input`); ``.layout`` and ``.schema``
     tell what was decided. ``source_columns=True`` appends ``_file``, ``_row`` and
     ``_line`` to each batch, for steps that refuse rows later (assignment).
+    ``refuse_zero=True`` refuses a zero vector (every feature 0) as a dead letter,
+    ``"zero vector: cosine distance is undefined"`` (K-means with cosine distance
+    reads its input so).
     ``weight_column='w'`` adds a float64 ``weight`` column (sample weights, e.g. for
     K-means); a row whose weight is missing, not a number, NaN, infinite or negative
     is a dead letter, and the column is never a feature.

@@ -41,7 +41,9 @@ RESULT_FILE = 'training.json'
 TRAINING_FLAGS = ('input', 'input_format', 'id_column', 'feature_columns', 'dimension', 'k',
                   'max_iter', 'tol', 'init', 'random_state', 'empty_cluster',
                   'init_sample_size', 'init_steps', 'oversampling_factor', 'block_size', 'dtype',
-                  'weight_column')
+                  'weight_column', 'distance')
+#: what a flag saved by an earlier beamml (which did not have it) was
+_FLAG_DEFAULTS = {'distance': 'euclidean'}
 
 
 def _files_under(folder: str) -> list[str]:
@@ -113,6 +115,8 @@ class TrainingRun:
         saved = self.flags()
         if flags.get('random_state') is None:
             flags['random_state'] = self.config().get('random_state')
+        for k, default in _FLAG_DEFAULTS.items():
+            saved.setdefault(k, default)
         return [f'--{k} was {saved.get(k)!r}, now {flags.get(k)!r}' for k in TRAINING_FLAGS
                 if k in flags and flags.get(k) != saved.get(k)]
 

@@ -20,6 +20,16 @@ labels and inertia agree with scikit-learn's to rounding, and with the default
 * the final labels, cluster sizes and inertia are computed against the *final*
   centres (scikit-learn re-runs the E-step after the loop).
 
+With ``distance='cosine'`` (``KMeansState.distance``) the rule is Spark MLlib's
+``CosineDistanceMeasure``: the points are scaled to unit norm instead of being
+centred (the "mean" is 0), so the Euclidean E-step on unit vectors,
+``||x - c||^2 = 2 (1 - cos)``, orders the centres as the cosine distance does; the
+M-step's centre is the mean of its cluster's unit points scaled to unit norm
+(the normalised sum; :func:`cosine_centers`); the inertia (and its history) is
+the sum of the cosine distances ``1 - cos``, half the squared Euclidean ones.
+The stopping rule is the same (labels, then ``tol`` on the summed squared shift
+of the unit centres, relative to the mean per-feature variance of the unit
+points, then ``max_iter``).
 With sample weights (a ``weight`` column, ``ReadPoints(weight_column=...)``) it
 is scikit-learn's ``fit(X, sample_weight=w)``: the centring mean and the
 tolerance's variance stay unweighted (``X.mean(axis=0)``, ``np.var(X, axis=0)``,
@@ -45,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from beamml.transforms.distances import row_sq_norms
+from beamml.transforms.distances import row_sq_norms, unit_rows
 from beamml.transforms.io import BeammlError
 from beamml.transforms.kmeans.cache import points_of, weights_of
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, LabelledPoints,
@@ -54,7 +64,7 @@ from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, lloyd_
                                               update_centers)
 
 __all__ = ['KMeansState', 'KMeansResult', 'checked_stats', 'initial_state', 'next_state',
-           'final_result', 'lloyd_step', 'final_step']
+           'final_result', 'lloyd_step', 'final_step', 'cosine_centers']
 
 
 # ----------------------------------------------------------------------------- state
@@ -78,6 +88,7 @@ class KMeansState:
     center_shift_history: list = dataclasses.field(default_factory=list)
     n_relocated: int = 0
     n_distinct: int | None = None   # set when there are fewer distinct points than k
+    distance: str = 'euclidean'     # 'cosine': unit points and centres (Spark's rule)
 
     @property
     def centers_sq(self) -> np.ndarray:
@@ -113,7 +124,8 @@ class KMeansResult:
         Iterations run (scikit-learn's ``n_iter_``).
     stop_reason : {'converged_labels', 'converged_tol', 'max_iter'}
     inertia : float
-        Sum of squared distances to the nearest final centre.
+        Sum of squared distances to the nearest final centre (cosine: of the
+        cosine distances ``1 - cos``).
     inertia_history : list of float
         Inertia of iteration i (labels against the centres entering it).
     center_shift_history : list of float
@@ -187,14 +199,37 @@ def checked_stats(_, partials, *, combine_fn: PointStatsCombineFn,
 
 
 def initial_state(centers: np.ndarray, stats: PointStats, *, n_clusters: int,
-                  tol: float) -> KMeansState:
-    """The state before the first iteration, from the seeding's (centred) centres."""
+                  tol: float, distance: str = 'euclidean') -> KMeansState:
+    """The state before the first iteration, from the seeding's (centred) centres.
+
+    With ``distance='cosine'`` the centres are scaled to unit norm (a zero one is
+    a BeammlError: its cosine distance is undefined).
+    """
     centers = np.ascontiguousarray(centers, dtype=np.float64)
     if centers.shape[0] != n_clusters:
         raise BeammlError(f'seeding produced {centers.shape[0]} centres for k={n_clusters}')
+    if distance == 'cosine':
+        centers, zero = unit_rows(centers)
+        if zero.any():
+            raise BeammlError(f'initial centre {int(np.flatnonzero(zero)[0])} is a zero '
+                              'vector: cosine distance is undefined')
     return KMeansState(centers=centers, mean=stats.mean, tol=tolerance(stats.var, tol),
                        n_samples=stats.n, initial_centers=centers.copy(),
-                       n_distinct=stats.n_distinct if stats.n_distinct < n_clusters else None)
+                       n_distinct=stats.n_distinct if stats.n_distinct < n_clusters else None,
+                       distance=distance)
+
+
+def cosine_centers(centers: np.ndarray, centers_old: np.ndarray) -> np.ndarray:
+    """The cosine M-step after :func:`update_centers`: each centre of a cluster with
+    points (the (weighted) mean of its unit points) scaled to unit norm, Spark's
+    ``centroid`` (``sum / count``, then normalised). A centre ``update_centers``
+    left where it was (an empty cluster kept) stays as it was, bit for bit; a
+    cluster whose unit points sum to 0 (opposite directions; its direction is
+    undefined) keeps its old centre too."""
+    unit, zero = unit_rows(centers)
+    kept = zero | (centers == centers_old).all(axis=1)
+    unit[kept] = centers_old[kept]
+    return unit
 
 
 def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
@@ -211,6 +246,10 @@ def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
         far_points=sums.far_points, far_labels=sums.far_labels,
         far_sq_distances=sums.far_sq_distances, weights=sums.weights,
         far_weights=sums.far_weights)
+    inertia = sums.inertia
+    if state.distance == 'cosine':
+        centers = cosine_centers(centers, state.centers)
+        inertia = inertia / 2   # ||x - c||^2 = 2 (1 - cos) on unit vectors
     shift_tot = float((center_shift(state.centers, centers) ** 2).sum())
     i = state.n_iter
     if i > 0 and sums.signature == state.signature:
@@ -223,7 +262,7 @@ def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
         reason = None
     return dataclasses.replace(
         state, centers=centers, n_iter=i + 1, stopped=reason is not None, stop_reason=reason,
-        signature=sums.signature, inertia_history=state.inertia_history + [sums.inertia],
+        signature=sums.signature, inertia_history=state.inertia_history + [inertia],
         center_shift_history=state.center_shift_history + [shift_tot],
         n_relocated=state.n_relocated + n_relocated)
 
@@ -232,9 +271,10 @@ def final_result(state: KMeansState, partials, *,
                  combine_fn: CentroidCombineFn) -> KMeansResult:
     """The result: the final state, with labels, sizes and inertia against its centres."""
     sums = merge_partials(combine_fn, partials)
+    inertia = float(sums.inertia) / (2 if state.distance == 'cosine' else 1)
     return KMeansResult(
         centers=state.centers + state.mean, n_iter=state.n_iter,
-        stop_reason=state.stop_reason or 'max_iter', inertia=float(sums.inertia),
+        stop_reason=state.stop_reason or 'max_iter', inertia=inertia,
         inertia_history=[float(v) for v in state.inertia_history],
         center_shift_history=[float(v) for v in state.center_shift_history],
         cluster_sizes=[int(c) for c in sums.counts], n_samples=int(state.n_samples),

@@ -36,10 +36,11 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from beamml.transforms.distances import DISTANCES, ZERO_VECTOR, unit_rows
 from beamml.transforms.io import BeammlError, points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
                                             read_cached_weights, write_cached_points)
-from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn,
+from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn, PointStats,
                                                 PointStatsCombineFn, StateMarker, batch_weights)
 from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, lloyd_labels, row_hashes
 from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_step,
@@ -47,7 +48,7 @@ from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_s
 from beamml.transforms.kmeans.seeding import SeedCenters, read_initial_centers
 
 __all__ = ['KMeans', 'PrepareKMeans', 'LloydBlock', 'cached_points', 'centre_into_cache',
-           'training_labels', 'recursion_limit_for']
+           'training_labels', 'recursion_limit_for', 'unit_points']
 
 
 # ----------------------------------------------------------------------------- Beam: DoFns
@@ -58,6 +59,39 @@ def _identity(element):
 
 def _state_marker(_) -> StateMarker:
     return StateMarker()
+
+
+def unit_points(batch):
+    """A points batch (RecordBatch or (n, d) array) -> the same with its rows scaled to
+    unit norm (the input of a cosine training; a RecordBatch keeps its other columns,
+    such as the sample weights). A zero vector is a BeammlError: it should have
+    been refused where its file and row are known (``ReadPoints(..., refuse_zero=True)``,
+    which ``beamml kmeans --distance cosine`` uses)."""
+    X, zero = unit_rows(points_matrix(batch))
+    if zero.any():
+        raise BeammlError(f'{int(zero.sum())} point(s) given to KMeans(distance=\'cosine\') '
+                          f'are zero vectors ({ZERO_VECTOR}); read the input with '
+                          'ReadPoints(..., refuse_zero=True) to refuse them as dead letters')
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0] if batch.num_rows else None
+    if not isinstance(batch, pa.RecordBatch):
+        return X
+    # a RecordBatch keeps its other columns (the sample weights)
+    features = pa.FixedSizeListArray.from_arrays(pa.array(X.reshape(-1)), X.shape[1])
+    names = batch.schema.names
+    return pa.RecordBatch.from_arrays(
+        [features if name == 'features' else batch.column(name) for name in names], names=names)
+
+
+def _uncentred(stats: PointStats) -> PointStats:
+    """The statistics of a cosine training: the points are not centred (mean 0); the
+    variance (for the tolerance), sample and distinct points stay those of the unit
+    points."""
+    out = PointStats(stats.sample_size, stats.max_distinct, stats.seed)
+    for name in PointStats.__slots__:   # var (m2 / n) stays about the unit points' mean
+        setattr(out, name, getattr(stats, name))
+    out.mean = np.zeros_like(stats.mean)
+    return out
 
 
 def _drop_cache(result, paths, raw_paths=()):
@@ -355,6 +389,18 @@ class KMeans(beam.PTransform):
         centres and inertia stay float64. float32 halves the bytes per
         iteration; on 1M blobs (d=8, k=16, 10 iterations) the centres moved by
         at most 2.3e-10 relative and no label changed.
+    distance : {'euclidean', 'cosine'}, default 'euclidean'
+        ``'cosine'`` is Spark MLlib's ``CosineDistanceMeasure``: distance
+        ``1 - x.c / (||x|| ||c||)``; the points are scaled to unit norm (not
+        centred: ``KMeansNormalise`` before ``KMeansStats``; a zero vector is a
+        BeammlError, so read with ``ReadPoints(..., refuse_zero=True)``), the
+        initial centres too (k-means++, k-means|| and random seeding run on the
+        unit points; given centres are normalised); the E-step is the Euclidean
+        one on unit vectors (which orders centres as the cosine distance does);
+        a centre is the normalised mean (= normalised sum) of its unit points;
+        the inertia is the sum of ``1 - cos``; the stopping rule is unchanged
+        (see :mod:`~beamml.transforms.kmeans.lloyd`). Both ``empty_cluster``
+        policies apply ('farthest': the largest ``1 - cos``).
 
     Raises
     ------
@@ -367,8 +413,11 @@ class KMeans(beam.PTransform):
                  empty_cluster: str = 'keep', init_sample_size: int = 10_000,
                  init_steps: int = 5, oversampling_factor: float = 2.0, *,
                  cache_dir: str | None = None, dtype: str = 'float64',
-                 label: str | None = None):
+                 distance: str = 'euclidean', label: str | None = None):
         super().__init__(label)
+        if distance not in DISTANCES:
+            raise BeammlError(f'distance must be one of {", ".join(DISTANCES)}, got '
+                              f'{distance!r}', parameters=('distance',))
         if np.dtype(dtype) not in (np.float64, np.float32):
             raise BeammlError(f'dtype must be float64 or float32, got {dtype!r}',
                               parameters=('dtype',))
@@ -376,6 +425,9 @@ class KMeans(beam.PTransform):
                           empty_cluster=empty_cluster, init_sample_size=init_sample_size,
                           init_steps=init_steps, oversampling_factor=oversampling_factor)
         init = _check_init(init, int(n_clusters))
+        if distance == 'cosine' and isinstance(init, np.ndarray) and unit_rows(init)[1].any():
+            raise BeammlError(f'initial centre {int(np.flatnonzero(unit_rows(init)[1])[0])} is '
+                              f'a zero vector ({ZERO_VECTOR})', parameters=('init',))
         if random_state is None:
             random_state = int(np.random.SeedSequence().entropy % (1 << 32))
         self.n_clusters = int(n_clusters)
@@ -389,6 +441,7 @@ class KMeans(beam.PTransform):
         self.oversampling_factor = float(oversampling_factor)
         self.cache_dir = cache_dir
         self.dtype = np.dtype(dtype).name
+        self.distance = distance
 
     @property
     def init_name(self) -> str:
@@ -448,12 +501,16 @@ class PrepareKMeans(beam.PTransform):
         if km.init_name == 'k-means||':
             sample_size = 1
         stats_fn = PointStatsCombineFn(sample_size, k, km.random_state)
+        if km.distance == 'cosine':   # unit points from here on: statistics, cache, seeding
+            batches = batches | 'KMeansNormalise' >> beam.Map(unit_points)
         partial_stats, raw = km._stats_pass(batches, stats_fn)
         stats = (batches.pipeline
                  | 'KMeansStatsOnce' >> beam.Create([None])
                  | 'KMeansCheckInput' >> beam.Map(
                      checked_stats, beam.pvalue.AsList(partial_stats), combine_fn=stats_fn,
                      n_clusters=k, centres_given=isinstance(km.init, np.ndarray)))
+        if km.distance == 'cosine':
+            stats = stats | 'KMeansUncentred' >> beam.Map(_uncentred)
         stats_si = beam.pvalue.AsSingleton(stats)
         centred = raw | 'KMeansCentrePoints' >> beam.ParDo(_CentreFn(km.cache_dir, km.dtype),
                                                            stats_si)
@@ -463,7 +520,7 @@ class PrepareKMeans(beam.PTransform):
         init = {'stats': stats, 'points': points} | 'KMeansInit' >> SeedCenters(
             km.init, k, km.random_state, km.init_steps, km.oversampling_factor)
         state = init | 'KMeansInitialState' >> beam.Map(
-            initial_state, stats_si, n_clusters=k, tol=km.tol)
+            initial_state, stats_si, n_clusters=k, tol=km.tol, distance=km.distance)
         return {'points': points, 'state': state, 'stats': stats, 'centred': centred,
                 'raw': raw}
 
@@ -475,20 +532,39 @@ class _Mean:
         self.mean = np.asarray(mean, dtype=np.float64)
 
 
-def centre_into_cache(cache_dir: str, mean, dtype: str = 'float64') -> beam.PTransform:
-    """Points batches -> the paths of their centred cache files (``X - mean``): the files
-    :class:`PrepareKMeans` writes for the same batches, mean and dtype."""
-    return beam.ParDo(_CentreFn(cache_dir, dtype), _Mean(mean))
+class _CentreIntoCache(beam.PTransform):
+    def __init__(self, cache_dir: str, mean, dtype: str, distance: str):
+        super().__init__()
+        self.cache_dir, self.mean, self.dtype, self.distance = cache_dir, mean, dtype, distance
+
+    def expand(self, batches):
+        if self.distance == 'cosine':
+            batches = batches | 'KMeansNormalise' >> beam.Map(unit_points)
+        return batches | 'Centre' >> beam.ParDo(_CentreFn(self.cache_dir, self.dtype),
+                                                _Mean(self.mean))
+
+
+def centre_into_cache(cache_dir: str, mean, dtype: str = 'float64',
+                      distance: str = 'euclidean') -> beam.PTransform:
+    """Points batches -> the paths of their centred cache files (``X - mean``; cosine:
+    the unit points, mean 0): the files :class:`PrepareKMeans` writes for the same
+    batches, mean, dtype and distance."""
+    return _CentreIntoCache(cache_dir, mean, dtype, distance)
 
 
 def training_labels(batch, state, version: str | None = None):
     """A points batch -> ``id, cluster, distance, model_version`` against the final state:
     the labels of the final E-step (scikit-learn's ``labels_``: the Lloyd kernel on the
-    centred points) and the direct Euclidean distance to that centre."""
-    X = points_matrix(batch) - state.mean
+    centred points) and the direct Euclidean distance to that centre (cosine: the unit
+    points, and the cosine distance ``1 - cos = ||x - c||^2 / 2`` on unit vectors)."""
+    if state.distance == 'cosine':
+        X = unit_points(points_matrix(batch))
+    else:
+        X = points_matrix(batch) - state.mean
     labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
     diff = X - state.centers[labels]
-    dist = np.sqrt(np.einsum('ij,ij->i', diff, diff))
+    dist = np.einsum('ij,ij->i', diff, diff)
+    dist = dist / 2 if state.distance == 'cosine' else np.sqrt(dist)
     n = len(labels)
     return pa.RecordBatch.from_arrays(
         [batch.column('id'), pa.array(labels, pa.int64()), pa.array(dist, pa.float64()),

@@ -32,7 +32,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.distances import row_sq_norms
+from beamml.transforms.distances import (DISTANCES, nearest_centroid, nearest_centroid_cosine,
+                                         row_sq_norms, unit_rows)
 from beamml.transforms.io import BeammlError
 from beamml.transforms.io.documents import (NON_FINITE, dumps, exists, is_remote, join,
                                             read_text, to_jsonable, write_text)
@@ -143,7 +144,8 @@ class CentroidModel:
         What the model was trained on.
     n_iter : int, optional
     inertia : float, optional
-        Final sum of squared distances to the nearest centre.
+        Final sum of squared distances to the nearest centre (a cosine model:
+        of the cosine distances ``1 - cos``).
     inertia_history : sequence of float
         Inertia after each iteration.
     stop_reason : str, optional
@@ -151,6 +153,10 @@ class CentroidModel:
         Points per cluster at the end of training.
     config : dict, optional
         The training configuration (JSON-able).
+    distance : {'euclidean', 'cosine'}, default 'euclidean'
+        What "nearest centre" means for this model (``model.json``'s
+        ``"distance"``; a model.json without it, written before the field
+        existed, is Euclidean). A cosine model's centres must not be zero vectors.
 
     Attributes
     ----------
@@ -166,7 +172,10 @@ class CentroidModel:
                  inertia: float | None = None, inertia_history: Sequence[float] = (),
                  stop_reason: str | None = None,
                  cluster_sizes: Sequence[int] | None = None,
-                 config: Mapping[str, Any] | None = None):
+                 config: Mapping[str, Any] | None = None, distance: str = 'euclidean'):
+        if distance not in DISTANCES:
+            raise BeammlError(f'model distance must be one of {", ".join(DISTANCES)}, '
+                              f'got {distance!r}')
         try:
             centers = np.array(centers, dtype=np.float64)
         except (TypeError, ValueError) as e:
@@ -176,7 +185,11 @@ class CentroidModel:
                               f'got shape {centers.shape}')
         if not np.isfinite(centers).all():
             raise BeammlError('model centres contain NaN or infinite values')
+        if distance == 'cosine' and unit_rows(centers)[1].any():
+            raise BeammlError(f'centre {int(np.flatnonzero(unit_rows(centers)[1])[0])} of a '
+                              'cosine model is a zero vector: cosine distance is undefined')
         centers.setflags(write=False)
+        self.distance = distance
         self.centers = centers
         self.version = None if version is None else _check_version_name(version)
         self.created = created or _utc_now()
@@ -192,6 +205,9 @@ class CentroidModel:
         self.config = dict(config or {})
         self.path: str | None = None
         self._centers_sq = None
+
+    #: what models pickled before the field existed read as
+    distance = 'euclidean'
 
     # -- shape
     @property
@@ -221,7 +237,8 @@ class CentroidModel:
 
     def __repr__(self):
         return (f'CentroidModel(k={self.k}, d={self.d}, version={self.version!r}, '
-                f'n_iter={self.n_iter}, inertia={self.inertia})')
+                f'n_iter={self.n_iter}, inertia={self.inertia}'
+                f'{", distance=" + repr(self.distance) if self.distance != "euclidean" else ""})')
 
     def __eq__(self, other):
         if not isinstance(other, CentroidModel):
@@ -229,6 +246,21 @@ class CentroidModel:
         return self.to_dict() == other.to_dict()
 
     __hash__ = None
+
+    def nearest(self, X: np.ndarray, *, return_all: bool = False):
+        """Nearest centre of each row of X under the model's distance: ``(labels,
+        distances[, all distances])``.
+
+        Euclidean: :func:`~beamml.transforms.distances.nearest_centroid` (exact
+        ties to the lowest index; a non-finite row gets label -1, distance NaN).
+        Cosine: :func:`~beamml.transforms.distances.nearest_centroid_cosine`,
+        the distance ``1 - x.c / (||x|| ||c||)``, ties to the lowest index; a zero
+        or non-finite row gets label -1, distance NaN.
+        """
+        if self.distance == 'cosine':
+            return nearest_centroid_cosine(X, self.centers, return_all=return_all)
+        return nearest_centroid(X, self.centers, centers_sq=self.centers_sq,
+                                return_all=return_all)
 
     def check_dimension(self, d: int, source: str) -> None:
         """Refuse data whose number of features differs from the model's."""
@@ -257,6 +289,7 @@ class CentroidModel:
             'stop_reason': self.stop_reason,
             'cluster_sizes': self.cluster_sizes,
             'config': self.config,
+            'distance': self.distance,
             'centers': self.centers,
         })
 
@@ -296,7 +329,8 @@ class CentroidModel:
                 inertia_history=[_read_float(v, 'inertia_history', missing=math.nan)
                                  for v in data.get('inertia_history') or ()],
                 stop_reason=data.get('stop_reason'), cluster_sizes=data.get('cluster_sizes'),
-                config=data.get('config') or {})
+                config=data.get('config') or {},
+                distance=data.get('distance') or 'euclidean')
         except BeammlError as e:
             raise BeammlError(f'{source}: {e}') from e
         except (TypeError, ValueError) as e:

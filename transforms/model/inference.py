@@ -3,8 +3,10 @@
 ``RunInference(CentroidModelHandler(path))`` loads a
 :class:`~beamml.transforms.model.artifact.CentroidModel` (a model directory, a
 version directory or a model.json, local or gs://) and assigns numpy points to
-their nearest centre with :func:`beamml.transforms.distances.nearest_centroid`,
-including side-input model updates.
+their nearest centre under the model's distance
+(:meth:`~beamml.transforms.model.artifact.CentroidModel.nearest`: Euclidean,
+:func:`beamml.transforms.distances.nearest_centroid`, or cosine), including
+side-input model updates.
 """
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beamml.transforms.distances import nearest_centroid
 from beamml.transforms.io import BeammlError
 from beamml.transforms.model.artifact import CentroidModel
 
@@ -27,6 +28,11 @@ class CentroidModelHandler(ModelHandler[np.ndarray, PredictionResult, CentroidMo
     (1-D arrays of shape (d,), or 2-D arrays of shape (m, d), which give one
     result per row), batches them, and yields ``PredictionResult(example,
     inference=(cluster, distance), model_id=<model version>)``.
+
+    The distance is the model's (``model.json``'s ``"distance"``: Euclidean, or
+    cosine ``1 - cos``); a point the distance is undefined for (NaN or
+    infinite values; a zero vector for a cosine model) gets cluster -1 and
+    distance NaN.
 
     ``path`` is anything :meth:`CentroidModel.load` accepts. With side-input
     model updates (``RunInference(handler, model_metadata_pcoll=...)`` whose
@@ -71,8 +77,7 @@ class CentroidModelHandler(ModelHandler[np.ndarray, PredictionResult, CentroidMo
             if lengths != {model.d}:
                 raise BeammlError(f'points of {sorted(lengths)} features given to model '
                                   f'{model.version} of d={model.d}')
-            labels, dist = nearest_centroid(np.stack(arrays), model.centers,
-                                            centers_sq=model.centers_sq)
+            labels, dist = model.nearest(np.stack(arrays))
             return [PredictionResult(x, (int(c), float(r)), model.version)
                     for x, c, r in zip(batch, labels.tolist(), dist.tolist())]
         # 2-D examples: one call over all their rows, then split back
@@ -81,8 +86,7 @@ class CentroidModelHandler(ModelHandler[np.ndarray, PredictionResult, CentroidMo
         if bad:
             raise BeammlError(f'examples of {bad} features given to model {model.version} '
                               f'of d={model.d}')
-        labels, dist = nearest_centroid(np.concatenate(mats), model.centers,
-                                        centers_sq=model.centers_sq)
+        labels, dist = model.nearest(np.concatenate(mats))
         out, lo = [], 0
         for x, m in zip(batch, mats):
             hi = lo + m.shape[0]
