@@ -12,7 +12,14 @@ centre shifts per iteration) and the dead letters of the input,
 
 A run that fails leaves no version folder: its dead letters and summary are
 moved to ``<model_dir>/_failed/<version>/`` (never taken for a version: a
-version holds a ``model.json``), and the error names them.
+version holds a ``model.json``), and the error names them. Iterations run in
+blocks of --block_size, one pipeline run each, checkpointed under
+``<model_dir>/_runs/<version>/``; --resume continues a killed run.
+
+Speed, measured with ``python benchmarks/bench_kmeans.py --repeat 2`` (whole
+processes, 8 features, k=16, 10 iterations from the same centres, 2 cores):
+scikit-learn 1.35 s / beamml 2.55 s at 1M points, 3.80 s / 5.74 s at 4M
+(ratio 1.51); per extra point-iteration 81.6 ns vs 106.2 ns (ratio 1.30).
 """
 from __future__ import annotations
 
