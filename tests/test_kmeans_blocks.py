@@ -173,3 +173,24 @@ def test_identical_input_files_count_twice_in_every_block(blobs, tmp_path):
     sk = SkKMeans(4, init=c0, n_init=1, algorithm='lloyd', max_iter=300).fit(X)
     assert sk.n_iter_ == model.n_iter
     np.testing.assert_allclose(model.centers, sk.cluster_centers_, rtol=1e-9)
+
+
+def test_output_writes_the_training_labels_as_scikit_learn_labels_(blobs, tmp_path, capsys):
+    import pyarrow.parquet as pq
+    from sklearn.cluster import KMeans as SkKMeans
+    model = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
+                        '--model_dir', str(tmp_path / 'm'), '--output', str(tmp_path / 'lab/l'),
+                        '--block_size', '3'])
+    assert 'labels: ' in capsys.readouterr().out
+    (path,) = (tmp_path / 'lab').glob('l-*.parquet')
+    t = pq.read_table(str(path)).sort_by('id')
+    assert t.column_names == ['id', 'cluster', 'distance', 'model_version']
+    c0 = np.array(json.load(open(os.path.join(
+        tmp_path / 'm', model.version, 'training.json')))['initial_centers'])
+    sk = SkKMeans(4, init=c0, n_init=1, algorithm='lloyd', max_iter=300).fit(blobs['X'])
+    assert t.column('cluster').to_pylist() == sk.labels_.tolist()
+    X = blobs['X']
+    want = np.linalg.norm(X - model.centers[sk.labels_], axis=1)
+    np.testing.assert_allclose(t.column('distance').to_numpy(), want, rtol=1e-9, atol=1e-12)
+    assert set(t.column('model_version').to_pylist()) == {model.version}
+    assert model.cluster_sizes == np.bincount(sk.labels_).tolist()
