@@ -451,6 +451,11 @@ def jsonl_cases(small: bool = False, max_rows: int = 8):
                 out += raw
                 if not (last and kind == 'truncated'):
                     out += nl
+                if (isinstance(rid, int) and abs(rid) >= 2 ** 53 and expect == 'ok'
+                        and 'big_int_id' in kinds_here):
+                    # pyarrow reads the block as floats when one id is beyond int64; an id
+                    # of 2**53 or more is then not known exactly and may be refused
+                    expect, table = 'either', 'either'
                 rows.append(Row(kind, rid if id_mode != 'none' else None,
                                 vals if expect != 'refused' else None, expect, table,
                                 row=len(rows), line=line))
