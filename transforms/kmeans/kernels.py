@@ -578,48 +578,21 @@ def update_centers(sums: np.ndarray, counts: np.ndarray, centers_old: np.ndarray
     """
     if empty_cluster not in EMPTY_CLUSTER:
         raise ValueError(f'empty_cluster must be one of {EMPTY_CLUSTER}, got {empty_cluster!r}')
-    if weights is not None:
-        return _update_centers_weighted(sums, counts, centers_old, weights,
-                                        empty_cluster=empty_cluster, far_points=far_points,
-                                        far_labels=far_labels,
-                                        far_sq_distances=far_sq_distances,
-                                        far_weights=far_weights)
     sums = np.array(sums, dtype=np.float64)
     counts = np.array(counts, dtype=np.int64)
-    empty = np.flatnonzero(counts == 0)
-    n_relocated = 0
-    if (len(empty) and empty_cluster == 'farthest' and far_sq_distances is not None
-            and len(far_sq_distances) and far_sq_distances.max() > 0):
-        order = farthest_order(far_sq_distances, far_points)
-        for new_id, far in zip(empty, order):  # a loop over empty clusters, not points
-            x, old_id = far_points[far], int(far_labels[far])
-            sums[old_id] -= x
-            counts[old_id] -= 1
-            sums[new_id] = x
-            counts[new_id] = 1
-            n_relocated += 1
-    centers = np.array(centers_old, dtype=np.float64, copy=True)
-    full = counts > 0
-    # as scikit-learn's _average_centers: multiply by the reciprocal
-    centers[full] = sums[full] * (1.0 / counts[full])[:, None]
-    if empty_cluster == 'farthest' and not full.all():
-        centers[~full] = centers[np.argmax(counts)]
-    return centers, counts, n_relocated
-
-
-def _update_centers_weighted(sums, counts, centers_old, weights, *, empty_cluster,
-                             far_points, far_labels, far_sq_distances, far_weights):
-    """:func:`update_centers` with sample weights (scikit-learn's
-    ``_relocate_empty_clusters_dense`` and ``_average_centers`` with weights)."""
-    sums = np.array(sums, dtype=np.float64)
-    counts = np.array(counts, dtype=np.int64)
-    weights = np.array(weights, dtype=np.float64)
+    # Unweighted, each point weighs 1: the weight of a cluster is its count (x * 1.0
+    # and 1.0 / float(n) are exact, so this is the unweighted arithmetic bit for bit).
+    weighted = weights is not None
+    weights = (np.array(weights, dtype=np.float64) if weighted
+               else counts.astype(np.float64))
     empty = np.flatnonzero(weights == 0)
     n_relocated = 0
     if (len(empty) and empty_cluster == 'farthest' and far_sq_distances is not None
             and len(far_sq_distances) and far_sq_distances.max() > 0):
         if far_weights is None:
-            raise ValueError('weighted relocation needs the far points\' weights')
+            if weighted:
+                raise ValueError('weighted relocation needs the far points\' weights')
+            far_weights = np.ones(len(far_sq_distances))
         order = farthest_order(far_sq_distances, far_points)
         for new_id, far in zip(empty, order):  # a loop over empty clusters, not points
             x, old_id, w = far_points[far], int(far_labels[far]), float(far_weights[far])
@@ -632,6 +605,7 @@ def _update_centers_weighted(sums, counts, centers_old, weights, *, empty_cluste
             n_relocated += 1
     centers = np.array(centers_old, dtype=np.float64, copy=True)
     full = weights > 0
+    # as scikit-learn's _average_centers: multiply by the reciprocal
     centers[full] = sums[full] * (1.0 / weights[full])[:, None]
     if empty_cluster == 'farthest' and not full.all():
         centers[~full] = centers[np.argmax(weights)]
