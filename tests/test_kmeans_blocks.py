@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from kmeans_cli import kmeans_process, model_doc
 from beamml.pipelines import kmeans
 from beamml.transforms.model import list_versions
 
@@ -26,18 +25,8 @@ def blobs(tmp_path_factory):
 
 
 def _train(blobs, model_dir, *flags, env=None):
-    argv = [sys.executable, '-m', 'beamml', 'kmeans', '--input', blobs['path'], '--k', '4',
-            '--random_state', '1', '--model_dir', str(model_dir), *map(str, flags)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
-def _model_doc(model_dir) -> dict:
-    (version,) = list_versions(str(model_dir))
-    doc = json.load(open(os.path.join(model_dir, version, 'model.json')))
-    for key in ('version', 'created'):
-        doc.pop(key, None)
-    return doc
+    return kmeans_process(blobs['path'], model_dir, '--k', '4', '--random_state', '1',
+                          *flags, env=env)
 
 
 def test_blocks_give_what_one_block_gives(blobs, tmp_path):
@@ -80,7 +69,7 @@ def test_a_killed_run_resumes_to_the_same_model_bit_for_bit(blobs, tmp_path):
         assert ('rebuilding it from the input' in resumed.stderr) == lose_cache
         assert 'records_read=1200 records_ok=1200 records_refused=0' in resumed.stdout
         assert list_versions(str(models)) == [version]
-        assert _model_doc(models) == _model_doc(tmp_path / 'whole')   # every bit
+        assert model_doc(models) == model_doc(tmp_path / 'whole')   # every bit
         assert set(os.listdir(models)) == {'LATEST', version}
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import subprocess
-import sys
 import uuid
 
 import apache_beam as beam
@@ -23,13 +21,14 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.ml.inference.base import RunInference
 
+from kmeans_cli import kmeans_process, model_doc
 from beamml.pipelines import assign, kmeans
 from beamml.transforms.assignment import add_assignment
 from beamml.transforms.distances import nearest_centroid_cosine, unit_rows
 from beamml.transforms.io import BeammlError, ReadPoints, points_batch
 from beamml.transforms.kmeans import KMeans
 from beamml.transforms.kmeans.checkpoint import TrainingRun
-from beamml.transforms.model import CentroidModel, CentroidModelHandler, list_versions
+from beamml.transforms.model import CentroidModel, CentroidModelHandler
 
 ZERO = 'zero vector: cosine distance is undefined'
 
@@ -430,25 +429,14 @@ def test_cli_kmeans_cosine_then_assign(cloud, tmp_path, capsys):
 
 
 def _train(cloud, model_dir, *flags, env=None):
-    argv = [sys.executable, '-m', 'beamml', 'kmeans', '--input', cloud['path'], '--k', '3',
-            '--random_state', '4', '--max_refused_fraction', '0.1', '--tol', '0',
-            '--model_dir', str(model_dir), *map(str, flags)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
-def _model_doc(model_dir) -> dict:
-    (version,) = list_versions(str(model_dir))
-    doc = json.load(open(os.path.join(model_dir, version, 'model.json')))
-    for key in ('version', 'created'):
-        doc.pop(key, None)
-    return doc
+    return kmeans_process(cloud['path'], model_dir, '--k', '3', '--random_state', '4',
+                          '--max_refused_fraction', '0.1', '--tol', '0', *flags, env=env)
 
 
 def test_resume_keeps_the_distance(cloud, tmp_path):
     whole = _train(cloud, tmp_path / 'whole', '--distance', 'cosine', '--block_size', '1')
     assert whole.returncode == 0, whole.stderr[-3000:]
-    assert _model_doc(tmp_path / 'whole')['distance'] == 'cosine'
+    assert model_doc(tmp_path / 'whole')['distance'] == 'cosine'
     models = tmp_path / 'killed'
     killed = _train(cloud, models, '--distance', 'cosine', '--block_size', '1',
                     env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
@@ -464,7 +452,7 @@ def test_resume_keeps_the_distance(cloud, tmp_path):
     resumed = _train(cloud, models, '--distance', 'cosine', '--block_size', '1', '--resume')
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'rebuilding it from the input' in resumed.stderr
-    assert _model_doc(models) == _model_doc(tmp_path / 'whole')   # every bit
+    assert model_doc(models) == model_doc(tmp_path / 'whole')   # every bit
 
 
 def test_a_run_saved_before_the_distance_flag_resumes_as_euclidean(tmp_path):

@@ -18,6 +18,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
 from sklearn.datasets import make_blobs
 
+from kmeans_cli import kmeans_process, model_doc
 from beamml.pipelines import kmeans as kmeans_cli
 from beamml.transforms.io import BeammlError, points_batch, read_table_files
 from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints,
@@ -302,17 +303,8 @@ def test_cli_weight_column_blocks_and_dead_letters(data, weighted_csv, tmp_path,
 
 
 def _train(csv, model_dir, *flags, env=None):
-    argv = [sys.executable, '-m', 'beamml', 'kmeans', '--input', csv['path'], '--k', '5',
-            '--weight_column', 'w', '--random_state', '1', '--block_size', '2',
-            '--model_dir', str(model_dir), *map(str, flags)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
-
-
-def _model_doc(model_dir) -> dict:
-    (version,) = list_versions(str(model_dir))
-    doc = json.load(open(os.path.join(model_dir, version, 'model.json')))
-    return {k: v for k, v in doc.items() if k not in ('version', 'created')}
+    return kmeans_process(csv['path'], model_dir, '--k', '5', '--weight_column', 'w',
+                          '--random_state', '1', '--block_size', '2', *flags, env=env)
 
 
 def test_killed_weighted_run_resumes_with_a_rebuilt_cache(weighted_csv, tmp_path):
@@ -332,4 +324,4 @@ def test_killed_weighted_run_resumes_with_a_rebuilt_cache(weighted_csv, tmp_path
     resumed = _train(weighted_csv, models, '--resume')
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'rebuilding it from the input' in resumed.stderr
-    assert _model_doc(models) == _model_doc(tmp_path / 'whole')   # every bit
+    assert model_doc(models) == model_doc(tmp_path / 'whole')   # every bit
