@@ -1,10 +1,13 @@
-"""Helpers for the tests that run `beamml kmeans` as a process (kill, resume, compare)."""
+"""Helpers for the K-means tests: several KMeans graphs in one pipeline (``run_kmeans``), and
+`beamml kmeans` as a process (kill, resume, compare)."""
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
+import uuid
 
 from beamml.transforms.model import list_versions
 
@@ -25,3 +28,31 @@ def model_doc(model_dir) -> dict:
     with open(os.path.join(model_dir, version, 'model.json')) as f:
         doc = json.load(f)
     return {k: v for k, v in doc.items() if k not in ('version', 'created')}
+
+
+def save_result(result, out_dir, name):
+    """Pickle a pipeline's value into OUT_DIR/NAME-<unique>.pkl (a Map writes it)."""
+    with open(os.path.join(out_dir, f'{name}-{uuid.uuid4().hex}.pkl'), 'wb') as f:
+        pickle.dump(result, f)
+
+
+def run_kmeans(tmp_path, cases):
+    """Run several KMeans graphs in one pipeline: {name: (batches, kwargs)} -> {name: result}."""
+    import apache_beam as beam
+    from beamml.transforms.kmeans import KMeans
+    out = tmp_path / f'results-{uuid.uuid4().hex[:6]}'
+    out.mkdir()
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        for name, (batches, kwargs) in cases.items():
+            (p
+             | f'Create_{name}' >> beam.Create(batches, reshuffle=False)
+             | f'KMeans_{name}' >> KMeans(**kwargs)
+             | f'Save_{name}' >> beam.Map(save_result, str(out), name))
+    results = {}
+    for f in sorted(os.listdir(out)):
+        name = f.rsplit('-', 1)[0]
+        assert name not in results, f'{name}: more than one result'
+        with open(out / f, 'rb') as fh:
+            results[name] = pickle.load(fh)
+    assert set(results) == set(cases)
+    return results

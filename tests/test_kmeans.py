@@ -6,10 +6,7 @@ pipeline where they can (a pipeline costs about a second to start).
 from __future__ import annotations
 
 import itertools
-import os
-import pickle
 import sys
-import uuid
 import warnings
 
 import apache_beam as beam
@@ -22,6 +19,7 @@ from sklearn.cluster._kmeans import _tolerance as sk_tolerance
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
+from kmeans_cli import run_kmeans
 from beamml.transforms.io import BeammlError, points_batch
 from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints,
                                       PointStatsCombineFn, kmeans_plusplus, label_signature,
@@ -55,31 +53,6 @@ def split(X, sizes):
     if lo < len(X):
         out.append(X[lo:])
     return out
-
-
-def _save(result, out_dir, name):
-    with open(os.path.join(out_dir, f'{name}-{uuid.uuid4().hex}.pkl'), 'wb') as f:
-        pickle.dump(result, f)
-
-
-def run_kmeans(tmp_path, cases):
-    """Run several KMeans graphs in one pipeline: {name: (batches, kwargs)} -> {name: result}."""
-    out = tmp_path / f'results-{uuid.uuid4().hex[:6]}'
-    out.mkdir()
-    with beam.Pipeline(runner='FnApiRunner') as p:
-        for name, (batches, kwargs) in cases.items():
-            (p
-             | f'Create_{name}' >> beam.Create(batches, reshuffle=False)
-             | f'KMeans_{name}' >> KMeans(**kwargs)
-             | f'Save_{name}' >> beam.Map(_save, str(out), name))
-    results = {}
-    for f in sorted(os.listdir(out)):
-        name = f.rsplit('-', 1)[0]
-        assert name not in results, f'{name}: more than one result'
-        with open(out / f, 'rb') as fh:
-            results[name] = pickle.load(fh)
-    assert set(results) == set(cases)
-    return results
 
 
 def assert_same_as_sklearn(result, sk, X):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.ml.inference.base import RunInference
 
-from kmeans_cli import kmeans_process, model_doc
+from kmeans_cli import kmeans_process, model_doc, run_kmeans, save_result
 from beamml.pipelines import assign, kmeans
 from beamml.transforms.assignment import add_assignment
 from beamml.transforms.distances import nearest_centroid_cosine, unit_rows
@@ -87,29 +86,6 @@ def directions(n_per=250, d=5, k=4, seed=0):
     X = np.concatenate([(c + 0.45 * rng.normal(size=(n_per, d)))
                         * rng.uniform(0.01, 100, (n_per, 1)) for c in dirs])
     return X[rng.permutation(len(X))]
-
-
-def _save(result, out_dir, name):
-    with open(os.path.join(out_dir, f'{name}-{uuid.uuid4().hex}.pkl'), 'wb') as f:
-        pickle.dump(result, f)
-
-
-def run_kmeans(tmp_path, cases):
-    """Several KMeans graphs in one pipeline: {name: (batches, kwargs)} -> {name: result}."""
-    out = tmp_path / f'results-{uuid.uuid4().hex[:6]}'
-    out.mkdir()
-    with beam.Pipeline(runner='FnApiRunner') as p:
-        for name, (batches, kwargs) in cases.items():
-            (p
-             | f'Create_{name}' >> beam.Create(batches, reshuffle=False)
-             | f'KMeans_{name}' >> KMeans(**kwargs)
-             | f'Save_{name}' >> beam.Map(_save, str(out), name))
-    results = {}
-    for f in sorted(os.listdir(out)):
-        with open(out / f, 'rb') as fh:
-            results[f.rsplit('-', 1)[0]] = pickle.load(fh)
-    assert set(results) == set(cases)
-    return results
 
 
 def assert_same_as_spark(result, ref, X):
@@ -292,9 +268,9 @@ def test_read_points_refuse_zero_gives_dead_letters_with_file_row_line(tmp_path)
             r = p | f'Read_{name}' >> ReadPoints(str(path), refuse_zero=flag)
             (r.batches | f'Ids_{name}' >> beam.FlatMap(lambda b: b.column('id').to_pylist())
              | f'L_{name}' >> beam.combiners.ToList() | f'S_{name}' >> beam.Map(
-                 lambda ids, n: _save(sorted(ids), str(out), f'{n}-ids'), name))
+                 lambda ids, n: save_result(sorted(ids), str(out), f'{n}-ids'), name))
             (r.errors | f'EL_{name}' >> beam.combiners.ToList() | f'ES_{name}' >> beam.Map(
-                _save, str(out), f'{name}-errors'))
+                save_result, str(out), f'{name}-errors'))
     got = {}
     for f in os.listdir(out):
         got[f.rsplit('-', 1)[0]] = pickle.load(open(out / f, 'rb'))
@@ -367,7 +343,7 @@ def test_run_inference_with_a_saved_cosine_model(tmp_path):
         (p | beam.Create([np.array([10.0, 9.0]), np.array([0.1, 0.2])])
          | RunInference(CentroidModelHandler(str(tmp_path / 'm')))
          | beam.Map(lambda r: (int(r.inference[0]), float(r.inference[1])))
-         | beam.combiners.ToList() | beam.Map(lambda v: _save(sorted(v), str(out), 'r')))
+         | beam.combiners.ToList() | beam.Map(lambda v: save_result(sorted(v), str(out), 'r')))
     (f,) = os.listdir(out)
     got = pickle.load(open(out / f, 'rb'))
     assert [c for c, _ in got] == [0, 1]

@@ -7,7 +7,6 @@ import pickle
 import shutil
 import subprocess
 import sys
-import uuid
 import warnings
 
 import apache_beam as beam
@@ -18,7 +17,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.cluster import kmeans_plusplus as sk_kmeans_plusplus
 from sklearn.datasets import make_blobs
 
-from kmeans_cli import kmeans_process, model_doc
+from kmeans_cli import kmeans_process, model_doc, run_kmeans
 from beamml.pipelines import kmeans as kmeans_cli
 from beamml.transforms.io import BeammlError, points_batch, read_table_files
 from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints,
@@ -43,23 +42,6 @@ def weighted_batches(X, w, size):
     ids = pa.array(np.arange(len(X)))
     return [points_batch(ids[i:i + size], X[i:i + size], weight=pa.array(w[i:i + size]))
             for i in range(0, len(X), size)]
-
-
-def _save(result, path):
-    with open(path, 'wb') as f:
-        pickle.dump(result, f)
-
-
-def run_kmeans(tmp_path, cases):
-    """{name: (batches, kwargs)} run in one pipeline -> {name: KMeansResult}."""
-    out = tmp_path / f'r-{uuid.uuid4().hex[:6]}'
-    out.mkdir()
-    with beam.Pipeline(runner='FnApiRunner') as p:
-        for name, (batches, kwargs) in cases.items():
-            (p | f'Create_{name}' >> beam.Create(batches, reshuffle=False)
-             | f'KMeans_{name}' >> KMeans(**kwargs)
-             | f'Save_{name}' >> beam.Map(_save, str(out / f'{name}.pkl')))
-    return {name: pickle.load(open(out / f'{name}.pkl', 'rb')) for name in cases}
 
 
 def assert_same(result, sk, n_iter=True):
