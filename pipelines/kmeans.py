@@ -3,7 +3,7 @@
     beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs \\
         [--max_iter 300] [--tol 1e-4] [--init k-means++|k-means||random|PATH] \\
         [--random_state S] [--empty_cluster keep|farthest] [--distance euclidean|cosine]
-        [--weight_column W]
+        [--weight_column W] [--n_init N|auto]
 
 The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
@@ -23,6 +23,7 @@ scikit-learn 1.35 s / beamml 2.55 s at 1M points, 3.80 s / 5.74 s at 4M
 """
 from __future__ import annotations
 
+import argparse
 import io
 import logging
 import os
@@ -40,9 +41,11 @@ from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, Write
                                   WriteTable)
 from beamml.transforms.io.documents import write_json
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
-                                      KMeansState, read_initial_centers, recursion_limit_for)
-from beamml.transforms.kmeans.checkpoint import FAILED_DIR, RESULT_FILE, TrainingRun
-from beamml.transforms.kmeans.training import (LloydBlock, cached_points, centre_into_cache,
+                                      KMeansRuns, KMeansState, read_initial_centers,
+                                      recursion_limit_for, state_from_dict)
+from beamml.transforms.kmeans.checkpoint import (FAILED_DIR, RESULT_FILE, TrainingRun,
+                                                 input_fingerprints)
+from beamml.transforms.kmeans.training import (cached_points, centre_into_cache,
                                                training_labels)
 from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
 
@@ -87,6 +90,12 @@ class KMeansOptions:
                             help="seeding: 'k-means++' (default, on a uniform sample), "
                                  "'k-means||' (distributed), 'random', or a file of initial "
                                  'centres (.npy (k, d) or any point-cloud format)')
+        parser.add_argument('--n_init', type=n_init_flag, default='auto',
+                            help="seedings trained side by side in the same passes (one "
+                                 'product per batch against all their centres), the lowest '
+                                 "final inertia kept; 'auto' (default, scikit-learn's): 10 "
+                                 'for --init random, else 1; every run is recorded in the '
+                                 'model (init_inertias) and in training.json')
         parser.add_argument('--random_state', type=int, default=None,
                             help='seed of every random choice (default: drawn, and recorded '
                                  'in the model config)')
@@ -133,6 +142,19 @@ class KMeansOptions:
                                  'there and LATEST points to it')
 
 
+def n_init_flag(value: str):
+    """``--n_init``: 'auto' or an integer >= 1."""
+    if value == 'auto':
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be 'auto' or an integer >= 1, got {value!r}")
+    return n
+
+
 def validate(args, dimension: int):
     """Flag checks that need no data; returns the KMeans init (a method name or an array).
 
@@ -175,11 +197,11 @@ def make_kmeans(args, init, cache_dir: str | None) -> KMeans:
     return KMeans(args.k, max_iter=args.max_iter, tol=args.tol, init=init,
                   random_state=args.random_state, empty_cluster=args.empty_cluster,
                   init_sample_size=args.init_sample_size, init_steps=args.init_steps,
-                  oversampling_factor=args.oversampling_factor, cache_dir=cache_dir,
-                  dtype=args.dtype, distance=args.distance)
+                  oversampling_factor=args.oversampling_factor, n_init=args.n_init,
+                  cache_dir=cache_dir, dtype=args.dtype, distance=args.distance)
 
 
-def _write_block(state: KMeansState, results, path: str) -> str:
+def _write_block(state, results, path: str) -> str:
     """A block's checkpoint: the state after it, and the result when it stopped."""
     results = list(results)
     return write_json(path, {'state': state.to_dict(),
@@ -227,7 +249,7 @@ def model_config(args, kmeans: KMeans) -> dict:
         'input_format': args.input_format, 'id_column': args.id_column,
         'feature_columns': args.feature_columns, 'dtype': kmeans.dtype,
         'distance': kmeans.distance,
-        'weight_column': getattr(args, 'weight_column', None),
+        'weight_column': getattr(args, 'weight_column', None), 'n_init': kmeans.n_init,
     }
 
 
@@ -272,7 +294,8 @@ def run(argv=None):
                                 '--model_dir', args.model_dir)
             if args.output:
                 common.check_output(args.output)
-            training.start(vars(args), model_config(args, kmeans), cache_dir)
+            training.start(vars(args), model_config(args, kmeans), cache_dir,
+                           input_fingerprints(built['read'].paths))
             checkpoint = _first_block(p, args, training)
         while checkpoint['result'] is None:
             checkpoint = _next_block(args, options, training, kmeans, checkpoint)
@@ -280,12 +303,15 @@ def run(argv=None):
 
 
 def _block_log(training: TrainingRun, index: int, checkpoint: dict, seconds: float) -> None:
-    state = KMeansState.from_dict(checkpoint['state'])
+    state = state_from_dict(checkpoint['state'])
     inertia = state.inertia_history[-1] if state.inertia_history else float('nan')
     shift = state.center_shift_history[-1] if state.center_shift_history else float('nan')
-    LOG.info('kmeans %s: block %d done in %.1f s: %d iteration(s) in all, inertia %.6g, '
-             'centre shift %.3g%s', training.version, index, seconds, state.n_iter, inertia,
-             shift, f', stopped ({state.stop_reason})' if state.stopped else '')
+    runs = ''
+    if isinstance(state, KMeansRuns):   # the lowest inertia and largest shift of the runs
+        runs = f' ({state.n_going} of {len(state.runs)} runs going)'
+    LOG.info('kmeans %s: block %d done in %.1f s: %d iteration(s) in all%s, inertia %.6g, '
+             'centre shift %.3g%s', training.version, index, seconds, state.n_iter, runs,
+             inertia, shift, f', stopped ({state.stop_reason})' if state.stopped else '')
 
 
 def _first_block(p, args, training: TrainingRun) -> dict:
@@ -316,7 +342,7 @@ def _first_block(p, args, training: TrainingRun) -> dict:
 
 def _next_block(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: dict) -> dict:
     index = checkpoint['index'] + 1
-    state = KMeansState.from_dict(checkpoint['state'])
+    state = state_from_dict(checkpoint['state'])
     remaining = args.max_iter - state.n_iter
     started = time.monotonic()
     manifest = training.manifest()
@@ -325,9 +351,8 @@ def _next_block(args, options, training: TrainingRun, kmeans: KMeans, checkpoint
     p = beam.Pipeline(options=options)
     points = cached_points(p, manifest)
     states = p | 'CheckpointState' >> beam.Create([state])
-    block = {'points': points, 'state': states} | 'KMeans' >> LloydBlock(
-        kmeans.n_clusters, min(args.block_size, remaining), kmeans.max_iter,
-        kmeans.empty_cluster)
+    block = {'points': points, 'state': states} | 'KMeans' >> kmeans.block(
+        min(args.block_size, remaining))
     _write_block_outputs(block, training, index)
     common.run_pipeline(p)
     checkpoint = training.read_block(index)
@@ -344,19 +369,31 @@ def _resume(args, options, training: TrainingRun) -> tuple[dict, KMeans]:
         raise BeammlError(f'--resume {training.version}: the run was started with other '
                           f'flags ({"; ".join(changed)}); give the same ones')
     read = ReadPoints(args.input, **read_kwargs(args))   # checks the input is there
+    changed = training.changed_inputs(input_fingerprints(read.paths))
+    if changed:
+        raise BeammlError(f'--resume {training.version}: the input changed since the run '
+                          f'started ({"; ".join(changed[:3])}'
+                          f'{"; ..." if len(changed) > 3 else ""}); start a new training')
     init = validate(args, read.layout.dimension)
     kmeans = make_kmeans(args, init, training.cache_dir)
     checkpoint = training.last_block()
-    if checkpoint is None:
-        raise BeammlError(f'--resume {training.version}: its first block never finished; '
-                          'start a new training')
+    if checkpoint is None:   # nothing to resume from: its folder goes
+        training.remove()
+        raise BeammlError(f'--resume {training.version}: its first block never finished, so '
+                          'there is nothing to resume (its folder was removed); start a new '
+                          'training')
+    state = state_from_dict(checkpoint['state'])
+    runs = len(state.runs) if isinstance(state, KMeansRuns) else 1
+    if runs != kmeans.n_init:   # a run saved before --n_init, with --init random
+        raise BeammlError(f'--resume {training.version}: the run trains {runs} seeding(s), '
+                          f'--n_init gives {kmeans.n_init}; give --n_init {runs}')
     LOG.info('kmeans %s: resuming after block %d (%d iteration(s) done), started with '
-             '--random_state %s', training.version, checkpoint['index'],
-             KMeansState.from_dict(checkpoint['state']).n_iter, saved.get('random_state'))
+             '--random_state %s', training.version, checkpoint['index'], state.n_iter,
+             saved.get('random_state'))
     return checkpoint, kmeans
 
 
-def _rebuild_cache(args, options, training: TrainingRun, state: KMeansState) -> list[str]:
+def _rebuild_cache(args, options, training: TrainingRun, state) -> list[str]:
     """Centre the input again into the cache (it was lost with the process that made it):
     the same batches, the same mean, so the same files."""
     LOG.info('kmeans %s: the point cache is gone; rebuilding it from the input',
@@ -383,7 +420,8 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
         res.centers, version=training.version, input_pattern=args.input, n_iter=res.n_iter,
         inertia=res.inertia, inertia_history=res.inertia_history,
         stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
-        config=training.config(), distance=args.distance)
+        config=training.config(), distance=args.distance,
+        init_inertias=[run['inertia'] for run in res.inits] if res.inits else None)
     saved = model.save(args.model_dir)
     training.remove()
     if res.n_distinct is not None:
@@ -392,9 +430,15 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
               file=sys.stderr)
     print(f'kmeans: k={model.k} d={model.d} n_iter={res.n_iter} stop_reason={res.stop_reason} '
           f'inertia={res.inertia:.10g} n_samples={res.n_samples}')
+    if res.inits:
+        print(f'n_init={res.n_init}: kept run {res.best_init} of inertias ' +
+              ' '.join(f'{run["inertia"]:.10g}' for run in res.inits))
     print(f'model: {saved} (version {training.version}; LATEST updated)')
     if args.output:
-        _write_labels(args, options, KMeansState.from_dict(checkpoint['state']), model)
+        state = state_from_dict(checkpoint['state'])
+        if isinstance(state, KMeansRuns):
+            state = state.runs[res.best_init]
+        _write_labels(args, options, state, model)
     return model
 
 

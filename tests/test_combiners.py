@@ -114,6 +114,27 @@ def labelled_points(track_farthest: bool):
     return factory
 
 
+def runs_sums(cls):
+    """n_init=3 runs side by side: per batch, a list of one ClusterSums (the fused pass)
+    per run; run 2 stopped (None everywhere), run 1 in some batches only."""
+    from beamml.transforms.kmeans import CentroidCombineFn, lloyd_pass_runs
+    from beamml.transforms.kmeans.combiners import ClusterSums
+    rng = np.random.default_rng(13)
+    X = points(13, 120, 3)
+    runs = [X[[0, 10, 20, 30]], X[[1, 2, 3, 4]], X[[5, 6, 7, 8]]]
+    inputs = []
+    for i, (lo, hi) in enumerate(cut(len(X), 7, rng)):
+        if hi == lo:
+            continue
+        passes = lloyd_pass_runs(X[lo:hi], runs[:2], hashes=row_hashes(X[lo:hi]))
+        inputs.append([ClusterSums.from_pass(passes[0]),
+                       ClusterSums.from_pass(passes[1]) if i % 2 else None, None])
+
+    def empty(out):
+        assert out == [None, None, None], out
+    return cls(CentroidCombineFn(4), 3), inputs, equal_float_sums, empty
+
+
 def point_stats(sample_size: int, max_distinct: int, n_distinct: int | None):
     """Points RecordBatches (one empty) into count, mean, variance, sample and distinct points."""
     def factory(cls):
@@ -341,6 +362,7 @@ def assigned_batches(cls):
 REGISTRY = {
     'CentroidCombineFn': {'sums': labelled_points(track_farthest=False),
                           'farthest': labelled_points(track_farthest=True)},
+    'RunsCombineFn': {'runs': runs_sums},
     'PointStatsCombineFn': {'sampled': point_stats(10, 12, None),
                             'few_distinct': point_stats(200, 8, 5)},
     'OversampleCombineFn': {'round': oversample_rounds},

@@ -88,6 +88,41 @@ def test_resume_refuses_other_flags_and_nothing_to_resume(blobs, tmp_path):
     assert out.returncode == 2 and 'no-such-version' in out.stderr.strip().splitlines()[-1]
 
 
+def test_resume_refuses_an_input_that_changed(blobs, tmp_path):
+    """(Without --random_state: the resumed run takes the seed the first one drew.)"""
+    data = tmp_path / 'data.csv'
+    shutil.copy(blobs['path'], data)
+    models = tmp_path / 'ok'
+    killed = kmeans_process(data, models, '--k', '4', '--block_size', '2',
+                            env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+    assert killed.returncode == -9
+    out = kmeans_process(data, models, '--k', '4', '--block_size', '2', '--resume')
+    assert out.returncode == 0, out.stderr[-2000:]
+    models = tmp_path / 'm'
+    killed = kmeans_process(data, models, '--k', '4', '--block_size', '2',
+                            env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+    assert killed.returncode == -9
+    with open(data, 'a') as f:
+        f.write('99999,1.0,2.0\n')
+    out = kmeans_process(data, models, '--k', '4', '--block_size', '2', '--resume')
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert 'the input changed since the run started' in last and 'bytes, now' in last
+    assert str(data) in last
+
+
+def test_resume_of_a_run_killed_in_its_first_block_removes_it(blobs, tmp_path):
+    models = tmp_path / 'm'
+    killed = _train(blobs, models, '--block_size', '2', env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+    assert killed.returncode == -9
+    (version,) = os.listdir(models / '_runs')
+    os.remove(models / '_runs' / version / 'block-0001.json')   # as if killed during block 1
+    out = _train(blobs, models, '--block_size', '2', '--resume')
+    assert out.returncode == 2
+    assert 'its first block never finished' in out.stderr and 'was removed' in out.stderr
+    assert not os.path.exists(models / '_runs')
+
+
 def test_no_block_runs_after_convergence(tmp_path, caplog):
     """The default --max_iter 300 on tiny data: one pipeline run when it converges in
     the first block, so about the time of a norms run (it was 300 unrolled stages)."""

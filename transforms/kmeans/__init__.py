@@ -27,20 +27,22 @@ Modules
 """
 from beamml.transforms.kmeans.cache import read_cached_points, write_cached_points
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, LabelledPoints,
-                                                PointStats, PointStatsCombineFn)
+                                                PointStats, PointStatsCombineFn, RunsCombineFn)
 from beamml.transforms.kmeans.kernels import (EMPTY_CLUSTER, INIT_METHODS, STOP_REASONS,
                                               center_shift, kmeans_plusplus, label_signature,
-                                              lloyd_labels, row_hashes, tolerance,
-                                              update_centers)
-from beamml.transforms.kmeans.lloyd import KMeansResult, KMeansState
+                                              lloyd_labels, lloyd_pass, lloyd_pass_runs,
+                                              row_hashes, tolerance, update_centers)
+from beamml.transforms.kmeans.lloyd import (KMeansResult, KMeansRuns, KMeansState,
+                                            state_from_dict)
 from beamml.transforms.kmeans.seeding import read_initial_centers
 from beamml.transforms.kmeans.training import KMeans, recursion_limit_for
 
 __all__ = [
     'INIT_METHODS', 'EMPTY_CLUSTER', 'STOP_REASONS',
-    'row_hashes', 'label_signature', 'tolerance', 'lloyd_labels', 'kmeans_plusplus',
+    'row_hashes', 'label_signature', 'tolerance', 'lloyd_labels', 'lloyd_pass',
+    'lloyd_pass_runs', 'kmeans_plusplus',
     'update_centers', 'center_shift', 'read_initial_centers',
     'write_cached_points', 'read_cached_points',
-    'LabelledPoints', 'ClusterSums', 'CentroidCombineFn', 'PointStats', 'PointStatsCombineFn',
-    'KMeansState', 'KMeansResult', 'KMeans', 'recursion_limit_for',
+    'LabelledPoints', 'ClusterSums', 'CentroidCombineFn', 'RunsCombineFn', 'PointStats',
+    'PointStatsCombineFn', 'KMeansState', 'KMeansRuns', 'state_from_dict', 'KMeansResult', 'KMeans', 'recursion_limit_for',
 ]

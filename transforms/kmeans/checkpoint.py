@@ -32,7 +32,8 @@ from beamml.transforms.io import BeammlError
 from beamml.transforms.io.documents import exists, is_remote, read_json, write_json
 from beamml.transforms.kmeans.cache import drop_cached_points
 
-__all__ = ['RUNS_DIR', 'FAILED_DIR', 'RESULT_FILE', 'TRAINING_FLAGS', 'TrainingRun']
+__all__ = ['RUNS_DIR', 'FAILED_DIR', 'RESULT_FILE', 'TRAINING_FLAGS', 'TrainingRun',
+           'input_fingerprints']
 
 RUNS_DIR = '_runs'
 FAILED_DIR = '_failed'
@@ -41,9 +42,9 @@ RESULT_FILE = 'training.json'
 TRAINING_FLAGS = ('input', 'input_format', 'id_column', 'feature_columns', 'dimension', 'k',
                   'max_iter', 'tol', 'init', 'random_state', 'empty_cluster',
                   'init_sample_size', 'init_steps', 'oversampling_factor', 'block_size', 'dtype',
-                  'weight_column', 'distance')
+                  'weight_column', 'distance', 'n_init')
 #: what a flag saved by an earlier beamml (which did not have it) was
-_FLAG_DEFAULTS = {'distance': 'euclidean'}
+_FLAG_DEFAULTS = {'distance': 'euclidean', 'n_init': 'auto'}
 
 
 def _files_under(folder: str) -> list[str]:
@@ -61,6 +62,18 @@ def _remove_folder(folder: str) -> None:
     files = _files_under(folder)
     if files:
         FileSystems.delete(files)
+
+
+def input_fingerprints(paths) -> list[dict]:
+    """``[{path, size, updated}]`` of the input files (``updated``: the modification
+    time, the object's update time on gs://), so ``--resume`` can refuse an input that
+    changed under a training."""
+    out = []
+    for result in FileSystems.match(list(paths)):
+        for m in result.metadata_list:
+            out.append({'path': m.path, 'size': int(m.size_in_bytes),
+                        'updated': float(m.last_updated_in_seconds)})
+    return sorted(out, key=lambda f: f['path'])
 
 
 class TrainingRun:
@@ -89,9 +102,12 @@ class TrainingRun:
         return cls(model_dir, which)
 
     # ------------------------------------------------------------------ run.json
-    def start(self, flags: dict[str, Any], config: dict[str, Any], cache_dir: str) -> None:
+    def start(self, flags: dict[str, Any], config: dict[str, Any], cache_dir: str,
+              inputs: list[dict] | None = None) -> None:
+        """Write ``run.json``: the flags, the model config, the cache folder and the
+        input files' fingerprints (:func:`input_fingerprints`)."""
         self._run = {'version': self.version, 'flags': {k: flags.get(k) for k in TRAINING_FLAGS},
-                     'config': config, 'cache_dir': cache_dir}
+                     'config': config, 'cache_dir': cache_dir, 'inputs': inputs}
         write_json(FileSystems.join(self.folder, 'run.json'), self._run, indent=1)
 
     def _info(self) -> dict:
@@ -109,12 +125,33 @@ class TrainingRun:
     def cache_dir(self) -> str:
         return self._info()['cache_dir']
 
+    def changed_inputs(self, inputs: list[dict]) -> list[str]:
+        """What differs between the input files the run started on and ``inputs`` (both
+        :func:`input_fingerprints`); a run saved without them compares nothing."""
+        saved = self._info().get('inputs')
+        if saved is None:
+            return []
+        before = {f['path']: f for f in saved}
+        now = {f['path']: f for f in inputs}
+        changes = [f'{path} is gone' for path in sorted(set(before) - set(now))]
+        changes += [f'{path} is new' for path in sorted(set(now) - set(before))]
+        for path in sorted(set(before) & set(now)):
+            a, b = before[path], now[path]
+            if a['size'] != b['size']:
+                changes.append(f'{path} was {a["size"]} bytes, now {b["size"]}')
+            elif a['updated'] != b['updated']:
+                changes.append(f'{path} was modified')
+        return changes
+
     def changed_flags(self, flags: dict[str, Any]) -> list[str]:
         """``--name saved != given`` for each training flag given another value; a
         ``random_state`` not given takes the saved one (the drawn seed)."""
         saved = self.flags()
+        drawn = self.config().get('random_state')   # the seed a run without the flag drew
+        if saved.get('random_state') is None:
+            saved['random_state'] = drawn
         if flags.get('random_state') is None:
-            flags['random_state'] = self.config().get('random_state')
+            flags['random_state'] = drawn
         for k, default in _FLAG_DEFAULTS.items():
             saved.setdefault(k, default)
         return [f'--{k} was {saved.get(k)!r}, now {flags.get(k)!r}' for k in TRAINING_FLAGS

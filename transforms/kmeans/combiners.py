@@ -26,7 +26,8 @@ from beamml.transforms.kmeans.kernels import (MASK64, LloydPass, batch_rng, fart
                                               label_signature, largest, row_hashes, smallest)
 
 __all__ = [
-    'LabelledPoints', 'ClusterSums', 'CentroidCombineFn', 'PointStats', 'PointStatsCombineFn',
+    'LabelledPoints', 'ClusterSums', 'CentroidCombineFn', 'RunsCombineFn', 'PointStats',
+    'PointStatsCombineFn',
     'OversampleCombineFn', 'SumArraysCombineFn', 'StateMarker', 'PartialCombineFn',
     'merge_partials', 'batch_weights',
 ]
@@ -379,6 +380,49 @@ class CentroidCombineFn(beam.CombineFn):
 
     def extract_output(self, acc: ClusterSums) -> ClusterSums:
         return acc.sort_farthest()
+
+
+class RunsCombineFn(beam.CombineFn):
+    """:class:`CentroidCombineFn` for ``n_init`` runs side by side: one accumulator per run.
+
+    Inputs are lists of ``n_runs`` values (what :class:`CentroidCombineFn`
+    adds, or None for a run that added nothing: it stopped); the accumulator
+    and the output are lists of ``n_runs`` :class:`ClusterSums` (None for a
+    run nothing was added to).
+    """
+
+    def __init__(self, inner: CentroidCombineFn, n_runs: int):
+        if n_runs < 1:
+            raise ValueError(f'n_runs must be >= 1, got {n_runs}')
+        self.inner, self.n_runs = inner, int(n_runs)
+
+    def create_accumulator(self) -> list:
+        return [None] * self.n_runs
+
+    def add_input(self, acc: list, element) -> list:
+        if len(element) != self.n_runs:
+            raise ValueError(f'expected {self.n_runs} runs, got {len(element)}')
+        for r, value in enumerate(element):
+            if value is not None:
+                if acc[r] is None:
+                    acc[r] = self.inner.create_accumulator()
+                acc[r] = self.inner.add_input(acc[r], value)
+        return acc
+
+    def merge_accumulators(self, accumulators) -> list:
+        accumulators = iter(accumulators)
+        first = next(accumulators)
+        rest = list(accumulators)
+        for r in range(self.n_runs):   # into the first accumulator only (Beam's rule)
+            parts = [a[r] for a in rest if a[r] is not None]
+            if parts:
+                if first[r] is None:
+                    first[r] = self.inner.create_accumulator()
+                first[r] = self.inner.merge_accumulators([first[r]] + parts)
+        return first
+
+    def extract_output(self, acc: list) -> list:
+        return [None if a is None else self.inner.extract_output(a) for a in acc]
 
 
 class PointStatsCombineFn(beam.CombineFn):

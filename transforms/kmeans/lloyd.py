@@ -58,13 +58,14 @@ import numpy as np
 from beamml.transforms.distances import row_sq_norms, unit_rows
 from beamml.transforms.io import BeammlError
 from beamml.transforms.kmeans.cache import points_of, weights_of
-from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, LabelledPoints,
-                                                PointStats, PointStatsCombineFn, merge_partials)
-from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, lloyd_pass, tolerance,
-                                              update_centers)
+from beamml.transforms.kmeans.combiners import (ClusterSums, LabelledPoints, PointStats,
+                                                PointStatsCombineFn, merge_partials)
+from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, lloyd_pass,
+                                              lloyd_pass_runs, tolerance, update_centers)
 
-__all__ = ['KMeansState', 'KMeansResult', 'checked_stats', 'initial_state', 'next_state',
-           'final_result', 'lloyd_step', 'final_step', 'cosine_centers']
+__all__ = ['KMeansState', 'KMeansRuns', 'KMeansResult', 'checked_stats', 'initial_state',
+           'initial_runs', 'state_from_dict', 'next_state', 'final_result', 'lloyd_step',
+           'final_step', 'cosine_centers']
 
 
 # ----------------------------------------------------------------------------- state
@@ -114,6 +115,78 @@ class KMeansState:
 
 
 @dataclasses.dataclass
+class KMeansRuns:
+    """The state of ``n_init`` trainings run side by side (a singleton side input).
+
+    ``runs[r]`` is the :class:`KMeansState` of the run seeded with ``seeds[r]``;
+    each stops by its own rule, and the whole stops when every run has. The
+    attributes the launcher reads of a state (``stopped``, ``n_iter``,
+    ``mean``, ``distance``, ...) are here too.
+    """
+    runs: list
+    seeds: list
+
+    @property
+    def stopped(self) -> bool:
+        return all(run.stopped for run in self.runs)
+
+    @property
+    def n_iter(self) -> int:
+        return max(run.n_iter for run in self.runs)
+
+    @property
+    def n_going(self) -> int:
+        return sum(not run.stopped for run in self.runs)
+
+    @property
+    def stop_reason(self) -> str | None:
+        return 'all runs stopped' if self.stopped else None
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.runs[0].mean
+
+    @property
+    def distance(self) -> str:
+        return self.runs[0].distance
+
+    @property
+    def inertia_history(self) -> list:
+        """Per iteration, the lowest inertia of the runs that ran it."""
+        n = self.n_iter
+        return [min(run.inertia_history[i] for run in self.runs
+                    if len(run.inertia_history) > i) for i in range(n)]
+
+    @property
+    def center_shift_history(self) -> list:
+        """Per iteration, the largest centre shift of the runs that ran it."""
+        n = self.n_iter
+        return [max(run.center_shift_history[i] for run in self.runs
+                    if len(run.center_shift_history) > i) for i in range(n)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {'runs': [run.to_dict() for run in self.runs], 'seeds': list(self.seeds)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'KMeansRuns':
+        return cls(runs=[KMeansState.from_dict(run) for run in data['runs']],
+                   seeds=[int(seed) for seed in data['seeds']])
+
+
+def state_from_dict(data: dict[str, Any]):
+    """A :class:`KMeansState` or :class:`KMeansRuns` from its ``to_dict``."""
+    return KMeansRuns.from_dict(data) if 'runs' in data else KMeansState.from_dict(data)
+
+
+def initial_runs(centers_per_run, stats: PointStats, *, seeds, n_clusters: int, tol: float,
+                 distance: str = 'euclidean') -> KMeansRuns:
+    """The state before the first iteration of ``n_init`` runs (one seeding each)."""
+    return KMeansRuns(runs=[initial_state(c, stats, n_clusters=n_clusters, tol=tol,
+                                          distance=distance) for c in centers_per_run],
+                      seeds=[int(s) for s in seeds])
+
+
+@dataclasses.dataclass
 class KMeansResult:
     """The outcome of :class:`~beamml.transforms.kmeans.training.KMeans`.
 
@@ -157,6 +230,9 @@ class KMeansResult:
     n_relocated: int = 0
     n_distinct: int | None = None
     cluster_weights: list | None = None
+    n_init: int = 1
+    best_init: int = 0
+    inits: list | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -232,12 +308,26 @@ def cosine_centers(centers: np.ndarray, centers_old: np.ndarray) -> np.ndarray:
     return unit
 
 
-def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
-               max_iter: int, empty_cluster: str) -> KMeansState:
-    """M-step and stopping test after iteration ``state.n_iter`` (scikit-learn's order)."""
+def next_state(state, partials, *, combine_fn, max_iter: int, empty_cluster: str):
+    """M-step and stopping test after iteration ``state.n_iter`` (scikit-learn's order).
+
+    ``state`` is a :class:`KMeansState` (partials of ``CentroidCombineFn``) or
+    a :class:`KMeansRuns` (partials of ``RunsCombineFn``: each run still going
+    takes its own step; a stopped run stays as it is)."""
     if state.stopped:
         return state
     sums = merge_partials(combine_fn, partials)
+    if isinstance(state, KMeansRuns):
+        if sums is None:
+            sums = [None] * len(state.runs)
+        return dataclasses.replace(state, runs=[
+            run if run.stopped else _advance(run, part, max_iter, empty_cluster)
+            for run, part in zip(state.runs, sums)])
+    return _advance(state, sums, max_iter, empty_cluster)
+
+
+def _advance(state: KMeansState, sums: ClusterSums | None, max_iter: int,
+             empty_cluster: str) -> KMeansState:
     if sums is None or sums.sums is None:
         raise BeammlError('a K-means iteration saw no point (the input changed while '
                           'training?)')
@@ -267,10 +357,23 @@ def next_state(state: KMeansState, partials, *, combine_fn: CentroidCombineFn,
         n_relocated=state.n_relocated + n_relocated)
 
 
-def final_result(state: KMeansState, partials, *,
-                 combine_fn: CentroidCombineFn) -> KMeansResult:
-    """The result: the final state, with labels, sizes and inertia against its centres."""
+def final_result(state, partials, *, combine_fn) -> KMeansResult:
+    """The result: the final state, with labels, sizes and inertia against its centres.
+
+    For :class:`KMeansRuns`, the run of lowest final inertia (the first of equal
+    ones, as scikit-learn's ``n_init`` loop), with every run in ``inits``."""
     sums = merge_partials(combine_fn, partials)
+    if not isinstance(state, KMeansRuns):
+        return _result(state, sums)
+    results = [_result(run, part) for run, part in zip(state.runs, sums)]
+    best = min(range(len(results)), key=lambda r: (results[r].inertia, r))
+    return dataclasses.replace(results[best], n_init=len(results), best_init=best, inits=[
+        {'seed': seed, 'inertia': res.inertia, 'n_iter': res.n_iter,
+         'stop_reason': res.stop_reason, 'initial_centers': res.initial_centers.tolist()}
+        for seed, res in zip(state.seeds, results)])
+
+
+def _result(state: KMeansState, sums: ClusterSums) -> KMeansResult:
     inertia = float(sums.inertia) / (2 if state.distance == 'cosine' else 1)
     return KMeansResult(
         centers=state.centers + state.mean, n_iter=state.n_iter,
@@ -283,7 +386,7 @@ def final_result(state: KMeansState, partials, *,
         cluster_weights=None if sums.weights is None else [float(w) for w in sums.weights])
 
 
-def lloyd_step(element, state: KMeansState, exact_distances: bool, dtype=None):
+def lloyd_step(element, state, exact_distances: bool, dtype=None):
     """E-step of one iteration over a batch, reduced to its accumulator; None once stopped.
 
     The default (``exact_distances=False``) is the fused E+M step
@@ -297,30 +400,59 @@ def lloyd_step(element, state: KMeansState, exact_distances: bool, dtype=None):
     squared distances. ``dtype`` (None, float64 or float32): what the E-step
     computes in (None: float32 for a float32 cache, else float64; see
     ``lloyd_pass``).
+
+    For :class:`KMeansRuns` it returns a list with one such value per run (None
+    for a run that stopped): the runs still going share one product per chunk
+    (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass_runs`); with
+    ``exact_distances`` each run labels the batch on its own.
     """
     if state.stopped:
         return None
     X, hashes = points_of(element)
     weights = weights_of(element)
+    if isinstance(state, KMeansRuns):
+        out = [None] * len(state.runs)
+        going = [r for r, run in enumerate(state.runs) if not run.stopped]
+        if exact_distances:
+            for r in going:
+                out[r] = _labelled(X, hashes, weights, state.runs[r])
+            return out
+        passes = lloyd_pass_runs(X, [state.runs[r].centers for r in going],
+                                 [state.runs[r].centers_sq for r in going], hashes=hashes,
+                                 dtype=dtype, sample_weight=weights)
+        for r, part in zip(going, passes):
+            out[r] = ClusterSums.from_pass(part)
+        return out
     if exact_distances:
-        labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
-        X = np.asarray(X, dtype=np.float64)
-        diff = X - state.centers[labels]
-        sq = np.einsum('ij,ij->i', diff, diff)
-        return LabelledPoints(X, labels, sq, hashes, weights)
+        return _labelled(X, hashes, weights, state)
     return ClusterSums.from_pass(lloyd_pass(X, state.centers, state.centers_sq, hashes=hashes,
                                             dtype=dtype, sample_weight=weights))
 
 
-def final_step(element, state: KMeansState, dtype=None):
+def _labelled(X, hashes, weights, state: KMeansState) -> LabelledPoints:
+    labels = lloyd_labels(X, state.centers, state.centers_sq, return_distances=False)
+    X = np.asarray(X, dtype=np.float64)
+    diff = X - state.centers[labels]
+    sq = np.einsum('ij,ij->i', diff, diff)
+    return LabelledPoints(X, labels, sq, hashes, weights)
+
+
+def final_step(element, state, dtype=None):
     """Labels against the final centres and exact squared distances (the final E-step).
 
     As scikit-learn: labels from the Lloyd E-step, inertia from the direct
     squared distances ``((x - c) ** 2).sum()``. Fused
     (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass`): returns the batch's
-    :class:`~beamml.transforms.kmeans.combiners.ClusterSums` (sums, sizes, inertia).
+    :class:`~beamml.transforms.kmeans.combiners.ClusterSums` (sums, sizes,
+    inertia); for :class:`KMeansRuns` a list of them, one per run, from one
+    product per chunk.
     """
     X, _ = points_of(element)
+    weights = weights_of(element)
+    if isinstance(state, KMeansRuns):
+        return [ClusterSums.from_pass(part) for part in lloyd_pass_runs(
+            X, [run.centers for run in state.runs], [run.centers_sq for run in state.runs],
+            exact_distances=True, dtype=dtype, sample_weight=weights)]
     return ClusterSums.from_pass(lloyd_pass(X, state.centers, state.centers_sq,
                                             exact_distances=True, dtype=dtype,
-                                            sample_weight=weights_of(element)))
+                                            sample_weight=weights))

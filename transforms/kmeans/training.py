@@ -41,13 +41,17 @@ from beamml.transforms.io import BeammlError, points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
                                             read_cached_weights, write_cached_points)
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn, PointStats,
-                                                PointStatsCombineFn, StateMarker, batch_weights)
+                                                PointStatsCombineFn, RunsCombineFn, StateMarker,
+                                                batch_weights)
 from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, lloyd_labels, row_hashes
-from beamml.transforms.kmeans.lloyd import (checked_stats, final_result, final_step,
-                                            initial_state, lloyd_step, next_state)
+from beamml.transforms.kmeans.lloyd import (KMeansRuns, checked_stats, final_result, final_step,
+                                            initial_runs, initial_state, lloyd_step, next_state)
 from beamml.transforms.kmeans.seeding import SeedCenters, read_initial_centers
 
-__all__ = ['KMeans', 'PrepareKMeans', 'LloydBlock', 'cached_points', 'centre_into_cache',
+#: runs ``n_init='auto'`` gives ``init='random'`` (scikit-learn's); 1 for the others
+N_INIT_RANDOM = 10
+
+__all__ = ['N_INIT_RANDOM', 'KMeans', 'PrepareKMeans', 'LloydBlock', 'cached_points', 'centre_into_cache',
            'training_labels', 'recursion_limit_for', 'unit_points']
 
 
@@ -203,6 +207,12 @@ class _IterationFn(PartialCombineFn):
 
 # ----------------------------------------------------------------------------- composites
 
+def _sums_fn(n_clusters: int, n_init: int, track_farthest: bool = False):
+    """The M-step's combiner: CentroidCombineFn, or one per run (RunsCombineFn)."""
+    inner = CentroidCombineFn(n_clusters, track_farthest=track_farthest)
+    return inner if n_init == 1 else RunsCombineFn(inner, n_init)
+
+
 def _iteration_side_inputs(state, partials):
     side = [beam.pvalue.AsSingleton(state)]
     if partials is not None:
@@ -222,14 +232,15 @@ class _LloydIteration(beam.PTransform):
     the block's end) merges.
     """
 
-    def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str):
+    def __init__(self, n_clusters: int, max_iter: int, empty_cluster: str, n_init: int = 1):
         super().__init__()
         self.n_clusters, self.max_iter, self.empty_cluster = n_clusters, max_iter, empty_cluster
+        self.n_init = n_init
 
     def expand(self, inputs):
         points, state, partials = inputs['points'], inputs['state'], inputs.get('partials')
         farthest = self.empty_cluster == 'farthest'
-        combine_fn = CentroidCombineFn(self.n_clusters, track_farthest=farthest)
+        combine_fn = _sums_fn(self.n_clusters, self.n_init, farthest)
         outs = points | 'NearestCentre' >> beam.ParDo(
             _IterationFn(lloyd_step, combine_fn,
                          update_fn=None if partials is None else combine_fn,
@@ -266,10 +277,11 @@ class LloydBlock(beam.PTransform):
     """
 
     def __init__(self, n_clusters: int, iterations: int, max_iter: int, empty_cluster: str,
-                 label: str | None = None):
+                 label: str | None = None, *, n_init: int = 1):
         super().__init__(label)
         self.n_clusters, self.iterations = n_clusters, iterations
         self.max_iter, self.empty_cluster = max_iter, empty_cluster
+        self.n_init = n_init
 
     def expand(self, inputs):
         points, state = inputs['points'], inputs['state']
@@ -277,12 +289,12 @@ class LloydBlock(beam.PTransform):
         step = {'state': state}  # no 'partials': the block's state is used as it is
         for i in range(self.iterations):
             step = {'points': points, **step} | f'KMeansIteration{i}' >> \
-                _LloydIteration(k, self.max_iter, self.empty_cluster)
-        update_fn = CentroidCombineFn(k, track_farthest=self.empty_cluster == 'farthest')
+                _LloydIteration(k, self.max_iter, self.empty_cluster, self.n_init)
+        update_fn = _sums_fn(k, self.n_init, self.empty_cluster == 'farthest')
         end = step['state'] | 'KMeansBlockEnd' >> beam.Map(
             next_state, beam.pvalue.AsList(step['partials']), combine_fn=update_fn,
             max_iter=self.max_iter, empty_cluster=self.empty_cluster)
-        combine_fn = CentroidCombineFn(k)
+        combine_fn = _sums_fn(k, self.n_init)
         final = points | 'KMeansFinal' >> beam.ParDo(
             PartialCombineFn(_final_step_if_stopped, combine_fn), beam.pvalue.AsSingleton(end))
         result = end | 'KMeansResult' >> beam.FlatMap(
@@ -306,6 +318,7 @@ _CONSTRAINTS = {
     'init_sample_size': (lambda v: v >= 1, '>= 1'),
     'init_steps': (lambda v: v >= 1, '>= 1'),
     'oversampling_factor': (lambda v: v > 0, '> 0'),
+    'n_init': (lambda v: v == 'auto' or _is_count(v), "'auto' or an integer >= 1"),
 }
 
 
@@ -374,6 +387,18 @@ class KMeans(beam.PTransform):
         Rounds of 'k-means||'.
     oversampling_factor : float, default 2.0
         'k-means||' samples about ``oversampling_factor * k`` points per round.
+    n_init : int or 'auto', default 'auto'
+        Seedings trained side by side, the run of lowest final inertia kept
+        (scikit-learn's ``n_init``; 'auto' is 10 for ``init='random'``, else 1).
+        Run ``r`` is seeded with ``random_state + r`` on the same sample (run 0
+        is the ``n_init=1`` training). The runs share every pass over the
+        points: one product per chunk against all the runs' centres
+        (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass_runs`), each run
+        stopping by its own rule (a run that stopped drops out of the
+        products); the training stops when the last run does. k-means|| runs
+        its ``init_steps`` rounds once per run. Given initial centres are one
+        run (``n_init > 1`` is refused). The result records every run
+        (``KMeansResult.inits``).
     cache_dir : str, optional
         Where to keep the centred points between iterations (local or gs://).
         By default they travel through Beam (materialised by the runner and
@@ -412,8 +437,8 @@ class KMeans(beam.PTransform):
                  init: Any = 'k-means++', random_state: int | None = None,
                  empty_cluster: str = 'keep', init_sample_size: int = 10_000,
                  init_steps: int = 5, oversampling_factor: float = 2.0, *,
-                 cache_dir: str | None = None, dtype: str = 'float64',
-                 distance: str = 'euclidean', label: str | None = None):
+                 n_init: int | str = 'auto', cache_dir: str | None = None,
+                 dtype: str = 'float64', distance: str = 'euclidean', label: str | None = None):
         super().__init__(label)
         if distance not in DISTANCES:
             raise BeammlError(f'distance must be one of {", ".join(DISTANCES)}, got '
@@ -423,8 +448,15 @@ class KMeans(beam.PTransform):
                               parameters=('dtype',))
         _check_parameters(n_clusters=n_clusters, max_iter=max_iter, tol=tol,
                           empty_cluster=empty_cluster, init_sample_size=init_sample_size,
-                          init_steps=init_steps, oversampling_factor=oversampling_factor)
+                          init_steps=init_steps, oversampling_factor=oversampling_factor,
+                          n_init=n_init)
         init = _check_init(init, int(n_clusters))
+        if n_init == 'auto':   # scikit-learn's: 10 runs for 'random', else 1
+            n_init = N_INIT_RANDOM if isinstance(init, str) and init == 'random' else 1
+        if isinstance(init, np.ndarray) and n_init > 1:
+            raise BeammlError(f'n_init={n_init} needs a seeding method: given initial centres '
+                              'are one run (scikit-learn warns and runs it once)',
+                              parameters=('n_init',))
         if distance == 'cosine' and isinstance(init, np.ndarray) and unit_rows(init)[1].any():
             raise BeammlError(f'initial centre {int(np.flatnonzero(unit_rows(init)[1])[0])} is '
                               f'a zero vector ({ZERO_VECTOR})', parameters=('init',))
@@ -442,6 +474,7 @@ class KMeans(beam.PTransform):
         self.cache_dir = cache_dir
         self.dtype = np.dtype(dtype).name
         self.distance = distance
+        self.n_init = int(n_init)
 
     @property
     def init_name(self) -> str:
@@ -475,7 +508,8 @@ class KMeans(beam.PTransform):
 
     def block(self, iterations: int) -> LloydBlock:
         """A :class:`LloydBlock` of ``iterations`` iterations of this training."""
-        return LloydBlock(self.n_clusters, iterations, self.max_iter, self.empty_cluster)
+        return LloydBlock(self.n_clusters, iterations, self.max_iter, self.empty_cluster,
+                          n_init=self.n_init)
 
 
 class PrepareKMeans(beam.PTransform):
@@ -517,12 +551,25 @@ class PrepareKMeans(beam.PTransform):
         # one more element, where each iteration emits its state (see _IterationFn)
         marker = stats | 'KMeansStateMarker' >> beam.Map(_state_marker)
         points = (centred, marker) | 'KMeansPoints' >> beam.Flatten()
-        init = {'stats': stats, 'points': points} | 'KMeansInit' >> SeedCenters(
-            km.init, k, km.random_state, km.init_steps, km.oversampling_factor)
-        state = init | 'KMeansInitialState' >> beam.Map(
-            initial_state, stats_si, n_clusters=k, tol=km.tol, distance=km.distance)
+        seeds = [km.random_state + r for r in range(km.n_init)]
+        inits = [{'stats': stats, 'points': points}
+                 | ('KMeansInit' if r == 0 else f'KMeansInit{r}') >> SeedCenters(
+                     km.init, k, seed, km.init_steps, km.oversampling_factor)
+                 for r, seed in enumerate(seeds)]
+        if km.n_init == 1:
+            state = inits[0] | 'KMeansInitialState' >> beam.Map(
+                initial_state, stats_si, n_clusters=k, tol=km.tol, distance=km.distance)
+        else:   # the runs' seedings, each a singleton, into one state
+            state = stats | 'KMeansInitialState' >> beam.Map(
+                _initial_runs, stats_si, *[beam.pvalue.AsSingleton(c) for c in inits],
+                seeds=seeds, n_clusters=k, tol=km.tol, distance=km.distance)
         return {'points': points, 'state': state, 'stats': stats, 'centred': centred,
                 'raw': raw}
+
+
+def _initial_runs(_, stats, *centers, seeds, n_clusters, tol, distance) -> KMeansRuns:
+    return initial_runs(centers, stats, seeds=seeds, n_clusters=n_clusters, tol=tol,
+                        distance=distance)
 
 
 class _Mean:

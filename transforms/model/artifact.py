@@ -153,6 +153,9 @@ class CentroidModel:
         Points per cluster at the end of training.
     config : dict, optional
         The training configuration (JSON-able).
+    init_inertias : sequence of float, optional
+        With ``n_init > 1``: the final inertia of every seeding trained (the
+        model is the run of the lowest); None for one run.
     distance : {'euclidean', 'cosine'}, default 'euclidean'
         What "nearest centre" means for this model (``model.json``'s
         ``"distance"``; a model.json without it, written before the field
@@ -172,7 +175,8 @@ class CentroidModel:
                  inertia: float | None = None, inertia_history: Sequence[float] = (),
                  stop_reason: str | None = None,
                  cluster_sizes: Sequence[int] | None = None,
-                 config: Mapping[str, Any] | None = None, distance: str = 'euclidean'):
+                 config: Mapping[str, Any] | None = None, distance: str = 'euclidean',
+                 init_inertias: Sequence[float] | None = None):
         if distance not in DISTANCES:
             raise BeammlError(f'model distance must be one of {", ".join(DISTANCES)}, '
                               f'got {distance!r}')
@@ -203,11 +207,14 @@ class CentroidModel:
             raise BeammlError(f'cluster_sizes has {len(self.cluster_sizes)} entries for '
                               f'{self.k} centres')
         self.config = dict(config or {})
+        self.init_inertias = (None if init_inertias is None
+                              else [float(v) for v in init_inertias])
         self.path: str | None = None
         self._centers_sq = None
 
-    #: what models pickled before the field existed read as
+    #: what models pickled before the fields existed read as
     distance = 'euclidean'
+    init_inertias = None
 
     # -- shape
     @property
@@ -288,6 +295,7 @@ class CentroidModel:
             'inertia_history': self.inertia_history,
             'stop_reason': self.stop_reason,
             'cluster_sizes': self.cluster_sizes,
+            'init_inertias': self.init_inertias,
             'config': self.config,
             'distance': self.distance,
             'centers': self.centers,
@@ -330,7 +338,10 @@ class CentroidModel:
                                  for v in data.get('inertia_history') or ()],
                 stop_reason=data.get('stop_reason'), cluster_sizes=data.get('cluster_sizes'),
                 config=data.get('config') or {},
-                distance=data.get('distance') or 'euclidean')
+                distance=data.get('distance') or 'euclidean',
+                init_inertias=None if data.get('init_inertias') is None else [
+                    _read_float(v, 'init_inertias', missing=math.nan)
+                    for v in data['init_inertias']])
         except BeammlError as e:
             raise BeammlError(f'{source}: {e}') from e
         except (TypeError, ValueError) as e:
