@@ -9,6 +9,16 @@ against the data before the graph is built; it then reaches the workers as a
 side input. With ``--all_distances`` the rows also hold ``distances``, the
 distance to every centre. ``<output>-summary.json`` holds the model version
 and the number of points per cluster.
+
+Streaming (``--streaming``): the same assignment per element batch, from
+Pub/Sub (``--input_subscription``/``--input_topic``) or a watched file pattern
+(``--input PATTERN --watch_interval S``), in event-time windows
+(``--window_size``), to per-window files under ``--output`` and/or
+``--output_topic``. The model is looked up again every
+``--model_refresh_seconds`` (default 60): a new version saved in the model
+directory is picked up without a restart, and moving LATEST back rolls back;
+every row names its ``model_version`` and carries ``window_start``,
+``window_end`` and ``timing`` (on_time or late). See the README.
 """
 from __future__ import annotations
 
@@ -19,8 +29,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.pipelines import common
-from beamml.transforms.assignment import AssignNearestCentroid
+from beamml.pipelines import common, streaming
+from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.io.documents import read_json, write_json
 from beamml.transforms.model import CentroidModel
@@ -38,20 +48,28 @@ class AssignOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_input_args(parser)
+        common.add_input_args(parser, required=False)
         parser.add_argument('--model', required=True,
                             help='model directory (uses its LATEST version), version '
                                  'directory or model.json; local or gs://')
-        common.add_output_args(parser)
+        common.add_output_args(parser, required=False)
         parser.add_argument('--all_distances', action='store_true',
                             help='also write "distances": the distance to every centre')
+        parser.add_argument('--model_refresh_seconds', type=float, default=60.0,
+                            help='with --streaming: look for a new model version in the '
+                                 'model directory every S seconds (default 60)')
+        streaming.add_streaming_args(parser, sliding=False)
 
 
-def assign_schema(id_type: pa.DataType, k: int, all_distances: bool) -> pa.Schema:
+def assign_schema(id_type: pa.DataType, k: int, all_distances: bool,
+                  windowed: bool = False) -> pa.Schema:
     fields = [('id', id_type), ('cluster', pa.int64()), ('distance', pa.float64())]
     if all_distances:
         fields.append(('distances', pa.list_(pa.float64(), k)))
     fields.append(('model_version', pa.string()))
+    if windowed:   # the streaming rows: their window and whether it was on time
+        fields += [('window_start', pa.timestamp('us', tz='UTC')),
+                   ('window_end', pa.timestamp('us', tz='UTC')), ('timing', pa.string())]
     return pa.schema(fields)
 
 
@@ -124,6 +142,47 @@ def build(p, args, model: CentroidModel | None = None):
     return {'assigned': rows, 'errors': errors, 'sizes': sizes, 'model': model}
 
 
+def stream_layout(args, dimension: int):
+    """What the rows of a stream look like: inspected from the files already there
+    (watched files), else from the flags (Pub/Sub: ``id`` and a ``features`` list by
+    default), with the model's dimension."""
+    if args.input and args.watch_interval is not None:
+        from apache_beam.io.filesystems import FileSystems
+        try:
+            matched = FileSystems.match([args.input])[0].metadata_list
+        except Exception:
+            matched = []
+        if matched:
+            return ReadPoints(args.input, **common.read_kwargs(args)).layout
+    from beamml.transforms.streaming.pubsub import message_layout
+    features = tuple(args.feature_columns.split(',')) if args.feature_columns else ('features',)
+    return message_layout(id_column=args.id_column or 'id', feature_columns=features,
+                          dimension=args.dimension or dimension)
+
+
+def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
+                    id_type: pa.DataType | None = None) -> dict:
+    """The streaming graph: source (or ``source``, {'batches', 'errors'} already windowed
+    and gated, with ids of ``id_type``: tests give a TestStream), AssignLatest,
+    per-window rows and dead letters. Returns {'assigned', 'errors', 'schema'}."""
+    if source is None:
+        layout = stream_layout(args, model.d)
+        id_type = layout.id_arrow_type
+    if args.dimension is not None:
+        model.check_dimension(args.dimension, '--dimension')
+    schema = assign_schema(id_type, model.k, args.all_distances, windowed=True)
+    if source is None:
+        source = streaming.read_stream(p, args, layout, points=True, accumulating=False,
+                                       refuse_zero=model.distance == 'cosine')
+    assigned = source['batches'] | 'AssignNearestCentroid' >> AssignLatest(
+        args.model, args.model_refresh_seconds, all_distances=args.all_distances,
+        output_columns=schema.names)
+    streaming.write_rows(assigned.batches, args, schema, label='WriteAssignments')
+    errors = streaming.all_errors(source['errors'], assigned.errors)
+    streaming.write_dead_letters(errors, args)
+    return {'assigned': assigned.batches, 'errors': errors, 'schema': schema}
+
+
 def _write_summary(sizes, model, path) -> str:
     """Write the one small summary file, whole (same content on a retry: idempotent)."""
     return write_json(path, {'model_version': model.version, 'model_path': model.path,
@@ -138,7 +197,13 @@ def read_summary(output: str) -> dict:
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(AssignOptions, argv, prog='beamml assign',
-                                      description=__doc__)
+                                      description=__doc__, streaming=True)
+    streaming.check_streaming_args(args, options)
+    if streaming.is_streaming(options):
+        return _run_streaming(args, options)
+    for flag in ('input', 'output'):
+        if not getattr(args, flag):
+            raise BeammlError(f'--{flag} is required')
     if not common.is_dry_run(options):
         common.check_output(args.output)
     p = beam.Pipeline(options=options)
@@ -155,6 +220,30 @@ def run(argv=None):
     except (OSError, ValueError, KeyError, BeammlError):
         print(f'model {model.version}: k={model.k}, d={model.d}')
     print(f'assignments: {args.output}-?????-of-?????.{args.output_format}')
+    return result
+
+
+def _run_streaming(args, options):
+    if not args.model_refresh_seconds > 0:
+        raise BeammlError(f'--model_refresh_seconds must be > 0, got '
+                          f'{args.model_refresh_seconds}')
+    model = CentroidModel.load(args.model)   # the path must hold a model before it starts
+    if args.output and not common.is_dry_run(options):
+        common.check_output(args.output)
+    p = beam.Pipeline(options=streaming.streaming_options(options))
+    build_streaming(p, args, model)
+    LOG.info('assign --streaming: model %s (k=%d, d=%d) from %s, refreshed every %g s',
+             model.version, model.k, model.d, args.model, args.model_refresh_seconds)
+    if common.is_dry_run(options):
+        return common.run_pipeline(p)
+    result = streaming.run_stream(p, args)
+    counts = common.record_counts(result)
+    if counts:
+        print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
+              f'records_refused={counts["records_refused"]}')
+    if args.output:
+        print(f'assignments: {args.output}-<window start>-<window end>[-pane]-*.'
+              f'{args.output_format}; dead letters: {args.output}-errors-*.jsonl')
     return result
 
 

@@ -68,9 +68,10 @@ def add_input_args(parser, *, required: bool = True) -> None:
     add_refused_arg(parser)
 
 
-def add_table_input_args(parser, *, id_required: bool, id_help: str) -> None:
+def add_table_input_args(parser, *, id_required: bool, id_help: str,
+                         input_required: bool = True) -> None:
     """Flags of a pipeline that reads tables (prediction logs, events), not points."""
-    parser.add_argument('--input', required=True,
+    parser.add_argument('--input', required=input_required,
                         help='file, glob or gs:// pattern to read; files are read in path order')
     parser.add_argument('--input_format', choices=[f for f in INPUT_FORMATS if f != 'npy'],
                         default=None, help='input format; default: from the file extension')
@@ -100,8 +101,8 @@ def output_prefix(value: str) -> str:
     return shard_prefix(value)
 
 
-def add_output_args(parser) -> None:
-    parser.add_argument('--output', required=True, type=output_prefix,
+def add_output_args(parser, *, required: bool = True) -> None:
+    parser.add_argument('--output', required=required, type=output_prefix,
                         help='output prefix (local path or gs://); shards are '
                              'PREFIX-SSSSS-of-NNNNN.<format>; a prefix ending in / is a '
                              'folder: FOLDER/part-SSSSS-of-NNNNN.<format>')
@@ -190,12 +191,14 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
 
 
 def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
-               description: str | None = None) -> tuple[argparse.Namespace, PipelineOptions]:
+               description: str | None = None,
+               streaming: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
     """Parse a pipeline's command line (and ``--config``) into (its flags, Beam options).
 
     ``options_cls`` is a plain class with a ``_add_argparse_args(parser)``
     classmethod declaring the pipeline's flags (not a PipelineOptions subclass).
-    The returned PipelineOptions hold Beam's flags only.
+    The returned PipelineOptions hold Beam's flags only. ``streaming``: the
+    pipeline runs with ``--streaming`` too (else that flag is refused).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -228,16 +231,17 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     # two pipelines defining --input (or a required flag) would break each other.
     options = PipelineOptions(rest)
     std = options.view_as(StandardOptions)
-    if std.streaming:
-        raise BeammlError(f'{prog} runs in batch only: --streaming is not supported yet')
+    if std.streaming and not streaming:
+        raise BeammlError(f'{prog} runs in batch only: --streaming is not supported')
     if args.anonymous_storage or os.environ.get('STORAGE_EMULATOR_HOST'):
         use_anonymous_storage()
     if is_dataflow(options):
         check_dataflow_options(options)
     if std.runner in LOCAL_RUNNERS:
         # The plain DirectRunner first tries to download the Prism runner; the
-        # in-process FnApiRunner is what it falls back to for batch work anyway.
-        std.runner = 'FnApiRunner'
+        # in-process FnApiRunner is what it falls back to for batch work anyway,
+        # and the BundleBasedDirectRunner is the local one that runs unbounded sources.
+        std.runner = 'BundleBasedDirectRunner' if std.streaming else 'FnApiRunner'
     return args, options
 
 

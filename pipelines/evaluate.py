@@ -7,6 +7,14 @@
 Writes OUTPUT/metrics.json ({"overall", "slices", "counts"}), for ranking also
 OUTPUT/per_query/per_query-SSSSS-of-NNNNN.<format>, and the dead letters
 OUTPUT/evaluate-errors-*.jsonl.
+
+Streaming (``--streaming``): the same metrics per event-time window (and per
+slice), from Pub/Sub (``--input_subscription``/``--input_topic``) or a watched
+file pattern (``--input PATTERN --watch_interval S``): one JSON record per
+window and pane, ``OUTPUT/metrics-<start>-<end>-pane-<i>-<timing>.jsonl`` (and
+``--output_topic``), with ``window_start``, ``window_end`` and ``timing``
+(on_time, or late: a late pane replaces the one before). Ranking groups a
+query's rows within the window. See the README.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.runner import PipelineState
 
-from beamml.pipelines import common
+from beamml.pipelines import common, streaming
 from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, SOURCE_COLUMNS, BeammlError,
                                   ReadTable, WriteDeadLetters, WriteTable)
 from beamml.transforms.io.documents import read_json, to_jsonable, write_json
@@ -45,7 +53,7 @@ class EvaluateOptions:
         common.add_table_input_args(
             parser, id_required=False,
             id_help="a row id column; rows with a missing id are refused (default: the "
-                    "column 'id' if there is one)")
+                    "column 'id' if there is one)", input_required=False)
         parser.add_argument('--task', required=True, choices=TASKS)
         parser.add_argument('--metrics', default=None,
                             help='comma-separated metric names; default: all of the task '
@@ -77,6 +85,7 @@ class EvaluateOptions:
         parser.add_argument('--max_refused_fraction', type=float, default=0.01,
                             help='exit non-zero when more than this fraction of the records '
                                  'read is refused (default 0.01)')
+        streaming.add_streaming_args(parser)
 
 
 def _split(value: str | None) -> list[str]:
@@ -210,6 +219,64 @@ def build(p, args):
     return {'metrics': document, 'per_query': per_query, 'errors': errors}
 
 
+def stream_columns(args) -> tuple[dict[str, str], list[str]]:
+    """(canonical name -> log column, slice columns) from the flags alone (a stream has no
+    file to check them against: a row without them is refused when it is parsed)."""
+    columns = {name: getattr(args, flag) for name, flag in COLUMN_FLAGS[args.task].items()}
+    slice_by = _split(args.slice_by)
+    for c in slice_by:
+        if c in SOURCE_COLUMNS or c in columns or c in columns.values():
+            raise BeammlError(f'cannot --slice_by {c!r}: the metrics read that column '
+                              f'(or beamml uses the name: {", ".join(columns)}, '
+                              f'{", ".join(SOURCE_COLUMNS)})')
+    return columns, slice_by
+
+
+def _window_record(doc: dict, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+    """One window's metrics document with its window and pane timing (a pane index too:
+    a late pane replaces the record of the pane before)."""
+    yield {**streaming.window_fields(window, pane), 'pane': int(pane.index), **doc}
+
+
+def build_streaming(p, args, source: dict | None = None, input_format: str = 'jsonl') -> dict:
+    """The streaming graph: source (or ``source``, {'batches', 'errors'} windowed and
+    gated: tests give a TestStream), ParsePredictionLogs and ComputeMetrics per window,
+    one metrics record per window and pane. Returns {'metrics', 'errors'}."""
+    check_flags(args)
+    metrics = metric_list(args)
+    columns, slice_by = stream_columns(args)
+    id_type = 'string'
+    if source is None:
+        layout = None
+        if args.input:
+            try:
+                read = ReadTable(args.input, input_format=args.input_format,
+                                 **({'id_column': args.id_column} if args.id_column else {}))
+                columns, slice_by = check_columns(read, args)
+                layout, input_format = read.layout, read.layout.input_format
+                if args.task == 'ranking':
+                    id_type = _id_type(layout, columns['q_id'])
+            except BeammlError as e:
+                if 'no file' not in str(e) and 'matches no' not in str(e):
+                    raise
+        if layout is None:
+            from beamml.transforms.streaming.pubsub import message_layout
+            layout = message_layout(id_column=args.id_column, points=False)
+        source = streaming.read_stream(p, args, layout, points=False, source_columns=True,
+                                       accumulating=True)
+    parsed = source['batches'] | 'ParseLogs' >> ParsePredictionLogs(
+        args.task, columns, slice_by, id_type, input_format)
+    result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
+    records = (result['metrics']
+               | 'Format' >> beam.Map(format_metrics, args.task, args.k)
+               | 'WithWindow' >> beam.FlatMap(_window_record))
+    streaming.write_records(records, args, prefix=FileSystems.join(args.output, 'metrics'),
+                            label='WriteMetrics')
+    errors = streaming.all_errors(source['errors'], parsed[ERRORS], result['errors'])
+    streaming.write_dead_letters(errors, args, FileSystems.join(args.output, 'evaluate-errors'))
+    return {'metrics': records, 'errors': errors}
+
+
 def compute_metrics(args, metrics=None, slice_by=None) -> ComputeMetrics:
     """The ComputeMetrics of the flags (its ``metrics`` is empty without rows)."""
     return ComputeMetrics(metric_list(args) if metrics is None else metrics,
@@ -259,7 +326,12 @@ def summary(doc: dict) -> str:
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(EvaluateOptions, argv, prog='beamml evaluate',
-                                      description=__doc__)
+                                      description=__doc__, streaming=True)
+    streaming.check_streaming_args(args, options)
+    if streaming.is_streaming(options):
+        return _run_streaming(args, options)
+    if not args.input:
+        raise BeammlError('--input is required')
     metrics_path = FileSystems.join(args.output, 'metrics.json')
     dry_run = common.is_dry_run(options)   # translated offline: no storage before or after
     if not dry_run:
@@ -283,6 +355,22 @@ def run(argv=None):
               f'{args.output_format}')
     common.report(result, errors_glob=errors_glob,
                   max_refused_fraction=args.max_refused_fraction)
+    return result
+
+
+def _run_streaming(args, options):
+    p = beam.Pipeline(options=streaming.streaming_options(options))
+    build_streaming(p, args)
+    if common.is_dry_run(options):
+        return common.run_pipeline(p)
+    result = streaming.run_stream(p, args)
+    counts = common.record_counts(result)
+    if counts:
+        print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
+              f'records_refused={counts["records_refused"]}')
+    print(f'metrics: {FileSystems.join(args.output, "metrics")}-<window start>-<window end>-'
+          f'pane-<i>-<timing>.jsonl; dead letters: '
+          f'{FileSystems.join(args.output, "evaluate-errors")}-*.jsonl')
     return result
 
 

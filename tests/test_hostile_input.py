@@ -130,7 +130,7 @@ CLI_CASES = [
      ['norms', '--input', '{dir}/p.csv', '--max_refused_fraction', '1.5'], 2,
      r'--max_refused_fraction'),
     ({'p.csv': b'id,a\n1,2\n'}, ['norms', '--input', '{dir}/p.csv', '--streaming'], 2,
-     r'runs in batch only: --streaming is not supported yet'),
+     r'runs in batch only: --streaming is not supported'),
     # --- 2. one line, exit 2
     ({'p.csv': b'id,a\n1,2\n'},
      ['norms', '--input', '{dir}/p.csv', '--output', '{dir}/p.csv/out'], 2,

@@ -11,6 +11,9 @@ singleton side input. How ties and far-from-origin data stay exact is told in
 """
 from __future__ import annotations
 
+import logging
+import math
+import time
 from typing import Any, Sequence
 
 import apache_beam as beam
@@ -22,8 +25,11 @@ from beamml.transforms.io import (SOURCE_COLUMNS, BeammlError, RecordCounters, d
                                   features_matrix)
 from beamml.transforms.io.rows import source_of
 from beamml.transforms.model import CentroidModel
+from beamml.transforms.model.artifact import latest_version
 
-__all__ = ['add_assignment', 'AssignNearestCentroid', 'LoadModel', 'ASSIGN_COLUMNS']
+__all__ = ['add_assignment', 'AssignNearestCentroid', 'AssignLatest', 'LoadModel',
+           'ASSIGN_COLUMNS']
+_LOG = logging.getLogger('beamml')
 
 ASSIGN_COLUMNS = ('cluster', 'distance')
 
@@ -129,6 +135,9 @@ class _AssignFn(beam.DoFn):
         self.counters = RecordCounters()
 
     def process(self, batch: pa.RecordBatch, model):
+        yield from self._assign(batch, model)
+
+    def _assign(self, batch: pa.RecordBatch, model):
         if batch.num_rows == 0:
             return
         d = batch.schema.field('features').type.list_size
@@ -147,6 +156,98 @@ class _AssignFn(beam.DoFn):
                     yield beam.pvalue.TaggedOutput('errors', dl)
         if out.num_rows:
             yield out.select(self.output_columns) if self.output_columns else _without_source(out)
+
+
+class _LatestModel:
+    """The model a path designates, looked up again every ``refresh_seconds``.
+
+    For a model directory that is its LATEST version: a new version saved there (or
+    LATEST moved back: a rollback) is picked up at the next look, without a restart.
+    A look reads the small LATEST file; the model is loaded only when it names
+    another version. A look that fails (the file being replaced, storage
+    unreachable) keeps the model in use and logs why.
+    """
+
+    def __init__(self, path: str, refresh_seconds: float, clock=time.monotonic):
+        self.path, self.refresh_seconds, self.clock = path, refresh_seconds, clock
+        self.model: CentroidModel | None = None
+        self._looked = -math.inf
+
+    def _version(self) -> str | None:
+        try:
+            return latest_version(self.path)
+        except BeammlError:
+            return None   # not a model directory: a version directory or a model.json
+
+    def get(self) -> CentroidModel:
+        now = self.clock()
+        if self.model is not None and now - self._looked < self.refresh_seconds:
+            return self.model
+        self._looked = now
+        if self.model is None:
+            self.model = CentroidModel.load(self.path)
+            _LOG.info('assign: model %s loaded from %s', self.model.version, self.path)
+            return self.model
+        try:
+            version = self._version()
+            if version is not None and version != self.model.version:
+                model = CentroidModel.load(self.path)
+                _LOG.info('assign: model %s replaces %s (from %s)', model.version,
+                          self.model.version, self.path)
+                self.model = model
+        except Exception as e:   # keep serving with the model in use
+            _LOG.warning('assign: looking for a new model at %s failed (%s); keeping %s',
+                         self.path, e, self.model.version)
+        return self.model
+
+
+class _AssignLatestFn(_AssignFn):
+    """:class:`_AssignFn` with the model looked up by path (hot swap), not a side input."""
+
+    def __init__(self, path: str, refresh_seconds: float, all_distances: bool,
+                 output_columns: Sequence[str] | None = None):
+        super().__init__(all_distances, True, output_columns)
+        self.path, self.refresh_seconds = path, refresh_seconds
+        self.latest = None
+
+    def setup(self):
+        self.latest = _LatestModel(self.path, self.refresh_seconds)
+
+    def process(self, batch: pa.RecordBatch):
+        yield from self._assign(batch, self.latest.get())
+
+
+class AssignLatest(beam.PTransform):
+    """:class:`AssignNearestCentroid` with a model that may change while the job runs.
+
+    ``model_path`` is a model directory (or a version directory, or a model.json,
+    which never change); every worker looks at its LATEST at most once every
+    ``refresh_seconds`` and switches to a new version when LATEST names one: a
+    new training saved there is picked up without a restart, and moving LATEST
+    back rolls back. Every row names the ``model_version`` that assigned it.
+    The model is not a side input: a look is a read of one small file, by each
+    worker on its own clock, which works the same on every runner (a periodic side
+    input's refresh depends on the runner's triggering of side inputs). The
+    first model is loaded when a worker starts, and a model path that does not
+    load fails the job there, so check it before (``CentroidModel.load``).
+    Outputs as :class:`AssignNearestCentroid`: ``batches`` and ``errors``.
+    """
+
+    def __init__(self, model_path: str, refresh_seconds: float = 60.0, *,
+                 all_distances: bool = False, output_columns: Sequence[str] | None = None,
+                 label: str | None = None):
+        super().__init__(label)
+        if not refresh_seconds > 0:
+            raise BeammlError(f'refresh_seconds must be > 0, got {refresh_seconds!r}',
+                              parameters=('refresh_seconds',))
+        self.model_path, self.refresh_seconds = model_path, float(refresh_seconds)
+        self.all_distances = all_distances
+        self.output_columns = list(output_columns) if output_columns else None
+
+    def expand(self, batches):
+        return batches | 'NearestCentroidLatest' >> beam.ParDo(
+            _AssignLatestFn(self.model_path, self.refresh_seconds, self.all_distances,
+                            self.output_columns)).with_outputs('errors', main='batches')
 
 
 class LoadModel(beam.PTransform):

@@ -1,0 +1,385 @@
+"""The streaming side of the pipelines: flags, sources, windows, sinks, and running a stream.
+
+``--streaming`` turns ``assign``, ``evaluate`` and ``kmeans`` into streaming jobs
+over the same graph: a streaming source gives the RecordBatches the file readers
+give, then the batch steps run per window. This module holds what they share:
+
+* the flags (:func:`add_streaming_args`): the source (``--input_subscription`` /
+  ``--input_topic``, or ``--input PATTERN --watch_interval S``), event time
+  (``--timestamp_attribute``), windows (``--window_size``, ``--window_period``,
+  ``--allowed_lateness``), batching (``--max_batch_size``), sinks
+  (``--output`` per-window files, ``--output_topic``, ``--dead_letter_topic``) and
+  ``--stop_after`` (end the run after so many seconds: tests and demos);
+* :func:`read_stream`: the source, windowed, through the
+  :class:`~beamml.transforms.streaming.windows.LateGate`;
+* :func:`write_rows` and :func:`write_dead_letters`: per-window files and topics;
+* :func:`run_stream`: runs the pipeline (locally: the BundleBasedDirectRunner,
+  which runs Pub/Sub and TestStream), cancelling it after ``--stop_after``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+from apache_beam.options.pipeline_options import StandardOptions
+
+from beamml.transforms.io import BeammlError
+from beamml.transforms.io.documents import dumps, to_jsonable
+from beamml.transforms.streaming.windows import (LateGate, check_windows, discarding_panes,
+                                                 iso, pane_timing, window_bounds, window_into)
+
+__all__ = ['add_streaming_args', 'check_streaming_args', 'is_streaming', 'read_stream',
+           'window_and_gate', 'gate', 'write_records',
+           'write_rows', 'write_dead_letters', 'all_errors', 'run_stream', 'source_name',
+           'window_fields', 'WritePanes', 'pane_file_name']
+
+LOG = logging.getLogger('beamml')
+#: the local runner that runs unbounded sources (Pub/Sub, TestStream, watched files)
+LOCAL_STREAMING_RUNNER = 'BundleBasedDirectRunner'
+
+
+def add_streaming_args(parser, *, sliding: bool = True) -> None:
+    """The flags of a pipeline that runs with ``--streaming`` too."""
+    g = parser.add_argument_group('streaming (with --streaming)')
+    g.add_argument('--input_subscription', default=None,
+                   help='read Pub/Sub messages from projects/P/subscriptions/S (a message: '
+                        'one JSON object with the fields of a file row, a JSON array of them, '
+                        'or Arrow IPC bytes with the attribute format=arrow)')
+    g.add_argument('--input_topic', default=None,
+                   help='read Pub/Sub messages from projects/P/topics/T (a subscription is '
+                        'made for the job)')
+    g.add_argument('--timestamp_attribute', default=None,
+                   help='message attribute holding the event time (RFC 3339 or ms since '
+                        'the epoch); default: the publish time')
+    g.add_argument('--watch_interval', type=float, default=None,
+                   help='with --input PATTERN: poll the pattern every S seconds and read '
+                        'each new file once, as it lands')
+    g.add_argument('--stop_after', type=float, default=None,
+                   help='end the stream after S seconds (default: run until cancelled)')
+    g.add_argument('--window_size', type=float, default=60.0,
+                   help='event-time window length in seconds (default 60)')
+    if sliding:
+        g.add_argument('--window_period', type=float, default=None,
+                       help='sliding windows: a new window every S seconds (default: fixed '
+                            'windows, period = size)')
+    g.add_argument('--allowed_lateness', type=float, default=0.0,
+                   help='seconds after a window ends during which late data still updates '
+                        'it (a late pane); later data goes to the dead letters, reason late '
+                        '(default 0)')
+    g.add_argument('--max_batch_size', type=int, default=1000,
+                   help='messages per batch at most (default 1000)')
+    g.add_argument('--output_topic', default=None,
+                   help='also publish every output row to projects/P/topics/T as one JSON '
+                        'object (the fields of the batch output)')
+    g.add_argument('--dead_letter_topic', default=None,
+                   help='also publish every dead letter to projects/P/topics/T')
+
+
+def is_streaming(options) -> bool:
+    return bool(options.view_as(StandardOptions).streaming)
+
+
+def check_streaming_args(args, options) -> None:
+    """One-line errors for streaming flags that do not fit together; streaming flags
+    without ``--streaming`` are refused too (they would be ignored)."""
+    streaming = is_streaming(options)
+    given = [f for f in ('input_subscription', 'input_topic', 'timestamp_attribute',
+                         'watch_interval', 'stop_after', 'output_topic', 'dead_letter_topic')
+             if getattr(args, f, None) is not None]
+    if not streaming:
+        if given:
+            raise BeammlError(f'--{given[0]} needs --streaming')
+        return
+    sources = [f for f in ('input_subscription', 'input_topic') if getattr(args, f, None)]
+    if getattr(args, 'watch_interval', None) is not None:
+        if not getattr(args, 'input', None):
+            raise BeammlError('--watch_interval needs --input PATTERN (the files to watch)')
+        if args.watch_interval <= 0:
+            raise BeammlError(f'--watch_interval must be > 0 seconds, got {args.watch_interval}')
+        sources.append('input')
+    elif getattr(args, 'input', None) and not sources:
+        raise BeammlError('--streaming reads --input_subscription, --input_topic, or --input '
+                          'PATTERN with --watch_interval S')
+    if len(sources) != 1:
+        raise BeammlError('--streaming needs exactly one source: --input_subscription, '
+                          '--input_topic, or --input with --watch_interval'
+                          + (f' (got {", ".join("--" + s for s in sources)})' if sources else ''))
+    if args.stop_after is not None and not args.stop_after > 0:
+        raise BeammlError(f'--stop_after must be > 0 seconds, got {args.stop_after}')
+    if args.max_batch_size < 1:
+        raise BeammlError(f'--max_batch_size must be >= 1, got {args.max_batch_size}')
+    try:
+        check_windows(args.window_size, getattr(args, 'window_period', None),
+                      args.allowed_lateness)
+    except BeammlError as e:
+        raise BeammlError('--' + str(e)) from e
+    if not (getattr(args, 'output', None) or args.output_topic):
+        raise BeammlError('--streaming needs --output PREFIX (per-window files) or '
+                          '--output_topic')
+
+
+def source_name(args) -> str:
+    """What the dead letters of a stream name as their ``file``."""
+    return args.input_subscription or args.input_topic or args.input
+
+
+def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = False,
+                accumulating: bool = True, refuse_zero: bool = False) -> dict:
+    """The streaming source, windowed and gated: ``{'batches', 'errors'}``.
+
+    ``batches`` are RecordBatches as the file readers make them, in event-time
+    windows (``--window_size``/``--window_period``, ``--allowed_lateness``), with
+    ``window_start``, ``window_end`` and ``timing`` columns; ``errors`` the source's
+    dead letters and the rows too late for their window.
+    """
+    windowing = window_into(args.window_size, getattr(args, 'window_period', None),
+                            args.allowed_lateness)
+    if args.input_subscription or args.input_topic:
+        from beamml.transforms.streaming.pubsub import ReadPubSubBatches
+        read = p | 'ReadPubSub' >> ReadPubSubBatches(
+            subscription=args.input_subscription, topic=args.input_topic, layout=layout,
+            timestamp_attribute=args.timestamp_attribute, windowing=windowing,
+            max_batch_size=args.max_batch_size, points=points,
+            source_columns=source_columns, refuse_zero=refuse_zero,
+            allow_nan=getattr(args, 'allow_nan', False))
+        batches = read.batches
+    else:
+        from beamml.transforms.streaming.files import ReadWatchedPoints, ReadWatchedTable
+        cls = ReadWatchedPoints if points else ReadWatchedTable
+        kwargs = dict(input_format=args.input_format, id_column=args.id_column,
+                      interval=args.watch_interval, stop_after=args.stop_after)
+        if points:
+            kwargs.update(feature_columns=layout.feature_columns, dimension=layout.dimension,
+                          allow_nan=getattr(args, 'allow_nan', False),
+                          source_columns=source_columns, refuse_zero=refuse_zero)
+        read = p | 'WatchFiles' >> cls(args.input, **kwargs)
+        batches = read.batches | 'Windows' >> windowing
+    gated = gate(batches, args, accumulating=accumulating)
+    errors = (_rewindow_global(read.errors, 'SourceErrorsGlobal'),
+              _rewindow_global(gated['errors'], 'LateErrorsGlobal')) \
+        | 'SourceErrors' >> beam.Flatten()
+    return {'batches': gated['batches'], 'errors': errors}
+
+
+def window_and_gate(batches, args, *, accumulating: bool = True) -> dict:
+    """Timestamped RecordBatches (a TestStream, a source without windows) -> windowed
+    and gated ``{'batches', 'errors'}``, as :func:`read_stream` gives them."""
+    windowed = batches | 'Windows' >> window_into(
+        args.window_size, getattr(args, 'window_period', None), args.allowed_lateness)
+    return gate(windowed, args, accumulating=accumulating)
+
+
+def gate(batches, args, *, accumulating: bool = True) -> dict:
+    return batches | 'LateGate' >> LateGate(args.allowed_lateness, source=source_name(args),
+                                            accumulating=accumulating)
+
+
+def window_fields(window, pane) -> dict:
+    """``window_start``, ``window_end`` (ISO-8601 UTC) and ``timing`` of a pane."""
+    start, end = window_bounds(window)
+    return {'window_start': None if start is None else iso(start),
+            'window_end': None if end is None else iso(end), 'timing': pane_timing(pane)}
+
+
+# ----------------------------------------------------------------------------- sinks
+
+def _iso_times(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Timestamp columns as ISO-8601 UTC text (``2026-12-01T10:00:00.000000Z``), for JSON."""
+    import pyarrow.compute as pc
+    cols = [pc.strftime(col, format='%Y-%m-%dT%H:%M:%SZ', locale='C')
+            if pa.types.is_timestamp(col.type) else col for col in batch.columns]
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
+
+
+class _Unclosed:
+    """A file handle whose close() only flushes (fileio.WriteToFiles closes the file)."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        return self._fh.write(data)
+
+    def close(self):
+        self._fh.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def _folder_and_prefix(prefix: str) -> tuple[str, str]:
+    from apache_beam.io.filesystems import FileSystems
+    folder, name = FileSystems.split(prefix)
+    return folder, name or 'part'
+
+
+def pane_file_name(prefix: str, window, pane, suffix: str) -> str:
+    """``PREFIX-<start>-<end>-pane-<i>-<timing>SUFFIX`` (no window bounds in the global
+    window): a file per window and pane, so a late pane never overwrites the on-time one."""
+    parts = [prefix]
+    start, end = window_bounds(window)
+    if start is not None:
+        parts += [iso(start), iso(end)]
+    parts.append(f'pane-{pane.index}')
+    if start is not None:
+        parts.append(pane_timing(pane))
+    return '-'.join(parts) + suffix
+
+
+def _one_shard(element):
+    return 0, element
+
+
+class _WritePaneFn(beam.DoFn):
+    """Writes the elements of one pane into one file (a temporary name, then renamed),
+    and yields its path. ``write(fh, elements)`` writes them."""
+
+    def __init__(self, prefix: str, suffix: str, write):
+        self.prefix, self.suffix, self.write = prefix, suffix, write
+
+    def process(self, element, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        from apache_beam.io.filesystems import FileSystems
+        _, elements = element
+        path = pane_file_name(self.prefix, window, pane, self.suffix)
+        temp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+        with FileSystems.create(temp) as fh:
+            self.write(fh, list(elements))
+        FileSystems.rename([temp], [path])
+        LOG.info('stream: wrote %s', path)
+        yield path
+
+
+def _write_tables(fmt: str, schema: pa.Schema):
+    def write(fh, batches):
+        from beamml.transforms.io.sinks import ShardWriter
+        out_schema = schema
+        if fmt == 'jsonl':
+            out_schema = _iso_times(pa.RecordBatch.from_pylist([], schema)).schema
+        writer = ShardWriter(_Unclosed(fh), fmt, out_schema)
+        for batch in batches:
+            batch = batch.select(schema.names)
+            writer.write(_iso_times(batch) if fmt == 'jsonl' else batch)
+        writer.close()
+    return write
+
+
+def _write_json_lines(fh, records) -> None:
+    fh.write(b''.join(dumps(to_jsonable(r)).encode('utf-8') + b'\n' for r in records))
+
+
+class WritePanes(beam.PTransform):
+    """Windowed elements -> one file per window and pane under ``prefix`` (see
+    :func:`pane_file_name`); outputs the paths written."""
+
+    def __init__(self, prefix: str, suffix: str, write, label: str | None = None):
+        super().__init__(label)
+        self.prefix, self.suffix, self.write = prefix, suffix, write
+
+    def expand(self, pcoll):
+        return (pcoll
+                | 'OneShard' >> beam.Map(_one_shard)
+                | 'Pane' >> beam.GroupByKey()
+                | 'WriteFile' >> beam.ParDo(_WritePaneFn(self.prefix, self.suffix,
+                                                         self.write)))
+
+
+def write_rows(rows, args, schema: pa.Schema, *, label: str = 'Write') -> None:
+    """Windowed RecordBatches to ``--output`` (a file per window and pane:
+    ``PREFIX-<start>-<end>-pane-<i>-<timing>.<format>``) and ``--output_topic``."""
+    fmt = getattr(args, 'output_format', 'jsonl')
+    if getattr(args, 'output', None):
+        rows | f'{label}Files' >> WritePanes(args.output, '.' + fmt,
+                                             _write_tables(fmt, schema))
+    if args.output_topic:
+        from beamml.transforms.streaming.pubsub import WriteJsonToPubSub
+        rows | f'{label}Topic' >> WriteJsonToPubSub(args.output_topic)
+
+
+def write_records(records, args, *, prefix: str, label: str) -> None:
+    """Windowed JSON-able dicts (metrics records, alarms) to
+    ``<prefix>-<start>-<end>-pane-<i>-<timing>.jsonl`` and ``--output_topic``."""
+    if getattr(args, 'output', None):
+        (records
+         | f'{label}Discarding' >> discarding_panes(args.allowed_lateness)
+         | f'{label}Files' >> WritePanes(prefix, '.jsonl', _write_json_lines))
+    if args.output_topic:
+        from beamml.transforms.streaming.pubsub import WriteDeadLettersToPubSub
+        records | f'{label}Topic' >> WriteDeadLettersToPubSub(args.output_topic)
+
+
+def _rewindow_global(pcoll, label):
+    return pcoll | label >> beam.WindowInto(beam.window.GlobalWindows())
+
+
+def all_errors(*pcolls):
+    """Dead-letter PCollections of several steps (in different windows), flattened in the
+    global window."""
+    return ([_rewindow_global(pc, f'ErrorsGlobal{i}') for i, pc in enumerate(pcolls)]
+            | 'AllErrors' >> beam.Flatten())
+
+
+def write_dead_letters(errors, args, prefix: str | None = None) -> None:
+    """Dead letters (in the global window: :func:`all_errors`) to
+    ``--output-errors-pane-<i>-unknown.jsonl`` files and ``--dead_letter_topic``.
+
+    They are written as they come (a file every ``--window_size`` seconds of
+    processing time, or every 1000 dead letters): a dead letter of data too late
+    for its window must not be dropped as late itself.
+    """
+    from apache_beam.transforms import trigger
+    if getattr(args, 'output', None):
+        (errors
+         | 'ErrorsAsTheyCome' >> beam.WindowInto(
+             beam.window.GlobalWindows(),
+             trigger=trigger.Repeatedly(trigger.AfterAny(
+                 trigger.AfterProcessingTime(max(1, int(args.window_size))),
+                 trigger.AfterCount(1000))),
+             accumulation_mode=trigger.AccumulationMode.DISCARDING)
+         | 'WriteErrorFiles' >> WritePanes(prefix or f'{args.output}-errors', '.jsonl',
+                                           _write_json_lines))
+    if args.dead_letter_topic:
+        from beamml.transforms.streaming.pubsub import WriteDeadLettersToPubSub
+        errors | 'WriteErrorTopic' >> WriteDeadLettersToPubSub(args.dead_letter_topic)
+
+
+# ----------------------------------------------------------------------------- running
+
+def streaming_options(options):
+    """The runner for a local stream: the BundleBasedDirectRunner (the FnApiRunner runs
+    batch only); Dataflow stays Dataflow."""
+    std = options.view_as(StandardOptions)
+    if std.runner in (None, 'FnApiRunner', 'DirectRunner', 'SwitchingDirectRunner'):
+        std.runner = LOCAL_STREAMING_RUNNER
+    return options
+
+
+def run_stream(p, args):
+    """Run a streaming pipeline; with ``--stop_after`` cancel it after that many seconds
+    (a watched-files source ends by itself then). Returns the PipelineResult."""
+    result = p.run()
+    stop_after = getattr(args, 'stop_after', None)
+    if stop_after is None:
+        result.wait_until_finish()
+        return result
+    deadline = time.monotonic() + stop_after
+    from apache_beam.runners.runner import PipelineState
+    while time.monotonic() < deadline:
+        if PipelineState.is_terminal(result.state):
+            return result
+        time.sleep(0.2)
+    if not PipelineState.is_terminal(result.state):
+        LOG.info('stream: --stop_after %g s reached, cancelling', stop_after)
+        try:
+            result.cancel()
+        except Exception as e:   # already done
+            LOG.debug('cancel: %s', e)
+    return result
+
+
+def jsonable_counts(result) -> str:
+    from beamml.pipelines.common import record_counts
+    return json.dumps(record_counts(result))

@@ -1,0 +1,207 @@
+"""Streaming assign and evaluate on a TestStream: windows, panes, late data, hot swap."""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_stream import TestStream as _TestStream
+from apache_beam.transforms.window import TimestampedValue
+
+from beamml.pipelines import assign, evaluate, streaming
+from beamml.pipelines.__main__ import main
+from beamml.transforms.assignment import _LatestModel
+from beamml.transforms.io import BeammlError
+from beamml.transforms.io.rows import points_batch
+from beamml.transforms.model import CentroidModel, set_latest
+
+W = 10.0   # window size (s)
+L = 5.0    # allowed lateness (s)
+
+
+def stream_options():
+    options = PipelineOptions(runner='BundleBasedDirectRunner')
+    options.view_as(StandardOptions).streaming = True
+    return options
+
+
+def make_stream(events):
+    """events: ('at', watermark) or ('add', [(timestamp, element), ...])."""
+    ts = _TestStream()
+    for kind, value in events:
+        if kind == 'at':
+            ts = ts.advance_watermark_to(value)
+        else:
+            ts = ts.add_elements([TimestampedValue(e, t) for t, e in value])
+    # processing time moves on (the dead letters' trigger), then the stream ends
+    return ts.advance_processing_time(3600).advance_watermark_to_infinity()
+
+
+def parse(parser_cls, argv):
+    ap = argparse.ArgumentParser()
+    parser_cls._add_argparse_args(ap)
+    return ap.parse_args(argv)
+
+
+def read_jsonl(pattern):
+    out = {}
+    for path in sorted(glob.glob(pattern)):
+        with open(path) as f:
+            out[os.path.basename(path)] = [json.loads(line) for line in f]
+    return out
+
+
+# ----------------------------------------------------------------------------- assign
+
+@pytest.fixture
+def models(tmp_path):
+    d = str(tmp_path / 'models')
+    v1 = CentroidModel(np.array([[0.0, 0.0], [10.0, 10.0]]), version='20260101T000000000001Z')
+    v1.save(d)
+    return d
+
+
+def point(i, x):
+    return points_batch(pa.array([i]), np.array([[x, x + 0.5]]))
+
+
+def test_assign_streaming_windows_panes_and_late_points(tmp_path, models):
+    """On-time points, a late one within the lateness (a late pane of its own), one too late
+    (a dead letter, reason late); each row's cluster and distance equal numpy's."""
+    events = [('at', 0), ('add', [(1, point(1, 1.0)), (5, point(2, 9.0))]),
+              ('at', 12), ('add', [(7, point(3, 2.0))]),            # late, within lateness
+              ('at', 30), ('add', [(8, point(4, 3.0)),              # too late: [0, 10) closed
+                                   (33, point(5, 8.0))])]
+    out = str(tmp_path / 'out' / 'assigned')
+    args = parse(assign.AssignOptions, [
+        '--model', models, '--output', out, '--output_format', 'jsonl',
+        '--input_subscription', 'projects/p/subscriptions/s', '--window_size', str(W),
+        '--allowed_lateness', str(L)])
+    with beam.Pipeline(options=stream_options()) as p:
+        source = streaming.window_and_gate(p | make_stream(events), args, accumulating=False)
+        assign.build_streaming(p, args, CentroidModel.load(models), source=source,
+                               id_type=pa.int64())
+    files = read_jsonl(out + '-1970*.jsonl')
+    assert sorted(files) == [
+        'assigned-1970-01-01T00:00:00.000Z-1970-01-01T00:00:10.000Z-pane-0-on_time.jsonl',
+        'assigned-1970-01-01T00:00:00.000Z-1970-01-01T00:00:10.000Z-pane-1-late.jsonl',
+        'assigned-1970-01-01T00:00:30.000Z-1970-01-01T00:00:40.000Z-pane-0-on_time.jsonl']
+    rows = {r['id']: r for rs in files.values() for r in rs}
+    assert sorted(rows) == [1, 2, 3, 5]
+    centres = np.array([[0.0, 0.0], [10.0, 10.0]])
+    for i, x in ((1, 1.0), (2, 9.0), (3, 2.0), (5, 8.0)):
+        d = np.sqrt(((centres - [x, x + 0.5]) ** 2).sum(axis=1))
+        assert rows[i]['cluster'] == int(d.argmin())
+        assert rows[i]['distance'] == pytest.approx(d.min(), rel=1e-12)
+        assert rows[i]['model_version'] == '20260101T000000000001Z'
+    assert [rows[i]['timing'] for i in (1, 2, 3, 5)] == ['on_time', 'on_time', 'late', 'on_time']
+    assert rows[5]['window_start'] == '1970-01-01T00:00:30.000000Z'
+    (errors,) = read_jsonl(out + '-errors-*.jsonl').values()
+    assert len(errors) == 1 and errors[0]['record']['id'] == 4
+    assert errors[0]['reason'].startswith('late: its window [1970-01-01T00:00:00.000Z')
+    assert errors[0]['file'] == 'projects/p/subscriptions/s'
+
+
+def test_the_model_is_swapped_when_latest_moves_and_rolled_back(tmp_path, models):
+    now = [0.0]
+    latest = _LatestModel(models, refresh_seconds=60, clock=lambda: now[0])
+    assert latest.get().version == '20260101T000000000001Z'
+    v2 = CentroidModel(np.array([[1.0, 1.0], [5.0, 5.0]]), version='20260101T000000000002Z')
+    v2.save(models)
+    now[0] = 30.0   # not yet looked again
+    assert latest.get().version == '20260101T000000000001Z'
+    now[0] = 61.0
+    assert latest.get().version == '20260101T000000000002Z'
+    np.testing.assert_array_equal(latest.get().centers, v2.centers)
+    set_latest(models, '20260101T000000000001Z')   # roll back
+    now[0] = 200.0
+    assert latest.get().version == '20260101T000000000001Z'
+    os.remove(os.path.join(models, 'LATEST'))       # a look that fails keeps the model
+    now[0] = 300.0
+    assert latest.get().version == '20260101T000000000001Z'
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+def log_batch(rows):
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    n = len(rows)
+    return pa.RecordBatch.from_pydict({**cols, '_file': ['f'] * n, '_row': list(range(n)),
+                                       '_line': list(range(2, n + 2))})
+
+
+@pytest.mark.parametrize('task', ['classification', 'ranking'])
+def test_evaluate_streaming_equals_the_batch_pipeline_on_each_window(tmp_path, task):
+    rng = np.random.default_rng(3 if task == 'ranking' else 4)
+    if task == 'classification':
+        rows = [{'id': i, 'truth': int(rng.integers(0, 2)), 'prediction': int(rng.integers(0, 2)),
+                 'model': 'ab'[i % 2]} for i in range(60)]
+    else:   # queries of 4 rows; a query's rows share its window
+        rows = [{'id': i, 'q_id': i // 4, 'predicted_rank': i % 4,
+                 'truth_relevance': int(rng.integers(0, 3)), 'model': 'ab'[(i // 4) % 2]}
+                for i in range(60)]
+    times = [1 + (i // 4) * 4 // 3 for i in range(60)] if task == 'ranking' else \
+        [0.4 * i for i in range(60)]   # 0 .. 24 s: windows [0,10), [10,20), [20,30)
+    events = [('at', 0)]
+    for lo in range(0, 60, 4):   # batches of 4 rows, watermark following
+        events.append(('add', [(times[lo], log_batch(rows[lo:lo + 4]))]))
+    flags = ['--task', task, '--slice_by', 'model', '--window_size', str(W)]
+    out = str(tmp_path / 'stream')
+    args = parse(evaluate.EvaluateOptions, flags + [
+        '--output', out, '--input_subscription', 'projects/p/subscriptions/s'])
+    with beam.Pipeline(options=stream_options()) as p:
+        source = streaming.window_and_gate(p | make_stream(events), args)
+        evaluate.build_streaming(p, args, source=source)
+    records = [r for rs in read_jsonl(os.path.join(out, 'metrics-*.jsonl')).values() for r in rs]
+    assert {r['timing'] for r in records} == {'on_time'}
+    assert len(records) == len({r['window_start'] for r in records}) >= 2
+    for record in records:
+        start = int(record['window_start'][17:19]) + 60 * int(record['window_start'][14:16])
+        subset = [r for i, r in enumerate(rows) if start <= times[i - i % 4] < start + W]
+        path = tmp_path / f'w{start}.parquet'
+        pq.write_table(pa.Table.from_pylist(subset), path)
+        assert main(['evaluate', '--input', str(path), '--output', str(tmp_path / f'b{start}')]
+                    + flags[:4]) == 0
+        batch = json.load(open(tmp_path / f'b{start}' / 'metrics.json'))
+        assert record['overall'] == batch['overall'], start
+        assert record['slices'] == batch['slices'], start
+
+
+# ----------------------------------------------------------------------------- flags
+
+@pytest.mark.parametrize('argv, message', [
+    (['assign', '--model', 'M', '--streaming', '--output', 'o'],
+     '--streaming needs exactly one source'),
+    (['assign', '--model', 'M', '--input_subscription', 'projects/p/subscriptions/s',
+      '--output', 'o'], '--input_subscription needs --streaming'),
+    (['evaluate', '--task', 'classification', '--output', 'o', '--streaming',
+      '--input_subscription', 'projects/p/subscriptions/s', '--window_size', '10',
+      '--window_period', '20'], '--window_period must be > 0 and <= window_size'),
+    (['evaluate', '--task', 'classification', '--output', 'o', '--streaming',
+      '--input_subscription', 'projects/p/subscriptions/s', '--allowed_lateness', '-1'],
+     '--allowed_lateness must be >= 0'),
+    (['assign', '--model', 'M', '--streaming', '--input', 'x/*.csv', '--output', 'o'],
+     '--streaming reads --input_subscription, --input_topic, or --input PATTERN with '
+     '--watch_interval'),
+    (['norms', '--input', 'x.csv', '--output', 'o', '--streaming'],
+     'runs in batch only: --streaming is not supported'),
+])
+def test_streaming_flags_are_checked_in_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_window_and_gate_refuse_bad_windows():
+    from beamml.transforms.streaming.windows import check_windows
+    with pytest.raises(BeammlError, match='window_size must be > 0'):
+        check_windows(0.0)
+    with pytest.raises(BeammlError, match='window_period needs a window_size'):
+        check_windows(None, 5.0)
