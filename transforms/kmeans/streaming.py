@@ -311,8 +311,8 @@ class _KeyByWindowFn(beam.DoFn):
 
 class _LateLettersFn(beam.DoFn):
     """The dead letters of the batches too late for the model, each row moved from
-    records_ok to records_refused (counted here, in a plain DoFn: the local runner
-    does not report the counters of a stateful one)."""
+    records_ok to records_refused (out of the one-key update, so that its per-row
+    loop runs in parallel)."""
 
     def setup(self):
         self.counters = RecordCounters()
