@@ -35,7 +35,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
-from beamml.pipelines import common
+from beamml.pipelines import common, kmeans_streaming, streaming
 from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
                                   WriteTable)
@@ -47,11 +47,13 @@ from beamml.transforms.kmeans.checkpoint import (FAILED_DIR, RESULT_FILE, Traini
                                                  input_fingerprints)
 from beamml.transforms.kmeans.training import (cached_points, centre_into_cache,
                                                training_labels)
-from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
+from beamml.transforms.model import LATEST_FILE, CentroidModel, list_versions, new_version
 
 __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']
 
 LOG = logging.getLogger('beamml')
+#: where a streaming training's dead letters go, under the model directory
+STREAM_ERRORS = '_streaming'
 #: runners whose workers share this machine's disk (a local --cache_dir works)
 LOCAL_RUNNERS = ('FnApiRunner', 'DirectRunner', 'BundleBasedDirectRunner',
                  'SwitchingDirectRunner')
@@ -64,7 +66,7 @@ class KMeansOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_input_args(parser)
+        common.add_input_args(parser, required=False)
         parser.add_argument('--k', type=int, default=None,
                             help='number of clusters (required unless --init is a file, '
                                  'whose rows then give k)')
@@ -140,6 +142,8 @@ class KMeansOptions:
         parser.add_argument('--model_dir', required=True,
                             help='model directory (local or gs://); a new version is written '
                                  'there and LATEST points to it')
+        kmeans_streaming.add_streaming_args(parser)
+        streaming.add_streaming_args(parser, sliding=False)
 
 
 def n_init_flag(value: str):
@@ -270,7 +274,12 @@ def default_cache_dir(args, options, run: TrainingRun) -> str:
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
-                                      description=__doc__)
+                                      description=__doc__, streaming=True)
+    streaming.check_streaming_args(args, options, needs_output=False)
+    if streaming.is_streaming(options):
+        return _run_streaming(args, options)
+    if not args.input:
+        raise BeammlError('--input is required')
     if args.block_size < 1:
         raise BeammlError(f'--block_size must be >= 1, got {args.block_size}')
     dry_run = common.is_dry_run(options)
@@ -454,6 +463,72 @@ def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> No
      | 'WriteLabels' >> WriteTable(args.output, args.output_format, schema=schema))
     common.run_pipeline(p)
     print(f'labels: {args.output}-?????-of-?????.{args.output_format}')
+
+
+#: batch-only flags a streaming training refuses (with their defaults)
+_BATCH_ONLY = {'resume': None, 'output': None, 'cache_dir': None, 'n_init': 'auto',
+               'block_size': BLOCK_SIZE, 'max_iter': 300, 'tol': 1e-4, 'dtype': 'float64',
+               'empty_cluster': 'keep', 'distance': 'euclidean'}
+
+
+def _run_streaming(args, options):
+    """``--streaming``: Spark's StreamingKMeans per window, a model version every
+    ``--checkpoint_windows`` windows (see pipelines/kmeans_streaming.py)."""
+    given = [f for f, default in _BATCH_ONLY.items() if getattr(args, f) != default]
+    if given:
+        raise BeammlError(f'--{given[0]} is a batch training flag; a streaming training '
+                          'updates the centres per window (--decay_factor / --half_life)')
+    layout = _stream_layout(args)
+    dry_run = common.is_dry_run(options)
+    if not dry_run:
+        common.check_output(FileSystems.join(args.model_dir, LATEST_FILE), '--model_dir',
+                            args.model_dir)
+    p = beam.Pipeline(options=streaming.streaming_options(options))
+    source = streaming.read_stream(p, args, layout, points=True, accumulating=True,
+                                   **({'weight_column': args.weight_column}
+                                      if args.weight_column else {}))
+    out = kmeans_streaming.build_streaming(p, args, source['batches'],
+                                           dimension=layout.dimension,
+                                           allowed_lateness=args.allowed_lateness)
+    errors = streaming.all_errors(source['errors'], out['errors'])
+    streaming.write_dead_letters(errors, args, FileSystems.join(
+        args.model_dir, STREAM_ERRORS, out['run_id']))
+    if dry_run:
+        return common.run_pipeline(p)
+    LOG.info('kmeans --streaming: k=%s, windows of %g s, a version every %d window(s) in %s',
+             args.k or 'from --init', args.window_size, args.checkpoint_windows,
+             args.model_dir)
+    result = streaming.run_stream(p, args)
+    versions = list_versions(args.model_dir)
+    print(f'kmeans --streaming: {len(versions)} version(s) in {args.model_dir}'
+          + (f'; LATEST {versions[-1]}' if versions else ''))
+    print(f'dead letters: {FileSystems.join(args.model_dir, STREAM_ERRORS, out["run_id"])}'
+          '-pane-*.jsonl')
+    return result
+
+
+def _stream_layout(args):
+    """The points of a stream: inspected from files already there (watched files), else
+    from the flags (``id`` and a ``features`` list by default; the dimension from
+    --dimension, else from --init's centres)."""
+    if args.input:
+        try:
+            if FileSystems.match([args.input])[0].metadata_list:
+                return ReadPoints(args.input, **read_kwargs(args)).layout
+        except BeammlError:
+            raise
+        except Exception:
+            pass
+    dimension = args.dimension
+    if dimension is None and args.init not in INIT_METHODS:
+        dimension = kmeans_streaming.initial_model(args)['init'].shape[1]
+    if dimension is None:
+        raise BeammlError('--streaming from Pub/Sub (or from a pattern that matches no file '
+                          'yet) needs --dimension D, or --init with centres')
+    from beamml.transforms.streaming.pubsub import message_layout
+    features = tuple(args.feature_columns.split(',')) if args.feature_columns else ('features',)
+    return message_layout(id_column=args.id_column or 'id', feature_columns=features,
+                          dimension=dimension, weight_column=args.weight_column)
 
 
 def _training_failed(error: BeammlError, args, options, training: TrainingRun) -> BeammlError:

@@ -83,7 +83,7 @@ def is_streaming(options) -> bool:
     return bool(options.view_as(StandardOptions).streaming)
 
 
-def check_streaming_args(args, options) -> None:
+def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
     """One-line errors for streaming flags that do not fit together; streaming flags
     without ``--streaming`` are refused too (they would be ignored)."""
     streaming = is_streaming(options)
@@ -117,7 +117,7 @@ def check_streaming_args(args, options) -> None:
                       args.allowed_lateness)
     except BeammlError as e:
         raise BeammlError('--' + str(e)) from e
-    if not (getattr(args, 'output', None) or args.output_topic):
+    if needs_output and not (getattr(args, 'output', None) or args.output_topic):
         raise BeammlError('--streaming needs --output PREFIX (per-window files) or '
                           '--output_topic')
 
@@ -128,7 +128,8 @@ def source_name(args) -> str:
 
 
 def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = False,
-                accumulating: bool = True, refuse_zero: bool = False) -> dict:
+                accumulating: bool = True, refuse_zero: bool = False,
+                weight_column: str | None = None) -> dict:
     """The streaming source, windowed and gated: ``{'batches', 'errors'}``.
 
     ``batches`` are RecordBatches as the file readers make them, in event-time
@@ -155,7 +156,8 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
         if points:
             kwargs.update(feature_columns=layout.feature_columns, dimension=layout.dimension,
                           allow_nan=getattr(args, 'allow_nan', False),
-                          source_columns=source_columns, refuse_zero=refuse_zero)
+                          source_columns=source_columns, refuse_zero=refuse_zero,
+                          **({'weight_column': weight_column} if weight_column else {}))
         read = p | 'WatchFiles' >> cls(args.input, **kwargs)
         batches = read.batches | 'Windows' >> windowing
     gated = gate(batches, args, accumulating=accumulating)
@@ -331,7 +333,7 @@ def write_dead_letters(errors, args, prefix: str | None = None) -> None:
     for its window must not be dropped as late itself.
     """
     from apache_beam.transforms import trigger
-    if getattr(args, 'output', None):
+    if prefix or getattr(args, 'output', None):
         (errors
          | 'ErrorsAsTheyCome' >> beam.WindowInto(
              beam.window.GlobalWindows(),
