@@ -391,7 +391,8 @@ def test_end_to_end_on_the_emulator(emulator):
             + [(arrow_bytes(pa.Table.from_pylist(objs[40:], schema=pa.schema(
                 [('id', pa.int64()), ('features', pa.list_(pa.float64(), 3))]))),
                 {'format': 'arrow'})])                                          # Arrow
-    bad = [b'\xff not utf-8', b'[]', b'{"id": 1, "features": [1, 2, 3]', (b'junk', {'format': 'arrow'}),
+    bad = [b'\xff not utf-8', b'[]', b'{"id": 1, "features": [1, 2, 3]',
+           (b'junk', {'format': 'arrow'}),
            b'[{"id": 100, "features": [1, 2]}, {"features": [1, 2, 3]}]']
     ids = emu.publish(t_in, good + bad)
     bad_ids = set(ids[len(good):])
@@ -440,3 +441,17 @@ def test_the_emulator_helper_restores_the_environment_and_leaves_no_process():
     assert ps.stdout.strip() == ''   # nothing left in the emulator's process group
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_an_array_split_respects_strings_escapes_and_nesting():
+    rows = [{'id': 1, 's': 'a,b]}', 'n': {'x': [1, 5], 'y': '}'}},
+            {'id': 2, 's': 'q"uote\\', 'n': {'x': [], 'z': None}},
+            {'id': 3, 's': '\\\\",{[', 'n': {'x': [2], 'z': 'é\u2028'}},
+            {'id': 4, 's': '', 'n': {'x': [3]}}]
+    data = json.dumps(rows, indent=1, ensure_ascii=False).encode()
+    batches, dead = parse_messages([msg(data, 1)], message_layout(points=False), source=SOURCE,
+                                   points=False)
+    assert dead == []
+    assert concat(batches).column('s').to_pylist() == [r['s'] for r in rows]
+    assert concat(batches).column('id').to_pylist() == [1, 2, 3, 4]
+    assert [n['x'] for n in concat(batches).column('n').to_pylist()] == [[1, 5], [], [2], [3]]

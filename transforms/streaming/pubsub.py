@@ -170,22 +170,23 @@ def _json_lines(data: bytes) -> tuple[bytes | None, int, str | None]:
     # a character is escaped when an odd run of backslashes precedes it
     bs = b == 0x5C
     if bs.any():
-        idx = np.arange(n)
+        idx = np.arange(n, dtype=np.int32)
         last_plain = np.maximum.accumulate(np.where(bs, -1, idx))
-        run_before = np.empty(n, dtype=np.int64)
+        run_before = np.empty(n, dtype=np.int32)
         run_before[0] = 0
         run_before[1:] = idx[:-1] - last_plain[:-1]
         escaped = run_before % 2 == 1
     else:
         escaped = np.zeros(n, dtype=bool)
     quote = (b == 0x22) & ~escaped
-    in_string = (np.cumsum(quote) % 2).astype(bool) & ~quote   # strictly inside a string
-    if in_string[last] or (np.cumsum(quote)[-1] % 2):
+    quotes = np.cumsum(quote, dtype=np.int32)
+    in_string = (quotes % 2).astype(bool) & ~quote   # strictly inside a string
+    if quotes[-1] % 2:
         return None, 0, 'invalid JSON: an unterminated string'
     if ((b == 0x0A) | (b == 0x0D))[in_string].any():   # it would split the line
         return None, 0, 'invalid JSON: a line break in a string'
-    structural = np.where(in_string | quote, 0, _OPEN[b]).astype(np.int64)
-    depth = np.cumsum(structural)   # depth after each byte
+    structural = np.where(in_string | quote, 0, _OPEN[b])
+    depth = np.cumsum(structural, dtype=np.int32)   # depth after each byte
     if depth.min() < 0 or depth[-1] != 0:
         return None, 0, 'invalid JSON: unbalanced brackets'
     closes = np.flatnonzero(depth[first:] == 0)   # the top value ends at the first 0
@@ -202,7 +203,7 @@ def _json_lines(data: bytes) -> tuple[bytes | None, int, str | None]:
     inner = slice(first + 1, last)
     commas = np.flatnonzero((b[inner] == ord(',')) & outside[inner] & (depth[inner] == 1)) \
         + first + 1
-    nonws = np.cumsum(~ws)   # non-whitespace bytes up to and including each position
+    nonws = np.cumsum(~ws, dtype=np.int32)   # non-whitespace bytes up to each position
     bounds = np.concatenate([[first], commas, [last]])
     filled = nonws[bounds[1:] - 1] - nonws[bounds[:-1]]   # non-whitespace between bounds
     if len(commas) == 0 and filled[0] == 0:
@@ -281,9 +282,10 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
     letter's ``file``. The JSON messages of the list are parsed together, once;
     each Arrow message (attribute ``format=arrow``) is read with
     ``pa.ipc.open_stream`` and checked the same way. The batches hold the rows of
-    the JSON messages in their order, then those of each Arrow message; with ``source_columns`` a batch carries ``_file``
-    (``source``), ``_row`` (the object's index in its message) and ``_line``
-    (null). Every object is one record: in a batch or a dead letter.
+    the JSON messages in their order, then those of each Arrow message. With
+    ``source_columns`` a batch carries ``_file`` (``source``), ``_row`` (the
+    object's index in its message) and ``_line`` (null). Every object is one
+    record: in a batch or a dead letter.
     """
     batches: list[pa.RecordBatch] = []
     dead: list[dict] = []
