@@ -78,8 +78,8 @@ class EvaluateOptions:
         parser.add_argument('--query_buckets', type=int, default=32,
                             help='ranking: number of q_id hash buckets, i.e. the parallelism '
                                  'of the per-query step (default 32)')
-        parser.add_argument('--output', required=True,
-                            help='output directory (local or gs://)')
+        parser.add_argument('--output', required=False,
+                            help='output directory (local or gs://); required in batch')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of per_query (default parquet)')
         parser.add_argument('--max_refused_fraction', type=float, default=0.01,
@@ -270,10 +270,11 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     records = (result['metrics']
                | 'Format' >> beam.Map(format_metrics, args.task, args.k)
                | 'WithWindow' >> beam.FlatMap(_window_record))
-    streaming.write_records(records, args, prefix=FileSystems.join(args.output, 'metrics'),
+    out = args.output
+    streaming.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
                             label='WriteMetrics')
     errors = streaming.all_errors(source['errors'], parsed[ERRORS], result['errors'])
-    streaming.write_dead_letters(errors, args, FileSystems.join(args.output, 'evaluate-errors'))
+    streaming.write_dead_letters(errors, args, out and FileSystems.join(out, 'evaluate-errors'))
     return {'metrics': records, 'errors': errors}
 
 
@@ -330,8 +331,9 @@ def run(argv=None):
     streaming.check_streaming_args(args, options)
     if streaming.is_streaming(options):
         return _run_streaming(args, options)
-    if not args.input:
-        raise BeammlError('--input is required')
+    for flag in ('input', 'output'):
+        if not getattr(args, flag):
+            raise BeammlError(f'--{flag} is required')
     metrics_path = FileSystems.join(args.output, 'metrics.json')
     dry_run = common.is_dry_run(options)   # translated offline: no storage before or after
     if not dry_run:
@@ -368,9 +370,10 @@ def _run_streaming(args, options):
     if counts:
         print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
               f'records_refused={counts["records_refused"]}')
-    print(f'metrics: {FileSystems.join(args.output, "metrics")}-<window start>-<window end>-'
-          f'pane-<i>-<timing>.jsonl; dead letters: '
-          f'{FileSystems.join(args.output, "evaluate-errors")}-*.jsonl')
+    if args.output:
+        print(f'metrics: {FileSystems.join(args.output, "metrics")}-<window start>-<window '
+              f'end>-pane-<i>-<timing>.jsonl; dead letters: '
+              f'{FileSystems.join(args.output, "evaluate-errors")}-*.jsonl')
     return result
 
 

@@ -22,12 +22,13 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 
 import pytest
 
-__all__ = ['LAUNCHER', 'PROJECT', 'Emulator', 'pubsub_emulator', 'launcher']
+__all__ = ['LAUNCHER', 'PROJECT', 'Emulator', 'pubsub_emulator', 'launcher', 'cancel_run']
 
 #: where the Debian package puts the emulator's launcher
 LAUNCHER = '/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator'
@@ -189,3 +190,16 @@ def pubsub_emulator(timeout: float = 60.0):
         else:
             os.environ['PUBSUB_EMULATOR_HOST'] = saved
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def cancel_run(result, emu, wake_topic):
+    """Cancel a local streaming run. The runner joins its worker, which may be blocked
+    for up to 30 s in a Pub/Sub pull: publish to the input until the join returns."""
+    t = threading.Thread(target=result.cancel, daemon=True)
+    t.start()
+    for _ in range(120):
+        t.join(0.25)
+        if not t.is_alive():
+            return
+        emu.publish(wake_topic, [b'wake'])
+    raise AssertionError('the pipeline did not cancel')

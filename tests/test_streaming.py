@@ -5,6 +5,7 @@ import argparse
 import glob
 import json
 import os
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -205,3 +206,50 @@ def test_window_and_gate_refuse_bad_windows():
         check_windows(0.0)
     with pytest.raises(BeammlError, match='window_period needs a window_size'):
         check_windows(None, 5.0)
+
+
+# ----------------------------------------------------------------------------- Pub/Sub
+
+def test_assign_streaming_on_the_emulator_hot_swaps_the_model(tmp_path, models):
+    """Pub/Sub in (singles, an array, malformed messages), Pub/Sub out: the points published
+    before a new version is saved are assigned by v1, those after by v2, without a restart;
+    a malformed message is a dead letter on the dead-letter topic."""
+    from pubsub_emulator import cancel_run, pubsub_emulator
+    with pubsub_emulator() as emu:
+        t_in, t_out, t_dlq = emu.topic(), emu.topic(), emu.topic()
+        sub = emu.subscription(t_in)
+        s_out, s_dlq = emu.subscription(t_out), emu.subscription(t_dlq)
+        args = parse(assign.AssignOptions, [
+            '--model', models, '--input_subscription', sub, '--output_topic', t_out,
+            '--dead_letter_topic', t_dlq, '--window_size', '2', '--model_refresh_seconds',
+            '0.2'])
+        p = beam.Pipeline(options=stream_options())
+        assign.build_streaming(p, args, CentroidModel.load(models))
+        result = p.run()
+        try:
+            first = [json.dumps({'id': i, 'features': [float(i), 0.0]}).encode()
+                     for i in range(5)]
+            emu.publish(t_in, first + [b'{"id": 99, "features": [1.0]}', b'not json'])
+            out1 = emu.pull(s_out, 5, timeout=40)
+            CentroidModel(np.array([[100.0, 0.0], [0.0, 100.0]]),
+                          version='20260101T000000000002Z').save(models)
+            time.sleep(1.0)   # > --model_refresh_seconds
+            emu.publish(t_in, [json.dumps([{'id': i, 'features': [float(i), 0.0]}
+                                           for i in range(5, 10)]).encode()])
+            out2 = emu.pull(s_out, 5, timeout=40)
+            dlq = emu.pull(s_dlq, 2, timeout=20, settle=0.5)
+        finally:
+            cancel_run(result, emu, t_in)
+    rows1 = [json.loads(m.data) for m in out1]
+    rows2 = [json.loads(m.data) for m in out2]
+    assert sorted(r['id'] for r in rows1) == list(range(5))
+    assert {r['model_version'] for r in rows1} == {'20260101T000000000001Z'}
+    assert sorted(r['id'] for r in rows2) == list(range(5, 10))
+    assert {r['model_version'] for r in rows2} == {'20260101T000000000002Z'}
+    for r in rows2:   # v2's centres: (100, 0) is nearest to every (i, 0)
+        assert r['cluster'] == 0
+        assert r['distance'] == pytest.approx(100.0 - r['id'], rel=1e-12)
+        assert r['timing'] == 'on_time' and r['window_start'].endswith('Z')
+    letters = sorted((json.loads(m.data) for m in dlq), key=lambda d: d['reason'])
+    assert len(letters) == 2 and all(d['file'] == sub for d in letters)
+    assert any('dimension' in d['reason'] for d in letters), letters

@@ -7,7 +7,6 @@ import math
 import os
 import random
 import subprocess
-import threading
 
 import apache_beam as beam
 import numpy as np
@@ -25,7 +24,7 @@ from beamml.transforms.streaming.pubsub import (BatchMessagesFn, ReadPubSubBatch
                                                 WriteDeadLettersToPubSub, WriteJsonToPubSub,
                                                 message_layout, parse_messages,
                                                 rows_to_json_messages)
-from pubsub_emulator import pubsub_emulator
+from pubsub_emulator import cancel_run, pubsub_emulator
 
 SOURCE = 'projects/beamml-test/subscriptions/points'
 DEAD_KEYS = {'file', 'row', 'line', 'reason', 'record', 'message_id'}
@@ -365,19 +364,6 @@ def emulator():
         yield emu
 
 
-def _cancel(result, emu, wake_topic):
-    """Cancel a local streaming run. The runner joins its worker, which may be blocked
-    for up to 30 s in a Pub/Sub pull: publish to the input until the join returns."""
-    t = threading.Thread(target=result.cancel, daemon=True)
-    t.start()
-    for _ in range(120):
-        t.join(0.25)
-        if not t.is_alive():
-            return
-        emu.publish(wake_topic, [b'wake'])
-    raise AssertionError('the pipeline did not cancel')
-
-
 def test_end_to_end_on_the_emulator(emulator):
     emu = emulator
     t_in, t_out, t_dlq = emu.topic(), emu.topic(), emu.topic()
@@ -411,7 +397,7 @@ def test_end_to_end_on_the_emulator(emulator):
         out = emu.pull(s_out, 60, timeout=40, settle=1.0)
         dlq = emu.pull(s_dlq, 6, timeout=20, settle=0.5)
     finally:
-        _cancel(result, emu, t_in)
+        cancel_run(result, emu, t_in)
     rows = [json.loads(m.data) for m in out]
     assert sorted(r['id'] for r in rows) == list(range(60))   # each good point once
     for r in rows:

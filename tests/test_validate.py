@@ -91,3 +91,56 @@ def test_validate_usage_and_unknown_pipeline(capsys):
         validate.dry_run_argv(['--dry_run=False'])
     assert validate.dry_run_argv(['--runner=DataflowRunner']) == [
         '--runner=DataflowRunner', '--dry_run', 'True']
+
+
+def _streaming_cases(d):
+    sub = 'projects/my-project/subscriptions/points'
+    return {
+        'assign': ['--streaming', '--input_subscription', sub, '--model', f'{d}/models',
+                   '--output_topic', 'projects/my-project/topics/out',
+                   '--dead_letter_topic', 'projects/my-project/topics/dlq'],
+        'evaluate': ['--streaming', '--task', 'ranking', '--input_subscription', sub,
+                     '--window_size', '300', '--window_period', '60',
+                     '--output', 'gs://beamml-bkt/out/e'],
+        'kmeans': ['--streaming', '--k', '2', '--dimension', '2', '--input_subscription', sub,
+                   '--model_dir', 'gs://beamml-bkt/models'],
+    }
+
+
+@pytest.mark.parametrize('name', ['assign', 'evaluate', 'kmeans'])
+def test_streaming_pipelines_translate_offline_to_streaming_jobs(name, inputs, tmp_path):
+    cmd = [sys.executable, '-m', 'beamml', 'validate', name] + \
+        _streaming_cases(inputs)[name] + DATAFLOW
+    out = _offline(cmd, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert 'type=streaming' in out.stdout and 'Traceback' not in out.stderr
+    assert 'ReadPubSub' in out.stdout
+
+
+@pytest.mark.parametrize('name', ['assign', 'evaluate', 'kmeans'])
+def test_streaming_jobs_are_unbounded_with_no_default_trigger_global_group(name, inputs):
+    """The job's PCollections are unbounded (but the one-element model/Create inputs), and
+    no GroupByKey groups an unbounded input in the global window with the default trigger
+    (Dataflow would hold it for ever)."""
+    from apache_beam.portability.api import beam_runner_api_pb2 as pb
+    from beamml.pipelines import assign, evaluate, kmeans
+    module = {'assign': assign, 'evaluate': evaluate, 'kmeans': kmeans}[name]
+    argv = validate.dry_run_argv(_streaming_cases(inputs)[name] + DATAFLOW)
+    result = module.run(argv)
+    assert int(result.job.proto.type) == 2   # JOB_TYPE_STREAMING
+    proto = result.job.proto_pipeline
+    comps = proto.components
+    unbounded = [c for c in comps.pcollections.values()
+                 if c.is_bounded == pb.IsBounded.UNBOUNDED]
+    assert len(unbounded) > len(comps.pcollections) / 2
+    for t in comps.transforms.values():
+        if t.spec.urn != 'beam:transform:group_by_key:v1':
+            continue
+        for pc_id in t.inputs.values():
+            pc = comps.pcollections[pc_id]
+            if pc.is_bounded != pb.IsBounded.UNBOUNDED:
+                continue
+            ws = comps.windowing_strategies[pc.windowing_strategy_id]
+            fn = ws.window_fn.urn
+            default = ws.trigger.WhichOneof('trigger') == 'default'
+            assert not (fn == 'beam:window_fn:global_windows:v1' and default), t.unique_name

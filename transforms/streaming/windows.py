@@ -239,7 +239,8 @@ class LateGate(beam.PTransform):
 
     def expand(self, batches) -> dict[str, Any]:
         outs = (batches
-                | 'WithWindow' >> beam.FlatMap(_with_window)
+                | 'WithWindow' >> beam.FlatMap(_with_window).with_output_types(
+                    beam.typehints.KV[str, beam.typehints.Any])
                 | 'OneKey' >> beam.WindowInto(beam_window.GlobalWindows())
                 | 'Gate' >> beam.ParDo(_GateFn(self.allowed_lateness, self.source))
                 .with_input_types(beam.typehints.KV[str, beam.typehints.Any])
