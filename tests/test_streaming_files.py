@@ -25,7 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from beamml.pipelines.common import record_counts
-from beamml.transforms.io import BeammlError, ReadPoints, plan_reads, read_file_batches
+from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, plan_reads,
+                                  read_file_batches)
 from beamml.transforms.streaming.files import (ReadWatchedPoints, ReadWatchedTable, _PollFn,
                                                layout_from_parameters)
 
@@ -56,8 +57,8 @@ class _CountBundles(beam.DoFn):
         _SEEN[self.key].append(('poll', ts, time.time(), x))
 
 
-def _options():
-    return PipelineOptions([], runner=FN_API)
+def _options(streaming=False):
+    return PipelineOptions([], runner=FN_API, streaming=streaming)
 
 
 def _run(make_read, writes=()):
@@ -65,7 +66,7 @@ def _run(make_read, writes=()):
     thread. Returns (batches, errors, counts, start, seconds the run took), each
     output item as (event time, wall time, element)."""
     key = uuid.uuid4().hex
-    p = beam.Pipeline(options=_options())
+    p = beam.Pipeline(options=_options(streaming=True))   # as --streaming runs it
     res = p | 'Watch' >> make_read()
     res.batches | 'CollectBatches' >> beam.ParDo(_Collect(key, 'batch'))
     res.errors | 'CollectErrors' >> beam.ParDo(_Collect(key, 'error'))
@@ -345,7 +346,7 @@ def test_polls_wait_between_polls_one_bundle_each():
     bundles = sum(kind == 'bundle' for kind, _, _, _ in seen)
     assert len(polls) == 8
     times = np.array([float(ts.micros) / 1e6 for ts, _ in polls])
-    np.testing.assert_allclose(np.diff(times), interval, atol=1e-6)
+    np.testing.assert_allclose(np.diff(times), interval, atol=3e-6)   # (micros)
     assert all(wall >= float(ts.micros) / 1e6 for ts, wall in polls)   # never early
     assert bundles <= len(polls) + 3
 
@@ -413,3 +414,51 @@ def test_a_local_file_still_growing_is_read_once_it_stops_changing(tmp_path):
     assert ids == list(range(40))
     np.testing.assert_array_equal(feats, X)
     assert counts['records_read'] == counts['records_ok'] == 40
+
+
+def test_watched_table_reads_prediction_logs_as_read_table(tmp_path):
+    (tmp_path / 'in').mkdir()
+
+    def log(path, base):
+        with open(path, 'w') as f:
+            for i in range(base, base + 10):
+                f.write(json.dumps({'id': i, 'label': i % 3, 'score': i / 10}) + '\n')
+            f.write(json.dumps({'label': 1, 'score': 0.5}) + '\n')   # no id: refused
+    log(str(tmp_path / 'in' / 'a.jsonl'), 0)
+    pattern = str(tmp_path / 'in' / '*.jsonl')
+    late = _replace_into(tmp_path, 'b.jsonl', lambda p: log(p, 100))
+    batches, errors, counts, _, _ = _run(
+        lambda: ReadWatchedTable(pattern, id_column='id', source_columns=True,
+                                 interval=INTERVAL, stop_after=2.0), writes=[(0.6, late)])
+    key = uuid.uuid4().hex
+    p = beam.Pipeline(options=_options())
+    res = p | 'Read' >> ReadTable(pattern, id_column='id', source_columns=True)
+    res.batches | 'CollectBatches' >> beam.ParDo(_Collect(key, 'batch'))
+    res.errors | 'CollectErrors' >> beam.ParDo(_Collect(key, 'error'))
+    want_counts = record_counts(p.run())
+    seen = _SEEN.pop(key)
+    assert _rows([b for _, _, b in batches]) == _rows(
+        [x for kind, _, _, x in seen if kind == 'batch'])
+    assert _sorted_dead([e for _, _, e in errors]) == _sorted_dead(
+        [x for kind, _, _, x in seen if kind == 'error'])
+    assert [e['reason'] for _, _, e in errors] == ['missing id', 'missing id']
+    assert counts == want_counts == {'records_read': 22, 'records_ok': 20, 'records_refused': 2}
+
+
+def test_a_file_of_another_format_is_one_dead_letter(tmp_path):
+    """A pattern with no extension (``in/*``) that matched Parquet at the start: a CSV
+    file landing later is refused whole, and its work item says so."""
+    from beamml.transforms.streaming.files import _PlanFn
+    (tmp_path / 'in').mkdir()
+    _write(str(tmp_path / 'in' / 'a.parquet'), 'parquet', list(range(20)), _values(10))
+    read = ReadWatchedPoints(str(tmp_path / 'in' / '*'), interval=INTERVAL)
+    assert read.layout.input_format == 'parquet'
+    csv = str(tmp_path / 'in' / 'b.csv')
+    _write(csv, 'csv', list(range(5)), _values(11, n=5))
+    out = list(_PlanFn(read.layout, format_given=False).process((csv, os.path.getsize(csv))))
+    assert out == [{'file': csv, 'row': None, 'line': None, 'record': None,
+                    'reason': f'{csv} is csv, the watched input is parquet; read them '
+                              'separately'}]
+    parquet = str(tmp_path / 'in' / 'a.parquet')
+    assert list(_PlanFn(read.layout, format_given=False).process(
+        (parquet, os.path.getsize(parquet)))) == [(parquet, None)]

@@ -7,8 +7,14 @@ yet with the batch readers (:func:`~beamml.transforms.io.sources.plan_reads`,
 checks, dead letters and counters as :class:`~beamml.transforms.io.sources.ReadPoints`
 gives on the same files. The graph is::
 
-    PeriodicImpulse -> the pattern -> MatchAll -> a stateful step keyed by path
-    (new, settled files) -> PlanReads -> Reshuffle -> ParseFiles
+    polls (PeriodicImpulse's schedule) -> the pattern -> MatchAll -> a stateful
+    step keyed by path (new, settled files) -> PlanReads -> ParseFiles
+
+There is no Reshuffle (nor Flatten) after the stateful step: on the local
+FnApiRunner either holds its input to the end of the run, so nothing would come
+out while the watch runs. Files are spread over workers by the stateful step,
+which is keyed by path; the parts of one large file (plan_reads) are read one
+after another by the worker that took the file.
 
 What "new" means
     A path is read once. A file rewritten (or deleted and written again) under a
@@ -55,9 +61,10 @@ A file that cannot be read
 
 Runners
     Locally this runs on the ``FnApiRunner`` (with or without ``streaming``): the
-    ``BundleBasedDirectRunner`` cannot expand ``PeriodicImpulse`` (Beam 2.77:
+    ``BundleBasedDirectRunner`` with ``streaming`` cannot run an unbounded
+    splittable DoFn such as the polls here or ``PeriodicImpulse`` (Beam 2.77:
     "Transform node ... ProcessKeyedElements/GroupByKey ... was not replaced as
-    expected"). Dataflow runs it in streaming mode.
+    expected"). Dataflow runs it in streaming mode (its dry run builds the graph).
 """
 from __future__ import annotations
 
