@@ -230,7 +230,7 @@ def _run_streaming(args, options):
     model = CentroidModel.load(args.model)   # the path must hold a model before it starts
     if args.output and not common.is_dry_run(options):
         common.check_output(args.output)
-    p = beam.Pipeline(options=streaming.streaming_options(options))
+    p = beam.Pipeline(options=streaming.streaming_options(options, args))
     build_streaming(p, args, model)
     LOG.info('assign --streaming: model %s (k=%d, d=%d) from %s, refreshed every %g s',
              model.version, model.k, model.d, args.model, args.model_refresh_seconds)
@@ -242,7 +242,7 @@ def _run_streaming(args, options):
         print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
               f'records_refused={counts["records_refused"]}')
     if args.output:
-        print(f'assignments: {args.output}-<window start>-<window end>[-pane]-*.'
+        print(f'assignments: {args.output}-<window start>-<window end>-pane-<i>-<timing>.'
               f'{args.output_format}; dead letters: {args.output}-errors-*.jsonl')
     return result
 

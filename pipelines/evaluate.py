@@ -361,7 +361,7 @@ def run(argv=None):
 
 
 def _run_streaming(args, options):
-    p = beam.Pipeline(options=streaming.streaming_options(options))
+    p = beam.Pipeline(options=streaming.streaming_options(options, args))
     build_streaming(p, args)
     if common.is_dry_run(options):
         return common.run_pipeline(p)

@@ -483,7 +483,7 @@ def _run_streaming(args, options):
     if not dry_run:
         common.check_output(FileSystems.join(args.model_dir, LATEST_FILE), '--model_dir',
                             args.model_dir)
-    p = beam.Pipeline(options=streaming.streaming_options(options))
+    p = beam.Pipeline(options=streaming.streaming_options(options, args))
     source = streaming.read_stream(p, args, layout, points=True, accumulating=True,
                                    **({'weight_column': args.weight_column}
                                       if args.weight_column else {}))

@@ -324,23 +324,29 @@ def all_errors(*pcolls):
             | 'AllErrors' >> beam.Flatten())
 
 
+def _now_or_later(letter, timestamp=beam.DoFn.TimestampParam):
+    """A dead letter stamped with the time it is written (never earlier than its own):
+    the letter of data too late for its window must not be late itself."""
+    from apache_beam.transforms.window import TimestampedValue
+    from apache_beam.utils.timestamp import Timestamp
+    yield TimestampedValue(letter, max(Timestamp.now(), timestamp))
+
+
 def write_dead_letters(errors, args, prefix: str | None = None) -> None:
     """Dead letters (in the global window: :func:`all_errors`) to
-    ``--output-errors-pane-<i>-unknown.jsonl`` files and ``--dead_letter_topic``.
-
-    They are written as they come (a file every ``--window_size`` seconds of
-    processing time, or every 1000 dead letters): a dead letter of data too late
-    for its window must not be dropped as late itself.
-    """
+    ``<prefix>-<start>-<end>-pane-<i>-<timing>.jsonl`` files (default prefix
+    ``--output-errors``), one per ``--window_size`` window of the time they were written
+    (processing time: they are written as they come), and ``--dead_letter_topic``."""
     from apache_beam.transforms import trigger
+    from apache_beam.utils.timestamp import Duration
     if prefix or getattr(args, 'output', None):
         (errors
-         | 'ErrorsAsTheyCome' >> beam.WindowInto(
-             beam.window.GlobalWindows(),
-             trigger=trigger.Repeatedly(trigger.AfterAny(
-                 trigger.AfterProcessingTime(max(1, int(args.window_size))),
-                 trigger.AfterCount(1000))),
-             accumulation_mode=trigger.AccumulationMode.DISCARDING)
+         | 'ErrorsStamped' >> beam.FlatMap(_now_or_later)
+         | 'ErrorWindows' >> beam.WindowInto(
+             beam.window.FixedWindows(args.window_size),
+             trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+             accumulation_mode=trigger.AccumulationMode.DISCARDING,
+             allowed_lateness=Duration.of(24 * 3600))
          | 'WriteErrorFiles' >> WritePanes(prefix or f'{args.output}-errors', '.jsonl',
                                            _write_json_lines))
     if args.dead_letter_topic:
@@ -350,12 +356,16 @@ def write_dead_letters(errors, args, prefix: str | None = None) -> None:
 
 # ----------------------------------------------------------------------------- running
 
-def streaming_options(options):
-    """The runner for a local stream: the BundleBasedDirectRunner (the FnApiRunner runs
-    batch only); Dataflow stays Dataflow."""
+def streaming_options(options, args=None):
+    """The runner for a local stream: the BundleBasedDirectRunner for Pub/Sub (it runs
+    Beam's Pub/Sub source and TestStream), the FnApiRunner for a watched pattern (the
+    BundleBasedDirectRunner cannot run its polling, a splittable DoFn); Dataflow stays
+    Dataflow."""
     std = options.view_as(StandardOptions)
-    if std.runner in (None, 'FnApiRunner', 'DirectRunner', 'SwitchingDirectRunner'):
-        std.runner = LOCAL_STREAMING_RUNNER
+    if std.runner in (None, 'FnApiRunner', 'DirectRunner', 'SwitchingDirectRunner',
+                      LOCAL_STREAMING_RUNNER):
+        watching = args is not None and getattr(args, 'watch_interval', None) is not None
+        std.runner = 'FnApiRunner' if watching else LOCAL_STREAMING_RUNNER
     return options
 
 

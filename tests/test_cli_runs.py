@@ -70,14 +70,14 @@ def test_max_refused_fraction_must_be_a_fraction(value, points_csv, tmp_path, ca
 
 @pytest.mark.parametrize('name', ['norms', 'index_ids', 'assign', 'evaluate', 'kmeans'])
 def test_streaming_is_refused_in_one_line(name, points_csv, tmp_path, capsys):
-    """norms and index_ids run in batch only; assign and evaluate stream from Pub/Sub or
+    """norms and index_ids run in batch only; assign, evaluate and kmeans stream from Pub/Sub or
     watched files, not from --input alone (tests/test_streaming.py)."""
     output = [] if name == 'kmeans' else ['--output', str(tmp_path / 'o')]
     rc = main([name, '--input', points_csv] + output + _required(name, tmp_path)
               + ['--streaming'])
     err = capsys.readouterr().err
     expected = ('--streaming reads --input_subscription, --input_topic, or --input PATTERN '
-                'with --watch_interval S' if name in ('assign', 'evaluate')
+                'with --watch_interval S' if name in ('assign', 'evaluate', 'kmeans')
                 else 'runs in batch only: --streaming is not supported')
     assert rc == 2 and expected in err, err
     assert len(err.strip().splitlines()) == 1

@@ -5,6 +5,7 @@ import argparse
 import glob
 import json
 import os
+import threading
 import time
 
 import apache_beam as beam
@@ -253,3 +254,84 @@ def test_assign_streaming_on_the_emulator_hot_swaps_the_model(tmp_path, models):
     letters = sorted((json.loads(m.data) for m in dlq), key=lambda d: d['reason'])
     assert len(letters) == 2 and all(d['file'] == sub for d in letters)
     assert any('dimension' in d['reason'] for d in letters), letters
+
+
+# ----------------------------------------------------------------------------- watched files
+
+def _write_later(path, text, delay):
+    def write():
+        time.sleep(delay)
+        tmp = str(path) + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write(text)
+        os.rename(tmp, path)
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
+def test_cli_assign_and_kmeans_stream_from_a_watched_folder(tmp_path, models):
+    """A file present at the start and one landing later are each read once; a bad row is a
+    dead letter; the run ends at --stop_after. Streaming K-means on the same folder writes
+    model versions that load."""
+    incoming = tmp_path / 'in'
+    incoming.mkdir()
+    (incoming / 'a.csv').write_text('id,a,b\n1,0.5,0.2\n2,9,9.5\n3,x,1\n')
+    writer = _write_later(incoming / 'b.csv', 'id,a,b\n4,1,1\n5,8,8\n', 2.0)
+    out = tmp_path / 'out' / 'assigned'
+    rc = main(['assign', '--streaming', '--input', f'{incoming}/*.csv', '--watch_interval',
+               '0.5', '--stop_after', '6', '--model', models, '--output', str(out),
+               '--output_format', 'jsonl', '--window_size', '1'])
+    writer.join()
+    assert rc == 0
+    rows = [r for rs in read_jsonl(f'{out}-20*.jsonl').values() for r in rs]
+    assert sorted(r['id'] for r in rows) == [1, 2, 4, 5]   # each once
+    errors = [r for rs in read_jsonl(f'{out}-errors-*.jsonl').values() for r in rs]
+    assert [(e['file'], e['row'], e['line']) for e in errors] == [
+        (str(incoming / 'a.csv'), 2, 4)]
+    models_live = tmp_path / 'live'
+    rc = main(['kmeans', '--streaming', '--input', f'{incoming}/*.csv', '--watch_interval',
+               '0.5', '--stop_after', '3', '--k', '2', '--random_state', '0',
+               '--model_dir', str(models_live), '--window_size', '1'])
+    assert rc == 0
+    model = CentroidModel.load(str(models_live))
+    assert model.k == 2 and model.config['algorithm'] == 'spark-mllib-streaming-kmeans'
+
+
+def test_kmeans_streaming_on_the_emulator_writes_versions_assign_can_load(tmp_path):
+    """Pub/Sub points into `kmeans --streaming`: a model version appears in the model
+    directory (LATEST), with centres near the blobs the points came from."""
+    from beamml.pipelines import kmeans
+    from beamml.transforms.model import list_versions
+    from pubsub_emulator import cancel_run, pubsub_emulator
+    rng = np.random.default_rng(0)
+    truth = np.array([[0.0, 0.0], [20.0, 20.0]])
+    X = np.concatenate([rng.normal(c, 0.5, (100, 2)) for c in truth])
+    model_dir = str(tmp_path / 'live')
+    with pubsub_emulator() as emu:
+        t_in = emu.topic()
+        sub = emu.subscription(t_in)
+        argv = ['--streaming', '--input_subscription', sub, '--k', '2', '--dimension', '2',
+                '--random_state', '0', '--model_dir', model_dir, '--window_size', '1']
+        ap = argparse.ArgumentParser()
+        kmeans.KMeansOptions._add_argparse_args(ap)
+        args, _ = ap.parse_known_args(argv)
+        p = beam.Pipeline(options=stream_options())
+        source = streaming.read_stream(p, args, kmeans._stream_layout(args))
+        kmeans.kmeans_streaming.build_streaming(p, args, source['batches'], dimension=2,
+                                                allowed_lateness=0.0)
+        result = p.run()
+        try:
+            emu.publish(t_in, [json.dumps([{'id': i, 'features': X[i].tolist()}
+                                           for i in range(lo, lo + 50)]).encode()
+                               for lo in range(0, 200, 50)])
+            deadline = time.monotonic() + 40
+            while not list_versions(model_dir) and time.monotonic() < deadline:
+                emu.publish(t_in, [b'{"id": -1, "features": [1.0]}'])   # moves bundles on
+                time.sleep(0.5)
+        finally:
+            cancel_run(result, emu, t_in)
+    assert list_versions(model_dir), 'no model version was written'
+    model = CentroidModel.load(model_dir)
+    got = model.centers[np.argsort(model.centers[:, 0])]
+    np.testing.assert_allclose(got, truth, atol=0.5)

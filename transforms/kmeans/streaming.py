@@ -380,7 +380,10 @@ class _StreamingKMeansFn(beam.DoFn):
             next_fire.write(fire)
 
     def _fire_time(self, end: Timestamp) -> Timestamp:
-        return end - Duration(micros=1) + Duration(micros=self.params['lateness_micros'])
+        # the window's end plus the lateness, not its max timestamp (end - 1 us): a timer
+        # at the very timestamp the window's batches carry livelocks the FnApiRunner in
+        # streaming mode (measured: a watched-files run never finished)
+        return end + Duration(micros=self.params['lateness_micros'])
 
     @on_timer(WINDOW_END)
     def on_window_end(self, fired=beam.DoFn.TimestampParam,
