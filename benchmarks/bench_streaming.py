@@ -40,6 +40,10 @@ batch messages; ``--profile_points``) with the pipeline process under cProfile
 and by cumulative time (the profiler slows the run down: its figures are not
 the benchmark's).
 
+A run that receives nothing for ``--stall_seconds`` is ended and reported as
+INCOMPLETE (STALLED): seen on the local runner, whose Pub/Sub read now and then
+stops receiving the rest of a backlog.
+
 Best of ``--repeat`` runs per case (default 1). Targets (the issue's): >=
 10,000 points/s with one-point messages, >= 100,000 points/s with batch
 messages. A full default run takes about 5 minutes.
@@ -324,10 +328,17 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
             publisher.publish(t_in, warm).result(timeout=30)
         startup = time.time() - t_start
         pub_time = np.full(n, np.nan)
+        stalled = False
         t0, t_published = publish_all(publisher, t_in, messages, pub_time, args.rate)
         deadline = t0 + budget
+        seen, progress = -1, time.time()
         while receiver.is_alive() and receiver.got < n and time.time() < deadline:
             if proc.poll() is not None:
+                break
+            if receiver.got != seen:
+                seen, progress = receiver.got, time.time()
+            elif time.time() - progress > args.stall_seconds:
+                stalled = True
                 break
             time.sleep(0.1)
         receiver.stop.set()
@@ -349,7 +360,7 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
             'duplicates': receiver.duplicates, 'startup_s': startup,
             'publish_s': t_published - t0, 'elapsed_s': elapsed,
             'points_per_s': got / elapsed if got else 0.0, 'p50_s': p50, 'p99_s': p99,
-            'complete': got == n, 'log': log_path, 'stop_s': stop_s}
+            'complete': got == n, 'stalled': stalled, 'log': log_path, 'stop_s': stop_s}
 
 
 def run_emulator_alone(emu, label, messages, n, ids_of, timeout):
@@ -422,6 +433,8 @@ def print_profile(path: str, top: int = 15) -> None:
 
 def fmt_case(r: dict) -> str:
     extra = '' if r['complete'] else f'  INCOMPLETE: {r["received"]:,} of {r["points"]:,}'
+    if r.get('stalled'):
+        extra += ' (STALLED: no output for --stall_seconds)'
     return (f'{r["points"]:>9,} points in {r["messages"]:>7,} messages: '
             f'{r["elapsed_s"]:7.2f} s, {r["points_per_s"]:>10,.0f} points/s, latency p50 '
             f'{r["p50_s"]:6.2f} s p99 {r["p99_s"]:6.2f} s (publishing took '
@@ -453,6 +466,8 @@ def main(argv=None):
     ap.add_argument('--timeout', type=float, default=150.0,
                     help='seconds per run from the first publish before giving up '
                          '(default 150); a run cut short is reported as INCOMPLETE')
+    ap.add_argument('--stall_seconds', type=float, default=20.0,
+                    help='give up a run when no output arrived for this long (default 20)')
     ap.add_argument('--no_emulator_alone', dest='emulator_alone', action='store_false',
                     help='skip the emulator-alone figures')
     ap.add_argument('--profile', action='append', choices=CASES, default=[],
@@ -552,10 +567,11 @@ def main(argv=None):
         target = TARGETS[case]
         verdict = 'met' if r['complete'] and r['points_per_s'] >= target else 'NOT met'
         line = (f'  {case:6s}: {r["points_per_s"]:>10,.0f} points/s, p50 {r["p50_s"]:.2f} s, '
-                f'p99 {r["p99_s"]:.2f} s over {r["points"]:,} points (target >= {target:,} '
+                f'p99 {r["p99_s"]:.2f} s over {r["received"]:,} of {r["points"]:,} points '
+                f'received{"" if r["complete"] else " (INCOMPLETE)"} (target >= {target:,} '
                 f'points/s: {verdict})')
         if case == 'single' and r['points_per_s'] > 0 and sizes[case] < args.points:
-            line += (f'; measured on {r["points"]:,} points: {args.points:,} at this rate '
+            line += (f'; measured on {r["received"]:,} points: {args.points:,} at this rate '
                      f'would take {args.points / r["points_per_s"]:,.0f} s')
         print(line)
     return 0
