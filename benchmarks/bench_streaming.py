@@ -1,0 +1,588 @@
+"""Streaming: points through Pub/Sub (the emulator) -> ``beamml assign --streaming`` -> Pub/Sub.
+
+The real Pub/Sub emulator (tests/pubsub_emulator.py) is started once. For each
+case a fresh input topic + subscription and output topic + subscription are
+made, and ``beamml assign --streaming`` runs as a whole process
+(``python -m beamml assign --streaming --input_subscription S --output_topic T
+--model DIR --stop_after S``, the BundleBasedDirectRunner) on a model of k
+centres in d dimensions. Once a warm-up point has come out the other end (so
+interpreter start, imports and graph building are not counted), the points
+are published as fast as a ``pubsub_v1.PublisherClient`` with batching
+settings takes them, and a subscriber thread pulls (synchronous pull, up to
+1000 messages a call) and acknowledges the output rows, one message per row.
+
+Cases:
+
+* ``single``: one JSON object per message (``{"id": 7, "features": [...]}``),
+  ``--single_points`` of them (default 10,000: the local runner reads at most 10
+  messages per bundle, so this case is slow; its rate is printed as measured,
+  with the time ``--points`` would take at that rate);
+* ``json``: JSON arrays of ``--batch_points`` objects (default 1000), ``--points``
+  in all (default 200,000);
+* ``arrow``: Arrow IPC tables of ``--batch_points`` rows (attribute
+  ``format=arrow``), ``--points`` in all.
+
+Figures per case: points/s (points / (last output received - first publish
+call)), and the publish-to-output latency of every point (the wall time of its
+message's publish call, kept by id on the publisher side, to the wall time its
+output row is received), p50 and p99. The publisher does not wait for the
+pipeline (unless ``--rate`` paces it), so under saturation the latency
+includes the time a point waits in the backlog.
+
+To show where the limit is, the same message counts go through the emulator
+alone (on by default; ``--no_emulator_alone`` skips it): a plain publisher
+with batching settings and a synchronous-pull subscriber, for the input
+messages of each case, for the N one-row output messages the sink publishes,
+and for the same rows as JSON arrays of ``--batch_points``. ``--profile CASE``
+runs that case once more (1,000 one-point messages, or --points / 4 points in
+batch messages; ``--profile_points``) with the pipeline process under cProfile
+(a profiler in every thread, merged) and prints the top 15 entries by own time
+and by cumulative time (the profiler slows the run down: its figures are not
+the benchmark's).
+
+A run that receives nothing for ``--stall_seconds`` is ended and reported as
+INCOMPLETE (STALLED): seen on the local runner, whose Pub/Sub read now and then
+stops receiving the rest of a backlog.
+
+Best of ``--repeat`` runs per case (default 1). Targets (the issue's): >=
+10,000 points/s with one-point messages, >= 100,000 points/s with batch
+messages. A full default run takes about 5 minutes.
+
+    python benchmarks/bench_streaming.py [--points 200000] [--single_points 10000]
+        [--batch_points 1000] [--dim 3] [--k 16] [--repeat 1] [--case json ...]
+        [--profile single --profile json] [--no_emulator_alone] [--rate 0]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pyarrow as pa
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, 'tests'))
+
+TARGETS = {'single': 10_000, 'json': 100_000, 'arrow': 100_000}
+CASES = ('single', 'json', 'arrow')
+WARMUP_ID = -1
+
+#: runs ``python -m beamml ARGS`` with a cProfile profiler in every thread; on SIGTERM
+#: (or at exit) the merged stats go to the file named by BENCH_PROFILE_OUT
+PROFILE_SCRIPT = r'''
+import cProfile, os, pstats, signal, sys, threading, runpy
+out = os.environ['BENCH_PROFILE_OUT']
+profilers = []
+lock = threading.Lock()
+def start_profiler(frame, event, arg):
+    # the first event in a new thread: its own profiler, which replaces this hook
+    p = cProfile.Profile()
+    with lock:
+        profilers.append(p)
+    p.enable()
+threading.setprofile(start_profiler)
+main = cProfile.Profile()
+profilers.append(main)
+done = []
+def dump(*_):
+    if done:
+        return
+    done.append(1)
+    main.disable()
+    stats = None
+    with lock:
+        for p in profilers:
+            try:
+                p.create_stats()
+            except Exception:
+                continue
+            if not p.stats:
+                continue
+            if stats is None:
+                stats = pstats.Stats(p)
+            else:
+                stats.add(p)
+    if stats is not None:
+        stats.dump_stats(out)
+    sys.stdout.flush()
+    os._exit(0)
+signal.signal(signal.SIGTERM, dump)
+sys.argv = ['beamml'] + sys.argv[1:]
+main.enable()
+try:
+    runpy.run_module('beamml', run_name='__main__', alter_sys=True)
+finally:
+    dump()
+'''
+
+
+# ----------------------------------------------------------------------------- data
+
+def make_points(n: int, d: int, centres: np.ndarray, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return centres[rng.integers(0, len(centres), size=n)] + rng.normal(size=(n, d))
+
+
+def json_object(i: int, x) -> bytes:
+    return json.dumps({'id': int(i), 'features': [float(v) for v in x]}).encode()
+
+
+def json_array(ids, X) -> bytes:
+    return json.dumps([{'id': int(i), 'features': x} for i, x in zip(ids, X.tolist())]).encode()
+
+
+def arrow_message(ids, X) -> bytes:
+    table = pa.table({'id': pa.array(ids, pa.int64()),
+                      'features': pa.array(list(X), pa.list_(pa.float64()))})
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def make_messages(case: str, X: np.ndarray, batch_points: int):
+    """[(data, attributes, first id, number of points)] for one case; ids 0..N-1."""
+    n = len(X)
+    if case == 'single':
+        return [(json_object(i, X[i]), {}, i, 1) for i in range(n)]
+    out = []
+    for s in range(0, n, batch_points):
+        ids = np.arange(s, min(n, s + batch_points))
+        if case == 'json':
+            out.append((json_array(ids, X[ids]), {}, s, len(ids)))
+        else:
+            out.append((arrow_message(ids, X[ids]), {'format': 'arrow'}, s, len(ids)))
+    return out
+
+
+# ----------------------------------------------------------------------------- Pub/Sub
+
+def publisher_client():
+    from google.cloud import pubsub_v1
+    return pubsub_v1.PublisherClient(batch_settings=pubsub_v1.types.BatchSettings(
+        max_messages=1000, max_bytes=9 * 1024 * 1024, max_latency=0.01))
+
+
+def publish_all(publisher, topic, messages, pub_time: np.ndarray, rate: float = 0.0):
+    """Publish every message without waiting in between (paced to ``rate`` points/s
+    when > 0); record each point's publish call wall time in ``pub_time[id]``.
+    Returns (time of the first call, time the last future resolved)."""
+    futures = []
+    t_first = time.time()
+    sent = 0
+    for data, attrs, first, count in messages:
+        if rate > 0:
+            ahead = t_first + sent / rate - time.time()
+            if ahead > 0:
+                time.sleep(ahead)
+        pub_time[first:first + count] = time.time()
+        futures.append(publisher.publish(topic, data, **attrs))
+        sent += count
+    for f in futures:
+        f.result(timeout=300)
+    return t_first, time.time()
+
+
+def pull_size(messages) -> int:
+    """Messages per pull: 1000, fewer for big messages (a pull's answer must stay under
+    gRPC's 4 MiB limit on a received message)."""
+    biggest = max((len(m[0]) for m in messages), default=1)
+    return int(max(1, min(1000, 3_000_000 // max(biggest, 1))))
+
+
+class Receiver(threading.Thread):
+    """Pulls (synchronous pull, up to ``max_messages`` a call) and acknowledges
+    ``subscription`` until ``expected`` distinct ids arrived or it is stopped;
+    ``ids_of(message)`` gives the ids of a message. Keeps each id's first receive time."""
+
+    def __init__(self, subscription: str, expected: int, ids_of, deadline: float,
+                 max_messages: int = 1000):
+        super().__init__(daemon=True)
+        self.max_messages = max_messages
+        from google.cloud import pubsub_v1
+        self.client = pubsub_v1.SubscriberClient()
+        self.subscription, self.expected, self.ids_of = subscription, expected, ids_of
+        self.deadline = deadline
+        self.recv_time = np.full(max(expected, 1), np.nan)
+        self.got = 0
+        self.duplicates = 0
+        self.messages = 0
+        self.warm = threading.Event()
+        self.stop = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            self._run()
+        except Exception as e:   # shown by the caller
+            self.error = e
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.close()
+
+    def _run(self):
+        while not self.stop.is_set() and self.got < self.expected \
+                and time.time() < self.deadline:
+            try:
+                resp = self.client.pull(subscription=self.subscription,
+                                        max_messages=self.max_messages,
+                                        timeout=5.0)
+            except Exception as e:
+                if type(e).__name__ in ('DeadlineExceeded', 'RetryError'):
+                    continue
+                raise
+            now = time.time()
+            received = resp.received_messages
+            if not received:
+                continue
+            self.client.acknowledge(subscription=self.subscription,
+                                    ack_ids=[r.ack_id for r in received])
+            self.messages += len(received)
+            for r in received:
+                for i in self.ids_of(r.message):
+                    if i == WARMUP_ID:
+                        self.warm.set()
+                    elif np.isnan(self.recv_time[i]):
+                        self.recv_time[i] = now
+                        self.got += 1
+                    else:
+                        self.duplicates += 1
+
+
+def output_row_id(message):
+    return (json.loads(message.data)['id'],)
+
+
+# ----------------------------------------------------------------------------- runs
+
+def percentiles(pub_time, recv_time) -> tuple[float, float]:
+    lat = recv_time - pub_time
+    lat = lat[~np.isnan(lat)]
+    if not len(lat):
+        return float('nan'), float('nan')
+    return tuple(float(v) for v in np.percentile(lat, [50, 99]))
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env['PYTHONPATH'] = ROOT + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
+    return env
+
+
+def _stop_process(proc: subprocess.Popen, sig=signal.SIGINT, wait: float = 15.0) -> None:
+    """Stop the pipeline process we started (its own process group), by its id."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            pass
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_out=None):
+    """One run of a case through ``beamml assign --streaming``; a dict of figures."""
+    t_in, t_out = emu.topic(), emu.topic()
+    s_in, s_out = emu.subscription(t_in), emu.subscription(t_out)
+    budget = args.timeout
+    beam_args = ['assign', '--streaming', '--input_subscription', s_in,
+                 '--output_topic', t_out, '--model', model_dir,
+                 '--window_size', str(args.window_size), '--stop_after', str(budget + 120),
+                 '--model_refresh_seconds', '3600'] + args.beam_flag
+    env = _env()
+    if profile_out:
+        env['BENCH_PROFILE_OUT'] = profile_out
+        cmd = [sys.executable, '-c', PROFILE_SCRIPT] + beam_args
+    else:
+        cmd = [sys.executable, '-m', 'beamml'] + beam_args
+    log_path = os.path.join(workdir, f'pipeline-{case}.log')
+    receiver = Receiver(s_out, n, output_row_id, deadline=time.time() + budget + 120)
+    receiver.start()
+    publisher = publisher_client()
+    with open(log_path, 'w') as log:
+        t_start = time.time()
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=workdir)
+    try:
+        # warm-up: one point, until it comes out (start-up, imports, graph, first pull)
+        warm = json_object(WARMUP_ID, np.zeros(args.dim))
+        while not receiver.warm.wait(2.0):
+            if proc.poll() is not None:
+                raise SystemExit(f'the pipeline exited ({proc.returncode}); see {log_path}')
+            if time.time() - t_start > 120:
+                raise SystemExit(f'no warm-up output after 120 s; see {log_path}')
+            publisher.publish(t_in, warm).result(timeout=30)
+        startup = time.time() - t_start
+        pub_time = np.full(n, np.nan)
+        stalled = False
+        t0, t_published = publish_all(publisher, t_in, messages, pub_time, args.rate)
+        deadline = t0 + budget
+        seen, progress = -1, time.time()
+        while receiver.is_alive() and receiver.got < n and time.time() < deadline:
+            if proc.poll() is not None:
+                break
+            if receiver.got != seen:
+                seen, progress = receiver.got, time.time()
+            elif time.time() - progress > args.stall_seconds:
+                stalled = True
+                break
+            time.sleep(0.1)
+        receiver.stop.set()
+        receiver.join(10)
+        t_last = np.nanmax(receiver.recv_time) if receiver.got else float('nan')
+    finally:
+        receiver.stop.set()
+        t_stop = time.time()
+        _stop_process(proc, signal.SIGTERM if profile_out else signal.SIGINT)
+        stop_s = time.time() - t_stop
+        with contextlib.suppress(Exception):
+            publisher.stop()
+    if receiver.error is not None:
+        raise receiver.error
+    p50, p99 = percentiles(pub_time, receiver.recv_time)
+    got = receiver.got
+    elapsed = (t_last - t0) if got else float('nan')
+    return {'case': case, 'points': n, 'messages': len(messages), 'received': got,
+            'duplicates': receiver.duplicates, 'startup_s': startup,
+            'publish_s': t_published - t0, 'elapsed_s': elapsed,
+            'points_per_s': got / elapsed if got else 0.0, 'p50_s': p50, 'p99_s': p99,
+            'complete': got == n, 'stalled': stalled, 'log': log_path, 'stop_s': stop_s}
+
+
+def run_emulator_alone(emu, label, messages, n, ids_of, timeout):
+    """The same messages through the emulator alone: publisher -> topic -> subscription
+    -> a synchronous-pull subscriber thread. Figures as for a pipeline run."""
+    topic = emu.topic()
+    sub = emu.subscription(topic)
+    receiver = Receiver(sub, n, ids_of, deadline=time.time() + timeout,
+                        max_messages=pull_size(messages))
+    receiver.start()
+    publisher = publisher_client()
+    pub_time = np.full(n, np.nan)
+    try:
+        t0, t_published = publish_all(publisher, topic, messages, pub_time)
+        receiver.join(max(1.0, t0 + timeout - time.time()))
+    finally:
+        receiver.stop.set()
+        receiver.join(10)
+        with contextlib.suppress(Exception):
+            publisher.stop()
+    if receiver.error is not None:
+        raise receiver.error
+    got = receiver.got
+    t_last = np.nanmax(receiver.recv_time) if got else float('nan')
+    p50, p99 = percentiles(pub_time, receiver.recv_time)
+    elapsed = t_last - t0 if got else float('nan')
+    return {'case': label, 'points': n, 'messages': len(messages), 'received': got,
+            'publish_s': t_published - t0, 'elapsed_s': elapsed,
+            'messages_per_s': receiver.messages / elapsed if got else 0.0,
+            'points_per_s': got / elapsed if got else 0.0, 'p50_s': p50, 'p99_s': p99,
+            'complete': got == n}
+
+
+#: idle waits left out of the own-time listing (the main thread's polling, idle workers)
+IDLE = {('~', 0, '<built-in method time.sleep>'),
+        ('~', 0, "<method 'acquire' of '_thread.lock' objects>")}
+#: the process's own frames (runpy, the CLI wrappers) left out of the cumulative listing
+OUTER = ('runpy', '__main__.py', 'common.py', 'assign.py', 'streaming.py', '<string>',
+         'threading.py', 'builtins.exec')
+
+
+def print_profile(path: str, top: int = 15) -> None:
+    """The top entries by own time (without idle waits) and by cumulative time (without
+    the process's outer frames), over all threads."""
+    import pstats
+    st = pstats.Stats(path)
+    total = sum(v[2] for k, v in st.stats.items() if k not in IDLE)
+
+    def name(k):
+        file, line, fn = k
+        return fn if file == '~' else f'{os.path.basename(file)}:{line}({fn})'
+
+    def show(title, keyfn, skip):
+        print(f'  top {top} by {title}:')
+        print(f'    {"ncalls":>12} {"tottime":>8} {"cumtime":>8}  function')
+        rows = sorted((k for k in st.stats if not skip(k)), key=keyfn, reverse=True)[:top]
+        for k in rows:
+            cc, nc, tt, ct, _ = st.stats[k]
+            calls = f'{nc}' if nc == cc else f'{nc}/{cc}'
+            print(f'    {calls:>12} {tt:8.3f} {ct:8.3f}  {name(k)}')
+
+    print(f'  profile: {total:.2f} s of own time in all threads besides sleeps and lock '
+          'waits')
+    show('own time (tottime; leaving out time.sleep and lock waits)',
+         lambda k: st.stats[k][2], lambda k: k in IDLE)
+    show('cumulative time (cumtime; leaving out the process\'s outer frames)',
+         lambda k: st.stats[k][3],
+         lambda k: k in IDLE or any(o in name(k) or o in k[0] for o in OUTER))
+
+
+def fmt_case(r: dict) -> str:
+    extra = '' if r['complete'] else f'  INCOMPLETE: {r["received"]:,} of {r["points"]:,}'
+    if r.get('stalled'):
+        extra += ' (STALLED: no output for --stall_seconds)'
+    return (f'{r["points"]:>9,} points in {r["messages"]:>7,} messages: '
+            f'{r["elapsed_s"]:7.2f} s, {r["points_per_s"]:>10,.0f} points/s, latency p50 '
+            f'{r["p50_s"]:6.2f} s p99 {r["p99_s"]:6.2f} s (publishing took '
+            f'{r["publish_s"]:.2f} s){extra}')
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--points', type=int, default=200_000,
+                    help='points of the batch-message cases (default 200000)')
+    ap.add_argument('--single_points', type=int, default=10_000,
+                    help='points of the one-point-message case (default 10000, about a '
+                         'minute at the local runner\'s ~180 messages/s)')
+    ap.add_argument('--batch_points', type=int, default=1000,
+                    help='points per batch message (JSON array, Arrow table; default 1000)')
+    ap.add_argument('--dim', type=int, default=3)
+    ap.add_argument('--k', type=int, default=16)
+    ap.add_argument('--case', action='append', choices=CASES, default=None,
+                    help='run only these cases (repeatable; default all three)')
+    ap.add_argument('--repeat', type=int, default=1,
+                    help='runs per case, the best kept (default 1)')
+    ap.add_argument('--rate', type=float, default=0.0,
+                    help='pace the publisher to this many points/s (default 0: as fast as '
+                         'it goes, so the latency includes the backlog)')
+    ap.add_argument('--window_size', type=float, default=60.0)
+    ap.add_argument('--timeout', type=float, default=150.0,
+                    help='seconds per run from the first publish before giving up '
+                         '(default 150); a run cut short is reported as INCOMPLETE')
+    ap.add_argument('--stall_seconds', type=float, default=20.0,
+                    help='give up a run when no output arrived for this long (default 20)')
+    ap.add_argument('--no_emulator_alone', dest='emulator_alone', action='store_false',
+                    help='skip the emulator-alone figures')
+    ap.add_argument('--profile', action='append', choices=CASES, default=[],
+                    help='after the runs, run this case once more under cProfile and print '
+                         'its top 15 entries (repeatable)')
+    ap.add_argument('--profile_points', type=int, default=None,
+                    help='points of a profiled run (default: 1000 one-point messages, '
+                         '--points / 4 in batch messages)')
+    ap.add_argument('--beam_flag', action='append', default=[],
+                    help='extra flag for beamml assign (repeatable)')
+    ap.add_argument('--workdir', default=os.path.join(ROOT, 'bench_output', 'streaming'))
+    args, _ = ap.parse_known_args(argv)   # run_all.py may pass flags meant for others
+    cases = [c for c in CASES if c in (args.case or CASES)]
+
+    from pubsub_emulator import launcher, pubsub_emulator
+    if launcher() is None or shutil.which('java') is None:
+        print('the Pub/Sub emulator (google-cloud-cli-pubsub-emulator, java) is not installed: '
+              'nothing measured')
+        return 0
+    from beamml.transforms.model import CentroidModel
+    os.makedirs(args.workdir, exist_ok=True)
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(-10, 10, size=(args.k, args.dim))
+    model_dir = os.path.join(args.workdir, f'model-k{args.k}-d{args.dim}')
+    shutil.rmtree(model_dir, ignore_errors=True)
+    CentroidModel(centres, version='bench').save(model_dir)
+
+    sizes = {'single': args.single_points, 'json': args.points, 'arrow': args.points}
+    t = time.perf_counter()
+    data = {c: make_messages(c, make_points(sizes[c], args.dim, centres, seed=1), args.batch_points)
+            for c in set(cases) | set(args.profile)}
+    print(f'streaming: assign --streaming on the BundleBasedDirectRunner, Pub/Sub emulator in '
+          f'and out; d={args.dim}, k={args.k}, {args.batch_points} points per batch message; '
+          f'messages made in {time.perf_counter() - t:.1f} s', flush=True)
+
+    best = {}
+    alone = {}
+    with pubsub_emulator() as emu:
+        for case in cases:
+            runs = []
+            for r in range(args.repeat):
+                res = run_pipeline_case(emu, case, data[case], sizes[case], model_dir, args,
+                                        args.workdir)
+                runs.append(res)
+                print(f'  {case:6s} run {r + 1}: {fmt_case(res)}; start-up '
+                      f'{res["startup_s"]:.1f} s, stop {res["stop_s"]:.1f} s', flush=True)
+            best[case] = max(runs, key=lambda x: (x['complete'], x['points_per_s']))
+
+        if args.emulator_alone:
+            print('emulator alone (pubsub_v1 publisher, batching 1000 messages / 10 ms; '
+                  'synchronous pull of up to 1000 (under 4 MiB), one thread):', flush=True)
+            plan = []
+            if 'single' in cases:
+                plan.append(('single in', data['single'], sizes['single'],
+                             lambda m: (json.loads(m.data)['id'],)))
+            for c in ('json', 'arrow'):
+                if c in cases:
+                    plan.append((f'{c} in', data[c], sizes[c], _ids_of_batch(c)))
+            out_n = max(sizes[c] for c in cases)
+            out_msgs = [(b'{"id": %d, "cluster": 3, "distance": 1.2345678901234567, '
+                         b'"model_version": "bench", "window_start": '
+                         b'"2026-01-01T00:00:00Z", "window_end": "2026-01-01T00:01:00Z", '
+                         b'"timing": "on_time"}' % i, {}, i, 1) for i in range(out_n)]
+            plan.append(('rows out', out_msgs, out_n, output_row_id))
+            # what the sink would cost publishing a batch's rows as one JSON array message
+            row_bytes = [m[0] for m in out_msgs]
+            arrays = [(b'[' + b','.join(row_bytes[s:s + args.batch_points]) + b']', {}, s,
+                       min(args.batch_points, out_n - s))
+                      for s in range(0, out_n, args.batch_points)]
+            plan.append(('rows out as arrays', arrays, out_n,
+                         lambda m: [o['id'] for o in json.loads(m.data)]))
+            for label, msgs, n, ids_of in plan:
+                res = run_emulator_alone(emu, label, msgs, n, ids_of, args.timeout)
+                alone[label] = res
+                print(f'  {label:18s}: {fmt_case(res)}; {res["messages_per_s"]:,.0f} '
+                      'messages/s', flush=True)
+
+        for case in args.profile:
+            n = args.profile_points or (min(1000, sizes[case]) if case == 'single'
+                                        else args.points // 4)
+            msgs = data[case] if n == sizes[case] else make_messages(
+                case, make_points(n, args.dim, centres, seed=2), args.batch_points)
+            out = os.path.join(args.workdir, f'profile-{case}.pstats')
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(out)
+            res = run_pipeline_case(emu, case, msgs, n, model_dir, args, args.workdir,
+                                    profile_out=out)
+            print(f'profile of {case} (under cProfile, slower): {fmt_case(res)}', flush=True)
+            if os.path.exists(out):
+                print_profile(out)
+            else:
+                print(f'  no profile written; see {res["log"]}')
+
+    print(f'best of {args.repeat} run(s) per case:')
+    for case in cases:
+        r = best[case]
+        target = TARGETS[case]
+        verdict = 'met' if r['complete'] and r['points_per_s'] >= target else 'NOT met'
+        line = (f'  {case:6s}: {r["points_per_s"]:>10,.0f} points/s, p50 {r["p50_s"]:.2f} s, '
+                f'p99 {r["p99_s"]:.2f} s over {r["received"]:,} of {r["points"]:,} points '
+                f'received{"" if r["complete"] else " (INCOMPLETE)"} (target >= {target:,} '
+                f'points/s: {verdict})')
+        if case == 'single' and r['points_per_s'] > 0 and sizes[case] < args.points:
+            line += (f'; measured on {r["received"]:,} points: {args.points:,} at this rate '
+                     f'would take {args.points / r["points_per_s"]:,.0f} s')
+        print(line)
+    return 0
+
+
+def _ids_of_batch(case):
+    if case == 'json':
+        return lambda m: [o['id'] for o in json.loads(m.data)]
+    return lambda m: pa.ipc.open_stream(pa.py_buffer(m.data)).read_all().column('id') \
+        .to_pylist()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
