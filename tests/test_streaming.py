@@ -335,3 +335,26 @@ def test_kmeans_streaming_on_the_emulator_writes_versions_assign_can_load(tmp_pa
     model = CentroidModel.load(model_dir)
     got = model.centers[np.argsort(model.centers[:, 0])]
     np.testing.assert_allclose(got, truth, atol=0.5)
+
+
+def test_evaluate_streaming_late_data_updates_its_pane_and_too_late_is_a_dead_letter(tmp_path):
+    def row(i, t, p):
+        return log_batch([{'id': i, 'truth': t, 'prediction': p}])
+    events = [('at', 0), ('add', [(1, row(1, 1, 1)), (5, row(2, 0, 1))]),
+              ('at', 12), ('add', [(7, row(3, 1, 0))]),      # late, within the lateness
+              ('at', 30), ('add', [(8, row(4, 1, 1))])]      # too late
+    out = str(tmp_path / 'e')
+    args = parse(evaluate.EvaluateOptions, [
+        '--task', 'classification', '--output', out, '--window_size', str(W),
+        '--allowed_lateness', str(L), '--input_subscription', 'projects/p/subscriptions/s'])
+    with beam.Pipeline(options=stream_options()) as p:
+        source = streaming.window_and_gate(p | make_stream(events), args)
+        evaluate.build_streaming(p, args, source=source)
+    files = read_jsonl(os.path.join(out, 'metrics-*.jsonl'))
+    (on_time,), (late,) = (files[n] for n in sorted(files))
+    assert (on_time['timing'], on_time['pane'], late['timing'], late['pane']) == (
+        'on_time', 0, 'late', 1)
+    assert on_time['overall']['confusion'] == {'tp': 1, 'fp': 1, 'tn': 0, 'fn': 0}
+    assert late['overall']['confusion'] == {'tp': 1, 'fp': 1, 'tn': 0, 'fn': 1}  # all 3 rows
+    (errors,) = read_jsonl(os.path.join(out, 'evaluate-errors-*.jsonl')).values()
+    assert [e['record']['id'] for e in errors] == [4] and errors[0]['reason'].startswith('late')
