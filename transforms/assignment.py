@@ -210,8 +210,15 @@ class _AssignLatestFn(_AssignFn):
         self.path, self.refresh_seconds = path, refresh_seconds
         self.latest = None
 
+    #: one lookup per model path and process: runners that make the DoFn again for every
+    #: bundle (the local BundleBasedDirectRunner) would otherwise load the model each time
+    _LOOKUPS: dict = {}
+
     def setup(self):
-        self.latest = _LatestModel(self.path, self.refresh_seconds)
+        key = (self.path, self.refresh_seconds)
+        self.latest = self._LOOKUPS.get(key)
+        if self.latest is None:
+            self.latest = self._LOOKUPS[key] = _LatestModel(self.path, self.refresh_seconds)
 
     def process(self, batch: pa.RecordBatch):
         yield from self._assign(batch, self.latest.get())
