@@ -13,12 +13,12 @@ give, then the batch steps run per window. This module holds what they share:
 * :func:`read_stream`: the source, windowed, through the
   :class:`~beamml.transforms.streaming.windows.LateGate`;
 * :func:`write_rows` and :func:`write_dead_letters`: per-window files and topics;
-* :func:`run_stream`: runs the pipeline (locally: the BundleBasedDirectRunner,
-  which runs Pub/Sub and TestStream), cancelling it after ``--stop_after``.
+* :func:`streaming_options` picks the local runner (the BundleBasedDirectRunner for
+  Pub/Sub and TestStream, the FnApiRunner for a watched pattern) and
+  :func:`run_stream` runs the pipeline, cancelling it after ``--stop_after``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -38,7 +38,7 @@ __all__ = ['add_streaming_args', 'check_streaming_args', 'is_streaming', 'read_s
            'window_fields', 'WritePanes', 'pane_file_name']
 
 LOG = logging.getLogger('beamml')
-#: the local runner that runs unbounded sources (Pub/Sub, TestStream, watched files)
+#: the local runner of Pub/Sub and TestStream streams (a watched pattern runs on the FnApiRunner)
 LOCAL_STREAMING_RUNNER = 'BundleBasedDirectRunner'
 
 
@@ -390,8 +390,3 @@ def run_stream(p, args):
         except Exception as e:   # already done
             LOG.debug('cancel: %s', e)
     return result
-
-
-def jsonable_counts(result) -> str:
-    from beamml.pipelines.common import record_counts
-    return json.dumps(record_counts(result))
