@@ -354,6 +354,25 @@ def test_index_ids_takes_a_later_file_of_empty_or_null_lists(tmp_path):
         {'id': 3, 'features': None, 'idx': 2}]
 
 
+def test_index_ids_takes_a_block_whose_list_column_is_a_number_then_null(tmp_path):
+    """A JSON block (after a bad line) where the list column holds a number and a null:
+    the number is a dead letter and the null stays, typed as the column's lists."""
+    import pyarrow.parquet as pq
+    from beamml.pipelines import index_ids
+    (tmp_path / 'x.jsonl').write_bytes(
+        b'{"id": 1, "features": [0, 1e-08], "note": "B\xff"}\r\n{"id":2,"features":[1.5,2]}\r\n'
+        b'{"id":3,"features":null}\r\n{"id": 4, "features": 5}\r\n')
+    index_ids.run(['--input', str(tmp_path / 'x.jsonl'), '--id_column', 'id',
+                   '--output', str(tmp_path / 'out'), '--max_refused_fraction', '1'])
+    (path,) = tmp_path.glob('out-encoded-*.parquet')
+    assert pq.read_table(str(path)).to_pylist() == [
+        {'id': 2, 'features': [1.5, 2.0], 'idx': 0}, {'id': 3, 'features': None, 'idx': 1}]
+    (errors,) = tmp_path.glob('out-errors-*.jsonl')
+    reasons = sorted(json.loads(line)['reason'] for line in errors.read_text().splitlines())
+    assert reasons[0].startswith('invalid JSON line: invalid UTF-8')
+    assert reasons[1] == "value in 'features' is a number, the column holds a list"
+
+
 def test_blank_values_do_not_make_a_number_column_text(tmp_path):
     (tmp_path / 'x.csv').write_bytes(b'x0\n0\n""\n   \n\n')
     table, dead = read_table_files(str(tmp_path / 'x.csv'))

@@ -359,7 +359,7 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
             raise BeammlError(f'{path} has a column {clash[0]!r}, a name beamml gives the '
                               'source of each row; rename it')
     why = RowReasons(t.num_rows)
-    _mark_type_conflicts(t, layout, why)
+    conflicts = _mark_type_conflicts(t, layout, why)
     if layout.id_column:
         ids = _ids(rb, layout, path, why)
         if layout.id_column in t.column_names and t.schema.field(
@@ -375,17 +375,22 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
             return None, dead
         t, rows = t.take(pa.array(keep)), rows[keep]
         lines = None if lines is None else lines[keep]
+    for i, want in conflicts.items():   # only nulls are left there: of the input's type
+        t = t.set_column(i, t.schema.field(i).name, pa.nulls(t.num_rows, want))
     if source_columns:
         t = with_source_columns(t, path, rows, lines)
     return t, dead
 
 
-def _mark_type_conflicts(t, layout: Layout, why: RowReasons) -> None:
+def _mark_type_conflicts(t, layout: Layout, why: RowReasons) -> dict[int, pa.DataType]:
     """Refuse the rows of a JSON block whose column holds lists or objects where the
     input's (the first file's) holds scalars, or the other way round: no table can hold
-    both, and the rest of the input must not be refused for them."""
+    both, and the rest of the input must not be refused for them. Returns {column index:
+    the input's type} of those columns: the block's rows left there are all null, and
+    must take that type (else the block's type would clash with the other blocks')."""
+    conflicts: dict[int, pa.DataType] = {}
     if layout.head_schema is None or layout.input_format != 'jsonl':
-        return
+        return conflicts
     for i, field in enumerate(t.schema):
         if field.name == layout.id_column or field.name not in layout.head_schema.names:
             continue   # (ids have rules of their own: _ids)
@@ -397,6 +402,8 @@ def _mark_type_conflicts(t, layout: Layout, why: RowReasons) -> None:
             col = t.column(i)
             why.mark(~col.is_null().to_numpy(zero_copy_only=False),
                      f'value in {field.name!r} is {_kind(got)}, the column holds {_kind(want)}')
+            conflicts[i] = want
+    return conflicts
 
 
 def _kind(t: pa.DataType) -> str:
