@@ -129,7 +129,7 @@ class _SameWindow(beam_window.NonMergingWindowFn):
         return coders.IntervalWindowCoder()
 
 
-def discarding_panes(allowed_lateness: float = 0.0, label: str | None = None):
+def discarding_panes(allowed_lateness: float = 0.0):
     """The same windows, each pane holding only what came since the pane before: for
     writing panes out (a late pane's file then holds the late records, not the on-time
     ones again)."""
