@@ -110,6 +110,34 @@ def _npy_layout(paths: list[str], id_column: str | None, dimension: int | None,
     return Layout('npy', ('features',), None, 'string', ('features',), True, d)
 
 
+def check_weight_column(weight_column: str | None, need_features: bool) -> str | None:
+    """The weight column's name, stripped; BeammlError when it is empty or given for a
+    table read (weights are for points)."""
+    if weight_column is None:
+        return None
+    weight_column = weight_column.strip()
+    if not weight_column:
+        raise BeammlError('weight_column is empty; name a column of the input',
+                          parameters=('weight_column',))
+    if not need_features:
+        raise BeammlError('weight_column is for reading points, not tables',
+                          parameters=('weight_column',))
+    return weight_column
+
+
+def check_feature_roles(id_column: str | None, weight_column: str | None,
+                        feature_columns: Sequence[str]) -> None:
+    """BeammlError when the id or the weight column is also named a feature column."""
+    if id_column is not None and id_column in feature_columns:
+        raise BeammlError(f'the id column {id_column!r} cannot also be a feature column '
+                          '(feature_columns); give the features only, or another '
+                          'id_column', parameters=('feature_columns', 'id_column'))
+    if weight_column is not None and weight_column in feature_columns:
+        raise BeammlError(f'the weight column {weight_column!r} cannot also be a feature '
+                          'column (feature_columns); give the features only, or another '
+                          'weight_column', parameters=('feature_columns', 'weight_column'))
+
+
 def inspect_input(file_pattern: str, *, input_format: str | None = None,
                   id_column: str | None = None,
                   feature_columns: Sequence[str] | None = None,
@@ -136,14 +164,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
     if dimension is not None and dimension < 1:
         raise BeammlError(f'dimension must be >= 1, got {dimension}',
                           parameters=('dimension',))
-    if weight_column is not None:
-        weight_column = weight_column.strip()
-        if not weight_column:
-            raise BeammlError('weight_column is empty; name a column of the input',
-                              parameters=('weight_column',))
-        if not need_features:
-            raise BeammlError('weight_column is for reading points, not tables',
-                              parameters=('weight_column',))
+    weight_column = check_weight_column(weight_column, need_features)
     if fmt == 'npy':
         if weight_column:
             raise BeammlError('.npy input has no columns, so no weight column; drop '
@@ -182,14 +203,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
 
     if feature_columns:
         feature_columns = tuple(c.strip() for c in feature_columns)
-        if id_column is not None and id_column in feature_columns:
-            raise BeammlError(f'the id column {id_column!r} cannot also be a feature column '
-                              '(feature_columns); give the features only, or another '
-                              'id_column', parameters=('feature_columns', 'id_column'))
-        if weight_column is not None and weight_column in feature_columns:
-            raise BeammlError(f'the weight column {weight_column!r} cannot also be a feature '
-                              'column (feature_columns); give the features only, or another '
-                              'weight_column', parameters=('feature_columns', 'weight_column'))
+        check_feature_roles(id_column, weight_column, feature_columns)
         missing = [c for c in feature_columns if c not in columns]
         if missing:
             raise BeammlError(f'{first} has no column {", ".join(map(repr, missing))}; '

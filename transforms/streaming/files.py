@@ -84,7 +84,8 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
 from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters, dead_letter
-from beamml.transforms.io.inspection import inspect_input
+from beamml.transforms.io.inspection import (check_feature_roles, check_weight_column,
+                                             inspect_input)
 from beamml.transforms.io.layout import INPUT_FORMATS, Layout, format_of, printable
 from beamml.transforms.io.rows import BATCH_ROWS
 from beamml.transforms.io.sources import _ReadFileFn, plan_reads
@@ -161,27 +162,13 @@ def layout_from_parameters(file_pattern: str, *, points: bool = True,
                               'weight_column', parameters=('weight_column',))
         return Layout('npy', ('features',), None, 'string', ('features',), True, dimension)
     id_type = id_type or 'string'
-    if weight_column is not None:
-        weight_column = weight_column.strip()
-        if not weight_column:
-            raise BeammlError('weight_column is empty; name a column of the input',
-                              parameters=('weight_column',))
-        if not points:
-            raise BeammlError('weight_column is for reading points, not tables',
-                              parameters=('weight_column',))
-        if weight_column == id_column:
-            raise BeammlError(f'the id column {id_column!r} cannot also be the weight column '
-                              '(weight_column)', parameters=('weight_column', 'id_column'))
+    weight_column = check_weight_column(weight_column, points)
+    if weight_column is not None and weight_column == id_column:
+        raise BeammlError(f'the id column {id_column!r} cannot also be the weight column '
+                          '(weight_column)', parameters=('weight_column', 'id_column'))
     if not points:
         return Layout(fmt, (), id_column, id_type, (), False, 0)
-    if id_column in feature_columns:
-        raise BeammlError(f'the id column {id_column!r} cannot also be a feature column '
-                          '(feature_columns); give the features only, or another '
-                          'id_column', parameters=('feature_columns', 'id_column'))
-    if weight_column is not None and weight_column in feature_columns:
-        raise BeammlError(f'the weight column {weight_column!r} cannot also be a feature '
-                          'column (feature_columns); give the features only, or another '
-                          'weight_column', parameters=('feature_columns', 'weight_column'))
+    check_feature_roles(id_column, weight_column, feature_columns)
     if not feature_columns:   # JSON lines or Parquet: a list column 'features'
         feature_columns, list_features, d = ('features',), True, dimension
     elif len(feature_columns) == 1 and dimension is not None and fmt != 'csv':
