@@ -142,31 +142,14 @@ def build(p, args, model: CentroidModel | None = None):
     return {'assigned': rows, 'errors': errors, 'sizes': sizes, 'model': model}
 
 
-def stream_layout(args, dimension: int):
-    """What the rows of a stream look like: inspected from the files already there
-    (watched files), else from the flags (Pub/Sub: ``id`` and a ``features`` list by
-    default), with the model's dimension."""
-    if args.input and args.watch_interval is not None:
-        from apache_beam.io.filesystems import FileSystems
-        try:
-            matched = FileSystems.match([args.input])[0].metadata_list
-        except Exception:
-            matched = []
-        if matched:
-            return ReadPoints(args.input, **common.read_kwargs(args)).layout
-    from beamml.transforms.streaming.pubsub import message_layout
-    features = tuple(args.feature_columns.split(',')) if args.feature_columns else ('features',)
-    return message_layout(id_column=args.id_column or 'id', feature_columns=features,
-                          dimension=args.dimension or dimension)
-
-
 def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
                     id_type: pa.DataType | None = None) -> dict:
     """The streaming graph: source (or ``source``, {'batches', 'errors'} already windowed
     and gated, with ids of ``id_type``: tests give a TestStream), AssignLatest,
     per-window rows and dead letters. Returns {'assigned', 'errors', 'schema'}."""
     if source is None:
-        layout = stream_layout(args, model.d)
+        layout = streaming.stream_layout(args, common.read_kwargs(args),
+                                         lambda: args.dimension or model.d)
         id_type = layout.id_arrow_type
     if args.dimension is not None:
         model.check_dimension(args.dimension, '--dimension')
@@ -236,11 +219,7 @@ def _run_streaming(args, options):
              model.version, model.k, model.d, args.model, args.model_refresh_seconds)
     if common.is_dry_run(options):
         return common.run_pipeline(p)
-    result = streaming.run_stream(p, args)
-    counts = common.record_counts(result)
-    if counts:
-        print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
-              f'records_refused={counts["records_refused"]}')
+    result = streaming.run_and_count(p, args)
     if args.output:
         print(f'assignments: {args.output}-<window start>-<window end>-pane-<i>-<timing>.'
               f'{args.output_format}; dead letters: {args.output}-errors-*.jsonl')

@@ -365,11 +365,7 @@ def _run_streaming(args, options):
     build_streaming(p, args)
     if common.is_dry_run(options):
         return common.run_pipeline(p)
-    result = streaming.run_stream(p, args)
-    counts = common.record_counts(result)
-    if counts:
-        print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
-              f'records_refused={counts["records_refused"]}')
+    result = streaming.run_and_count(p, args)
     if args.output:
         print(f'metrics: {FileSystems.join(args.output, "metrics")}-<window start>-<window '
               f'end>-pane-<i>-<timing>.jsonl; dead letters: '

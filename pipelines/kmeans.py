@@ -508,27 +508,14 @@ def _run_streaming(args, options):
 
 
 def _stream_layout(args):
-    """The points of a stream: inspected from files already there (watched files), else
-    from the flags (``id`` and a ``features`` list by default; the dimension from
-    --dimension, else from --init's centres)."""
-    if args.input:
-        try:
-            if FileSystems.match([args.input])[0].metadata_list:
-                return ReadPoints(args.input, **read_kwargs(args)).layout
-        except BeammlError:
-            raise
-        except Exception:
-            pass
-    dimension = args.dimension
-    if dimension is None and args.init not in INIT_METHODS:
-        dimension = kmeans_streaming.initial_model(args)['init'].shape[1]
-    if dimension is None:
-        raise BeammlError('--streaming from Pub/Sub (or from a pattern that matches no file '
-                          'yet) needs --dimension D, or --init with centres')
-    from beamml.transforms.streaming.pubsub import message_layout
-    features = tuple(args.feature_columns.split(',')) if args.feature_columns else ('features',)
-    return message_layout(id_column=args.id_column or 'id', feature_columns=features,
-                          dimension=dimension, weight_column=args.weight_column)
+    """The points of a stream (:func:`streaming.stream_layout`); without --dimension the
+    dimension is that of --init's centres."""
+    def dimension():
+        if args.dimension is None and args.init not in INIT_METHODS:
+            return kmeans_streaming.initial_model(args)['init'].shape[1]
+        return args.dimension
+    return streaming.stream_layout(args, read_kwargs(args), dimension,
+                                   ', or --init with centres')
 
 
 def _training_failed(error: BeammlError, args, options, training: TrainingRun) -> BeammlError:

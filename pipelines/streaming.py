@@ -33,7 +33,7 @@ from beamml.transforms.streaming.windows import (LateGate, check_windows, discar
                                                  iso, pane_timing, window_bounds, window_into)
 
 __all__ = ['add_streaming_args', 'check_streaming_args', 'is_streaming', 'read_stream',
-           'window_and_gate', 'gate', 'write_records',
+           'window_and_gate', 'gate', 'write_records', 'stream_layout', 'run_and_count',
            'write_rows', 'write_dead_letters', 'all_errors', 'run_stream', 'source_name',
            'window_fields', 'WritePanes', 'pane_file_name']
 
@@ -120,6 +120,43 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
     if needs_output and not (getattr(args, 'output', None) or args.output_topic):
         raise BeammlError('--streaming needs --output PREFIX (per-window files) or '
                           '--output_topic')
+
+
+def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = ''):
+    """What the points of a stream look like: inspected from the files a watched pattern
+    already matches (as ``ReadPoints`` with ``read_kwargs``), else from the flags: ids
+    in ``--id_column`` (default ``id``), features in ``--feature_columns`` (default a
+    ``features`` list), ``--weight_column``, and the dimension ``dimension_of()`` gives
+    (called only then; None is an error naming --dimension, and ``dimension_hint``)."""
+    if args.input and args.watch_interval is not None:
+        from apache_beam.io.filesystems import FileSystems
+        from beamml.transforms.io import ReadPoints
+        try:
+            matched = FileSystems.match([args.input])[0].metadata_list
+        except Exception:   # nothing there yet (or not listable): the flags decide
+            matched = []
+        if matched:
+            return ReadPoints(args.input, **read_kwargs).layout
+    dimension = dimension_of()
+    if dimension is None:
+        raise BeammlError('--streaming from Pub/Sub (or from a pattern that matches no file '
+                          f'yet) needs --dimension D{dimension_hint}')
+    from beamml.transforms.streaming.pubsub import message_layout
+    features = tuple(args.feature_columns.split(',')) if args.feature_columns else ('features',)
+    return message_layout(id_column=args.id_column or 'id', feature_columns=features,
+                          dimension=dimension,
+                          weight_column=getattr(args, 'weight_column', None))
+
+
+def run_and_count(p, args):
+    """:func:`run_stream`, then the record counts line (when the runner reports them)."""
+    from beamml.pipelines.common import record_counts
+    result = run_stream(p, args)
+    counts = record_counts(result)
+    if counts:
+        print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
+              f'records_refused={counts["records_refused"]}')
+    return result
 
 
 def source_name(args) -> str:

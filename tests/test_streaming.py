@@ -194,6 +194,9 @@ def test_evaluate_streaming_equals_the_batch_pipeline_on_each_window(tmp_path, t
      '--watch_interval'),
     (['norms', '--input', 'x.csv', '--output', 'o', '--streaming'],
      'runs in batch only: --streaming is not supported'),
+    (['kmeans', '--streaming', '--k', '2', '--model_dir', 'm', '--input_subscription',
+      'projects/my-project/subscriptions/abc'],
+     'needs --dimension D, or --init with centres'),
 ])
 def test_streaming_flags_are_checked_in_one_line(argv, message, capsys):
     assert main(argv) == 2
