@@ -193,7 +193,7 @@ def run(argv=None):
     built = build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
                                    max_refused_fraction=args.max_refused_fraction)
-    if common.is_dry_run(options):   # translated offline: the outputs do not exist
+    if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
     model = built['model']
     try:
@@ -217,7 +217,7 @@ def _run_streaming(args, options):
     build_streaming(p, args, model)
     LOG.info('assign --streaming: model %s (k=%d, d=%d) from %s, refreshed every %g s',
              model.version, model.k, model.d, args.model, args.model_refresh_seconds)
-    if common.is_dry_run(options):
+    if common.no_results(options):
         return common.run_pipeline(p)
     result = streaming.run_and_count(p, args)
     if args.output:

@@ -260,6 +260,23 @@ def is_dry_run(options: PipelineOptions) -> bool:
     return is_dataflow(options) and bool(options.view_as(TestOptions).dry_run)
 
 
+LAUNCH_ONLY_VARIABLE = 'BEAMML_LAUNCH_ONLY'
+
+
+def is_launch_only(options: PipelineOptions) -> bool:
+    """A Dataflow job submitted without waiting for it to finish: what a Flex Template
+    launcher does (``BEAMML_LAUNCH_ONLY=1`` in its environment), since Dataflow gives the
+    launcher minutes, not the job's hours. Work that belongs after the job is then in
+    the graph (the commit of a dated run, :mod:`beamml.pipelines.runs`)."""
+    return is_dataflow(options) and os.environ.get(LAUNCH_ONLY_VARIABLE, '') not in ('', '0')
+
+
+def no_results(options: PipelineOptions) -> bool:
+    """The run ends without results to read back here: a dry run (translated offline,
+    nothing written) or a launch that does not wait (:func:`is_launch_only`)."""
+    return is_dry_run(options) or is_launch_only(options)
+
+
 def check_dataflow_options(options: PipelineOptions) -> None:
     """What Dataflow would refuse, as one line, before anything touches the network.
 
@@ -386,7 +403,7 @@ def run_and_report(p: beam.Pipeline, *, errors_glob: str,
     """Run the pipeline, print the record summary, enforce --max_refused_fraction
     (a dry run has no records: it prints the translated job instead)."""
     result = run_pipeline(p)
-    if not is_dry_run(p.options):
+    if not no_results(p.options):
         report(result, errors_glob=errors_glob, max_refused_fraction=max_refused_fraction)
     return result
 
@@ -395,9 +412,14 @@ def run_pipeline(p: beam.Pipeline):
     """Run and wait; turn a failure that carries a beamml message into that message.
 
     A Dataflow dry run translates the job offline and prints it (:func:`describe_job`);
-    the caller must not touch its outputs afterwards (:func:`is_dry_run`)."""
+    a launch-only run (:func:`is_launch_only`) submits the job, prints its id and returns
+    at once. In both cases the caller must not touch the outputs (:func:`no_results`)."""
     try:
         result = p.run()
+        if is_launch_only(p.options) and not is_dry_run(p.options):
+            job_id = getattr(result, 'job_id', lambda: None)()
+            print(f'submitted Dataflow job {job_id}; not waiting for it ({LAUNCH_ONLY_VARIABLE})')
+            return result
         result.wait_until_finish()
     except BeammlError as e:  # a worker's error, re-raised with the step appended
         message = re.sub(r'\s\[while running .*$', '', str(e), flags=re.S)

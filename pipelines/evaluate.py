@@ -343,7 +343,7 @@ def run(argv=None):
     p = beam.Pipeline(options=options)
     build(p, args)
     result = common.run_pipeline(p)
-    if dry_run:
+    if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
     if result.state == PipelineState.DONE and not FileSystems.exists(metrics_path):
         # no row (or no query): nothing was combined
@@ -363,7 +363,7 @@ def run(argv=None):
 def _run_streaming(args, options):
     p = beam.Pipeline(options=streaming.streaming_options(options, args))
     build_streaming(p, args)
-    if common.is_dry_run(options):
+    if common.no_results(options):
         return common.run_pipeline(p)
     result = streaming.run_and_count(p, args)
     if args.output:

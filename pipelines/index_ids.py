@@ -86,7 +86,7 @@ def run(argv=None):
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
                                    max_refused_fraction=args.max_refused_fraction)
-    if common.is_dry_run(options):   # translated offline: nothing was written
+    if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
     print(f'id2idx: {args.output}-id2idx-?????-of-?????.parquet')
     print(f'encoded: {args.output}-encoded-?????-of-?????.{args.output_format}')

@@ -283,6 +283,11 @@ def run(argv=None):
     if args.block_size < 1:
         raise BeammlError(f'--block_size must be >= 1, got {args.block_size}')
     dry_run = common.is_dry_run(options)
+    if common.is_launch_only(options) and not dry_run:
+        raise BeammlError(
+            f'kmeans trains in blocks of iterations, one Dataflow job each, driven from this '
+            f'process: it must wait for them ({common.LAUNCH_ONLY_VARIABLE} is set); run it '
+            'where it can wait (a VM, a Cloud Run job, an Airflow worker), or --streaming')
     if args.resume:
         if dry_run:
             raise BeammlError('--resume continues a training: it cannot be a dry run')
@@ -493,7 +498,7 @@ def _run_streaming(args, options):
     errors = streaming.all_errors(source['errors'], out['errors'])
     streaming.write_dead_letters(errors, args, FileSystems.join(
         args.model_dir, STREAM_ERRORS, out['run_id']))
-    if dry_run:
+    if common.no_results(options):
         return common.run_pipeline(p)
     LOG.info('kmeans --streaming: k=%s, windows of %g s, a version every %d window(s) in %s',
              args.k or 'from --init', args.window_size, args.checkpoint_windows,

@@ -115,7 +115,7 @@ def run(argv=None):
     build(p, args)
     result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
                                    max_refused_fraction=args.max_refused_fraction)
-    if common.is_dry_run(options):   # translated offline: nothing was written
+    if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
     order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'
              if args.sort else '')
