@@ -11,7 +11,7 @@ import os
 import pkgutil
 import sys
 
-_NOT_PIPELINES = {'common', '__main__'}
+_NOT_PIPELINES = {'common', 'runs', 'streaming', '__main__'}
 
 
 def pipelines() -> dict[str, str]:

@@ -29,7 +29,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.pipelines import common, streaming
+from beamml.pipelines import common, runs, streaming
 from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.io.documents import read_json, write_json
@@ -53,6 +53,7 @@ class AssignOptions:
                             help='model directory (uses its LATEST version), version '
                                  'directory or model.json; local or gs://')
         common.add_output_args(parser, required=False)
+        runs.add_run_args(parser)
         parser.add_argument('--all_distances', action='store_true',
                             help='also write "distances": the distance to every centre')
         parser.add_argument('--model_refresh_seconds', type=float, default=60.0,

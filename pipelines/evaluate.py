@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.runner import PipelineState
 
-from beamml.pipelines import common, streaming
+from beamml.pipelines import common, runs, streaming
 from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, SOURCE_COLUMNS, BeammlError,
                                   ReadTable, WriteDeadLetters, WriteTable)
 from beamml.transforms.io.documents import read_json, to_jsonable, write_json
@@ -82,9 +82,8 @@ class EvaluateOptions:
                             help='output directory (local or gs://); required in batch')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of per_query (default parquet)')
-        parser.add_argument('--max_refused_fraction', type=float, default=0.01,
-                            help='exit non-zero when more than this fraction of the records '
-                                 'read is refused (default 0.01)')
+        common.add_refused_arg(parser)
+        runs.add_run_args(parser)
         streaming.add_streaming_args(parser)
 
 

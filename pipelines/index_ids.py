@@ -15,7 +15,7 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 
-from beamml.pipelines import common
+from beamml.pipelines import common, runs
 from beamml.transforms.index import ORDERS, IndexIds, id2idx_schema, table_batches
 from beamml.transforms.io import BeammlError, ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.io.types import SOURCE_COLUMNS
@@ -42,6 +42,7 @@ class IndexIdsOptions:
                                  'path order, rows in file order); sorted: by ascending id')
         common.add_refused_arg(parser)
         common.add_output_args(parser)
+        runs.add_run_args(parser)
 
 
 def encoded_fallback_schema(layout, id_column: str) -> pa.Schema:

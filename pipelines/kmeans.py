@@ -35,7 +35,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
-from beamml.pipelines import common, kmeans_streaming, streaming
+from beamml.pipelines import common, kmeans_streaming, runs, streaming
 from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
                                   WriteTable)
@@ -142,6 +142,7 @@ class KMeansOptions:
         parser.add_argument('--model_dir', required=True,
                             help='model directory (local or gs://); a new version is written '
                                  'there and LATEST points to it')
+        runs.add_date_arg(parser)
         kmeans_streaming.add_streaming_args(parser)
         streaming.add_streaming_args(parser, sliding=False)
 

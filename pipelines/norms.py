@@ -22,7 +22,7 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 
-from beamml.pipelines import common
+from beamml.pipelines import common, runs
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.norms import NORMS, ComputeNorms, WriteSortedShards
 from beamml.transforms.sorting import ROWS_PER_SHARD, SortByNorm
@@ -42,6 +42,7 @@ class NormsOptions:
     def _add_argparse_args(cls, parser):
         common.add_input_args(parser)
         common.add_output_args(parser)
+        runs.add_run_args(parser)
         parser.add_argument('--sort', choices=NORMS, default=None,
                             help='order the output by this norm (descending; ties by id) '
                                  'and add the features column')
