@@ -132,15 +132,17 @@ def build(p, args, model: CentroidModel | None = None):
         beam.pvalue.AsSingleton(model_pc), all_distances=args.all_distances,
         with_version=True, output_columns=schema.names)
     rows = assigned.batches
-    rows | 'WriteAssignments' >> WriteTable(args.output, args.output_format, schema=schema)
+    written = [rows | 'WriteAssignments' >> WriteTable(args.output, args.output_format,
+                                                       schema=schema)]
 
     sizes = rows | 'ClusterSizes' >> beam.CombineGlobally(ClusterSizesFn(model.k))
-    sizes | 'WriteSummary' >> beam.Map(_write_summary, beam.pvalue.AsSingleton(model_pc),
-                                       summary_path(args.output))
+    written.append(sizes | 'WriteSummary' >> beam.Map(
+        _write_summary, beam.pvalue.AsSingleton(model_pc), summary_path(args.output)))
 
     errors = (points.errors, assigned.errors) | 'AllErrors' >> beam.Flatten()
-    errors | 'WriteErrors' >> WriteDeadLetters(args.output)
-    return {'assigned': rows, 'errors': errors, 'sizes': sizes, 'model': model}
+    written.append(errors | 'WriteErrors' >> WriteDeadLetters(args.output))
+    return {'assigned': rows, 'errors': errors, 'sizes': sizes, 'model': model,
+            'read': points, 'written': written}
 
 
 def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
@@ -167,6 +169,13 @@ def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
     return {'assigned': assigned.batches, 'errors': errors, 'schema': schema}
 
 
+def _model_info(built) -> dict:
+    """What _SUCCESS says of the model (pipelines/runs.py)."""
+    model = built['model']
+    return {'model': {'version': model.version, 'path': model.path, 'k': model.k,
+                      'd': model.d}}
+
+
 def _write_summary(sizes, model, path) -> str:
     """Write the one small summary file, whole (same content on a retry: idempotent)."""
     return write_json(path, {'model_version': model.version, 'model_path': model.path,
@@ -188,12 +197,10 @@ def run(argv=None):
     for flag in ('input', 'output'):
         if not getattr(args, flag):
             raise BeammlError(f'--{flag} is required')
-    if not common.is_dry_run(options):
-        common.check_output(args.output)
-    p = beam.Pipeline(options=options)
-    built = build(p, args)
-    result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
-                                   max_refused_fraction=args.max_refused_fraction)
+    result, built = runs.run_committed(args, options, 'assign', build,
+                                       errors_glob=WriteDeadLetters.glob, info=_model_info)
+    if result is None:   # the destination is complete: nothing was run
+        return None
     if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
     model = built['model']

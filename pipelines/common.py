@@ -221,8 +221,18 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
         actions.pop('config', None)
         argv = _config_to_argv(load_config(config_path), actions, config_path) + argv
 
+    prefixes = [a for a in parser._actions if a.type is output_prefix]
+    for a in prefixes:   # converted below, once {date} is filled in
+        a.type = None
     args, rest = parser.parse_known_args(argv)
     args.config = config_path
+    from beamml.pipelines.runs import fill_dates
+    fill_dates(args)   # {date} in the path flags, before anything else
+    for a in prefixes:   # FLAG_given: the value as given (a folder ends with /)
+        value = getattr(args, a.dest)
+        setattr(args, a.dest + '_given', value)
+        if value is not None:
+            setattr(args, a.dest, output_prefix(value))
     _, unknown = beam_parser.parse_known_args(rest)
     if unknown:
         parser.error(f'unknown flag(s): {" ".join(unknown)} (see {prog} --help)')
@@ -490,6 +500,22 @@ def pipeline_run(run):
     return wrapper
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is logged (not the stream of
+    the first run: a caller that swaps stderr, such as a test, gets the lines)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _):
+        pass
+
+
 def configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.WARNING,
@@ -500,7 +526,7 @@ def configure_logging() -> None:
     logging.getLogger('apache_beam.runners.common').setLevel(logging.CRITICAL)
     LOG.setLevel(logging.INFO)
     if not LOG.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter('%(asctime)s beamml: %(message)s', '%H:%M:%S'))
         LOG.addHandler(h)
         LOG.propagate = False
@@ -513,7 +539,7 @@ def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -
         run(None if argv is None else list(argv))
     except BeammlError as e:
         print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
-        return 2
+        return getattr(e, 'exit_code', 2)   # 4: no input, 5: locked (pipelines/runs.py)
     return 0
 
 
@@ -561,3 +587,18 @@ def _check_bucket(path: str, shown: str) -> None:
         raise BeammlError(f'{shown}: cannot look up the bucket gs://{bucket}: {first}') from e
     if found is None:
         raise BeammlError(f'{shown}: the bucket gs://{bucket} does not exist')
+
+
+def pause_for_test(variable: str, timeout: float = 120.0) -> None:
+    """When the environment variable names a file: create ``<file>.reached``, then wait
+    (up to ``timeout`` s) until the test removes ``<file>``: how the tests act (e.g. stop
+    the storage server) at a known point of a run."""
+    path = os.environ.get(variable)
+    if not path:
+        return
+    import time
+    with open(path + '.reached', 'w'):
+        pass
+    deadline = time.monotonic() + timeout
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)

@@ -34,9 +34,9 @@ def step_norms(workdir):
     from beamml.pipelines import norms
     pattern = make_points(workdir)
     out = os.path.join(workdir, 'norms', 'norms')
-    norms.run(['--input', pattern, '--output', out])
+    norms.run(['--input', pattern, '--output', out, '--overwrite'])
     by_l2 = os.path.join(workdir, 'norms', 'by_l2')
-    norms.run(['--input', pattern, '--output', by_l2, '--sort', 'l2', '--num_shards', '2',
+    norms.run(['--input', pattern, '--output', by_l2, '--overwrite', '--sort', 'l2', '--num_shards', '2',
                '--output_format', 'csv'])
     return [('norms (id, l0, l1, l2, linf)', out + '-?????-of-?????.parquet'),
             ('points ordered by l2, largest first (2 files, in order)',
@@ -59,7 +59,7 @@ def step_index_ids(workdir):
     }), path)
     out = os.path.join(workdir, 'index_ids', 'users')
     index_ids.run(['--input', path, '--id_column', 'user_id', '--output', out,
-                   '--output_format', 'csv'])
+                   '--overwrite', '--output_format', 'csv'])
     return [('user id index (id, idx)', out + '-id2idx-?????-of-?????.parquet'),
             ('events with idx (user_id, item, rating, idx)', out + '-encoded-?????-of-?????.csv')]
 
@@ -84,7 +84,7 @@ def step_evaluate(workdir):
     cls_out = os.path.join(workdir, 'evaluate', 'classification')
     evaluate.run(['--input', cls_path, '--task', 'classification', '--truth_column',
                   'clicked', '--prediction_column', 'predicted_click', '--slice_by', 'model',
-                  '--output', cls_out])
+                  '--output', cls_out, '--overwrite'])
     # ranking: 2,000 queries x 10 results in two files; one (q_id, rank) pair repeated
     n_q, per = 2_000, 10
     q = np.repeat(np.arange(n_q), per)
@@ -98,7 +98,8 @@ def step_evaluate(workdir):
                    os.path.join(logs, 'search-1.parquet'))
     rank_out = os.path.join(workdir, 'evaluate', 'ranking')
     evaluate.run(['--input', os.path.join(logs, 'search-*.parquet'), '--task', 'ranking',
-                  '--k', '5', '--slice_by', 'model', '--output', rank_out])
+                  '--k', '5', '--slice_by', 'model', '--output', rank_out,
+                  '--overwrite'])
     return [('classification metrics, overall and per model', cls_out + '/metrics.json'),
             ('ranking metrics, overall and per model', rank_out + '/metrics.json'),
             ('per-query precision', rank_out + '/per_query/per_query-?????-of-?????.parquet'),
@@ -123,7 +124,7 @@ def step_kmeans(workdir):
                         '--random_state', '0', '--model_dir', model_dir])
     print(f'trained: cluster sizes {" ".join(map(str, model.cluster_sizes))}')
     out = os.path.join(workdir, 'assign', 'blobs')
-    assign.run(['--input', pattern, '--model', model_dir, '--output', out])
+    assign.run(['--input', pattern, '--model', model_dir, '--output', out, '--overwrite'])
     return [('K-means model (LATEST -> its version)', os.path.join(model_dir, 'LATEST')),
             ('assignments (id, cluster, distance, model_version)',
              out + '-?????-of-?????.parquet')]

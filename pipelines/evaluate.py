@@ -18,13 +18,13 @@ query's rows within the window. See the README.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.runners.runner import PipelineState
 
 from beamml.pipelines import common, runs, streaming
 from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, SOURCE_COLUMNS, BeammlError,
@@ -204,18 +204,30 @@ def build(p, args):
     # Empty without rows: run() then writes the metrics of nothing (compute_metrics).
     document = result['metrics'] | 'WriteMetrics' >> beam.Map(
         write_metrics, FileSystems.join(out, 'metrics.json'), args.task, args.k)
+    written = [document]
     per_query = None
     if args.task == 'ranking':
         zd = ZERO_DIVISION[str(args.zero_division)]
         per_query = result['query_stats'] | 'PerQueryColumns' >> beam.FlatMap(
             per_query_batch, args.k, zd).with_output_types(pa.RecordBatch)
-        per_query | 'WritePerQuery' >> WriteTable(
+        written.append(per_query | 'WritePerQuery' >> WriteTable(
             FileSystems.join(out, 'per_query/per_query'), args.output_format,
-            schema=per_query_schema(id_type))
+            schema=per_query_schema(id_type)))
     errors = ((logs[ERRORS], parsed[ERRORS], result['errors'])
               | 'AllDeadLetters' >> beam.Flatten())
-    errors | 'WriteDeadLetters' >> WriteDeadLetters(FileSystems.join(out, 'evaluate'))
-    return {'metrics': document, 'per_query': per_query, 'errors': errors}
+    written.append(errors | 'WriteDeadLetters' >> WriteDeadLetters(
+        FileSystems.join(out, 'evaluate')))
+    return {'metrics': document, 'per_query': per_query, 'errors': errors, 'read': logs,
+            'written': written}
+
+
+def finish_metrics(args, output: str, counts: dict) -> None:
+    """The commit's last touch to metrics.json: the metrics of nothing when no row (or no
+    query) was combined, and the run's record counts (:class:`~beamml.pipelines.runs.DatedRun`)."""
+    path = FileSystems.join(output, 'metrics.json')
+    if not FileSystems.exists(path):
+        write_metrics(compute_metrics(args).empty_result(), path, args.task, args.k)
+    add_counts(path, counts)
 
 
 def stream_columns(args) -> tuple[dict[str, str], list[str]]:
@@ -333,21 +345,16 @@ def run(argv=None):
     for flag in ('input', 'output'):
         if not getattr(args, flag):
             raise BeammlError(f'--{flag} is required')
-    metrics_path = FileSystems.join(args.output, 'metrics.json')
-    dry_run = common.is_dry_run(options)   # translated offline: no storage before or after
-    if not dry_run:
-        common.check_output(metrics_path, given=args.output)
-        if FileSystems.exists(metrics_path):  # not to be taken for this run's
-            FileSystems.delete([metrics_path])
-    p = beam.Pipeline(options=options)
-    build(p, args)
-    result = common.run_pipeline(p)
+    result, _ = runs.run_committed(
+        args, options, 'evaluate', build, folder=True, report=False,
+        errors_glob=lambda out: WriteDeadLetters.glob(FileSystems.join(out, 'evaluate')),
+        finish=functools.partial(finish_metrics, args))
+    if result is None:   # the destination is complete: nothing was run
+        return None
     if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
-    if result.state == PipelineState.DONE and not FileSystems.exists(metrics_path):
-        # no row (or no query): nothing was combined
-        write_metrics(compute_metrics(args).empty_result(), metrics_path, args.task, args.k)
-    doc = add_counts(metrics_path, common.record_counts(result))
+    metrics_path = FileSystems.join(args.output, 'metrics.json')
+    doc = read_json(metrics_path)
     errors_glob = WriteDeadLetters.glob(FileSystems.join(args.output, 'evaluate'))
     print(summary(doc))
     print(f'metrics: {metrics_path}')

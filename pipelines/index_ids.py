@@ -66,27 +66,27 @@ def build(p, args):
     out = rows.batches | 'IndexIds' >> IndexIds(
         args.id_column, read.paths, order=args.order, id_type=layout.id_arrow_type,
         columns=layout.columns)
-    (out['id2idx']
-     | 'Id2IdxBatches' >> beam.FlatMap(table_batches)
-     | 'WriteId2Idx' >> WriteTable(args.output + '-id2idx', 'parquet',
-                                   schema=id2idx_schema(layout.id_arrow_type)))
-    out['encoded'] | 'WriteEncoded' >> WriteTable(
-        args.output + '-encoded', args.output_format,
-        schema=encoded_fallback_schema(layout, args.id_column))
-    rows.errors | 'WriteErrors' >> WriteDeadLetters(args.output)
-    return {'id2idx': out['id2idx'], 'encoded': out['encoded'], 'errors': rows.errors}
+    written = [
+        out['id2idx']
+        | 'Id2IdxBatches' >> beam.FlatMap(table_batches)
+        | 'WriteId2Idx' >> WriteTable(args.output + '-id2idx', 'parquet',
+                                      schema=id2idx_schema(layout.id_arrow_type)),
+        out['encoded'] | 'WriteEncoded' >> WriteTable(
+            args.output + '-encoded', args.output_format,
+            schema=encoded_fallback_schema(layout, args.id_column)),
+        rows.errors | 'WriteErrors' >> WriteDeadLetters(args.output)]
+    return {'id2idx': out['id2idx'], 'encoded': out['encoded'], 'errors': rows.errors,
+            'read': rows, 'written': written}
 
 
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(IndexIdsOptions, argv, prog='beamml index_ids',
                                       description=__doc__)
-    if not common.is_dry_run(options):
-        common.check_output(args.output)
-    p = beam.Pipeline(options=options)
-    build(p, args)
-    result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
-                                   max_refused_fraction=args.max_refused_fraction)
+    result, _ = runs.run_committed(args, options, 'index_ids', build,
+                                   errors_glob=WriteDeadLetters.glob)
+    if result is None:   # the destination is complete: nothing was run
+        return None
     if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
     print(f'id2idx: {args.output}-id2idx-?????-of-?????.parquet')

@@ -96,13 +96,14 @@ def build(p, args):
     if args.sort:
         norms = norms | 'SortByNorm' >> SortByNorm(args.sort, descending=not args.ascending,
                                                    num_shards=args.num_shards)
-        norms | 'WriteSortedNorms' >> WriteSortedShards(args.output, args.output_format,
-                                                        schema=schema)
+        written = norms | 'WriteSortedNorms' >> WriteSortedShards(
+            args.output, args.output_format, schema=schema)
     else:
-        norms | 'WriteNorms' >> WriteTable(args.output, args.output_format,
-                                           num_shards=args.num_shards or 0, schema=schema)
-    points.errors | 'WriteErrors' >> WriteDeadLetters(args.output)
-    return {'norms': norms, 'errors': points.errors}
+        written = norms | 'WriteNorms' >> WriteTable(
+            args.output, args.output_format, num_shards=args.num_shards or 0, schema=schema)
+    errors_written = points.errors | 'WriteErrors' >> WriteDeadLetters(args.output)
+    return {'norms': norms, 'errors': points.errors, 'read': points,
+            'written': [written, errors_written]}
 
 
 @common.pipeline_run
@@ -110,12 +111,10 @@ def run(argv=None):
     args, options = common.parse_args(NormsOptions, argv, prog='beamml norms',
                                       description=__doc__)
     validate(args)
-    if not common.is_dry_run(options):
-        common.check_output(args.output)
-    p = beam.Pipeline(options=options)
-    build(p, args)
-    result = common.run_and_report(p, errors_glob=WriteDeadLetters.glob(args.output),
-                                   max_refused_fraction=args.max_refused_fraction)
+    result, _ = runs.run_committed(args, options, 'norms', build,
+                                   errors_glob=WriteDeadLetters.glob)
+    if result is None:   # the destination is complete: nothing was run
+        return None
     if common.no_results(options):   # translated offline or not waited for: no outputs yet
         return result
     order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'

@@ -16,13 +16,47 @@
   does not exist (a generation-matched create on Cloud Storage, ``O_EXCL`` locally).
 * No input for the date: exit code 4 (:data:`EXIT_NO_INPUT`); another run holds the
   lock: exit code 5 (:data:`EXIT_LOCKED`).
+
+What each failure leaves behind:
+
+* the run fails before its commit step (a worker error, storage gone): nothing under
+  the destination, no ``_SUCCESS``; the temporary prefix is removed by the launcher
+  when it can, and by the next run for the destination otherwise (a killed launcher);
+* more than ``--max_refused_fraction`` refused: the same, but the dead letters are kept
+  beside the destination in ``.beamml-refused-<name>-<run id>/`` (the error names
+  them), until a run for the destination commits;
+* killed during the commit's moves (seconds): some result files under the
+  destination but no ``_SUCCESS``; the next run deletes them and writes one copy;
+* two runs at once: one takes the lock, the other exits 5 and writes nothing.
+
+A destination is a folder (``--output gs://b/predictions/2026-11-22/``: beamml owns
+everything under it) or a prefix (``--output out/assigned``: beamml owns the files
+``out/assigned-*``, and the marker is ``out/assigned-_SUCCESS``).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
+import logging
+import os
+import re
+import socket
+import time
+import uuid
 
-__all__ = ['EXIT_NO_INPUT', 'EXIT_LOCKED', 'add_date_arg', 'add_run_args']
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beamml.transforms.io import BeammlError, shard_prefix
+from beamml.transforms.io.objects import (create_exclusive, delete_files, delete_if_unchanged,
+                                          delete_tree, describe_files, list_under, local_guard,
+                                          move_files, read_stored)
+
+__all__ = ['EXIT_NO_INPUT', 'EXIT_LOCKED', 'NoInputError', 'LockedError', 'Destination',
+           'DatedRun', 'add_date_arg', 'add_run_args', 'fill_dates']
+
+LOG = logging.getLogger('beamml')
 
 EXIT_NO_INPUT = 4
 EXIT_LOCKED = 5
@@ -81,3 +115,522 @@ def add_run_args(parser) -> None:
                              "a dead run's and taken over (default "
                              f'{LOCK_TIMEOUT:.0f}); a local run whose process is gone '
                              'loses its lock at once')
+
+
+# --------------------------------------------------------------------------- dates
+
+PLACEHOLDER = re.compile(r'\{date(?::([^{}]*))?\}')
+#: the flags whose values may hold {date} placeholders
+PATH_FLAGS = ('input', 'output', 'model', 'model_dir', 'init', 'cache_dir',
+              'input_ready_marker')
+
+
+def fill_dates(args) -> None:
+    """Replace ``{date}`` and ``{date:FORMAT}`` in the path flags, from ``--date``."""
+    date = getattr(args, 'date', None)
+    for flag in PATH_FLAGS:
+        value = getattr(args, flag, None)
+        if not isinstance(value, str) or not PLACEHOLDER.search(value):
+            continue
+        if date is None:
+            raise BeammlError(f'--{flag} {value} has a {{date}} placeholder: give --date '
+                              'YYYY-MM-DD, today or yesterday')
+        setattr(args, flag, PLACEHOLDER.sub(
+            lambda m: date.strftime(m.group(1) or '%Y-%m-%d'), value))
+
+
+# --------------------------------------------------------------------------- errors
+
+class NoInputError(BeammlError):
+    """No input for the run (exit code :data:`EXIT_NO_INPUT`)."""
+    exit_code = EXIT_NO_INPUT
+
+
+class LockedError(BeammlError):
+    """Another run holds the destination (exit code :data:`EXIT_LOCKED`)."""
+    exit_code = EXIT_LOCKED
+
+
+# --------------------------------------------------------------------------- destination
+
+def _join(parent: str, name: str) -> str:
+    return f'{parent}/{name}' if parent else name
+
+
+def _split(path: str) -> tuple[str, str]:
+    if path.startswith('gs://'):
+        rest = path[len('gs://'):]
+        if '/' not in rest:
+            return '', rest
+        parent, name = rest.rsplit('/', 1)
+        return 'gs://' + parent, name
+    parent, name = os.path.split(path)
+    return parent or '.', name
+
+
+class Destination:
+    """Where a run's results go, and the names beside it: ``_SUCCESS``, the lock and
+    the temporary prefix of run ``run_id``."""
+
+    def __init__(self, output: str, folder: bool):
+        self.output = output
+        self.folder = folder or output.endswith('/')
+        root = output.rstrip('/') if self.folder else output
+        self.parent, self.name = _split(root)
+        if not self.name or (root.startswith('gs://') and not self.parent):
+            raise BeammlError(f'--output {output}: name a folder or prefix inside the '
+                              'bucket (gs://BUCKET/predictions/...), not the bucket itself')
+        if self.folder:
+            self.owned = root + '/'          # everything under the folder is the run's
+            self.success = root + '/_SUCCESS'
+        else:
+            self.owned = root + '-'          # the files PREFIX-*
+            self.success = root + '-_SUCCESS'
+        self.lock = _join(self.parent, f'.beamml-lock-{self.name}')
+        self.temp_glob = _join(self.parent, f'.beamml-tmp-{self.name}-')
+        self.refused_glob = _join(self.parent, f'.beamml-refused-{self.name}-')
+
+    def refused_root(self, run_id: str) -> str:
+        """Where a run refused by --max_refused_fraction leaves its dead letters."""
+        return f'{self.refused_glob}{run_id}'
+
+    def temp_root(self, run_id: str) -> str:
+        return f'{self.temp_glob}{run_id}'
+
+    def temp_output(self, run_id: str) -> str:
+        """The ``--output`` the pipeline writes to, in the temporary prefix."""
+        root = self.temp_root(run_id)
+        if self.folder:
+            return root + ('/' if self.output.endswith('/') else '')
+        return _join(root, self.name)
+
+    def final_path(self, temp_file: str, run_id: str) -> str:
+        rel = temp_file[len(self.temp_root(run_id)) + 1:]
+        return self.owned + rel if self.folder else _join(self.parent, rel)
+
+    def read_success(self) -> dict | None:
+        found = read_stored(self.success)
+        if found is None:
+            return None
+        try:
+            return json.loads(found.data)
+        except ValueError:
+            return {}
+
+
+#: flags that do not change a run's results
+_NOT_PARAMETERS = {'overwrite', 'wait_for_input', 'lock_timeout', 'config', 'anonymous_storage',
+                   'output_given'}
+
+
+def parameters(args) -> dict:
+    """The run's flags as JSON values (what _SUCCESS records, and a rerun compares)."""
+    out = {}
+    for k, v in sorted(vars(args).items()):
+        if k in _NOT_PARAMETERS or k.startswith('_'):
+            continue
+        if isinstance(v, (dt.date, dt.datetime)):
+            v = v.isoformat()
+        elif not isinstance(v, (str, int, float, bool, type(None))):
+            v = str(v)
+        out[k] = v
+    out['output'] = getattr(args, 'output_given', None) or args.output
+    return out
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:6]
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')
+
+
+# --------------------------------------------------------------------------- the lock
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stale(info: dict) -> str | None:
+    """Why a lock is a dead run's, or None while it may be alive."""
+    try:
+        expires = dt.datetime.fromisoformat(info['expires'])
+    except (KeyError, TypeError, ValueError):
+        return 'it is not a beamml lock document'
+    if dt.datetime.now(dt.timezone.utc) > expires:
+        return f'it expired at {info["expires"]} (--lock_timeout)'
+    pid = info.get('pid')
+    if info.get('host') == socket.gethostname() and isinstance(pid, int) and \
+            not _pid_alive(pid):
+        return f'its process {pid} on this machine is gone'
+    return None
+
+
+def acquire_lock(dest: Destination, run_id: str, timeout: float, pid: int | None) -> None:
+    """Create the lock object, or take over a dead run's; LockedError while a live run
+    holds it. On Cloud Storage the create is an upload with ``ifGenerationMatch=0`` and
+    the take-over a delete with ``ifGenerationMatch`` of the generation read."""
+    started = dt.datetime.now(dt.timezone.utc)
+    doc = {'run_id': run_id, 'destination': dest.output, 'host': socket.gethostname(),
+           'pid': pid, 'started': started.isoformat(timespec='seconds'),
+           'expires': (started + dt.timedelta(seconds=timeout)).isoformat(timespec='seconds')}
+    data = json.dumps(doc, indent=1).encode()
+    with local_guard(dest.lock):
+        for _ in range(5):
+            if create_exclusive(dest.lock, data):
+                return
+            held = read_stored(dest.lock)
+            if held is None:
+                continue   # released between the two calls: try again
+            try:
+                info = json.loads(held.data)
+            except ValueError:
+                info = {}
+            why = _stale(info)
+            if why is None:
+                raise LockedError(
+                    f'another run holds {dest.output}: run {info.get("run_id")} on '
+                    f'{info.get("host")} (pid {info.get("pid")}) since {info.get("started")} '
+                    f'(lock {dest.lock}, expires {info.get("expires")}); nothing was done')
+            LOG.warning('taking over the lock %s of run %s: %s', dest.lock,
+                        info.get('run_id'), why)
+            delete_if_unchanged(dest.lock, held.version)
+    raise LockedError(f'could not take the lock {dest.lock}: other runs keep taking it')
+
+
+def holds_lock(dest: Destination, run_id: str) -> bool:
+    held = read_stored(dest.lock)
+    if held is None:
+        return False
+    try:
+        return json.loads(held.data).get('run_id') == run_id
+    except ValueError:
+        return False
+
+
+def release_lock(dest: Destination, run_id: str) -> None:
+    with local_guard(dest.lock):
+        held = read_stored(dest.lock)
+        if held is None:
+            return
+        try:
+            mine = json.loads(held.data).get('run_id') == run_id
+        except ValueError:
+            mine = False
+        if mine:
+            delete_if_unchanged(dest.lock, held.version)
+
+
+# --------------------------------------------------------------------------- input
+
+def _literal_folder(pattern: str) -> str | None:
+    """The folder of ``pattern`` if it has no wildcard, else None."""
+    folder = _split(pattern)[0]
+    return None if re.search(r'[*?\[]', folder) else folder
+
+
+def marker_path(args) -> str | None:
+    marker = getattr(args, 'input_ready_marker', None)
+    if not marker:
+        return None
+    if '/' in marker:
+        return marker
+    folder = _literal_folder(args.input)
+    if folder is None:
+        raise BeammlError(f'--input_ready_marker {marker}: the folder of --input {args.input} '
+                          'has a wildcard: give the marker as a full path')
+    return _join(folder, marker)
+
+
+def _matched(pattern: str) -> list:
+    try:
+        return [m for r in FileSystems.match([pattern]) for m in r.metadata_list]
+    except Exception as e:   # an unreachable bucket, no access
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BeammlError(f'--input {pattern}: cannot list it: {first}') from e
+
+
+def wait_for_input(args) -> list[str]:
+    """The input files, once they (and --input_ready_marker) are there; NoInputError when
+    they are not within --wait_for_input seconds."""
+    marker = marker_path(args)
+    wait = float(getattr(args, 'wait_for_input', 0.0) or 0.0)
+    deadline = time.monotonic() + wait
+    poll = min(10.0, max(0.2, wait / 30))
+    last_log = None
+    while True:
+        files = [m.path for m in _matched(args.input)]
+        ready = marker is None or FileSystems.exists(marker)
+        if files and ready:
+            return sorted(files)
+        missing = (f'no file matches --input {args.input}' if not files else
+                   f'the marker {marker} is not there')
+        left = deadline - time.monotonic()
+        if left <= 0:
+            waited = f' after waiting {wait:g} s' if wait else ''
+            raise NoInputError(f'no input for this run: {missing}{waited} (exit code '
+                               f'{EXIT_NO_INPUT}; --wait_for_input SECONDS to wait for it)')
+        if last_log is None or time.monotonic() - last_log >= 60:
+            LOG.info('waiting for input: %s (%.0f s left)', missing, left)
+            last_log = time.monotonic()
+        time.sleep(min(poll, max(left, 0.0)))
+
+
+# --------------------------------------------------------------------------- the run
+
+class DatedRun:
+    """One committed run of a batch pipeline into ``args.output``.
+
+    In the launcher, before the graph is built: is the destination complete (then
+    :attr:`complete`, and the run is skipped), wait for the input, take the lock, and
+    point ``args.output`` at the temporary prefix. :meth:`commit` adds the graph's last
+    step, which moves the results into place and writes ``_SUCCESS``. As a context
+    manager: a run that fails in the launcher removes its temporary prefix and releases
+    the lock; ``args.output`` is the destination again afterwards.
+    """
+
+    def __init__(self, args, options, pipeline: str, *, folder: bool = False):
+        from beamml.pipelines import common
+        self.args, self.pipeline = args, pipeline
+        self.dry_run = common.is_dry_run(options)
+        self.launch_only = common.is_launch_only(options)
+        self.dest = Destination(getattr(args, 'output_given', None) or args.output, folder)
+        self.run_id = new_run_id()
+        self.started = _now()
+        self.complete: dict | None = None
+        self.inputs: list[dict] = []
+        self.final_output = args.output
+        self.parameters = parameters(args)
+        self._locked = False
+        if self.dry_run:   # translated offline: no storage is touched
+            return
+        # the folder (or bucket) the destination, its lock and its temporary prefix go in
+        common.check_output(self.dest.lock, given=self.dest.output)
+        found = self.dest.read_success()
+        if found is not None and not args.overwrite:
+            self.complete = found
+            print(f'{self.dest.output} is complete: {self.dest.success} was written by run '
+                  f'{found.get("run_id")} at {found.get("ended")}; nothing to do '
+                  '(--overwrite to run it again)')
+            changed = sorted(k for k in set(self.parameters) | set(found.get('parameters', {}))
+                             if self.parameters.get(k) != found.get('parameters', {}).get(k))
+            if changed:
+                print('note: that run had other values of ' + ', '.join(f'--{k}' for k in changed)
+                      + '; --overwrite replaces its results with this run\'s')
+            return
+        files = wait_for_input(args)
+        acquire_lock(self.dest, self.run_id, args.lock_timeout,
+                     None if self.launch_only else os.getpid())
+        self._locked = True
+        try:
+            self._remove_dead_runs()
+            self.inputs = describe_files(files)
+        except BaseException:
+            self.abandon()
+            raise
+        LOG.info('run %s: %d input file(s), results go to %s (temporary %s)', self.run_id,
+                 len(files), self.dest.output, self.dest.temp_root(self.run_id))
+
+    def _remove_dead_runs(self) -> None:
+        """Temporary prefixes of earlier runs for this destination: dead (the lock is ours)."""
+        mine = self.dest.temp_root(self.run_id)
+        dead = {f[len(self.dest.temp_glob):].split('/', 1)[0]
+                for f in list_under(self.dest.temp_glob)}
+        for run_id in sorted(dead):
+            root = self.dest.temp_root(run_id)
+            if root != mine:
+                LOG.info('removing %s, left by an earlier run that did not finish', root)
+                delete_tree(root + '/')
+
+    def __enter__(self):
+        temp = self.dest.temp_output(self.run_id)
+        self.args.output = shard_prefix(temp) if hasattr(self.args, 'output_given') else temp
+        return self
+
+    def __exit__(self, kind, value, tb):
+        self.args.output = self.final_output
+        if kind is not None and not self.launch_only:
+            self.abandon()
+        return False
+
+    def abandon(self) -> None:
+        """Remove this run's temporary prefix and release the lock (best effort)."""
+        if self.dry_run or not self._locked:
+            return
+        try:
+            delete_tree(self.dest.temp_root(self.run_id) + '/')
+            release_lock(self.dest, self.run_id)
+        except Exception as e:   # storage gone: the next run cleans up
+            LOG.warning('could not clean up %s: %s; the next run for %s removes it',
+                        self.dest.temp_root(self.run_id), str(e).splitlines()[0] if str(e)
+                        else type(e).__name__, self.dest.output)
+        self._locked = False
+
+    def commit(self, p, built: dict, *, errors_glob=None, info: dict | None = None,
+               finish=None, max_refused_fraction=None):
+        """Add the commit step: after every ``written`` PCollection is complete, check the
+        refused fraction, run ``finish(temp_output, counts)`` (a last touch to the results,
+        such as the counts in metrics.json), move the results into place, write
+        ``_SUCCESS``, remove the temporary prefix and release the lock.
+
+        ``built`` is what the pipeline's ``build`` returned: ``read`` (the reader's
+        outputs: ``batches`` and ``errors``), ``errors`` (every dead letter) and ``written``
+        (the sinks' outputs). Records: read = rows of the reader's batches + its dead
+        letters; refused = every dead letter; ok = read - refused (the counters' invariant).
+        ``errors_glob``: the dead-letter files (in the temporary prefix), kept beside the
+        destination when the run is refused.
+        """
+        side = beam.pvalue.AsSingleton
+        from beamml.transforms.io import ERRORS
+        count = beam.combiners.Count.Globally
+        rows = built['read'].batches | 'CommitCountRows' >> beam.CombineGlobally(_RowsFn())
+        read_errors = built['read'][ERRORS] | 'CommitCountReadErrors' >> count()
+        refused = built['errors'] | 'CommitCountRefused' >> count()
+        done = [w | f'CommitWritten{i}' >> count() for i, w in enumerate(built['written'])]
+        plan = CommitPlan(self, info or {}, finish, max_refused_fraction, errors_glob)
+        return (p | 'CommitPlan' >> beam.Create([plan])
+                | 'Commit' >> beam.Map(_commit, side(rows), side(read_errors), side(refused),
+                                       *[side(d) for d in done]))
+
+
+def run_committed(args, options, pipeline: str, build, *, errors_glob, info=None,
+                  finish=None, folder: bool = False, report: bool = True):
+    """Build and run a batch pipeline as one committed run (:class:`DatedRun`):
+    ``build(p, args)`` writes into the temporary prefix, the commit step moves the results
+    into ``args.output``. ``errors_glob(output)`` is the pattern of the dead letters under
+    an output; ``info(built)`` adds to _SUCCESS; ``finish`` see :meth:`DatedRun.commit`;
+    ``report``: print the records line and enforce --max_refused_fraction after the run
+    (else the caller does). Returns (result, built), or (None, None) when the destination
+    is complete already (said, and nothing was run)."""
+    from beamml.pipelines import common
+    dated = DatedRun(args, options, pipeline, folder=folder)
+    if dated.complete is not None:
+        return None, None
+    with dated:   # args.output is the temporary prefix inside
+        p = beam.Pipeline(options=options)
+        built = build(p, args)
+        dated.commit(p, built, errors_glob=errors_glob(args.output),
+                     info=info(built) if info else None, finish=finish,
+                     max_refused_fraction=args.max_refused_fraction)
+        if not report:
+            return common.run_pipeline(p), built
+        return common.run_and_report(p, errors_glob=errors_glob(dated.final_output),
+                                     max_refused_fraction=args.max_refused_fraction), built
+
+
+class _RowsFn(beam.CombineFn):
+    """Rows in RecordBatches (or Tables)."""
+
+    def create_accumulator(self):
+        return 0
+
+    def add_input(self, acc, batch):
+        return acc + batch.num_rows
+
+    def merge_accumulators(self, accs):
+        return sum(accs)
+
+    def extract_output(self, acc):
+        return acc
+
+
+class CommitPlan:
+    """What the commit step needs, from the launcher (picklable)."""
+
+    def __init__(self, run: DatedRun, info: dict, finish, max_refused_fraction,
+                 errors_glob: str | None = None):
+        import beamml
+        self.errors_glob = errors_glob
+        self.pipeline, self.run_id, self.dest = run.pipeline, run.run_id, run.dest
+        self.date = getattr(run.args, 'date', None)
+        self.date = self.date.isoformat() if self.date else None
+        self.overwrite = bool(run.args.overwrite)
+        self.started, self.inputs, self.info = run.started, run.inputs, info
+        self.parameters = run.parameters
+        self.finish, self.max_refused_fraction = finish, max_refused_fraction
+        self.temp_output = run.dest.temp_output(run.run_id)
+        self.versions = {'beamml': beamml.__version__, 'apache_beam': beam.__version__}
+
+
+def _keep_dead_letters(plan: CommitPlan) -> str | None:
+    """Move a refused run's dead letters beside the destination, to
+    ``.beamml-refused-<name>-<run id>/`` (removed when a run for the destination commits),
+    and return their pattern; None without a pattern."""
+    import fnmatch
+    if not plan.errors_glob:
+        return None
+    dest, temp = plan.dest, plan.dest.temp_root(plan.run_id)
+    keep = dest.refused_root(plan.run_id)
+    letters = [f for f in list_under(temp + '/') if fnmatch.fnmatchcase(f, plan.errors_glob)]
+    move_files([(f, keep + f[len(temp):]) for f in letters])
+    return keep + plan.errors_glob[len(temp):]
+
+
+def _commit(plan: CommitPlan, rows: int, read_errors: int, refused: int, *written) -> dict:
+    """The graph's last step (one element): move the results into place, then _SUCCESS."""
+    from beamml.pipelines import common
+    dest, run_id = plan.dest, plan.run_id
+    temp = dest.temp_root(run_id)
+    read = int(rows) + int(read_errors)
+    counts = {'records_read': read, 'records_ok': read - int(refused),
+              'records_refused': int(refused)}
+    found = dest.read_success()
+    if found is not None and found.get('run_id') == run_id:   # a retried commit: done
+        release_lock(dest, run_id)
+        return found
+    if not holds_lock(dest, run_id):
+        raise BeammlError(f'run {run_id} no longer holds the lock {dest.lock} (another run '
+                          f'took it over: this one ran longer than --lock_timeout?); '
+                          f'nothing was committed to {dest.output}; {temp} is left for the '
+                          'next run to remove')
+    limit = plan.max_refused_fraction
+    if limit is not None and read and refused / read > limit:
+        kept = _keep_dead_letters(plan)
+        delete_tree(temp + '/')
+        release_lock(dest, run_id)
+        raise BeammlError(
+            f'{refused} of {read} records ({refused / read:.2%}) were refused, above '
+            f'--max_refused_fraction={limit}; nothing was committed to {dest.output}'
+            + (f'; see {kept}' if kept else ''))
+    if plan.finish is not None:
+        plan.finish(plan.temp_output, counts)
+    common.pause_for_test('BEAMML_TEST_PAUSE_COMMIT')
+    common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 1)
+    results = [f for f in list_under(temp + '/') if '/beam-temp-' not in f]
+    pairs = [(f, dest.final_path(f, run_id)) for f in results]
+    finals = {d for _, d in pairs}
+    if found is not None:
+        if not plan.overwrite:
+            raise BeammlError(f'{dest.success} appeared while run {run_id} ran (run '
+                              f'{found.get("run_id")}); nothing was committed')
+        delete_files([dest.success])   # first: the old results stop being complete
+    stale = [f for f in list_under(dest.owned) if f not in finals and f != dest.success]
+    if stale:
+        LOG.info('removed %d file(s) of an earlier run under %s: %s', len(stale), dest.output,
+                 ', '.join(f[len(dest.parent) + 1:] for f in stale[:10])
+                 + (', ...' if len(stale) > 10 else ''))
+    delete_files(stale)
+    half = len(pairs) // 2
+    move_files(pairs[:half])
+    common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 2)
+    move_files(pairs[half:])
+    doc = {'pipeline': plan.pipeline, 'destination': dest.output, 'date': plan.date,
+           'run_id': run_id, 'counts': counts, **plan.info,
+           'parameters': plan.parameters,
+           'inputs': plan.inputs, 'outputs': sorted(finals), 'versions': plan.versions,
+           'started': plan.started, 'ended': _now()}
+    if not create_exclusive(dest.success, json.dumps(doc, indent=1).encode()):
+        raise BeammlError(f'{dest.success} appeared while run {run_id} committed')
+    delete_tree(temp + '/')
+    delete_tree(dest.refused_glob)   # the dead letters of refused runs: superseded
+    release_lock(dest, run_id)
+    LOG.info('run %s committed: %d file(s) in %s, then %s', run_id, len(pairs),
+             dest.output, dest.success)
+    return doc

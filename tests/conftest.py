@@ -21,6 +21,7 @@ os.environ.setdefault('NO_GCE_CHECK', 'true')
 def gcs_emulator():
     gcp_storage_emulator = pytest.importorskip(
         'gcp_storage_emulator.server', reason='gcp-storage-emulator is not installed')
+    _enforce_generation_preconditions()
     server = gcp_storage_emulator.create_server('127.0.0.1', 0, in_memory=True)
     server.start()
     port = server._api._httpd.server_address[1]
@@ -50,3 +51,53 @@ def gcs_bucket(gcs_emulator):
     name = f'beamml-test-{uuid.uuid4().hex[:12]}'
     storage.Client.create_anonymous_client().create_bucket(name)
     yield f'gs://{name}'
+
+
+def _enforce_generation_preconditions() -> None:
+    """Make gcp-storage-emulator honour ``ifGenerationMatch`` on uploads and deletes, as
+    Cloud Storage does (HTTP 412 when the object's generation is not the one given; 0
+    means "does not exist"): the emulator ignores the parameter, and beamml's run lock
+    stands on it (pipelines/runs.py). One check-and-act at a time, like the service."""
+    import threading
+    from http import HTTPStatus
+    from gcp_storage_emulator import server as srv
+    from gcp_storage_emulator.exceptions import NotFound
+    from gcp_storage_emulator.handlers import objects
+    if getattr(srv, '_beamml_preconditions', False):
+        return
+    guard = threading.Lock()
+
+    def current(storage, bucket, name):
+        try:
+            return str(storage.get_file_obj(bucket, name)['generation'])
+        except NotFound:
+            return '0'
+
+    def wrap(handler, name_of):
+        def checked(request, response, storage, *args, **kwargs):
+            wanted = request.query.get('ifGenerationMatch')
+            if not wanted:
+                return handler(request, response, storage, *args, **kwargs)
+            with guard:
+                name = name_of(request)
+                if name is not None and current(
+                        storage, request.params['bucket_name'], name) != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({'error': {'code': 412, 'message': 'conditionNotMet'}})
+                    return None
+                return handler(request, response, storage, *args, **kwargs)
+        return checked
+
+    def upload_name(request):
+        if 'name' in request.query:
+            return request.query['name'][0]
+        data = request.data
+        return data.get('meta', {}).get('name') if isinstance(data, dict) else None
+
+    wrapped = {objects.insert: wrap(objects.insert, upload_name),
+               objects.delete: wrap(objects.delete, lambda r: r.params.get('object_id'))}
+    for _, handlers in srv.HANDLERS:
+        for method, fn in list(handlers.items()):
+            if fn in wrapped:
+                handlers[method] = wrapped[fn]
+    srv._beamml_preconditions = True

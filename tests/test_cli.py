@@ -48,7 +48,9 @@ def test_unknown_pipeline_and_unknown_flag(points_csv, tmp_path, capsys):
 def test_clear_error_for_missing_input_is_one_line(tmp_path, capsys):
     rc = main(['norms', '--input', str(tmp_path / 'none*.csv'), '--output', str(tmp_path / 'o')])
     err = capsys.readouterr().err
-    assert rc == 2 and 'no input file matches' in err and 'Traceback' not in err
+    # a dated run's "no input" exit code (pipelines/runs.py), one line
+    assert rc == 4 and 'no file matches --input' in err and 'Traceback' not in err
+    assert [x for x in err.splitlines() if 'error' in x] == [err.splitlines()[-1]]
 
 
 def test_console_script_runs(points_csv, tmp_path):

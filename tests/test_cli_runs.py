@@ -34,7 +34,7 @@ def test_runs_leave_no_temporary_folders(points_csv, tmp_path, own_tmp, capsys):
     assert main(['norms', '--input', points_csv, '--output', str(tmp_path / 'n')]) == 0
     # refused while the graph is built: Beam's Pipeline() folder was already made
     assert main(['norms', '--input', points_csv, '--output', str(tmp_path / 'n'),
-                 '--feature_columns', 'nope']) == 2
+                 '--feature_columns', 'nope', '--overwrite']) == 2
     assert main(['kmeans', '--input', points_csv, '--k', '2',
                  '--model_dir', str(tmp_path / 'm')]) == 0
     assert os.listdir(own_tmp) == []
@@ -53,7 +53,7 @@ def test_output_ending_in_slash_is_a_folder_of_part_shards(points_csv, tmp_path,
     out = str(tmp_path / 'out') + '/'
     assert main(['norms', '--input', points_csv, '--output', out]) == 0
     names = sorted(os.path.basename(p) for p in glob.glob(out + '*'))
-    assert names and all(n.startswith('part-') for n in names), names
+    assert names[0] == '_SUCCESS' and all(n.startswith('part-') for n in names[1:]), names
     (shard,) = glob.glob(out + 'part-?????-of-?????.parquet')
     assert pq.read_table(shard).num_rows == 3
     assert f'{out}part-' in capsys.readouterr().out

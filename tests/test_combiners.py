@@ -357,6 +357,16 @@ def assigned_batches(cls):
     return cls(4), inputs, equal_exact, lambda out: assert_same([0, 0, 0, 0], out)
 
 
+def row_batches(cls):
+    """RecordBatches (one of them empty) counted by a dated run's commit step."""
+    rng = np.random.default_rng(23)
+    sizes = [0] + list(rng.integers(1, 50, 9))
+    inputs = [pa.RecordBatch.from_pydict({'id': pa.array(np.arange(n), pa.int64())})
+              for n in sizes]
+    assert sum(b.num_rows for b in inputs) == sum(sizes)
+    return cls(), inputs, equal_exact, lambda out: assert_same(0, out)
+
+
 # ----------------------------------------------------------------------------- the registry
 
 REGISTRY = {
@@ -374,6 +384,7 @@ REGISTRY = {
                       'string_ids': min_key_per_id(pa.string(), compact_rows=None)},
     'UnifySchemasFn': {'schemas': batch_schemas},
     'ClusterSizesFn': {'assigned': assigned_batches},
+    '_RowsFn': {'batches': row_batches},
     '_SortSampleFn': {'fixed_shards': sort_sample(4, 1_000_000),
                       'shards_by_rows': sort_sample(None, 20)},
 }

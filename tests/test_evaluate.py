@@ -176,10 +176,15 @@ def test_ranking_csv_string_ids_duplicates_and_bad_rows(tmp_path):
     (tmp_path / 'b.csv').write_text('q_id,predicted_rank,truth_relevance\nb,1,0\nc,1,0\n'
                                     'a,3,true\n')                 # (b, 1) again
     out = str(tmp_path / 'eval')
-    with pytest.raises(BeammlError, match='max_refused_fraction'):
-        evaluate.run(['--input', str(tmp_path / '*.csv'), '--task', 'ranking', '--k', '2',
-                      '--output', out])
-    doc = read_json(os.path.join(out, 'metrics.json'))  # written before the check
+    flags = ['--input', str(tmp_path / '*.csv'), '--task', 'ranking', '--k', '2',
+             '--output', out]
+    with pytest.raises(BeammlError, match='max_refused_fraction') as e:
+        evaluate.run(flags)
+    assert not os.path.exists(out)   # nothing committed; the dead letters kept beside it
+    (kept,) = glob.glob(str(e.value).rsplit(' ', 1)[1])
+    assert '.beamml-refused-eval-' in kept and len(open(kept).read().splitlines()) == 2
+    evaluate.run(flags + ['--max_refused_fraction', '0.2'])
+    doc = read_json(os.path.join(out, 'metrics.json'))
     assert doc['counts'] == {'records_read': 10, 'records_ok': 8, 'records_refused': 2}
     dead = sorted(dead_letters(out), key=lambda d: d['file'])
     assert len(dead) == 2
@@ -262,8 +267,9 @@ def test_ranking_from_json_lines(tmp_path):
 
 @pytest.mark.parametrize('task', ['ranking', 'classification'])
 def test_no_usable_row_writes_the_metrics_of_nothing(tmp_path, task):
-    # every row is refused: metrics.json holds the metrics of no row (and replaces the
-    # metrics.json of an earlier run in the same directory)
+    # every row is refused: metrics.json holds the metrics of no row (and, with
+    # --overwrite, replaces the metrics.json of an earlier run in the same directory;
+    # a run refused by --max_refused_fraction leaves that earlier one as it was)
     if task == 'ranking':
         good = 'q_id,predicted_rank,truth_relevance\n1,0,1\n1,1,0\n2,0,1\n'
         bad = 'q_id,predicted_rank,truth_relevance\n1,x,1\n2,-1,0\n'
@@ -275,8 +281,12 @@ def test_no_usable_row_writes_the_metrics_of_nothing(tmp_path, task):
     evaluate.run(['--input', str(tmp_path / 'good.csv'), '--task', task, '--output', out])
     before = read_json(os.path.join(out, 'metrics.json'))
     (tmp_path / 'bad.csv').write_text(bad)
+    again = ['--input', str(tmp_path / 'bad.csv'), '--task', task, '--output', out,
+             '--overwrite']
     with pytest.raises(BeammlError, match='max_refused_fraction'):
-        evaluate.run(['--input', str(tmp_path / 'bad.csv'), '--task', task, '--output', out])
+        evaluate.run(again)
+    assert read_json(os.path.join(out, 'metrics.json')) == before
+    evaluate.run(again + ['--max_refused_fraction', '1'])
     doc = read_json(os.path.join(out, 'metrics.json'))
     assert doc['counts'] == {'records_read': 2, 'records_ok': 0, 'records_refused': 2}
     assert doc != before and len(dead_letters(out)) == 2

@@ -85,8 +85,11 @@ def test_json_missing_column_fails_only_through_max_refused_fraction(tmp_path):
                       '--output', out])
     msg = e.value.for_cli()
     assert '\n' not in msg and '--max_refused_fraction=0.01' in msg
-    assert msg.endswith(os.path.join(out, 'evaluate-errors-*.jsonl'))
-    assert read_json(os.path.join(out, 'metrics.json'))['counts']['records_refused'] == 2
+    # nothing committed: the dead letters are kept beside the destination, and named
+    assert msg.endswith('/evaluate-errors-*.jsonl') and '/.beamml-refused-eval-' in msg
+    assert not os.path.exists(out)
+    (kept,) = glob.glob(msg.rsplit(' ', 1)[1])
+    assert len(open(kept).read().splitlines()) == 2
 
 
 def test_later_json_file_without_a_column_is_refused(tmp_path):

@@ -78,7 +78,7 @@ CLI_CASES = [
     # --- 1. crashes and silent losses: refused rows are counted, the run goes on
     ({'c.jsonl': CRASHER}, ['norms', '--input', '{dir}/c.jsonl'], 2,
      r'2 of 3 records \(66\.67%\) were refused, above --max_refused_fraction=0\.01; '
-     r'see .*out-errors-\*\.jsonl$'),
+     r'nothing was committed to \S+/out; see \S+/\.beamml-refused-out-\S+/out-errors-\*\.jsonl$'),
     ({'c.jsonl': CRASHER}, ['norms', '--input', '{dir}/c.jsonl', *ALL], 0,
      r'records_read=3 records_ok=1 records_refused=2'),
     ({'c.jsonl': CRASHER}, ['index_ids', '--input', '{dir}/c.jsonl', '--id_column', 'id', *ALL],
@@ -224,22 +224,23 @@ def test_a_rerun_removes_the_shards_of_an_earlier_run(tmp_path):
     prefix = tmp_path / 'out' / 'n'
 
     def run(*flags):
-        out = _beamml('norms', '--input', tmp_path / 'p.csv', '--output', prefix, *flags)
+        out = _beamml('norms', '--input', tmp_path / 'p.csv', '--output', prefix,
+                      '--overwrite', *flags)
         assert out.returncode == 0, out.stderr[-2000:]
         return out.stderr, sorted(os.path.basename(p) for p in glob.glob(f'{prefix}-*'))
 
     import os
     run('--num_shards', '3')
     log, files = run('--num_shards', '2')
-    assert files == ['n-00000-of-00002.parquet', 'n-00001-of-00002.parquet',
+    assert files == ['n-00000-of-00002.parquet', 'n-00001-of-00002.parquet', 'n-_SUCCESS',
                      'n-errors-00000-of-00001.jsonl']
-    assert 'removed 3 shard(s) of an earlier run' in log and 'n-00002-of-00003' in log
+    assert 'removed 3 file(s) of an earlier run' in log and 'n-00002-of-00003' in log
     log, files = run('--num_shards', '2')
-    assert 'removed' not in log and len(files) == 3
+    assert 'removed' not in log and len(files) == 4
     log, files = run('--num_shards', '1', '--output_format', 'csv')
-    assert files == ['n-00000-of-00001.csv', 'n-errors-00000-of-00001.jsonl']
+    assert files == ['n-00000-of-00001.csv', 'n-_SUCCESS', 'n-errors-00000-of-00001.jsonl']
     log, files = run('--sort', 'l2', '--num_shards', '2')
-    assert files == ['n-00000-of-00002.parquet', 'n-00001-of-00002.parquet',
+    assert files == ['n-00000-of-00002.parquet', 'n-00001-of-00002.parquet', 'n-_SUCCESS',
                      'n-errors-00000-of-00001.jsonl']
     assert 'n-00000-of-00001.csv' in log
 

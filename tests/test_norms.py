@@ -459,7 +459,8 @@ def test_run_sorted_replaces_stale_shards(points_file, tmp_path):
     path, _, _ = points_file
     out = str(tmp_path / 'again')
     norms_pipeline.run(['--input', path, '--output', out, '--sort', 'l2', '--num_shards', '3'])
-    norms_pipeline.run(['--input', path, '--output', out, '--sort', 'l2', '--num_shards', '2'])
+    norms_pipeline.run(['--input', path, '--output', out, '--sort', 'l2', '--num_shards', '2',
+                        '--overwrite'])
     files = sorted(os.path.basename(f) for f in glob.glob(f'{out}-*.parquet'))
     assert files == ['again-00000-of-00002.parquet', 'again-00001-of-00002.parquet']
 
@@ -509,7 +510,9 @@ def test_run_refused_fraction_exceeded(tmp_path):
     with pytest.raises(BeammlError, match=r'2 of 22 records .*--max_refused_fraction=0.01.*'
                                           + 'norms-errors-'):
         norms_pipeline.run(['--input', src, '--output', out])
-    assert glob.glob(f'{out}-errors-*.jsonl'), 'the errors are written before failing'
+    assert not glob.glob(f'{out}-*'), 'nothing is committed'
+    (kept,) = glob.glob(f'{tmp_path}/.beamml-refused-norms-*/norms-errors-*.jsonl')
+    assert len(open(kept).read().splitlines()) == 2, 'the dead letters are kept beside it'
 
 
 @pytest.mark.parametrize('flags,message', [

@@ -13,9 +13,8 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from beamml.transforms.io.objects import open_file
 from beamml.transforms.io.csvio import csv_head
 from beamml.transforms.io.errors import BeammlError
 from beamml.transforms.io.jsonio import jsonl_head
@@ -31,7 +30,7 @@ __all__ = ['inspect_input']
 def _head_table(path: str, fmt: str, id_column: str | None) -> tuple[pa.Table, bool]:
     """A table of the first rows of a file, every column as its reader infers, and
     whether the file has data rows (refused ones count)."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_file(path) as f:
         if fmt == 'parquet':
             head = parquet_head(f)
             return head, head.num_rows > 0

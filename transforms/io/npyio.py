@@ -5,9 +5,8 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from beamml.transforms.io.objects import open_file
 from beamml.transforms.io.errors import BeammlError
 from beamml.transforms.io.rows import RowBatch
 
@@ -30,7 +29,7 @@ def read_npy_header(f, path: str) -> tuple[tuple, bool, np.dtype]:
 
 def npy_header(path: str) -> tuple[tuple, bool, np.dtype]:
     """:func:`read_npy_header` of the file at ``path``."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_file(path) as f:
         return read_npy_header(f, path)
 
 

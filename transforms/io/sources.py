@@ -12,9 +12,8 @@ from typing import Iterator, Sequence
 
 import apache_beam as beam
 import pyarrow as pa
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 
+from beamml.transforms.io.objects import open_file
 from beamml.transforms.io.csvio import read_csv
 from beamml.transforms.io.errors import ERRORS, RecordCounters
 from beamml.transforms.io.inspection import inspect_input
@@ -42,7 +41,7 @@ def plan_reads(path: str, layout: Layout,
     split_rows = split_rows or SPLIT_ROWS
     if fmt not in ('parquet', 'npy'):
         return [(path, None)]
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_file(path) as f:
         if fmt == 'npy':
             return plan_npy(f, path, split_rows)
         return plan_parquet(f, path, split_rows)
@@ -57,7 +56,7 @@ def read_file_batches(path: str, layout: Layout, batch_rows: int = BATCH_ROWS,
     number of fields and a JSON line that does not parse come out as dead letters.
     """
     fmt = layout.input_format
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    with open_file(path) as f:
         if fmt == 'parquet':
             yield from read_parquet(f, path, layout, batch_rows, part)
         elif fmt == 'csv':
