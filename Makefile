@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test fuzz bench clean
+.PHONY: demo test fuzz bench templates clean
 
 $(STAMP): setup.py beamml/__init__.py
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Regenerate the Flex Template metadata (configs/templates/*.json) from the pipelines' flags.
+templates: $(STAMP)
+	$(PY) -m beamml.pipelines.templates --write configs/templates
 
 clean:
 	rm -rf $(VENV) demo_output bench_output .pytest_cache *.egg-info
