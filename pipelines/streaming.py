@@ -94,6 +94,13 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         if given:
             raise BeammlError(f'--{given[0]} needs --streaming')
         return
+    from beamml.pipelines.runs import LOCK_TIMEOUT
+    batch_only = [f for f, off in (('overwrite', False), ('wait_for_input', 0.0),
+                                   ('input_ready_marker', None), ('lock_timeout', LOCK_TIMEOUT))
+                  if hasattr(args, f) and getattr(args, f) != off]
+    if batch_only:   # a stream writes a file per window: nothing to commit once
+        raise BeammlError(f'--{batch_only[0]} is for a batch run (a dated run committed once '
+                          'with _SUCCESS); a stream writes a file per window and pane')
     sources = [f for f in ('input_subscription', 'input_topic') if getattr(args, f, None)]
     if getattr(args, 'watch_interval', None) is not None:
         if not getattr(args, 'input', None):

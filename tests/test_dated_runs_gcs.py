@@ -304,7 +304,6 @@ def forbidden(gcs):
                                                                   'access'}})
                 return None
             return fn(request, response, storage, *args, **kwargs)
-        checked.denies = fn
         return checked
     saved = []
     for _, routes in srv.HANDLERS:
@@ -328,3 +327,44 @@ def test_an_input_object_that_cannot_be_read_is_one_line(gcs, bucket, forbidden,
     line = last_line(out.stderr)
     assert 'Traceback' not in out.stderr and name in line and '403' in line, line
     assert objects(gcs, bucket, f'predictions/{DATE}/') == {}
+
+
+def test_worker_exception_on_cloud_storage_leaves_nothing(gcs, bucket, monkeypatch):
+    """In this process (the local runner runs the DoFns here), so that the assignment
+    kernel can raise on the 2nd batch of 3: nothing under the destination, nothing beside
+    it; a rerun completes."""
+    from beamml.pipelines.__main__ import main
+    from beamml.transforms import assignment
+    n = land_day(gcs, bucket)
+    model = save_model(gcs, bucket)
+    monkeypatch.setenv('STORAGE_EMULATOR_HOST', gcs.url)
+    real, calls = assignment.add_assignment, []
+
+    def failing(batch, *a, **kw):
+        calls.append(batch.num_rows)
+        if len(calls) == 2:
+            raise RuntimeError('injected failure on batch 2')
+        return real(batch, *a, **kw)
+    monkeypatch.setattr(assignment, 'add_assignment', failing)
+    with pytest.raises(Exception, match='injected failure on batch 2'):
+        main(daily(bucket, model))
+    assert objects(gcs, bucket, 'predictions/') == {}
+    monkeypatch.setattr(assignment, 'add_assignment', real)
+    assert main(daily(bucket, model)) == 0
+    assert assigned_rows(gcs, bucket) == n
+
+
+def test_norms_into_a_prefix_on_cloud_storage(gcs, bucket):
+    n = land_day(gcs, bucket)
+    args = ['norms', '--input', f'gs://{bucket}/incoming/{{date:%Y-%m-%d}}/*.parquet',
+            '--output', f'gs://{bucket}/norms/{{date:%Y/%m/%d}}/norms', '--date', DATE,
+            '--num_shards', '2']
+    first = beamml(gcs, *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert sorted(objects(gcs, bucket, 'norms/')) == [f'norms/2026/11/22/{x}' for x in (
+        'norms-00000-of-00002.parquet', 'norms-00001-of-00002.parquet', 'norms-_SUCCESS',
+        'norms-errors-00000-of-00001.jsonl')]
+    doc = json.loads(read(gcs, bucket, 'norms/2026/11/22/norms-_SUCCESS'))
+    assert doc['counts']['records_ok'] == n and doc['destination'].endswith('/norms')
+    again = beamml(gcs, *args)
+    assert again.returncode == 0 and 'is complete' in again.stdout
