@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(PY) -m beamml demo --workdir demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 # A long fuzz run (~15 min on 2 cores): random examples, and how many ran.
 FUZZ_EXAMPLES ?= 3000

@@ -7,8 +7,9 @@
 
 The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
-centre shifts per iteration) and the dead letters of the input,
-``<model_dir>/<version>/training-errors-*.jsonl``.
+centre shifts per iteration), the dead letters of the input,
+``<model_dir>/<version>/training-errors-*.jsonl``, and an HTML report,
+``<model_dir>/<version>/report.html`` (pipelines/kmeans_report.py).
 
 A run that fails leaves no version folder: its dead letters and summary are
 moved to ``<model_dir>/_failed/<version>/`` (never taken for a version: a
@@ -35,7 +36,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
-from beamml.pipelines import common, kmeans_streaming, runs, streaming
+from beamml.pipelines import common, kmeans_report, kmeans_streaming, runs, streaming
 from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
                                   WriteTable)
@@ -431,6 +432,12 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
           f'records_refused={counts["records_refused"]} '
           f'errors={WriteDeadLetters.glob(training.version_prefix("training"))}')
     training.complete(res.to_dict())   # the version's files, before its model.json
+    final = state_from_dict(checkpoint['state'])
+    if isinstance(final, KMeansRuns):
+        final = final.runs[res.best_init]
+    report = kmeans_report.write_report(args.model_dir, training, res, final, counts,
+                                        args.input,
+                                        lambda: ReadPoints(args.input, **read_kwargs(args)))
     model = CentroidModel(
         res.centers, version=training.version, input_pattern=args.input, n_iter=res.n_iter,
         inertia=res.inertia, inertia_history=res.inertia_history,
@@ -449,11 +456,10 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
         print(f'n_init={res.n_init}: kept run {res.best_init} of inertias ' +
               ' '.join(f'{run["inertia"]:.10g}' for run in res.inits))
     print(f'model: {saved} (version {training.version}; LATEST updated)')
+    if report:
+        print(f'report: {report}')
     if args.output:
-        state = state_from_dict(checkpoint['state'])
-        if isinstance(state, KMeansRuns):
-            state = state.runs[res.best_init]
-        _write_labels(args, options, state, model)
+        _write_labels(args, options, final, model)
     return model
 
 

@@ -1,0 +1,126 @@
+"""Self-contained HTML reports with inline SVG charts (pure Python + numpy).
+
+A report is one HTML5 file: inline CSS, inline SVG, no script and no external
+URL of any kind, so it opens offline, from a bucket's download or an e-mail.
+The charts (:mod:`beamml.transforms.charts`, re-exported here):
+:func:`histogram_pair` (baseline vs current, overflow bins at the ends),
+:func:`bars_with_thresholds`, :func:`lines` (optionally log y), :func:`scatter`
+(points by label, centres marked, a fixed-seed sample of at most
+``max_points``); each SVG root carries ``data-chart`` and ``data-marks``, each
+data mark ``class="mark"``, and an empty chart says "no data".
+:class:`Report` puts sections, charts and tables into a page and writes it
+(local or ``gs://``). :func:`project_2d` is a 2-D principal-axes projection
+for the scatter.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from beamml.transforms.charts import (PALETTE, bars_with_thresholds, escape, fmt,
+                                      histogram_pair, lines, scatter, spans_decades)
+
+__all__ = ['PALETTE', 'histogram_pair', 'bars_with_thresholds', 'lines', 'scatter',
+           'project_2d', 'spans_decades', 'table_html', 'Report']
+
+
+def project_2d(X, *others):
+    """Project ``X`` (n, d) onto its first two principal axes; ``others`` (arrays of d
+    columns, e.g. centres) into the same plane.
+
+    Returns ``(X2, [others2...], explained)``: (n, 2) coordinates of the centred
+    data, and the fraction of the total variance along each axis. The axes are
+    the top eigenvectors of the sample covariance (``np.linalg.eigh``), each
+    signed so its largest loading is positive; d = 1 or n < 2 give zero columns.
+    This is the fallback used while ``beamml.transforms.pca`` is absent: the lead
+    replaces it by ``PCAModel.fit(sample, 2).transform(...)`` after the merge.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2:
+        raise ValueError(f'project_2d: X must be (n, d), got shape {X.shape}')
+    n, d = X.shape
+    mean = X.mean(axis=0) if n else np.zeros(d)
+    basis = np.zeros((d, 2))
+    explained = np.zeros(2)
+    if n >= 2 and d >= 1:
+        Xc = X - mean
+        cov = Xc.T @ Xc / (n - 1)
+        w, v = np.linalg.eigh(cov)
+        order = np.argsort(w)[::-1][:2]
+        for j, col in enumerate(order):
+            vec = v[:, col]
+            basis[:, j] = vec * (1.0 if vec[np.argmax(np.abs(vec))] >= 0 else -1.0)
+        total = float(np.trace(cov))
+        if total > 0:
+            explained[:len(order)] = np.clip(w[order], 0, None) / total
+    project = (lambda A: (np.asarray(A, dtype=np.float64).reshape(-1, d) - mean) @ basis)
+    return project(X), [project(A) for A in others], explained
+
+
+def table_html(rows, columns: Sequence[str]) -> str:
+    """An HTML table: ``rows`` are dicts (by column name) or sequences; every cell escaped."""
+    head = ''.join(f'<th>{escape(c)}</th>' for c in columns)
+    body = []
+    for r in rows:
+        cells = [r.get(c, '') for c in columns] if isinstance(r, Mapping) else list(r)
+        body.append('<tr>' + ''.join(
+            f'<td>{escape(fmt(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v)}'
+            '</td>' for v in cells) + '</tr>')
+    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+
+
+_CSS = """
+body { font-family: sans-serif; color: #222; max-width: 980px; margin: 20px auto;
+       padding: 0 10px; background: #fafafa; }
+h1 { font-size: 22px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
+p.text { font-size: 14px; }
+figure { margin: 12px 0; } svg.chart { border: 1px solid #ddd; max-width: 100%; height: auto; }
+table { border-collapse: collapse; font-size: 13px; background: #fff; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+th { background: #f0f0f0; } footer { margin-top: 30px; font-size: 11px; color: #777; }
+"""
+
+
+class Report:
+    """One self-contained HTML page of sections, charts and tables.
+
+    ``Report('title').section('Drift', 'text').add(svg).table(rows, columns)``;
+    :meth:`render` gives the document, :meth:`write` writes it (local or gs://).
+    :meth:`add` takes markup as it is (a chart of this module, or
+    :func:`table_html`); every other text is escaped.
+    """
+
+    def __init__(self, title: str, subtitle: str | None = None):
+        self.title, self.subtitle = title, subtitle
+        self._parts: list[str] = []
+
+    def section(self, heading: str, text: str | None = None) -> 'Report':
+        self._parts.append(f'<h2>{escape(heading)}</h2>')
+        if text:
+            self._parts.append(f'<p class="text">{escape(text)}</p>')
+        return self
+
+    def add(self, fragment: str) -> 'Report':
+        self._parts.append(f'<figure>{fragment}</figure>' if fragment.lstrip().startswith('<svg')
+                           else fragment)
+        return self
+
+    def table(self, rows, columns: Sequence[str]) -> 'Report':
+        return self.add(table_html(rows, columns))
+
+    def render(self) -> str:
+        from beamml import __version__
+        when = _dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
+        sub = f'<p class="text">{escape(self.subtitle)}</p>' if self.subtitle else ''
+        return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+                '<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<title>{escape(self.title)}</title><style>{_CSS}</style></head><body>'
+                f'<h1>{escape(self.title)}</h1>{sub}{"".join(self._parts)}'
+                f'<footer>beamml {escape(__version__)}, {when}</footer></body></html>\n')
+
+    def write(self, path: str) -> str:
+        """Write the page (one object on gs://, a rename locally); returns ``path``."""
+        from beamml.transforms.io.documents import write_text
+        return write_text(path, self.render())
