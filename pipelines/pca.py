@@ -1,11 +1,11 @@
 """Exact PCA in one pass: mean, components and explained variance; optionally the projections.
 
-    beamml pca --input 'data/*.parquet' --n_components 2 --output out/pca/ [--project]
+    beamml pca --input 'data/*.parquet' --n_components 2 --output out/pca/ [--write_projection]
         [--output_format parquet|csv|jsonl]
 
 Writes OUTPUT/pca.json (``mean``, ``components`` (n_components x d),
 ``explained_variance``, ``explained_variance_ratio``, ``n_samples``: scikit-learn's
-conventions, see :class:`beamml.transforms.pca.PCAModel`), with ``--project`` the
+conventions, see :class:`beamml.transforms.pca.PCAModel`), with ``--write_projection`` the
 projected points OUTPUT/projection/part-SSSSS-of-NNNNN.<format> (``id``,
 ``projection``), and the dead letters OUTPUT/pca-errors-*.jsonl. OUTPUT is a folder,
 committed once with OUTPUT/_SUCCESS (see the README: scheduled runs).
@@ -36,9 +36,11 @@ class PCAOptions:
         parser.add_argument('--n_components', type=int, required=True,
                             help='number of principal components, 1 .. min(rows, features)')
         parser.add_argument('--output', required=True,
-                            help='output folder (local or gs://): pca.json, with --project '
-                                 'projection/part-*.<format>, and pca-errors-*.jsonl')
-        parser.add_argument('--project', action='store_true',
+                            help='output folder (local or gs://): pca.json, with '
+                                 '--write_projection projection/part-*.<format>, and '
+                                 'pca-errors-*.jsonl')
+        # not --project: that is Beam's Google Cloud project, which a Dataflow run needs
+        parser.add_argument('--write_projection', action='store_true',
                             help='also write every point projected on the components '
                                  '(id, projection), from a second pass over the input')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
@@ -86,7 +88,7 @@ def build(p, args):
     model = points.batches | 'ComputePCA' >> ComputePCA(args.n_components, allow_empty=True)
     written = [model | 'WriteModel' >> beam.Map(_write_model, model_path(out))]
     projection = None
-    if args.project:
+    if args.write_projection:
         projection = points.batches | 'ProjectPCA' >> ProjectPCA(model)
         written.append(projection | 'WriteProjection' >> WriteTable(
             FileSystems.join(out, PROJECTION) + '/', args.output_format,
@@ -128,7 +130,7 @@ def run(argv=None):
     path = model_path(args.output)
     print(summary(PCAModel.load(path).to_dict()))
     print(f'model: {path}')
-    if args.project:
+    if args.write_projection:
         print(f'projection: {projection_glob(args)}')
     common.report(result, errors_glob=WriteDeadLetters.glob(errors_prefix(args.output)),
                   max_refused_fraction=args.max_refused_fraction)

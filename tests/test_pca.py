@@ -285,7 +285,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     write_csv(tmp_path / 'p.csv', X, bad_rows=['900,1,,2', '901,1,2,abc'])
     out = tmp_path / 'out'
     rc = main(['pca', '--input', str(tmp_path / 'p.csv'), '--n_components', '2',
-               '--output', str(out), '--project', '--max_refused_fraction', '0.05'])
+               '--output', str(out), '--write_projection', '--max_refused_fraction', '0.05'])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     doc = json.loads((out / 'pca.json').read_text())
@@ -316,7 +316,7 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert success['pipeline'] == 'pca' and success['counts']['records_refused'] == 2
     # a rerun of a complete destination does nothing
     assert main(['pca', '--input', str(tmp_path / 'p.csv'), '--n_components', '2',
-                 '--output', str(out), '--project', '--max_refused_fraction', '0.05']) == 0
+                 '--output', str(out), '--write_projection', '--max_refused_fraction', '0.05']) == 0
     assert 'is complete' in capsys.readouterr().out
 
 
@@ -357,3 +357,26 @@ def test_cli_refusals_are_one_line_exit_2(flags, rows, message, tmp_path, capsys
     assert rc == 2 and len(lines) == 1 and message in lines[0], err
     assert not (tmp_path / 'o').exists()
     assert not [f for f in os.listdir(tmp_path) if f.startswith('.beamml-')]
+
+
+def test_translates_to_a_dataflow_batch_job_offline(gcs_bucket):
+    """The graph with --write_projection builds as a Dataflow batch job (nothing is submitted)."""
+    from apache_beam.io.filesystems import FileSystems
+    from beamml.pipelines import common, pca
+    with FileSystems.create(f'{gcs_bucket}/in/p.csv') as f:
+        f.write(b'id,a,b\n1,0,0\n2,1,1\n3,5,4\n4,6,6\n')
+    args, options = common.parse_args(pca.PCAOptions, [
+        '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
+        '--region', 'us-central1', '--temp_location', f'{gcs_bucket}/tmp',
+        '--input', f'{gcs_bucket}/in/*.csv', '--n_components', '2', '--write_projection',
+        '--output', f'{gcs_bucket}/out/pca/'], prog='t')
+    assert args.write_projection   # and --project is Beam's, the Google Cloud project
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    assert options.view_as(GoogleCloudOptions).project == 'beamml-test'
+    p = beam.Pipeline(options=options)
+    pca.build(p, args)
+    job = p.run().job
+    assert job.proto.type == 1   # JOB_TYPE_BATCH
+    names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
+    assert {'ReadPoints', 'ComputePCA', 'ProjectPCA', 'WriteModel', 'WriteProjection',
+            'WriteDeadLetters'} <= names, sorted(n for n in names if '/' not in n)
