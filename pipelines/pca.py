@@ -42,7 +42,7 @@ class PCAOptions:
         # not --project: that is Beam's Google Cloud project, which a Dataflow run needs
         parser.add_argument('--write_projection', action='store_true',
                             help='also write every point projected on the components '
-                                 '(id, projection), from a second pass over the input')
+                                 '(id, projection), with the fitted model as a side input')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of the projections (default parquet)')
         runs.add_run_args(parser)
