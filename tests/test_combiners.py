@@ -367,6 +367,27 @@ def row_batches(cls):
     return cls(), inputs, equal_exact, lambda out: assert_same(0, out)
 
 
+# ----------------------------------------------------------------------------- pca
+
+def pca_batches(cls):
+    """Correlated points 100 away from the origin in batches of varied sizes (one empty)
+    into n, mean and the centred scatter matrix (Chan et al.'s merge)."""
+    rng = np.random.default_rng(29)
+    X = points(29, 150, 4) @ rng.normal(size=(4, 4)) + 100.0
+    inputs = [points_batch(np.arange(lo, hi), X[lo:hi]) for lo, hi in cut(len(X), 8, rng)]
+    assert any(b.num_rows == 0 for b in inputs)
+
+    def equal(a, b):
+        assert a.n == b.n, (a.n, b.n)
+        assert_same(a.mean, b.mean, rtol=1e-12)
+        scale = 0.0 if a.m2 is None else np.abs(a.m2).max()
+        assert_same(a.m2, b.m2, atol=1e-11 * scale)
+
+    def empty(out):
+        assert (out.n, out.mean, out.m2) == (0, None, None), out
+    return cls(), inputs, equal, empty
+
+
 # ----------------------------------------------------------------------------- the registry
 
 REGISTRY = {
@@ -387,6 +408,7 @@ REGISTRY = {
     '_RowsFn': {'batches': row_batches},
     '_SortSampleFn': {'fixed_shards': sort_sample(4, 1_000_000),
                       'shards_by_rows': sort_sample(None, 20)},
+    'PCACombineFn': {'batches': pca_batches},
 }
 CASES = [(name, case) for name in sorted(REGISTRY) for case in REGISTRY[name]]
 

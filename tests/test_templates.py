@@ -50,7 +50,7 @@ def _real_parser(pipeline: str) -> argparse.ArgumentParser:
 
 
 def test_every_pipeline_has_a_batch_template_and_the_streaming_ones_a_streaming_one():
-    assert set(ALL) == {'norms', 'index_ids', 'assign', 'evaluate',
+    assert set(ALL) == {'norms', 'index_ids', 'assign', 'evaluate', 'pca',
                         'assign_streaming', 'evaluate_streaming', 'kmeans_streaming'}
     for name, t in ALL.items():
         assert _checked_in(name)['streaming'] is t.streaming

@@ -1,0 +1,141 @@
+"""Exact PCA in one pass: mean, components and explained variance; optionally the projections.
+
+    beamml pca --input 'data/*.parquet' --n_components 2 --output out/pca/ [--write_projection]
+        [--output_format parquet|csv|jsonl]
+
+Writes OUTPUT/pca.json (``mean``, ``components`` (n_components x d),
+``explained_variance``, ``explained_variance_ratio``, ``n_samples``: scikit-learn's
+conventions, see :class:`beamml.transforms.pca.PCAModel`), with ``--write_projection`` the
+projected points OUTPUT/projection/part-SSSSS-of-NNNNN.<format> (``id``,
+``projection``), and the dead letters OUTPUT/pca-errors-*.jsonl. OUTPUT is a folder,
+committed once with OUTPUT/_SUCCESS (see the README: scheduled runs).
+"""
+from __future__ import annotations
+
+import logging
+import sys
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from beamml.pipelines import common, runs
+from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
+                                  WriteTable)
+from beamml.transforms.pca import MODEL_FILE, ComputePCA, PCAModel, ProjectPCA, projection_schema
+
+LOG = logging.getLogger('beamml')
+PROJECTION = 'projection'
+
+
+class PCAOptions:
+    """The flags of ``beamml pca`` (not a PipelineOptions subclass; see pipelines.norms)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        common.add_input_args(parser)
+        parser.add_argument('--n_components', type=int, required=True,
+                            help='number of principal components, 1 .. min(rows, features)')
+        parser.add_argument('--output', required=True,
+                            help='output folder (local or gs://): pca.json, with '
+                                 '--write_projection projection/part-*.<format>, and '
+                                 'pca-errors-*.jsonl')
+        # not --project: that is Beam's Google Cloud project, which a Dataflow run needs
+        parser.add_argument('--write_projection', action='store_true',
+                            help='also write every point projected on the components '
+                                 '(id, projection), with the fitted model as a side input')
+        parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
+                            help='format of the projections (default parquet)')
+        runs.add_run_args(parser)
+
+
+def validate(args) -> None:
+    if args.n_components < 1:
+        raise BeammlError(f'--n_components must be >= 1, got {args.n_components}')
+
+
+def model_path(output: str) -> str:
+    return FileSystems.join(output.rstrip('/'), MODEL_FILE)
+
+
+def errors_prefix(output: str) -> str:
+    return FileSystems.join(output.rstrip('/'), 'pca')
+
+
+def projection_glob(args) -> str:
+    return (f'{FileSystems.join(args.output.rstrip("/"), PROJECTION)}/part-?????-of-?????.'
+            f'{args.output_format}')
+
+
+def _write_model(model: PCAModel, path: str) -> dict:
+    model.save(path)   # the single element: a retry rewrites the same content
+    return model.to_dict()
+
+
+def build(p, args):
+    """Read, combine, decompose, write the model (and the projections) and the dead
+    letters; returns {'model', 'projection', 'errors', 'read', 'written'}."""
+    validate(args)
+    read = ReadPoints(args.input, **common.read_kwargs(args))
+    d = read.layout.dimension
+    if args.n_components > d:
+        raise BeammlError(f'--n_components {args.n_components} is more than the {d} '
+                          f'feature(s) of {read.paths[0]}: at most min(rows, features)')
+    LOG.info('input: %d file(s), %s, d=%d, features %s; %d component(s)', len(read.paths),
+             read.layout.input_format, d, ','.join(read.layout.feature_columns),
+             args.n_components)
+    points = p | 'ReadPoints' >> read
+    out = args.output.rstrip('/')
+    model = points.batches | 'ComputePCA' >> ComputePCA(args.n_components, allow_empty=True)
+    written = [model | 'WriteModel' >> beam.Map(_write_model, model_path(out))]
+    projection = None
+    if args.write_projection:
+        projection = points.batches | 'ProjectPCA' >> ProjectPCA(model)
+        written.append(projection | 'WriteProjection' >> WriteTable(
+            FileSystems.join(out, PROJECTION) + '/', args.output_format,
+            schema=projection_schema(read.layout.id_arrow_type, args.n_components)))
+    written.append(points.errors | 'WriteDeadLetters' >> WriteDeadLetters(errors_prefix(out)))
+    return {'model': model, 'projection': projection, 'errors': points.errors,
+            'read': points, 'written': written}
+
+
+def finish(output: str, counts: dict) -> None:
+    """The commit's check: no model means no row was accepted."""
+    if not FileSystems.exists(model_path(output)):
+        raise BeammlError(f'PCA needs at least one row, and none was accepted: '
+                          f'{counts["records_read"]} record(s) read, '
+                          f'{counts["records_refused"]} refused; nothing was committed')
+
+
+def summary(doc: dict) -> str:
+    ratios = [float('nan') if isinstance(r, str) else r
+              for r in doc['explained_variance_ratio']]
+    return (f'explained_variance_ratio: {" ".join(f"{r:.6g}" for r in ratios)} '
+            f'(sum {sum(ratios):.6g}); n_samples={doc["n_samples"]} '
+            f'n_components={len(ratios)} n_features={len(doc["mean"])}')
+
+
+@common.pipeline_run
+def run(argv=None):
+    args, options = common.parse_args(PCAOptions, argv, prog='beamml pca',
+                                      description=__doc__)
+    validate(args)
+    result, _ = runs.run_committed(
+        args, options, 'pca', build, folder=True, report=False,
+        errors_glob=lambda out: WriteDeadLetters.glob(errors_prefix(out)),
+        finish=finish)
+    if result is None:   # the destination is complete: nothing was run
+        return None
+    if common.no_results(options):   # translated offline or not waited for: no outputs yet
+        return result
+    path = model_path(args.output)
+    print(summary(PCAModel.load(path).to_dict()))
+    print(f'model: {path}')
+    if args.write_projection:
+        print(f'projection: {projection_glob(args)}')
+    common.report(result, errors_glob=WriteDeadLetters.glob(errors_prefix(args.output)),
+                  max_refused_fraction=args.max_refused_fraction)
+    return result
+
+
+if __name__ == '__main__':
+    sys.exit(common.main_wrapper(run, prog='beamml pca'))
