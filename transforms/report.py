@@ -34,8 +34,9 @@ def project_2d(X, *others):
     data, and the fraction of the total variance along each axis. The axes are
     the top eigenvectors of the sample covariance (``np.linalg.eigh``), each
     signed so its largest loading is positive; d = 1 or n < 2 give zero columns.
-    This is the fallback used while ``beamml.transforms.pca`` is absent: the lead
-    replaces it by ``PCAModel.fit(sample, 2).transform(...)`` after the merge.
+    The kmeans report projects with ``PCAModel.fit(sample, 2).transform(...)``
+    (:mod:`beamml.transforms.pca`) where that module exists, and with this function
+    only where it does not: the lead replaces it by PCAModel after the merge.
     """
     X = np.asarray(X, dtype=np.float64)
     if X.ndim != 2:
