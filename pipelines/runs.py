@@ -464,8 +464,15 @@ class DatedRun:
         """Remove this run's temporary prefix and release the lock (best effort)."""
         if self.dry_run or not self._locked:
             return
+        temp = self.dest.temp_root(self.run_id) + '/'
         try:
-            delete_tree(self.dest.temp_root(self.run_id) + '/')
+            # a failed run's other bundles may still be finishing a write: delete until
+            # nothing new appears (the next run for the destination removes any straggler)
+            for _ in range(6):
+                delete_tree(temp)
+                time.sleep(0.5)
+                if not list_under(temp):
+                    break
             release_lock(self.dest, self.run_id)
         except Exception as e:   # storage gone: the next run cleans up
             LOG.warning('could not clean up %s: %s; the next run for %s removes it',
