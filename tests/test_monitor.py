@@ -415,3 +415,78 @@ def test_missing_baseline_and_flags(tmp_path, trained, capsys):
     with pytest.raises(BeammlError):
         load_monitor_config(str(tmp_path / 'missing.yaml'))
     assert glob.glob(str(tmp_path / 'o*')) == []
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def test_streaming_alarms_per_window_and_the_consecutive_rule(trained, tmp_path):
+    """A TestStream of five 10 s windows: the training data, then three windows of the
+    shifted copy, then the training data again: alarms in exactly the shifted windows,
+    with their bounds; the rule 'psi > 0.2 in 3 consecutive windows' fires in the third
+    shifted window only."""
+    import argparse
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.transforms.window import TimestampedValue
+
+    from beamml.pipelines import monitor_streaming, streaming
+    from beamml.transforms.io.rows import points_batch
+
+    X = trained['X']
+    shifted = pq.read_table(trained['shifted']).column('features').combine_chunks()
+    S = shifted.flatten().to_numpy().reshape(-1, 3)
+    windows = [X, S, S, S, X]
+    ts = TestStream().advance_watermark_to(0)
+    for w, data in enumerate(windows):
+        batches = [points_batch(pa.array(np.arange(lo, lo + 500) + 10000 * w), data[lo:lo + 500])
+                   for lo in range(0, 3000, 500)]
+        ts = ts.add_elements([TimestampedValue(b, 10 * w + 1 + i) for i, b in enumerate(batches)])
+        ts = ts.advance_watermark_to(10 * w + 10)
+    ts = ts.advance_processing_time(3600).advance_watermark_to_infinity()
+    cfg = tmp_path / 'monitor.yaml'
+    cfg.write_text('rules:\n  - {name: psi3, metric: psi, threshold: 0.2, consecutive: 3}\n')
+    out = str(tmp_path / 'stream')
+    ap = argparse.ArgumentParser()
+    monitor.MonitorOptions._add_argparse_args(ap)
+    args = ap.parse_args(['--model', trained['models'], '--output', out, '--window_size', '10',
+                          '--input_subscription', 'projects/p/subscriptions/s',
+                          '--monitor_config', str(cfg)])
+    ctx = monitor.load_inputs(args)
+    options = PipelineOptions(runner='BundleBasedDirectRunner')
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        source = streaming.window_and_gate(p | ts, args)
+        monitor_streaming.build_streaming(p, args, ctx, source=source)
+
+    def per_window(name):
+        found = {}
+        for path in sorted(glob.glob(f'{out}/{name}-1970*.jsonl')):
+            with open(path) as f:
+                for line in f:
+                    r = json.loads(line)
+                    found.setdefault(r['window_start'], []).append(r)
+        return found
+
+    starts = [f'1970-01-01T00:00:{10 * w:02d}.000Z' for w in range(5)]
+    drift = per_window('drift')
+    assert sorted(drift) == starts
+    assert all(len(v) == 1 and v[0]['timing'] == 'on_time' for v in drift.values())
+    alarm = per_window('alarms')
+    assert sorted(alarm) == starts[1:4]
+    for start in starts[1:4]:
+        psi_features = {a['feature'] for a in alarm[start] if a['metric'] == 'psi'}
+        assert psi_features - {'l2_norm'} == {'features_0', 'features_2'}
+        assert all(a['window_start'] == start and a['window_end'] for a in alarm[start])
+    # window 1 drift equals the batch run's on the same data
+    assert drift[starts[0]][0]['features']['features_0']['psi']['value'] == pytest.approx(0, abs=1e-12)
+    decision = per_window('decision')
+    assert {s: v[0]['retrain'] for s, v in decision.items()} == dict(zip(
+        starts, [False, False, False, True, False]))
+    (rule,) = decision[starts[3]][0]['rules']
+    assert rule['fired'] and len(rule['evidence'][0]['values']) == 3
+    stats = per_window('statistics')
+    assert stats[starts[2]][0]['rows'] == 3000
+    report = per_window('report_data')
+    assert report[starts[2]][0]['clusters']['current_shares']
