@@ -51,6 +51,10 @@ OUTPUT_FILES = ('statistics.json', 'drift.json', 'alarms.jsonl', 'decision.json'
                 'report_data.json')
 
 
+#: batch-only flags a streaming run refuses (with their defaults)
+_BATCH_ONLY = {'make_baseline': False, 'retrain': False, 'history': None}
+
+
 class AlarmError(BeammlError):
     """An alarm fired (exit code :data:`EXIT_ALARM`), raised after the outputs committed."""
     exit_code = EXIT_ALARM
@@ -278,6 +282,9 @@ def run(argv=None):
     if args.retrain and (args.make_baseline or not args.model):
         raise BeammlError('--retrain needs --model (the model to retrain) and no '
                           '--make_baseline')
+    if args.retrain and common.is_launch_only(options) and not common.is_dry_run(options):
+        raise BeammlError(f'--retrain trains after the monitoring job, from this process: it '
+                          f'must wait for the job ({common.LAUNCH_ONLY_VARIABLE} is set)')
     ctx = load_inputs(args)
     if streaming.is_streaming(options):
         from beamml.pipelines import monitor_streaming

@@ -156,9 +156,11 @@ def build_streaming(p, args, ctx: dict, source: dict | None = None) -> dict:
 
 
 def run_streaming(args, options, ctx: dict):
-    if args.make_baseline or args.retrain:
-        raise BeammlError('--make_baseline and --retrain are batch runs; a stream monitors '
-                          'against an existing baseline')
+    from beamml.pipelines.monitor import _BATCH_ONLY
+    given = [f for f, default in _BATCH_ONLY.items() if getattr(args, f) != default]
+    if given:
+        raise BeammlError(f'--{given[0]} is for a batch run; a stream monitors each window '
+                          'against an existing baseline (its rules keep their own state)')
     if ctx['baseline'] is None:
         raise BeammlError('monitor --streaming needs a baseline (--model or --baseline)')
     if args.output and not common.is_dry_run(options):
