@@ -43,7 +43,7 @@ from beamml.transforms.model import CentroidModel
 from beamml.transforms.monitoring import (BASELINE_FILE, MakeBaseline, MonitorStatistics,
                                           column_names, decide, drift_document,
                                           load_baseline, load_monitor_config, report_data,
-                                          summary_line, write_baseline)
+                                          summary_line, window_summary, write_baseline)
 
 LOG = logging.getLogger('beamml')
 EXIT_ALARM = 3
@@ -157,7 +157,8 @@ def write_results(profile: dict, output: str, baseline, config, history: list[di
     write_text(join(output, 'alarms.jsonl'), ''.join(dumps(a) + '\n' for a in alarms))
     write_json(join(output, 'decision.json'), decision, indent=1)
     write_json(join(output, 'report_data.json'),
-               report_data(baseline, profile, drift, decision), indent=1)
+               report_data(baseline, profile, drift, decision,
+                           [window_summary(d) for d in history + [drift]]), indent=1)
     return drift
 
 

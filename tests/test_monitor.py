@@ -119,6 +119,24 @@ def test_bin_counts_equal_numpy_histogram_plus_overflow_bins():
         assert counts[j].sum() == len(x)
 
 
+def test_bin_counts_on_equal_width_edges_equal_a_binary_search_at_the_edges():
+    """The arithmetic bin index (equal-width edges) against np.searchsorted, on values at,
+    just above and just below every edge, far outside, at every scale."""
+    rng = np.random.default_rng(7)
+    for _ in range(30):
+        lo, hi = sorted(rng.normal(size=2) * 10.0 ** rng.integers(-5, 8))
+        e = np.linspace(lo, hi, 201)
+        x = np.concatenate([e, np.nextafter(e, np.inf), np.nextafter(e, -np.inf),
+                            rng.uniform(lo - (hi - lo), hi + (hi - lo), 2000)])
+        ref = np.searchsorted(e, x, side='right')
+        ref[x == e[-1]] = 200
+        np.testing.assert_array_equal(bin_counts(x[:, None], e[None])[0],
+                                      np.bincount(ref, minlength=202))
+    uneven = np.array([[0.0, 1.0, 5.0, 6.0]])   # not equal-width: the binary search
+    np.testing.assert_array_equal(bin_counts(np.array([[-1, 0, 0.5, 1, 5.5, 6, 7.0]]).T,
+                                             uneven)[0], [1, 2, 1, 2, 1])
+
+
 def test_histogram_quantiles_within_two_fine_bins():
     rng = np.random.default_rng(2)
     qs = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -334,6 +352,9 @@ history: '{tmp_path}/runs/*/'
     ev = [e for e in rule['evidence'] if e['feature'] == 'features_0'][0]
     assert len(ev['values']) == 3 and all(v > 0.2 for v in ev['values'])
     assert ev['windows'][-1] == f'{tmp_path}/runs/2026-11-22/'
+    series = read(f'{tmp_path}/runs/2026-11-22/', 'report_data.json')['windows']
+    assert [w['run'] for w in series] == [f'{tmp_path}/runs/{d}/' for d, _ in days[:3]]
+    assert series[-1]['psi']['features_0'] == ev['values'][-1]
 
 
 def test_retrain_writes_a_candidate_version_without_moving_latest(trained, tmp_path, capsys):

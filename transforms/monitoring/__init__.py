@@ -16,7 +16,8 @@ from beamml.transforms.monitoring.baseline import (BASELINE_FILE, DRIFT_BINS, FI
 from beamml.transforms.monitoring.config import (DEFAULT_RULES, DEFAULT_THRESHOLDS, METRICS,
                                                  MonitorConfig, load_monitor_config)
 from beamml.transforms.monitoring.drift import (alarms_of, decide, drift_document,
-                                                js_divergence, psi, report_data, summary_line)
+                                                js_divergence, psi, report_data, summary_line,
+                                                window_summary)
 from beamml.transforms.monitoring.stats import (QUANTILES, ColumnStatsFn, bin_counts,
                                                 histogram_quantiles, monitor_columns)
 from beamml.transforms.monitoring.transforms import MakeBaseline, MonitorColumns, MonitorStatistics
@@ -27,5 +28,5 @@ __all__ = [
     'MonitorConfig', 'MonitorStatistics', 'alarms_of', 'bin_counts', 'column_names', 'decide',
     'drift_document', 'histogram_quantiles', 'js_divergence', 'load_baseline',
     'load_monitor_config', 'make_baseline', 'make_profile', 'monitor_columns', 'psi',
-    'report_data', 'summary_line', 'write_baseline',
+    'report_data', 'summary_line', 'window_summary', 'write_baseline',
 ]

@@ -30,7 +30,7 @@ from beamml.transforms.monitoring.baseline import Baseline, drift_counts
 from beamml.transforms.monitoring.config import FEATURE_METRICS, MonitorConfig
 
 __all__ = ['psi', 'js_divergence', 'shares', 'drift_document', 'alarms_of', 'decide',
-           'summary_line', 'report_data']
+           'summary_line', 'report_data', 'window_summary']
 
 
 def shares(counts) -> np.ndarray:
@@ -166,6 +166,16 @@ def _window_name(doc: dict) -> str | None:
     if doc.get('window_start') or doc.get('window_end'):
         return f'{doc.get("window_start")}/{doc.get("window_end")}'
     return doc.get('run')
+
+
+def window_summary(doc: dict) -> dict:
+    """The values of one window's drift document, for a report's time series: ``{run,
+    window_start, window_end, psi: {feature: v}, js: {...}, model: {metric: v}}``."""
+    return {'run': doc.get('run'), 'window_start': doc.get('window_start'),
+            'window_end': doc.get('window_end'),
+            **{m: {n: e[m]['value'] for n, e in doc.get('features', {}).items()}
+               for m in FEATURE_METRICS},
+            'model': {m: e['value'] for m, e in (doc.get('model') or {}).items()}}
 
 
 def summary_line(alarms: list[dict], limit: int = 8) -> str:

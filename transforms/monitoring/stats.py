@@ -60,6 +60,16 @@ def empty_moments(c: int) -> dict:
 def moments_of(V: np.ndarray) -> dict:
     """The moments of one (n, c) matrix, over the finite values of each column."""
     finite = np.isfinite(V)
+    c = V.shape[1]
+    if finite.all():   # the common case: fewer passes over the batch
+        n = np.full(c, len(V), np.int64)
+        if not len(V):
+            return empty_moments(c)
+        mean = V.mean(axis=0)
+        dev = V - mean
+        return {'n': n, 'nan': np.zeros(c, np.int64), 'inf': np.zeros(c, np.int64),
+                'mean': mean, 'm2': np.einsum('ij,ij->j', dev, dev),
+                'min': V.min(axis=0), 'max': V.max(axis=0)}
     isnan = np.isnan(V)
     n = finite.sum(axis=0)
     Z = np.where(finite, V, 0.0)
@@ -104,11 +114,29 @@ def bin_counts(V: np.ndarray, edges: np.ndarray) -> np.ndarray:
     out = np.zeros((c, e1 + 1), np.int64)
     for j in range(c):   # a loop over columns, each vectorised over the rows
         x = V[:, j]
-        x = x[np.isfinite(x)]
-        idx = np.searchsorted(edges[j], x, side='right')
+        finite = np.isfinite(x)
+        if not finite.all():
+            x = x[finite]
+        idx = _bin_index(x, edges[j])
         idx[x == edges[j, -1]] = e1 - 1   # the last inner bin is closed
         out[j] = np.bincount(idx, minlength=e1 + 1)
     return out
+
+
+def _bin_index(x: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """``np.searchsorted(e, x, side='right')``; for equal-width edges (the baseline's)
+    computed arithmetically, then corrected by one comparison each way against the edges
+    themselves (so the result is the same, ~10x faster than a binary search)."""
+    B = len(e) - 1
+    width = (e[-1] - e[0]) / B
+    if not (B >= 1 and width > 0 and np.allclose(np.diff(e), width, rtol=1e-9, atol=0)):
+        return np.searchsorted(e, x, side='right')
+    pos = np.floor((x - e[0]) * (1.0 / width))
+    np.clip(pos, -1, B, out=pos)
+    pos = pos.astype(np.int64) + 1           # 0: below e_0; i: e_{i-1} <= x < e_i; B + 1: above
+    pos -= (pos >= 1) & (x < e[np.clip(pos - 1, 0, B)])
+    pos += (pos <= B) & (x >= e[np.clip(pos, 0, B)])
+    return pos
 
 
 def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, lo: float, hi: float,
