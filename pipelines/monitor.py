@@ -301,7 +301,8 @@ def run(argv=None):
             print(f'baseline: {FileSystems.join(args.output, BASELINE_FILE)}')
         return result
     ctx['retrain_input'] = retrain_input(args, ctx['config'])
-    ctx['history'] = read_history(args.history or ctx['config'].history, args.output)
+    ctx['history'] = ([] if common.is_dry_run(options)   # a dry run touches no storage
+                      else read_history(args.history or ctx['config'].history, args.output))
     ctx['run_name'] = _folder(args.output)
     result, _ = runs.run_committed(args, options, 'monitor', functools.partial(build, ctx=ctx),
                                    folder=True, errors_glob=errors_glob)

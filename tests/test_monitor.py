@@ -511,3 +511,27 @@ def test_streaming_alarms_per_window_and_the_consecutive_rule(trained, tmp_path)
     assert stats[starts[2]][0]['rows'] == 3000
     report = per_window('report_data')
     assert report[starts[2]][0]['clusters']['current_shares']
+
+
+def test_nan_and_inf_are_counted_per_feature_with_allow_nan(trained, tmp_path, capsys):
+    X = blobs(500, 9)
+    X[3, 0] = X[10, 0] = np.nan
+    X[7, 2] = np.inf
+    lines = ['id,a,b,c'] + [f'{i},' + ','.join(repr(float(v)) for v in x)
+                            for i, x in enumerate(X)]
+    path = tmp_path / 'p.csv'
+    path.write_text('\n'.join(lines) + '\n')
+    base = str(tmp_path / 'base')
+    code, _, err = cli(['--make_baseline', '--input', str(path), '--allow_nan', '--output', base,
+                        '--feature_columns', 'a,b,c'], capsys)
+    assert code == 0, err
+    doc = read(base, 'baseline.json')
+    assert (doc['features']['a']['nan'], doc['features']['a']['count']) == (2, 498)
+    assert (doc['features']['c']['inf'], doc['features']['c']['count']) == (1, 499)
+    finite = X[:, 0][np.isfinite(X[:, 0])]
+    assert doc['features']['a']['mean'] == pytest.approx(finite.mean(), rel=1e-12)
+    assert doc['l2_norm']['nan'] == 2 and doc['l2_norm']['inf'] == 1
+    code, stdout, err = cli(['--input', str(path), '--allow_nan', '--baseline', base,
+                             '--feature_columns', 'a,b,c', '--output', str(tmp_path / 'out')],
+                            capsys)
+    assert code == 0 and 'monitor: no alarm' in stdout, err
