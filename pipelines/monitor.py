@@ -52,7 +52,8 @@ OUTPUT_FILES = ('statistics.json', 'drift.json', 'alarms.jsonl', 'decision.json'
 
 
 #: batch-only flags a streaming run refuses (with their defaults)
-_BATCH_ONLY = {'make_baseline': False, 'retrain': False, 'history': None}
+_BATCH_ONLY = {'make_baseline': False, 'retrain': False, 'history': None, 'task': None,
+               'truth_column': 'truth', 'prediction_column': 'prediction'}
 
 
 class AlarmError(BeammlError):
@@ -83,6 +84,14 @@ class MonitorOptions:
         parser.add_argument('--retrain', action='store_true',
                             help='when decision.json says retrain: train a candidate model '
                                  'version on the config\'s retrain.input (LATEST not moved)')
+        parser.add_argument('--task', choices=('classification',), default=None,
+                            help='monitor classification prediction logs (rows truth, '
+                                 'prediction) instead of points: label and prediction rates, '
+                                 'precision, recall, accuracy, f1 against the baseline\'s')
+        parser.add_argument('--truth_column', default='truth',
+                            help='with --task: the truth label column (default truth)')
+        parser.add_argument('--prediction_column', default='prediction',
+                            help='with --task: the predicted label column (default prediction)')
         parser.add_argument('--history', default=None,
                             help='a glob of earlier monitor output folders whose drift.json '
                                  'are the windows before this run (default: the config\'s '
@@ -169,8 +178,11 @@ def _read(args, kwargs=None):
 def build(p, args, ctx: dict):
     """Read, profile against the baseline, write the results. Returns the dict
     runs.run_committed needs (``read``, ``errors``, ``written``) and ``drift``."""
-    read = _read(args)
     baseline, model = ctx['baseline'], ctx['model']
+    if baseline.kind == 'logs':
+        raise BeammlError(f'baseline {baseline.path} was made from prediction logs: monitor '
+                          'them with --task classification')
+    read = _read(args)
     check_names(column_names(read.layout), baseline, f'the input {args.input}')
     if model is not None:
         model.check_dimension(read.layout.dimension, f'the input {args.input}')
@@ -188,6 +200,52 @@ def build(p, args, ctx: dict):
         FileSystems.join(args.output, 'monitor'))
     return {'read': points, 'errors': points.errors, 'written': [drift, letters],
             'drift': drift}
+
+
+def _read_logs(p, args):
+    """--task: read and parse the prediction logs; (reader outputs, parsed, refused count,
+    all dead letters)."""
+    from beamml.transforms.io import ERRORS, ReadTable
+    from beamml.transforms.metrics import ParsePredictionLogs
+    read = ReadTable(args.input, input_format=args.input_format, source_columns=True,
+                     **({'id_column': args.id_column} if args.id_column else {}))
+    columns = {'truth': args.truth_column, 'prediction': args.prediction_column}
+    missing = [f'{c!r} (--{n}_column)' for n, c in columns.items()
+               if c not in read.layout.columns]
+    if missing:
+        raise BeammlError(f'{read.paths[0]} has no column {", ".join(missing)}; its columns '
+                          f'are {", ".join(read.layout.columns)}')
+    logs = p | 'ReadLogs' >> read
+    parsed = logs.batches | 'ParseLogs' >> ParsePredictionLogs(
+        'classification', columns, (), 'int64', read.layout.input_format)
+    errors = (logs[ERRORS], parsed[ERRORS]) | 'AllDeadLetters' >> beam.Flatten()
+    refused = errors | 'CountRefused' >> beam.combiners.Count.Globally()
+    return logs, parsed, refused, errors
+
+
+def build_logs(p, args, ctx: dict, *, make_baseline: bool = False):
+    """--task classification: the logs profile against a logs baseline (or, with
+    ``make_baseline``, the baseline itself)."""
+    from beamml.transforms.monitoring.logs import LogsProfile, logs_baseline
+    baseline = ctx['baseline']
+    if baseline is not None and baseline.kind != 'logs':
+        raise BeammlError(f'baseline {baseline.path} is a points baseline; --task '
+                          'classification needs one made from prediction logs (beamml monitor '
+                          '--make_baseline --task classification)')
+    logs, parsed, refused, errors = _read_logs(p, args)
+    profile = parsed.rows | 'LogsProfile' >> LogsProfile(refused)
+    errors = (errors, profile['errors']) | 'AllErrors' >> beam.Flatten()
+    if make_baseline:
+        written = profile['profile'] | 'WriteBaseline' >> beam.Map(
+            lambda d, path, src: write_baseline(path, logs_baseline(d, src)),
+            FileSystems.join(args.output, BASELINE_FILE), args.input)
+    else:
+        written = profile['profile'] | 'DriftAlarmsDecision' >> beam.Map(
+            write_results, args.output, baseline, ctx['config'], ctx['history'],
+            ctx['retrain_input'], ctx.get('run_name'))
+    letters = errors | 'WriteDeadLetters' >> WriteDeadLetters(
+        FileSystems.join(args.output, 'monitor'))
+    return {'read': logs, 'errors': errors, 'written': [written, letters]}
 
 
 def build_baseline(p, args, ctx: dict):
@@ -288,15 +346,23 @@ def run(argv=None):
                           f'must wait for the job ({common.LAUNCH_ONLY_VARIABLE} is set)')
     ctx = load_inputs(args)
     if streaming.is_streaming(options):
+        if args.task:
+            raise BeammlError('--task (prediction logs) is monitored in batch; --streaming '
+                              'monitors points')
         from beamml.pipelines import monitor_streaming
         return monitor_streaming.run_streaming(args, options, ctx)
     for flag in ('input', 'output'):
         if not getattr(args, flag):
             raise BeammlError(f'--{flag} is required')
     errors_glob = lambda out: WriteDeadLetters.glob(FileSystems.join(out, 'monitor'))  # noqa: E731
+    if args.task and args.retrain:
+        raise BeammlError('--retrain trains a K-means model from points; it does not go with '
+                          '--task (prediction logs)')
     if args.make_baseline:
-        result, _ = runs.run_committed(args, options, 'monitor', functools.partial(
-            build_baseline, ctx=ctx), folder=True, errors_glob=errors_glob)
+        build_fn = (functools.partial(build_logs, ctx=ctx, make_baseline=True) if args.task
+                    else functools.partial(build_baseline, ctx=ctx))
+        result, _ = runs.run_committed(args, options, 'monitor', build_fn, folder=True,
+                                       errors_glob=errors_glob)
         if result is not None and not common.no_results(options):
             print(f'baseline: {FileSystems.join(args.output, BASELINE_FILE)}')
         return result
@@ -304,8 +370,8 @@ def run(argv=None):
     ctx['history'] = ([] if common.is_dry_run(options)   # a dry run touches no storage
                       else read_history(args.history or ctx['config'].history, args.output))
     ctx['run_name'] = _folder(args.output)
-    result, _ = runs.run_committed(args, options, 'monitor', functools.partial(build, ctx=ctx),
-                                   folder=True, errors_glob=errors_glob)
+    result, _ = runs.run_committed(args, options, 'monitor', functools.partial(
+        build_logs if args.task else build, ctx=ctx), folder=True, errors_glob=errors_glob)
     if result is None or common.no_results(options):
         return result
     drift = read_json(FileSystems.join(args.output, 'drift.json'))

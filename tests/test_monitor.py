@@ -415,7 +415,10 @@ def test_config_errors_are_one_line(text, message, tmp_path, trained, capsys):
 def test_config_defaults_and_the_shipped_config():
     c = MonitorConfig()
     assert c.thresholds == {'psi': 0.2, 'js': 0.1, 'cluster_share_linf': 0.1,
-                            'mean_distance_ratio': 1.5, 'far_share_ratio': 2.0}
+                            'mean_distance_ratio': 1.5, 'far_share_ratio': 2.0,
+                            'label_rate_diff': 0.1, 'prediction_rate_diff': 0.1,
+                            'precision_drop': 0.05, 'recall_drop': 0.05, 'accuracy_drop': 0.05,
+                            'f1_drop': 0.05}
     assert c.epsilon == 1e-6 and [r['name'] for r in c.rules] == ['psi_3_windows',
                                                                   'far_share_doubled']
     shipped = load_monitor_config(os.path.join(os.path.dirname(__file__), '..', 'configs',
@@ -535,3 +538,61 @@ def test_nan_and_inf_are_counted_per_feature_with_allow_nan(trained, tmp_path, c
                              '--feature_columns', 'a,b,c', '--output', str(tmp_path / 'out')],
                             capsys)
     assert code == 0 and 'monitor: no alarm' in stdout, err
+
+
+# ----------------------------------------------------------------------------- prediction logs
+
+def write_logs(path, truth, prediction):
+    pq.write_table(pa.table({'id': np.arange(len(truth)), 'label': truth.astype(np.int64),
+                             'predicted': prediction.astype(np.int64)}), path)
+    return str(path)
+
+
+def test_prediction_logs_rates_and_metrics_against_sklearn(tmp_path, capsys):
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
+    rng = np.random.default_rng(11)
+    truth = rng.random(4000) < 0.3
+    good = np.where(rng.random(4000) < 0.92, truth, ~truth)       # the baseline's model
+    worse = rng.random(4000) < 0.45                                 # more positives
+    bad = np.where(rng.random(4000) < 0.7, worse, ~worse)
+    flags = ['--task', 'classification', '--truth_column', 'label',
+             '--prediction_column', 'predicted']
+    base = str(tmp_path / 'base')
+    code, _, err = cli(['--make_baseline', '--input', write_logs(tmp_path / 'a.parquet', truth,
+                                                                 good), '--output', base] + flags,
+                       capsys)
+    assert code == 0, err
+    doc = read(base, 'baseline.json')['logs']
+    assert doc['label_rate'] == pytest.approx(truth.mean())
+    assert doc['prediction_rate'] == pytest.approx(good.mean())
+    for name, fn in (('precision', precision_score), ('recall', recall_score),
+                     ('accuracy', accuracy_score), ('f1', f1_score)):
+        assert doc[name] == pytest.approx(fn(truth, good), rel=1e-12)
+    # the same logs: no alarm; another model's logs: the rates and the metrics alarm
+    out = str(tmp_path / 'same')
+    code, stdout, err = cli(['--input', write_logs(tmp_path / 's.parquet', truth, good),
+                             '--baseline', base, '--output', out] + flags, capsys)
+    assert code == 0 and 'monitor: no alarm' in stdout, err
+    out = str(tmp_path / 'bad')
+    code, stdout, err = cli(['--input', write_logs(tmp_path / 'b.parquet', worse, bad),
+                             '--baseline', base, '--output', out] + flags, capsys)
+    assert code == 3, err
+    drift = read(out, 'drift.json')['logs']
+    assert drift['label_rate_diff']['value'] == pytest.approx(abs(worse.mean() - truth.mean()))
+    assert drift['accuracy_drop']['value'] == pytest.approx(
+        accuracy_score(truth, good) - accuracy_score(worse, bad))
+    fired = {a['metric'] for a in alarms(out)}
+    assert {'label_rate_diff', 'prediction_rate_diff', 'accuracy_drop', 'f1_drop'} <= fired
+    assert all(a['feature'] is None for a in alarms(out))
+    report = read(out, 'report_data.json')
+    assert report['logs']['current']['accuracy'] == pytest.approx(accuracy_score(worse, bad))
+    # a logs baseline needs --task, a points baseline does not go with it
+    code, _, err = cli(['--input', str(tmp_path / 'b.parquet'), '--baseline', base,
+                        '--output', str(tmp_path / 'x')], capsys)
+    assert code == 2 and 'monitor them with --task classification' in err
+    points = str(tmp_path / 'points')
+    cli(['--make_baseline', '--input', write_points(tmp_path / 'p.parquet', blobs(100, 1)),
+         '--output', points], capsys)
+    code, _, err = cli(['--input', str(tmp_path / 'b.parquet'), '--baseline', points,
+                        '--output', str(tmp_path / 'y')] + flags, capsys)
+    assert code == 2 and 'is a points baseline' in err

@@ -177,10 +177,14 @@ class Baseline:
             raise BeammlError(f'{path or "baseline"} is not a beamml baseline '
                               f'(format {doc.get("format")!r}, expected {FORMAT!r})')
         self.doc, self.path = doc, path
+        self.kind = doc.get('kind', 'points')   # 'logs': a prediction logs baseline
         self.names = list(doc['names'])
-        self.edges = baseline_edges(doc)
         self.with_model = 'distance' in doc
-        self.columns = _columns(doc)
+        if self.kind == 'logs':
+            self.edges, self.columns = None, []
+        else:
+            self.edges = baseline_edges(doc)
+            self.columns = _columns(doc)
 
     @property
     def column_names(self) -> list[str]:

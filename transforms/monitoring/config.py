@@ -9,8 +9,10 @@ Keys (every one optional; the defaults are :data:`DEFAULT_THRESHOLDS` and
     added to every bin share before PSI and JS (default 1e-6).
 ``thresholds``
     ``{metric: value}`` for ``psi``, ``js``, ``cluster_share_linf``,
-    ``mean_distance_ratio``, ``far_share_ratio``; an alarm fires when a value is
-    *greater* than its threshold.
+    ``mean_distance_ratio``, ``far_share_ratio`` and, for prediction logs,
+    ``label_rate_diff``, ``prediction_rate_diff``, ``precision_drop``, ``recall_drop``,
+    ``accuracy_drop``, ``f1_drop``; an alarm fires when a value is *greater* than its
+    threshold.
 ``features``
     ``{feature name: {psi: x, js: y}}``: per-feature thresholds (the norm is
     ``l2_norm``).
@@ -32,14 +34,20 @@ import math
 
 from beamml.transforms.io import BeammlError
 
-__all__ = ['FEATURE_METRICS', 'MODEL_METRICS', 'METRICS', 'DEFAULT_THRESHOLDS',
+__all__ = ['FEATURE_METRICS', 'MODEL_METRICS', 'LOG_METRICS', 'METRICS', 'DEFAULT_THRESHOLDS',
            'DEFAULT_RULES', 'EPSILON', 'MonitorConfig', 'load_monitor_config']
 
 FEATURE_METRICS = ('psi', 'js')
 MODEL_METRICS = ('cluster_share_linf', 'mean_distance_ratio', 'far_share_ratio')
-METRICS = FEATURE_METRICS + MODEL_METRICS
+#: prediction logs (transforms/monitoring/logs.py)
+LOG_METRICS = ('label_rate_diff', 'prediction_rate_diff', 'precision_drop', 'recall_drop',
+               'accuracy_drop', 'f1_drop')
+METRICS = FEATURE_METRICS + MODEL_METRICS + LOG_METRICS
 DEFAULT_THRESHOLDS = {'psi': 0.2, 'js': 0.1, 'cluster_share_linf': 0.1,
-                      'mean_distance_ratio': 1.5, 'far_share_ratio': 2.0}
+                      'mean_distance_ratio': 1.5, 'far_share_ratio': 2.0,
+                      'label_rate_diff': 0.1, 'prediction_rate_diff': 0.1,
+                      'precision_drop': 0.05, 'recall_drop': 0.05, 'accuracy_drop': 0.05,
+                      'f1_drop': 0.05}
 DEFAULT_RULES = [
     {'name': 'psi_3_windows', 'metric': 'psi', 'threshold': 0.2, 'consecutive': 3},
     {'name': 'far_share_doubled', 'metric': 'far_share_ratio', 'threshold': 2.0,

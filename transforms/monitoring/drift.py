@@ -28,6 +28,7 @@ import numpy as np
 
 from beamml.transforms.monitoring.baseline import Baseline, drift_counts
 from beamml.transforms.monitoring.config import FEATURE_METRICS, MonitorConfig
+from beamml.transforms.monitoring.logs import logs_drift
 
 __all__ = ['psi', 'js_divergence', 'shares', 'drift_document', 'alarms_of', 'decide',
            'summary_line', 'report_data', 'window_summary']
@@ -76,6 +77,13 @@ def drift_document(baseline: Baseline, profile: dict, config: MonitorConfig,
     threshold, alarm}}}, model: {metric: {...}} (with a model), alarms: [...]}``."""
     eps = config.epsilon
     b = baseline.doc
+    if baseline.kind == 'logs':
+        values = logs_drift(b['logs'], profile['logs'])
+        doc = {'window_start': window[0], 'window_end': window[1], 'rows': profile['rows'],
+               'baseline_rows': b['rows'], 'epsilon': eps, 'features': {},
+               'logs': {m: _entry(v, config.threshold(m)) for m, v in values.items()}}
+        doc['alarms'] = alarms_of(doc)
+        return doc
     names = baseline.names + [b['norm_name']]
     sections = [profile['features'][n] for n in baseline.names] + [profile['l2_norm']]
     features = {}
@@ -121,7 +129,8 @@ def alarms_of(doc: dict) -> list[dict]:
             if e['alarm']:
                 out.append({'metric': metric, 'feature': name, 'value': e['value'],
                             'threshold': e['threshold'], **w})
-    for metric, e in (doc.get('model') or {}).items():
+    for metric, e in list((doc.get('model') or {}).items()) + list(
+            (doc.get('logs') or {}).items()):
         if e['alarm']:
             out.append({'metric': metric, 'feature': None, 'value': e['value'],
                         'threshold': e['threshold'], **w})
@@ -132,7 +141,7 @@ def _values(doc: dict, metric: str) -> dict:
     """{feature or None: value} of one metric in a drift document."""
     if metric in FEATURE_METRICS:
         return {n: m[metric]['value'] for n, m in doc.get('features', {}).items()}
-    e = (doc.get('model') or {}).get(metric)
+    e = (doc.get('model') or {}).get(metric) or (doc.get('logs') or {}).get(metric)
     return {} if e is None else {None: e['value']}
 
 
@@ -175,7 +184,8 @@ def window_summary(doc: dict) -> dict:
             'window_end': doc.get('window_end'),
             **{m: {n: e[m]['value'] for n, e in doc.get('features', {}).items()}
                for m in FEATURE_METRICS},
-            'model': {m: e['value'] for m, e in (doc.get('model') or {}).items()}}
+            'model': {m: e['value'] for m, e in (doc.get('model') or {}).items()},
+            'logs': {m: e['value'] for m, e in (doc.get('logs') or {}).items()}}
 
 
 def summary_line(alarms: list[dict], limit: int = 8) -> str:
@@ -192,6 +202,15 @@ def report_data(baseline: Baseline, profile: dict, drift: dict, decision: dict,
                 windows: list[dict] | None = None) -> dict:
     """Everything a report needs (report_data.json; fields in the README)."""
     b = baseline.doc
+    if baseline.kind == 'logs':
+        return {'window_start': drift['window_start'], 'window_end': drift['window_end'],
+                'rows': profile['rows'], 'refused': profile.get('refused', 0),
+                'baseline': {'source': b.get('source'), 'created': b.get('created'),
+                             'rows': b['rows'], 'path': baseline.path, 'model': None},
+                'epsilon': drift['epsilon'], 'features': [], 'clusters': None,
+                'distance': None, 'logs': {'baseline': b['logs'], 'current': profile['logs'],
+                                           'drift': drift['logs']},
+                'alarms': drift['alarms'], 'decision': decision, 'windows': windows or []}
     names = baseline.names + [b['norm_name']]
     sections = [profile['features'][n] for n in baseline.names] + [profile['l2_norm']]
     features = []
@@ -220,7 +239,7 @@ def report_data(baseline: Baseline, profile: dict, drift: dict, decision: dict,
                         'rows': b['rows'], 'path': baseline.path,
                         'model': b.get('model')},
            'epsilon': drift['epsilon'], 'features': features, 'clusters': None,
-           'distance': None, 'alarms': drift['alarms'], 'decision': decision,
+           'distance': None, 'logs': None, 'alarms': drift['alarms'], 'decision': decision,
            'windows': windows or []}
     if 'model' in drift:
         doc['clusters'] = {'baseline_shares': b['clusters']['shares'],
