@@ -8,6 +8,7 @@ Modules, from the bottom up:
 - ``baseline``: profiles, the baseline document (fine edges, drift bins, far threshold).
 - ``config``: the monitoring config (thresholds, per-feature overrides, rules, retrain).
 - ``drift``: PSI, JS divergence, the drift document, alarms, the decision, report data.
+- ``logs``: classification prediction logs: label and prediction rates, the metrics.
 - ``transforms``: the Beam composites MonitorStatistics and MakeBaseline.
 """
 from beamml.transforms.monitoring.baseline import (BASELINE_FILE, DRIFT_BINS, FINE_BINS, Baseline,
