@@ -388,6 +388,33 @@ def pca_batches(cls):
     return cls(), inputs, equal, empty
 
 
+# ----------------------------------------------------------------------------- monitoring
+
+def monitor_columns(with_bins: bool):
+    """Column batches (values, labels) as MonitorColumns makes them: NaN and inf values, a
+    row without a nearest centre (label -1), an empty batch; with bins: fixed edges."""
+    def factory(cls):
+        rng = np.random.default_rng(31)
+        V = rng.normal(size=(90, 3)) * [1.0, 10.0, 0.1]
+        V[5, 0], V[17, 1], V[40, 2] = np.nan, np.inf, -np.inf
+        labels = rng.integers(0, 4, 90)
+        labels[[5, 17]] = -1
+        inputs = [(V[lo:hi], labels[lo:hi]) for lo, hi in cut(len(V), 7, rng)]
+        inputs.append((np.empty((0, 3)), np.empty(0, np.int64)))
+        edges = np.array([np.linspace(-2, 2, 9), np.linspace(-20, 20, 9),
+                          np.linspace(-0.1, 0.1, 9)]) if with_bins else None
+
+        def empty(out):
+            assert out['rows'] == 0 and out['moments']['count'].tolist() == [0, 0, 0], out
+            assert np.isnan(out['moments']['mean']).all(), out
+            if with_bins:
+                assert out['counts'].shape == (3, 10) and not out['counts'].any(), out
+                assert out['clusters'].tolist() == [0, 0, 0, 0], out
+        fn = cls(3, 4, edges) if with_bins else cls(3)
+        return fn, inputs, equal_float_sums, empty
+    return factory
+
+
 # ----------------------------------------------------------------------------- the registry
 
 REGISTRY = {
@@ -409,6 +436,9 @@ REGISTRY = {
     '_SortSampleFn': {'fixed_shards': sort_sample(4, 1_000_000),
                       'shards_by_rows': sort_sample(None, 20)},
     'PCACombineFn': {'batches': pca_batches},
+
+
+    'ColumnStatsFn': {'moments': monitor_columns(False), 'bins_clusters': monitor_columns(True)},
 }
 CASES = [(name, case) for name in sorted(REGISTRY) for case in REGISTRY[name]]
 
