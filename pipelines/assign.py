@@ -19,6 +19,12 @@ Pub/Sub (``--input_subscription``/``--input_topic``) or a watched file pattern
 directory is picked up without a restart, and moving LATEST back rolls back;
 every row names its ``model_version`` and carries ``window_start``,
 ``window_end`` and ``timing`` (on_time or late). See the README.
+
+Deployment (:mod:`beamml.pipelines.assign_deploy`): ``--shadow_model`` compares a
+candidate on every point (``<output>-shadow.json``; the rows stay --model's),
+``--canary_model`` with ``--canary_fraction F`` serves a stable, hash-of-id share with
+it, ``--gate YAML`` decides promote or keep (``<output>-decision.json``) and
+``--promote_on_pass`` moves LATEST to the candidate after the run has committed.
 """
 from __future__ import annotations
 
@@ -81,6 +87,10 @@ class AssignOptions:
                                  'passes, after the run committed (the previous version '
                                  'goes in decision.json and <model dir>/ROLLBACK)')
         streaming.add_streaming_args(parser, sliding=False)
+
+
+#: flags a streaming run refuses (left out of the streaming Flex template)
+_BATCH_ONLY = {'promote_on_pass': False}
 
 
 def assign_schema(id_type: pa.DataType, k: int, all_distances: bool,
