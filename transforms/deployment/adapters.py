@@ -50,7 +50,7 @@ class ShadowComparisonFn(beam.CombineFn):
     def _fit(self, acc, shape):
         if acc[0].shape == shape:
             return
-        if acc[0].size == 0 and not acc[0].sum():
+        if acc[0].size == 0:
             acc[0] = np.zeros(shape, dtype=np.int64)
             return
         raise ValueError(f'comparison of k={shape} models merged with k={acc[0].shape}')
