@@ -604,3 +604,23 @@ def test_comparison_fn_refuses_to_merge_other_shapes():
     with pytest.raises(ValueError):
         fn.merge_accumulators([a, b])
     assert math.isclose(fn.extract_output(a)['candidate']['inertia'], 2.0)
+
+
+def test_shadow_of_one_point_beside_a_refused_one(tmp_path):
+    """A NaN row is a dead letter of the production model and not compared; one point
+    gives agreement 1 and the candidate's empty clusters."""
+    pq.write_table(pa.table({'id': [1, 2], 'x0': [0.5, float('nan')], 'x1': [0.5, 1.0]}),
+                   str(tmp_path / 'p.parquet'))
+    CentroidModel([[0.0, 0.0], [5.0, 5.0]], version='a1').save(str(tmp_path / 'm'))
+    CentroidModel([[9.0, 9.0], [1.0, 1.0], [0.0, 3.0]], version='b1').save(
+        str(tmp_path / 'm'), make_latest=False)
+    out = str(tmp_path / 'o' / 'a')
+    run_assign(['--input', str(tmp_path / 'p.parquet'), '--allow_nan',
+                '--max_refused_fraction', '1', '--model', str(tmp_path / 'm'),
+                '--shadow_model', str(tmp_path / 'm' / 'b1'), '--output', out])
+    doc = json.loads(open(assign.shadow_path(out)).read())
+    assert doc['points'] == 1 and doc['agreement'] == 1.0
+    assert doc['contingency'] == [[0, 1, 0], [0, 0, 0]]
+    assert doc['candidate']['empty_clusters'] == 2
+    assert doc['candidate']['inertia'] == pytest.approx(0.5, rel=1e-12)
+    assert len(read_rows(out)) == 1
