@@ -122,7 +122,7 @@ def add_run_args(parser) -> None:
 PLACEHOLDER = re.compile(r'\{date(?::([^{}]*))?\}')
 #: the flags whose values may hold {date} placeholders
 PATH_FLAGS = ('input', 'output', 'model', 'model_dir', 'init', 'cache_dir',
-              'input_ready_marker')
+              'input_ready_marker', 'shadow_model', 'canary_model', 'gate', 'history')
 
 
 def fill_dates(args) -> None:
