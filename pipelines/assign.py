@@ -19,6 +19,12 @@ Pub/Sub (``--input_subscription``/``--input_topic``) or a watched file pattern
 directory is picked up without a restart, and moving LATEST back rolls back;
 every row names its ``model_version`` and carries ``window_start``,
 ``window_end`` and ``timing`` (on_time or late). See the README.
+
+Deployment (:mod:`beamml.pipelines.assign_deploy`): ``--shadow_model`` compares a
+candidate on every point (``<output>-shadow.json``; the rows stay --model's),
+``--canary_model`` with ``--canary_fraction F`` serves a stable, hash-of-id share with
+it, ``--gate YAML`` decides promote or keep (``<output>-decision.json``) and
+``--promote_on_pass`` moves LATEST to the candidate after the run has committed.
 """
 from __future__ import annotations
 
@@ -29,10 +35,12 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.pipelines import common, runs, streaming
+from beamml.pipelines import assign_deploy, common, runs, streaming
 from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.io.documents import read_json, write_json
+from beamml.transforms.deployment import (SHADOW_TAG, AssignDeployed, AssignDeployedLatest,
+                                          ShadowComparisonFn, VersionCountsFn)
 from beamml.transforms.model import CentroidModel
 
 LOG = logging.getLogger('beamml')
@@ -59,7 +67,30 @@ class AssignOptions:
         parser.add_argument('--model_refresh_seconds', type=float, default=60.0,
                             help='with --streaming: look for a new model version in the '
                                  'model directory every S seconds (default 60)')
+        deploy = parser.add_argument_group('shadow, canary and the promote/keep gate')
+        deploy.add_argument('--shadow_model', default=None, metavar='PATH',
+                            help='also assign every point with this candidate model and '
+                                 'compare it with --model (agreement, inertia, cluster '
+                                 'shares) in <output>-shadow.json; the rows stay --model\'s')
+        deploy.add_argument('--canary_model', default=None, metavar='PATH',
+                            help='assign a deterministic share of the points (by a hash '
+                                 'of the id, see --canary_fraction) with this model')
+        deploy.add_argument('--canary_fraction', type=float, default=None, metavar='F',
+                            help='with --canary_model: the share of ids, in [0, 1], it '
+                                 'assigns (the same ids in every run and on every machine)')
+        deploy.add_argument('--gate', default=None, metavar='YAML',
+                            help='with --shadow_model: thresholds on the comparison that '
+                                 'decide promote or keep, written to <output>-decision.json')
+        deploy.add_argument('--promote_on_pass', action='store_true',
+                            help='with --gate (batch): point LATEST of the shadow model\'s '
+                                 'model directory at the shadow version when the gate '
+                                 'passes, after the run committed (the previous version '
+                                 'goes in decision.json and <model dir>/ROLLBACK)')
         streaming.add_streaming_args(parser, sliding=False)
+
+
+#: flags a streaming run refuses (left out of the streaming Flex template)
+_BATCH_ONLY = {'promote_on_pass': False}
 
 
 def assign_schema(id_type: pa.DataType, k: int, all_distances: bool,
@@ -110,6 +141,14 @@ def summary_path(output: str) -> str:
     return f'{output}-summary.json'
 
 
+def shadow_path(output: str) -> str:
+    return f'{output}-shadow.json'
+
+
+def decision_path(output: str) -> str:
+    return f'{output}-decision.json'
+
+
 def build(p, args, model: CentroidModel | None = None):
     """Read, assign, write rows, summary and dead letters.
 
@@ -125,24 +164,50 @@ def build(p, args, model: CentroidModel | None = None):
     LOG.info('input: %d file(s), %s, d=%d; model %s: k=%d', len(read.paths),
              read.layout.input_format, read.layout.dimension, model.version, model.k)
     schema = assign_schema(read.layout.id_arrow_type, model.k, args.all_distances)
+    deploy = assign_deploy.deployment_plan(args, model, read.layout.dimension)
 
     points = p | 'ReadPoints' >> read
     model_pc = p | 'CentroidModel' >> beam.Create([model])
-    assigned = points.batches | 'AssignNearestCentroid' >> AssignNearestCentroid(
-        beam.pvalue.AsSingleton(model_pc), all_distances=args.all_distances,
-        with_version=True, output_columns=schema.names)
+    if deploy is None:
+        assigned = points.batches | 'AssignNearestCentroid' >> AssignNearestCentroid(
+            beam.pvalue.AsSingleton(model_pc), all_distances=args.all_distances,
+            with_version=True, output_columns=schema.names)
+    else:
+        other_pc = p | 'CandidateModel' >> beam.Create([deploy.other])
+        assigned = points.batches | 'AssignNearestCentroid' >> AssignDeployed(
+            beam.pvalue.AsSingleton(model_pc), beam.pvalue.AsSingleton(other_pc),
+            deploy.mode, canary_fraction=deploy.fraction, all_distances=args.all_distances,
+            output_columns=schema.names)
     rows = assigned.batches
     written = [rows | 'WriteAssignments' >> WriteTable(args.output, args.output_format,
                                                        schema=schema)]
 
-    sizes = rows | 'ClusterSizes' >> beam.CombineGlobally(ClusterSizesFn(model.k))
-    written.append(sizes | 'WriteSummary' >> beam.Map(
-        _write_summary, beam.pvalue.AsSingleton(model_pc), summary_path(args.output)))
+    if deploy is not None and deploy.mode == 'canary':
+        sizes = rows | 'ClusterSizes' >> beam.CombineGlobally(VersionCountsFn(
+            [model.version, deploy.other.version], [model.k, deploy.other.k]))
+        written.append(sizes | 'WriteSummary' >> beam.Map(
+            assign_deploy.write_canary_summary, model, deploy, summary_path(args.output)))
+    else:
+        sizes = rows | 'ClusterSizes' >> beam.CombineGlobally(ClusterSizesFn(model.k))
+        written.append(sizes | 'WriteSummary' >> beam.Map(
+            _write_summary, beam.pvalue.AsSingleton(model_pc), summary_path(args.output)))
+    comparison = None
+    if deploy is not None and deploy.mode == 'shadow':
+        comparison = (assigned[SHADOW_TAG]
+                      | 'ShadowBatches' >> beam.Values()
+                      | 'CompareShadow' >> beam.CombineGlobally(
+                          ShadowComparisonFn((model.k, deploy.other.k)))
+                      | 'ShadowDocument' >> beam.Map(deploy.comparison_document))
+        written.append(comparison | 'WriteShadow' >> beam.Map(
+            assign_deploy.write_document, shadow_path(args.output)))
+        if deploy.gate is not None:
+            written.append(comparison | 'WriteDecision' >> beam.Map(
+                assign_deploy.write_decision, deploy, decision_path(args.output)))
 
     errors = (points.errors, assigned.errors) | 'AllErrors' >> beam.Flatten()
     written.append(errors | 'WriteErrors' >> WriteDeadLetters(args.output))
     return {'assigned': rows, 'errors': errors, 'sizes': sizes, 'model': model,
-            'read': points, 'written': written}
+            'read': points, 'written': written, 'deploy': deploy, 'comparison': comparison}
 
 
 def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
@@ -160,13 +225,24 @@ def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
     if source is None:
         source = streaming.read_stream(p, args, layout, points=True, accumulating=False,
                                        refuse_zero=model.distance == 'cosine')
-    assigned = source['batches'] | 'AssignNearestCentroid' >> AssignLatest(
-        args.model, args.model_refresh_seconds, all_distances=args.all_distances,
-        output_columns=schema.names)
+    deploy = assign_deploy.deployment_plan(args, model, args.dimension or model.d)
+    if deploy is None:
+        assigned = source['batches'] | 'AssignNearestCentroid' >> AssignLatest(
+            args.model, args.model_refresh_seconds, all_distances=args.all_distances,
+            output_columns=schema.names)
+    else:
+        assigned = source['batches'] | 'AssignNearestCentroid' >> AssignDeployedLatest(
+            args.model, args.shadow_model or args.canary_model, deploy.mode,
+            args.model_refresh_seconds, canary_fraction=deploy.fraction,
+            all_distances=args.all_distances, output_columns=schema.names)
     streaming.write_rows(assigned.batches, args, schema, label='WriteAssignments')
+    shadow = None
+    if deploy is not None and deploy.mode == 'shadow':
+        shadow = assign_deploy.write_streaming_shadow(assigned[SHADOW_TAG], args, deploy)
     errors = streaming.all_errors(source['errors'], assigned.errors)
     streaming.write_dead_letters(errors, args)
-    return {'assigned': assigned.batches, 'errors': errors, 'schema': schema}
+    return {'assigned': assigned.batches, 'errors': errors, 'schema': schema,
+            'shadow': shadow}
 
 
 def _model_info(built) -> dict:
@@ -192,6 +268,7 @@ def run(argv=None):
     args, options = common.parse_args(AssignOptions, argv, prog='beamml assign',
                                       description=__doc__, streaming=True)
     streaming.check_streaming_args(args, options)
+    assign_deploy.check_flags(args, options, streaming.is_streaming(options))
     if streaming.is_streaming(options):
         return _run_streaming(args, options)
     for flag in ('input', 'output'):
@@ -211,7 +288,41 @@ def run(argv=None):
     except (OSError, ValueError, KeyError, BeammlError):
         print(f'model {model.version}: k={model.k}, d={model.d}')
     print(f'assignments: {args.output}-?????-of-?????.{args.output_format}')
+    deploy = built['deploy']
+    if deploy is not None:
+        _report_deployment(args, deploy)
     return result
+
+
+def _report_deployment(args, deploy) -> None:
+    """Print the canary counts or the shadow comparison, and the gate's decision; with
+    --promote_on_pass, promote (the run has committed)."""
+    if deploy.mode == 'canary':
+        for m in read_summary(args.output)['models']:
+            print(f"{m['role']} {m['version']}: {m['points']} points")
+        return
+    doc = read_json(shadow_path(args.output))
+    agree = doc['agreement']
+    print(f"shadow {deploy.other.version} vs {deploy.production_version}: agreement "
+          + ('n/a' if agree is None else f'{agree:.4f}') + f" on {doc['points']} points; "
+          f"inertia per point {_num(doc['production']['inertia_per_point'])} (production), "
+          f"{_num(doc['candidate']['inertia_per_point'])} (shadow); {shadow_path(args.output)}")
+    if deploy.gate is None:
+        return
+    path = decision_path(args.output)
+    decision = (assign_deploy.promote(args.output, deploy, path) if args.promote_on_pass
+                else read_json(path))
+    line = f"gate: {decision['decision']} ({decision['reason']}); {path}"
+    if decision.get('promoted'):
+        line += (f"; LATEST of {deploy.candidate_dir}: {decision['previous_version']} -> "
+                 f"{deploy.other.version} (rollback: {decision['rollback_note'] or 'none'})")
+    elif args.promote_on_pass:
+        line += f'; LATEST of {deploy.candidate_dir} stays {deploy.previous_version}'
+    print(line)
+
+
+def _num(x) -> str:
+    return 'n/a' if x is None else f'{x:.6g}'
 
 
 def _run_streaming(args, options):

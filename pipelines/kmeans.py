@@ -143,6 +143,9 @@ class KMeansOptions:
         parser.add_argument('--model_dir', required=True,
                             help='model directory (local or gs://); a new version is written '
                                  'there and LATEST points to it')
+        parser.add_argument('--no_latest', action='store_true',
+                            help='write the new version without moving LATEST to it (a '
+                                 'candidate, as beamml monitor --retrain trains)')
         runs.add_date_arg(parser)
         kmeans_streaming.add_streaming_args(parser)
         streaming.add_streaming_args(parser, sliding=False)
@@ -444,7 +447,8 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
         stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
         config=training.config(), distance=args.distance,
         init_inertias=[run['inertia'] for run in res.inits] if res.inits else None)
-    saved = model.save(args.model_dir)
+    _write_baseline(args, options, model, training.version)
+    saved = model.save(args.model_dir, make_latest=not args.no_latest)
     training.remove()
     if res.n_distinct is not None:
         print(f'warning: the input has only {res.n_distinct} distinct point(s) for k={model.k}: '
@@ -455,12 +459,22 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
     if res.inits:
         print(f'n_init={res.n_init}: kept run {res.best_init} of inertias ' +
               ' '.join(f'{run["inertia"]:.10g}' for run in res.inits))
-    print(f'model: {saved} (version {training.version}; LATEST updated)')
+    print(f'model: {saved} (version {training.version}; '
+          f'{"LATEST not moved" if args.no_latest else "LATEST updated"})')
     if report:
         print(f'report: {report}')
     if args.output:
         _write_labels(args, options, final, model)
     return model
+
+
+def _write_baseline(args, options, model: CentroidModel, version: str) -> None:
+    """The version's baseline.json (beamml monitor compares later data with it): one more
+    pass over the input with the final centres, before model.json makes the version."""
+    from beamml.pipelines.monitor import baseline_for_model
+    from beamml.transforms.monitoring import BASELINE_FILE
+    baseline_for_model(model, args.input, read_kwargs(args), options,
+                       FileSystems.join(args.model_dir, version, BASELINE_FILE))
 
 
 def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> None:
@@ -480,7 +494,7 @@ def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> No
 #: batch-only flags a streaming training refuses (with their defaults)
 _BATCH_ONLY = {'resume': None, 'output': None, 'cache_dir': None, 'n_init': 'auto',
                'block_size': BLOCK_SIZE, 'max_iter': 300, 'tol': 1e-4, 'dtype': 'float64',
-               'empty_cluster': 'keep', 'distance': 'euclidean'}
+               'empty_cluster': 'keep', 'distance': 'euclidean', 'no_latest': False}
 
 
 def _run_streaming(args, options):

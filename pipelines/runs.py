@@ -122,7 +122,7 @@ def add_run_args(parser) -> None:
 PLACEHOLDER = re.compile(r'\{date(?::([^{}]*))?\}')
 #: the flags whose values may hold {date} placeholders
 PATH_FLAGS = ('input', 'output', 'model', 'model_dir', 'init', 'cache_dir',
-              'input_ready_marker')
+              'input_ready_marker', 'shadow_model', 'canary_model', 'gate', 'history')
 
 
 def fill_dates(args) -> None:
@@ -464,8 +464,15 @@ class DatedRun:
         """Remove this run's temporary prefix and release the lock (best effort)."""
         if self.dry_run or not self._locked:
             return
+        temp = self.dest.temp_root(self.run_id) + '/'
         try:
-            delete_tree(self.dest.temp_root(self.run_id) + '/')
+            # a failed run's other bundles may still be finishing a write: delete until
+            # nothing new appears (the next run for the destination removes any straggler)
+            for _ in range(6):
+                delete_tree(temp)
+                time.sleep(0.5)
+                if not list_under(temp):
+                    break
             release_lock(self.dest, self.run_id)
         except Exception as e:   # storage gone: the next run cleans up
             LOG.warning('could not clean up %s: %s; the next run for %s removes it',

@@ -388,6 +388,72 @@ def pca_batches(cls):
     return cls(), inputs, equal, empty
 
 
+# ----------------------------------------------------------------------------- monitoring
+
+def monitor_columns(with_bins: bool):
+    """Column batches (values, labels) as MonitorColumns makes them: NaN and inf values, a
+    row without a nearest centre (label -1), an empty batch; with bins: fixed edges."""
+    def factory(cls):
+        rng = np.random.default_rng(31)
+        V = rng.normal(size=(90, 3)) * [1.0, 10.0, 0.1]
+        V[5, 0], V[17, 1], V[40, 2] = np.nan, np.inf, -np.inf
+        labels = rng.integers(0, 4, 90)
+        labels[[5, 17]] = -1
+        inputs = [(V[lo:hi], labels[lo:hi]) for lo, hi in cut(len(V), 7, rng)]
+        inputs.append((np.empty((0, 3)), np.empty(0, np.int64)))
+        edges = np.array([np.linspace(-2, 2, 9), np.linspace(-20, 20, 9),
+                          np.linspace(-0.1, 0.1, 9)]) if with_bins else None
+
+        def empty(out):
+            assert out['rows'] == 0 and out['moments']['count'].tolist() == [0, 0, 0], out
+            assert np.isnan(out['moments']['mean']).all(), out
+            if with_bins:
+                assert out['counts'].shape == (3, 10) and not out['counts'].any(), out
+                assert out['clusters'].tolist() == [0, 0, 0, 0], out
+        fn = cls(3, 4, edges) if with_bins else cls(3)
+        return fn, inputs, equal_float_sums, empty
+    return factory
+
+
+
+
+def shadow_comparisons(shape):
+    """Comparison batches (production label, shadow label, both losses; -1: refused by the
+    shadow) of a k=3 model against a k=4 one; with ``shape`` None the table sizes itself
+    from the batches' metadata."""
+    def factory(cls):
+        rng = np.random.default_rng(29)
+        n = 80
+        a, b = rng.integers(0, 3, n), rng.integers(-1, 4, n)
+        loss, shadow_loss = rng.random(n), rng.random(n)
+        inputs = [pa.RecordBatch.from_pydict({
+            'cluster': pa.array(a[lo:hi], pa.int64()),
+            'shadow_cluster': pa.array(b[lo:hi], pa.int64()),
+            'loss': pa.array(loss[lo:hi]), 'shadow_loss': pa.array(shadow_loss[lo:hi])}
+        ).replace_schema_metadata({'k': '3', 'shadow_k': '4'}) for lo, hi in cut(n, 6, rng)]
+
+        def empty(out):
+            assert out['points'] == 0 and out['agreement'] is None, out
+            assert np.asarray(out['contingency']).sum() == 0
+        return cls(shape), inputs, equal_float_sums, empty
+    return factory
+
+
+def version_counts(cls):
+    """Assigned rows of a canary run: two model versions with k=3 and k=2."""
+    rng = np.random.default_rng(31)
+    n = 70
+    canary = rng.random(n) < 0.3
+    cluster = np.where(canary, rng.integers(0, 2, n), rng.integers(0, 3, n))
+    version = np.where(canary, 'v2', 'v1')
+    inputs = [pa.RecordBatch.from_pydict({
+        'id': pa.array(np.arange(lo, hi)), 'cluster': pa.array(cluster[lo:hi], pa.int64()),
+        'model_version': pa.array(version[lo:hi].tolist(), pa.string())})
+        for lo, hi in cut(n, 6, rng)]
+    return (cls(['v1', 'v2'], [3, 2]), inputs, equal_exact,
+            lambda out: assert_same([[0, 0, 0], [0, 0]], out))
+
+
 # ----------------------------------------------------------------------------- the registry
 
 REGISTRY = {
@@ -409,6 +475,10 @@ REGISTRY = {
     '_SortSampleFn': {'fixed_shards': sort_sample(4, 1_000_000),
                       'shards_by_rows': sort_sample(None, 20)},
     'PCACombineFn': {'batches': pca_batches},
+    'ColumnStatsFn': {'moments': monitor_columns(False), 'bins_clusters': monitor_columns(True)},
+    'ShadowComparisonFn': {'fixed_shape': shadow_comparisons((3, 4)),
+                           'self_sizing': shadow_comparisons(None)},
+    'VersionCountsFn': {'two_versions': version_counts},
 }
 CASES = [(name, case) for name in sorted(REGISTRY) for case in REGISTRY[name]]
 

@@ -51,7 +51,8 @@ def _real_parser(pipeline: str) -> argparse.ArgumentParser:
 
 def test_every_pipeline_has_a_batch_template_and_the_streaming_ones_a_streaming_one():
     assert set(ALL) == {'norms', 'index_ids', 'assign', 'evaluate', 'pca',
-                        'assign_streaming', 'evaluate_streaming', 'kmeans_streaming'}
+                        'assign_streaming', 'evaluate_streaming', 'kmeans_streaming',
+                        'monitor', 'monitor_streaming'}
     for name, t in ALL.items():
         assert _checked_in(name)['streaming'] is t.streaming
 
@@ -64,7 +65,7 @@ def test_parameters_are_the_parsers_own_flags(name):
     assert 'config' in dests and 'anonymous_storage' in dests   # parse_args adds them
     group = {a.dest for g in parser._action_groups if g.title == templates.STREAMING_GROUP
              for a in g._group_actions}
-    assert bool(group) == (t.pipeline in ('assign', 'evaluate', 'kmeans'))
+    assert bool(group) == (t.pipeline in ('assign', 'evaluate', 'kmeans', 'monitor'))
     left_out = set(templates.NOT_PARAMETERS) | (
         set(getattr(t.module, '_BATCH_ONLY', {})) if t.streaming else group)
     expected = [a for a in parser._actions

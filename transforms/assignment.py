@@ -155,7 +155,13 @@ class _AssignFn(beam.DoFn):
                 for dl in _refused_letters(batch, positions, reason):
                     yield beam.pvalue.TaggedOutput('errors', dl)
         if out.num_rows:
+            yield from self._also(out, model)
             yield out.select(self.output_columns) if self.output_columns else _without_source(out)
+
+    def _also(self, out: pa.RecordBatch, model):
+        """Extra outputs of the assigned rows (with their features): none here; the
+        shadow deployment (:mod:`beamml.transforms.deployment`) adds its comparison."""
+        return ()
 
 
 class _LatestModel:
