@@ -14,7 +14,6 @@ logs one warning line and returns None.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 import numpy as np
@@ -24,8 +23,9 @@ from beamml.transforms.io import ReadPoints, read_file_batches, to_points
 from beamml.transforms.io.documents import is_remote, join
 from beamml.transforms.kmeans.cache import read_cached_points
 from beamml.transforms.kmeans.kernels import lloyd_labels
+from beamml.transforms.pca import PCAModel
 from beamml.transforms.report import (PALETTE, Report, bars_with_thresholds, lines,
-                                      project_2d, scatter, spans_decades)
+                                      scatter, spans_decades)
 
 __all__ = ['REPORT_FILE', 'SAMPLE_POINTS', 'training_sample', 'projection', 'kmeans_report',
            'write_report']
@@ -107,19 +107,23 @@ def training_sample(state, manifest: list[str] | None, read_input, n: int = SAMP
 
 
 def projection(X: np.ndarray, centres: np.ndarray):
-    """(X2, centres2, explained fractions, method): ``beamml.transforms.pca.PCAModel``
-    when it is installed, else :func:`~beamml.transforms.report.project_2d`."""
-    d = X.shape[1]
-    if len(X) >= 2 and d >= 2 and importlib.util.find_spec('beamml.transforms.pca'):
-        from beamml.transforms.pca import PCAModel
+    """(X2, centres2, explained fractions, method): the sample's exact PCA
+    (:class:`beamml.transforms.pca.PCAModel`); with one feature or one point there is no
+    second axis: the centred feature on x, 0 on y."""
+    n, d = X.shape
+    if n >= 2 and d >= 2:
         model = PCAModel.fit(X, 2)
-        X2, C2 = np.asarray(model.transform(X)), np.asarray(model.transform(centres))
-        Xc = X - X.mean(axis=0)
-        total = float(np.einsum('ij,ij->', Xc, Xc)) / max(len(X) - 1, 1)
-        explained = X2.var(axis=0, ddof=1) / total if total > 0 else np.zeros(2)
-        return X2, C2, explained, 'exact PCA (PCAModel)'
-    X2, (C2,), explained = project_2d(X, centres)
-    return X2, C2, explained, 'principal axes of the sample covariance'
+        explained = np.nan_to_num(np.asarray(model.explained_variance_ratio, dtype=float))
+        return (np.asarray(model.transform(X)), np.asarray(model.transform(centres)),
+                explained, 'exact PCA (PCAModel)')
+    mean = X.mean(axis=0) if n else np.zeros(d)
+
+    def flat(A):
+        out = np.zeros((len(A), 2))
+        if d:
+            out[:, 0] = A[:, 0] - mean[0]
+        return out
+    return flat(X), flat(centres), np.array([1.0 if n >= 2 else 0.0, 0.0]), 'one axis'
 
 
 def kmeans_report(res, state, *, version: str, counts: dict, config: dict,

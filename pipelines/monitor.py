@@ -36,6 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from beamml.pipelines import common, runs, streaming
+from beamml.pipelines.monitor_report import REPORT_FILE, write_monitor_report
 from beamml.transforms.io import (COUNTER_NAMESPACE, BeammlError, ReadPoints,
                                   WriteDeadLetters)
 from beamml.transforms.io.documents import dumps, exists, read_json, write_json, write_text
@@ -48,7 +49,7 @@ from beamml.transforms.monitoring import (BASELINE_FILE, MakeBaseline, MonitorSt
 LOG = logging.getLogger('beamml')
 EXIT_ALARM = 3
 OUTPUT_FILES = ('statistics.json', 'drift.json', 'alarms.jsonl', 'decision.json',
-                'report_data.json')
+                'report_data.json', 'report.html')
 
 
 #: batch-only flags a streaming run refuses (with their defaults)
@@ -165,9 +166,10 @@ def write_results(profile: dict, output: str, baseline, config, history: list[di
     write_json(join(output, 'drift.json'), drift, indent=1)
     write_text(join(output, 'alarms.jsonl'), ''.join(dumps(a) + '\n' for a in alarms))
     write_json(join(output, 'decision.json'), decision, indent=1)
-    write_json(join(output, 'report_data.json'),
-               report_data(baseline, profile, drift, decision,
-                           [window_summary(d) for d in history + [drift]]), indent=1)
+    data = report_data(baseline, profile, drift, decision,
+                       [window_summary(d) for d in history + [drift]])
+    write_json(join(output, 'report_data.json'), data, indent=1)
+    write_monitor_report(join(output, REPORT_FILE), data)
     return drift
 
 

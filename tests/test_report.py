@@ -5,7 +5,7 @@ real CLI run."""
 from __future__ import annotations
 
 import html.parser
-import importlib.util
+import json
 import logging
 import os
 import re
@@ -22,7 +22,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamml.pipelines import kmeans as kmeans_cli
-from beamml.pipelines import kmeans_report
+from beamml.pipelines import kmeans_report, monitor_report
+from beamml.pipelines.common import main_wrapper
 from beamml.transforms import report as rp
 from beamml.transforms.io import ReadPoints
 from beamml.transforms.io.documents import read_text
@@ -219,40 +220,23 @@ def _sign_aligned(A, B):
     return B * np.where(s == 0, 1, s)
 
 
-def test_project_2d_matches_numpy_svd():
-    rng = np.random.default_rng(3)
-    X = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)) + 10
-    C = rng.normal(size=(4, 6))
-    X2, (C2,), explained = rp.project_2d(X, C)
-    mean = X.mean(axis=0)
-    _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
-    np.testing.assert_allclose(_sign_aligned((X - mean) @ vt[:2].T, X2), (X - mean) @ vt[:2].T,
-                               atol=1e-9)
-    np.testing.assert_allclose(_sign_aligned((C - mean) @ vt[:2].T, C2), (C - mean) @ vt[:2].T,
-                               atol=1e-9)
-    np.testing.assert_allclose(explained, s[:2] ** 2 / np.sum(s ** 2), rtol=1e-9)
-    # degenerate: one column, one row, equal rows
-    one_col, _, ex = rp.project_2d(X[:, :1])
-    assert one_col.shape == (500, 2) and not one_col[:, 1].any() and ex[0] == pytest.approx(1)
-    assert not rp.project_2d(X[:1])[0].any()
-    same, _, ex = rp.project_2d(np.ones((5, 3)))
-    assert not same.any() and not ex.any()
-
-
-def test_kmeans_projection_agrees_with_svd_whichever_method():
-    """PCAModel when beamml.transforms.pca is installed, else project_2d: same plane."""
+def test_kmeans_projection_is_the_samples_pca():
+    """The plane of numpy's SVD of the centred sample (up to sign), its variance shares;
+    one feature or one point: one axis."""
     rng = np.random.default_rng(4)
-    X = rng.normal(size=(300, 5)) * [5, 3, 1, 0.5, 0.1]
+    X = rng.normal(size=(300, 5)) * [5, 3, 1, 0.5, 0.1] + 1e3
     C = X[:3]
     X2, C2, explained, method = kmeans_report.projection(X, C)
     mean = X.mean(axis=0)
     _, s, vt = np.linalg.svd(X - mean, full_matrices=False)
-    np.testing.assert_allclose(np.abs(X2 - X2.mean(axis=0)), np.abs((X - mean) @ vt[:2].T),
-                               atol=1e-8)
+    np.testing.assert_allclose(np.abs(X2), np.abs((X - mean) @ vt[:2].T), atol=1e-8)
+    np.testing.assert_allclose(np.abs(C2), np.abs((C - mean) @ vt[:2].T), atol=1e-8)
     np.testing.assert_allclose(explained, s[:2] ** 2 / np.sum(s ** 2), rtol=1e-8)
-    pca = importlib.util.find_spec('beamml.transforms.pca') is not None
-    assert method == ('exact PCA (PCAModel)' if pca else
-                      'principal axes of the sample covariance')
+    assert method == 'exact PCA (PCAModel)'
+    one_col, _, ex, method = kmeans_report.projection(X[:, :1], C[:, :1])
+    assert method == 'one axis' and not one_col[:, 1].any() and ex[0] == 1
+    np.testing.assert_allclose(one_col[:, 0], X[:, 0] - X[:, 0].mean())
+    assert not kmeans_report.projection(X[:1], C)[0].any()
 
 
 def test_cache_sample_takes_evenly_spaced_rows_of_the_cache(tmp_path):
@@ -311,6 +295,52 @@ def trained(blobs, tmp_path_factory):
                             'random', '--n_init', '2', '--random_state', '7',
                             '--block_size', '2'])
     return model, os.path.join(models, model.version, kmeans_report.REPORT_FILE)
+
+
+@pytest.fixture(scope='module')
+def monitored(blobs, trained, tmp_path_factory):
+    """Two dated monitor runs against the kmeans model's baseline: the training points,
+    then a copy shifted on two features (the second run's history holds the first)."""
+    from beamml.pipelines import monitor
+    path, X = blobs
+    model, _ = trained
+    models = os.path.dirname(os.path.dirname(trained[1]))
+    d = tmp_path_factory.mktemp('monitored')
+    shifted = X.copy()
+    shifted[:, [1, 3]] += 2.0 * X[:, [1, 3]].std(axis=0)
+    pq.write_table(pa.table({'id': np.arange(len(X)), 'features': pa.FixedSizeListArray
+                             .from_arrays(pa.array(shifted.ravel()), 5)}),
+                   str(d / 'shifted.parquet'))
+    cfg = d / 'monitor.yaml'
+    cfg.write_text(f"history: '{d}/runs/*/'\n")
+    codes = [main_wrapper(monitor.run, ['--input', data, '--model', models, '--config', str(cfg),
+                                        '--output', f'{d}/runs/{day}/'], prog='beamml monitor')
+             for day, data in (('2026-11-21', path), ('2026-11-22', str(d / 'shifted.parquet')))]
+    return codes, f'{d}/runs/2026-11-22/'
+
+
+def test_monitor_writes_its_report(monitored):
+    """Every chart of the page holds the run's data: PSI and JS against the thresholds
+    (the shifted features over them), a histogram pair per feature (and the L2 norm), the
+    cluster shares and distances, and the two windows' series."""
+    codes, out = monitored
+    assert codes == [0, 3]
+    page = read_text(out + monitor_report.REPORT_FILE)
+    data = json_load(out + 'report_data.json')
+    charts = [_svg(svg) for svg in re.findall(r'<svg.*?</svg>', page, re.S)]
+    kinds = [c.get('data-chart') for c in charts]
+    n_features = len(data['features'])
+    assert n_features == 6   # 5 features and the L2 norm
+    assert kinds.count('bars_with_thresholds') == 2
+    assert kinds.count('histogram_pair') == n_features + 2   # + clusters, distance
+    assert kinds.count('lines') == 2
+    for c in charts:
+        assert int(c.get('data-marks')) == len(_marks(c)) > 0, c.get('data-chart')
+    psi_bars = charts[kinds.index('bars_with_thresholds')]
+    over = {f['name'] for f in data['features'] if f['psi']['alarm']}
+    assert over >= {'features_1', 'features_3'}
+    assert len([m for m in _marks(psi_bars) if 'over' in (m.get('class') or '')]) == len(over)
+    assert all(a['metric'] in page for a in data['alarms'])
 
 
 def test_kmeans_writes_its_report(trained, blobs):
@@ -520,6 +550,17 @@ def test_chromium_renders_every_mark_of_every_kind(every_kind_page, tmp_path):
 
 
 @needs_browser
+def test_chromium_renders_the_monitor_report(monitored, tmp_path):
+    _, out = monitored
+    path = out + monitor_report.REPORT_FILE
+    charts = _rendered_marks(tmp_path, path)
+    assert len(charts) == 12
+    for kind, declared, counted in charts:
+        assert declared > 0 and declared == counted, kind
+    assert min(_check_charts_drawn(tmp_path, open(path, encoding='utf-8').read())) > 100
+
+
+@needs_browser
 def test_chromium_renders_the_kmeans_report(trained, tmp_path):
     _, path = trained
     charts = _rendered_marks(tmp_path, path)
@@ -542,3 +583,7 @@ def test_png_decoder_agrees_with_pillow(every_kind_page, tmp_path):
     with PIL.open(png) as im:
         expected = np.asarray(im.convert('RGB'))
     np.testing.assert_array_equal(decode_png(png.read_bytes())[:, :, :3], expected)
+
+
+def json_load(path):
+    return json.loads(read_text(path))

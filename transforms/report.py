@@ -9,55 +9,20 @@ The charts (:mod:`beamml.transforms.charts`, re-exported here):
 ``max_points``); each SVG root carries ``data-chart`` and ``data-marks``, each
 data mark ``class="mark"``, and an empty chart says "no data".
 :class:`Report` puts sections, charts and tables into a page and writes it
-(local or ``gs://``). :func:`project_2d` is a 2-D principal-axes projection
-for the scatter.
+(local or ``gs://``). The scatter's 2-D projection is
+:class:`beamml.transforms.pca.PCAModel`'s.
 """
 from __future__ import annotations
 
 import datetime as _dt
 from typing import Mapping, Sequence
 
-import numpy as np
 
 from beamml.transforms.charts import (PALETTE, bars_with_thresholds, escape, fmt,
                                       histogram_pair, lines, scatter, spans_decades)
 
 __all__ = ['PALETTE', 'histogram_pair', 'bars_with_thresholds', 'lines', 'scatter',
-           'project_2d', 'spans_decades', 'table_html', 'Report']
-
-
-def project_2d(X, *others):
-    """Project ``X`` (n, d) onto its first two principal axes; ``others`` (arrays of d
-    columns, e.g. centres) into the same plane.
-
-    Returns ``(X2, [others2...], explained)``: (n, 2) coordinates of the centred
-    data, and the fraction of the total variance along each axis. The axes are
-    the top eigenvectors of the sample covariance (``np.linalg.eigh``), each
-    signed so its largest loading is positive; d = 1 or n < 2 give zero columns.
-    The kmeans report projects with ``PCAModel.fit(sample, 2).transform(...)``
-    (:mod:`beamml.transforms.pca`) where that module exists, and with this function
-    only where it does not: the lead replaces it by PCAModel after the merge.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f'project_2d: X must be (n, d), got shape {X.shape}')
-    n, d = X.shape
-    mean = X.mean(axis=0) if n else np.zeros(d)
-    basis = np.zeros((d, 2))
-    explained = np.zeros(2)
-    if n >= 2 and d >= 1:
-        Xc = X - mean
-        cov = Xc.T @ Xc / (n - 1)
-        w, v = np.linalg.eigh(cov)
-        order = np.argsort(w)[::-1][:2]
-        for j, col in enumerate(order):
-            vec = v[:, col]
-            basis[:, j] = vec * (1.0 if vec[np.argmax(np.abs(vec))] >= 0 else -1.0)
-        total = float(np.trace(cov))
-        if total > 0:
-            explained[:len(order)] = np.clip(w[order], 0, None) / total
-    project = (lambda A: (np.asarray(A, dtype=np.float64).reshape(-1, d) - mean) @ basis)
-    return project(X), [project(A) for A in others], explained
+           'spans_decades', 'table_html', 'Report']
 
 
 def table_html(rows, columns: Sequence[str]) -> str:
