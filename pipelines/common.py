@@ -191,14 +191,15 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
 
 
 def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
-               description: str | None = None,
-               streaming: bool = False) -> tuple[argparse.Namespace, PipelineOptions]:
+               description: str | None = None, streaming: bool = False,
+               config_help: str | None = None) -> tuple[argparse.Namespace, PipelineOptions]:
     """Parse a pipeline's command line (and ``--config``) into (its flags, Beam options).
 
     ``options_cls`` is a plain class with a ``_add_argparse_args(parser)``
     classmethod declaring the pipeline's flags (not a PipelineOptions subclass).
     The returned PipelineOptions hold Beam's flags only. ``streaming``: the
-    pipeline runs with ``--streaming`` too (else that flag is refused).
+    pipeline runs with ``--streaming`` too (else that flag is refused). ``config_help``:
+    the help of ``--config`` for a pipeline that takes it to mean its own file (monitor).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
@@ -208,7 +209,8 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
                '--temp_location, --setup_file, --direct_num_workers, ...). '
                '--config FILE loads them from YAML; flags given here override it.')
     parser.add_argument('--config', default=None,
-                        help='YAML run config (keys are flag names), e.g. configs/local.yaml')
+                        help=config_help or 'YAML run config (keys are flag names), e.g. '
+                                            'configs/local.yaml')
     parser.add_argument('--anonymous_storage', action='store_true',
                         help='read and write gs:// without credentials (a public bucket); '
                              'implied when STORAGE_EMULATOR_HOST is set')

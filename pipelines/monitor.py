@@ -12,7 +12,7 @@ baseline's bins; with a model the cluster shares' L-infinity change, the mean-di
 ratio and the far-point share ratio. Thresholds and retraining rules come from
 ``--config`` (the monitoring config, configs/monitor.yaml; not a run config as for the
 other pipelines). Writes OUTPUT/statistics.json, drift.json, alarms.jsonl,
-decision.json, report_data.json and the dead letters, committed once with _SUCCESS;
+decision.json, report_data.json, report.html and the dead letters, committed once with _SUCCESS;
 prints one summary line; exits 3 when an alarm fired (after the outputs are
 committed). ``--retrain``: when decision.json says retrain, trains a candidate model
 version with ``beamml kmeans`` (LATEST is not moved).
@@ -338,6 +338,9 @@ def retrain(args, ctx: dict, decision: dict):
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(MonitorOptions, _split_config(argv), prog='beamml monitor',
+                                      config_help='the monitoring config (YAML: thresholds, '
+                                                  'rules, retrain, history), e.g. '
+                                                  'configs/monitor.yaml; not a run config',
                                       description=__doc__, streaming=True)
     streaming.check_streaming_args(args, options)
     if args.retrain and (args.make_baseline or not args.model):
