@@ -471,7 +471,7 @@ REGISTRY = {
                       'string_ids': min_key_per_id(pa.string(), compact_rows=None)},
     'UnifySchemasFn': {'schemas': batch_schemas},
     'ClusterSizesFn': {'assigned': assigned_batches},
-    '_RowsFn': {'batches': row_batches},
+    'RowsFn': {'batches': row_batches},
     '_SortSampleFn': {'fixed_shards': sort_sample(4, 1_000_000),
                       'shards_by_rows': sort_sample(None, 20)},
     'PCACombineFn': {'batches': pca_batches},
