@@ -541,7 +541,7 @@ def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -
         run(None if argv is None else list(argv))
     except BeammlError as e:
         print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
-        return getattr(e, 'exit_code', 2)   # 4: no input, 5: locked (pipelines/runs.py)
+        return getattr(e, 'exit_code', 2)   # 3 monitor's alarms, 4 no input, 5 locked
     return 0
 
 

@@ -363,7 +363,7 @@ class DatedRun:
 
     def __exit__(self, kind, value, tb):
         self.args.output = self.final_output
-        if kind is not None and not self.launch_only:
+        if kind is not None:   # (a launch-only run that raised submitted no job either)
             self.abandon()
         return False
 
