@@ -37,6 +37,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from beamml.transforms.io import (COUNTER_NAMESPACE, INPUT_FORMATS, OUTPUT_FORMATS, BeammlError,
                                   shard_prefix)
+from beamml.transforms.io.errors import first_line
 
 __all__ = [
     'BeammlError', 'add_input_args', 'add_output_args', 'add_refused_arg',
@@ -585,7 +586,7 @@ def _check_bucket(path: str, shown: str) -> None:
     try:
         found = GcsIO().get_bucket(bucket)
     except Exception as e:   # no access, no network: say so in one line
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise BeammlError(f'{shown}: cannot look up the bucket gs://{bucket}: {first}') from e
     if found is None:
         raise BeammlError(f'{shown}: the bucket gs://{bucket} does not exist')

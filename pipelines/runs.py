@@ -48,6 +48,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io import BeammlError, shard_prefix
+from beamml.transforms.io.errors import first_line
 from beamml.pipelines.commit import (EXIT_LOCKED, CommitPlan, LockedError, RowsFn, _now,
                                      acquire_lock, commit_step, release_lock)
 from beamml.transforms.io.objects import delete_tree, describe_files, list_under, read_stored
@@ -260,7 +261,7 @@ def _matched(pattern: str) -> list:
     try:
         return [m for r in FileSystems.match([pattern]) for m in r.metadata_list]
     except Exception as e:   # an unreachable bucket, no access
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        first = first_line(e)
         raise BeammlError(f'--input {pattern}: cannot list it: {first}') from e
 
 
@@ -383,8 +384,7 @@ class DatedRun:
             release_lock(self.dest, self.run_id)
         except Exception as e:   # storage gone: the next run cleans up
             LOG.warning('could not clean up %s: %s; the next run for %s removes it',
-                        self.dest.temp_root(self.run_id), str(e).splitlines()[0] if str(e)
-                        else type(e).__name__, self.dest.output)
+                        self.dest.temp_root(self.run_id), first_line(e), self.dest.output)
         self._locked = False
 
     def commit(self, p, built: dict, *, errors_glob=None, info: dict | None = None,

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from beamml.transforms.io.documents import NON_FINITE, join, read_json, to_jsonable, write_json
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.io.errors import BeammlError, first_line
 from beamml.transforms.io.rows import points_matrix
 
 __all__ = ['MODEL_FILE', 'PCAStats', 'PCAModel', 'PCACombineFn', 'ComputePCA', 'ProjectPCA',
@@ -266,7 +266,7 @@ class PCAModel:
             return write_json(target, self.to_dict(), indent=2)
         except Exception as e:
             raise BeammlError(f'cannot write the PCA model to {target}: '
-                              f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+                              f'{first_line(e)}') from e
 
     @classmethod
     def load(cls, path: str) -> 'PCAModel':
@@ -278,7 +278,7 @@ class PCAModel:
             raise BeammlError(f'PCA model {target} is not valid JSON: {e}') from e
         except Exception as e:
             raise BeammlError(f'cannot read the PCA model {target}: '
-                              f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+                              f'{first_line(e)}') from e
         return cls.from_dict(data, source=f'PCA model {target}')
 
     def __repr__(self):

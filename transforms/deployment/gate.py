@@ -7,6 +7,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from beamml.transforms.io import BeammlError
+from beamml.transforms.io.errors import first_line
 
 __all__ = ['Gate', 'Threshold', 'GATE_METRICS', 'gate_metric']
 
@@ -174,7 +175,7 @@ class Gate:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = first_line(e)
             raise BeammlError(f'the gate {path} is not valid YAML: {first}') from e
         return cls.from_dict(doc, f'the gate {path}')
 

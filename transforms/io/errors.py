@@ -8,7 +8,8 @@ from apache_beam.metrics import Metrics
 
 from beamml.transforms.io.documents import to_jsonable
 
-__all__ = ['BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'RecordCounters', 'dead_letter']
+__all__ = ['BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'RecordCounters', 'dead_letter',
+           'first_line']
 
 #: the namespace of beamml's Beam counters
 COUNTER_NAMESPACE = 'beamml'
@@ -38,6 +39,12 @@ class BeammlError(ValueError):
         for name in self.parameters:
             text = re.sub(rf'(?<![\w\-/.:]){re.escape(name)}(?![\w/]|\.\w)', '--' + name, text)
         return text
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none:
+    what a one-line error quotes of an underlying error."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 def _beamml_error(cls, message, parameters):

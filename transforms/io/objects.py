@@ -16,7 +16,7 @@ import re
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.io.errors import BeammlError, first_line
 
 __all__ = ['Stored', 'create_exclusive', 'read_stored', 'delete_if_unchanged', 'list_under',
            'describe_files', 'move_files', 'delete_files', 'delete_tree', 'local_guard',
@@ -62,8 +62,7 @@ def _storage_error(e: BaseException) -> bool:
 
 
 def _first_line(e: BaseException) -> str:
-    first = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return re.sub(r'\s*\(Caused by .*$', '', first)
+    return re.sub(r'\s*\(Caused by .*$', '', first_line(e))
 
 
 @contextlib.contextmanager

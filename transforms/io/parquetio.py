@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.io.errors import BeammlError, first_line
 from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.rows import RowBatch
 
@@ -64,7 +64,7 @@ def read_parquet(f, path: str, layout: Layout, batch_rows: int,
         except StopIteration:
             return
         except (OSError, pa.ArrowException) as e:   # damaged pages past a good footer
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            first = first_line(e)
             raise BeammlError(f'{path} is not a readable parquet file (a damaged page '
                               f'in its data): {first}') from e
         yield RowBatch(b, np.arange(start, start + b.num_rows, dtype=np.int64), None)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 from beamml.transforms.io import BeammlError
+from beamml.transforms.io.errors import first_line
 
 __all__ = ['FEATURE_METRICS', 'MODEL_METRICS', 'LOG_METRICS', 'METRICS', 'DEFAULT_THRESHOLDS',
            'DEFAULT_RULES', 'EPSILON', 'MonitorConfig', 'load_monitor_config']
@@ -157,5 +158,5 @@ def load_monitor_config(path: str | None) -> MonitorConfig:
         raise BeammlError(f'monitor config {path} is not valid YAML: {first}') from e
     except Exception as e:
         raise BeammlError(f'cannot read monitor config {path}: '
-                          f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+                          f'{first_line(e)}') from e
     return MonitorConfig(doc, f'monitor config {path}')
