@@ -5,7 +5,10 @@
   on Cloud Storage, ``O_EXCL`` locally), taken over when it expired or its process on this
   machine is gone (a delete matched to the generation read, then the create again).
 * The commit (:func:`commit_step`): the graph's last step, one element, after every
-  output is written: the refused fraction, the moves, ``_SUCCESS`` last.
+  output is written: the refused fraction, the journal, the moves, ``_SUCCESS`` last.
+* Ownership (:func:`recorded_files`, :func:`foreign_files`): a run deletes or replaces
+  only files that a beamml run recorded as its own (listed in the destination's
+  ``_SUCCESS``, or in the commit journal of a commit that was stopped half-way).
 
 :mod:`beamml.pipelines.runs` drives both (:class:`~beamml.pipelines.runs.DatedRun`).
 """
@@ -15,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import socket
 
 import apache_beam as beam
@@ -22,10 +26,11 @@ import apache_beam as beam
 from beamml.transforms.io import BeammlError
 from beamml.transforms.io.objects import (create_exclusive, delete_files, delete_if_unchanged,
                                           delete_tree, list_under, local_guard, move_files,
-                                          read_stored)
+                                          list_entries, read_stored, write_stored)
 
-__all__ = ['LockedError', 'acquire_lock', 'holds_lock', 'release_lock', 'CommitPlan',
-           'commit_step', 'RowsFn']
+__all__ = ['LockedError', 'acquire_lock', 'holds_lock', 'release_lock', 'lock_holder',
+           'CommitPlan', 'commit_step', 'RowsFn', 'read_journal', 'recorded_files',
+           'foreign_files', 'foreign_error']
 
 LOG = logging.getLogger('beamml')
 EXIT_LOCKED = 5
@@ -62,10 +67,11 @@ def _stale(info: dict) -> str | None:
     return None
 
 
-def acquire_lock(dest, run_id: str, timeout: float, pid: int | None) -> None:
+def acquire_lock(dest, run_id: str, timeout: float, pid: int | None) -> str:
     """Create the lock object, or take over a dead run's; LockedError while a live run
     holds it. On Cloud Storage the create is an upload with ``ifGenerationMatch=0`` and
-    the take-over a delete with ``ifGenerationMatch`` of the generation read."""
+    the take-over a delete with ``ifGenerationMatch`` of the generation read. Returns when
+    the lock expires (ISO 8601)."""
     started = dt.datetime.now(dt.timezone.utc)
     doc = {'run_id': run_id, 'destination': dest.output, 'host': socket.gethostname(),
            'pid': pid, 'started': started.isoformat(timespec='seconds'),
@@ -74,7 +80,7 @@ def acquire_lock(dest, run_id: str, timeout: float, pid: int | None) -> None:
     with local_guard(dest.lock):
         for _ in range(5):
             if create_exclusive(dest.lock, data):
-                return
+                return doc['expires']
             held = read_stored(dest.lock)
             if held is None:
                 continue   # released between the two calls: try again
@@ -146,6 +152,8 @@ class CommitPlan:
         self.started, self.inputs, self.info = run.started, run.inputs, info
         self.parameters = run.parameters
         self.finish, self.max_refused_fraction = finish, max_refused_fraction
+        self.allow_foreign = bool(getattr(run.args, 'allow_foreign_files', False))
+        self.lock_expires = run.lock_expires
         self.temp_output = run.dest.temp_output(run.run_id)
         self.versions = {'beamml': beamml.__version__, 'apache_beam': beam.__version__}
 
@@ -164,8 +172,100 @@ def _keep_dead_letters(plan: CommitPlan) -> str | None:
     return keep + plan.errors_glob[len(temp):]
 
 
+def lock_holder(dest) -> dict | None:
+    """The lock document of ``dest`` (``{}`` when it is not JSON), or None without a lock."""
+    held = read_stored(dest.lock)
+    if held is None:
+        return None
+    try:
+        info = json.loads(held.data)
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _lost_lock(plan: CommitPlan, holder: dict | None) -> LockedError:
+    """Why run ``plan.run_id`` no longer holds its lock, named from what the lock says."""
+    dest, temp = plan.dest, plan.dest.temp_root(plan.run_id)
+    tail = (f'; nothing was committed to {dest.output}; {temp} is left for the next run '
+            'to remove')
+    if holder is None:
+        return LockedError(f'run {plan.run_id}: its lock {dest.lock} was deleted while it ran '
+                           f'(by hand, or by a run that took it over and finished){tail}')
+    other = (f'run {holder.get("run_id")} on {holder.get("host")} (pid {holder.get("pid")}, '
+             f'started {holder.get("started")})')
+    try:
+        expired = dt.datetime.now(dt.timezone.utc) > dt.datetime.fromisoformat(plan.lock_expires)
+    except (TypeError, ValueError):
+        expired = False
+    if expired:
+        return LockedError(f'run {plan.run_id} ran longer than --lock_timeout (its lock '
+                           f'expired at {plan.lock_expires}) and {other} took the lock over'
+                           + tail)
+    return LockedError(f'run {plan.run_id} and {other} both took the lock {dest.lock} at once: '
+                       'the storage did not make its create-if-absent exclusive (Cloud '
+                       "Storage's ifGenerationMatch=0, O_EXCL locally: an emulator or a file "
+                       f'system without it, such as some network file systems){tail}')
+
+
+# --------------------------------------------------------------------------- ownership
+
+def _key(path: str) -> str:
+    """A path as ownership compares it: ``gs://`` as is, local paths absolute."""
+    return path if '://' in path else os.path.abspath(path)
+
+
+def read_journal(dest) -> dict | None:
+    """The commit journal beside ``dest`` (written by a commit before it changes the
+    destination), or None."""
+    found = read_stored(dest.journal)
+    if found is None:
+        return None
+    try:
+        doc = json.loads(found.data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def recorded_files(dest, success: dict | None, journal: dict | None) -> set[str]:
+    """The files under ``dest`` that beamml runs recorded as their own (as :func:`_key`s):
+    ``_SUCCESS`` itself and the ``outputs`` it lists, and the ``outputs`` and ``replaces``
+    of a commit journal (a commit that was stopped half-way)."""
+    own = set()
+    if success is not None:
+        own.add(_key(dest.success))
+        own.update(_key(f) for f in success.get('outputs') or [] if isinstance(f, str))
+    if journal is not None:
+        for field in ('outputs', 'replaces'):
+            own.update(_key(f) for f in journal.get(field) or [] if isinstance(f, str))
+    return own
+
+
+def foreign_files(dest, present: list[str] | None = None) -> list[str]:
+    """Files under ``dest`` that no beamml run recorded as its own (sorted)."""
+    own = recorded_files(dest, dest.read_success(), read_journal(dest))
+    present = list_under(dest.owned) if present is None else present
+    return [f for f in present if _key(f) not in own]
+
+
+def foreign_error(dest, foreign: list[str], when: str = '') -> BeammlError:
+    more = f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''
+    return BeammlError(
+        f'--output {dest.output}: {foreign[0]}{more} was not written by a beamml run of this '
+        f'destination (no _SUCCESS of it lists it){when}; nothing was done: beamml never '
+        'deletes or replaces files it did not write. Move it away, choose another --output, '
+        'or pass --allow_foreign_files to write beside it')
+
+
 def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *written) -> dict:
-    """The graph's last step (one element): move the results into place, then _SUCCESS."""
+    """The graph's last step (one element): move the results into place, then _SUCCESS.
+
+    What it deletes or replaces is only what beamml recorded as its own: the files the
+    destination's ``_SUCCESS`` lists, and those of a commit journal left by a commit that
+    was stopped. The journal (``.beamml-commit-<name>`` beside the destination) is written
+    before anything under the destination changes and lists what this commit replaces and
+    what it moves in, so that a commit killed half-way leaves nothing unrecorded."""
     from beamml.pipelines import common
     dest, run_id = plan.dest, plan.run_id
     temp = dest.temp_root(run_id)
@@ -174,13 +274,11 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
               'records_refused': int(refused)}
     found = dest.read_success()
     if found is not None and found.get('run_id') == run_id:   # a retried commit: done
-        release_lock(dest, run_id)
+        _finish_commit(dest, run_id)
         return found
-    if not holds_lock(dest, run_id):
-        raise BeammlError(f'run {run_id} no longer holds the lock {dest.lock} (another run '
-                          f'took it over: this one ran longer than --lock_timeout?); '
-                          f'nothing was committed to {dest.output}; {temp} is left for the '
-                          'next run to remove')
+    holder = lock_holder(dest)
+    if holder is None or holder.get('run_id') != run_id:
+        raise _lost_lock(plan, holder)
     limit = plan.max_refused_fraction
     if limit is not None and read and refused / read > limit:
         kept = _keep_dead_letters(plan)
@@ -196,18 +294,35 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
     common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 1)
     results = [f for f in list_under(temp + '/') if '/beam-temp-' not in f]
     pairs = [(f, dest.final_path(f, run_id)) for f in results]
-    finals = {d for _, d in pairs}
+    finals = {_key(d) for _, d in pairs}
+    if found is not None and not plan.overwrite:
+        raise BeammlError(f'{dest.success} appeared while run {run_id} ran (run '
+                          f'{found.get("run_id")}); nothing was committed')
+    journal = read_journal(dest)
+    own = recorded_files(dest, found, journal)
+    present = [f for f in list_under(dest.owned) if f != dest.success]
+    foreign = [f for f in present if _key(f) not in own]
+    clash = [f for f in foreign if _key(f) in finals]
+    if clash or (foreign and not plan.allow_foreign):
+        delete_tree(temp + '/')
+        release_lock(dest, run_id)
+        if clash:
+            raise BeammlError(f'{clash[0]} was not written by a beamml run and this run\'s '
+                              f'result has its name; nothing was committed to {dest.output}')
+        raise foreign_error(dest, foreign, ', and it appeared while the run ran')
+    replaces = sorted(f for f in present if _key(f) in own and _key(f) not in finals)
+    write_stored(dest.journal, json.dumps(
+        {'run_id': run_id, 'destination': dest.output, 'started': _now(),
+         'outputs': sorted(finals),
+         'replaces': sorted({_key(f) for f in replaces} | (own - finals - {_key(dest.success)}))},
+        indent=1).encode())
     if found is not None:
-        if not plan.overwrite:
-            raise BeammlError(f'{dest.success} appeared while run {run_id} ran (run '
-                              f'{found.get("run_id")}); nothing was committed')
         delete_files([dest.success])   # first: the old results stop being complete
-    stale = [f for f in list_under(dest.owned) if f not in finals and f != dest.success]
-    if stale:
-        LOG.info('removed %d file(s) of an earlier run under %s: %s', len(stale), dest.output,
-                 ', '.join(f[len(dest.parent) + 1:] for f in stale[:10])
-                 + (', ...' if len(stale) > 10 else ''))
-    delete_files(stale)
+    if replaces:
+        LOG.info('removed %d file(s) of an earlier run under %s: %s', len(replaces),
+                 dest.output, ', '.join(f[len(dest.parent) + 1:] for f in replaces[:10])
+                 + (', ...' if len(replaces) > 10 else ''))
+    delete_files(replaces)
     half = len(pairs) // 2
     move_files(pairs[:half])
     common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 2)
@@ -219,9 +334,34 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
            'started': plan.started, 'ended': _now()}
     if not create_exclusive(dest.success, json.dumps(doc, indent=1).encode()):
         raise BeammlError(f'{dest.success} appeared while run {run_id} committed')
-    delete_tree(temp + '/')
-    delete_tree(dest.refused_glob)   # the dead letters of refused runs: superseded
-    release_lock(dest, run_id)
+    common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 3)
+    _finish_commit(dest, run_id)
     LOG.info('run %s committed: %d file(s) in %s, then %s', run_id, len(pairs),
              dest.output, dest.success)
     return doc
+
+
+RUN_ID = re.compile(r'\d{8}T\d{6}Z-[0-9a-f]{6}')
+
+
+def _run_entries(glob: str) -> dict[str, str]:
+    """{run id: entry} of the run folders ``<glob><run id>`` (a temporary or refused
+    prefix); a destination named ``out-x`` beside ``out`` has its own, never listed here."""
+    found = {}
+    for entry in list_entries(glob):
+        run_id = entry[len(glob):].split('/', 1)[0]
+        if RUN_ID.fullmatch(run_id):
+            found.setdefault(run_id, glob + run_id)
+    return found
+
+
+def _finish_commit(dest, run_id: str) -> None:
+    """After ``_SUCCESS`` of ``run_id``: its journal, temporary prefix and the refused runs'
+    dead letters go, and the lock is released (each only if still there)."""
+    journal = read_journal(dest)
+    if journal is not None and journal.get('run_id') == run_id:
+        delete_files([dest.journal])
+    delete_tree(dest.temp_root(run_id) + '/')
+    for root in _run_entries(dest.refused_glob).values():   # refused runs: superseded
+        delete_tree(root + '/')
+    release_lock(dest, run_id)

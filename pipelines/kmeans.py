@@ -37,10 +37,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines import common, kmeans_report, kmeans_streaming, runs, streaming
+from beamml.pipelines.overlap import check_input_overlap, output_namespace
 from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
                                   WriteTable)
 from beamml.transforms.io.documents import write_json
+from beamml.transforms.io.objects import list_under
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
                                       KMeansRuns, KMeansState, read_initial_centers,
                                       recursion_limit_for, state_from_dict)
@@ -281,6 +283,10 @@ def run(argv=None):
     args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
                                       description=__doc__, streaming=True)
     streaming.check_streaming_args(args, options, needs_output=False)
+    check_input_overlap([('--input', args.input)], [
+        output_namespace(flag, value.rstrip('/') + '/') for flag, value in (
+            ('--model_dir', args.model_dir), ('--cache_dir', args.cache_dir)) if value] + (
+        [output_namespace('--output', args.output_given)] if args.output else []))
     if streaming.is_streaming(options):
         return _run_streaming(args, options)
     if not args.input:
@@ -313,6 +319,7 @@ def run(argv=None):
                                 '--model_dir', args.model_dir)
             if args.output:
                 common.check_output(args.output)
+                _refuse_existing_labels(args)
             training.start(vars(args), model_config(args, kmeans), cache_dir,
                            input_fingerprints(built['read'].paths))
             checkpoint = _first_block(p, args, training)
@@ -475,6 +482,18 @@ def _write_baseline(args, options, model: CentroidModel, version: str) -> None:
     from beamml.transforms.monitoring import BASELINE_FILE
     baseline_for_model(model, args.input, read_kwargs(args), options,
                        FileSystems.join(args.model_dir, version, BASELINE_FILE))
+
+
+def _refuse_existing_labels(args) -> None:
+    """``--output`` must hold nothing yet: the labels are written in place, not as a
+    committed run, so they would replace files no beamml run recorded as its own."""
+    owned = args.output_given if args.output_given.endswith('/') else args.output + '-'
+    found = list_under(owned)
+    if found:
+        more = f' (and {len(found) - 1} more)' if len(found) > 1 else ''
+        raise BeammlError(f'--output {args.output_given}: {found[0]}{more} exists; kmeans '
+                          'writes its labels only where nothing is (it never replaces a file): '
+                          'choose another --output, or remove them')
 
 
 def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> None:

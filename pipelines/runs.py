@@ -45,20 +45,25 @@ import time
 import uuid
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io import BeammlError, shard_prefix
 from beamml.transforms.io.errors import first_line
 from beamml.pipelines.commit import (EXIT_LOCKED, CommitPlan, LockedError, RowsFn, _now,
-                                     acquire_lock, commit_step, release_lock)
-from beamml.transforms.io.objects import delete_tree, describe_files, list_under, read_stored
+                                     _run_entries, acquire_lock, commit_step, foreign_error,
+                                     foreign_files, lock_holder, read_journal, release_lock)
+from beamml.pipelines.overlap import Namespace, check_input_overlap
+from beamml.pipelines.run_inputs import (EXIT_NO_INPUT, NoInputError, _join, _matched, _split,
+                                         input_changes, wait_for_input)
+from beamml.transforms.io.objects import (delete_files, delete_tree, describe_files,
+                                          list_under, read_stored)
 
-__all__ = ['EXIT_NO_INPUT', 'EXIT_LOCKED', 'NoInputError', 'LockedError', 'Destination',
-           'DatedRun', 'add_date_arg', 'add_run_args', 'fill_dates']
+__all__ = ['EXIT_NO_INPUT', 'EXIT_LOCKED', 'EXIT_INPUT_CHANGED', 'NoInputError', 'LockedError',
+           'InputChangedError', 'Destination', 'DatedRun', 'add_date_arg', 'add_run_args',
+           'fill_dates']
 
 LOG = logging.getLogger('beamml')
 
-EXIT_NO_INPUT = 4
+EXIT_INPUT_CHANGED = 6
 LOCK_TIMEOUT = 4 * 3600.0
 
 
@@ -94,12 +99,21 @@ def add_date_arg(parser) -> None:
                              '{date:%%Y/%%m/%%d}) in the path flags')
 
 
+#: the flags of a committed batch run (with their defaults): a stream refuses them
+RUN_FLAGS = {'overwrite': False, 'allow_foreign_files': False, 'wait_for_input': 0.0,
+             'input_ready_marker': None, 'lock_timeout': LOCK_TIMEOUT}
+
+
 def add_run_args(parser) -> None:
     """The flags of a batch pipeline whose outputs are committed once, with _SUCCESS."""
     add_date_arg(parser)
     parser.add_argument('--overwrite', action='store_true',
                         help='run even when the destination already has _SUCCESS, and '
                              'replace its results (they stay until the new ones are in)')
+    parser.add_argument('--allow_foreign_files', action='store_true',
+                        help='write into a destination that holds files no beamml run '
+                             'wrote (refused by default): they are kept, never deleted or '
+                             'replaced (a result with the name of one of them is refused)')
     parser.add_argument('--wait_for_input', type=seconds, default=0.0, metavar='SECONDS',
                         help='poll up to SECONDS for the input (or --input_ready_marker) '
                              'to appear before giving up with exit code 4 (default 0: '
@@ -140,27 +154,13 @@ def fill_dates(args) -> None:
 
 # --------------------------------------------------------------------------- errors
 
-class NoInputError(BeammlError):
-    """No input for the run (exit code :data:`EXIT_NO_INPUT`)."""
-    exit_code = EXIT_NO_INPUT
+class InputChangedError(BeammlError):
+    """The destination is complete, but its input changed since (exit code
+    :data:`EXIT_INPUT_CHANGED`)."""
+    exit_code = EXIT_INPUT_CHANGED
 
 
 # --------------------------------------------------------------------------- destination
-
-def _join(parent: str, name: str) -> str:
-    return f'{parent}/{name}' if parent else name
-
-
-def _split(path: str) -> tuple[str, str]:
-    if path.startswith('gs://'):
-        rest = path[len('gs://'):]
-        if '/' not in rest:
-            return '', rest
-        parent, name = rest.rsplit('/', 1)
-        return 'gs://' + parent, name
-    parent, name = os.path.split(path)
-    return parent or '.', name
-
 
 class Destination:
     """Where a run's results go, and the names beside it: ``_SUCCESS``, the lock and
@@ -180,9 +180,17 @@ class Destination:
         else:
             self.owned = root + '-'          # the files PREFIX-*
             self.success = root + '-_SUCCESS'
+        self.shown = self.owned if self.folder else self.owned + '*'
         self.lock = _join(self.parent, f'.beamml-lock-{self.name}')
+        self.journal = _join(self.parent, f'.beamml-commit-{self.name}')
         self.temp_glob = _join(self.parent, f'.beamml-tmp-{self.name}-')
         self.refused_glob = _join(self.parent, f'.beamml-refused-{self.name}-')
+
+    def namespace(self) -> Namespace:
+        """Everything a run of this destination writes (:mod:`beamml.pipelines.overlap`)."""
+        shown = f'--output {self.output}' + ('' if self.folder else f' ({self.shown})')
+        return Namespace(shown, self.owned, run_folders=[self.temp_glob, self.refused_glob],
+                         names=[self.lock, self.journal])
 
     def refused_root(self, run_id: str) -> str:
         """Where a run refused by --max_refused_fraction leaves its dead letters."""
@@ -203,18 +211,29 @@ class Destination:
         return self.owned + rel if self.folder else _join(self.parent, rel)
 
     def read_success(self) -> dict | None:
+        """The destination's ``_SUCCESS`` document, or None when there is none; a
+        ``_SUCCESS`` that beamml did not write (not its JSON) is a BeammlError: it is
+        never replaced."""
         found = read_stored(self.success)
         if found is None:
             return None
         try:
-            return json.loads(found.data)
+            doc = json.loads(found.data)
         except ValueError:
-            return {}
+            doc = None
+        if not (isinstance(doc, dict) and isinstance(doc.get('run_id'), str)
+                and isinstance(doc.get('outputs'), list)):
+            raise BeammlError(
+                f'--output {self.output}: {self.success} was not written by a beamml run (it '
+                'is not the JSON document beamml writes there); nothing was done: beamml '
+                'never deletes or replaces files it did not write. Move it away or choose '
+                'another --output')
+        return doc
 
 
 #: flags that do not change a run's results
 _NOT_PARAMETERS = {'overwrite', 'wait_for_input', 'lock_timeout', 'config', 'anonymous_storage',
-                   'output_given'}
+                   'output_given', 'allow_foreign_files'}
 
 
 def parameters(args) -> dict:
@@ -234,61 +253,6 @@ def parameters(args) -> dict:
 
 def new_run_id() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ-') + uuid.uuid4().hex[:6]
-
-
-# --------------------------------------------------------------------------- input
-
-def _literal_folder(pattern: str) -> str | None:
-    """The folder of ``pattern`` if it has no wildcard, else None."""
-    folder = _split(pattern)[0]
-    return None if re.search(r'[*?\[]', folder) else folder
-
-
-def marker_path(args) -> str | None:
-    marker = getattr(args, 'input_ready_marker', None)
-    if not marker:
-        return None
-    if '/' in marker:
-        return marker
-    folder = _literal_folder(args.input)
-    if folder is None:
-        raise BeammlError(f'--input_ready_marker {marker}: the folder of --input {args.input} '
-                          'has a wildcard: give the marker as a full path')
-    return _join(folder, marker)
-
-
-def _matched(pattern: str) -> list:
-    try:
-        return [m for r in FileSystems.match([pattern]) for m in r.metadata_list]
-    except Exception as e:   # an unreachable bucket, no access
-        first = first_line(e)
-        raise BeammlError(f'--input {pattern}: cannot list it: {first}') from e
-
-
-def wait_for_input(args) -> list[str]:
-    """The input files, once they (and --input_ready_marker) are there; NoInputError when
-    they are not within --wait_for_input seconds."""
-    marker = marker_path(args)
-    wait = float(getattr(args, 'wait_for_input', 0.0) or 0.0)
-    deadline = time.monotonic() + wait
-    poll = min(10.0, max(0.2, wait / 30))
-    last_log = None
-    while True:
-        files = [m.path for m in _matched(args.input)]
-        ready = marker is None or FileSystems.exists(marker)
-        if files and ready:
-            return sorted(files)
-        missing = (f'no file matches --input {args.input}' if not files else
-                   f'the marker {marker} is not there')
-        left = deadline - time.monotonic()
-        if left <= 0:
-            waited = f' after waiting {wait:g} s' if wait else ''
-            raise NoInputError(f'no input for this run: {missing}{waited} (exit code '
-                               f'{EXIT_NO_INPUT}; --wait_for_input SECONDS to wait for it)')
-        if last_log is None or time.monotonic() - last_log >= 60:
-            LOG.info('waiting for input: %s (%.0f s left)', missing, left)
-            last_log = time.monotonic()
-        time.sleep(min(poll, max(left, 0.0)))
 
 
 # --------------------------------------------------------------------------- the run
@@ -316,7 +280,11 @@ class DatedRun:
         self.inputs: list[dict] = []
         self.final_output = args.output
         self.parameters = parameters(args)
+        self.lock_expires: str | None = None
         self._locked = False
+        # before anything is read or written: the input must not read what the run writes
+        input_flags = [('--input', getattr(args, 'input', None))]
+        check_input_overlap(input_flags, [self.dest.namespace()])
         if self.dry_run:   # translated offline: no storage is touched
             return
         # the folder (or bucket) the destination, its lock and its temporary prefix go in
@@ -324,18 +292,16 @@ class DatedRun:
         found = self.dest.read_success()
         if found is not None and not args.overwrite:
             self.complete = found
-            print(f'{self.dest.output} is complete: {self.dest.success} was written by run '
-                  f'{found.get("run_id")} at {found.get("ended")}; nothing to do '
-                  '(--overwrite to run it again)')
-            changed = sorted(k for k in set(self.parameters) | set(found.get('parameters', {}))
-                             if self.parameters.get(k) != found.get('parameters', {}).get(k))
-            if changed:
-                print('note: that run had other values of ' + ', '.join(f'--{k}' for k in changed)
-                      + '; --overwrite replaces its results with this run\'s')
+            self._complete(found)
             return
         files = wait_for_input(args)
-        acquire_lock(self.dest, self.run_id, args.lock_timeout,
-                     None if self.launch_only else os.getpid())
+        check_input_overlap(input_flags, [self.dest.namespace()], files)
+        if not args.allow_foreign_files:
+            foreign = foreign_files(self.dest)
+            if foreign:
+                raise foreign_error(self.dest, foreign)
+        self.lock_expires = acquire_lock(self.dest, self.run_id, args.lock_timeout,
+                                         None if self.launch_only else os.getpid())
         self._locked = True
         try:
             self._remove_dead_runs()
@@ -346,16 +312,53 @@ class DatedRun:
         LOG.info('run %s: %d input file(s), results go to %s (temporary %s)', self.run_id,
                  len(files), self.dest.output, self.dest.temp_root(self.run_id))
 
+    def _complete(self, found: dict) -> None:
+        """The destination has _SUCCESS and no --overwrite: nothing to do, unless its input
+        changed since (:class:`InputChangedError`); say so, and clean up what a run killed
+        after its _SUCCESS left (its lock, temporary prefix, journal)."""
+        dest, args = self.dest, self.args
+        files = [m.path for m in _matched(args.input)]
+        changes = input_changes(found.get('inputs') or [], describe_files(files)) if files else []
+        if changes:
+            more = f' (and {len(changes) - 1} more change(s))' if len(changes) > 1 else ''
+            raise InputChangedError(
+                f'{dest.output} is complete (run {found.get("run_id")} at {found.get("ended")}) '
+                f'but its input changed since: {changes[0]}{more}; its results are stale: '
+                f'--overwrite recomputes them (exit code {EXIT_INPUT_CHANGED})')
+        print(f'{dest.output} is complete: {dest.success} was written by run '
+              f'{found.get("run_id")} at {found.get("ended")}; nothing to do '
+              '(--overwrite to run it again)')
+        if not files:
+            print(f'note: no file matches --input {args.input} any more; the results are those '
+                  'of the input _SUCCESS lists')
+        changed = sorted(k for k in set(self.parameters) | set(found.get('parameters', {}))
+                         if self.parameters.get(k) != found.get('parameters', {}).get(k))
+        if changed:
+            print('note: that run had other values of ' + ', '.join(f'--{k}' for k in changed)
+                  + '; --overwrite replaces its results with this run\'s')
+        journal = read_journal(dest)
+        done = journal is not None and journal.get('run_id') == found.get('run_id')
+        if lock_holder(dest) is None and not done and not _run_entries(dest.temp_glob):
+            return
+        try:   # a live run's lock stays; a dead one's is taken over
+            self.lock_expires = acquire_lock(dest, self.run_id, args.lock_timeout, os.getpid())
+        except LockedError:
+            return
+        try:
+            self._remove_dead_runs()
+            if done:
+                delete_files([dest.journal])
+        finally:
+            release_lock(dest, self.run_id)
+
     def _remove_dead_runs(self) -> None:
-        """Temporary prefixes of earlier runs for this destination: dead (the lock is ours)."""
-        mine = self.dest.temp_root(self.run_id)
-        dead = {f[len(self.dest.temp_glob):].split('/', 1)[0]
-                for f in list_under(self.dest.temp_glob)}
-        for run_id in sorted(dead):
-            root = self.dest.temp_root(run_id)
-            if root != mine:
+        """Temporary prefixes of earlier runs for this destination: dead (the lock is ours).
+        Locally an empty folder left by a killed run goes too."""
+        for run_id in sorted(_run_entries(self.dest.temp_glob)):
+            if run_id != self.run_id:
+                root = self.dest.temp_root(run_id)
                 LOG.info('removing %s, left by an earlier run that did not finish', root)
-                delete_tree(root + '/')
+                delete_tree(root + '/')   # (locally its folders too, empty ones included)
 
     def __enter__(self):
         temp = self.dest.temp_output(self.run_id)

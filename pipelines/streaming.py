@@ -94,10 +94,8 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         if given:
             raise BeammlError(f'--{given[0]} needs --streaming')
         return
-    from beamml.pipelines.runs import LOCK_TIMEOUT
-    batch_only = [f for f, off in (('overwrite', False), ('wait_for_input', 0.0),
-                                   ('input_ready_marker', None), ('lock_timeout', LOCK_TIMEOUT))
-                  if hasattr(args, f) and getattr(args, f) != off]
+    from beamml.pipelines.runs import RUN_FLAGS
+    batch_only = [f for f, off in RUN_FLAGS.items() if hasattr(args, f) and getattr(args, f) != off]
     if batch_only:   # a stream writes a file per window: nothing to commit once
         raise BeammlError(f'--{batch_only[0]} is for a batch run (a dated run committed once '
                           'with _SUCCESS); a stream writes a file per window and pane')
@@ -127,6 +125,10 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
     if needs_output and not (getattr(args, 'output', None) or args.output_topic):
         raise BeammlError('--streaming needs --output PREFIX (per-window files) or '
                           '--output_topic')
+    if 'input' in sources and getattr(args, 'output', None):   # a watched pattern
+        from beamml.pipelines.overlap import check_input_overlap, output_namespace
+        check_input_overlap([('--input', args.input)], [output_namespace(
+            '--output', getattr(args, 'output_given', None) or args.output)])
 
 
 def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = ''):

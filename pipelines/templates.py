@@ -24,8 +24,9 @@ from its flags class (``_add_argparse_args``), never from a list kept here:
   emulator, from a laptop.
 * A batch template leaves out the streaming flags (the parser's
   ``streaming (with --streaming)`` group; a batch run refuses most of them). A
-  streaming template leaves out the flags the pipeline module's ``_BATCH_ONLY``
-  names (the batch flags its streaming run refuses), when it has such a table.
+  streaming template leaves out the flags of a committed batch run (``runs.RUN_FLAGS``:
+  ``--overwrite``, ``--wait_for_input``, ...) and those the pipeline module's
+  ``_BATCH_ONLY`` names (the batch flags its streaming run refuses): a stream refuses them.
 * Beam's own options (``--max_num_workers``, ``--machine_type``, ...) are not declared:
   they go in the launch request's ``environment``.
 
@@ -145,7 +146,8 @@ def parameter_actions(template: Template) -> list[argparse.Action]:
     """The parser's actions that are the template's parameters (the docstring's rule)."""
     parser = flags_parser(template.module)
     streaming_only = _streaming_dests(parser)
-    batch_only = set(getattr(template.module, '_BATCH_ONLY', {}))
+    from beamml.pipelines.runs import RUN_FLAGS
+    batch_only = set(getattr(template.module, '_BATCH_ONLY', {})) | set(RUN_FLAGS)
     out = []
     for a in parser._actions:
         if isinstance(a, argparse._HelpAction) or not a.option_strings:

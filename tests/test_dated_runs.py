@@ -160,17 +160,34 @@ def test_prefix_destination_owns_prefix_files_only(tmp_path, model_dir, capsys):
     n = write_points(str(tmp_path / 'in'))
     (tmp_path / 'out').mkdir()
     (tmp_path / 'out' / 'other.txt').write_text('not ours')
-    (tmp_path / 'out' / 'assigned-old-00000-of-00001.parquet').write_text('stale')
+    (tmp_path / 'out' / 'assigned-old-00000-of-00001.parquet').write_text('not ours either')
     out = str(tmp_path / 'out' / 'assigned')
-    assert main(['assign', '--input', str(tmp_path / 'in' / '*.csv'), '--model', model_dir,
-                 '--output', out]) == 0
+    flags = ['assign', '--input', str(tmp_path / 'in' / '*.csv'), '--model', model_dir,
+             '--output', out]
+    # a file under the prefix that no beamml run wrote: refused, nothing touched
+    assert main(flags) == 2
+    err = said(capsys.readouterr().err)
+    assert err.count('\n') == 1
+    assert (f'--output {out}: {out}-old-00000-of-00001.parquet was not written by a beamml '
+            'run of this destination') in err and '--allow_foreign_files' in err
+    assert tree(tmp_path / 'out') == ['assigned-old-00000-of-00001.parquet', 'other.txt']
+    assert sorted(os.listdir(tmp_path)) == ['in', 'models', 'out']
+    # said explicitly: written beside it, and it is kept
+    assert main(flags + ['--allow_foreign_files']) == 0
     assert tree(tmp_path / 'out') == [
         'assigned-00000-of-00001.parquet', 'assigned-_SUCCESS',
-        'assigned-errors-00000-of-00001.jsonl', 'assigned-summary.json', 'other.txt']
+        'assigned-errors-00000-of-00001.jsonl', 'assigned-old-00000-of-00001.parquet',
+        'assigned-summary.json', 'other.txt']
+    assert (tmp_path / 'out' / 'assigned-old-00000-of-00001.parquet').read_text() == \
+        'not ours either'
     doc = json.loads((tmp_path / 'out' / 'assigned-_SUCCESS').read_text())
     assert doc['model']['version'] == 'v1' and doc['model']['k'] == 2
     assert doc['counts']['records_ok'] == n
     assert 'cluster sizes' in capsys.readouterr().out
+    # an --overwrite replaces the run's own files only
+    assert main(flags + ['--allow_foreign_files', '--overwrite']) == 0
+    assert (tmp_path / 'out' / 'assigned-old-00000-of-00001.parquet').read_text() == \
+        'not ours either' and (tmp_path / 'out' / 'other.txt').read_text() == 'not ours'
 
 
 def test_no_input_is_exit_4_and_leaves_nothing(tmp_path, capsys):

@@ -348,8 +348,8 @@ def test_index_ids_takes_a_later_file_of_empty_or_null_lists(tmp_path):
     (tmp_path / 'a.jsonl').write_bytes(b'{"id":1,"features":[1.5,2]}\n')
     (tmp_path / 'b.jsonl').write_bytes(b'{"id":2,"features":[]}\n{"id":3,"features":null}\n')
     index_ids.run(['--input', str(tmp_path / '*.jsonl'), '--id_column', 'id',
-                   '--output', str(tmp_path / 'out')])
-    (path,) = tmp_path.glob('out-encoded-*.parquet')
+                   '--output', str(tmp_path / 'res' / 'out')])   # (its dead letters: .jsonl)
+    (path,) = tmp_path.glob('res/out-encoded-*.parquet')
     assert pq.read_table(str(path)).to_pylist() == [
         {'id': 1, 'features': [1.5, 2.0], 'idx': 0}, {'id': 2, 'features': [], 'idx': 1},
         {'id': 3, 'features': None, 'idx': 2}]

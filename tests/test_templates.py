@@ -66,8 +66,9 @@ def test_parameters_are_the_parsers_own_flags(name):
     group = {a.dest for g in parser._action_groups if g.title == templates.STREAMING_GROUP
              for a in g._group_actions}
     assert bool(group) == (t.pipeline in ('assign', 'evaluate', 'kmeans', 'monitor'))
+    from beamml.pipelines.runs import RUN_FLAGS
     left_out = set(templates.NOT_PARAMETERS) | (
-        set(getattr(t.module, '_BATCH_ONLY', {})) if t.streaming else group)
+        set(getattr(t.module, '_BATCH_ONLY', {})) | set(RUN_FLAGS) if t.streaming else group)
     expected = [a for a in parser._actions
                 if a.option_strings and a.dest != 'help' and a.dest not in left_out]
     params = _checked_in(name)['parameters']

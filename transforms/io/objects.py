@@ -18,9 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io.errors import BeammlError, first_line
 
-__all__ = ['Stored', 'create_exclusive', 'read_stored', 'delete_if_unchanged', 'list_under',
-           'describe_files', 'move_files', 'delete_files', 'delete_tree', 'local_guard',
-           'open_file']
+__all__ = ['Stored', 'create_exclusive', 'write_stored', 'read_stored', 'delete_if_unchanged',
+           'list_under', 'list_entries', 'describe_files', 'move_files', 'delete_files',
+           'delete_tree', 'local_guard', 'open_file']
 
 
 class Stored:
@@ -131,6 +131,25 @@ def create_exclusive(path: str, data: bytes) -> bool:
     return True
 
 
+def write_stored(path: str, data: bytes) -> None:
+    """Write (or replace) ``path`` whole: a reader sees the old bytes or the new ones,
+    never a part (locally a temporary file renamed over it; Cloud Storage objects are
+    replaced whole by an upload)."""
+    if path.startswith('gs://'):
+        with _storage(path):
+            _gcs(path).upload_from_string(data, content_type='application/json',
+                                          retry=_retry())
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    partial = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.partial')
+    with open(partial, 'wb') as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
+
+
 def read_stored(path: str) -> Stored | None:
     """The object's bytes and version, or None when there is none."""
     if path.startswith('gs://'):
@@ -224,6 +243,19 @@ def list_under(prefix: str) -> list[str]:
         else:
             found.append(full)
     return sorted(found)
+
+
+def list_entries(prefix: str) -> list[str]:
+    """The names that start with ``prefix`` one level down: locally the files *and
+    folders* (empty ones too) of the prefix's folder whose names start with its last
+    part; on Cloud Storage, which has no folders, :func:`list_under`."""
+    if prefix.startswith('gs://'):
+        return list_under(prefix)
+    folder, start = os.path.split(prefix)
+    folder = folder or '.'
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, e) for e in os.listdir(folder) if e.startswith(start))
 
 
 def describe_files(paths: list[str]) -> list[dict]:
