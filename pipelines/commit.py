@@ -242,10 +242,16 @@ def recorded_files(dest, success: dict | None, journal: dict | None) -> set[str]
     return own
 
 
+def _files_under(dest) -> list[str]:
+    """The files under the destination; a Cloud Storage "folder" (a zero-byte object whose
+    name ends in ``/``, as the console's *Create folder* makes) is not a file."""
+    return [f for f in list_under(dest.owned) if not f.endswith('/')]
+
+
 def foreign_files(dest, present: list[str] | None = None) -> list[str]:
     """Files under ``dest`` that no beamml run recorded as its own (sorted)."""
     own = recorded_files(dest, dest.read_success(), read_journal(dest))
-    present = list_under(dest.owned) if present is None else present
+    present = _files_under(dest) if present is None else present
     return [f for f in present if _key(f) not in own]
 
 
@@ -300,7 +306,7 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
                           f'{found.get("run_id")}); nothing was committed')
     journal = read_journal(dest)
     own = recorded_files(dest, found, journal)
-    present = [f for f in list_under(dest.owned) if f != dest.success]
+    present = [f for f in _files_under(dest) if f != dest.success]
     foreign = [f for f in present if _key(f) not in own]
     clash = [f for f in foreign if _key(f) in finals]
     if clash or (foreign and not plan.allow_foreign):

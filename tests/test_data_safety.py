@@ -262,6 +262,17 @@ def test_changed_input_on_cloud_storage(gcs_bucket, capsys):
     assert main(flags + ['--overwrite']) == 0
 
 
+def test_a_cloud_storage_folder_placeholder_is_not_a_foreign_file(gcs_bucket):
+    """The console's "Create folder" makes a zero-byte object `out/`: not a file."""
+    from google.cloud import storage
+    bucket = storage.Client.create_anonymous_client().bucket(gcs_bucket[len('gs://'):])
+    bucket.blob('in/a.csv').upload_from_string(b'id,x0,x1\n1,1,2\n')
+    bucket.blob('out/').upload_from_string(b'')
+    assert main(['norms', '--input', f'{gcs_bucket}/in/*.csv',
+                 '--output', f'{gcs_bucket}/out/']) == 0
+    assert bucket.blob('out/').exists()
+
+
 # ----------------------------------------------------------------------------- leftovers
 
 def test_an_empty_temporary_folder_of_a_killed_run_is_removed(tmp_path):
