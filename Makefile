@@ -18,11 +18,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -rs tests
 
-# A long fuzz run (~15 min on 2 cores): random examples, and how many ran.
+# A long fuzz run (~15 min on 2 cores, plus the data-safety properties: ~100 sequences
+# of runs over random trees of files): random examples, and how many ran.
 FUZZ_EXAMPLES ?= 3000
 fuzz: $(STAMP)
 	BEAMML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py \
-		--hypothesis-show-statistics
+		tests/test_data_safety.py -k 'fuzz or survive' --hypothesis-show-statistics
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
