@@ -115,6 +115,7 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         raise BeammlError('--streaming needs exactly one source: --input_subscription, '
                           '--input_topic, or --input with --watch_interval'
                           + (f' (got {", ".join("--" + s for s in sources)})' if sources else ''))
+    _check_pubsub_names(args)
     if args.stop_after is not None and not args.stop_after > 0:
         raise BeammlError(f'--stop_after must be > 0 seconds, got {args.stop_after}')
     if args.max_batch_size < 1:
@@ -127,6 +128,18 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
     if needs_output and not (getattr(args, 'output', None) or args.output_topic):
         raise BeammlError('--streaming needs --output PREFIX (per-window files) or '
                           '--output_topic')
+
+
+def _check_pubsub_names(args) -> None:
+    """Each Pub/Sub flag's value is a subscription or topic name, or one line naming the
+    flag (the transforms check the names too, but word them as their own parameters)."""
+    from beamml.transforms.streaming.pubsub import check_subscription, check_topic
+    for flag, check in (('input_subscription', check_subscription),
+                        ('input_topic', check_topic), ('output_topic', check_topic),
+                        ('dead_letter_topic', check_topic)):
+        value = getattr(args, flag, None)
+        if value is not None:
+            check(value, flag)
 
 
 def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = ''):
