@@ -371,6 +371,11 @@ def test_gate_records_values_bounds_and_changes():
     ({'thresholds': [{'metric': 'inertia', 'upper': 1}]}, 'unknown key'),
     ({'thresholds': []}, 'no thresholds'),
     ([1, 2], 'expected a mapping'),
+    ({'treshold': [{'metric': 'agreement', 'lower_bound': 0.9}]},
+     "unknown key 'treshold'; the only key allowed is thresholds"),
+    ({'thresholds': [{'metric': 'agreement', 'lower_bound': 0.9}], 'promote': True},
+     "unknown key 'promote'; the only key allowed is thresholds"),
+    ({}, 'expected a mapping with one key, thresholds'),
 ])
 def test_gate_config_errors_are_one_line(doc, message):
     with pytest.raises(BeammlError, match=message) as e:
