@@ -121,6 +121,10 @@ def load_inputs(args) -> dict:
             if bm['k'] != model.k or bm['d'] != model.d:
                 raise BeammlError(f'baseline {baseline.path} was made with a model of k={bm["k"]},'
                                   f' d={bm["d"]}; --model has k={model.k}, d={model.d}')
+        # the features the config names must be monitored ones (drift.json's names)
+        features = ([] if baseline.kind == 'logs' else
+                    baseline.names + [baseline.doc['norm_name']])
+        config.check_features(features, f'the baseline {baseline.path}')
     return {'model': model, 'config': config, 'baseline': baseline}
 
 
