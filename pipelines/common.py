@@ -535,14 +535,81 @@ def configure_logging() -> None:
         LOG.propagate = False
 
 
-def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -> int:
-    """Call ``run(argv)``; print a BeammlError as one line and return 2."""
-    configure_logging()
+#: what the one line says when the run was stopped by a signal (exit 128 + the signal)
+_STOPPED = {'SIGINT': 'interrupted', 'SIGTERM': 'terminated'}
+
+
+@contextlib.contextmanager
+def _signals_stop_the_run(received: list):
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (SIGTERM would
+    otherwise kill the process with no clean-up), noting the signal in ``received``, so
+    that the run unwinds as for Ctrl-C: a dated run removes its temporary prefix and
+    releases its lock, the private temporary folder is removed. The handlers in place
+    before are put back afterwards (tests call the CLI in their own process)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        received.append(signal.Signals(signum))
+        raise KeyboardInterrupt
+
+    saved = {}
+    for name in _STOPPED:
+        sig = getattr(signal, name)
+        saved[sig] = signal.signal(sig, stop)
     try:
-        run(None if argv is None else list(argv))
-    except BeammlError as e:
-        print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
-        return getattr(e, 'exit_code', 2)   # 3 monitor's alarms, 4 no input, 5 locked
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def no_space_left(e: BaseException) -> str | None:
+    """The one line for a full disk (ENOSPC) anywhere in ``e``'s chain, or in the text of
+    an error a runner re-raised from a worker; None for any other error."""
+    import errno
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+            where = f' writing {x.filename}' if x.filename else ''
+            return f'no space left on device{where}'
+        todo += [x.__cause__, x.__context__]
+    if re.search(r'\[Errno 28\]|No space left on device', str(e)):
+        return 'no space left on device (' + ' '.join(first_line(e).split())[:300] + ')'
+    return None
+
+
+def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -> int:
+    """Call ``run(argv)``; print a BeammlError as one line and return 2 (or its own exit
+    code). A run stopped by SIGINT (Ctrl-C) or SIGTERM says ``interrupted`` or
+    ``terminated`` in one line and returns 130 or 143, as shells expect, after the run's
+    clean-up; a full disk is one line and 2. Any other error is a bug: its traceback."""
+    configure_logging()
+    received: list = []
+    try:
+        with _signals_stop_the_run(received):
+            run(None if argv is None else list(argv))
+    except BaseException as e:   # (a signal may surface as whatever Beam wrapped it in)
+        if received or isinstance(e, KeyboardInterrupt):
+            sig = received[0] if received else None
+            print(f'{prog}: {_STOPPED.get(getattr(sig, "name", None), "interrupted")}',
+                  file=sys.stderr)
+            return 128 + int(sig or 2)
+        if isinstance(e, BeammlError):
+            print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
+            return getattr(e, 'exit_code', 2)   # 3 monitor's alarms, 4 no input, 5 locked
+        full = no_space_left(e) if isinstance(e, Exception) else None
+        if full:
+            print(f'{prog}: error: {full}', file=sys.stderr)
+            return 2
+        raise
     return 0
 
 
