@@ -166,6 +166,8 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
                     path: str) -> list[str]:
     argv: list[str] = []
     for key, value in cfg.items():
+        if key == 'setup_file' and isinstance(value, str):
+            value = config_relative(value, path)
         action = actions.get(key)
         if action is None:
             raise BeammlError(
@@ -189,6 +191,39 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
         else:
             argv.append(f'{flag}={value}')
     return argv
+
+
+def config_relative(value: str, config_path: str) -> str:
+    """A relative path given in a local config file, as a path relative to the file's
+    folder (what ``setup_file: ../setup.py`` in ``configs/`` means wherever the command
+    runs); any other value unchanged."""
+    if not value or os.path.isabs(value) or '://' in value or '://' in config_path:
+        return value
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), value))
+
+
+def check_setup_file(options: PipelineOptions, from_config: str | None) -> None:
+    """``--setup_file`` names a file called setup.py (or pyproject.toml), or one line
+    saying which path was looked up and how (Beam's stager raises a RuntimeError
+    traceback). Only for runners that stage it (not the local ones). ``from_config``: the
+    config file the value came from (a relative value there is relative to its folder)."""
+    from apache_beam.options.pipeline_options import SetupOptions
+    setup = options.view_as(SetupOptions).setup_file
+    if setup is None or options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        return
+    shown = f'--setup_file {setup}' + (f' (from {from_config})' if from_config else '')
+    if not os.path.isfile(setup):
+        how = ('' if os.path.isabs(setup) else
+               f', relative to the current folder {os.getcwd()}' if not from_config else
+               ', a remote config\'s relative path is relative to the current folder')
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            'setup.py')
+        own = f" (beamml's own: {here})" if os.path.isfile(here) else ''
+        raise BeammlError(f'{shown}: no file at {os.path.abspath(setup)}{how}; give the path '
+                          f"of beamml's setup.py{own}, the package Dataflow workers install")
+    if os.path.basename(setup) not in ('setup.py', 'pyproject.toml'):
+        raise BeammlError(f'{shown}: Dataflow installs the workers\' package from a file '
+                          'named setup.py (or pyproject.toml)')
 
 
 def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
@@ -219,10 +254,15 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     beam_parser = _beam_parser()
 
     argv, config_path = _pop_config(argv)
+    setup_from = None   # the config file --setup_file comes from, if it does
     if config_path:
         actions = {**_dests(beam_parser), **_dests(parser)}
         actions.pop('config', None)
-        argv = _config_to_argv(load_config(config_path), actions, config_path) + argv
+        cfg = load_config(config_path)
+        if cfg.get('setup_file') and not any(
+                a == '--setup_file' or a.startswith('--setup_file=') for a in argv):
+            setup_from = config_path
+        argv = _config_to_argv(cfg, actions, config_path) + argv
 
     prefixes = [a for a in parser._actions if a.type is output_prefix]
     for a in prefixes:   # converted below, once {date} is filled in
@@ -250,6 +290,7 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
         use_anonymous_storage()
     if is_dataflow(options):
         check_dataflow_options(options)
+    check_setup_file(options, setup_from)
     if std.runner in LOCAL_RUNNERS:
         # The plain DirectRunner first tries to download the Prism runner; the
         # in-process FnApiRunner is what it falls back to for batch work anyway,
