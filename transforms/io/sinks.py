@@ -237,15 +237,59 @@ class ShardWriter:
             self.fh.close()
 
 
+def _failed_object(e: BaseException, default: str) -> tuple[str, BaseException]:
+    """(the object, the error) of the first failure a batch file operation's BeamIOError
+    reports (``{path or (source, destination): error}``, nested for a match of a
+    listing); ``default`` and ``e`` when it names none."""
+    from apache_beam.io.filesystem import BeamIOError
+    where = default
+    for _ in range(5):
+        details = getattr(e, 'exception_details', None)
+        if not isinstance(e, BeamIOError) or not isinstance(details, dict) or not details:
+            break
+        key, value = next(iter(details.items()))
+        where = key[-1] if isinstance(key, tuple) else str(key)
+        if not isinstance(value, BaseException):
+            break
+        e = value
+    return where, e
+
+
+@contextlib.contextmanager
+def _storage_answers(prefix: str):
+    """A sink's own Cloud Storage calls (the moves of its shards into place): a store that
+    did not answer is one BeammlError naming the object, not Beam's BeamIOError."""
+    if not prefix.startswith('gs://'):
+        yield
+        return
+    try:
+        yield
+    except BeammlError:
+        raise
+    except Exception as e:
+        from beamml.transforms.io.objects import _first_line, _storage_error
+        if not _storage_error(e, unanswered=True):
+            raise
+        where, cause = _failed_object(e, prefix + '*')
+        raise BeammlError(f'{where}: Cloud Storage did not answer: {_first_line(cause)}') from e
+
+
 class _EveryShard:
     """Mixin for a FileBasedSink: ``finalize_write`` returns the final name of every
     shard of this run. Beam's returns only the files it renamed, and skips a shard
     whose final file already holds the same bytes (a rerun), which would then look
-    like an earlier run's file to :func:`remove_stale_shards`."""
+    like an earlier run's file to :func:`remove_stale_shards`. Cloud Storage not
+    answering while the shards are moved is one line naming the object."""
+
+    def pre_finalize(self, init_result, writer_results):
+        with _storage_answers(self.file_path_prefix.get()):
+            return super().pre_finalize(init_result, writer_results)
 
     def finalize_write(self, init_result, writer_results, pre_finalize_results):
-        for _ in super().finalize_write(init_result, writer_results, pre_finalize_results):
-            pass
+        with _storage_answers(self.file_path_prefix.get()):
+            for _ in super().finalize_write(init_result, writer_results,
+                                            pre_finalize_results):
+                pass
         n = len(writer_results)
         return [self._get_final_name(i, n) for i in range(n)]
 
