@@ -323,10 +323,11 @@ def remove_stale_shards(written: list[str], prefix: str, suffixes=OUTPUT_FORMATS
         return path if '://' in path else os.path.abspath(path)
     keep = {same(p) for p in written}
     patterns = [f'{prefix}-?????-of-?????.{s}' for s in suffixes]
-    stale = sorted(m.path for r in FileSystems.match(patterns) for m in r.metadata_list
-                   if same(m.path) not in keep)
-    if stale:
-        FileSystems.delete(stale)
+    with _storage_answers(prefix):
+        stale = sorted(m.path for r in FileSystems.match(patterns) for m in r.metadata_list
+                       if same(m.path) not in keep)
+        if stale:
+            FileSystems.delete(stale)
         _LOG.info('removed %d shard(s) of an earlier run with the same prefix: %s',
                   len(stale), ', '.join(stale))
     return sorted(written)
