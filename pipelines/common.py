@@ -111,15 +111,48 @@ def add_output_args(parser, *, required: bool = True) -> None:
                         help='output format (default parquet)')
 
 
-def read_kwargs(args) -> dict[str, Any]:
-    """The ReadPoints / ReadTable keyword arguments carried by the input flags."""
-    return dict(
+def read_kwargs(args, options: PipelineOptions | None = None, **declared) -> dict[str, Any]:
+    """The ReadPoints keyword arguments carried by the input flags; in a dry run
+    (``options`` say so) with the layout they declare instead (:func:`declare_layout`,
+    whose keyword arguments ``declared`` are), since a dry run reads no input."""
+    kwargs = dict(
         input_format=args.input_format,
         id_column=args.id_column,
         feature_columns=(args.feature_columns.split(',') if args.feature_columns else None),
         dimension=args.dimension,
         allow_nan=args.allow_nan,
     )
+    if options is not None and is_dry_run(options):
+        return declare_layout(args.input, kwargs, **declared)
+    return kwargs
+
+
+_LAYOUT_KEYS = ('input_format', 'id_column', 'feature_columns', 'dimension', 'weight_column')
+
+
+def declare_layout(pattern: str, kwargs: dict[str, Any], *, points: bool = True,
+                   dimension: int | None = None, feature_columns=None,
+                   list_features: bool | None = None) -> dict[str, Any]:
+    """ReadPoints / ReadTable keyword arguments ``kwargs`` with their layout parameters
+    turned into ``layout=``: the layout the flags declare
+    (:func:`~beamml.transforms.io.declared.declared_layout`), for a dry run, which reads
+    no input. ``dimension`` and ``feature_columns`` are defaults for flags not given (a
+    model's d, a baseline's features); what is still missing is one line naming the flags
+    to give."""
+    from beamml.transforms.io.declared import declared_layout
+    out = {k: v for k, v in kwargs.items() if k not in _LAYOUT_KEYS}
+    given = {k: kwargs.get(k) for k in _LAYOUT_KEYS}
+    if given['dimension'] is None:
+        given['dimension'] = dimension
+    if not given['feature_columns'] and feature_columns:
+        given['feature_columns'] = feature_columns
+    else:
+        list_features = None
+    out['layout'] = declared_layout(
+        pattern, points=points, list_features=list_features,
+        why=f'a dry run reads no input, so the layout of {pattern} must come from the flags',
+        **given)
+    return out
 
 
 # --------------------------------------------------------------------------- config
@@ -256,6 +289,7 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     argv, config_path = _pop_config(argv)
     setup_from = None   # the config file --setup_file comes from, if it does
     if config_path:
+        local_for_dry_run(PipelineOptions(argv), 'config', config_path)
         actions = {**_dests(beam_parser), **_dests(parser)}
         actions.pop('config', None)
         cfg = load_config(config_path)
@@ -312,6 +346,22 @@ def is_dry_run(options: PipelineOptions) -> bool:
     """A Dataflow job that is translated offline and never submitted (``--dry_run True``)."""
     from apache_beam.options.pipeline_options import TestOptions
     return is_dataflow(options) and bool(options.view_as(TestOptions).dry_run)
+
+
+def local_for_dry_run(options: PipelineOptions, flag: str, path: str | None) -> None:
+    """A dry run touches no storage: a file the graph is built from (a model, a baseline,
+    a gate, a monitoring config, initial centres) must then be local; one on Cloud Storage
+    (any ``scheme://``) is one line asking for a local copy, before anything is read."""
+    if path and '://' in str(path) and is_dry_run(options):
+        raise BeammlError(f'--{flag} {path}: a dry run reads nothing from Cloud Storage, and '
+                          f'the job is built from this file: give a local copy of it '
+                          f'(--{flag} PATH) to translate the job')
+
+
+def input_files(read) -> str:
+    """What the progress line says of a reader's input: its files, or that it was not read."""
+    return (f'{len(read.paths)} file(s)' if read.paths is not None else
+            'not read (a dry run: the layout from the flags)')
 
 
 LAUNCH_ONLY_VARIABLE = 'BEAMML_LAUNCH_ONLY'

@@ -142,13 +142,15 @@ def _check_pubsub_names(args) -> None:
             check(value, flag)
 
 
-def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = ''):
+def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '', *,
+                  dry_run: bool = False):
     """What the points of a stream look like: inspected from the files a watched pattern
     already matches (as ``ReadPoints`` with ``read_kwargs``), else from the flags: ids
     in ``--id_column`` (default ``id``), features in ``--feature_columns`` (default a
     ``features`` list), ``--weight_column``, and the dimension ``dimension_of()`` gives
-    (called only then; None is an error naming --dimension, and ``dimension_hint``)."""
-    if args.input and args.watch_interval is not None:
+    (called only then; None is an error naming --dimension, and ``dimension_hint``).
+    A ``dry_run`` matches nothing (it touches no storage): the flags decide."""
+    if args.input and args.watch_interval is not None and not dry_run:
         from apache_beam.io.filesystems import FileSystems
         from beamml.transforms.io import ReadPoints
         try:
@@ -207,15 +209,19 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
         batches = read.batches
     else:
         from beamml.transforms.streaming.files import ReadWatchedPoints, ReadWatchedTable
+        from beamml.pipelines.common import declare_layout, is_dry_run
         cls = ReadWatchedPoints if points else ReadWatchedTable
-        kwargs = dict(input_format=args.input_format, id_column=args.id_column,
-                      interval=args.watch_interval, stop_after=args.stop_after)
+        kwargs = dict(input_format=args.input_format, id_column=args.id_column)
         if points:
             kwargs.update(feature_columns=layout.feature_columns, dimension=layout.dimension,
                           allow_nan=getattr(args, 'allow_nan', False),
                           source_columns=source_columns, refuse_zero=refuse_zero,
                           **({'weight_column': weight_column} if weight_column else {}))
-        read = p | 'WatchFiles' >> cls(args.input, **kwargs)
+        if is_dry_run(p.options):   # nothing is matched: the layout the flags declare
+            kwargs = declare_layout(args.input, kwargs, points=points,
+                                    list_features=layout.list_features if points else None)
+        read = p | 'WatchFiles' >> cls(args.input, interval=args.watch_interval,
+                                       stop_after=args.stop_after, **kwargs)
         batches = read.batches | 'Windows' >> windowing
     gated = gate(batches, args, accumulating=accumulating)
     errors = (_rewindow_global(read.errors, 'SourceErrorsGlobal'),

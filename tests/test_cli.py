@@ -178,7 +178,8 @@ def test_dataflow_translation_offline(gcs_bucket, tmp_path, monkeypatch):
         f.write(b'id,a,b\n1,2,3\n')
     monkeypatch.chdir(ROOT)
     args, options = common.parse_args(norms.NormsOptions, [
-        '--input', f'{gcs_bucket}/in/*.csv', '--output', f'{gcs_bucket}/out/n',
+        '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',
+        '--output', f'{gcs_bucket}/out/n',
         '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
         '--region', 'us-central1', '--temp_location', f'{gcs_bucket}/tmp',
         '--setup_file', './setup.py'], prog='t')
@@ -215,13 +216,15 @@ def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
         model_dir = f'{gcs_bucket}/models'
         CentroidModel(np.array([[0.0, 0.0], [5.0, 5.0]])).save(model_dir)
         args, options = common.parse_args(assign.AssignOptions, flags + [
-            '--input', f'{gcs_bucket}/in/*.csv', '--model', model_dir,
+            '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',
+            '--model', model_dir,
             '--output', f'{gcs_bucket}/out/a'], prog='t')
         labels = {'ReadPoints', 'WriteErrors'}
         build = assign.build
     elif name == 'kmeans':
         args, options = common.parse_args(kmeans.KMeansOptions, flags + [
-            '--input', f'{gcs_bucket}/in/*.csv', '--k', '2', '--max_iter', '3',
+            '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b', '--k', '2',
+            '--max_iter', '3',
             '--model_dir', f'{gcs_bucket}/models'], prog='t')
         labels = {'ReadPoints', 'KMeans'}
 
