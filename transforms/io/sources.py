@@ -160,13 +160,15 @@ class _ReadBase(beam.PTransform):
         return self.layout.points_schema()
 
     def expand(self, pbegin):
-        # The same steps however many files match (Create reshuffles more than one
-        # element itself; SpreadFiles does it here) and whether they were matched now or
-        # will be when the graph runs (a given layout: the pattern is matched then).
+        # The same steps however many files match (Create would reshuffle more than one
+        # element by itself; SpreadPaths always does, so the files are planned (their
+        # footers read) on several workers) and whether they were matched now or will be
+        # when the graph runs (a given layout: the pattern is matched then).
         pattern = self.paths is None
         files = (pbegin
                  | 'MatchedFiles' >> beam.Create([self.file_pattern] if pattern else self.paths,
                                                  reshuffle=False)
+                 | 'SpreadPaths' >> beam.Reshuffle()
                  | 'PlanReads' >> beam.FlatMap(_plan, self.layout, pattern)
                  | 'SpreadFiles' >> beam.Reshuffle())
         return files | 'ParseFiles' >> beam.ParDo(
