@@ -30,6 +30,7 @@ from beamml.pipelines import common, runs, streaming
 from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, SOURCE_COLUMNS, BeammlError,
                                   ReadTable, WriteDeadLetters, WriteTable)
 from beamml.transforms.io.documents import read_json, to_jsonable, write_json
+from beamml.transforms.io.sources import RecordsAsRead
 from beamml.transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
                                        ComputeMetrics, ParsePredictionLogs, PrecisionAtK,
                                        per_query_metrics)
@@ -220,7 +221,9 @@ def build(p, args):
         written.append(per_query | 'WritePerQuery' >> WriteTable(
             FileSystems.join(out, 'per_query/per_query'), args.output_format,
             schema=per_query_schema(id_type)))
-    errors = ((logs[ERRORS], parsed[ERRORS], result['errors'])
+    # a duplicate is found among parsed values: its record is the row as read (again)
+    duplicates = result['errors'] | 'DuplicatesAsRead' >> RecordsAsRead(read.layout)
+    errors = ((logs[ERRORS], parsed[ERRORS], duplicates)
               | 'AllDeadLetters' >> beam.Flatten())
     written.append(errors | 'WriteDeadLetters' >> WriteDeadLetters(
         FileSystems.join(out, 'evaluate')))
@@ -295,7 +298,10 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     out = args.output
     streaming.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
                             label='WriteMetrics')
-    errors = streaming.all_errors(source['errors'], parsed[ERRORS], result['errors'])
+    duplicates = result['errors']
+    if source.get('layout') is not None:   # watched files: a duplicate's record as read
+        duplicates = duplicates | 'DuplicatesAsRead' >> RecordsAsRead(source['layout'])
+    errors = streaming.all_errors(source['errors'], parsed[ERRORS], duplicates)
     streaming.write_dead_letters(errors, args, out and FileSystems.join(out, 'evaluate-errors'))
     return {'metrics': records, 'errors': errors}
 

@@ -115,7 +115,6 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         raise BeammlError('--streaming needs exactly one source: --input_subscription, '
                           '--input_topic, or --input with --watch_interval'
                           + (f' (got {", ".join("--" + s for s in sources)})' if sources else ''))
-    _check_pubsub_names(args)
     if args.stop_after is not None and not args.stop_after > 0:
         raise BeammlError(f'--stop_after must be > 0 seconds, got {args.stop_after}')
     if args.max_batch_size < 1:
@@ -128,6 +127,7 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
     if needs_output and not (getattr(args, 'output', None) or args.output_topic):
         raise BeammlError('--streaming needs --output PREFIX (per-window files) or '
                           '--output_topic')
+    _check_pubsub_names(args)
 
 
 def _check_pubsub_names(args) -> None:
@@ -189,12 +189,13 @@ def source_name(args) -> str:
 def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = False,
                 accumulating: bool = True, refuse_zero: bool = False,
                 weight_column: str | None = None) -> dict:
-    """The streaming source, windowed and gated: ``{'batches', 'errors'}``.
+    """The streaming source, windowed and gated: ``{'batches', 'errors', 'layout'}``.
 
     ``batches`` are RecordBatches as the file readers make them, in event-time
     windows (``--window_size``/``--window_period``, ``--allowed_lateness``), with
     ``window_start``, ``window_end`` and ``timing`` columns; ``errors`` the source's
-    dead letters and the rows too late for their window.
+    dead letters and the rows too late for their window; ``layout`` the watched files'
+    (None for Pub/Sub, whose messages cannot be read again).
     """
     windowing = window_into(args.window_size, getattr(args, 'window_period', None),
                             args.allowed_lateness)
@@ -211,23 +212,26 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
         from beamml.transforms.streaming.files import ReadWatchedPoints, ReadWatchedTable
         from beamml.pipelines.common import declare_layout, is_dry_run
         cls = ReadWatchedPoints if points else ReadWatchedTable
-        kwargs = dict(input_format=args.input_format, id_column=args.id_column)
+        kwargs = dict(input_format=args.input_format, id_column=args.id_column,
+                      source_columns=source_columns)
         if points:
             kwargs.update(feature_columns=layout.feature_columns, dimension=layout.dimension,
-                          allow_nan=getattr(args, 'allow_nan', False),
-                          source_columns=source_columns, refuse_zero=refuse_zero,
+                          allow_nan=getattr(args, 'allow_nan', False), refuse_zero=refuse_zero,
                           **({'weight_column': weight_column} if weight_column else {}))
         if is_dry_run(p.options):   # nothing is matched: the layout the flags declare
             kwargs = declare_layout(args.input, kwargs, points=points,
                                     list_features=layout.list_features if points else None)
-        read = p | 'WatchFiles' >> cls(args.input, interval=args.watch_interval,
-                                       stop_after=args.stop_after, **kwargs)
+        watcher = cls(args.input, interval=args.watch_interval, stop_after=args.stop_after,
+                      **kwargs)
+        layout = watcher.layout   # the files': what a dead letter's row is read again with
+        read = p | 'WatchFiles' >> watcher
         batches = read.batches | 'Windows' >> windowing
     gated = gate(batches, args, accumulating=accumulating)
     errors = (_rewindow_global(read.errors, 'SourceErrorsGlobal'),
               _rewindow_global(gated['errors'], 'LateErrorsGlobal')) \
         | 'SourceErrors' >> beam.Flatten()
-    return {'batches': gated['batches'], 'errors': errors}
+    return {'batches': gated['batches'], 'errors': errors,
+            'layout': None if args.input_subscription or args.input_topic else layout}
 
 
 def window_and_gate(batches, args, *, accumulating: bool = True) -> dict:

@@ -15,16 +15,17 @@ import pyarrow as pa
 
 from beamml.transforms.io.objects import open_file
 from beamml.transforms.io.csvio import read_csv
-from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters
+from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.inspection import inspect_input
 from beamml.transforms.io.jsonio import read_jsonl
 from beamml.transforms.io.layout import Layout, match_input
 from beamml.transforms.io.npyio import plan_npy, read_npy
 from beamml.transforms.io.parquetio import plan_parquet, read_parquet
 from beamml.transforms.io.rows import BATCH_ROWS, RowBatch, table_checks, to_points
+from beamml.transforms.io.types import SOURCE_COLUMNS
 
 __all__ = ['SPLIT_ROWS', 'plan_reads', 'read_file_batches', 'ReadPoints', 'ReadTable',
-           'read_table_files']
+           'read_table_files', 'rows_as_read', 'RecordsAsRead']
 
 _LOG = logging.getLogger('beamml')
 
@@ -234,3 +235,83 @@ def read_table_files(file_pattern: str, **kwargs) -> tuple[pa.Table, list[dict]]
             if out is not None:
                 batches.append(out)
     return pa.Table.from_batches(batches, schema=layout.points_schema()), dead
+
+
+# ----------------------------------------------------------------------------- rows as read
+
+def rows_as_read(path: str, rows, layout: Layout) -> dict[int, dict]:
+    """{row: the row as ReadTable gives it, every column but the source columns} of the
+    data rows ``rows`` (0 = the first) of one file, read again with ``layout``: what a
+    dead letter's ``record`` holds. Rows the reader refuses itself are not there."""
+    import pyarrow.compute as pc
+    wanted = pa.array(sorted({int(r) for r in rows}), pa.int64())
+    found: dict[int, dict] = {}
+    for item in read_file_batches(path, layout):
+        if isinstance(item, dict):
+            continue
+        table, _ = table_checks(item, layout, path, source_columns=True)
+        if table is None:
+            continue
+        picked = table.filter(pc.is_in(table.column('_row'), value_set=wanted))
+        if picked.num_rows:
+            numbers = picked.column('_row').to_pylist()
+            keep = [c for c in picked.schema.names if c not in SOURCE_COLUMNS]
+            found.update(zip(numbers, picked.select(keep).to_pylist()))
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+class _RecordsAsReadFn(beam.DoFn):
+    """Dead letters -> the same, ``record`` the row as read; the files are read again at
+    the end of the bundle, each once (the windows and timestamps are kept)."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    def start_bundle(self):
+        self._held = []
+
+    def process(self, letter, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        self._held.append((letter, timestamp, window))
+
+    def finish_bundle(self):
+        from apache_beam.utils.windowed_value import WindowedValue
+        held, self._held = self._held, []
+        by_file: dict = {}
+        for item in held:
+            by_file.setdefault(item[0].get('file'), []).append(item)
+        for path, items in by_file.items():
+            rows = [x[0]['row'] for x in items if x[0].get('row') is not None]
+            found = {}
+            if path is not None and rows:
+                try:
+                    found = rows_as_read(path, rows, self.layout)
+                except Exception as e:   # gone or unreadable since: the letters as they are
+                    _LOG.warning('could not read %s again for the records of %d dead '
+                                 'letter(s): %s; they keep the values the step had',
+                                 path, len(items), str(e).splitlines()[0] if str(e) else e)
+            for letter, timestamp, window in items:
+                record = found.get(letter.get('row'))
+                if record is not None:
+                    letter = dead_letter(path, letter['row'], letter.get('line'),
+                                         letter['reason'], record)
+                yield WindowedValue(letter, timestamp, (window,))
+
+
+class RecordsAsRead(beam.PTransform):
+    """``dead_letters | RecordsAsRead(layout)``: the dead letters of rows a later step
+    refused knowing only some of their values (e.g. a duplicate found after a shuffle of
+    parsed values), with ``record`` the row as the source read it (every column, the
+    values as read), read again from its file (``file``, ``row``) with the source's
+    ``layout``: as every other dead letter has it. A letter whose file cannot be read
+    again keeps its record (a warning says so). Cheap when there are few: only the files
+    named are read, each once per bundle."""
+
+    def __init__(self, layout: Layout, label: str | None = None):
+        super().__init__(label)
+        self.layout = layout
+
+    def expand(self, letters):
+        return letters | 'ReadRowsAgain' >> beam.ParDo(_RecordsAsReadFn(self.layout))
