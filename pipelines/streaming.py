@@ -219,11 +219,10 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
                           allow_nan=getattr(args, 'allow_nan', False), refuse_zero=refuse_zero,
                           **({'weight_column': weight_column} if weight_column else {}))
         if is_dry_run(p.options):   # nothing is matched: the layout the flags declare
-            kwargs = declare_layout(args.input, kwargs, points=points,
-                                    list_features=layout.list_features if points else None)
+            kwargs = declare_layout(args.input, kwargs, points=points)
         watcher = cls(args.input, interval=args.watch_interval, stop_after=args.stop_after,
                       **kwargs)
-        layout = watcher.layout   # the files': what a dead letter's row is read again with
+        files_layout = watcher.layout   # what a dead letter's row is read again with
         read = p | 'WatchFiles' >> watcher
         batches = read.batches | 'Windows' >> windowing
     gated = gate(batches, args, accumulating=accumulating)
@@ -231,7 +230,7 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
               _rewindow_global(gated['errors'], 'LateErrorsGlobal')) \
         | 'SourceErrors' >> beam.Flatten()
     return {'batches': gated['batches'], 'errors': errors,
-            'layout': None if args.input_subscription or args.input_topic else layout}
+            'layout': None if args.input_subscription or args.input_topic else files_layout}
 
 
 def window_and_gate(batches, args, *, accumulating: bool = True) -> dict:
