@@ -328,6 +328,7 @@ def remove_stale_shards(written: list[str], prefix: str, suffixes=OUTPUT_FORMATS
                        if same(m.path) not in keep)
         if stale:
             FileSystems.delete(stale)
+    if stale:
         _LOG.info('removed %d shard(s) of an earlier run with the same prefix: %s',
                   len(stale), ', '.join(stale))
     return sorted(written)

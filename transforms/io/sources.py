@@ -188,7 +188,8 @@ class ReadPoints(_ReadBase):
     tell what was decided. With ``layout=`` (a :class:`Layout`, e.g. from
     :func:`~beamml.transforms.io.declared.declared_layout`) nothing is matched or read
     then: the pattern is matched when the graph runs (``.paths`` is None), in the same
-    steps; what a Dataflow dry run, which touches no storage, builds. ``source_columns=True`` appends ``_file``, ``_row`` and
+    steps; what a Dataflow dry run, which touches no storage, builds.
+    ``source_columns=True`` appends ``_file``, ``_row`` and
     ``_line`` to each batch, for steps that refuse rows later (assignment).
     ``refuse_zero=True`` refuses a zero vector (every feature 0) as a dead letter,
     ``"zero vector: cosine distance is undefined"`` (K-means with cosine distance
