@@ -544,7 +544,7 @@ def test_streaming_canary_uses_the_same_split(tmp_path):
     (['--gate', 'g.yaml'], '--gate needs --shadow_model'),
     (['--shadow_model', 'M2', '--promote_on_pass'], '--promote_on_pass needs --gate'),
     (['--shadow_model', 'M2', '--gate', 'g.yaml', '--promote_on_pass', '--streaming',
-      '--input_subscription', 'projects/p/subscriptions/s'], 'batch only'),
+      '--input_subscription', 'projects/my-project/subscriptions/points'], 'batch only'),
 ])
 def test_bad_combinations_are_one_line(tmp_path, capsys, extra, message):
     code, err = cli(['--input', 'x.parquet', '--model', 'M', '--output',
