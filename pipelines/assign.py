@@ -155,13 +155,18 @@ def build(p, args, model: CentroidModel | None = None):
     Returns {'assigned', 'errors', 'sizes', 'model'}; ``model`` is loaded from
     ``args.model`` unless given.
     """
+    if common.is_dry_run(p.options):   # no input is read: the model's d is the default
+        model = model or CentroidModel.load(args.model)   # (a local model: see run())
+        kwargs = common.read_kwargs(args, p.options, dimension=model.d)
+    else:
+        kwargs = common.read_kwargs(args)
     # the reader's source columns name the file and row of a row refused by assignment
-    read = ReadPoints(args.input, source_columns=True, **common.read_kwargs(args))
+    read = ReadPoints(args.input, source_columns=True, **kwargs)
     if model is None:
         model = load_model(args, read.layout.dimension)
     else:
         model.check_dimension(read.layout.dimension, f'the input {args.input}')
-    LOG.info('input: %d file(s), %s, d=%d; model %s: k=%d', len(read.paths),
+    LOG.info('input: %s, %s, d=%d; model %s: k=%d', common.input_files(read),
              read.layout.input_format, read.layout.dimension, model.version, model.k)
     schema = assign_schema(read.layout.id_arrow_type, model.k, args.all_distances)
     deploy = assign_deploy.deployment_plan(args, model, read.layout.dimension)
@@ -217,7 +222,8 @@ def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
     per-window rows and dead letters. Returns {'assigned', 'errors', 'schema'}."""
     if source is None:
         layout = streaming.stream_layout(args, common.read_kwargs(args),
-                                         lambda: args.dimension or model.d)
+                                         lambda: args.dimension or model.d,
+                                         dry_run=common.is_dry_run(p.options))
         id_type = layout.id_arrow_type
     if args.dimension is not None:
         model.check_dimension(args.dimension, '--dimension')
@@ -269,6 +275,8 @@ def run(argv=None):
                                       description=__doc__, streaming=True)
     streaming.check_streaming_args(args, options)
     assign_deploy.check_flags(args, options, streaming.is_streaming(options))
+    for flag in ('model', 'shadow_model', 'canary_model', 'gate'):   # the job holds them
+        common.local_for_dry_run(options, flag, getattr(args, flag))
     if streaming.is_streaming(options):
         return _run_streaming(args, options)
     for flag in ('input', 'output'):

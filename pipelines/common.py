@@ -111,15 +111,48 @@ def add_output_args(parser, *, required: bool = True) -> None:
                         help='output format (default parquet)')
 
 
-def read_kwargs(args) -> dict[str, Any]:
-    """The ReadPoints / ReadTable keyword arguments carried by the input flags."""
-    return dict(
+def read_kwargs(args, options: PipelineOptions | None = None, **declared) -> dict[str, Any]:
+    """The ReadPoints keyword arguments carried by the input flags; in a dry run
+    (``options`` say so) with the layout they declare instead (:func:`declare_layout`,
+    whose keyword arguments ``declared`` are), since a dry run reads no input."""
+    kwargs = dict(
         input_format=args.input_format,
         id_column=args.id_column,
         feature_columns=(args.feature_columns.split(',') if args.feature_columns else None),
         dimension=args.dimension,
         allow_nan=args.allow_nan,
     )
+    if options is not None and is_dry_run(options):
+        return declare_layout(args.input, kwargs, **declared)
+    return kwargs
+
+
+_LAYOUT_KEYS = ('input_format', 'id_column', 'feature_columns', 'dimension', 'weight_column')
+
+
+def declare_layout(pattern: str, kwargs: dict[str, Any], *, points: bool = True,
+                   dimension: int | None = None, feature_columns=None,
+                   list_features: bool | None = None) -> dict[str, Any]:
+    """ReadPoints / ReadTable keyword arguments ``kwargs`` with their layout parameters
+    turned into ``layout=``: the layout the flags declare
+    (:func:`~beamml.transforms.io.declared.declared_layout`), for a dry run, which reads
+    no input. ``dimension`` and ``feature_columns`` are defaults for flags not given (a
+    model's d, a baseline's features); what is still missing is one line naming the flags
+    to give."""
+    from beamml.transforms.io.declared import declared_layout
+    out = {k: v for k, v in kwargs.items() if k not in _LAYOUT_KEYS}
+    given = {k: kwargs.get(k) for k in _LAYOUT_KEYS}
+    if given['dimension'] is None:
+        given['dimension'] = dimension
+    if not given['feature_columns'] and feature_columns:
+        given['feature_columns'] = feature_columns
+    else:
+        list_features = None
+    out['layout'] = declared_layout(
+        pattern, points=points, list_features=list_features,
+        why=f'a dry run reads no input, so the layout of {pattern} must come from the flags',
+        **given)
+    return out
 
 
 # --------------------------------------------------------------------------- config
@@ -166,6 +199,8 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
                     path: str) -> list[str]:
     argv: list[str] = []
     for key, value in cfg.items():
+        if key == 'setup_file' and isinstance(value, str):
+            value = config_relative(value, path)
         action = actions.get(key)
         if action is None:
             raise BeammlError(
@@ -189,6 +224,39 @@ def _config_to_argv(cfg: dict[str, Any], actions: dict[str, argparse.Action],
         else:
             argv.append(f'{flag}={value}')
     return argv
+
+
+def config_relative(value: str, config_path: str) -> str:
+    """A relative path given in a local config file, as a path relative to the file's
+    folder (what ``setup_file: ../setup.py`` in ``configs/`` means wherever the command
+    runs); any other value unchanged."""
+    if not value or os.path.isabs(value) or '://' in value or '://' in config_path:
+        return value
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), value))
+
+
+def check_setup_file(options: PipelineOptions, from_config: str | None) -> None:
+    """``--setup_file`` names a file called setup.py (or pyproject.toml), or one line
+    saying which path was looked up and how (Beam's stager raises a RuntimeError
+    traceback). Only for runners that stage it (not the local ones). ``from_config``: the
+    config file the value came from (a relative value there is relative to its folder)."""
+    from apache_beam.options.pipeline_options import SetupOptions
+    setup = options.view_as(SetupOptions).setup_file
+    if setup is None or options.view_as(StandardOptions).runner in LOCAL_RUNNERS:
+        return
+    shown = f'--setup_file {setup}' + (f' (from {from_config})' if from_config else '')
+    if not os.path.isfile(setup):
+        how = ('' if os.path.isabs(setup) else
+               f', relative to the current folder {os.getcwd()}' if not from_config else
+               ', a remote config\'s relative path is relative to the current folder')
+        here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            'setup.py')
+        own = f" (beamml's own: {here})" if os.path.isfile(here) else ''
+        raise BeammlError(f'{shown}: no file at {os.path.abspath(setup)}{how}; give the path '
+                          f"of beamml's setup.py{own}, the package Dataflow workers install")
+    if os.path.basename(setup) not in ('setup.py', 'pyproject.toml'):
+        raise BeammlError(f'{shown}: Dataflow installs the workers\' package from a file '
+                          'named setup.py (or pyproject.toml)')
 
 
 def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
@@ -219,10 +287,16 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     beam_parser = _beam_parser()
 
     argv, config_path = _pop_config(argv)
+    setup_from = None   # the config file --setup_file comes from, if it does
     if config_path:
+        local_for_dry_run(PipelineOptions(argv), 'config', config_path)
         actions = {**_dests(beam_parser), **_dests(parser)}
         actions.pop('config', None)
-        argv = _config_to_argv(load_config(config_path), actions, config_path) + argv
+        cfg = load_config(config_path)
+        if cfg.get('setup_file') and not any(
+                a == '--setup_file' or a.startswith('--setup_file=') for a in argv):
+            setup_from = config_path
+        argv = _config_to_argv(cfg, actions, config_path) + argv
 
     prefixes = [a for a in parser._actions if a.type is output_prefix]
     for a in prefixes:   # converted below, once {date} is filled in
@@ -250,6 +324,7 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
         use_anonymous_storage()
     if is_dataflow(options):
         check_dataflow_options(options)
+    check_setup_file(options, setup_from)
     if std.runner in LOCAL_RUNNERS:
         # The plain DirectRunner first tries to download the Prism runner; the
         # in-process FnApiRunner is what it falls back to for batch work anyway,
@@ -271,6 +346,22 @@ def is_dry_run(options: PipelineOptions) -> bool:
     """A Dataflow job that is translated offline and never submitted (``--dry_run True``)."""
     from apache_beam.options.pipeline_options import TestOptions
     return is_dataflow(options) and bool(options.view_as(TestOptions).dry_run)
+
+
+def local_for_dry_run(options: PipelineOptions, flag: str, path: str | None) -> None:
+    """A dry run touches no storage: a file the graph is built from (a model, a baseline,
+    a gate, a monitoring config, initial centres) must then be local; one on Cloud Storage
+    (any ``scheme://``) is one line asking for a local copy, before anything is read."""
+    if path and '://' in str(path) and is_dry_run(options):
+        raise BeammlError(f'--{flag} {path}: a dry run reads nothing from Cloud Storage, and '
+                          f'the job is built from this file: give a local copy of it '
+                          f'(--{flag} PATH) to translate the job')
+
+
+def input_files(read) -> str:
+    """What the progress line says of a reader's input: its files, or that it was not read."""
+    return (f'{len(read.paths)} file(s)' if read.paths is not None else
+            'not read (a dry run: the layout from the flags)')
 
 
 LAUNCH_ONLY_VARIABLE = 'BEAMML_LAUNCH_ONLY'
@@ -535,14 +626,81 @@ def configure_logging() -> None:
         LOG.propagate = False
 
 
-def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -> int:
-    """Call ``run(argv)``; print a BeammlError as one line and return 2."""
-    configure_logging()
+#: what the one line says when the run was stopped by a signal (exit 128 + the signal)
+_STOPPED = {'SIGINT': 'interrupted', 'SIGTERM': 'terminated'}
+
+
+@contextlib.contextmanager
+def _signals_stop_the_run(received: list):
+    """SIGINT and SIGTERM raise KeyboardInterrupt in the main thread (SIGTERM would
+    otherwise kill the process with no clean-up), noting the signal in ``received``, so
+    that the run unwinds as for Ctrl-C: a dated run removes its temporary prefix and
+    releases its lock, the private temporary folder is removed. The handlers in place
+    before are put back afterwards (tests call the CLI in their own process)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        received.append(signal.Signals(signum))
+        raise KeyboardInterrupt
+
+    saved = {}
+    for name in _STOPPED:
+        sig = getattr(signal, name)
+        saved[sig] = signal.signal(sig, stop)
     try:
-        run(None if argv is None else list(argv))
-    except BeammlError as e:
-        print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
-        return getattr(e, 'exit_code', 2)   # 3 monitor's alarms, 4 no input, 5 locked
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def no_space_left(e: BaseException) -> str | None:
+    """The one line for a full disk (ENOSPC) anywhere in ``e``'s chain, or in the text of
+    an error a runner re-raised from a worker; None for any other error."""
+    import errno
+    seen, todo = set(), [e]
+    while todo:
+        x = todo.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+            where = f' writing {x.filename}' if x.filename else ''
+            return f'no space left on device{where}'
+        todo += [x.__cause__, x.__context__]
+    if re.search(r'\[Errno 28\]|No space left on device', str(e)):
+        return 'no space left on device (' + ' '.join(first_line(e).split())[:300] + ')'
+    return None
+
+
+def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -> int:
+    """Call ``run(argv)``; print a BeammlError as one line and return 2 (or its own exit
+    code). A run stopped by SIGINT (Ctrl-C) or SIGTERM says ``interrupted`` or
+    ``terminated`` in one line and returns 130 or 143, as shells expect, after the run's
+    clean-up; a full disk is one line and 2. Any other error is a bug: its traceback."""
+    configure_logging()
+    received: list = []
+    try:
+        with _signals_stop_the_run(received):
+            run(None if argv is None else list(argv))
+    except BaseException as e:   # (a signal may surface as whatever Beam wrapped it in)
+        if received or isinstance(e, KeyboardInterrupt):
+            sig = received[0] if received else None
+            print(f'{prog}: {_STOPPED.get(getattr(sig, "name", None), "interrupted")}',
+                  file=sys.stderr)
+            return 128 + int(sig or 2)
+        if isinstance(e, BeammlError):
+            print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
+            return getattr(e, 'exit_code', 2)   # 3 monitor's alarms, 4 no input, 5 locked
+        full = no_space_left(e) if isinstance(e, Exception) else None
+        if full:
+            print(f'{prog}: error: {full}', file=sys.stderr)
+            return 2
+        raise
     return 0
 
 

@@ -30,6 +30,7 @@ from beamml.pipelines import common, runs, streaming
 from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, SOURCE_COLUMNS, BeammlError,
                                   ReadTable, WriteDeadLetters, WriteTable)
 from beamml.transforms.io.documents import read_json, to_jsonable, write_json
+from beamml.transforms.io.sources import RecordsAsRead
 from beamml.transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
                                        ComputeMetrics, ParsePredictionLogs, PrecisionAtK,
                                        per_query_metrics)
@@ -189,11 +190,18 @@ def build(p, args):
     kwargs = dict(input_format=args.input_format, source_columns=True)
     if args.id_column:
         kwargs['id_column'] = args.id_column
-    read = ReadTable(args.input, **kwargs)
-    columns, slice_by = check_columns(read, args)
-    id_type = (_id_type(read.layout, columns['q_id'])
-               if args.task == 'ranking' else 'int64')
-    LOG.info('input: %d file(s), %s; task %s; metrics %s%s', len(read.paths),
+    if common.is_dry_run(p.options):
+        # no input is read: its layout and columns are what the flags say (a row without
+        # them would be refused when parsed), its query ids the general type, strings
+        read = ReadTable(args.input, **common.declare_layout(args.input, kwargs, points=False))
+        columns, slice_by = stream_columns(args)
+        id_type = 'string' if args.task == 'ranking' else 'int64'
+    else:
+        read = ReadTable(args.input, **kwargs)
+        columns, slice_by = check_columns(read, args)
+        id_type = (_id_type(read.layout, columns['q_id'])
+                   if args.task == 'ranking' else 'int64')
+    LOG.info('input: %s, %s; task %s; metrics %s%s', common.input_files(read),
              read.layout.input_format, args.task, ','.join(m.name for m in metrics),
              f'; slices by {",".join(slice_by)}' if slice_by else '')
     logs = p | 'ReadLogs' >> read
@@ -213,7 +221,9 @@ def build(p, args):
         written.append(per_query | 'WritePerQuery' >> WriteTable(
             FileSystems.join(out, 'per_query/per_query'), args.output_format,
             schema=per_query_schema(id_type)))
-    errors = ((logs[ERRORS], parsed[ERRORS], result['errors'])
+    # a duplicate is found among parsed values: its record is the row as read (again)
+    duplicates = result['errors'] | 'DuplicatesAsRead' >> RecordsAsRead(read.layout)
+    errors = ((logs[ERRORS], parsed[ERRORS], duplicates)
               | 'AllDeadLetters' >> beam.Flatten())
     written.append(errors | 'WriteDeadLetters' >> WriteDeadLetters(
         FileSystems.join(out, 'evaluate')))
@@ -259,7 +269,7 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     id_type = 'string'
     if source is None:
         layout = None
-        if args.input:
+        if args.input and not common.is_dry_run(p.options):   # (a dry run reads nothing)
             try:
                 read = ReadTable(args.input, input_format=args.input_format,
                                  **({'id_column': args.id_column} if args.id_column else {}))
@@ -270,6 +280,10 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
             except BeammlError as e:
                 if 'no file' not in str(e) and 'matches no' not in str(e):
                     raise
+        if layout is None and args.input and common.is_dry_run(p.options):
+            layout = common.declare_layout(args.input, dict(
+                input_format=args.input_format, id_column=args.id_column), points=False)['layout']
+            input_format = layout.input_format
         if layout is None:
             from beamml.transforms.streaming.pubsub import message_layout
             layout = message_layout(id_column=args.id_column, points=False)
@@ -284,7 +298,10 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     out = args.output
     streaming.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
                             label='WriteMetrics')
-    errors = streaming.all_errors(source['errors'], parsed[ERRORS], result['errors'])
+    duplicates = result['errors']
+    if source.get('layout') is not None:   # watched files: a duplicate's record as read
+        duplicates = duplicates | 'DuplicatesAsRead' >> RecordsAsRead(source['layout'])
+    errors = streaming.all_errors(source['errors'], parsed[ERRORS], duplicates)
     streaming.write_dead_letters(errors, args, out and FileSystems.join(out, 'evaluate-errors'))
     return {'metrics': records, 'errors': errors}
 

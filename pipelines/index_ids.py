@@ -53,18 +53,21 @@ def encoded_fallback_schema(layout, id_column: str) -> pa.Schema:
 
 def build(p, args):
     """Read, number, re-encode, write; returns {'id2idx', 'encoded', 'errors'}."""
-    read = ReadTable(args.input, input_format=args.input_format, id_column=args.id_column,
-                     source_columns=True)
+    kwargs = dict(input_format=args.input_format, id_column=args.id_column,
+                  source_columns=True)
+    if common.is_dry_run(p.options):   # reads no input: the layout the flags declare
+        kwargs = common.declare_layout(args.input, kwargs, points=False)
+    read = ReadTable(args.input, **kwargs)
     layout = read.layout
     clash = [c for c in (IDX_COLUMN,) + SOURCE_COLUMNS if c in layout.columns]
     if clash:
-        raise BeammlError(f'{read.paths[0]} already has a column {clash[0]!r}, which '
-                          f'index_ids adds; rename it')
-    LOG.info('input: %d file(s), %s, id column %r (%s), order %s', len(read.paths),
+        raise BeammlError(f'{read.paths[0] if read.paths else args.input} already has a '
+                          f'column {clash[0]!r}, which index_ids adds; rename it')
+    LOG.info('input: %s, %s, id column %r (%s), order %s', common.input_files(read),
              layout.input_format, args.id_column, layout.id_type, args.order)
     rows = p | 'ReadTable' >> read
     out = rows.batches | 'IndexIds' >> IndexIds(
-        args.id_column, read.paths, order=args.order, id_type=layout.id_arrow_type,
+        args.id_column, read.paths or [], order=args.order, id_type=layout.id_arrow_type,
         columns=layout.columns)
     written = [
         out['id2idx']

@@ -187,16 +187,27 @@ def validate(args, dimension: int):
     return init
 
 
-def read_kwargs(args) -> dict:
+def read_kwargs(args, options=None, **declared) -> dict:
     """ReadPoints' keyword arguments: the input flags and ``--weight_column``; for
     ``--distance cosine`` zero vectors are refused as dead letters (with their file,
-    row and line)."""
+    row and line). In a dry run (``options``) the layout the flags declare
+    (:func:`common.declare_layout`, ``declared`` its defaults)."""
     kwargs = common.read_kwargs(args)
     if getattr(args, 'weight_column', None):
         kwargs['weight_column'] = args.weight_column
     if getattr(args, 'distance', 'euclidean') == 'cosine':
         kwargs['refuse_zero'] = True
+    if options is not None and common.is_dry_run(options):
+        return common.declare_layout(args.input, kwargs, **declared)
     return kwargs
+
+
+def _dry_run_dimension(args) -> int | None:
+    """A dry run reads no input: the width of --init's centres (a local file) is the
+    default of --dimension."""
+    if args.init in INIT_METHODS or args.dimension is not None:
+        return None
+    return read_initial_centers(args.init, n_clusters=args.k).shape[1]
 
 
 def write_result(result: KMeansResult, path: str) -> str:
@@ -233,8 +244,10 @@ def build(p, args, *, run: TrainingRun | None = None, cache_dir: str | None = No
     letters, the cache manifest and the block's checkpoint into the run's folder;
     without, nothing is written (tests drive the graph directly).
     """
-    read = ReadPoints(args.input, **read_kwargs(args))
-    LOG.info('input: %d file(s), %s, d=%d, features %s', len(read.paths),
+    dry_run = common.is_dry_run(p.options)
+    read = ReadPoints(args.input, **read_kwargs(
+        args, p.options, **({'dimension': _dry_run_dimension(args)} if dry_run else {})))
+    LOG.info('input: %s, %s, d=%d, features %s', common.input_files(read),
              read.layout.input_format, read.layout.dimension,
              ','.join(read.layout.feature_columns))
     init = validate(args, read.layout.dimension)
@@ -294,6 +307,8 @@ def run(argv=None):
     if args.block_size < 1:
         raise BeammlError(f'--block_size must be >= 1, got {args.block_size}')
     dry_run = common.is_dry_run(options)
+    if args.init not in INIT_METHODS:   # the job is built from the centres
+        common.local_for_dry_run(options, 'init', args.init)
     if common.is_launch_only(options) and not dry_run:
         raise BeammlError(
             f'kmeans trains in blocks of iterations, one Dataflow job each, driven from this '
@@ -311,10 +326,10 @@ def run(argv=None):
             checkpoint, kmeans = _resume(args, options, training)
         else:
             p = beam.Pipeline(options=options)
-            built = build(p, args, run=None if dry_run else training, cache_dir=cache_dir)
+            built = build(p, args, run=training, cache_dir=cache_dir)
             kmeans = built['kmeans']
-            if dry_run:   # translated offline: the first block's job; nothing was trained
-                return common.run_pipeline(p)
+            if dry_run:   # translated offline: the first block's job (with its writes, as a
+                return common.run_pipeline(p)   # real run's); nothing was trained or written
             common.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
                                 '--model_dir', args.model_dir)
             if args.output:
@@ -523,7 +538,9 @@ def _run_streaming(args, options):
     if given:
         raise BeammlError(f'--{given[0]} is a batch training flag; a streaming training '
                           'updates the centres per window (--decay_factor / --half_life)')
-    layout = _stream_layout(args)
+    if args.init not in INIT_METHODS:   # the job is built from the model or the centres
+        common.local_for_dry_run(options, 'init', args.init)
+    layout = _stream_layout(args, common.is_dry_run(options))
     dry_run = common.is_dry_run(options)
     if not dry_run:
         common.check_output(FileSystems.join(args.model_dir, LATEST_FILE), '--model_dir',
@@ -552,7 +569,7 @@ def _run_streaming(args, options):
     return result
 
 
-def _stream_layout(args):
+def _stream_layout(args, dry_run: bool = False):
     """The points of a stream (:func:`streaming.stream_layout`); without --dimension the
     dimension is that of --init's centres."""
     def dimension():
@@ -560,7 +577,7 @@ def _stream_layout(args):
             return kmeans_streaming.initial_model(args)['init'].shape[1]
         return args.dimension
     return streaming.stream_layout(args, read_kwargs(args), dimension,
-                                   ', or --init with centres')
+                                   ', or --init with centres', dry_run=dry_run)
 
 
 def _training_failed(error: BeammlError, args, options, training: TrainingRun) -> BeammlError:

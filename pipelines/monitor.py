@@ -121,6 +121,10 @@ def load_inputs(args) -> dict:
             if bm['k'] != model.k or bm['d'] != model.d:
                 raise BeammlError(f'baseline {baseline.path} was made with a model of k={bm["k"]},'
                                   f' d={bm["d"]}; --model has k={model.k}, d={model.d}')
+        # the features the config names must be monitored ones (drift.json's names)
+        features = ([] if baseline.kind == 'logs' else
+                    baseline.names + [baseline.doc['norm_name']])
+        config.check_features(features, f'the baseline {baseline.path}')
     return {'model': model, 'config': config, 'baseline': baseline}
 
 
@@ -173,8 +177,26 @@ def write_results(profile: dict, output: str, baseline, config, history: list[di
     return drift
 
 
-def _read(args, kwargs=None):
-    return ReadPoints(args.input, **(kwargs or common.read_kwargs(args)))
+def _read(p, args, ctx: dict):
+    """The input's ReadPoints; in a dry run (no input is read) the layout the flags
+    declare, the baseline's features (or the model's d) when they give none."""
+    if not common.is_dry_run(p.options):
+        return ReadPoints(args.input, **common.read_kwargs(args))
+    baseline, model = ctx.get('baseline'), ctx.get('model')
+    features, is_list = (None, None) if baseline is None else _baseline_columns(baseline)
+    d = len(baseline.names) if baseline is not None else (model.d if model else None)
+    return ReadPoints(args.input, **common.read_kwargs(
+        args, p.options, dimension=d, feature_columns=features, list_features=is_list))
+
+
+def _baseline_columns(baseline) -> tuple[list[str], bool]:
+    """(feature columns, one list column?) that give the baseline's feature names
+    (:func:`column_names`: a list column ``f`` of d values is ``f_0 .. f_{d-1}``)."""
+    names = baseline.names
+    base = names[0].rsplit('_', 1)[0] if names and '_' in names[0] else None
+    if base and names == [f'{base}_{i}' for i in range(len(names))]:
+        return [base], True
+    return list(names), False
 
 
 def build(p, args, ctx: dict):
@@ -184,7 +206,7 @@ def build(p, args, ctx: dict):
     if baseline.kind == 'logs':
         raise BeammlError(f'baseline {baseline.path} was made from prediction logs: monitor '
                           'them with --task classification')
-    read = _read(args)
+    read = _read(p, args, ctx)
     check_names(column_names(read.layout), baseline, f'the input {args.input}')
     if model is not None:
         model.check_dimension(read.layout.dimension, f'the input {args.input}')
@@ -209,11 +231,14 @@ def _read_logs(p, args):
     all dead letters)."""
     from beamml.transforms.io import ERRORS, ReadTable
     from beamml.transforms.metrics import ParsePredictionLogs
-    read = ReadTable(args.input, input_format=args.input_format, source_columns=True,
-                     **({'id_column': args.id_column} if args.id_column else {}))
+    kwargs = dict(input_format=args.input_format, source_columns=True,
+                  **({'id_column': args.id_column} if args.id_column else {}))
+    dry_run = common.is_dry_run(p.options)   # (no input is read: the flags name the columns)
+    read = ReadTable(args.input, **(common.declare_layout(args.input, kwargs, points=False)
+                                    if dry_run else kwargs))
     columns = {'truth': args.truth_column, 'prediction': args.prediction_column}
     missing = [f'{c!r} (--{n}_column)' for n, c in columns.items()
-               if c not in read.layout.columns]
+               if c not in read.layout.columns and not dry_run]
     if missing:
         raise BeammlError(f'{read.paths[0]} has no column {", ".join(missing)}; its columns '
                           f'are {", ".join(read.layout.columns)}')
@@ -252,7 +277,7 @@ def build_logs(p, args, ctx: dict, *, make_baseline: bool = False):
 
 def build_baseline(p, args, ctx: dict):
     """--make_baseline: read, two passes, OUTPUT/baseline.json."""
-    read = _read(args)
+    read = _read(p, args, ctx)
     model = ctx['model']
     if model is not None:
         model.check_dimension(read.layout.dimension, f'the input {args.input}')
@@ -349,6 +374,8 @@ def run(argv=None):
     if args.retrain and common.is_launch_only(options) and not common.is_dry_run(options):
         raise BeammlError(f'--retrain trains after the monitoring job, from this process: it '
                           f'must wait for the job ({common.LAUNCH_ONLY_VARIABLE} is set)')
+    for flag in ('model', 'baseline', 'monitor_config'):   # the job is built from them
+        common.local_for_dry_run(options, flag, getattr(args, flag))
     ctx = load_inputs(args)
     if streaming.is_streaming(options):
         if args.task:

@@ -110,7 +110,8 @@ def build_streaming(p, args, ctx: dict, source: dict | None = None) -> dict:
     baseline, model, config = ctx['baseline'], ctx['model'], ctx['config']
     if source is None:
         layout = streaming.stream_layout(args, common.read_kwargs(args),
-                                         lambda: args.dimension or len(baseline.names))
+                                         lambda: args.dimension or len(baseline.names),
+                                         dry_run=common.is_dry_run(p.options))
         from beamml.transforms.monitoring import column_names
         names = column_names(layout)
         if names != baseline.names:

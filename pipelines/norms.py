@@ -83,8 +83,8 @@ def build(p, args):
     Returns {'norms': RecordBatches, or SortedShards with --sort, 'errors': dead letters}.
     """
     validate(args)
-    read = ReadPoints(args.input, **common.read_kwargs(args))
-    LOG.info('input: %d file(s), %s, d=%d, features %s', len(read.paths),
+    read = ReadPoints(args.input, **common.read_kwargs(args, p.options))
+    LOG.info('input: %s, %s, d=%d, features %s', common.input_files(read),
              read.layout.input_format, read.layout.dimension, ','.join(read.layout.feature_columns))
     points = p | 'ReadPoints' >> read
     schema = norms_schema(read.layout.id_arrow_type,

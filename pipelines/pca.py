@@ -75,12 +75,13 @@ def build(p, args):
     """Read, combine, decompose, write the model (and the projections) and the dead
     letters; returns {'model', 'projection', 'errors', 'read', 'written'}."""
     validate(args)
-    read = ReadPoints(args.input, **common.read_kwargs(args))
+    read = ReadPoints(args.input, **common.read_kwargs(args, p.options))
     d = read.layout.dimension
     if args.n_components > d:
         raise BeammlError(f'--n_components {args.n_components} is more than the {d} '
-                          f'feature(s) of {read.paths[0]}: at most min(rows, features)')
-    LOG.info('input: %d file(s), %s, d=%d, features %s; %d component(s)', len(read.paths),
+                          f'feature(s) of {read.paths[0] if read.paths else args.input}: at '
+                          'most min(rows, features)')
+    LOG.info('input: %s, %s, d=%d, features %s; %d component(s)', common.input_files(read),
              read.layout.input_format, d, ','.join(read.layout.feature_columns),
              args.n_components)
     points = p | 'ReadPoints' >> read

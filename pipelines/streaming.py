@@ -129,15 +129,30 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         from beamml.pipelines.overlap import check_input_overlap, output_namespace
         check_input_overlap([('--input', args.input)], [output_namespace(
             '--output', getattr(args, 'output_given', None) or args.output)])
+    _check_pubsub_names(args)
 
 
-def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = ''):
+def _check_pubsub_names(args) -> None:
+    """Each Pub/Sub flag's value is a subscription or topic name, or one line naming the
+    flag (the transforms check the names too, but word them as their own parameters)."""
+    from beamml.transforms.streaming.pubsub import check_subscription, check_topic
+    for flag, check in (('input_subscription', check_subscription),
+                        ('input_topic', check_topic), ('output_topic', check_topic),
+                        ('dead_letter_topic', check_topic)):
+        value = getattr(args, flag, None)
+        if value is not None:
+            check(value, flag)
+
+
+def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '', *,
+                  dry_run: bool = False):
     """What the points of a stream look like: inspected from the files a watched pattern
     already matches (as ``ReadPoints`` with ``read_kwargs``), else from the flags: ids
     in ``--id_column`` (default ``id``), features in ``--feature_columns`` (default a
     ``features`` list), ``--weight_column``, and the dimension ``dimension_of()`` gives
-    (called only then; None is an error naming --dimension, and ``dimension_hint``)."""
-    if args.input and args.watch_interval is not None:
+    (called only then; None is an error naming --dimension, and ``dimension_hint``).
+    A ``dry_run`` matches nothing (it touches no storage): the flags decide."""
+    if args.input and args.watch_interval is not None and not dry_run:
         from apache_beam.io.filesystems import FileSystems
         from beamml.transforms.io import ReadPoints
         try:
@@ -176,12 +191,13 @@ def source_name(args) -> str:
 def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = False,
                 accumulating: bool = True, refuse_zero: bool = False,
                 weight_column: str | None = None) -> dict:
-    """The streaming source, windowed and gated: ``{'batches', 'errors'}``.
+    """The streaming source, windowed and gated: ``{'batches', 'errors', 'layout'}``.
 
     ``batches`` are RecordBatches as the file readers make them, in event-time
     windows (``--window_size``/``--window_period``, ``--allowed_lateness``), with
     ``window_start``, ``window_end`` and ``timing`` columns; ``errors`` the source's
-    dead letters and the rows too late for their window.
+    dead letters and the rows too late for their window; ``layout`` the watched files'
+    (None for Pub/Sub, whose messages cannot be read again).
     """
     windowing = window_into(args.window_size, getattr(args, 'window_period', None),
                             args.allowed_lateness)
@@ -196,21 +212,27 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
         batches = read.batches
     else:
         from beamml.transforms.streaming.files import ReadWatchedPoints, ReadWatchedTable
+        from beamml.pipelines.common import declare_layout, is_dry_run
         cls = ReadWatchedPoints if points else ReadWatchedTable
         kwargs = dict(input_format=args.input_format, id_column=args.id_column,
-                      interval=args.watch_interval, stop_after=args.stop_after)
+                      source_columns=source_columns)
         if points:
             kwargs.update(feature_columns=layout.feature_columns, dimension=layout.dimension,
-                          allow_nan=getattr(args, 'allow_nan', False),
-                          source_columns=source_columns, refuse_zero=refuse_zero,
+                          allow_nan=getattr(args, 'allow_nan', False), refuse_zero=refuse_zero,
                           **({'weight_column': weight_column} if weight_column else {}))
-        read = p | 'WatchFiles' >> cls(args.input, **kwargs)
+        if is_dry_run(p.options):   # nothing is matched: the layout the flags declare
+            kwargs = declare_layout(args.input, kwargs, points=points)
+        watcher = cls(args.input, interval=args.watch_interval, stop_after=args.stop_after,
+                      **kwargs)
+        files_layout = watcher.layout   # what a dead letter's row is read again with
+        read = p | 'WatchFiles' >> watcher
         batches = read.batches | 'Windows' >> windowing
     gated = gate(batches, args, accumulating=accumulating)
     errors = (_rewindow_global(read.errors, 'SourceErrorsGlobal'),
               _rewindow_global(gated['errors'], 'LateErrorsGlobal')) \
         | 'SourceErrors' >> beam.Flatten()
-    return {'batches': gated['batches'], 'errors': errors}
+    return {'batches': gated['batches'], 'errors': errors,
+            'layout': None if args.input_subscription or args.input_topic else files_layout}
 
 
 def window_and_gate(batches, args, *, accumulating: bool = True) -> dict:

@@ -5,10 +5,13 @@
 would check them (project id, region, gs:// paths, bucket names, a
 ``--temp_location``), the graph is built and translated to a Dataflow job
 without the network, and the job's type (batch or streaming), SDK container
-image and top-level steps are printed. Nothing is read from or written to
-Cloud Storage around the translation; local input files are read as for a
-real run (their layout decides the graph). Exit 0 when the job translates,
-2 with one line saying what Dataflow would refuse.
+image and top-level steps are printed. No storage is touched: the input is
+neither listed nor read (its layout comes from the flags, with defaults:
+:func:`beamml.pipelines.common.declare_layout`), the files the job is built
+from (a model, a baseline, a gate, a monitoring config, initial centres) are
+read from local paths only, and nothing is written. Exit 0 when the job
+translates, 2 with one line saying what Dataflow would refuse or which flag a
+dry run needs.
 """
 from __future__ import annotations
 

@@ -87,13 +87,71 @@ def test_shipped_configs_have_only_known_keys(name, points_csv, tmp_path):
     cfg = yaml.safe_load(open(path))
     placeholders = []   # the Dataflow config's placeholders are refused as Dataflow would
     if cfg.get('runner') == 'DataflowRunner':
-        placeholders = ['--project', 'my-project', '--temp_location', 'gs://bkt/tmp']
+        # (a dry run: else Beam asks Cloud Storage about the temp bucket, ~100 s offline)
+        placeholders = ['--project', 'my-project', '--temp_location', 'gs://bkt/tmp',
+                        '--dry_run', 'True']
     args, options = common.parse_args(
         norms.NormsOptions, ['--config', path, '--input', points_csv, '--output', 'o']
         + placeholders, prog='t')
     all_opts = options.get_all_options()
     for key, value in cfg.items():
         assert key in all_opts, key
+
+
+_DATAFLOW_DRY = ['--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'my-project',
+                 '--region', 'us-central1', '--temp_location', 'gs://bkt-tmp/tmp']
+
+
+def test_a_setup_file_that_is_not_there_is_one_line_naming_the_path_looked_up(
+        points_csv, tmp_path, monkeypatch, capsys):
+    """The README's ./setup.py from outside the repository: Beam's stager would raise a
+    RuntimeError traceback; one line says which path was looked up, and where beamml's
+    own setup.py is."""
+    monkeypatch.chdir(tmp_path)
+    rc = main(['norms', '--input', points_csv, '--output', 'gs://bkt-out/n',
+               '--setup_file', './setup.py'] + _DATAFLOW_DRY)
+    err = capsys.readouterr().err
+    assert rc == 2 and err == (
+        f'beamml norms: error: --setup_file ./setup.py: no file at {tmp_path}/setup.py, '
+        f"relative to the current folder {tmp_path}; give the path of beamml's setup.py "
+        f"(beamml's own: {ROOT}/setup.py), the package Dataflow workers install\n"), err
+    rc = main(['norms', '--input', points_csv, '--output', 'gs://bkt-out/n',
+               '--setup_file', points_csv] + _DATAFLOW_DRY)
+    err = capsys.readouterr().err
+    assert rc == 2 and 'from a file named setup.py (or pyproject.toml)' in err, err
+    assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize('name', ['dataflow_batch.yaml', 'dataflow_streaming.yaml'])
+def test_a_config_setup_file_is_relative_to_the_config_folder(name, points_csv, tmp_path,
+                                                              monkeypatch):
+    """The shipped Dataflow configs work from any folder: their setup_file is relative to
+    configs/; one given on the command line stays relative to the current folder."""
+    from apache_beam.options.pipeline_options import SetupOptions
+    monkeypatch.chdir(tmp_path)
+    argv = ['--config', os.path.join(ROOT, 'configs', name), '--input', points_csv,
+            '--output', 'gs://bkt-out/n', '--project', 'my-project', '--temp_location',
+            'gs://bkt-tmp/tmp', '--dry_run', 'True']
+    streaming = 'streaming' in name
+    _, options = common.parse_args(norms.NormsOptions, argv, prog='t', streaming=streaming)
+    assert options.view_as(SetupOptions).setup_file == os.path.join(ROOT, 'setup.py')
+    with pytest.raises(BeammlError, match=r'^--setup_file setup\.py: no file at '):
+        common.parse_args(norms.NormsOptions, argv + ['--setup_file', 'setup.py'], prog='t',
+                          streaming=streaming)
+
+
+def test_a_config_setup_file_that_is_not_there_names_the_config(points_csv, tmp_path):
+    cfg = tmp_path / 'cfg' / 'dataflow.yaml'
+    cfg.parent.mkdir()
+    cfg.write_text('runner: DataflowRunner\nsetup_file: ./setup.py\n')
+    with pytest.raises(BeammlError) as e:
+        common.parse_args(norms.NormsOptions, [
+            '--config', str(cfg), '--input', points_csv, '--output', 'gs://bkt-out/n',
+            '--project', 'my-project', '--region', 'us-central1',
+            '--temp_location', 'gs://bkt-tmp/tmp', '--dry_run', 'True'], prog='t')
+    assert str(e.value).startswith(
+        f'--setup_file {tmp_path}/cfg/setup.py (from {cfg}): no file at '
+        f"{tmp_path}/cfg/setup.py; give the path of beamml's setup.py"), str(e.value)
 
 
 def test_local_config_runs_with_two_workers(points_csv, tmp_path):
@@ -120,7 +178,8 @@ def test_dataflow_translation_offline(gcs_bucket, tmp_path, monkeypatch):
         f.write(b'id,a,b\n1,2,3\n')
     monkeypatch.chdir(ROOT)
     args, options = common.parse_args(norms.NormsOptions, [
-        '--input', f'{gcs_bucket}/in/*.csv', '--output', f'{gcs_bucket}/out/n',
+        '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',
+        '--output', f'{gcs_bucket}/out/n',
         '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
         '--region', 'us-central1', '--temp_location', f'{gcs_bucket}/tmp',
         '--setup_file', './setup.py'], prog='t')
@@ -157,13 +216,15 @@ def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
         model_dir = f'{gcs_bucket}/models'
         CentroidModel(np.array([[0.0, 0.0], [5.0, 5.0]])).save(model_dir)
         args, options = common.parse_args(assign.AssignOptions, flags + [
-            '--input', f'{gcs_bucket}/in/*.csv', '--model', model_dir,
+            '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',
+            '--model', model_dir,
             '--output', f'{gcs_bucket}/out/a'], prog='t')
         labels = {'ReadPoints', 'WriteErrors'}
         build = assign.build
     elif name == 'kmeans':
         args, options = common.parse_args(kmeans.KMeansOptions, flags + [
-            '--input', f'{gcs_bucket}/in/*.csv', '--k', '2', '--max_iter', '3',
+            '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b', '--k', '2',
+            '--max_iter', '3',
             '--model_dir', f'{gcs_bucket}/models'], prog='t')
         labels = {'ReadPoints', 'KMeans'}
 

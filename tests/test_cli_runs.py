@@ -100,3 +100,141 @@ def test_emulator_host_means_anonymous_storage_at_once(gcs_bucket, points_csv):
     assert out.returncode == 0, out.stderr[-2000:]
     assert 'records_read=3 records_ok=3' in out.stdout
     assert 'credentials' not in out.stderr.lower(), out.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- stopped runs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _points_parquet(path, n=20000, d=8):
+    import numpy as np
+    import pyarrow as pa
+    X = np.random.default_rng(0).normal(size=(n, d))
+    pq.write_table(pa.table({'id': np.arange(n), 'features': pa.array(
+        list(X), pa.list_(pa.float64(), d))}), path)
+    return str(path)
+
+
+def _beamml(*args, env=None, **kw):
+    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    return subprocess.Popen([sys.executable, '-m', 'beamml', *map(str, args)], env=e,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def _said(err):
+    """stderr without the progress lines (HH:MM:SS beamml: ...)."""
+    import re
+    return [x for x in err.splitlines() if not re.match(r'\d\d:\d\d:\d\d beamml: ', x)]
+
+
+@pytest.mark.parametrize('signal_name, code, word', [('SIGINT', 130, 'interrupted'),
+                                                     ('SIGTERM', 143, 'terminated')])
+def test_a_run_stopped_by_a_signal_is_one_line_and_cleans_up(signal_name, code, word,
+                                                             tmp_path):
+    """Ctrl-C (SIGINT) or SIGTERM while the run is in its graph (held at the commit step,
+    with its lock and temporary prefix in place): one line, exit 128 + the signal, and
+    the clean-up of a failed run: no lock, no temporary prefix, nothing committed."""
+    import signal
+    import time
+    src = _points_parquet(tmp_path / 'pts.parquet', n=50)
+    pause = tmp_path / 'pause'
+    pause.write_text('')
+    run = _beamml('norms', '--input', src, '--output', tmp_path / 'out' / 'norms',
+                  env={'BEAMML_TEST_PAUSE_COMMIT': str(pause)})
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(str(pause) + '.reached'):
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+            time.sleep(0.05)
+        left = sorted(os.listdir(tmp_path / 'out'))
+        assert left[0] == '.beamml-lock-norms' and left[1].startswith('.beamml-tmp-norms-')
+        run.send_signal(getattr(signal, signal_name))
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == code, err[-3000:]
+    assert _said(err) == [f'beamml norms: {word}'], err[-3000:]
+    assert os.listdir(tmp_path / 'out') == []
+
+
+def _can_mount_a_small_disk(folder) -> bool:
+    import shutil
+    if not shutil.which('unshare'):
+        return False
+    probe = subprocess.run(['unshare', '-rm', 'sh', '-c',
+                            f'mount -t tmpfs -o size=64k tmpfs {folder}'],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def test_a_full_disk_is_one_line_and_the_run_cleans_up(tmp_path):
+    """The output on a 256 KB tmpfs (mounted in a private mount namespace, so the real
+    disk is never filled): the sink's write fails with ENOSPC. One line naming the file,
+    exit 2, and a dated run's clean-up: no lock, no temporary prefix."""
+    disk = tmp_path / 'disk'
+    disk.mkdir()
+    if not _can_mount_a_small_disk(disk):
+        pytest.skip('cannot mount a tmpfs here (unshare -rm / mount -t tmpfs not permitted)')
+    src = _points_parquet(tmp_path / 'pts.parquet')   # ~1.6 MB of CSV norms: more than 256 KB
+    script = (f'mount -t tmpfs -o size=256k tmpfs {disk} && cd {tmp_path} && '
+              f'{sys.executable} -m beamml norms --input {src} --output {disk}/out/norms '
+              f'--output_format csv; rc=$?; echo "left: $(ls -A {disk}/out)" >&2; exit $rc')
+    out = subprocess.run(['unshare', '-rm', 'sh', '-c', script], capture_output=True,
+                         text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+    said = _said(out.stderr)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert said[-1] == 'left: ', out.stderr[-3000:]   # no lock, no temporary prefix
+    assert len(said) == 2 and said[0].startswith(
+        f'beamml norms: error: no space left on device writing {disk}/out/'
+        '.beamml-tmp-norms-'), out.stderr[-3000:]
+    assert said[0].endswith('.norms.csv'), said[0]
+
+
+def test_full_disk_in_a_sink_names_the_file():
+    """Without a small disk: a shard's file handle whose writes fail with ENOSPC."""
+    import errno
+    import io
+    import pyarrow as pa
+    from beamml.transforms.io.errors import BeammlError
+    from beamml.transforms.io.sinks import ShardWriter, _LinesSink, _PathHandle
+
+    class Full(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, 'No space left on device')
+
+    batch = pa.record_batch({'id': [1, 2]})
+    for fmt in ('parquet', 'csv', 'jsonl'):
+        w = ShardWriter(Full(), fmt, None, path='/d/out-00000.' + fmt)
+        w.write(batch)
+        with pytest.raises(BeammlError, match=rf'^no space left on device writing '
+                                              rf'/d/out-00000\.{fmt}$'):
+            w.close()
+    sink = _LinesSink('/d/out-errors')
+    with pytest.raises(BeammlError, match='^no space left on device writing /d/e.jsonl$'):
+        sink.write_encoded_record(_PathHandle(Full(), '/d/e.jsonl'), b'{}')
+
+
+@pytest.mark.parametrize('error, line', [
+    (OSError(28, 'No space left on device', '/d/lock'),
+     'no space left on device writing /d/lock'),
+    (RuntimeError("OSError: [Errno 28] No space left on device [while running 'Commit']"),
+     "no space left on device (OSError: [Errno 28] No space left on device [while running "
+     "'Commit'])"),
+])
+def test_main_wrapper_words_a_full_disk_in_one_line(error, line, capsys):
+    def run(argv):
+        raise error
+    assert common.main_wrapper(run, [], prog='beamml norms') == 2
+    assert capsys.readouterr().err == f'beamml norms: error: {line}\n'
+
+
+def test_main_wrapper_keeps_the_traceback_of_a_bug():
+    def run(argv):
+        raise RuntimeError('a bug')
+    with pytest.raises(RuntimeError, match='a bug'):
+        common.main_wrapper(run, [], prog='beamml norms')

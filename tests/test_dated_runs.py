@@ -399,7 +399,7 @@ def test_index_ids_commits_its_three_outputs(tmp_path):
 
 def test_dry_run_touches_no_storage_and_translates_the_commit(tmp_path, capsys):
     write_points(str(tmp_path / 'in'))
-    rc = main(['norms', '--input', str(tmp_path / 'in' / '*.csv'),
+    rc = main(['norms', '--input', str(tmp_path / 'in' / '*.csv'), '--feature_columns', 'x,y',
                '--output', 'gs://bkt-out/pred/{date}/', '--date', 'yesterday',
                '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'my-project',
                '--region', 'us-central1', '--temp_location', 'gs://bkt-tmp/tmp'])

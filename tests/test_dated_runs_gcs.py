@@ -373,3 +373,45 @@ def test_norms_into_a_prefix_on_cloud_storage(gcs, bucket):
     assert doc['counts']['records_ok'] == n and doc['destination'].endswith('/norms')
     again = beamml(gcs, *args)
     assert again.returncode == 0 and 'is complete' in again.stdout
+
+
+def faulty(gcs, *args, env=None):
+    """beamml run by tests/storage_faults.py (the faults its docstring lists), as a
+    process on this module's storage server."""
+    e = dict(os.environ, STORAGE_EMULATOR_HOST=gcs.url, PYTHONPATH=ROOT, **(env or {}))
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, 'tests', 'storage_faults.py'),
+                             *map(str, args)], env=e, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+
+
+@pytest.mark.parametrize('where', ['read', 'finalize'])
+def test_storage_stopped_while_reading_or_finalizing_is_one_line(gcs, bucket, tmp_path, where):
+    """The server stops after the launcher inspected the input, when a worker is about to
+    read a file (read), or when the sink is about to move its shards into place
+    (finalize): one line '<object>: Cloud Storage did not answer: ...', exit 2, no
+    traceback, nothing under the destination; the next run commits one copy."""
+    n = land_day(gcs, bucket)
+    model = save_model(gcs, bucket)
+    pause = tmp_path / 'pause'
+    pause.write_text('')
+    run = faulty(gcs, *daily(bucket, model),
+                 env={f'FAULT_PAUSE_{where.upper()}': str(pause),
+                      'FAULT_STORAGE_RETRY_SECONDS': '2', 'BEAMML_STORAGE_RETRY_SECONDS': '2'})
+    try:
+        wait_for(str(pause) + '.reached', run)
+        gcs.stop()
+        pause.unlink()
+        _, err = run.communicate(timeout=300)
+    finally:
+        gcs.start()
+    assert run.returncode == 2, err[-3000:]
+    line = last_line(err)
+    assert 'Traceback' not in err, err[-3000:]
+    where_object = (f'gs://{bucket}/incoming/{DATE}/p0.parquet' if where == 'read' else
+                    f'gs://{bucket}/predictions/.beamml-tmp-{DATE}-')
+    assert line.startswith(f'beamml assign: error: {where_object}'), line
+    assert ': Cloud Storage did not answer: ' in line and 'not a readable' not in line, line
+    assert objects(gcs, bucket, f'predictions/{DATE}/') == {}
+    again = beamml(gcs, *daily(bucket, model))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert assigned_rows(gcs, bucket) == n

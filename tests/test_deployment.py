@@ -371,6 +371,11 @@ def test_gate_records_values_bounds_and_changes():
     ({'thresholds': [{'metric': 'inertia', 'upper': 1}]}, 'unknown key'),
     ({'thresholds': []}, 'no thresholds'),
     ([1, 2], 'expected a mapping'),
+    ({'treshold': [{'metric': 'agreement', 'lower_bound': 0.9}]},
+     "unknown key 'treshold'; the only key allowed is thresholds"),
+    ({'thresholds': [{'metric': 'agreement', 'lower_bound': 0.9}], 'promote': True},
+     "unknown key 'promote'; the only key allowed is thresholds"),
+    ({}, 'expected a mapping with one key, thresholds'),
 ])
 def test_gate_config_errors_are_one_line(doc, message):
     with pytest.raises(BeammlError, match=message) as e:
@@ -539,7 +544,7 @@ def test_streaming_canary_uses_the_same_split(tmp_path):
     (['--gate', 'g.yaml'], '--gate needs --shadow_model'),
     (['--shadow_model', 'M2', '--promote_on_pass'], '--promote_on_pass needs --gate'),
     (['--shadow_model', 'M2', '--gate', 'g.yaml', '--promote_on_pass', '--streaming',
-      '--input_subscription', 'projects/p/subscriptions/s'], 'batch only'),
+      '--input_subscription', 'projects/my-project/subscriptions/points'], 'batch only'),
 ])
 def test_bad_combinations_are_one_line(tmp_path, capsys, extra, message):
     code, err = cli(['--input', 'x.parquet', '--model', 'M', '--output',

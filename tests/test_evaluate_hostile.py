@@ -240,6 +240,33 @@ def test_ranking_duplicates_from_json_and_parquet_carry_line_or_none(tmp_path):
     assert (d['row'], d['line']) == (2, None) and d['file'].endswith('p.parquet')
 
 
+@pytest.mark.parametrize('fmt', ['csv', 'jsonl', 'parquet'])
+def test_a_duplicate_dead_letter_holds_the_row_as_read(tmp_path, fmt):
+    """The duplicate (q_id, predicted_rank) is found after the rows were parsed and
+    shuffled; its dead letter's record is still the row as read, every column with its
+    own value (not the parsed q_id, rank and relevance), as a bad row's record is."""
+    rows = [{'q_id': 7, 'predicted_rank': 0, 'truth_relevance': 2.5, 'doc': 'd1', 'model': 'm'},
+            {'q_id': 7, 'predicted_rank': 1, 'truth_relevance': 0.0, 'doc': 'd2', 'model': 'm'},
+            {'q_id': 8, 'predicted_rank': -1, 'truth_relevance': 1.0, 'doc': 'd3',
+             'model': 'm'},
+            {'q_id': 7, 'predicted_rank': 0, 'truth_relevance': 0.5, 'doc': 'd9', 'model': 'n'}]
+    path = tmp_path / f'logs.{fmt}'
+    if fmt == 'parquet':
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif fmt == 'jsonl':
+        path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    else:
+        path.write_text('q_id,predicted_rank,truth_relevance,doc,model\n' + ''.join(
+            ','.join(str(v) for v in r.values()) + '\n' for r in rows))
+    out, _ = run(tmp_path, str(path), '--task', 'ranking')
+    bad, duplicate = dead_letters(out)
+    assert 'not an integer >= 0' in bad['reason'] and bad['record'] == rows[2]
+    assert duplicate['reason'] == ('duplicate (q_id, predicted_rank) pair; the row kept is '
+                                   f'logs.{fmt}:0')
+    assert (duplicate['row'], duplicate['line']) == (3, {'csv': 5, 'jsonl': 4}.get(fmt))
+    assert duplicate['record'] == rows[3], duplicate
+
+
 @pytest.mark.parametrize('case', ['consecutive', 'blank_lines', 'shuffled', 'unknown',
                                   'some_unknown', 'none'])
 def test_fragment_encoding_keeps_the_lines(case):

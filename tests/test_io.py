@@ -202,6 +202,71 @@ def test_read_points_in_a_pipeline_many_files_and_counts(tmp_path):
     assert (c['records_read'], c['records_ok'], c['records_refused']) == (51, 50, 1)
 
 
+def test_read_points_with_a_given_layout_matches_the_pattern_when_the_graph_runs(tmp_path):
+    """ReadPoints(pattern, layout=...) reads nothing when it is built (what a dry run
+    needs); the files are matched when the graph runs, including one written since, and
+    read as the inspected layout reads them: the same rows and dead letters."""
+    from beamml.transforms.io.declared import declared_layout
+    rng = np.random.default_rng(5)
+    X1, X2 = _points(rng, 20), _points(rng, 30)
+    _write(tmp_path, 'a.csv', X1, list(range(20)))
+    pattern = str(tmp_path / '*.csv')
+    layout = declared_layout(pattern, id_column='id', id_type='int64',
+                             feature_columns=['x0', 'x1', 'x2'])
+    assert ReadPoints(pattern).layout == layout   # what inspecting the file decides
+    given = ReadPoints(pattern, layout=layout)
+    assert given.paths is None and given.layout is layout
+    path2 = _write(tmp_path, 'b.csv', X2, list(range(20, 50)))   # lands after the build
+    with open(path2, 'a') as f:
+        f.write('99,1\n')
+    with beam.Pipeline(runner='FnApiRunner') as p:
+        res = p | given
+        ids = res.batches | beam.FlatMap(lambda b: b.column('id').to_pylist())
+        assert_that(ids, equal_to(list(range(50))), label='Ids')
+        assert_that(res.errors | beam.Map(lambda d: (os.path.basename(d['file']), d['row'])),
+                    equal_to([('b.csv', 30)]), label='Errors')
+    with pytest.raises(BeammlError, match='give layout or dimension, not both'):
+        ReadPoints(pattern, layout=layout, dimension=2)
+    with pytest.raises(BeammlError, match='no feature columns'):
+        ReadPoints(pattern, layout=declared_layout(pattern, points=False, id_column='id'))
+    with pytest.raises(BeammlError, match='no input file matches'):
+        with beam.Pipeline(runner='FnApiRunner') as p:
+            _ = p | ReadPoints(str(tmp_path / 'none' / '*.csv'), layout=layout)
+
+
+@pytest.mark.parametrize('kwargs, shape', [
+    (dict(dimension=4), ('parquet', ('features',), True, 4, None, 'string')),
+    (dict(feature_columns=['a', 'b'], id_column='k', id_type='int64'),
+     ('parquet', ('a', 'b'), False, 2, 'k', 'int64')),
+    (dict(feature_columns=['v'], dimension=3), ('parquet', ('v',), True, 3, None, 'string')),
+    (dict(feature_columns=['v'], list_features=False), ('parquet', ('v',), False, 1, None,
+                                                       'string')),
+    (dict(input_format='npy', dimension=5), ('npy', ('features',), True, 5, None, 'string')),
+])
+def test_declared_layout_shapes(kwargs, shape):
+    from beamml.transforms.io.declared import declared_layout
+    lay = declared_layout('gs://b/in/*.parquet', **kwargs)
+    assert (lay.input_format, lay.feature_columns, lay.list_features, lay.dimension,
+            lay.id_column, lay.id_type) == shape
+
+
+@pytest.mark.parametrize('pattern, kwargs, message', [
+    ('in/*.parquet', {}, r'^not read: pass dimension \(the number of features\)$'),
+    ('in/*.parquet', dict(feature_columns=['f']), r"pass dimension \(the length of the lists "
+                                                   r"in 'f'\)$"),
+    ('in/*.csv', dict(dimension=2), 'pass feature_columns$'),
+    ('in/*', dict(dimension=2), 'pass input_format$'),
+    ('in/*.npy', {}, 'pass dimension$'),
+    ('in/*.csv', dict(feature_columns=['a', 'b'], dimension=3), 'but dimension is 3'),
+    ('in/*.npy', dict(dimension=2, id_column='id'), 'drop id_column'),
+])
+def test_declared_layout_names_what_is_missing(pattern, kwargs, message):
+    from beamml.transforms.io.declared import declared_layout
+    with pytest.raises(BeammlError, match=message) as e:
+        declared_layout(pattern, why='not read', **kwargs)
+    assert '\n' not in str(e.value)
+
+
 @pytest.mark.parametrize('fmt', ['parquet', 'csv', 'jsonl'])
 def test_write_table_round_trip(tmp_path, fmt):
     rng = np.random.default_rng(3)

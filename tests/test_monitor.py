@@ -402,6 +402,15 @@ def test_kmeans_no_latest(tmp_path, trained, capsys):
     ('rules:\n  - {metric: l1}\n', 'metric must be one of psi, js'),
     ('features:\n  a: {psi: high}\n', "features.a.psi must be a number, got 'high'"),
     ('thresholds: [1, 2\n', 'is not valid YAML'),
+    ('thresholds: {psi: -1}\n', 'thresholds.psi must be >= 0, got -1'),
+    ('features:\n  features_0: {js: -0.1}\n', 'features.features_0.js must be >= 0'),
+    ('rules:\n  - {metric: js, threshold: -0.5}\n', 'rules[0]: threshold must be >= 0'),
+    ('features:\n  height: {psi: 0.5}\n',
+     "features.height: no feature 'height' in the baseline "),
+    ('rules:\n  - {metric: psi, feature: features_9, consecutive: 2}\n',
+     "rules[0].feature: no feature 'features_9' in the baseline "),
+    ('rules:\n  - {metric: far_share_ratio, feature: features_0}\n',
+     "rules[0]: feature 'features_0' goes with a per-feature metric (psi, js)"),
 ])
 def test_config_errors_are_one_line(text, message, tmp_path, trained, capsys):
     cfg = tmp_path / 'bad.yaml'
@@ -409,6 +418,9 @@ def test_config_errors_are_one_line(text, message, tmp_path, trained, capsys):
     code, _, err = cli(['--input', trained['train'], '--model', trained['models'],
                         '--output', str(tmp_path / 'o'), '--config', str(cfg)], capsys)
     assert code == 2 and len(error_lines(err)) == 1 and message in err, err
+    if 'no feature' in message:   # the features there are, as drift.json names them
+        assert err.rstrip().endswith('; the features are features_0, features_1, '
+                                     'features_2, l2_norm'), err
     assert not os.path.exists(tmp_path / 'o')
 
 

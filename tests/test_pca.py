@@ -368,7 +368,8 @@ def test_translates_to_a_dataflow_batch_job_offline(gcs_bucket):
     args, options = common.parse_args(pca.PCAOptions, [
         '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
         '--region', 'us-central1', '--temp_location', f'{gcs_bucket}/tmp',
-        '--input', f'{gcs_bucket}/in/*.csv', '--n_components', '2', '--write_projection',
+        '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',
+        '--n_components', '2', '--write_projection',
         '--output', f'{gcs_bucket}/out/pca/'], prog='t')
     assert args.write_projection   # and --project is Beam's, the Google Cloud project
     from apache_beam.options.pipeline_options import GoogleCloudOptions

@@ -307,6 +307,25 @@ def test_cli_assign_and_kmeans_stream_from_a_watched_folder(tmp_path, models):
     assert model.k == 2 and model.config['algorithm'] == 'spark-mllib-streaming-kmeans'
 
 
+def test_evaluate_streaming_duplicate_from_a_watched_file_holds_the_row_as_read(tmp_path):
+    """A duplicate (q_id, predicted_rank) in a watched file: its dead letter names its file,
+    row and line (a watched table used to lose them: file None, "the row kept is row
+    -1"), and its record is the row as read (every column), as in batch."""
+    incoming = tmp_path / 'in'
+    incoming.mkdir()
+    (incoming / 'a.csv').write_text('q_id,predicted_rank,truth_relevance,doc\n'
+                                    '1,0,1,d1\n1,1,0,d2\n1,0,0.5,d9\n')
+    out = tmp_path / 'out'
+    rc = main(['evaluate', '--streaming', '--task', 'ranking', '--input',
+               f'{incoming}/*.csv', '--watch_interval', '0.5', '--stop_after', '2',
+               '--window_size', '60', '--output', str(out)])
+    assert rc == 0
+    errors = [r for rs in read_jsonl(f'{out}/evaluate-errors-*.jsonl').values() for r in rs]
+    assert [(e['file'], e['row'], e['line'], e['reason'], e['record']) for e in errors] == [
+        (str(incoming / 'a.csv'), 2, 4, 'duplicate (q_id, predicted_rank) pair; the row kept '
+         'is a.csv:0', {'q_id': 1, 'predicted_rank': 0, 'truth_relevance': 0.5, 'doc': 'd9'})]
+
+
 def test_kmeans_streaming_on_the_emulator_writes_versions_assign_can_load(tmp_path):
     """Pub/Sub points into `kmeans --streaming`: a model version appears in the model
     directory (LATEST), with centres near the blobs the points came from."""

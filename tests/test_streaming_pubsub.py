@@ -441,3 +441,33 @@ def test_an_array_split_respects_strings_escapes_and_nesting():
     assert concat(batches).column('s').to_pylist() == [r['s'] for r in rows]
     assert concat(batches).column('id').to_pylist() == [1, 2, 3, 4]
     assert [n['x'] for n in concat(batches).column('n').to_pylist()] == [[1, 5], [], [2], [3]]
+
+
+@pytest.mark.parametrize('flag, value, kind', [
+    ('--input_subscription', 'projects/my-project/subs/points', 'subscription'),
+    ('--input_topic', 'projects/my-project/topicz/points', 'topic'),
+    ('--output_topic', 'topics/out', 'topic'),
+    ('--dead_letter_topic', 'projects/my-project/topics/x', 'topic'),   # id too short
+])
+def test_a_bad_pubsub_name_on_the_command_line_names_its_flag(flag, value, kind, tmp_path,
+                                                              capsys):
+    """The one line names the flag the user gave (--input_subscription, not the
+    transform's own parameter) and says which kind of name it must be."""
+    from beamml.pipelines.__main__ import main
+    from beamml.transforms.model import CentroidModel
+    CentroidModel(np.array([[0.0, 0.0], [1.0, 1.0]])).save(str(tmp_path / 'm'))
+    argv = ['assign', '--streaming', '--model', str(tmp_path / 'm'), '--dimension', '2',
+            '--input_subscription', 'projects/my-project/subscriptions/points',
+            '--output_topic', 'projects/my-project/topics/out']
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    elif flag == '--input_topic':
+        argv[argv.index('--input_subscription'):argv.index('--input_subscription') + 2] = \
+            [flag, value]
+    else:
+        argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f'beamml assign: error: {flag} {value!r} is not a Pub/Sub {kind} name: '
+                   f'write projects/<project>/{kind}s/<id> (project: 6-30 lowercase letters, '
+                   'digits, dashes; id: 3-255 characters, a letter first)'], err

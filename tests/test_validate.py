@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,14 +42,16 @@ def inputs(tmp_path_factory):
 
 
 def _cases(d):
+    # a dry run reads no input: a CSV's feature columns come from the flags
     return {
-        'norms': ['--input', f'{d}/p.csv', '--output', 'gs://beamml-bkt/out/n'],
+        'norms': ['--input', f'{d}/p.csv', '--feature_columns', 'a,b',
+                  '--output', 'gs://beamml-bkt/out/n'],
         'index_ids': ['--input', f'{d}/events.csv', '--id_column', 'user_id',
                       '--output', 'gs://beamml-bkt/out/i'],
-        'assign': ['--input', f'{d}/p.csv', '--model', f'{d}/models',
-                   '--output', 'gs://beamml-bkt/out/a'],
-        'kmeans': ['--input', f'{d}/p.csv', '--k', '2', '--max_iter', '3',
-                   '--model_dir', 'gs://beamml-bkt/models'],
+        'assign': ['--input', f'{d}/p.csv', '--feature_columns', 'a,b',
+                   '--model', f'{d}/models', '--output', 'gs://beamml-bkt/out/a'],
+        'kmeans': ['--input', f'{d}/p.csv', '--feature_columns', 'a,b', '--k', '2',
+                   '--max_iter', '3', '--model_dir', 'gs://beamml-bkt/models'],
         'evaluate': ['--input', f'{d}/logs.csv', '--task', 'classification',
                      '--output', 'gs://beamml-bkt/out/e'],
     }
@@ -144,3 +147,169 @@ def test_streaming_jobs_are_unbounded_with_no_default_trigger_global_group(name,
             fn = ws.window_fn.urn
             default = ws.trigger.WhichOneof('trigger') == 'default'
             assert not (fn == 'beam:window_fn:global_windows:v1' and default), t.unique_name
+
+
+# ----------------------------------------------------------------------------- no storage
+
+def _no_network() -> str | None:
+    """Why `unshare -n` cannot run here, or None when it can."""
+    if not shutil.which('unshare'):
+        return 'unshare is not installed'
+    probe = subprocess.run(['unshare', '-n', 'true'], capture_output=True, text=True)
+    if probe.returncode:
+        return f'unshare -n is not permitted here: {probe.stderr.strip()}'
+    return None
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    """A local model directory with its baseline (beamml kmeans), a prediction-logs
+    baseline, a gate and a monitoring config: the local files a dry run is built from."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from beamml.pipelines import kmeans, monitor
+    d = tmp_path_factory.mktemp('trained')
+    X = np.random.default_rng(0).normal(size=(200, 2))
+    pq.write_table(pa.table({'id': np.arange(200), 'features': pa.array(
+        list(X), pa.list_(pa.float64(), 2))}), d / 'p.parquet')
+    (d / 'logs.jsonl').write_text(''.join(f'{{"id": {i}, "truth": {i % 2}, "prediction": '
+                                          f'{i % 3 == 0:d}}}\n' for i in range(20)))
+    (d / 'rank.csv').write_text('q_id,predicted_rank,truth_relevance\n1,0,1\n1,1,0\n2,0,1\n')
+    (d / 'events.csv').write_text('user_id,item\nu1,a\nu2,b\n')
+    kmeans.run(['--input', str(d / 'p.parquet'), '--k', '2', '--max_iter', '3',
+                '--model_dir', str(d / 'km')])
+    monitor.run(['--make_baseline', '--task', 'classification', '--input',
+                 str(d / 'logs.jsonl'), '--output', str(d / 'logs_baseline') + '/'])
+    (d / 'gate.yaml').write_text('thresholds:\n  - metric: agreement\n    lower_bound: 0.5\n')
+    (d / 'monitor.yaml').write_text('thresholds: {psi: 0.3}\n')
+    return d
+
+
+SUB = 'projects/my-project/subscriptions/points'
+
+
+def _every_pipeline(d, data):
+    """Each pipeline's flags (batch, and streaming from a watched pattern): ``data`` says
+    where the input is, ``data('x.parquet')``; the model, baseline, gate and monitoring
+    config are local files."""
+    km, watch = str(d / 'km'), ['--watch_interval', '10']
+    return {
+        'norms': ['norms', '--input', data('p.parquet'), '--dimension', '2',
+                  '--output', 'gs://bkt-out/n'],
+        'index_ids': ['index_ids', '--input', data('events.csv'), '--id_column', 'user_id',
+                      '--output', 'gs://bkt-out/i'],
+        'assign': ['assign', '--input', data('p.parquet'), '--model', km,
+                   '--shadow_model', km, '--gate', str(d / 'gate.yaml'),
+                   '--output', 'gs://bkt-out/a'],
+        'evaluate': ['evaluate', '--input', data('rank.csv'), '--task', 'ranking',
+                     '--output', 'gs://bkt-out/e/'],
+        'kmeans': ['kmeans', '--input', data('p.parquet'), '--dimension', '2', '--k', '2',
+                   '--model_dir', 'gs://bkt-out/models'],
+        'pca': ['pca', '--input', data('p.parquet'), '--dimension', '2',
+                '--n_components', '2', '--output', 'gs://bkt-out/p/'],
+        'monitor': ['monitor', '--input', data('p.parquet'), '--model', km, '--config',
+                    str(d / 'monitor.yaml'), '--output', 'gs://bkt-out/m/'],
+        'monitor_logs': ['monitor', '--task', 'classification', '--input', data('logs.jsonl'),
+                         '--baseline', str(d / 'logs_baseline'), '--output', 'gs://bkt-out/l/'],
+        'assign_streaming': ['assign', '--streaming', '--input', data('p.parquet'), *watch,
+                             '--model', km, '--output', 'gs://bkt-out/sa'],
+        'evaluate_streaming': ['evaluate', '--streaming', '--task', 'classification',
+                               '--input', data('logs.jsonl'), *watch, '--window_size', '60',
+                               '--output', 'gs://bkt-out/se'],
+        'kmeans_streaming': ['kmeans', '--streaming', '--input', data('p.parquet'), *watch,
+                             '--k', '2', '--dimension', '2', '--model_dir', 'gs://bkt-out/sk'],
+        'monitor_streaming': ['monitor', '--streaming', '--input', data('p.parquet'), *watch,
+                              '--model', km, '--window_size', '60', '--output',
+                              'gs://bkt-out/sm'],
+    }
+
+
+EVERY = ['norms', 'index_ids', 'assign', 'evaluate', 'kmeans', 'pca', 'monitor',
+         'monitor_logs', 'assign_streaming', 'evaluate_streaming', 'kmeans_streaming',
+         'monitor_streaming']
+
+
+@pytest.mark.parametrize('case', EVERY)
+def test_a_dry_run_of_gs_input_touches_no_storage(case, trained, tmp_path):
+    """With no network at all (``unshare -n``), every pipeline's dry run on a gs:// input
+    ends in seconds with the job: the input is neither listed nor read (its layout comes
+    from the flags), and no other object is touched (before: 145-232 s of retries)."""
+    why = _no_network()
+    if why:
+        pytest.skip(why)
+    import time
+    argv = _every_pipeline(trained, lambda name: f'gs://bkt-in/data/*{os.path.splitext(name)[1]}')
+    cmd = ['unshare', '-n', sys.executable, '-m', 'beamml', 'validate'] + argv[case] + DATAFLOW
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('STORAGE_EMULATOR_HOST', 'GOOGLE_APPLICATION_CREDENTIALS')}
+    started = time.monotonic()
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env=dict(env, TMPDIR=str(tmp_path)))
+    took = time.monotonic() - started
+    assert out.returncode == 0, out.stderr[-2000:]
+    kind = 'streaming' if case.endswith('_streaming') else 'batch'
+    assert re.search(rf'^job: \S+ type={kind} steps=\d+$', out.stdout, re.M), out.stdout
+    assert 'Traceback' not in out.stderr and took < 30, (took, out.stderr[-2000:])
+
+
+class _Built(Exception):
+    """Raised instead of running a pipeline: its transforms' names."""
+
+
+def _built_steps(monkeypatch, argv) -> list[str]:
+    from apache_beam import Pipeline
+    from beamml.pipelines.__main__ import pipelines   # noqa: F401 (the registry)
+    import importlib
+
+    def capture(self, *a, **kw):
+        names = sorted(t.unique_name for t in
+                       self.to_runner_api().components.transforms.values())
+        raise _Built(names)
+    monkeypatch.setattr(Pipeline, 'run', capture)
+    module = importlib.import_module(f'beamml.pipelines.{argv[0]}')
+    with pytest.raises(_Built) as e:
+        module.run(argv[1:])
+    return e.value.args[0]
+
+
+@pytest.mark.parametrize('case', EVERY)
+def test_a_dry_run_builds_the_steps_of_a_real_run(case, trained, tmp_path, monkeypatch):
+    """The graph a dry run translates (the layout from the flags, nothing read) has the
+    steps, every one by its name, of the graph a real run builds on the same flags with
+    the input read (local files here; each pipeline is stopped when it would run)."""
+    monkeypatch.chdir(tmp_path)
+    argv = _every_pipeline(trained, lambda name: str(trained / name))[case]
+    local = [a.replace('gs://bkt-out/', f'{tmp_path}/out/') for a in argv]
+    real = _built_steps(monkeypatch, local)
+    dry = _built_steps(monkeypatch, local + DATAFLOW + ['--runner', 'DataflowRunner',
+                                                         '--dry_run', 'True'])
+    assert dry == real
+    assert len(real) > 20
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['norms', '--input', 'gs://bkt-in/x/*.parquet', '--output', 'gs://bkt-out/n'],
+     'a dry run reads no input, so the layout of gs://bkt-in/x/*.parquet must come from '
+     'the flags: pass --dimension (the number of features)'),
+    (['norms', '--input', 'gs://bkt-in/x/*.csv', '--output', 'gs://bkt-out/n'],
+     'must come from the flags: pass --feature_columns'),
+    (['norms', '--input', 'gs://bkt-in/x/*', '--dimension', '2', '--output', 'gs://bkt-out/n'],
+     'must come from the flags: pass --input_format'),
+    (['assign', '--input', 'gs://bkt-in/x/*.parquet', '--model', 'gs://bkt-m/models',
+      '--output', 'gs://bkt-out/a'],
+     '--model gs://bkt-m/models: a dry run reads nothing from Cloud Storage, and the job is '
+     'built from this file: give a local copy of it (--model PATH) to translate the job'),
+    (['monitor', '--input', 'gs://bkt-in/x/*.parquet', '--model', 'MODEL', '--config',
+      'gs://bkt-c/monitor.yaml', '--output', 'gs://bkt-out/m/'],
+     '--monitor_config gs://bkt-c/monitor.yaml: a dry run reads nothing from Cloud Storage'),
+    (['kmeans', '--input', 'gs://bkt-in/x/*.parquet', '--init', 'gs://bkt-c/c.npy',
+      '--model_dir', 'gs://bkt-out/models'], '--init gs://bkt-c/c.npy: a dry run reads'),
+    (['norms', '--config', 'gs://bkt-c/run.yaml', '--input', 'gs://bkt-in/x/*.parquet',
+      '--dimension', '2', '--output', 'gs://bkt-out/n'], '--config gs://bkt-c/run.yaml: a dry'),
+])
+def test_what_a_dry_run_cannot_know_is_one_line_naming_the_flag(argv, message, trained,
+                                                                 capsys):
+    argv = [str(trained / 'km') if a == 'MODEL' else a for a in argv]
+    assert main(['validate'] + argv + DATAFLOW) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and message in err, err

@@ -155,10 +155,17 @@ class Gate:
 
     @classmethod
     def from_dict(cls, doc, source: str = 'gate') -> 'Gate':
-        if not isinstance(doc, Mapping) or set(doc) != {'thresholds'} or not isinstance(
-                doc['thresholds'], list):
-            raise BeammlError(f'{source}: expected a mapping with one key, thresholds: a '
-                              'list of {metric, lower_bound, upper_bound, change}')
+        shape = ('expected a mapping with one key, thresholds: a list of {metric, '
+                 'lower_bound, upper_bound, change}')
+        if not isinstance(doc, Mapping):
+            raise BeammlError(f'{source}: {shape}')
+        unknown = sorted(str(k) for k in doc if k != 'thresholds')
+        if unknown:
+            raise BeammlError(f'{source}: unknown key {", ".join(map(repr, unknown))}; the '
+                              'only key allowed is thresholds (a list of {metric, '
+                              'lower_bound, upper_bound, change})')
+        if not isinstance(doc.get('thresholds'), list):
+            raise BeammlError(f'{source}: {shape}')
         try:
             return cls([Threshold.from_dict(e) for e in doc['thresholds']])
         except BeammlError as e:
@@ -171,7 +178,7 @@ class Gate:
         try:
             text = read_text(path)
         except Exception as e:
-            raise BeammlError(f'cannot read the gate {path}: {e}') from e
+            raise BeammlError(f'cannot read the gate {path}: {first_line(e)}') from e
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as e:

@@ -52,13 +52,22 @@ def _gcs(path: str):
     return _client().bucket(bucket).blob(name)
 
 
-def _storage_error(e: BaseException) -> bool:
-    """An error of the store itself (unreachable, access denied, a failed request)."""
+def _storage_error(e: BaseException, *, unanswered: bool = False) -> bool:
+    """An error of the store itself (unreachable, access denied, a failed request);
+    ``unanswered``: only one where the store did not answer (unreachable, timed out
+    after the retries, a server error), not an answer such as "access denied"."""
     from apache_beam.io.filesystem import BeamIOError
     from google.api_core import exceptions
     import requests
-    return isinstance(e, (exceptions.GoogleAPIError, requests.RequestException,
-                          ConnectionError, TimeoutError, BeamIOError))
+    if not unanswered:
+        return isinstance(e, (exceptions.GoogleAPIError, requests.RequestException,
+                              ConnectionError, TimeoutError, BeamIOError))
+    if isinstance(e, BeamIOError) and isinstance(e.exception_details, dict):
+        return any(isinstance(x, BaseException) and _storage_error(x, unanswered=True)
+                   for x in e.exception_details.values())
+    return isinstance(e, (exceptions.RetryError, exceptions.ServerError,
+                          requests.ConnectionError, requests.Timeout, ConnectionError,
+                          TimeoutError))
 
 
 def _first_line(e: BaseException) -> str:
@@ -83,18 +92,25 @@ def _storage(path: str):
 @contextlib.contextmanager
 def open_file(path: str):
     """``FileSystems.open(path)`` as raw bytes; a file that cannot be read (no access,
-    gone, the store unreachable), at the open or later, is one BeammlError naming it."""
+    gone, the store unreachable), at the open or later, is one BeammlError naming it.
+    A store that did not answer says so (``<path>: Cloud Storage did not answer: ...``),
+    also when a reader had already worded the failure as its own ("not a readable
+    parquet file: Timeout of 120.0s exceeded" would blame the file)."""
     from apache_beam.io.filesystem import CompressionTypes
     try:
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
             yield f
     except PermissionError as e:
         raise BeammlError(f'{path}: cannot read it: {e.strerror or e}') from e
-    except BeammlError:
-        raise
     except Exception as e:   # a missing file is the caller's to word (FileNotFoundError)
         from google.api_core import exceptions
-        if isinstance(e, exceptions.NotFound) or not _storage_error(e):
+        cause = e if path.startswith('gs://') else None   # the store's own error in e's chain
+        while cause is not None and not _storage_error(cause, unanswered=True):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise BeammlError(f'{path}: Cloud Storage did not answer: '
+                              f'{_first_line(cause)}') from e
+        if isinstance(e, (BeammlError, exceptions.NotFound)) or not _storage_error(e):
             raise
         raise BeammlError(f'{path}: cannot read it: {_first_line(e)}') from e
 

@@ -7,6 +7,8 @@ naming rule, :func:`shard_prefix`. JSON lines follow beamml's one JSON policy
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import math
@@ -158,6 +160,23 @@ def to_json_lines(table: pa.Table | pa.RecordBatch) -> bytes:
 
 # ----------------------------------------------------------------------------- Beam
 
+def _is_full(e: BaseException) -> bool:
+    """ENOSPC, also as pyarrow re-raises it (an OSError whose text says so)."""
+    return isinstance(e, OSError) and (e.errno == errno.ENOSPC or
+                                       'No space left on device' in str(e))
+
+
+@contextlib.contextmanager
+def _space_for(path: str):
+    """A write to ``path``: a full disk (ENOSPC) is one BeammlError naming the file."""
+    try:
+        yield
+    except OSError as e:
+        if not _is_full(e):
+            raise
+        raise BeammlError(f'no space left on device writing {path}') from e
+
+
 class ShardWriter:
     """Writes one output file; batches are gathered into ~1M-row tables before writing.
 
@@ -167,9 +186,10 @@ class ShardWriter:
     """
 
     def __init__(self, fh, output_format: str, schema: pa.Schema | None,
-                 rows: int = ROW_GROUP_ROWS):
+                 rows: int = ROW_GROUP_ROWS, path: str | None = None):
         self.fh, self.format, self.schema = fh, output_format, schema
         self.rows = rows
+        self.path = path or getattr(fh, 'name', None) or 'an output file'
         self.writer = None
         self.parts: list = []
         self.n = 0
@@ -188,7 +208,8 @@ class ShardWriter:
         self.parts.append(batch)
         self.n += batch.num_rows
         if self.n >= self.rows:
-            self._flush()
+            with _space_for(self.path):
+                self._flush()
 
     def _flush(self):
         if not self.parts:
@@ -207,23 +228,68 @@ class ShardWriter:
             self.fh.write(to_json_lines(table))
 
     def close(self):
-        self._flush()
-        if self.writer is None and self.schema is not None:
-            self._open(self.schema)
-        if self.writer is not None and self.writer is not True:
-            self.writer.close()
-        self.fh.close()
+        with _space_for(self.path):
+            self._flush()
+            if self.writer is None and self.schema is not None:
+                self._open(self.schema)
+            if self.writer is not None and self.writer is not True:
+                self.writer.close()
+            self.fh.close()
+
+
+def _failed_object(e: BaseException, default: str) -> tuple[str, BaseException]:
+    """(the object, the error) of the first failure a batch file operation's BeamIOError
+    reports (``{path or (source, destination): error}``, nested for a match of a
+    listing); ``default`` and ``e`` when it names none."""
+    from apache_beam.io.filesystem import BeamIOError
+    where = default
+    for _ in range(5):
+        details = getattr(e, 'exception_details', None)
+        if not isinstance(e, BeamIOError) or not isinstance(details, dict) or not details:
+            break
+        key, value = next(iter(details.items()))
+        where = key[-1] if isinstance(key, tuple) else str(key)
+        if not isinstance(value, BaseException):
+            break
+        e = value
+    return where, e
+
+
+@contextlib.contextmanager
+def _storage_answers(prefix: str):
+    """A sink's own Cloud Storage calls (the moves of its shards into place): a store that
+    did not answer is one BeammlError naming the object, not Beam's BeamIOError."""
+    if not prefix.startswith('gs://'):
+        yield
+        return
+    try:
+        yield
+    except BeammlError:
+        raise
+    except Exception as e:
+        from beamml.transforms.io.objects import _first_line, _storage_error
+        if not _storage_error(e, unanswered=True):
+            raise
+        where, cause = _failed_object(e, prefix + '*')
+        raise BeammlError(f'{where}: Cloud Storage did not answer: {_first_line(cause)}') from e
 
 
 class _EveryShard:
     """Mixin for a FileBasedSink: ``finalize_write`` returns the final name of every
     shard of this run. Beam's returns only the files it renamed, and skips a shard
     whose final file already holds the same bytes (a rerun), which would then look
-    like an earlier run's file to :func:`remove_stale_shards`."""
+    like an earlier run's file to :func:`remove_stale_shards`. Cloud Storage not
+    answering while the shards are moved is one line naming the object."""
+
+    def pre_finalize(self, init_result, writer_results):
+        with _storage_answers(self.file_path_prefix.get()):
+            return super().pre_finalize(init_result, writer_results)
 
     def finalize_write(self, init_result, writer_results, pre_finalize_results):
-        for _ in super().finalize_write(init_result, writer_results, pre_finalize_results):
-            pass
+        with _storage_answers(self.file_path_prefix.get()):
+            for _ in super().finalize_write(init_result, writer_results,
+                                            pre_finalize_results):
+                pass
         n = len(writer_results)
         return [self._get_final_name(i, n) for i in range(n)]
 
@@ -238,7 +304,9 @@ class _TableSink(_EveryShard, filebasedsink.FileBasedSink):
         self.schema = schema
 
     def open(self, temp_path):
-        return ShardWriter(super().open(temp_path), self.output_format, self.schema)
+        with _space_for(temp_path):
+            fh = super().open(temp_path)
+        return ShardWriter(fh, self.output_format, self.schema, path=temp_path)
 
     def write_record(self, writer, value):
         writer.write(value)
@@ -255,10 +323,12 @@ def remove_stale_shards(written: list[str], prefix: str, suffixes=OUTPUT_FORMATS
         return path if '://' in path else os.path.abspath(path)
     keep = {same(p) for p in written}
     patterns = [f'{prefix}-?????-of-?????.{s}' for s in suffixes]
-    stale = sorted(m.path for r in FileSystems.match(patterns) for m in r.metadata_list
-                   if same(m.path) not in keep)
+    with _storage_answers(prefix):
+        stale = sorted(m.path for r in FileSystems.match(patterns) for m in r.metadata_list
+                       if same(m.path) not in keep)
+        if stale:
+            FileSystems.delete(stale)
     if stale:
-        FileSystems.delete(stale)
         _LOG.info('removed %d shard(s) of an earlier run with the same prefix: %s',
                   len(stale), ', '.join(stale))
     return sorted(written)
@@ -287,8 +357,33 @@ class _LinesSink(_EveryShard, filebasedsink.FileBasedSink):
                          num_shards=0, shard_name_template=None, mime_type='text/plain',
                          compression_type=CompressionTypes.UNCOMPRESSED)
 
+    def open(self, temp_path):
+        with _space_for(temp_path):
+            return _PathHandle(super().open(temp_path), temp_path)
+
     def write_encoded_record(self, file_handle, encoded_value):
-        file_handle.write(encoded_value + b'\n')
+        with _space_for(file_handle.path):
+            file_handle.write(encoded_value + b'\n')
+
+    def close(self, file_handle):
+        with _space_for(file_handle.path):
+            super().close(file_handle)
+
+
+class _PathHandle:
+    """A shard's file handle that knows its path (for the one-line error of a full disk)."""
+
+    def __init__(self, fh, path: str):
+        self.fh, self.path = fh, path
+
+    def write(self, data):
+        return self.fh.write(data)
+
+    def flush(self):
+        return self.fh.flush()
+
+    def close(self):
+        return self.fh.close()
 
 
 class WriteTable(beam.PTransform):

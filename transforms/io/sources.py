@@ -15,16 +15,17 @@ import pyarrow as pa
 
 from beamml.transforms.io.objects import open_file
 from beamml.transforms.io.csvio import read_csv
-from beamml.transforms.io.errors import ERRORS, RecordCounters
+from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.inspection import inspect_input
 from beamml.transforms.io.jsonio import read_jsonl
-from beamml.transforms.io.layout import Layout
+from beamml.transforms.io.layout import Layout, match_input
 from beamml.transforms.io.npyio import plan_npy, read_npy
 from beamml.transforms.io.parquetio import plan_parquet, read_parquet
 from beamml.transforms.io.rows import BATCH_ROWS, RowBatch, table_checks, to_points
+from beamml.transforms.io.types import SOURCE_COLUMNS
 
 __all__ = ['SPLIT_ROWS', 'plan_reads', 'read_file_batches', 'ReadPoints', 'ReadTable',
-           'read_table_files']
+           'read_table_files', 'rows_as_read', 'RecordsAsRead']
 
 _LOG = logging.getLogger('beamml')
 
@@ -45,6 +46,14 @@ def plan_reads(path: str, layout: Layout,
         if fmt == 'npy':
             return plan_npy(f, path, split_rows)
         return plan_parquet(f, path, split_rows)
+
+
+def _plan(item: str, layout: Layout, pattern: bool) -> list[tuple[str, tuple | None]]:
+    """Work items of a matched path, or (``pattern``: the layout was given, nothing was
+    matched when the graph was built) of every file the pattern matches now."""
+    if not pattern:
+        return plan_reads(item, layout)
+    return [w for path, _ in match_input(item) for w in plan_reads(path, layout)]
 
 
 def read_file_batches(path: str, layout: Layout, batch_rows: int = BATCH_ROWS,
@@ -118,13 +127,29 @@ class _ReadBase(beam.PTransform):
                  dimension: int | None = None, allow_nan: bool = False,
                  batch_rows: int = BATCH_ROWS, source_columns: bool = False,
                  refuse_zero: bool = False, weight_column: str | None = None,
-                 label: str | None = None):
+                 layout: Layout | None = None, label: str | None = None):
         super().__init__(label)
         self.file_pattern = file_pattern
         self.refuse_zero = refuse_zero
         self.source_columns = source_columns
         self.allow_nan = allow_nan
         self.batch_rows = batch_rows
+        if layout is not None:   # given: nothing is matched or read until the graph runs
+            given = [n for n, v in (('input_format', input_format), ('id_column', id_column),
+                                    ('feature_columns', feature_columns),
+                                    ('dimension', dimension),
+                                    ('weight_column', weight_column)) if v is not None]
+            if given:
+                raise BeammlError(f'give layout or {", ".join(given)}, not both (the layout '
+                                  'says them)', parameters=given)
+            if not isinstance(layout, Layout):
+                raise BeammlError(f'layout must be a Layout, got {type(layout).__name__}',
+                                  parameters=('layout',))
+            if self._points and not layout.feature_columns:
+                raise BeammlError('the layout has no feature columns: points need them',
+                                  parameters=('layout',))
+            self.paths, self.layout = None, layout
+            return
         # Decided now, before the graph runs: errors a user can fix surface here.
         self.paths, self.layout = inspect_input(
             file_pattern, input_format=input_format, id_column=id_column,
@@ -136,9 +161,16 @@ class _ReadBase(beam.PTransform):
         return self.layout.points_schema()
 
     def expand(self, pbegin):
+        # The same steps however many files match (Create would reshuffle more than one
+        # element by itself; SpreadPaths always does, so the files are planned (their
+        # footers read) on several workers) and whether they were matched now or will be
+        # when the graph runs (a given layout: the pattern is matched then).
+        pattern = self.paths is None
         files = (pbegin
-                 | 'MatchedFiles' >> beam.Create(self.paths)
-                 | 'PlanReads' >> beam.FlatMap(plan_reads, self.layout)
+                 | 'MatchedFiles' >> beam.Create([self.file_pattern] if pattern else self.paths,
+                                                 reshuffle=False)
+                 | 'SpreadPaths' >> beam.Reshuffle()
+                 | 'PlanReads' >> beam.FlatMap(_plan, self.layout, pattern)
                  | 'SpreadFiles' >> beam.Reshuffle())
         return files | 'ParseFiles' >> beam.ParDo(
             _ReadFileFn(self.layout, self._points, self.allow_nan, self.batch_rows,
@@ -153,7 +185,11 @@ class ReadPoints(_ReadBase):
     (or ``result['batches']``) holds the RecordBatches, ``result.errors`` the
     dead-letter dicts. The files are matched and the first one inspected when the
     transform is constructed (see :func:`inspect_input`); ``.layout`` and ``.schema``
-    tell what was decided. ``source_columns=True`` appends ``_file``, ``_row`` and
+    tell what was decided. With ``layout=`` (a :class:`Layout`, e.g. from
+    :func:`~beamml.transforms.io.declared.declared_layout`) nothing is matched or read
+    then: the pattern is matched when the graph runs (``.paths`` is None), in the same
+    steps; what a Dataflow dry run, which touches no storage, builds.
+    ``source_columns=True`` appends ``_file``, ``_row`` and
     ``_line`` to each batch, for steps that refuse rows later (assignment).
     ``refuse_zero=True`` refuses a zero vector (every feature 0) as a dead letter,
     ``"zero vector: cosine distance is undefined"`` (K-means with cosine distance
@@ -170,7 +206,7 @@ class ReadTable(_ReadBase):
 
     Only structural problems are refused (a CSV row with the wrong number of
     fields, a JSON line that does not parse) and, when an id column is named or
-    present, rows whose id is missing or empty. ``source_columns=True`` appends
+    present, rows whose id is missing or empty. ``layout=`` as for ReadPoints. ``source_columns=True`` appends
     ``_file``, ``_row`` and ``_line`` so later steps can refuse rows with their origin (and
     must then call ``RecordCounters().refuse_accepted(n)``).
     """
@@ -200,3 +236,83 @@ def read_table_files(file_pattern: str, **kwargs) -> tuple[pa.Table, list[dict]]
             if out is not None:
                 batches.append(out)
     return pa.Table.from_batches(batches, schema=layout.points_schema()), dead
+
+
+# ----------------------------------------------------------------------------- rows as read
+
+def rows_as_read(path: str, rows, layout: Layout) -> dict[int, dict]:
+    """{row: the row as ReadTable gives it, every column but the source columns} of the
+    data rows ``rows`` (0 = the first) of one file, read again with ``layout``: what a
+    dead letter's ``record`` holds. Rows the reader refuses itself are not there."""
+    import pyarrow.compute as pc
+    wanted = pa.array(sorted({int(r) for r in rows}), pa.int64())
+    found: dict[int, dict] = {}
+    for item in read_file_batches(path, layout):
+        if isinstance(item, dict):
+            continue
+        table, _ = table_checks(item, layout, path, source_columns=True)
+        if table is None:
+            continue
+        picked = table.filter(pc.is_in(table.column('_row'), value_set=wanted))
+        if picked.num_rows:
+            numbers = picked.column('_row').to_pylist()
+            keep = [c for c in picked.schema.names if c not in SOURCE_COLUMNS]
+            found.update(zip(numbers, picked.select(keep).to_pylist()))
+        if len(found) == len(wanted):
+            break
+    return found
+
+
+class _RecordsAsReadFn(beam.DoFn):
+    """Dead letters -> the same, ``record`` the row as read; the files are read again at
+    the end of the bundle, each once (the windows and timestamps are kept)."""
+
+    def __init__(self, layout: Layout):
+        self.layout = layout
+
+    def start_bundle(self):
+        self._held = []
+
+    def process(self, letter, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam):
+        self._held.append((letter, timestamp, window))
+
+    def finish_bundle(self):
+        from apache_beam.utils.windowed_value import WindowedValue
+        held, self._held = self._held, []
+        by_file: dict = {}
+        for item in held:
+            by_file.setdefault(item[0].get('file'), []).append(item)
+        for path, items in by_file.items():
+            rows = [x[0]['row'] for x in items if x[0].get('row') is not None]
+            found = {}
+            if path is not None and rows:
+                try:
+                    found = rows_as_read(path, rows, self.layout)
+                except Exception as e:   # gone or unreadable since: the letters as they are
+                    _LOG.warning('could not read %s again for the records of %d dead '
+                                 'letter(s): %s; they keep the values the step had',
+                                 path, len(items), str(e).splitlines()[0] if str(e) else e)
+            for letter, timestamp, window in items:
+                record = found.get(letter.get('row'))
+                if record is not None:
+                    letter = dead_letter(path, letter['row'], letter.get('line'),
+                                         letter['reason'], record)
+                yield WindowedValue(letter, timestamp, (window,))
+
+
+class RecordsAsRead(beam.PTransform):
+    """``dead_letters | RecordsAsRead(layout)``: the dead letters of rows a later step
+    refused knowing only some of their values (e.g. a duplicate found after a shuffle of
+    parsed values), with ``record`` the row as the source read it (every column, the
+    values as read), read again from its file (``file``, ``row``) with the source's
+    ``layout``: as every other dead letter has it. A letter whose file cannot be read
+    again keeps its record (a warning says so). Cheap when there are few: only the files
+    named are read, each once per bundle."""
+
+    def __init__(self, layout: Layout, label: str | None = None):
+        super().__init__(label)
+        self.layout = layout
+
+    def expand(self, letters):
+        return letters | 'ReadRowsAgain' >> beam.ParDo(_RecordsAsReadFn(self.layout))

@@ -12,13 +12,14 @@ Keys (every one optional; the defaults are :data:`DEFAULT_THRESHOLDS` and
     ``mean_distance_ratio``, ``far_share_ratio`` and, for prediction logs,
     ``label_rate_diff``, ``prediction_rate_diff``, ``precision_drop``, ``recall_drop``,
     ``accuracy_drop``, ``f1_drop``; an alarm fires when a value is *greater* than its
-    threshold.
+    threshold, so a threshold is a number >= 0.
 ``features``
     ``{feature name: {psi: x, js: y}}``: per-feature thresholds (the norm is
-    ``l2_norm``).
+    ``l2_norm``); a name that is not a monitored feature is refused once the baseline
+    is known (:meth:`MonitorConfig.check_features`).
 ``rules``
     a list of ``{name, metric, threshold, consecutive}`` (``consecutive`` default 1;
-    an optional ``feature`` restricts a per-feature metric to one feature): the rule
+    an optional ``feature`` restricts a per-feature metric, psi or js, to one feature): the rule
     fires when the metric is above the threshold in each of the ``consecutive``
     latest windows (for a per-feature metric: the same feature in each).
 ``retrain``
@@ -68,6 +69,17 @@ def _number(value, where: str, *, positive: bool = False) -> float:
     return float(value)
 
 
+def _threshold(value, where: str) -> float:
+    """A threshold: a number >= 0 (every metric is >= 0, and an alarm fires when the
+    value is greater than its threshold: a negative one would fire on every window)."""
+    x = _number(value, where)
+    if x < 0:
+        raise BeammlError(f'{where} must be >= 0, got {value!r} (an alarm fires when the '
+                          'value is greater than its threshold: every metric is >= 0, so a '
+                          'negative threshold fires on every window)')
+    return x
+
+
 def _mapping(value, where: str) -> dict:
     if not isinstance(value, dict):
         raise BeammlError(f'{where} must be a mapping, got {type(value).__name__}')
@@ -93,12 +105,12 @@ class MonitorConfig:
         t = _mapping(doc.get('thresholds') or {}, f'{source}: thresholds')
         _unknown(t, METRICS, f'{source}: thresholds')
         for k, v in t.items():
-            self.thresholds[k] = _number(v, f'{source}: thresholds.{k}')
+            self.thresholds[k] = _threshold(v, f'{source}: thresholds.{k}')
         self.features: dict[str, dict[str, float]] = {}
         for name, over in _mapping(doc.get('features') or {}, f'{source}: features').items():
             over = _mapping(over, f'{source}: features.{name}')
             _unknown(over, FEATURE_METRICS, f'{source}: features.{name}')
-            self.features[str(name)] = {k: _number(v, f'{source}: features.{name}.{k}')
+            self.features[str(name)] = {k: _threshold(v, f'{source}: features.{name}.{k}')
                                         for k, v in over.items()}
         rules = doc.get('rules', DEFAULT_RULES)
         if not isinstance(rules, list):
@@ -129,9 +141,30 @@ class MonitorConfig:
             raise BeammlError(f'{where}: consecutive must be an integer >= 1, got '
                               f'{consecutive!r}')
         threshold = rule.get('threshold', self.thresholds[rule['metric']])
+        feature = rule.get('feature')
+        if feature is not None and rule['metric'] not in FEATURE_METRICS:
+            raise BeammlError(f'{where}: feature {feature!r} goes with a per-feature metric '
+                              f'({", ".join(FEATURE_METRICS)}); {rule["metric"]} is not one, '
+                              'so the rule could never fire')
         return {'name': str(rule.get('name') or f'rule{i}'), 'metric': rule['metric'],
-                'threshold': _number(threshold, f'{where}: threshold'),
-                'consecutive': consecutive, 'feature': rule.get('feature')}
+                'threshold': _threshold(threshold, f'{where}: threshold'),
+                'consecutive': consecutive,
+                'feature': None if feature is None else str(feature)}
+
+    def check_features(self, features: list[str], what: str) -> None:
+        """Every feature the config names (a ``features:`` entry, a rule's ``feature``) is
+        one of ``features`` (the monitored columns and the norm, as drift.json names them),
+        else one BeammlError naming the key and the features there are; ``what`` says
+        where they come from (e.g. the baseline's path)."""
+        named = [(f'features.{name}', name) for name in self.features]
+        named += [(f'rules[{i}].feature', r['feature']) for i, r in enumerate(self.rules)
+                  if r['feature'] is not None]
+        for key, name in named:
+            if name not in features:
+                there = (f'the features are {", ".join(features)}' if features else
+                         'it has no per-feature metrics')
+                raise BeammlError(f'{self.source}: {key}: no feature {name!r} in {what}; '
+                                  f'{there}')
 
     def threshold(self, metric: str, feature: str | None = None) -> float:
         if feature is not None and metric in self.features.get(feature, {}):

@@ -354,7 +354,7 @@ class _WatchBase(beam.PTransform):
                  allow_nan: bool = False, batch_rows: int = BATCH_ROWS,
                  source_columns: bool = False, refuse_zero: bool = False,
                  weight_column: str | None = None, id_type: str | None = None,
-                 label: str | None = None):
+                 layout: Layout | None = None, label: str | None = None):
         super().__init__(label)
         if not interval or interval <= 0:
             raise BeammlError(f'the watch interval must be > 0 seconds, got {interval}')
@@ -369,6 +369,20 @@ class _WatchBase(beam.PTransform):
         self.allow_nan, self.batch_rows = allow_nan, batch_rows
         self.source_columns, self.refuse_zero = source_columns, refuse_zero
         self.format_given = input_format is not None
+        if layout is not None:   # given: nothing is matched now (a dry run touches no storage)
+            given = [n for n, v in (('input_format', input_format), ('id_column', id_column),
+                                    ('feature_columns', feature_columns),
+                                    ('dimension', dimension), ('weight_column', weight_column),
+                                    ('id_type', id_type)) if v is not None]
+            if given:
+                raise BeammlError(f'give layout or {", ".join(given)}, not both (the layout '
+                                  'says them)', parameters=given)
+            if self._points and not layout.feature_columns:
+                raise BeammlError('the layout has no feature columns: points need them',
+                                  parameters=('layout',))
+            self.format_given = True   # the layout says the format: every file is read as it
+            self.paths, self.layout = [], layout
+            return
         # Decided now, before the graph runs: errors a user can fix surface here.
         self.paths, self.layout = watched_layout(
             file_pattern, points=self._points, id_type=id_type, input_format=input_format,
@@ -415,7 +429,9 @@ class ReadWatchedPoints(_WatchBase):
     arguments). ``interval``: seconds between polls; ``stop_after``: seconds after
     the start at which the watch ends (None: never); ``wait_stable``: read a file
     only once two polls saw the same size and time (default: local paths only);
-    ``id_type``: the ids' type when no file exists yet. See the module's notes:
+    ``id_type``: the ids' type when no file exists yet; ``layout``: a Layout to read
+    the files with, instead of one decided now (nothing is matched until the graph
+    runs: what a Dataflow dry run builds). See the module's notes:
     a path is read once (a file rewritten under it is not read again), the
     element timestamps are the times of the polls that took the files.
     """
@@ -426,7 +442,8 @@ class ReadWatchedTable(_WatchBase):
     """Watch ``file_pattern`` and read each new file once into RecordBatches of its own
     columns (prediction logs) plus dead letters, as
     :class:`~beamml.transforms.io.sources.ReadTable` reads them. ``interval``,
-    ``stop_after``, ``wait_stable`` and ``id_type`` as for :class:`ReadWatchedPoints`.
+    ``stop_after``, ``wait_stable``, ``id_type`` and ``layout`` as for
+    :class:`ReadWatchedPoints`.
     """
     _points = False
 
