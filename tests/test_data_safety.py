@@ -609,3 +609,16 @@ def test_a_watched_pattern_that_matches_the_streams_output_is_refused(tmp_path, 
     assert f'--input {tmp_path}/w/* can match files of --output {out}' in \
         capsys.readouterr().err
     assert not (tmp_path / 'w').exists()
+
+
+def test_a_storage_answer_is_not_worded_as_no_answer():
+    """A refusal (403) is the store's answer, not an outage."""
+    from google.api_core import exceptions
+    from beamml.transforms.io import BeammlError
+    from beamml.transforms.io.objects import _storage
+    with pytest.raises(BeammlError, match=r'^gs://b/x: Cloud Storage refused the request: 403'):
+        with _storage('gs://b/x'):
+            raise exceptions.Forbidden('no access')
+    with pytest.raises(BeammlError, match=r'^gs://b/x: Cloud Storage did not answer: 503'):
+        with _storage('gs://b/x'):
+            raise exceptions.ServiceUnavailable('down')

@@ -76,8 +76,9 @@ def _first_line(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _storage(path: str):
-    """A Cloud Storage call about ``path``: an error that is not the answer itself (the
-    service unreachable after the retries, access denied) becomes one BeammlError line."""
+    """A Cloud Storage call about ``path``: an error of the store (unreachable after the
+    retries: "did not answer"; an answer such as access denied: "refused the request")
+    becomes one BeammlError line naming the path."""
     from google.api_core import exceptions
     try:
         yield
@@ -86,7 +87,9 @@ def _storage(path: str):
     except Exception as e:
         if not _storage_error(e):
             raise
-        raise BeammlError(f'{path}: Cloud Storage did not answer: {_first_line(e)}') from e
+        if _storage_error(e, unanswered=True):
+            raise BeammlError(f'{path}: Cloud Storage did not answer: {_first_line(e)}') from e
+        raise BeammlError(f'{path}: Cloud Storage refused the request: {_first_line(e)}') from e
 
 
 @contextlib.contextmanager
