@@ -440,3 +440,36 @@ def test_a_later_csv_missing_a_feature_column_is_one_line(tmp_path):
     rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
     line = _one_line_error(rc, err)
     assert re.search(r"b\.csv has no column 'b'; its columns are id, a", line), line
+
+
+# ------------------------------------------------------------ 10. inputs that are not files
+
+def test_dev_zero_and_a_fifo_are_not_regular_files(tmp_path):
+    import os
+    os.mkfifo(str(tmp_path / 'f.csv'))   # nothing writes to it: reading it would block
+    for argv, what in ((['--input', '/dev/zero', '--input_format', 'csv'],
+                        r'/dev/zero is not a regular file \(a character device\)'),
+                       (['--input', '{dir}/f.csv'], r'f\.csv is not a regular file \(a FIFO\)'),
+                       (['--input', '{dir}/*.csv'], r'f\.csv is not a regular file \(a FIFO\)')):
+        rc, _, err = _cli(['norms'] + argv, tmp_path)
+        line = _one_line_error(rc, err)
+        assert re.search(what, line), line
+
+
+def test_broken_symbolic_links_of_a_glob_are_named(tmp_path):
+    import os
+    _file(tmp_path, 'd/a.csv', b'id,x0\n1,2\n')
+    os.symlink(str(tmp_path / 'd' / 'loop.csv'), str(tmp_path / 'd' / 'loop.csv'))
+    rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    line = _one_line_error(rc, err)
+    assert re.search(r'd/loop\.csv is a broken symbolic link', line), line
+    os.remove(str(tmp_path / 'd' / 'loop.csv'))
+    os.symlink(str(tmp_path / 'nowhere.csv'), str(tmp_path / 'd' / 'gone.csv'))
+    rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    line = _one_line_error(rc, err)
+    assert re.search(r'd/gone\.csv is a broken symbolic link', line), line
+    with pytest.raises(BeammlError, match=r'd/gone\.csv is a broken symbolic link'):
+        inspect_input(str(tmp_path / 'd' / 'gone.csv'))   # the CLI: "no input" (exit 4)
+    os.remove(str(tmp_path / 'd' / 'gone.csv'))
+    rc, out, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    assert rc == 0 and 'records_read=1 records_ok=1' in out
