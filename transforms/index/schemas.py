@@ -48,8 +48,9 @@ def conform_to_input(batch: pa.RecordBatch, types: Mapping[str, pa.DataType], te
     casts.to_type`); a value that is not of it is null and its row marked in ``why`` (a
     RowReasons): ``value in 'v' is not an integer``, ``value in 'v' is a number, the
     column holds text``. ``text``: a string column holds the text of a CSV file (``"7"``
-    is 7 in an integer column). A column of lists or objects where the input has
-    scalars was refused by the reader, and is left."""
+    is 7 in an integer column). A column of lists or objects is left (where the input
+    has scalars, the JSON lines reader refused its values; files of other formats that
+    disagree so are a BeammlError of promote_types)."""
     for i, field in enumerate(batch.schema):
         want = types.get(field.name)
         if want is None or field.type.equals(want) or is_nested_type(field.type):

@@ -215,9 +215,8 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
               ) -> tuple[pa.RecordBatch | None, list[dict]]:
     """Turn one RowBatch into a points batch and the dead letters of its bad rows.
 
-    A row is refused with the first reason that applies: a missing or empty id,
-    an id that is not an integer or is beyond int64 (in an integer id column), a
-    value that is not a number, a missing value, a dimension other than the
+    A row is refused with the first reason that applies: a missing or empty id, an id
+    of another type (:mod:`~beamml.transforms.io.ids`), a value that is not a number, a missing value, a dimension other than the
     layout's (a list of another length, a .npy file of another width), NaN or inf
     (unless ``allow_nan``), and with ``refuse_zero`` a zero vector (every feature 0:
     what cosine distance is undefined for, :data:`ZERO_VECTOR`); then, with a
@@ -281,8 +280,10 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
 
 def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
                  ) -> tuple[pa.RecordBatch | None, list[dict]]:
-    """ReadTable's check: the id column, when there is one, holds no missing or empty id
-    (nor, for integer ids, one that is not an int64); it is given the layout's id type.
+    """ReadTable's check: the id column, when there is one, holds ids by the id rules
+    (:mod:`~beamml.transforms.io.ids`: no missing or empty id, none of another type);
+    it is given the layout's id type. A JSON value of another kind than its column's
+    (a list where the input has numbers) refuses its row.
 
     With ``source_columns`` the batch gets :data:`SOURCE_COLUMNS`: ``_file``
     (dictionary-encoded), ``_row`` (data row in the file) and ``_line`` (int64, the
@@ -325,9 +326,9 @@ def _mark_type_conflicts(t, layout: Layout, why: RowReasons) -> dict[int, pa.Dat
     """Refuse the rows of a JSON block whose column holds lists or objects where the
     input's (the first file's) holds scalars, or the other way round, or objects where
     it holds lists: no table can hold both, and the rest of the input must not be
-    refused for them. Returns {column index:
-    the input's type} of those columns: the block's rows left there are all null, and
-    must take that type (else the block's type would clash with the other blocks')."""
+    refused for them. Returns {column index: the input's type} of those columns: the
+    block's rows left there are all null, and must take that type (else the block's
+    type would clash with the other blocks')."""
     conflicts: dict[int, pa.DataType] = {}
     if layout.head_schema is None or layout.input_format != 'jsonl':
         return conflicts
