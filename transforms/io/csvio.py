@@ -205,7 +205,7 @@ def _blocks(f, path: str, block_bytes: int, limit: int | None = None
                                 data[starts[i]:ends[i]]) for i, b in bad]
             # where each record lands in the payload: after the header, less the bad
             # records cut out before it
-            shift = np.full(n, len(header) + 1 - int(starts[0]), dtype=np.int64)
+            shift = len(header) + 1 - int(starts[0])
             if bad:
                 cuts = [i for i, _ in bad]
                 pieces, pos = [], int(starts[0])
@@ -216,7 +216,7 @@ def _blocks(f, path: str, block_bytes: int, limit: int | None = None
                     removed[i] = pos - int(starts[i])
                 pieces.append(data[pos:fr.cut])
                 body = b''.join(pieces)
-                shift -= np.cumsum(removed) - removed
+                shift = shift - (np.cumsum(removed) - removed)
                 good = np.ones(n, dtype=bool)
                 good[cuts] = False
                 rows, lines = rows[good], lines[good]
@@ -365,11 +365,13 @@ def _emit(path, table, block, bad, texts, reasons):
     dead += [dead_letter(path, block.rows[j], block.lines[j], r, t)
              for j, t, r in zip(bad, texts, reasons)]
     dead.sort(key=lambda d: d['row'])
-    keep = np.ones(len(block.rows), dtype=bool)
-    keep[bad] = False
-    rows, lines = block.rows[keep], block.lines[keep]
-    raw = RawRecords(block.payload, block.starts[keep], block.ends[keep],
-                     _text_records(block.header, table.column_names))
+    rows, lines, starts, ends = block.rows, block.lines, block.starts, block.ends
+    if bad:
+        keep = np.ones(len(rows), dtype=bool)
+        keep[bad] = False
+        rows, lines, starts, ends = rows[keep], lines[keep], starts[keep], ends[keep]
+    raw = RawRecords(block.payload, starts, ends, _text_records(block.header,
+                                                                table.column_names))
     k = 0
     start = 0
     for b in table.combine_chunks().to_batches(max_chunksize=BATCH_ROWS):
