@@ -443,7 +443,7 @@ def test_index_ids_json_and_parquet_columns_keep_their_type(tmp_path):
     rows = [{'id': 1, 'v': 1, 's': 'a', 'b': True, 'o': {'k': 1}, 't': '2020-01-01'},
             {'id': 2, 'v': 2.0, 's': 'b', 'b': False, 'o': {'k': 2}, 't': 'x'},
             {'id': 3, 'v': 2.5}, {'id': 4, 's': 5}, {'id': 5, 'v': '7'}, {'id': 6, 'b': 1},
-            {'id': 7, 't': '2020-01-02 03:04:05'}]
+            {'id': 7, 't': '2020-01-02 03:04:05'}, {'id': 8, 's': 'NaN'}]
     (tmp_path / 'a.jsonl').write_text(json.dumps(rows[0]) + '\n')
     (tmp_path / 'b.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows[1:]))
     out, _, encoded, counts = run_index(tmp_path, str(tmp_path / '*.jsonl'), '--id_column', 'id',
@@ -452,14 +452,15 @@ def test_index_ids_json_and_parquet_columns_keep_their_type(tmp_path):
     assert (types['v'], types['s'], types['b'], types['t']) == (
         pa.int64(), pa.string(), pa.bool_(), pa.string())
     got = {r['id']: r for r in encoded.to_pylist()}
-    assert sorted(got) == [1, 2, 7]
-    assert (got[2]['v'], got[7]['t'], got[1]['o']) == (2, '2020-01-02 03:04:05', {'k': 1})
+    assert sorted(got) == [1, 2, 7, 8]
+    assert (got[2]['v'], got[7]['t'], got[1]['o'], got[8]['s']) == (
+        2, '2020-01-02 03:04:05', {'k': 1}, 'NaN')   # text stays text
     assert [(e['row'], e['reason']) for e in read_errors(out)] == [
         (1, "value in 'v' is not an integer (a number with a fraction)"),
         (2, "value in 's' is a number, the column holds text"),
         (3, "value in 'v' is text, the column holds a number"),
         (4, "value in 'b' is a number, the column holds a boolean")]
-    assert counts['records_read'] == 7 and counts['records_refused'] == 4
+    assert counts['records_read'] == 8 and counts['records_refused'] == 4
 
     p = tmp_path / 'p'
     p.mkdir()

@@ -8,19 +8,20 @@ bisected) and a table read keeps every field.
 The JSON strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` in a value
 position are read as the floats they name: they are how beamml (and BigQuery)
 write non-finite floats, so beamml's JSON lines output reads back unchanged.
-The id field is the exception: an id ``"NaN"`` stays a string. Text is text:
-where pyarrow would read a string that looks like a date as a timestamp, the
-chunk is read again with that field as text (and a list whose first items are
-null, which pyarrow's inference gets wrong, with its type given). A UTF-8 byte order mark at the
-start of the file is not part of the first line, and a line may be of any length
-(pyarrow's block is the whole chunk).
+The id field is the exception: an id ``"NaN"`` stays a string, and so does such a
+value of a column of text in a table read (the first file's head holds text there).
+Text is text: where pyarrow would read a string that looks like a date as a
+timestamp, the chunk is read again with that field as text (and a list whose first
+items are null, which pyarrow's inference gets wrong, with its type given). A UTF-8
+byte order mark at the start of the file is not part of the first line, and a line
+may be of any length (pyarrow's block is the whole chunk).
 """
 from __future__ import annotations
 
 import io
 import json
 import re
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,7 @@ from beamml.transforms.io.documents import NON_FINITE, NON_FINITE_TEXT
 from beamml.transforms.io.errors import BeammlError, dead_letter
 from beamml.transforms.io.layout import HEAD_BYTES, Layout
 from beamml.transforms.io.rows import BATCH_ROWS, RowBatch
+from beamml.transforms.io.types import is_string_type, value_type
 
 __all__ = ['jsonl_head', 'read_jsonl', 'BOM']
 
@@ -43,26 +45,28 @@ _VALUE_WORD = re.compile(rb'([:\[,][ \t]*)"(' + _WORDS + rb')"(?=[ \t]*[,\]}])')
 _AS_TEXT = {w.encode(): t.encode() for w, t in NON_FINITE_TEXT.items()}
 
 
-def _non_finite_reader(id_column: str | None) -> Callable[[bytes], bytes]:
+def _non_finite_reader(text_keys: Sequence[str]) -> Callable[[bytes], bytes]:
     """A function that rewrites the non-finite words of a chunk of JSON lines as the
     bare tokens ``NaN``, ``Infinity``, ``-Infinity`` (which pyarrow's and Python's JSON
-    parsers read as floats), except as the value of the key ``id_column``, which
-    is kept as text (written as :data:`~beamml.transforms.io.documents.NON_FINITE_TEXT`).
+    parsers read as floats), except as the value of a key of ``text_keys`` (the id; in
+    a table read, the columns of text), which is kept as text (written as
+    :data:`~beamml.transforms.io.documents.NON_FINITE_TEXT`).
 
     A chunk without such a word (the usual case) is returned as it is, after a
     substring search; else regular-expression substitutions, C loops over the
     chunk, rewrite it. Lines and their order are kept.
     """
-    id_word = None
-    if id_column:
-        key = re.escape(json.dumps(id_column, ensure_ascii=False).encode())
-        id_word = re.compile(rb'(' + key + rb'[ \t]*:[ \t]*)"(' + _WORDS + rb')"')
+    text_word = None
+    if text_keys:
+        keys = b'|'.join(re.escape(json.dumps(k, ensure_ascii=False).encode())
+                         for k in text_keys)
+        text_word = re.compile(rb'((?:' + keys + rb')[ \t]*:[ \t]*)"(' + _WORDS + rb')"')
 
     def rewrite(chunk: bytes) -> bytes:
         if b'NaN"' not in chunk and b'Infinity"' not in chunk:
             return chunk
-        if id_word is not None:  # a call per id spelled like a float only
-            chunk = id_word.sub(lambda m: m.group(1) + _AS_TEXT[m.group(2)], chunk)
+        if text_word is not None:  # a call per text value spelled like a float only
+            chunk = text_word.sub(lambda m: m.group(1) + _AS_TEXT[m.group(2)], chunk)
         return _VALUE_WORD.sub(rb'\1\2', chunk)
     return rewrite
 
@@ -94,7 +98,7 @@ def jsonl_head(f, path: str, id_column: str | None) -> pa.Table:
     """The first lines (about :data:`HEAD_BYTES`) of the open file ``f`` as a table,
     each key typed by the majority of its values (see :func:`_json_head_table`)."""
     head = read_head_bytes(f)
-    head = _non_finite_reader(id_column)(head)
+    head = _non_finite_reader([id_column] if id_column else [])(head)
     lines = [ln for ln in head.split(b'\n') if ln.strip()]
     parsed = []
     for ln in lines[:_HEAD_LINES]:  # the head only, to decide the layout
@@ -165,7 +169,11 @@ def read_jsonl(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
         fields = [(c, pa.float64()) for c in layout.feature_columns]
     parse = pjson.ParseOptions(explicit_schema=pa.schema(fields),
                                unexpected_field_behavior='infer')
-    numbers = _non_finite_reader(layout.id_column)
+    text = [layout.id_column] if layout.id_column else []
+    if not layout.feature_columns and layout.head_schema is not None:   # a table read
+        text += [f.name for f in layout.head_schema if f.name != layout.id_column and
+                 is_string_type(value_type(f.type))]
+    numbers = _non_finite_reader(text)
     line0 = 1   # physical line number of the chunk's first line
     row0 = 0    # data rows (non-blank lines) before the chunk
     rest = b''
