@@ -5,7 +5,8 @@
 
 Writes ``PREFIX-id2idx-SSSSS-of-NNNNN.parquet`` (columns ``id, idx``; always
 Parquet so that ids keep their type), ``PREFIX-encoded-SSSSS-of-NNNNN.<format>``
-(every input column + ``idx``) and ``PREFIX-errors-*.jsonl`` (rows without an id).
+(every input column + ``idx``) and ``PREFIX-errors-*.jsonl`` (rows refused: no id, an id
+or a value not of its column's type).
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import apache_beam as beam
 import pyarrow as pa
 
 from beamml.pipelines import common, runs
-from beamml.transforms.index import ORDERS, IndexIds, id2idx_schema, table_batches
+from beamml.transforms.index import (ORDERS, IndexIds, id2idx_schema, input_types,
+                                     table_batches)
 from beamml.transforms.io import BeammlError, ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.io.types import SOURCE_COLUMNS
 
@@ -68,7 +70,9 @@ def build(p, args):
     rows = p | 'ReadTable' >> read
     out = rows.batches | 'IndexIds' >> IndexIds(
         args.id_column, read.paths or [], order=args.order, id_type=layout.id_arrow_type,
-        columns=layout.columns)
+        columns=layout.columns, input_types=input_types(layout),
+        text=layout.input_format == 'csv')
+    errors = (rows.errors, out['errors']) | 'AllErrors' >> beam.Flatten()
     written = [
         out['id2idx']
         | 'Id2IdxBatches' >> beam.FlatMap(table_batches)
@@ -77,8 +81,8 @@ def build(p, args):
         out['encoded'] | 'WriteEncoded' >> WriteTable(
             args.output + '-encoded', args.output_format,
             schema=encoded_fallback_schema(layout, args.id_column)),
-        rows.errors | 'WriteErrors' >> WriteDeadLetters(args.output)]
-    return {'id2idx': out['id2idx'], 'encoded': out['encoded'], 'errors': rows.errors,
+        errors | 'WriteErrors' >> WriteDeadLetters(args.output)]
+    return {'id2idx': out['id2idx'], 'encoded': out['encoded'], 'errors': errors,
             'read': rows, 'written': written}
 
 

@@ -68,6 +68,17 @@ def _model_json(d: int) -> bytes:
     return CentroidModel([[0.0] * d, [1.0] * d], version='v1').to_json().encode()
 
 
+def _parquet(columns: dict) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    buf = io.BytesIO()
+    pq.write_table(pa.table({k: pa.array(v, getattr(pa, t)()) for k, (t, v) in columns.items()}),
+                   buf)
+    return buf.getvalue()
+
+
 # Not a text file: every byte value, in a fixed shuffled order (no randomness in tests).
 GARBAGE = bytes((i * 151 + 17) % 256 for i in range(3000))
 LOGS = b'truth,prediction\n1,0\n0,0\n'
@@ -161,6 +172,16 @@ CLI_CASES = [
     ({'i1.csv': b'id,a\n1,2\n', 'i2.csv': b'id,a\n99999999999999999999,2\n3,4\n'},
      ['index_ids', '--input', '{dir}/i*.csv', '--id_column', 'id', *ALL], 0,
      r'records_read=3 records_ok=2 records_refused=1'),
+    # --- issue 18: types that change silently, inputs that are not files
+    ({'u.parquet': _parquet({'id': ('uint64', [1, 2 ** 63, 2 ** 64 - 1]), 'x': ('float64',
+                                                                              [1., 2., 3.])})},
+     ['norms', '--input', '{dir}/u.parquet', *ALL], 0,
+     r'records_read=3 records_ok=1 records_refused=2'),
+    ({'b.jsonl': b'\xef\xbb\xbf{"id":1,"x":1.0}\n{"id":2,"x":2.0}\n'},
+     ['norms', '--input', '{dir}/b.jsonl', *ALL], 0,
+     r'records_read=2 records_ok=2 records_refused=0'),
+    ({}, ['norms', '--input', '/dev/zero', '--input_format', 'csv'], 2,
+     r'input file /dev/zero is not a regular file \(a character device\)$'),
 ]
 
 
@@ -381,13 +402,24 @@ def test_blank_values_do_not_make_a_number_column_text(tmp_path):
 
 
 def test_a_json_id_beyond_int64_in_a_string_id_column_is_refused_not_rounded(tmp_path):
+    # the head's ids are numbers (a list is refused whatever the id type): integer ids
     (tmp_path / 'x.jsonl').write_bytes(
         b'{"id": 0, "x0": 0.0}\n{"id": [1], "x0": 0.0}\n{"id": 10000003, "x0": 0.0}\n'
         b'{"id": -9223372036854775809, "x0": 0.0}\n')
     table, dead = read_table_files(str(tmp_path / 'x.jsonl'))
-    assert table.column('id').to_pylist() == ['0', '10000003']
-    assert [(d['line'], d['reason']) for d in dead][-1] == (
-        4, 'id is a number too large to keep exactly (write it as a string)')
+    assert table.column('id').to_pylist() == [0, 10000003]
+    assert [(d['line'], d['reason'], d['record']['id']) for d in dead] == [
+        (2, 'id is not an integer (a JSON list)', [1]),
+        (4, 'id is out of the int64 range', -9223372036854775809)]   # the record: exact
+    # a string among them: string ids, and a number is refused, neither rounded nor text
+    (tmp_path / 'y.jsonl').write_bytes(
+        b'{"id": "a", "x0": 0.0}\n{"id": -9223372036854775809, "x0": 0.0}\n'
+        b'{"id": 7, "x0": 0.0}\n')
+    table, dead = read_table_files(str(tmp_path / 'y.jsonl'))
+    assert table.column('id').to_pylist() == ['a']
+    assert [(d['line'], d['reason'], d['record']['id']) for d in dead] == [
+        (2, 'id is a number, the id column holds strings', -9223372036854775809),
+        (3, 'id is a number, the id column holds strings', 7)]
 
 
 def test_damaged_parquet_pages_are_one_line(tmp_path):
@@ -416,3 +448,25 @@ def test_a_json_value_of_another_kind_refuses_its_row_not_the_table_run(tmp_path
     (errors,) = tmp_path.glob('out-errors-*.jsonl')
     assert [(d['line'], d['reason']) for d in map(json.loads, open(errors))] == [
         (2, "value in 'features' is a number, the column holds a list")]
+
+
+def test_index_ids_takes_a_json_list_whose_first_item_is_null(tmp_path):
+    """pyarrow 25 infers [null, 4.5] as an invalid list (an item lost; a traceback when
+    Beam decodes the batch); and an object where the column holds lists (or the reverse)
+    refuses its row, not the run ('list in one file and struct in another')."""
+    import pyarrow.parquet as pq
+    from beamml.pipelines import index_ids
+    (tmp_path / 'a.jsonl').write_bytes(b'{"id":1,"o":{"k":1},"f":[null, 4.5]}\n')
+    (tmp_path / 'b.jsonl').write_bytes(b'{"id":2,"o":{"k":2},"f":{"a":1}}\n'
+                                       b'{"id":3,"o":[1],"f":[null, null, 1.5]}\n'
+                                       b'{"id":4,"o":{"k":3},"f":[2.5, null]}\n')
+    index_ids.run(['--input', str(tmp_path / '*.jsonl'), '--id_column', 'id',
+                   '--output', str(tmp_path / 'out'), '--max_refused_fraction', '1'])
+    (path,) = tmp_path.glob('out-encoded-*.parquet')
+    assert sorted((r['id'], r['f']) for r in pq.read_table(str(path)).to_pylist()) == [
+        (1, [None, 4.5]), (4, [2.5, None])]
+    (errors,) = tmp_path.glob('out-errors-*.jsonl')
+    assert sorted((d['file'][-7:], d['row'], d['reason'])
+                  for d in map(json.loads, open(errors))) == [
+        ('b.jsonl', 0, "value in 'f' is an object, the column holds a list"),
+        ('b.jsonl', 1, "value in 'o' is a list, the column holds an object")]

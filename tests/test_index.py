@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
+import re
 
 import apache_beam as beam
 import numpy as np
@@ -396,8 +398,8 @@ def test_index_ids_dead_letters(tmp_path, capsys):
 
 def test_index_ids_mixed_csv_types(tmp_path):
     # a.csv: numeric scores; b.csv: a score that is text and an id that is not an
-    # integer (refused; the file is then read as text): ids stay int64, the
-    # score column meets as text, one schema for every shard
+    # integer (the block is then parsed as text): each column keeps the type the first
+    # file gives it, and only the rows of a value that is not of it are refused
     (tmp_path / 'a.csv').write_text('user_id,score\n5,1.5\n6,2\n')
     (tmp_path / 'b.csv').write_text('user_id,score\n6,n/a\nseven,3\n 5,4\n')
     out, id2idx, encoded, counts = run_index(tmp_path, str(tmp_path / '*.csv'),
@@ -406,12 +408,142 @@ def test_index_ids_mixed_csv_types(tmp_path):
     assert id2idx.schema.field('id').type == pa.int64()
     assert id2idx.sort_by('idx').column('id').to_pylist() == [5, 6]
     assert encoded.schema.field('user_id').type == pa.int64()
-    assert encoded.schema.field('score').type == pa.string()
+    assert encoded.schema.field('score').type == pa.float64()
     rows = sorted(zip(encoded.column('user_id').to_pylist(), encoded.column('score').to_pylist(),
                       encoded.column('idx').to_pylist()))
-    assert rows == [(5, '1.5', 0), (5, '4', 0), (6, '2', 1), (6, 'n/a', 1)]
-    assert [d['reason'] for d in read_errors(out)] == ['id is not an integer']
-    assert counts['records_refused'] == 1
+    assert rows == [(5, 1.5, 0), (5, 4.0, 0), (6, 2.0, 1)]
+    assert sorted((d['row'], d['reason'], d['record']) for d in read_errors(out)) == [
+        (0, "value in 'score' is not a number", {'user_id': 6, 'score': 'n/a'}),
+        (1, 'id is not an integer', {'user_id': 'seven', 'score': '3'})]
+    assert counts['records_read'] == 5 and counts['records_refused'] == 2
+
+
+def test_index_ids_a_later_file_changes_no_column_type(tmp_path):
+    """Issue 18: one string id in a later file turned the integer column v into text for
+    every row. Now only the offending row is refused, and v stays an integer column."""
+    for name, bad, reason, record in (
+            ('id', 'x,30', 'id is not an integer', {'user_id': 'x', 'v': '30'}),
+            ('v', '4,abc', "value in 'v' is not an integer", {'user_id': 4, 'v': 'abc'}),
+            ('both', '5,2.5', "value in 'v' is not an integer", {'user_id': 5, 'v': '2.5'})):
+        d = tmp_path / name
+        d.mkdir()
+        (d / 'a.csv').write_text('user_id,v\n1,10\n2,20\n')
+        (d / 'b.csv').write_text(f'user_id,v\n{bad}\n3,40\n')
+        out, id2idx, encoded, counts = run_index(d, str(d / '*.csv'), '--id_column', 'user_id',
+                                                 '--max_refused_fraction', '1')
+        assert encoded.schema.field('v').type == pa.int64()
+        assert sorted(zip(encoded.column('user_id').to_pylist(),
+                          encoded.column('v').to_pylist())) == [(1, 10), (2, 20), (3, 40)]
+        assert [(os.path.basename(e['file']), e['row'], e['line'], e['reason'], e['record'])
+                for e in read_errors(out)] == [('b.csv', 0, 2, reason, record)]
+        assert counts['records_read'] == 4 and counts['records_ok'] == 3
+
+
+def test_index_ids_json_and_parquet_columns_keep_their_type(tmp_path):
+    rows = [{'id': 1, 'v': 1, 's': 'a', 'b': True, 'o': {'k': 1}, 't': '2020-01-01'},
+            {'id': 2, 'v': 2.0, 's': 'b', 'b': False, 'o': {'k': 2}, 't': 'x'},
+            {'id': 3, 'v': 2.5}, {'id': 4, 's': 5}, {'id': 5, 'v': '7'}, {'id': 6, 'b': 1},
+            {'id': 7, 't': '2020-01-02 03:04:05'}, {'id': 8, 's': 'NaN'}]
+    (tmp_path / 'a.jsonl').write_text(json.dumps(rows[0]) + '\n')
+    (tmp_path / 'b.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows[1:]))
+    out, _, encoded, counts = run_index(tmp_path, str(tmp_path / '*.jsonl'), '--id_column', 'id',
+                                        '--max_refused_fraction', '1')
+    types = dict(zip(encoded.schema.names, encoded.schema.types))
+    assert (types['v'], types['s'], types['b'], types['t']) == (
+        pa.int64(), pa.string(), pa.bool_(), pa.string())
+    got = {r['id']: r for r in encoded.to_pylist()}
+    assert sorted(got) == [1, 2, 7, 8]
+    assert (got[2]['v'], got[7]['t'], got[1]['o'], got[8]['s']) == (
+        2, '2020-01-02 03:04:05', {'k': 1}, 'NaN')   # text stays text
+    assert [(e['row'], e['reason']) for e in read_errors(out)] == [
+        (1, "value in 'v' is not an integer (a number with a fraction)"),
+        (2, "value in 's' is a number, the column holds text"),
+        (3, "value in 'v' is text, the column holds a number"),
+        (4, "value in 'b' is a number, the column holds a boolean")]
+    assert counts['records_read'] == 8 and counts['records_refused'] == 4
+
+    p = tmp_path / 'p'
+    p.mkdir()
+    pq.write_table(pa.table({'id': [1], 'v': [1], 'c': ['p']}), str(p / 'a.parquet'))
+    pq.write_table(pa.table({'id': [2], 'v': pa.array([2], pa.int32()),
+                             'c': pa.array(['q'], pa.large_string())}), str(p / 'b.parquet'))
+    pq.write_table(pa.table({'id': [3], 'v': ['3'], 'c': ['r']}), str(p / 'c.parquet'))
+    pq.write_table(pa.table({'id': [4, 5], 'v': [4.0, 4.5],
+                             'c': pa.array(['s', 't']).dictionary_encode()}),
+                   str(p / 'd.parquet'))
+    out, _, encoded, _ = run_index(p, str(p / '*.parquet'), '--id_column', 'id',
+                                   '--max_refused_fraction', '1')
+    assert encoded.schema.field('v').type == pa.int64()
+    assert encoded.schema.field('c').type == pa.string()
+    assert sorted((r['id'], r['v'], r['c']) for r in encoded.to_pylist()) == [
+        (1, 1, 'p'), (2, 2, 'q'), (4, 4, 's')]
+    assert [(os.path.basename(e['file']), e['reason']) for e in read_errors(out)] == [
+        ('c.parquet', "value in 'v' is text, the column holds a number"),
+        ('d.parquet', "value in 'v' is not an integer (a number with a fraction)")]
+
+
+def _python_to_type(values, source, want):
+    """The rule, value by value in plain Python: (the value in ``want`` or None, refused)."""
+    out = []
+    for v in values:
+        if v is None:
+            out.append((None, False))
+        elif want == 'int64' and source == 'float64':
+            ok = math.isfinite(v) and v == int(v) and abs(v) < 2 ** 53
+            out.append((int(v) if ok else None, not ok))
+        elif want == 'int64' and source in ('uint64', 'int64'):
+            ok = -2 ** 63 <= v < 2 ** 63
+            out.append((v if ok else None, not ok))
+        elif want == 'int64':   # CSV text
+            ok = re.fullmatch(r'\s*[-+]?[0-9]+\s*', v) and -2 ** 63 <= int(v) < 2 ** 63
+            out.append((int(v) if ok else None, not ok))
+        elif want == 'float64':   # from int64: only when the float is that integer
+            ok = int(float(v)) == v
+            out.append((float(v) if ok else None, not ok))
+        else:   # float32 from float64
+            with np.errstate(over='ignore'):
+                f = float(np.float32(v))
+            ok = f == v or (math.isnan(f) and math.isnan(v))
+            out.append((f if ok else None, not ok))
+    return out
+
+
+@pytest.mark.parametrize('source, want', [('float64', 'int64'), ('uint64', 'int64'),
+                                          ('string', 'int64'), ('int64', 'float64'),
+                                          ('float64', 'float32')])
+def test_to_type_against_python(source, want):
+    from beamml.transforms.io.casts import to_type
+    rng = np.random.default_rng(7)
+    n = 2000
+    if source == 'float64':
+        v = np.concatenate([rng.integers(-10 ** 6, 10 ** 6, n) * 1.0, rng.normal(size=n) * 1e3,
+                            [np.nan, np.inf, -np.inf, 2.0 ** 53, 2.0 ** 63, -2.0 ** 63, 0.1,
+                             1e300, float(np.float32(0.1))]])
+        values = [None if i % 97 == 0 else float(x) for i, x in enumerate(v)]
+    elif source == 'uint64':
+        values = [int(x) for x in rng.integers(0, 2 ** 64 - 1, n, dtype=np.uint64)] + [
+            2 ** 63 - 1, 2 ** 63, 0]
+    elif source == 'int64':
+        values = [int(x) for x in rng.integers(-2 ** 63, 2 ** 63 - 1, n, dtype=np.int64)] + [
+            2 ** 53, 2 ** 53 + 1, -2 ** 63, 2 ** 63 - 1, 7]
+    else:
+        values = [rng.choice(['7', ' -3 ', '+5', '007', '1.5', 'x', '', '9223372036854775807',
+                              '9223372036854775808', '-9223372036854775808', '1e3', '٣'])
+                  for _ in range(300)]
+    arr = pa.array(values, getattr(pa, source)())
+    got, refusals = to_type(arr, getattr(pa, want)(), text=source == 'string')
+    refused = np.zeros(len(values), bool)
+    for mask, _ in refusals:
+        refused |= mask
+    expect = _python_to_type(values, source, want)
+    if source == 'string':   # a blank text is a missing value, not a refused one
+        expect = [(None, False) if not v.strip() else e for v, e in zip(values, expect)]
+    assert got.type == getattr(pa, want)()
+
+    def key(v):   # NaN equals NaN here
+        return 'nan' if isinstance(v, float) and math.isnan(v) else v
+    assert [(key(g), r) for g, r in zip(got.to_pylist(), refused.tolist())] == [
+        (key(e), r) for e, r in expect]
 
 
 def test_index_ids_flag_and_input_errors(tmp_path, capsys):

@@ -351,9 +351,12 @@ def test_jsonl_ids_of_mixed_types_cost_only_their_lines(tmp_path):
                 '{"id": "seven", "features": [7, 8]}\n')
     table, dead = _read_all(path)
     # One string id among integers: ids are strings (an integer id column needs every
-    # present id to be an integer); '' and a missing key are refused.
-    assert table.column('id').to_pylist() == ['1', '3', 'seven']
-    assert [(d['row'], d['reason']) for d in dead] == [(1, 'empty id'), (3, 'missing id')]
+    # present id to be a number); the numbers are not made strings but refused, as are
+    # '' and a missing key.
+    assert table.column('id').to_pylist() == ['seven']
+    number = 'id is a number, the id column holds strings'
+    assert [(d['row'], d['reason']) for d in dead] == [
+        (0, number), (1, 'empty id'), (2, number), (3, 'missing id')]
     path2 = str(tmp_path / 'n.jsonl')
     with open(path2, 'w') as f:
         f.write('{"id": 1, "features": [1, 2]}\n{"id": "", "features": [1, 2]}\n'
@@ -481,12 +484,18 @@ def test_dead_letter_records_follow_the_json_policy(tmp_path):
     table, dead = read_table_files(path)
     assert table.column('id').to_pylist() == ['a']
     assert dead[0]['record'] == '{"id": "b", "features": [1, \\xff]}'  # the byte, escaped
-    path = str(tmp_path / 'n.csv')
-    with open(path, 'w') as f:
-        f.write('id,a,b\n1,nan,2\n2,-inf,1\n')
+    path = str(tmp_path / 'n.parquet')
+    pq.write_table(pa.table({'id': [1, 2], 'a': [np.nan, -np.inf], 'b': [2.0, 1.0]}), path)
     _, dead = read_table_files(path)   # non-finite floats as documents.to_jsonable writes them
     assert [d['record'] for d in dead] == [{'id': 1, 'a': 'NaN', 'b': 2.0},
                                            {'id': 2, 'a': '-Infinity', 'b': 1.0}]
+    path = str(tmp_path / 'n.csv')
+    with open(path, 'w') as f:
+        f.write('id,a,b\n1,nan,2\n2,-inf,1\n3,1e400,0\n')
+    _, dead = read_table_files(path)   # a CSV record is the text of the file
+    assert [d['record'] for d in dead] == [{'id': '1', 'a': 'nan', 'b': '2'},
+                                           {'id': '2', 'a': '-inf', 'b': '1'},
+                                           {'id': '3', 'a': '1e400', 'b': '0'}]
 
 
 def test_shard_prefix_a_trailing_slash_is_a_directory(tmp_path):

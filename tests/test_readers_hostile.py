@@ -1,7 +1,9 @@
 """Hostile input to the readers: invalid UTF-8, binary files, physical lines, header-only
-input, ids beyond int64, another dimension in a later file, a later file missing a column."""
+input, ids beyond int64, another dimension in a later file, a later file missing a column,
+ids of every type, a byte order mark, long lines, inputs that are not regular files."""
 from __future__ import annotations
 
+import decimal
 import glob
 import json
 import re
@@ -361,7 +363,8 @@ def test_jsonl_a_fractional_id_after_the_head_costs_its_line_only(tmp_path, monk
     table, dead = read_table_files(path)
     assert table.column('id').to_pylist() == [1, 2, 4]
     assert [(d['row'], d['reason']) for d in dead] == [
-        (2, 'id is not an integer'), (4, 'id is not exactly an integer (read as a float)')]
+        (2, 'id is not an integer (a number with a fraction)'),
+        (4, 'id is not exactly an integer (read as a float)')]
 
 
 def test_index_ids_cli_id_beyond_int64_in_a_later_file(tmp_path):
@@ -440,3 +443,225 @@ def test_a_later_csv_missing_a_feature_column_is_one_line(tmp_path):
     rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
     line = _one_line_error(rc, err)
     assert re.search(r"b\.csv has no column 'b'; its columns are id, a", line), line
+
+
+# ------------------------------------------------------------ 8. ids: integers or strings
+# (issue 18, section 3: never changed). The oracle is the rule, written out value by value.
+
+def _both_reads(pattern, **kw):
+    """(ids, dead letters as (file, row, reason)) of ReadPoints' read and of ReadTable's:
+    they must agree."""
+    table, dead = read_table_files(pattern, **kw)
+    rows, tdead = _table_read(pattern, id_column='id')
+    got = (table.column('id').to_pylist(),
+           [(d['file'].rsplit('/', 1)[1], d['row'], d['reason']) for d in dead])
+    assert [r['id'] for r in rows] == got[0]
+    assert [(d['file'].rsplit('/', 1)[1], d['row'], d['reason']) for d in tdead] == got[1]
+    return got
+
+
+_NAN, _INF = float('nan'), float('inf')
+FRACTION = 'id is not an integer (a number with a fraction)'
+OUT = 'id is out of the int64 range'
+# (arrow column of the first file, ids that come out, reasons of the others by row)
+PARQUET_IDS = {
+    'int8': (pa.array([1, -2, None], pa.int8()), [1, -2], {2: 'missing id'}),
+    'uint32': (pa.array([4294967295], pa.uint32()), [4294967295], {}),
+    'uint64': (pa.array([1, 2 ** 63 - 1, 2 ** 63, 2 ** 64 - 1], pa.uint64()),
+               [1, 2 ** 63 - 1], {2: OUT, 3: OUT}),
+    'float16': (pa.array(np.array([1.0, 2.5, np.nan, np.inf], np.float16)), [1],
+                {1: FRACTION, 2: 'id is not an integer (NaN)',
+                 3: 'id is not an integer (infinite)'}),
+    'float64': (pa.array([1.0, -7.0, 1.5, _NAN, -_INF, 2.0 ** 53, 1e300]), [1, -7],
+                {2: FRACTION, 3: 'id is not an integer (NaN)',
+                 4: 'id is not an integer (infinite)',
+                 5: 'id is not exactly an integer (read as a float)', 6: OUT}),
+    'decimal': (pa.array([decimal.Decimal('3.00'), decimal.Decimal('3.50')],
+                         pa.decimal128(10, 2)), [3], {1: FRACTION}),
+    'decimal38': (pa.array([decimal.Decimal(5), decimal.Decimal(2 ** 63)],
+                           pa.decimal128(38, 0)), [5], {1: OUT}),
+    'bool': (pa.array([True, False]), [], {0: 'id is a boolean', 1: 'id is a boolean'}),
+    'string': (pa.array(['a', ' ', '']), ['a'], {1: 'empty id', 2: 'empty id'}),
+    'large_string': (pa.array(['a', 'b'], pa.large_string()), ['a', 'b'], {}),
+    'dictionary': (pa.array(['a', 'b', 'a']).dictionary_encode(), ['a', 'b', 'a'], {}),
+    'binary': (pa.array([b'a']), [], {0: 'id is bytes, not an integer or a string'}),
+    'null': (pa.nulls(2), [], {0: 'missing id', 1: 'missing id'}),
+    'date': (pa.array([1], pa.date32()), [],
+             {0: 'id is a date32[day], not an integer or a string'}),
+    'timestamp': (pa.array([1], pa.timestamp('ms')), [],
+                  {0: 'id is a timestamp[ms], not an integer or a string'}),
+    'list': (pa.array([[1]]), [], {0: 'id is not a string (a list)'}),
+}
+
+
+@pytest.mark.parametrize('name', sorted(PARQUET_IDS))
+def test_parquet_ids_of_every_arrow_type(tmp_path, name):
+    ids, good, reasons = PARQUET_IDS[name]
+    pq.write_table(pa.table({'id': ids, 'x0': np.arange(len(ids), dtype=float)}),
+                   str(tmp_path / 'a.parquet'))
+    got, dead = _both_reads(str(tmp_path / 'a.parquet'))
+    assert got == good and all(type(g) is type(w) for g, w in zip(got, good))
+    assert dead == [('a.parquet', r, why) for r, why in sorted(reasons.items())]
+
+
+def test_parquet_ids_of_another_type_in_a_later_file_are_refused_not_cast(tmp_path):
+    pq.write_table(pa.table({'id': [1, 2], 'x0': [0.0, 0.0]}), str(tmp_path / 'a.parquet'))
+    pq.write_table(pa.table({'id': ['7', 'x'], 'x0': [0.0, 0.0]}), str(tmp_path / 'b.parquet'))
+    pq.write_table(pa.table({'id': pa.array([3], pa.int16()), 'x0': [0.0]}),
+                   str(tmp_path / 'c.parquet'))
+    assert _both_reads(str(tmp_path / '*.parquet')) == ([1, 2, 3], [
+        ('b.parquet', 0, 'id is a string, the id column holds integers'),
+        ('b.parquet', 1, 'id is not an integer')])
+    pq.write_table(pa.table({'id': ['u'], 'x0': [0.0]}), str(tmp_path / 's1.parquet'))
+    pq.write_table(pa.table({'id': [1], 'x0': [0.0]}), str(tmp_path / 's2.parquet'))
+    assert _both_reads(str(tmp_path / 's*.parquet')) == (['u'], [
+        ('s2.parquet', 0, 'id is a number, the id column holds strings')])
+
+
+def test_parquet_uint64_ids_above_int64_are_dead_letters_not_a_traceback(tmp_path):
+    pq.write_table(pa.table({'id': pa.array([1, 2 ** 63, 2 ** 64 - 1], pa.uint64()),
+                             'x0': [1.0, 2.0, 3.0]}), str(tmp_path / 'u.parquet'))
+    for argv in (['norms'], ['index_ids', '--id_column', 'id']):
+        where = tmp_path / argv[0]
+        rc, out, err = _cli([argv[0], '--input', str(tmp_path / 'u.parquet')] + argv[1:], where)
+        assert rc == 0 and b'Traceback' not in err, err.decode('utf-8', 'replace')[-3000:]
+        assert 'records_read=3 records_ok=1 records_refused=2' in out
+        (errors,) = glob.glob(str(where / 'out' / 'r-errors-*.jsonl'))
+        dead = [json.loads(ln) for ln in open(errors)]
+        assert [(d['row'], d['reason'], d['record']['id']) for d in dead] == [
+            (1, OUT, 2 ** 63), (2, OUT, 2 ** 64 - 1)]
+
+
+def test_jsonl_ids_of_every_kind(tmp_path):
+    # the head's ids are numbers (booleans, lists and nulls aside): integer ids
+    _file(tmp_path, 'a.jsonl', b'{"id": 1, "x0": 0}\n{"id": 2.0, "x0": 0}\n{"id": 1.5, "x0": 0}\n'
+          b'{"id": NaN, "x0": 0}\n{"id": true, "x0": 0}\n{"id": null, "x0": 0}\n'
+          b'{"id": [1], "x0": 0}\n{"id": 9223372036854775808, "x0": 0}\n{"id": 1e300, "x0": 0}\n')
+    _file(tmp_path, 'b.jsonl', b'{"id": "7", "x0": 0}\n{"id": "x", "x0": 0}\n{"id": 3, "x0": 0}\n')
+    _, layout = inspect_input(str(tmp_path / '*.jsonl'))
+    assert layout.id_type == 'int64'
+    assert _both_reads(str(tmp_path / '*.jsonl')) == ([1, 2, 3], [
+        ('a.jsonl', 2, FRACTION), ('a.jsonl', 3, 'id is not an integer (NaN)'),
+        ('a.jsonl', 4, 'id is a boolean'), ('a.jsonl', 5, 'missing id'),
+        ('a.jsonl', 6, 'id is not an integer (a JSON list)'), ('a.jsonl', 7, OUT),
+        ('a.jsonl', 8, OUT),
+        ('b.jsonl', 0, 'id is a string, the id column holds integers'),
+        ('b.jsonl', 1, 'id is not an integer')])
+    # a string among the head's ids: string ids, and no number becomes one
+    _file(tmp_path, 's.jsonl', b'{"id": "a", "x0": 0}\n{"id": 1, "x0": 0}\n{"id": 1.5, "x0": 0}\n'
+          b'{"id": true, "x0": 0}\n{"id": "NaN", "x0": 0}\n{"id": "2020-01-01", "x0": 0}\n')
+    number = 'id is a number, the id column holds strings'
+    assert _both_reads(str(tmp_path / 's.jsonl')) == (['a', 'NaN', '2020-01-01'], [
+        ('s.jsonl', 1, number), ('s.jsonl', 2, number), ('s.jsonl', 3, 'id is a boolean')])
+
+
+def test_csv_ids_are_their_text(tmp_path):
+    # integers in the head: integer ids; any other text later is refused, not made one
+    _file(tmp_path, 'a.csv', b'id,x0\n1,0\n007,0\n -3 ,0\n')
+    _file(tmp_path, 'b.csv', b'id,x0\n1.0,0\ntrue,0\nx,0\n,0\n4,0\n')
+    assert _both_reads(str(tmp_path / '*.csv')) == ([1, 7, -3, 4], [
+        ('b.csv', 0, 'id is not an integer'), ('b.csv', 1, 'id is not an integer'),
+        ('b.csv', 2, 'id is not an integer'), ('b.csv', 3, 'missing id')])
+    # text that is not all integers: the ids are the text as written
+    _file(tmp_path, 't.csv', b'id,x0\n1.0,0\n2,0\ntrue,0\n')
+    assert _both_reads(str(tmp_path / 't.csv')) == (['1.0', '2', 'true'], [])
+
+
+def test_dictionary_encoded_ids_and_features(tmp_path):
+    from beamml.transforms.io import Layout, RowBatch, to_points
+    pq.write_table(pa.table({'id': pa.array(['a', 'b', 'a']).dictionary_encode(),
+                             'x0': [1.0, 2.0, 3.0]}), str(tmp_path / 'd.parquet'))
+    table, dead = read_table_files(str(tmp_path / 'd.parquet'))
+    assert table.column('id').to_pylist() == ['a', 'b', 'a'] and dead == []
+    # a dictionary-encoded feature column (an Arrow batch, e.g. a Pub/Sub message)
+    layout = Layout('parquet', ('id', 'x0', 'f'), 'id', 'string', ('x0', 'f'), False, 2)
+    batch = pa.RecordBatch.from_arrays(
+        [pa.array(['p', 'q']), pa.array([1.5, 2.5]).dictionary_encode(),
+         pa.array(['3', 'x']).dictionary_encode()], names=['id', 'x0', 'f'])
+    out, dead = to_points(RowBatch(batch, np.arange(2), None), layout, 'm')
+    assert out.column('features').to_pylist() == [[1.5, 3.0]]
+    assert [d['reason'] for d in dead] == ["value in 'f' is not a number"]
+
+
+def test_a_csv_integer_id_with_a_plus_sign_in_a_text_block(tmp_path):
+    # '+5' is an integer (INT_RE) but not to pyarrow's cast: a traceback before
+    _file(tmp_path, 'p1.csv', b'id,x0\n1,1\n')
+    _file(tmp_path, 'p2.csv', b'id,x0\n+5,2\nz,3\n')
+    assert _both_reads(str(tmp_path / 'p*.csv')) == ([1, 5], [
+        ('p2.csv', 1, 'id is not an integer')])
+
+
+# ------------------------------------------------------------ 9. text as read, any length
+
+def test_a_jsonl_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    path = _file(tmp_path, 'b.jsonl', b'\xef\xbb\xbf{"id": 1, "x0": 1.0}\n{"id": 2, "x0": 2.0}\n')
+    table, dead = read_table_files(path)
+    assert table.column('id').to_pylist() == [1, 2] and dead == []
+    path = _file(tmp_path, 'c.jsonl', b'\xef\xbb\xbf{"id": 1, "x0": 1.0}\n{"id": 2, "x0": "a"}\n')
+    _, dead = read_table_files(path)
+    assert [(d['row'], d['line']) for d in dead] == [(1, 2)]
+
+
+def test_a_10_mb_json_line_and_a_12_mb_csv_header_are_read(tmp_path):
+    big = 'a' * 10_000_000
+    for first in (True, False):   # the head (the layout) and the reader
+        lines = [json.dumps({'id': 1, 'x0': 1.0, 'note': big}), json.dumps({'id': 2, 'x0': 2.0})]
+        path = _file(tmp_path, f'j{first}.jsonl',
+                     ('\n'.join(lines if first else lines[::-1]) + '\n').encode())
+        table, dead = read_table_files(path)
+        assert sorted(table.column('id').to_pylist()) == [1, 2] and dead == []
+        rows, dead = _table_read(path)
+        assert sorted(len(r['note'] or '') for r in rows) == [0, 10_000_000] and dead == []
+    name = 'n' * 12_000_000
+    path = _file(tmp_path, 'h.csv', f'id,x0,{name}\n1,2.5,3\n2,3.5,4\n'.encode())
+    table, dead = read_table_files(path, feature_columns=['x0'])
+    assert table.column('features').to_pylist() == [[2.5], [3.5]] and dead == []
+    rows, dead = _table_read(path)
+    assert [r[name] for r in rows] == [3, 4]
+
+
+def test_a_csv_number_beyond_float64_is_quoted_as_written(tmp_path):
+    path = _file(tmp_path, 'o.csv', b'id,x0\n1,1.5\n2,1e400\n3,-1e999\n')
+    _, dead = read_table_files(path)
+    assert [(d['reason'], d['record']) for d in dead] == [
+        ('infinite feature value', {'id': '2', 'x0': '1e400'}),
+        ('infinite feature value', {'id': '3', 'x0': '-1e999'})]
+    rc, out, err = _cli(['index_ids', '--input', path, '--id_column', 'id'], tmp_path)
+    assert rc == 0, err.decode('utf-8', 'replace')[-3000:]
+    (errors,) = glob.glob(str(tmp_path / 'out' / 'r-errors-*.jsonl'))
+    assert [(d['row'], d['reason'], d['record']) for d in map(json.loads, open(errors))] == [
+        (1, "value in 'x0' is out of the float64 range", {'id': 2, 'x0': '1e400'}),
+        (2, "value in 'x0' is out of the float64 range", {'id': 3, 'x0': '-1e999'})]
+
+
+# ------------------------------------------------------------ 10. inputs that are not files
+
+def test_dev_zero_and_a_fifo_are_not_regular_files(tmp_path):
+    import os
+    os.mkfifo(str(tmp_path / 'f.csv'))   # nothing writes to it: reading it would block
+    for argv, what in ((['--input', '/dev/zero', '--input_format', 'csv'],
+                        r'/dev/zero is not a regular file \(a character device\)'),
+                       (['--input', '{dir}/f.csv'], r'f\.csv is not a regular file \(a FIFO\)'),
+                       (['--input', '{dir}/*.csv'], r'f\.csv is not a regular file \(a FIFO\)')):
+        rc, _, err = _cli(['norms'] + argv, tmp_path)
+        line = _one_line_error(rc, err)
+        assert re.search(what, line), line
+
+
+def test_broken_symbolic_links_of_a_glob_are_named(tmp_path):
+    import os
+    _file(tmp_path, 'd/a.csv', b'id,x0\n1,2\n')
+    os.symlink(str(tmp_path / 'd' / 'loop.csv'), str(tmp_path / 'd' / 'loop.csv'))
+    rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    line = _one_line_error(rc, err)
+    assert re.search(r'd/loop\.csv is a broken symbolic link', line), line
+    os.remove(str(tmp_path / 'd' / 'loop.csv'))
+    os.symlink(str(tmp_path / 'nowhere.csv'), str(tmp_path / 'd' / 'gone.csv'))
+    rc, _, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    line = _one_line_error(rc, err)
+    assert re.search(r'd/gone\.csv is a broken symbolic link', line), line
+    with pytest.raises(BeammlError, match=r'd/gone\.csv is a broken symbolic link'):
+        inspect_input(str(tmp_path / 'd' / 'gone.csv'))   # the CLI: "no input" (exit 4)
+    os.remove(str(tmp_path / 'd' / 'gone.csv'))
+    rc, out, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
+    assert rc == 0 and 'records_read=1 records_ok=1' in out

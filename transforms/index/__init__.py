@@ -9,22 +9,24 @@ Modules:
   arrays (normalise_ids, source_keys, first_keys, number_ids, dense_index, id2idx_schema);
 * :mod:`~beamml.transforms.index.lookup`: :class:`IdIndex` (id <-> idx, vectorised,
   no Beam) and :func:`read_id2idx`;
-* :mod:`~beamml.transforms.index.schemas`: one schema across input files
-  (promote_types, conform_batch);
+* :mod:`~beamml.transforms.index.schemas`: one type per column across input files
+  (input_types, conform_to_input, promote_types, conform_batch);
 * :mod:`~beamml.transforms.index.transforms`: the Beam adapters (MinKeyPerIdFn,
-  UnifySchemasFn) and composites (BuildIdIndex, EncodeIds, IndexIds).
+  UnifySchemasFn, ConformToInputFn) and composites (BuildIdIndex, EncodeIds, IndexIds).
 """
 from beamml.transforms.index.kernels import (ORDERS, ROW_BITS, dense_index, first_keys,
                                              id2idx_schema, normalise_ids, number_ids,
                                              source_keys)
 from beamml.transforms.index.lookup import IdIndex, read_id2idx
-from beamml.transforms.index.schemas import conform_batch, promote_types
-from beamml.transforms.index.transforms import (BuildIdIndex, EncodeIds, IndexIds,
-                                                MinKeyPerIdFn, UnifySchemasFn, table_batches)
+from beamml.transforms.index.schemas import (conform_batch, conform_to_input, input_types,
+                                             promote_types)
+from beamml.transforms.index.transforms import (BuildIdIndex, ConformToInputFn, EncodeIds,
+                                                IndexIds, MinKeyPerIdFn, UnifySchemasFn,
+                                                table_batches)
 
 __all__ = [
     'ORDERS', 'ROW_BITS', 'source_keys', 'first_keys', 'number_ids', 'dense_index',
-    'id2idx_schema', 'normalise_ids', 'promote_types', 'conform_batch', 'read_id2idx',
-    'IdIndex', 'MinKeyPerIdFn', 'UnifySchemasFn', 'BuildIdIndex', 'EncodeIds', 'IndexIds',
-    'table_batches',
+    'id2idx_schema', 'normalise_ids', 'promote_types', 'conform_batch', 'input_types',
+    'conform_to_input', 'read_id2idx', 'IdIndex', 'MinKeyPerIdFn', 'UnifySchemasFn',
+    'ConformToInputFn', 'BuildIdIndex', 'EncodeIds', 'IndexIds', 'table_batches',
 ]

@@ -1,23 +1,67 @@
 """Table schemas across input files: the one type a column is written as, and batches cast to it.
 
-Files of one table may disagree (a CSV file read as text, another as numbers;
-ints in one, floats in another): :func:`promote_types` decides the type both
-meet as, :func:`add_schema` / :func:`unified_schema` fold every batch's schema
-into the one schema (the maths of :class:`~beamml.transforms.index.beam.UnifySchemasFn`),
-and :func:`conform_batch` casts a batch to it.
+A column of the first file keeps the type its head has (:func:`input_types`) for the
+whole input: :func:`conform_to_input` reads each batch's column as that type (a CSV
+block read as text, a later Parquet file of int32, a JSON block of floats) and
+refuses, never changes, a value that is not of it. A column the first file does not
+have is typed by the files that do: :func:`promote_types` decides the type they meet
+as, :func:`add_schema` / :func:`unified_schema` fold every batch's schema into the one
+schema (the maths of :class:`~beamml.transforms.index.transforms.UnifySchemasFn`), and
+:func:`conform_batch` casts a batch to it.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamml.transforms.io import BeammlError
-from beamml.transforms.io.types import SOURCE_COLUMNS
+from beamml.transforms.io.casts import to_type
+from beamml.transforms.io.types import (SOURCE_COLUMNS, is_nested_type, is_string_type,
+                                        value_type)
 
-__all__ = ['promote_types', 'add_schema', 'unified_schema', 'schema_without_source',
-           'conform_batch']
+__all__ = ['input_types', 'conform_to_input', 'promote_types', 'add_schema',
+           'unified_schema', 'schema_without_source', 'conform_batch']
+
+
+def input_types(layout) -> dict[str, pa.DataType]:
+    """{column: the type it keeps for the whole input}: the first file's head's (the
+    values of a dictionary; a CSV column empty there is text), but the id column (ids
+    have rules of their own) and a column whose type the head leaves open (all null)
+    or that holds lists or objects (lists of numbers and of others meet in
+    :func:`promote_types`)."""
+    types = {}
+    for field in layout.head_schema or ():
+        t = value_type(field.type)
+        if pa.types.is_null(t) and layout.input_format == 'csv':
+            t = pa.string()
+        if field.name != layout.id_column and not pa.types.is_null(t) and \
+                not is_nested_type(t):
+            types[field.name] = t
+    return types
+
+
+def conform_to_input(batch: pa.RecordBatch, types: Mapping[str, pa.DataType], text: bool,
+                     why) -> pa.RecordBatch:
+    """``batch`` with each column of ``types`` as that type (:func:`~beamml.transforms.io.
+    casts.to_type`); a value that is not of it is null and its row marked in ``why`` (a
+    RowReasons): ``value in 'v' is not an integer``, ``value in 'v' is a number, the
+    column holds text``. ``text``: a string column holds the text of a CSV file (``"7"``
+    is 7 in an integer column). A column of lists or objects is left (where the input
+    has scalars, the JSON lines reader refused its values; files of other formats that
+    disagree so are a BeammlError of promote_types)."""
+    for i, field in enumerate(batch.schema):
+        want = types.get(field.name)
+        if want is None or field.type.equals(want) or is_nested_type(field.type):
+            continue
+        values, refusals = to_type(batch.column(i), want,
+                                   text=text and is_string_type(value_type(field.type)))
+        for mask, reason in refusals:
+            if mask.any():
+                why.mark(mask, f'value in {field.name!r} {reason}')
+        batch = batch.set_column(i, field.name, values)
+    return batch
 
 
 def promote_types(a: pa.DataType, b: pa.DataType, name: str = '') -> pa.DataType:

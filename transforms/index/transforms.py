@@ -17,18 +17,20 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 
 from beamml.transforms.index.kernels import (MAX_FILES, ORDERS, file_ranks, first_keys,
                                              first_keys_schema, merge_first_keys,
                                              normalise_ids, number_ids, source_keys)
 from beamml.transforms.index.lookup import IdIndex
-from beamml.transforms.index.schemas import (add_schema, conform_batch, schema_without_source,
-                                             unified_schema)
-from beamml.transforms.io import BeammlError
+from beamml.transforms.index.schemas import (add_schema, conform_batch, conform_to_input,
+                                             schema_without_source, unified_schema)
+from beamml.transforms.io import ERRORS, BeammlError, RecordCounters, RowReasons, dead_letter
+from beamml.transforms.io.rows import source_of
 
-__all__ = ['MinKeyPerIdFn', 'UnifySchemasFn', 'BuildIdIndex', 'EncodeIds', 'IndexIds',
-           'table_batches']
+__all__ = ['MinKeyPerIdFn', 'UnifySchemasFn', 'ConformToInputFn', 'BuildIdIndex', 'EncodeIds',
+           'IndexIds', 'table_batches']
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -117,6 +119,32 @@ class UnifySchemasFn(beam.CombineFn):
         return unified_schema(acc, self.columns)
 
 
+class ConformToInputFn(beam.DoFn):
+    """Batch (with ``_file``, ``_row``, ``_line``) -> the batch with each column of
+    ``types`` as that type (:func:`~beamml.transforms.index.schemas.conform_to_input`);
+    a row with a value that is not is a dead letter on ``ERRORS``, moved from the
+    records accepted to the refused (:class:`RecordCounters`)."""
+
+    def __init__(self, types: dict, text: bool):
+        self.types, self.text = dict(types), text
+        self.counters = RecordCounters()
+
+    def process(self, batch: pa.RecordBatch):
+        why = RowReasons(batch.num_rows)
+        out = conform_to_input(batch, self.types, self.text, why)
+        bad = np.flatnonzero(why.refused)
+        if len(bad):
+            self.counters.refuse_accepted(len(bad))
+            values = schema_without_source(batch).names
+            records = batch.select(values).take(pa.array(bad)).to_pylist()
+            for (path, row, line), i, record in zip(source_of(batch, bad), bad, records):
+                yield beam.pvalue.TaggedOutput(ERRORS, dead_letter(
+                    path, row, line, why.texts[why.code[i]], record))   # refused rows only
+            out = out.filter(pa.array(~why.refused))
+        if out.num_rows:
+            yield out
+
+
 class _EncodeFn(beam.DoFn):
     """Append ``idx`` to a batch (its id column looked up in the id2idx side input)."""
 
@@ -197,23 +225,32 @@ class EncodeIds(beam.PTransform):
 class IndexIds(beam.PTransform):
     """Batches of ``ReadTable(..., id_column=C, source_columns=True)`` -> id2idx and encoded.
 
-    Returns ``{'id2idx': PCollection of one pa.Table (id, idx), 'encoded':
-    PCollection of RecordBatches (the input columns + idx)}``.
+    ``input_types`` ({column: type}, :func:`~beamml.transforms.index.schemas.input_types`
+    of the read's layout): each such column keeps that type in every batch, and a row
+    whose value is not of it is refused (``text``: the input is CSV, whose blocks may
+    come as text). Returns ``{'id2idx': PCollection of one pa.Table (id, idx),
+    'encoded': PCollection of RecordBatches (the input columns + idx), 'errors': the
+    dead letters of the rows refused here}``.
     """
 
     def __init__(self, id_column: str, paths: Sequence[str], *, order: str = 'first_seen',
                  id_type: pa.DataType = pa.int64(), columns: Sequence[str] = (),
+                 input_types: dict | None = None, text: bool = False,
                  label: str | None = None):
         super().__init__(label)
         self.id_column, self.paths, self.order = id_column, list(paths), order
         self.id_type, self.columns = id_type, tuple(columns)
+        self.input_types, self.text = dict(input_types or {}), text
 
     def expand(self, batches):
-        ids = batches | 'NormaliseIds' >> beam.Map(self._normalise, self.id_column, self.id_type)
+        checked = batches | 'ConformToInput' >> beam.ParDo(
+            ConformToInputFn(self.input_types, self.text)).with_outputs(ERRORS, main='batches')
+        ids = checked.batches | 'NormaliseIds' >> beam.Map(self._normalise, self.id_column,
+                                                            self.id_type)
         id2idx = ids | 'BuildIdIndex' >> BuildIdIndex(
             self.id_column, self.paths, order=self.order, id_type=self.id_type)
         encoded = ids | 'EncodeIds' >> EncodeIds(self.id_column, id2idx, columns=self.columns)
-        return {'id2idx': id2idx, 'encoded': encoded}
+        return {'id2idx': id2idx, 'encoded': encoded, 'errors': checked[ERRORS]}
 
     @staticmethod
     def _normalise(batch: pa.RecordBatch, id_column: str, id_type: pa.DataType):

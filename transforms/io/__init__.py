@@ -3,10 +3,13 @@
 Modules, from the bottom up:
 
 - ``types``: Arrow type tests and the text grammar of numbers.
+- ``casts``: casts of a column to a type that refuse, never change, a value (to_type).
 - ``documents``: the one JSON policy and small files beside the results.
 - ``errors``: BeammlError, dead-letter records, the record counters.
 - ``layout``: the Layout of an input, format names, input matching.
-- ``rows``: RowBatch, the vectorised row checks (RowReasons), to_points.
+- ``ids``: the id rules (read_ids): int64 or strings, one type for the whole input.
+- ``rows``: RowBatch (and RawRecords, the bytes a row was read from), the vectorised row
+  checks (RowReasons), to_points.
 - ``parquetio``, ``csvio``, ``jsonio``, ``npyio``: one reader per format, file -> RowBatches.
 - ``inspection``: inspect_input, the Layout decided from the head of the first file.
 - ``sources``: read planning, ReadPoints, ReadTable, read_table_files.

@@ -25,8 +25,9 @@ import pyarrow.csv as pcsv
 
 from beamml.transforms.io.errors import BeammlError, dead_letter
 from beamml.transforms.io.layout import HEAD_BYTES, Layout, printable
-from beamml.transforms.io.rows import BATCH_ROWS, RowBatch, int64_or_null
-from beamml.transforms.io.types import INT_RE
+from beamml.transforms.io.casts import int64_or_null
+from beamml.transforms.io.rows import BATCH_ROWS, RawRecords, RowBatch
+from beamml.transforms.io.types import INT_RE, is_string_type, value_type
 
 __all__ = ['csv_head', 'read_csv']
 
@@ -158,15 +159,19 @@ class _Block(NamedTuple):
     rows: np.ndarray     # data row (0-based, in the file) of each good record
     lines: np.ndarray    # physical line (1-based) of each good record
     dead: list           # dead letters of the records that are not UTF-8
+    starts: np.ndarray   # where each good record starts in the payload
+    ends: np.ndarray     # and ends (its line end excluded)
+    header: bytes = b''
 
 
 def _blocks(f, path: str, block_bytes: int, limit: int | None = None
             ) -> Iterator[tuple[list[str], _Block]]:
     """(header names, block) for each block of whole records of the open file ``f``
     (one block of no rows for a file of a header only); the header is checked
-    first. ``limit``: stop after the records of about that many bytes."""
+    first. ``limit``: stop after the records of about that many bytes (read past the
+    header: a header longer than ``limit`` still gets rows)."""
     header = names = None
-    line_base = row_base = read = 0
+    line_base = row_base = read = head_at = 0
     rest = b''
     empty = np.zeros(0, dtype=np.int64)
     yielded = False
@@ -188,6 +193,7 @@ def _blocks(f, path: str, block_bytes: int, limit: int | None = None
             _check_header(path, header)
             names = _header_names(path, header)
             starts, ends, lines = starts[1:], ends[1:], lines[1:]
+            head_at = read
         rest = data[fr.cut:]
         line_base += fr.n_lines
         n = len(starts)
@@ -197,33 +203,48 @@ def _blocks(f, path: str, block_bytes: int, limit: int | None = None
             bad = _invalid_utf8(data, starts, fr.cut)
             dead = [dead_letter(path, rows[i], lines[i], f'invalid UTF-8 at byte {b}',
                                 data[starts[i]:ends[i]]) for i, b in bad]
+            # where each record lands in the payload: after the header, less the bad
+            # records cut out before it
+            shift = len(header) + 1 - int(starts[0])
             if bad:
                 cuts = [i for i, _ in bad]
                 pieces, pos = [], int(starts[0])
+                removed = np.zeros(n, dtype=np.int64)
                 for i in cuts:   # a loop over the bad records only
                     pieces.append(data[pos:starts[i]])
                     pos = int(starts[i + 1]) if i + 1 < n else fr.cut
+                    removed[i] = pos - int(starts[i])
                 pieces.append(data[pos:fr.cut])
                 body = b''.join(pieces)
+                shift = shift - (np.cumsum(removed) - removed)
                 good = np.ones(n, dtype=bool)
                 good[cuts] = False
                 rows, lines = rows[good], lines[good]
+                starts, ends, shift = starts[good], ends[good], shift[good]
             else:
                 body = data[starts[0]:fr.cut]
             yielded = True
-            yield names, _Block(header + b'\n' + body, rows, lines, dead)
-        if final or (limit is not None and read >= limit and header is not None):
+            yield names, _Block(header + b'\n' + body, rows, lines, dead, starts + shift,
+                                ends + shift, header)
+        if final or (limit is not None and header is not None and read >= limit and
+                     (yielded or read - head_at >= limit)):
             break
     if header is None:
         raise BeammlError(f'{path} is not a text CSV file (no header)')
     if not yielded:
-        yield names, _Block(header + b'\n', empty, empty, [])
+        yield names, _Block(header + b'\n', empty, empty, [], empty, empty, header)
+
+
+def _read_options(payload: bytes) -> pcsv.ReadOptions:
+    """One pyarrow block for the whole payload, however long a record (a header of
+    12 MB is read, not 'empty')."""
+    return pcsv.ReadOptions(use_threads=False, block_size=max(len(payload) + 1, 1 << 16))
 
 
 def _header_names(path: str, header: bytes) -> list[str]:
     try:
         return pcsv.read_csv(io.BytesIO(header + b'\n'),
-                             read_options=pcsv.ReadOptions(use_threads=False)).column_names
+                             read_options=_read_options(header + b'\n')).column_names
     except pa.ArrowInvalid as e:
         raise BeammlError(f'{path}: cannot read its header: {printable(str(e))}') from e
 
@@ -242,9 +263,7 @@ def _parse(path: str, block: _Block, types: dict, include: list[str] | None
         return 'skip'
 
     table = pcsv.read_csv(
-        io.BytesIO(block.payload),
-        read_options=pcsv.ReadOptions(use_threads=False,
-                                      block_size=max(len(block.payload) + 1, 1 << 16)),
+        io.BytesIO(block.payload), read_options=_read_options(block.payload),
         parse_options=pcsv.ParseOptions(invalid_row_handler=on_invalid,
                                         newlines_in_values=True),
         convert_options=pcsv.ConvertOptions(
@@ -256,14 +275,23 @@ def _parse(path: str, block: _Block, types: dict, include: list[str] | None
     return table, bad, texts, reasons
 
 
-def _types(layout: Layout, names: list[str], as_strings: bool, pinned: dict | None) -> dict:
+def _head_types(layout: Layout) -> dict:
+    """A table's column types, for every file: those of the first file's head (a column
+    empty there is text), so that one column keeps one type across the input."""
+    types = {}
+    for field in layout.head_schema or ():
+        t = value_type(field.type)
+        types[field.name] = pa.string() if pa.types.is_null(t) else t
+    if layout.id_column:
+        types[layout.id_column] = layout.id_arrow_type
+    return types
+
+
+def _types(layout: Layout, names: list[str], as_strings: bool) -> dict:
     if not layout.feature_columns:   # a table: every column
         if as_strings:
             return {c: pa.string() for c in names}
-        types = dict(pinned or {})
-        if layout.id_column:
-            types[layout.id_column] = layout.id_arrow_type
-        return types
+        return _head_types(layout)
     types = {}
     if layout.id_column:
         types[layout.id_column] = pa.string() if as_strings else layout.id_arrow_type
@@ -275,10 +303,22 @@ def _types(layout: Layout, names: list[str], as_strings: bool, pinned: dict | No
     return types
 
 
+def _overflows(table: pa.Table) -> bool:
+    """Whether a float column of a table read holds inf: the text may be a number beyond
+    float64 (``1e400``), which the table must not hold as inf; the block is then read
+    as text, where the value is told from ``inf``."""
+    return any(pa.types.is_floating(c.type) and c.null_count < len(c) and
+               pc.any(pc.is_inf(c)).as_py() for c in table.columns)
+
+
 def read_csv(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
-    """RowBatches of the layout's columns and dead letters of malformed rows, in file order."""
+    """RowBatches of the layout's columns and dead letters of malformed rows, in file order.
+
+    A table read (no feature columns) types every column as the first file's head
+    does; a block where a value does not convert is read as text (the rows are then
+    checked against those types by the step that needs them, e.g. index_ids).
+    """
     include = layout.read_columns()
-    pinned = None
     for names, block in _blocks(f, path, _BLOCK_BYTES):
         missing = [c for c in include or [] if c not in names]
         if missing:
@@ -287,17 +327,36 @@ def read_csv(f, path: str, layout: Layout) -> Iterator[RowBatch | dict]:
                               f'from the first file: {", ".join(layout.columns)})')
         try:
             table, bad, texts, reasons = _parse(
-                path, block, _types(layout, names, False, pinned), include)
-            if pinned is None and not layout.feature_columns:
-                pinned = dict(zip(table.column_names, table.schema.types))
+                path, block, _types(layout, names, False), include)
+            if not layout.feature_columns and _overflows(table):
+                raise pa.ArrowInvalid('a number beyond float64')
         except pa.ArrowInvalid:
             try:   # a value that does not convert: this block as text
                 table, bad, texts, reasons = _parse(
-                    path, block, _types(layout, names, True, None), include)
+                    path, block, _types(layout, names, True), include)
             except pa.ArrowInvalid as e:
                 raise BeammlError(f'{path} is not a readable CSV file: '
                                   f'{printable(str(e))}') from e
         yield from _emit(path, table, block, bad, texts, reasons)
+
+
+def _text_records(header: bytes, columns: list[str]):
+    """A decoder of raw records (:class:`RawRecords`): each record's fields as the text
+    the file holds (an empty field is null, as the reader reads it)."""
+    def decode(raws: list[bytes]) -> list[dict] | None:
+        payload = header + b'\n' + b'\n'.join(raws) + b'\n'
+        try:
+            t = pcsv.read_csv(
+                io.BytesIO(payload), read_options=_read_options(payload),
+                parse_options=pcsv.ParseOptions(newlines_in_values=True),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={c: pa.string() for c in columns}, include_columns=columns,
+                    null_values=[''], strings_can_be_null=True,
+                    quoted_strings_can_be_null=False))
+        except (pa.ArrowInvalid, UnicodeDecodeError):
+            return None
+        return t.to_pylist() if t.num_rows == len(raws) else None
+    return decode
 
 
 def _emit(path, table, block, bad, texts, reasons):
@@ -306,9 +365,13 @@ def _emit(path, table, block, bad, texts, reasons):
     dead += [dead_letter(path, block.rows[j], block.lines[j], r, t)
              for j, t, r in zip(bad, texts, reasons)]
     dead.sort(key=lambda d: d['row'])
-    keep = np.ones(len(block.rows), dtype=bool)
-    keep[bad] = False
-    rows, lines = block.rows[keep], block.lines[keep]
+    rows, lines, starts, ends = block.rows, block.lines, block.starts, block.ends
+    if bad:
+        keep = np.ones(len(rows), dtype=bool)
+        keep[bad] = False
+        rows, lines, starts, ends = rows[keep], lines[keep], starts[keep], ends[keep]
+    raw = RawRecords(block.payload, starts, ends, _text_records(block.header,
+                                                                table.column_names))
     k = 0
     start = 0
     for b in table.combine_chunks().to_batches(max_chunksize=BATCH_ROWS):
@@ -317,7 +380,8 @@ def _emit(path, table, block, bad, texts, reasons):
         while k < len(dead) and dead[k]['row'] <= last:
             yield dead[k]
             k += 1
-        yield RowBatch(b, rows[start:start + n], lines[start:start + n])
+        part = slice(start, start + n)
+        yield RowBatch(b, rows[part], lines[part], raw.take(part))
         start += n
     yield from dead[k:]
 
@@ -329,32 +393,29 @@ def csv_head(f, path: str, id_column: str | None = None) -> tuple[pa.Table, int]
     and how many data records the head holds (refused ones included).
 
     Records that are not UTF-8 are left out, so that a column is typed by its
-    other values. An integer id column with a value beyond int64 (which pyarrow
-    infers as float64) is int64, the out-of-range values null (refused later).
+    other values. The id column is int64 when every id of the head that is not blank
+    is an integer (``INT_RE``; one beyond int64 is null there, refused later), else
+    the text as written: CSV holds text, and ``1.0`` or ``true`` is an id of text.
     """
     for names, block in _blocks(f, path, HEAD_BYTES, limit=HEAD_BYTES):
         n_records = len(block.rows) + len(block.dead)
-        table = pcsv.read_csv(
-            io.BytesIO(block.payload),
-            read_options=pcsv.ReadOptions(use_threads=False,
-                                          block_size=max(len(block.payload) + 1, 1 << 16)),
-            parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: 'skip',
-                                            newlines_in_values=True))
-        if id_column in table.column_names and pa.types.is_floating(
-                table.schema.field(id_column).type):
-            text = pcsv.read_csv(
-                io.BytesIO(block.payload),
-                read_options=pcsv.ReadOptions(use_threads=False,
-                                              block_size=max(len(block.payload) + 1, 1 << 16)),
-                parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: 'skip',
-                                                newlines_in_values=True),
-                convert_options=pcsv.ConvertOptions(
-                    include_columns=[id_column], column_types={id_column: pa.string()},
-                    null_values=[''], strings_can_be_null=True)).column(0).combine_chunks()
+        options = dict(read_options=_read_options(block.payload),
+                       parse_options=pcsv.ParseOptions(invalid_row_handler=lambda row: 'skip',
+                                                       newlines_in_values=True))
+        table = pcsv.read_csv(io.BytesIO(block.payload), **options)
+        if id_column in table.column_names:
+            text = pcsv.read_csv(io.BytesIO(block.payload), convert_options=pcsv.ConvertOptions(
+                include_columns=[id_column], column_types={id_column: pa.string()},
+                null_values=[''], strings_can_be_null=True), **options).column(0)
+            text = text.combine_chunks()
             present = pc.drop_null(text)
+            present = present.filter(pc.not_equal(pc.utf8_trim_whitespace(present), ''))
+            i = table.column_names.index(id_column)
             if len(present) and pc.all(pc.match_substring_regex(present, INT_RE)).as_py():
-                ids, _ = int64_or_null(text)
-                i = table.column_names.index(id_column)
+                ids, _ = int64_or_null(pc.if_else(
+                    pc.match_substring_regex(text, INT_RE), text, pa.scalar(None, pa.string())))
                 table = table.set_column(i, id_column, ids)
+            elif not is_string_type(table.schema.field(i).type):
+                table = table.set_column(i, id_column, text)
         return table, n_records
     raise AssertionError('unreachable: _blocks yields a block or raises')

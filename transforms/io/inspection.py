@@ -17,12 +17,12 @@ import pyarrow.compute as pc
 from beamml.transforms.io.objects import open_file
 from beamml.transforms.io.csvio import csv_head
 from beamml.transforms.io.errors import BeammlError
-from beamml.transforms.io.jsonio import jsonl_head
-from beamml.transforms.io.layout import HEAD_BYTES, Layout, format_of, match_input, printable
+from beamml.transforms.io.jsonio import jsonl_head, read_head_bytes
+from beamml.transforms.io.layout import Layout, format_of, match_input, printable
 from beamml.transforms.io.npyio import npy_header
 from beamml.transforms.io.parquetio import parquet_head
 from beamml.transforms.io.types import (NUMBER_RE, is_list_type, is_numeric_type,
-                                        is_string_type)
+                                        is_string_type, value_type)
 
 __all__ = ['inspect_input']
 
@@ -38,7 +38,7 @@ def _head_table(path: str, fmt: str, id_column: str | None) -> tuple[pa.Table, b
             head, n_records = csv_head(f, path, id_column)
             return head, n_records > 0
         if fmt == 'jsonl':
-            has_rows = bool(f.read(HEAD_BYTES).strip())
+            has_rows = bool(read_head_bytes(f).strip())
             f.seek(0)
             return jsonl_head(f, path, id_column), has_rows
         raise AssertionError(fmt)
@@ -65,6 +65,18 @@ def _first_head(paths: list[str], fmt: str, id_column: str | None, file_pattern:
     if first is None:
         raise _no_rows(file_pattern, len(paths))
     return first
+
+
+def _id_type(fmt: str, t: pa.DataType) -> str:
+    """The input's id type from its first file's: 'int64' for integers (a CSV head of
+    integer texts, see csv_head) and, but in CSV, numbers (an integral float or decimal
+    is an integer, others are refused); else 'string' (values of other kinds are refused:
+    :mod:`~beamml.transforms.io.ids`)."""
+    t = value_type(t)
+    if pa.types.is_integer(t) or (fmt != 'csv' and (pa.types.is_floating(t) or
+                                                   pa.types.is_decimal(t))):
+        return 'int64'
+    return 'string'
 
 
 def _no_rows(file_pattern: str, n: int) -> BeammlError:
@@ -185,9 +197,7 @@ def inspect_input(file_pattern: str, *, input_format: str | None = None,
     if id_column is not None and id_column not in columns:
         raise BeammlError(f'{first} has no id column {id_column!r}; '
                           f'its columns are {", ".join(columns)}')
-    id_type = 'string'
-    if id_column is not None and pa.types.is_integer(schema.field(id_column).type):
-        id_type = 'int64'
+    id_type = _id_type(fmt, schema.field(id_column).type) if id_column else 'string'
     if weight_column is not None:
         if weight_column not in columns:
             raise BeammlError(f'{first} has no weight column {weight_column!r}; '

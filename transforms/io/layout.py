@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import stat
 
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
@@ -85,7 +87,10 @@ def format_of(path: str, input_format: str | None) -> str:
 def match_input(file_pattern: str) -> list[tuple[str, int]]:
     """(path, size) of every file matching the pattern, in path order.
 
-    Raises BeammlError when nothing matches or a matched file is empty.
+    Raises BeammlError when nothing matches, a matched file is empty or, locally, a
+    matched path is not a regular file (a FIFO, a device such as ``/dev/zero``: never
+    opened, so never waited on) or is a broken symbolic link (which Beam's matching
+    leaves out without a word).
     """
     try:
         results = FileSystems.match([file_pattern])
@@ -93,6 +98,8 @@ def match_input(file_pattern: str) -> list[tuple[str, int]]:
         raise BeammlError(f'cannot list input {file_pattern}: {e}') from e
     files = sorted((m.path, m.size_in_bytes) for r in results for m in r.metadata_list)
     files = [f for f in files if not f[0].endswith('/')]
+    if '://' not in file_pattern:
+        _check_local(file_pattern, [p for p, _ in files])
     if not files:
         raise BeammlError(f'no input file matches {file_pattern}')
     empty = [p for p, size in files if size == 0]
@@ -100,3 +107,37 @@ def match_input(file_pattern: str) -> list[tuple[str, int]]:
         raise BeammlError(f'input file {empty[0]} is empty (0 bytes)'
                           + (f', and {len(empty) - 1} more' if len(empty) > 1 else ''))
     return files
+
+
+_FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
+               (stat.S_ISBLK, 'a block device'), (stat.S_ISSOCK, 'a socket'),
+               (stat.S_ISDIR, 'a directory'))
+
+
+def _check_local(file_pattern: str, paths: list[str]) -> None:
+    """BeammlError for a local input that is not a regular file, or a broken symbolic link
+    the pattern matches (its target missing, or a loop)."""
+    for path in paths:
+        try:
+            mode = os.stat(path).st_mode
+        except OSError as e:
+            raise BeammlError(f'input file {path} cannot be read: {e.strerror}') from None
+        if not stat.S_ISREG(mode):
+            what = next((name for test, name in _FILE_KINDS if test(mode)), 'not a file')
+            raise BeammlError(f'input file {path} is not a regular file ({what})')
+    prefix = re.match(r'^[^[*?]*', file_pattern).group(0)
+    if prefix == file_pattern:   # one path
+        broken = [file_pattern] if os.path.islink(file_pattern) and \
+            not os.path.exists(file_pattern) else []
+    else:   # what Beam's listing walks, and drops when it cannot stat
+        from apache_beam.io.filesystem import FileMetadata
+        root = os.path.dirname(prefix)
+        links = [os.path.join(d, name) for d, _, names in os.walk(root) if root
+                 for name in names if os.path.islink(os.path.join(d, name))]
+        links = [FileMetadata(p, 0) for p in links if not os.path.exists(p)]
+        fs = FileSystems.get_filesystem(file_pattern)
+        broken = sorted(m.path for m in fs.match_files(links, file_pattern))
+    if broken:
+        raise BeammlError(f'input file {broken[0]} is a broken symbolic link (its target is '
+                          'missing, or a loop)' +
+                          (f', and {len(broken) - 1} more' if len(broken) > 1 else ''))

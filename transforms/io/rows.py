@@ -6,31 +6,51 @@ only to write the dead letters of the refused ones.
 """
 from __future__ import annotations
 
-import posixpath
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamml.transforms.distances import ZERO_VECTOR
 from beamml.transforms.io.errors import BeammlError, dead_letter
+from beamml.transforms.io.ids import read_ids
 from beamml.transforms.io.layout import Layout
-from beamml.transforms.io.types import (INT_RE, NUMBER_RE, SOURCE_COLUMNS, is_list_type,
-                                        is_numeric_type, is_string_type)
+from beamml.transforms.io.types import (NUMBER_RE, SOURCE_COLUMNS, decoded, is_list_type,
+                                        is_numeric_type, is_string_type, kind)
 
-__all__ = ['BATCH_ROWS', 'RowBatch', 'RowReasons', 'features_matrix', 'int64_or_null',
+__all__ = ['BATCH_ROWS', 'RawRecords', 'RowBatch', 'RowReasons', 'features_matrix',
            'points_batch', 'to_points', 'table_checks', 'with_source_columns', 'source_of']
 
 #: rows per RowBatch a reader yields
 BATCH_ROWS = 65536
 
 
-class RowBatch:
-    """A block of rows read from one file: the table and each row's place in the file."""
-    __slots__ = ('table', 'rows', 'lines')
+class RawRecords:
+    """The bytes each row of a batch was read from, ``data[starts[i]:ends[i]]``, and
+    ``decode``, which turns a list of them back into records as the file writes them:
+    a refused row is quoted as read (the CSV text ``1e400``, not the float inf; a JSON
+    integer beyond int64 exactly, not rounded). ``decode`` returns None when it cannot
+    (the caller then quotes the parsed values)."""
+    __slots__ = ('data', 'starts', 'ends', 'decode')
 
-    def __init__(self, table: pa.RecordBatch, rows: np.ndarray, lines: np.ndarray | None):
-        self.table, self.rows, self.lines = table, rows, lines
+    def __init__(self, data: bytes, starts: np.ndarray, ends: np.ndarray, decode):
+        self.data, self.starts, self.ends, self.decode = data, starts, ends, decode
+
+    def take(self, selection) -> 'RawRecords':
+        return RawRecords(self.data, self.starts[selection], self.ends[selection], self.decode)
+
+    def records(self, positions: np.ndarray) -> list | None:
+        spans = zip(self.starts[positions].tolist(), self.ends[positions].tolist())
+        return self.decode([self.data[s:e] for s, e in spans])   # refused rows only
+
+
+class RowBatch:
+    """A block of rows read from one file: the table, each row's place in the file and,
+    for a text format, the bytes each row was read from (:class:`RawRecords`)."""
+    __slots__ = ('table', 'rows', 'lines', 'raw')
+
+    def __init__(self, table: pa.RecordBatch, rows: np.ndarray, lines: np.ndarray | None,
+                 raw: RawRecords | None = None):
+        self.table, self.rows, self.lines, self.raw = table, rows, lines, raw
 
 
 class RowReasons:
@@ -52,13 +72,17 @@ class RowReasons:
     def refused(self) -> np.ndarray:
         return self.code != 0
 
-    def dead_letters(self, table, path: str | None, rows=None, lines=None) -> list[dict]:
+    def dead_letters(self, table, path: str | None, rows=None, lines=None,
+                     raw: RawRecords | None = None) -> list[dict]:
         """Dead letters of the refused rows of ``table``; ``rows`` / ``lines`` give each
-        row's place in its file (None: unknown)."""
+        row's place in its file (None: unknown); ``raw``, the bytes each row was read
+        from, lets the record quote the row as read."""
         bad_idx = np.flatnonzero(self.code)
         if not len(bad_idx):
             return []
-        records = table.take(pa.array(bad_idx)).to_pylist()
+        records = raw.records(bad_idx) if raw is not None else None
+        if records is None:
+            records = table.take(pa.array(bad_idx)).to_pylist()
         return [dead_letter(path, None if rows is None else rows[i],
                             None if lines is None else lines[i], self.texts[self.code[i]], rec)
                 for i, rec in zip(bad_idx, records)]  # a loop over bad rows only
@@ -115,8 +139,7 @@ def _string_to_float(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
 
 def _column_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(float64 values, missing mask, non-numeric mask) of one scalar column."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    arr = decoded(arr)
     bad = np.zeros(len(arr), dtype=bool)
     if is_string_type(arr.type):
         arr, bad = _string_to_float(arr)
@@ -129,94 +152,9 @@ def _column_values(arr: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return values, missing, bad
 
 
-_INT64_MAX = str(2 ** 63 - 1)
-_INT64_MIN_DIGITS = str(2 ** 63)
-
-
-def int64_or_null(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """(int64 values, out of range) of a string column of integers (``INT_RE``, or
-    null): a value beyond int64 is null in the values and True in the mask.
-    Vectorised: the digits without sign and leading zeros, compared as text."""
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    text = pc.utf8_trim_whitespace(arr)
-    digits = pc.replace_substring_regex(text, r'^[-+]?0*', '')
-    length = pc.utf8_length(digits)
-    negative = pc.starts_with(text, '-')
-    limit = pc.if_else(negative, pa.scalar(_INT64_MIN_DIGITS), pa.scalar(_INT64_MAX))
-    over = pc.or_(pc.greater(length, 19),
-                  pc.and_(pc.equal(length, 19), pc.greater(digits, limit)))
-    over = pc.fill_null(over, False)
-    values = pc.cast(pc.if_else(over, pa.scalar(None, pa.string()), text), pa.int64())
-    return values, over.to_numpy(zero_copy_only=False)
-
-
-def _ids(rb: RowBatch, layout: Layout, path: str, why: RowReasons) -> pa.Array:
-    """The ids of a RowBatch as ``layout.id_type``; bad ids are marked in ``why``."""
-    n = rb.table.num_rows
-    if not layout.id_column:
-        name = posixpath.basename(path.rstrip('/')) + ':'
-        return pc.binary_join_element_wise(
-            pa.scalar(name), pc.cast(pa.array(rb.rows), pa.string()), '')
-    if layout.id_column not in rb.table.column_names:  # a JSON block without the key
-        why.mark(np.ones(n, bool), 'missing id')
-        return pa.nulls(n, layout.id_arrow_type)
-    arr = rb.table.column(layout.id_column)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_null(arr.type):
-        arr = pa.nulls(n, layout.id_arrow_type)
-    if arr.null_count:
-        why.mark(arr.is_null().to_numpy(zero_copy_only=False), 'missing id')
-    if is_string_type(arr.type):
-        why.mark(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(arr), ''), False)
-                 .to_numpy(zero_copy_only=False), 'empty id')
-        if layout.id_type == 'int64':
-            ok = pc.fill_null(pc.match_substring_regex(arr, INT_RE), True)
-            why.mark(~ok.to_numpy(zero_copy_only=False), 'id is not an integer')
-            arr, over = int64_or_null(pc.if_else(ok, arr, pa.scalar(None, pa.string())))
-            why.mark(over, 'id is out of the int64 range')
-        return arr
-    if not (is_numeric_type(arr.type) or pa.types.is_boolean(arr.type)):
-        # a JSON id that is a list or an object: no id type holds it
-        wanted = 'a string' if layout.id_type == 'string' else 'an integer'
-        got = 'a JSON list' if is_list_type(arr.type) else 'a JSON object'
-        why.mark(np.ones(n, bool), f'id is not {wanted} ({got})')
-        return pa.nulls(n, layout.id_arrow_type)
-    if layout.id_type == 'string':
-        if pa.types.is_floating(arr.type):   # pyarrow reads a JSON int beyond int64 as a float
-            v = pc.fill_null(pc.cast(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-            with np.errstate(invalid='ignore'):
-                why.mark(~(np.abs(v) < 2.0 ** 53), 'id is a number too large to keep exactly '
-                         '(write it as a string)')
-        return pc.cast(arr, pa.string())
-    if pa.types.is_floating(arr.type):   # a JSON block with an id beyond int64 or 1.5
-        return _float_ids(arr, why)
-    if not pa.types.is_integer(arr.type):
-        why.mark(np.ones(n, bool), 'id is not an integer')
-        return pa.nulls(n, pa.int64())
-    return pc.cast(arr, pa.int64())
-
-
-def _float_ids(arr: pa.Array, why: RowReasons) -> pa.Array:
-    """int64 ids of a float column (pyarrow reads a JSON block of integers as floats
-    when one is beyond int64): exact integers are kept, the others refused."""
-    v = pc.fill_null(pc.cast(arr, pa.float64()), 0.0).to_numpy(zero_copy_only=False)
-    with np.errstate(invalid='ignore'):
-        integral = np.isfinite(v) & (np.floor(v) == v)
-        big = np.abs(v) >= 2.0 ** 63
-    why.mark(~integral, 'id is not an integer')
-    why.mark(big, 'id is out of the int64 range')
-    why.mark(np.abs(v) >= 2.0 ** 53, 'id is not exactly an integer (read as a float)')
-    ok = integral & (np.abs(v) < 2.0 ** 53)   # 2**53 may be 2**53 + 1, rounded
-    ids = np.where(ok, v, 0).astype(np.int64)
-    return pa.array(ids, pa.int64(), mask=~ok | arr.is_null().to_numpy(zero_copy_only=False))
-
-
 def _list_features(arr, col: str, d: int, why: RowReasons) -> np.ndarray:
     n = len(arr)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    arr = decoded(arr)
     if not is_list_type(arr.type):
         why.mark(np.ones(n, bool), f'column {col!r} does not hold lists')
         return np.zeros((n, d))
@@ -255,9 +193,7 @@ def _weights(t, layout: Layout, why: RowReasons) -> np.ndarray:
     if col not in t.column_names:   # a JSON block without the key
         why.mark(np.ones(n, bool), 'missing weight')
         return np.zeros(n)
-    arr = t.column(col)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
+    arr = decoded(t.column(col))
     if pa.types.is_boolean(arr.type):   # true / false is not a weight
         why.mark(arr.is_valid().to_numpy(zero_copy_only=False), 'weight is not a number')
         why.mark(np.ones(n, bool), 'missing weight')
@@ -279,9 +215,8 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
               ) -> tuple[pa.RecordBatch | None, list[dict]]:
     """Turn one RowBatch into a points batch and the dead letters of its bad rows.
 
-    A row is refused with the first reason that applies: a missing or empty id,
-    an id that is not an integer or is beyond int64 (in an integer id column), a
-    value that is not a number, a missing value, a dimension other than the
+    A row is refused with the first reason that applies: a missing or empty id, an id
+    of another type (:mod:`~beamml.transforms.io.ids`), a value that is not a number, a missing value, a dimension other than the
     layout's (a list of another length, a .npy file of another width), NaN or inf
     (unless ``allow_nan``), and with ``refuse_zero`` a zero vector (every feature 0:
     what cosine distance is undefined for, :data:`ZERO_VECTOR`); then, with a
@@ -294,7 +229,8 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
     n = t.num_rows
     d = layout.dimension
     why = RowReasons(n)
-    ids = _ids(rb, layout, path, why)
+    ids = read_ids(t, rb.rows, layout.id_column, layout.id_type, layout.input_format, path,
+                   why)
     if layout.input_format == 'npy':
         X = features_matrix(t)
         if X.shape[1] != d:   # a later file of the glob: one mark for the whole batch
@@ -324,7 +260,7 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
     if refuse_zero:
         why.mark(~(X != 0).any(axis=1), ZERO_VECTOR)
     weights = _weights(t, layout, why) if layout.weight_column else None
-    dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
+    dead = why.dead_letters(rb.table, path, rb.rows, rb.lines, rb.raw)
     rows, lines = rb.rows, rb.lines
     if dead:
         keep = np.flatnonzero(~why.refused)
@@ -344,8 +280,10 @@ def to_points(rb: RowBatch, layout: Layout, path: str, allow_nan: bool = False,
 
 def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
                  ) -> tuple[pa.RecordBatch | None, list[dict]]:
-    """ReadTable's check: the id column, when there is one, holds no missing or empty id
-    (nor, for integer ids, one that is not an int64); it is given the layout's id type.
+    """ReadTable's check: the id column, when there is one, holds ids by the id rules
+    (:mod:`~beamml.transforms.io.ids`: no missing or empty id, none of another type);
+    it is given the layout's id type. A JSON value of another kind than its column's
+    (a list where the input has numbers) refuses its row.
 
     With ``source_columns`` the batch gets :data:`SOURCE_COLUMNS`: ``_file``
     (dictionary-encoded), ``_row`` (data row in the file) and ``_line`` (int64, the
@@ -361,14 +299,16 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
     why = RowReasons(t.num_rows)
     conflicts = _mark_type_conflicts(t, layout, why)
     if layout.id_column:
-        ids = _ids(rb, layout, path, why)
+        ids = read_ids(t, rows, layout.id_column, layout.id_type, layout.input_format, path,
+                       why)
         if layout.id_column in t.column_names and t.schema.field(
                 layout.id_column).type != layout.id_arrow_type:
-            # one id type for the whole input: a block read as text (after a bad value) or
-            # as floats (a JSON id beyond int64) gets the ids as the layout types them
+            # one id type for the whole input: a block read as text (after a bad value),
+            # as floats (a JSON id beyond int64) or dictionary-encoded gets the ids as
+            # the layout types them
             i = t.schema.get_field_index(layout.id_column)
-            t = t.set_column(i, layout.id_column, pc.cast(ids, layout.id_arrow_type))
-    dead = why.dead_letters(rb.table, path, rb.rows, rb.lines)
+            t = t.set_column(i, layout.id_column, ids)
+    dead = why.dead_letters(rb.table, path, rb.rows, rb.lines, rb.raw)
     if dead:
         keep = np.flatnonzero(~why.refused)
         if not len(keep):
@@ -384,34 +324,29 @@ def table_checks(rb: RowBatch, layout: Layout, path: str, source_columns: bool
 
 def _mark_type_conflicts(t, layout: Layout, why: RowReasons) -> dict[int, pa.DataType]:
     """Refuse the rows of a JSON block whose column holds lists or objects where the
-    input's (the first file's) holds scalars, or the other way round: no table can hold
-    both, and the rest of the input must not be refused for them. Returns {column index:
-    the input's type} of those columns: the block's rows left there are all null, and
-    must take that type (else the block's type would clash with the other blocks')."""
+    input's (the first file's) holds scalars, or the other way round, or objects where
+    it holds lists: no table can hold both, and the rest of the input must not be
+    refused for them. Returns {column index: the input's type} of those columns: the
+    block's rows left there are all null, and must take that type (else the block's
+    type would clash with the other blocks')."""
     conflicts: dict[int, pa.DataType] = {}
     if layout.head_schema is None or layout.input_format != 'jsonl':
         return conflicts
     for i, field in enumerate(t.schema):
         if field.name == layout.id_column or field.name not in layout.head_schema.names:
-            continue   # (ids have rules of their own: _ids)
+            continue   # (ids have rules of their own: read_ids)
         want = layout.head_schema.field(field.name).type
         got = field.type
         if pa.types.is_null(got) or pa.types.is_null(want):
             continue
-        if pa.types.is_nested(got) != pa.types.is_nested(want):
+        if (pa.types.is_nested(got) or pa.types.is_nested(want)) and kind(got) != kind(want):
             col = t.column(i)
             why.mark(~col.is_null().to_numpy(zero_copy_only=False),
-                     f'value in {field.name!r} is {_kind(got)}, the column holds {_kind(want)}')
-            conflicts[i] = want
+                     f'value in {field.name!r} is {kind(got)}, the column holds {kind(want)}')
+            # (the head types objects as struct<>, a kind only: their nulls give way)
+            conflicts[i] = pa.null() if pa.types.is_struct(want) and not want.num_fields \
+                else want
     return conflicts
-
-
-def _kind(t: pa.DataType) -> str:
-    if is_list_type(t):
-        return 'a list'
-    if pa.types.is_struct(t):
-        return 'an object'
-    return 'a number' if is_numeric_type(t) else ('text' if is_string_type(t) else str(t))
 
 
 def with_source_columns(t, path: str, rows: np.ndarray, lines: np.ndarray | None):
