@@ -460,12 +460,14 @@ def test_index_ids_takes_a_json_list_whose_first_item_is_null(tmp_path):
     (tmp_path / 'b.jsonl').write_bytes(b'{"id":2,"o":{"k":2},"f":{"a":1}}\n'
                                        b'{"id":3,"o":[1],"f":[null, null, 1.5]}\n'
                                        b'{"id":4,"o":{"k":3},"f":[2.5, null]}\n')
+    # the output lies beside the input folder: its errors file (JSONL) is one the input
+    # pattern would match, and a run refuses an input that can read its own output
     index_ids.run(['--input', str(tmp_path / '*.jsonl'), '--id_column', 'id',
-                   '--output', str(tmp_path / 'out'), '--max_refused_fraction', '1'])
-    (path,) = tmp_path.glob('out-encoded-*.parquet')
+                   '--output', str(tmp_path / 'res' / 'out'), '--max_refused_fraction', '1'])
+    (path,) = (tmp_path / 'res').glob('out-encoded-*.parquet')
     assert sorted((r['id'], r['f']) for r in pq.read_table(str(path)).to_pylist()) == [
         (1, [None, 4.5]), (4, [2.5, None])]
-    (errors,) = tmp_path.glob('out-errors-*.jsonl')
+    (errors,) = (tmp_path / 'res').glob('out-errors-*.jsonl')
     assert sorted((d['file'][-7:], d['row'], d['reason'])
                   for d in map(json.loads, open(errors))) == [
         ('b.jsonl', 0, "value in 'f' is an object, the column holds a list"),

@@ -329,7 +329,7 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
         if isinstance(item, dict):
             found.append(item)
             continue
-        rb = RowBatch(item.table, item.rows, None)
+        rb = RowBatch(item.table, item.rows, None, item.raw)   # refused rows quoted as sent
         out, bad = _check(rb, layout, source, points, allow_nan, refuse_zero, source_columns)
         found.extend(bad)
         if out is not None and out.num_rows:
