@@ -11,6 +11,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io import BeammlError
 from beamml.transforms.io.errors import first_line
+from beamml.transforms.io.layout import check_local_input, listable
+from beamml.transforms.io.objects import missing_bucket
 
 __all__ = ['EXIT_NO_INPUT', 'NoInputError', 'marker_path', 'wait_for_input', 'input_changes']
 
@@ -61,10 +63,21 @@ def marker_path(args) -> str | None:
 
 def _matched(pattern: str) -> list:
     try:
-        return [m for r in FileSystems.match([pattern]) for m in r.metadata_list]
-    except Exception as e:   # an unreachable bucket, no access
+        return [m for r in FileSystems.match([listable(pattern)]) for m in r.metadata_list]
+    except Exception as e:   # a missing bucket (an error listing, none for one path), no access
+        _never_there(pattern)
         first = first_line(e)
         raise BeammlError(f'--input {pattern}: cannot list it: {first}') from e
+
+
+def _never_there(pattern: str) -> None:
+    """BeammlError (exit 2, not "no input yet") when nothing matches because nothing can:
+    the input's bucket does not exist, or the pattern names a broken symbolic link."""
+    bucket = missing_bucket(pattern)
+    if bucket:
+        raise BeammlError(f'--input {pattern}: the bucket gs://{bucket} does not exist')
+    if '://' not in pattern:
+        check_local_input(pattern, [])
 
 
 def wait_for_input(args) -> list[str]:
@@ -77,6 +90,8 @@ def wait_for_input(args) -> list[str]:
     last_log = None
     while True:
         files = [m.path for m in _matched(args.input)]
+        if not files and last_log is None:
+            _never_there(args.input)
         ready = marker is None or FileSystems.exists(marker)
         if files and ready:
             return sorted(files)

@@ -155,8 +155,9 @@ def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '
     if args.input and args.watch_interval is not None and not dry_run:
         from apache_beam.io.filesystems import FileSystems
         from beamml.transforms.io import ReadPoints
+        from beamml.transforms.io.layout import listable
         try:
-            matched = FileSystems.match([args.input])[0].metadata_list
+            matched = FileSystems.match([listable(args.input)])[0].metadata_list
         except Exception:   # nothing there yet (or not listable): the flags decide
             matched = []
         if matched:

@@ -280,12 +280,30 @@ def test_missing_paths_are_one_line_before_work_starts(gcs, bucket, case):
         expect = f'gs://{bucket}/no-models-here'
     else:
         args[args.index('--input') + 1] = 'gs://bkt-nobody-made-this/incoming/*.parquet'
-        expect = 'gs://bkt-nobody-made-this/incoming/*.parquet'
+        expect = ('--input gs://bkt-nobody-made-this/incoming/*.parquet: the bucket '
+                  'gs://bkt-nobody-made-this does not exist')   # not "no input yet" (4)
     out = beamml(gcs, *args)
-    assert out.returncode in (2, 4), out.stderr[-3000:]
+    assert out.returncode == 2, out.stderr[-3000:]
     line = last_line(out.stderr)
     assert 'Traceback' not in out.stderr and expect in line, line
     assert objects(gcs, bucket, 'predictions/') == {}
+
+
+@pytest.mark.parametrize('path', ['incoming/*.parquet', 'incoming/part-0.parquet'])
+def test_an_input_in_a_bucket_that_does_not_exist_is_exit_2_not_no_input_yet(gcs, bucket,
+                                                                               path):
+    """Beam lists a glob in a missing bucket as an error and a single path as absent;
+    both are one line naming the bucket, exit 2 (no waiting: it cannot appear)."""
+    model = save_model(gcs, bucket)
+    args = daily(bucket, model, '--wait_for_input', '600')
+    pattern = f'gs://bkt-nobody-made-this/{path}'
+    args[args.index('--input') + 1] = pattern
+    start = time.monotonic()
+    out = beamml(gcs, *args)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert last_line(out.stderr) == (f'beamml assign: error: --input {pattern}: the bucket '
+                                     'gs://bkt-nobody-made-this does not exist')
+    assert time.monotonic() - start < 60
 
 
 @pytest.fixture

@@ -636,6 +636,25 @@ def test_a_csv_number_beyond_float64_is_quoted_as_written(tmp_path):
 
 # ------------------------------------------------------------ 10. inputs that are not files
 
+def test_a_glob_with_no_folder_reads_the_current_folder(tmp_path):
+    """Beam lists the folder before a pattern's first wildcard: for 'part*.csv' that is '',
+    which held nothing (exit 4, "no file matches"); the current folder is meant."""
+    _file(tmp_path, 'part-1.csv', b'id,x0\n1,2\n')
+    _file(tmp_path, 'part-2.csv', b'id,x0\n2,3\n')
+    for argv, says in (
+            (['norms', '--output', 'res/n'], 'records_read=2 records_ok=2'),
+            (['index_ids', '--id_column', 'id', '--output', 'res/i'],
+             'records_read=2 records_ok=2'),
+            (['kmeans', '--streaming', '--k', '1', '--dimension', '1', '--watch_interval', '0.2',
+              '--stop_after', '4', '--window_size', '1', '--model_dir', 'res/m'],
+             'read ./part-2.csv: 1 rows accepted')):
+        out = subprocess.run([sys.executable, '-m', 'beamml', argv[0], '--input', 'part*.csv']
+                             + argv[1:], capture_output=True, timeout=180, cwd=str(tmp_path))
+        assert out.returncode == 0, out.stderr.decode()[-3000:]
+        assert says in out.stdout.decode() + out.stderr.decode(), \
+            (argv, out.stdout.decode(), out.stderr.decode()[-3000:])
+
+
 def test_dev_zero_and_a_fifo_are_not_regular_files(tmp_path):
     import os
     os.mkfifo(str(tmp_path / 'f.csv'))   # nothing writes to it: reading it would block
@@ -661,7 +680,10 @@ def test_broken_symbolic_links_of_a_glob_are_named(tmp_path):
     line = _one_line_error(rc, err)
     assert re.search(r'd/gone\.csv is a broken symbolic link', line), line
     with pytest.raises(BeammlError, match=r'd/gone\.csv is a broken symbolic link'):
-        inspect_input(str(tmp_path / 'd' / 'gone.csv'))   # the CLI: "no input" (exit 4)
+        inspect_input(str(tmp_path / 'd' / 'gone.csv'))
+    rc, _, err = _cli(['norms', '--input', '{dir}/d/gone.csv'], tmp_path)   # not "no input yet"
+    line = _one_line_error(rc, err)
+    assert re.search(r'd/gone\.csv is a broken symbolic link', line), line
     os.remove(str(tmp_path / 'd' / 'gone.csv'))
     rc, out, err = _cli(['norms', '--input', '{dir}/d/*.csv'], tmp_path)
     assert rc == 0 and 'records_read=1 records_ok=1' in out

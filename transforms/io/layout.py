@@ -11,7 +11,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io.errors import BeammlError
 
-__all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'match_input', 'printable']
+__all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'listable', 'match_input',
+           'check_local_input', 'printable']
 
 INPUT_FORMATS = ('parquet', 'csv', 'jsonl', 'npy')
 _EXTENSIONS = {
@@ -84,6 +85,16 @@ def format_of(path: str, input_format: str | None) -> str:
     return _EXTENSIONS[ext]
 
 
+def listable(file_pattern: str) -> str:
+    """The pattern as Beam can list it: a local glob with no folder before its first
+    wildcard (``part*.csv``) gets ``./`` (Beam lists the folder before the wildcard, ``''``
+    for it, which matches nothing); any other pattern unchanged."""
+    if '://' in file_pattern or file_pattern.startswith('/'):
+        return file_pattern
+    prefix = re.match(r'^[^[*?]*', file_pattern).group(0)
+    return './' + file_pattern if prefix != file_pattern and '/' not in prefix else file_pattern
+
+
 def match_input(file_pattern: str) -> list[tuple[str, int]]:
     """(path, size) of every file matching the pattern, in path order.
 
@@ -93,13 +104,13 @@ def match_input(file_pattern: str) -> list[tuple[str, int]]:
     leaves out without a word).
     """
     try:
-        results = FileSystems.match([file_pattern])
+        results = FileSystems.match([listable(file_pattern)])
     except Exception as e:  # BeamIOError: the pattern itself is unreadable
         raise BeammlError(f'cannot list input {file_pattern}: {e}') from e
     files = sorted((m.path, m.size_in_bytes) for r in results for m in r.metadata_list)
     files = [f for f in files if not f[0].endswith('/')]
     if '://' not in file_pattern:
-        _check_local(file_pattern, [p for p, _ in files])
+        check_local_input(file_pattern, [p for p, _ in files])
     if not files:
         raise BeammlError(f'no input file matches {file_pattern}')
     empty = [p for p, size in files if size == 0]
@@ -114,9 +125,10 @@ _FILE_KINDS = ((stat.S_ISFIFO, 'a FIFO'), (stat.S_ISCHR, 'a character device'),
                (stat.S_ISDIR, 'a directory'))
 
 
-def _check_local(file_pattern: str, paths: list[str]) -> None:
+def check_local_input(file_pattern: str, paths: list[str]) -> None:
     """BeammlError for a local input that is not a regular file, or a broken symbolic link
-    the pattern matches (its target missing, or a loop)."""
+    the pattern matches (its target missing, or a loop); ``paths``: the files matched."""
+    file_pattern = listable(file_pattern)
     for path in paths:
         try:
             mode = os.stat(path).st_mode

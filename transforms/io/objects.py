@@ -20,7 +20,7 @@ from beamml.transforms.io.errors import BeammlError, first_line
 
 __all__ = ['Stored', 'create_exclusive', 'write_stored', 'read_stored', 'delete_if_unchanged',
            'list_under', 'list_entries', 'describe_files', 'move_files', 'delete_files',
-           'delete_tree', 'local_guard', 'open_file']
+           'delete_tree', 'local_guard', 'open_file', 'missing_bucket']
 
 
 class Stored:
@@ -262,6 +262,18 @@ def list_under(prefix: str) -> list[str]:
         else:
             found.append(full)
     return sorted(found)
+
+
+def missing_bucket(path: str) -> str | None:
+    """The bucket of a ``gs://`` path when it does not exist (Beam's listing of a missing
+    bucket is an empty list, as if no file matched), else None; one call, made only when
+    a listing found nothing."""
+    if not path.startswith('gs://'):
+        return None
+    from apache_beam.io.gcp.gcsio import parse_gcs_path
+    bucket, _ = parse_gcs_path(path, object_optional=True)
+    with _storage(f'gs://{bucket}'):
+        return None if _client().lookup_bucket(bucket, retry=_retry()) is not None else bucket
 
 
 def list_entries(prefix: str) -> list[str]:

@@ -86,7 +86,7 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.inspection import (check_feature_roles, check_weight_column,
                                              inspect_input)
-from beamml.transforms.io.layout import INPUT_FORMATS, Layout, format_of, printable
+from beamml.transforms.io.layout import INPUT_FORMATS, Layout, format_of, listable, printable
 from beamml.transforms.io.rows import BATCH_ROWS
 from beamml.transforms.io.sources import _ReadFileFn, plan_reads
 
@@ -189,7 +189,7 @@ def watched_layout(file_pattern: str, *, points: bool = True, id_type: str | Non
     matches files now (``id_type``, when given, must agree), else
     :func:`layout_from_parameters` (no paths)."""
     try:   # (a local folder that does not exist yet matches nothing)
-        results = FileSystems.match([file_pattern])
+        results = FileSystems.match([listable(file_pattern)])
     except Exception as e:   # BeamIOError: the pattern itself is unreadable
         raise BeammlError(f'cannot list input {file_pattern}: {e}') from e
     present = [m.path for r in results for m in r.metadata_list if not m.path.endswith('/')]
@@ -408,7 +408,7 @@ class _WatchBase(beam.PTransform):
                 | 'Polls' >> beam.ParDo(_PollFn()))
 
     def expand(self, pbegin):
-        pattern = self.file_pattern
+        pattern = listable(self.file_pattern)   # part*.csv: ./part*.csv
         new = (self._poll_times(pbegin)
                | 'ThePattern' >> beam.Map(lambda _: pattern)
                | 'MatchFiles' >> fileio.MatchAll()
