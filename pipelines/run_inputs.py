@@ -11,7 +11,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io import BeammlError
 from beamml.transforms.io.errors import first_line
-from beamml.transforms.io.layout import check_local_input, listable
+from beamml.transforms.io.layout import as_given, check_local_input, listable
 from beamml.transforms.io.objects import missing_bucket
 
 __all__ = ['EXIT_NO_INPUT', 'NoInputError', 'marker_path', 'wait_for_input', 'input_changes']
@@ -63,7 +63,8 @@ def marker_path(args) -> str | None:
 
 def _matched(pattern: str) -> list:
     try:
-        return [m for r in FileSystems.match([listable(pattern)]) for m in r.metadata_list]
+        return [as_given(pattern, m.path)
+                for r in FileSystems.match([listable(pattern)]) for m in r.metadata_list]
     except Exception as e:   # a missing bucket (an error listing, none for one path), no access
         _never_there(pattern)
         first = first_line(e)
@@ -89,7 +90,7 @@ def wait_for_input(args) -> list[str]:
     poll = min(10.0, max(0.2, wait / 30))
     last_log = None
     while True:
-        files = [m.path for m in _matched(args.input)]
+        files = _matched(args.input)
         if not files and last_log is None:
             _never_there(args.input)
         ready = marker is None or FileSystems.exists(marker)

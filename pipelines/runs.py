@@ -317,7 +317,7 @@ class DatedRun:
         changed since (:class:`InputChangedError`); say so, and clean up what a run killed
         after its _SUCCESS left (its lock, temporary prefix, journal)."""
         dest, args = self.dest, self.args
-        files = [m.path for m in _matched(args.input)]
+        files = _matched(args.input)
         changes = input_changes(found.get('inputs') or [], describe_files(files)) if files else []
         if changes:
             more = f' (and {len(changes) - 1} more change(s))' if len(changes) > 1 else ''

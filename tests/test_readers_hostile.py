@@ -647,12 +647,22 @@ def test_a_glob_with_no_folder_reads_the_current_folder(tmp_path):
              'records_read=2 records_ok=2'),
             (['kmeans', '--streaming', '--k', '1', '--dimension', '1', '--watch_interval', '0.2',
               '--stop_after', '4', '--window_size', '1', '--model_dir', 'res/m'],
-             'read ./part-2.csv: 1 rows accepted')):
+             'read ./part-2.csv: 1 rows accepted')):   # (a stream lists ./: it says so)
         out = subprocess.run([sys.executable, '-m', 'beamml', argv[0], '--input', 'part*.csv']
                              + argv[1:], capture_output=True, timeout=180, cwd=str(tmp_path))
         assert out.returncode == 0, out.stderr.decode()[-3000:]
         assert says in out.stdout.decode() + out.stderr.decode(), \
             (argv, out.stdout.decode(), out.stderr.decode()[-3000:])
+    # the files as the pattern spells them, in the run's record and in the dead letters
+    _file(tmp_path, 'part-3.csv', b'id,x0\n3,nan\n')
+    out = subprocess.run([sys.executable, '-m', 'beamml', 'norms', '--input', 'part*.csv',
+                          '--output', 'res/n2', '--max_refused_fraction', '1'],
+                         capture_output=True, timeout=180, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    (errors,) = (tmp_path / 'res').glob('n2-errors-*.jsonl')
+    assert [json.loads(ln)['file'] for ln in open(errors)] == ['part-3.csv']
+    done = json.loads((tmp_path / 'res' / 'n2-_SUCCESS').read_text())
+    assert sorted(i['path'] for i in done['inputs']) == ['part-1.csv', 'part-2.csv', 'part-3.csv']
 
 
 def test_dev_zero_and_a_fifo_are_not_regular_files(tmp_path):

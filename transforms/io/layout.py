@@ -11,8 +11,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.io.errors import BeammlError
 
-__all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'listable', 'match_input',
-           'check_local_input', 'printable']
+__all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'listable', 'as_given',
+           'match_input', 'check_local_input', 'printable']
 
 INPUT_FORMATS = ('parquet', 'csv', 'jsonl', 'npy')
 _EXTENSIONS = {
@@ -95,6 +95,14 @@ def listable(file_pattern: str) -> str:
     return './' + file_pattern if prefix != file_pattern and '/' not in prefix else file_pattern
 
 
+def as_given(file_pattern: str, path: str) -> str:
+    """A path :func:`listable`'s pattern matched, spelled as the user's pattern spells
+    its folder (``part-1.csv`` for ``part*.csv``, not ``./part-1.csv``)."""
+    if path.startswith('./') and listable(file_pattern) != file_pattern:
+        return path[2:]
+    return path
+
+
 def match_input(file_pattern: str) -> list[tuple[str, int]]:
     """(path, size) of every file matching the pattern, in path order.
 
@@ -107,7 +115,8 @@ def match_input(file_pattern: str) -> list[tuple[str, int]]:
         results = FileSystems.match([listable(file_pattern)])
     except Exception as e:  # BeamIOError: the pattern itself is unreadable
         raise BeammlError(f'cannot list input {file_pattern}: {e}') from e
-    files = sorted((m.path, m.size_in_bytes) for r in results for m in r.metadata_list)
+    files = sorted((as_given(file_pattern, m.path), m.size_in_bytes)
+                   for r in results for m in r.metadata_list)
     files = [f for f in files if not f[0].endswith('/')]
     if '://' not in file_pattern:
         check_local_input(file_pattern, [p for p, _ in files])
