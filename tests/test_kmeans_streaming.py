@@ -524,3 +524,25 @@ def test_late_letters_are_counted():
     assert [(e['file'], e['row'], e['line']) for e in letters] == [
         ('a.csv', 4, 6), ('a.csv', 5, 7), ('a.csv', 6, 8)]
     assert letters[0]['record'] == {'id': 7, 'features': [1.0, 1.0]}
+
+
+def test_cli_dead_letters_are_where_it_says(tmp_path, capsys):
+    """``beamml kmeans --streaming`` on a watched folder prints a dead-letter glob that
+    matches the files it wrote (``<run>-<start>-<end>-pane-<i>-<timing>.jsonl``)."""
+    import glob
+    import json
+    from beamml.pipelines.__main__ import main
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in' / 'a.jsonl').write_text(
+        '{"id": 1, "features": [0, 0]}\n{"id": 2, "features": [5, 5]}\n'
+        '{"id": 3, "features": [0, 1]}\n{"id": 4, "features": ["x", 1]}\n')
+    models = str(tmp_path / 'models')
+    assert main(['kmeans', '--streaming', '--k', '2', '--dimension', '2', '--input',
+                 str(tmp_path / 'in' / '*.jsonl'), '--watch_interval', '0.5', '--window_size',
+                 '2', '--model_dir', models, '--stop_after', '3']) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith('dead letters: ')]
+    files = glob.glob(line[len('dead letters: '):])
+    assert files, (line, os.listdir(os.path.join(models, '_streaming')))
+    letters = [json.loads(x) for f in files for x in open(f)]
+    assert [(d['row'], d['line']) for d in letters] == [(3, 4)], letters
