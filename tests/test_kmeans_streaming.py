@@ -293,7 +293,7 @@ def test_teststream_updates_equal_the_rule_window_by_window():
     assert updates[-1].n_points_total == sum(sum(b.num_rows for b in v) for v in wins.values())
     errors = _OUT.pop(k_err)
     assert [e['record']['id'] for e in errors] == [900, 901]
-    assert all(e['reason'].startswith('late: window [1970-01-01T00:00:00Z') for e in errors)
+    assert all(e['reason'].startswith('late: window [1970-01-01T00:00:00.000Z') for e in errors)
     assert errors[0]['record']['features'] == [0.0, 0.0, 0.0]
 
 
@@ -347,7 +347,7 @@ def test_pipeline_writes_a_version_per_checkpoint_and_moves_latest(tmp_path):
     np.testing.assert_array_equal(model.centers, updates[3].centers)
     cfg = model.config
     assert cfg['algorithm'] == ks.ALGORITHM and cfg['decay_factor'] == 0.5
-    assert cfg['window_end'] == '1970-01-01T00:00:40Z' and cfg['window_seconds'] == 10.0
+    assert cfg['window_end'] == '1970-01-01T00:00:40.000Z' and cfg['window_seconds'] == 10.0
     assert cfg['n_points_total'] == sum(u.n_points for u in updates[:4])
     assert cfg['cluster_weights'] == updates[3].weights.tolist()
     assert cfg['random_state'] == 5 and model.n_iter == 4

@@ -439,6 +439,7 @@ def static_make(block: Block, workdir: str) -> None:
     if venv_bin != os.path.join('.venv', 'bin'):
         pytest.skip(f'the suite runs from {venv_bin}, not the .venv/bin of make')
     readme = _readme()
+    assert re.search(r'`make test` took \d+ min \d+ s \(', readme), 'make test has no duration'
     for words in ('. .venv/bin/activate', '.venv/bin/beamml'):
         assert f'`{words}`' in readme, f'the README does not say {words}'
         assert words in hint, hint
