@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -149,6 +150,23 @@ def run(argv=None):
     print('\nresults:')
     for what, where in results:
         print(f'  {what}: {where}')
+    hint = how_to_run_beamml()
+    if hint:
+        print(f'\n{hint}')
+
+
+def how_to_run_beamml(environ=None) -> str | None:
+    """The line that tells how to run ``beamml`` when the environment it is installed in
+    (``make demo``'s ``.venv``) is not on ``PATH``; None when ``beamml`` runs as it is."""
+    environ = os.environ if environ is None else environ
+    bin_dir = os.path.dirname(os.path.abspath(sys.executable))
+    on_path = [os.path.abspath(p) for p in environ.get('PATH', '').split(os.pathsep) if p]
+    if bin_dir in on_path:
+        return None
+    shown = os.path.relpath(bin_dir) if not os.path.relpath(bin_dir).startswith('..') else bin_dir
+    return (f'beamml is installed in {os.path.dirname(shown)}, which is not on your PATH: '
+            f'run `. {shown}/activate` first, or call {shown}/beamml '
+            f'(e.g. {shown}/beamml norms --help)')
 
 
 if __name__ == '__main__':

@@ -268,7 +268,7 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     columns, slice_by = stream_columns(args)
     id_type = 'string'
     if source is None:
-        layout = None
+        layout, nothing_yet = None, False
         if args.input and not common.is_dry_run(p.options):   # (a dry run reads nothing)
             try:
                 read = ReadTable(args.input, input_format=args.input_format,
@@ -277,10 +277,11 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
                 layout, input_format = read.layout, read.layout.input_format
                 if args.task == 'ranking':
                     id_type = _id_type(layout, columns['q_id'])
-            except BeammlError as e:
-                if 'no file' not in str(e) and 'matches no' not in str(e):
+            except BeammlError as e:   # a watched pattern no file of which landed yet
+                if not any(x in str(e) for x in ('no file', 'matches no', 'no input file')):
                     raise
-        if layout is None and args.input and common.is_dry_run(p.options):
+                nothing_yet = True
+        if layout is None and args.input and (nothing_yet or common.is_dry_run(p.options)):
             layout = common.declare_layout(args.input, dict(
                 input_format=args.input_format, id_column=args.id_column), points=False)['layout']
             input_format = layout.input_format

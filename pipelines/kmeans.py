@@ -565,7 +565,7 @@ def _run_streaming(args, options):
     print(f'kmeans --streaming: {len(versions)} version(s) in {args.model_dir}'
           + (f'; LATEST {versions[-1]}' if versions else ''))
     print(f'dead letters: {FileSystems.join(args.model_dir, STREAM_ERRORS, out["run_id"])}'
-          '-pane-*.jsonl')
+          '-*-pane-*.jsonl')   # <run>-<window start>-<window end>-pane-<i>-<timing>.jsonl
     return result
 
 

@@ -42,6 +42,7 @@ from beamml.transforms.kmeans.streaming import (TIME_UNITS, ModelUpdate, Streami
                                                 check_decay, decay_from_half_life)
 from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version, set_latest
 from beamml.transforms.model.artifact import MODEL_FILE
+from beamml.transforms.streaming.windows import iso
 
 __all__ = ['add_streaming_args', 'streaming_decay', 'initial_model', 'build_streaming',
            'model_for_update', 'ALGORITHM']
@@ -149,8 +150,8 @@ def model_for_update(update: ModelUpdate, *, version: str, config: dict,
     seconds = (update.window_end - update.window_start).micros / 1e6
     cfg = dict(config)
     cfg.update({
-        'window_start': update.window_start.to_rfc3339(),
-        'window_end': update.window_end.to_rfc3339(),
+        'window_start': iso(update.window_start),
+        'window_end': iso(update.window_end),
         'window_seconds': seconds,
         'n_points': int(update.n_points),
         'n_points_total': int(update.n_points_total),

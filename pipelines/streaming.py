@@ -19,6 +19,7 @@ give, then the batch steps run per window. This module holds what they share:
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -30,7 +31,8 @@ from apache_beam.options.pipeline_options import StandardOptions
 from beamml.transforms.io import BeammlError
 from beamml.transforms.io.documents import dumps, to_jsonable
 from beamml.transforms.streaming.windows import (LateGate, check_windows, discarding_panes,
-                                                 iso, pane_timing, window_bounds, window_into)
+                                                 iso, iso_times, pane_timing, window_bounds,
+                                                 window_into)
 
 __all__ = ['add_streaming_args', 'check_streaming_args', 'is_streaming', 'read_stream',
            'window_and_gate', 'gate', 'write_records', 'stream_layout', 'run_and_count',
@@ -223,6 +225,12 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
                           **({'weight_column': weight_column} if weight_column else {}))
         if is_dry_run(p.options):   # nothing is matched: the layout the flags declare
             kwargs = declare_layout(args.input, kwargs, points=points)
+        elif not _matches_a_file(args.input):   # nothing landed yet: the flags, as a
+            if points:                            # stream's (integer ids in 'id' by default)
+                kwargs['id_column'] = args.id_column or layout.id_column
+            kwargs = declare_layout(args.input, kwargs, points=points)
+            if points and kwargs['layout'].id_column:
+                kwargs['layout'] = dataclasses.replace(kwargs['layout'], id_type=layout.id_type)
         watcher = cls(args.input, interval=args.watch_interval, stop_after=args.stop_after,
                       **kwargs)
         files_layout = watcher.layout   # what a dead letter's row is read again with
@@ -234,6 +242,17 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
         | 'SourceErrors' >> beam.Flatten()
     return {'batches': gated['batches'], 'errors': errors,
             'layout': None if args.input_subscription or args.input_topic else files_layout}
+
+
+def _matches_a_file(pattern: str) -> bool:
+    """Whether a watched pattern matches a file now (a folder that does not exist yet, or
+    a bucket listing that fails, matches none: the watcher lists it again each poll)."""
+    from apache_beam.io.filesystems import FileSystems
+    try:
+        results = FileSystems.match([pattern])
+    except Exception:   # BeamIOError: nothing listable there yet
+        return False
+    return any(not m.path.endswith('/') for r in results for m in r.metadata_list)
 
 
 def window_and_gate(batches, args, *, accumulating: bool = True) -> dict:
@@ -257,14 +276,6 @@ def window_fields(window, pane) -> dict:
 
 
 # ----------------------------------------------------------------------------- sinks
-
-def _iso_times(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Timestamp columns as ISO-8601 UTC text (``2026-12-01T10:00:00.000000Z``), for JSON."""
-    import pyarrow.compute as pc
-    cols = [pc.strftime(col, format='%Y-%m-%dT%H:%M:%SZ', locale='C')
-            if pa.types.is_timestamp(col.type) else col for col in batch.columns]
-    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
-
 
 class _Unclosed:
     """A file handle whose close() only flushes (fileio.WriteToFiles closes the file)."""
@@ -328,12 +339,12 @@ def _write_tables(fmt: str, schema: pa.Schema):
     def write(fh, batches):
         from beamml.transforms.io.sinks import ShardWriter
         out_schema = schema
-        if fmt == 'jsonl':
-            out_schema = _iso_times(pa.RecordBatch.from_pylist([], schema)).schema
+        if fmt in ('jsonl', 'csv'):   # times as text, spelled as in the file names
+            out_schema = iso_times(pa.RecordBatch.from_pylist([], schema)).schema
         writer = ShardWriter(_Unclosed(fh), fmt, out_schema)
         for batch in batches:
             batch = batch.select(schema.names)
-            writer.write(_iso_times(batch) if fmt == 'jsonl' else batch)
+            writer.write(iso_times(batch) if fmt in ('jsonl', 'csv') else batch)
         writer.close()
     return write
 

@@ -293,7 +293,7 @@ def test_teststream_updates_equal_the_rule_window_by_window():
     assert updates[-1].n_points_total == sum(sum(b.num_rows for b in v) for v in wins.values())
     errors = _OUT.pop(k_err)
     assert [e['record']['id'] for e in errors] == [900, 901]
-    assert all(e['reason'].startswith('late: window [1970-01-01T00:00:00Z') for e in errors)
+    assert all(e['reason'].startswith('late: window [1970-01-01T00:00:00.000Z') for e in errors)
     assert errors[0]['record']['features'] == [0.0, 0.0, 0.0]
 
 
@@ -347,7 +347,7 @@ def test_pipeline_writes_a_version_per_checkpoint_and_moves_latest(tmp_path):
     np.testing.assert_array_equal(model.centers, updates[3].centers)
     cfg = model.config
     assert cfg['algorithm'] == ks.ALGORITHM and cfg['decay_factor'] == 0.5
-    assert cfg['window_end'] == '1970-01-01T00:00:40Z' and cfg['window_seconds'] == 10.0
+    assert cfg['window_end'] == '1970-01-01T00:00:40.000Z' and cfg['window_seconds'] == 10.0
     assert cfg['n_points_total'] == sum(u.n_points for u in updates[:4])
     assert cfg['cluster_weights'] == updates[3].weights.tolist()
     assert cfg['random_state'] == 5 and model.n_iter == 4
@@ -524,3 +524,25 @@ def test_late_letters_are_counted():
     assert [(e['file'], e['row'], e['line']) for e in letters] == [
         ('a.csv', 4, 6), ('a.csv', 5, 7), ('a.csv', 6, 8)]
     assert letters[0]['record'] == {'id': 7, 'features': [1.0, 1.0]}
+
+
+def test_cli_dead_letters_are_where_it_says(tmp_path, capsys):
+    """``beamml kmeans --streaming`` on a watched folder prints a dead-letter glob that
+    matches the files it wrote (``<run>-<start>-<end>-pane-<i>-<timing>.jsonl``)."""
+    import glob
+    import json
+    from beamml.pipelines.__main__ import main
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in' / 'a.jsonl').write_text(
+        '{"id": 1, "features": [0, 0]}\n{"id": 2, "features": [5, 5]}\n'
+        '{"id": 3, "features": [0, 1]}\n{"id": 4, "features": ["x", 1]}\n')
+    models = str(tmp_path / 'models')
+    assert main(['kmeans', '--streaming', '--k', '2', '--dimension', '2', '--input',
+                 str(tmp_path / 'in' / '*.jsonl'), '--watch_interval', '0.5', '--window_size',
+                 '2', '--model_dir', models, '--stop_after', '3']) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith('dead letters: ')]
+    files = glob.glob(line[len('dead letters: '):])
+    assert files, (line, os.listdir(os.path.join(models, '_streaming')))
+    letters = [json.loads(x) for f in files for x in open(f)]
+    assert [(d['row'], d['line']) for d in letters] == [(3, 4)], letters

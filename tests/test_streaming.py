@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import io
 import json
 import os
 import threading
@@ -104,7 +105,7 @@ def test_assign_streaming_windows_panes_and_late_points(tmp_path, models):
         assert rows[i]['distance'] == pytest.approx(d.min(), rel=1e-12)
         assert rows[i]['model_version'] == '20260101T000000000001Z'
     assert [rows[i]['timing'] for i in (1, 2, 3, 5)] == ['on_time', 'on_time', 'late', 'on_time']
-    assert rows[5]['window_start'] == '1970-01-01T00:00:30.000000Z'
+    assert rows[5]['window_start'] == '1970-01-01T00:00:30.000Z'   # as in the file's name
     (errors,) = read_jsonl(out + '-errors-*.jsonl').values()
     assert len(errors) == 1 and errors[0]['record']['id'] == 4
     assert errors[0]['reason'].startswith('late: its window [1970-01-01T00:00:00.000Z')
@@ -386,3 +387,56 @@ def test_evaluate_streaming_late_data_updates_its_pane_and_too_late_is_a_dead_le
     assert late['overall']['confusion'] == {'tp': 1, 'fp': 1, 'tn': 0, 'fn': 1}  # all 3 rows
     (errors,) = read_jsonl(os.path.join(out, 'evaluate-errors-*.jsonl')).values()
     assert [e['record']['id'] for e in errors] == [4] and errors[0]['reason'].startswith('late')
+
+
+def test_a_window_bound_has_one_spelling_everywhere(tmp_path):
+    """File names, file rows (JSON lines, CSV), Pub/Sub rows and a streaming model's config
+    spell a window bound alike: ``2026-12-06T02:59:35.000Z``."""
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.timestamp import Timestamp
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+    from beamml.pipelines.kmeans_streaming import model_for_update
+    from beamml.transforms.kmeans.streaming import ModelUpdate
+    from beamml.transforms.streaming.pubsub import rows_to_json_messages
+    start, end = Timestamp(1796525975), Timestamp(1796525980)
+    want = ('2026-12-06T02:59:35.000Z', '2026-12-06T02:59:40.000Z')
+    pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
+    name = streaming.pane_file_name('out/a', IntervalWindow(start, end), pane, '.jsonl')
+    assert name == f'out/a-{want[0]}-{want[1]}-pane-0-on_time.jsonl'
+    ts = pa.timestamp('us', tz='UTC')
+    batch = pa.RecordBatch.from_pydict({
+        'id': [1], 'window_start': pa.array([start.micros], pa.int64()).cast(ts),
+        'window_end': pa.array([end.micros], pa.int64()).cast(ts), 'timing': ['on_time']})
+    (message,) = rows_to_json_messages(batch)
+    assert (json.loads(message)['window_start'], json.loads(message)['window_end']) == want
+    for fmt in ('jsonl', 'csv'):
+        fh = io.BytesIO()
+        streaming._write_tables(fmt, batch.schema)(fh, [batch])
+        text = fh.getvalue().decode()
+        assert want[0] in text and want[1] in text and '.000000' not in text, text
+    update = ModelUpdate(start, end, np.zeros((1, 2)), np.ones(1), 0, 0, 1, np.zeros(1, int),
+                         0.0, 0, None, False)
+    config = model_for_update(update, version='v', config={}).config
+    assert (config['window_start'], config['window_end']) == want
+
+
+def test_cli_watched_pattern_with_no_file_yet(tmp_path, capsys):
+    """A watched pattern that matches no file when the run starts: the layout comes from
+    the flags (ids in ``id``, a ``features`` list, the model's d), and the files that land
+    later are read."""
+    models = str(tmp_path / 'models')
+    CentroidModel(np.array([[0.0, 0.0], [5.0, 5.0]])).save(models)
+    (tmp_path / 'in').mkdir()
+    out = str(tmp_path / 'out' / 'a')
+
+    def land():
+        time.sleep(1.0)
+        (tmp_path / 'in' / 'a.jsonl').write_text(
+            '{"id": 7, "features": [0.1, 0.2]}\n{"id": 8, "features": [5, 5]}\n')
+    threading.Thread(target=land, daemon=True).start()
+    assert main(['assign', '--streaming', '--model', models, '--input',
+                 str(tmp_path / 'in' / '*.jsonl'), '--watch_interval', '0.5', '--window_size',
+                 '5', '--output', out, '--output_format', 'jsonl', '--stop_after', '4']) == 0
+    assert 'records_read=2 records_ok=2 records_refused=0' in capsys.readouterr().out
+    rows = [json.loads(x) for f in glob.glob(out + '-2*.jsonl') for x in open(f)]
+    assert sorted((r['id'], r['cluster']) for r in rows) == [(7, 0), (8, 1)]

@@ -103,6 +103,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from beamml.transforms.io.errors import BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.rows import features_matrix
 from beamml.transforms.kmeans.kernels import kmeans_plusplus, lloyd_pass
+from beamml.transforms.streaming.windows import iso
 
 __all__ = [
     'TIME_UNITS', 'DYING_RATIO', 'decay_from_half_life', 'check_decay', 'streaming_update',
@@ -327,7 +328,7 @@ class _LateLettersFn(beam.DoFn):
 def _late_letters(batch: pa.RecordBatch, start, end) -> list[dict]:
     """Dead letters of a batch that came after its window was applied (a loop over the
     refused rows, as every dead-letter writer)."""
-    reason = (f'late: window [{start.to_rfc3339()}, {end.to_rfc3339()}) was already applied '
+    reason = (f'late: window [{iso(start)}, {iso(end)}) was already applied '
               'to the streaming K-means model')
     cols = [c for c in ('id', 'features', 'weight') if c in batch.schema.names]
     records = batch.select(cols).to_pylist()
@@ -451,8 +452,8 @@ class _StreamingKMeansFn(beam.DoFn):
         p = self.params
         centers, weights = model['centers'], model['weights']
         if X.shape[1] != centers.shape[1]:
-            raise BeammlError(f'streaming K-means: the window [{start.to_rfc3339()}, '
-                              f'{end.to_rfc3339()}) has points of {X.shape[1]} features, '
+            raise BeammlError(f'streaming K-means: the window [{iso(start)}, '
+                              f'{iso(end)}) has points of {X.shape[1]} features, '
                               f'the model {centers.shape[1]}')
         if empty:
             centers, weights, _ = empty_updates(centers, weights, empty,

@@ -39,6 +39,7 @@ from beamml.transforms.io.layout import Layout, printable
 from beamml.transforms.io.rows import RowBatch, table_checks, to_points
 from beamml.transforms.io.sinks import to_json_lines
 from beamml.transforms.io.types import SOURCE_COLUMNS
+from beamml.transforms.streaming.windows import iso_times
 
 __all__ = ['ARROW_FORMAT', 'FORMAT_ATTRIBUTE', 'message_layout', 'parse_messages',
            'check_subscription', 'check_topic', 'ParseMessagesFn', 'BatchMessagesFn',
@@ -512,10 +513,13 @@ class ReadPubSubBatches(beam.PTransform):
 def rows_to_json_messages(batch: pa.RecordBatch | pa.Table) -> list[bytes]:
     """One JSON object (bytes, no newline) per row: the JSON-lines sink's very lines
     (:func:`~beamml.transforms.io.sinks.to_json_lines`: non-finite floats as
-    ``"NaN"``..., null a missing value)."""
+    ``"NaN"``..., null a missing value; times as the files spell them,
+    :func:`~beamml.transforms.streaming.windows.iso_times`)."""
     if not batch.num_rows:
         return []
-    lines = to_json_lines(batch).split(b'\n')
+    if isinstance(batch, pa.Table):
+        batch = batch.combine_chunks().to_batches()[0]
+    lines = to_json_lines(iso_times(batch)).split(b'\n')
     lines.pop()   # after the last newline
     return lines
 

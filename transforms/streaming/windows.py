@@ -44,7 +44,7 @@ from beamml.transforms.io.errors import ERRORS, RecordCounters, dead_letter
 from beamml.transforms.io.types import SOURCE_COLUMNS
 
 __all__ = ['WINDOW_COLUMNS', 'ON_TIME', 'LATE', 'check_windows', 'window_fn', 'window_into',
-           'LateGate', 'discarding_panes', 'pane_timing', 'window_bounds', 'iso']
+           'LateGate', 'discarding_panes', 'pane_timing', 'window_bounds', 'iso', 'iso_times']
 
 #: the columns :class:`LateGate` adds to every batch
 WINDOW_COLUMNS = ('window_start', 'window_end', 'timing')
@@ -89,8 +89,22 @@ def window_into(window_size: float, window_period: float | None = None,
 
 
 def iso(ts: Timestamp) -> str:
-    """A window bound as ISO-8601 UTC (``2026-12-01T10:00:00+00:00``)."""
+    """A window bound as ISO-8601 UTC to the millisecond (``2026-12-06T02:59:35.000Z``): the
+    one spelling of a time in file names, rows and records (:func:`iso_times` for columns)."""
     return ts.to_utc_datetime().isoformat(timespec='milliseconds') + 'Z'
+
+
+def iso_times(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with its timestamp columns as text spelled as :func:`iso` spells a time
+    (``2026-12-06T02:59:35.000Z``; a zone-less timestamp is taken as UTC), vectorised: for
+    the text outputs of a stream (JSON lines, CSV, Pub/Sub messages)."""
+    import pyarrow.compute as pc
+    if not any(pa.types.is_timestamp(t) for t in batch.schema.types):
+        return batch
+    cols = [pc.strftime(col.cast(pa.timestamp('ms', tz='UTC'), safe=False),
+                        format='%Y-%m-%dT%H:%M:%SZ', locale='C')
+            if pa.types.is_timestamp(col.type) else col for col in batch.columns]
+    return pa.RecordBatch.from_arrays(cols, names=batch.schema.names)
 
 
 def window_bounds(window) -> tuple[Timestamp | None, Timestamp | None]:
