@@ -54,6 +54,15 @@ from beamml.transforms.model import LATEST_FILE, CentroidModel, list_versions, n
 
 __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']
 
+#: ``beamml kmeans --help``'s description (the module docstring is for developers)
+DESCRIPTION = """K-means training (Lloyd, scikit-learn's stopping rule); writes a new model version.
+
+Writes <model_dir>/<version>/model.json (then LATEST), training.json (initial centres,
+centre shifts per iteration), the input's dead letters (training-errors-*.jsonl) and
+report.html. A failed run leaves no version: its dead letters and summary go to
+<model_dir>/_failed/<version>/. Iterations run in blocks of --block_size, checkpointed
+under <model_dir>/_runs/<version>/; --resume continues a killed run."""
+
 LOG = logging.getLogger('beamml')
 #: where a streaming training's dead letters go, under the model directory
 STREAM_ERRORS = '_streaming'
@@ -294,7 +303,7 @@ def default_cache_dir(args, options, run: TrainingRun) -> str:
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
-                                      description=__doc__, streaming=True)
+                                      description=DESCRIPTION, streaming=True)
     streaming.check_streaming_args(args, options, needs_output=False)
     check_input_overlap([('--input', args.input)], [
         output_namespace(flag, value.rstrip('/') + '/') for flag, value in (
