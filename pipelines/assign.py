@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from beamml.pipelines import assign_deploy, common, runs, streaming
 from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.io.documents import read_json, write_json
 from beamml.transforms.deployment import (SHADOW_TAG, AssignDeployed, AssignDeployedLatest,
@@ -120,11 +121,7 @@ class ClusterSizesFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs):
-        accs = iter(accs)
-        first = next(accs)
-        for a in accs:
-            first += a
-        return first
+        return merge_into_first(accs, np.ndarray.__iadd__)
 
     def extract_output(self, acc):
         return acc.tolist()
