@@ -37,6 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines import common, kmeans_report, kmeans_streaming, runs, streaming
+from beamml.pipelines.faults import fault_point
 from beamml.pipelines.overlap import check_input_overlap, output_namespace
 from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
@@ -386,7 +387,7 @@ def _first_block(p, args, training: TrainingRun) -> dict:
                  training.version, counts['records_read'], counts['records_ok'],
                  counts['records_refused'])
     _block_log(training, 1, checkpoint, time.monotonic() - started)
-    common.kill_for_test('BEAMML_TEST_KILL_AFTER_BLOCK', 1)
+    fault_point('kmeans.after_first_block')
     return checkpoint
 
 
@@ -407,7 +408,6 @@ def _next_block(args, options, training: TrainingRun, kmeans: KMeans, checkpoint
     common.run_pipeline(p)
     checkpoint = training.read_block(index)
     _block_log(training, index, checkpoint, time.monotonic() - started)
-    common.kill_for_test('BEAMML_TEST_KILL_AFTER_BLOCK', index)
     return checkpoint
 
 
