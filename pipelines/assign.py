@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from beamml.pipelines import assign_deploy, common, runs, streaming
 from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.io.documents import read_json, write_json
 from beamml.transforms.deployment import (SHADOW_TAG, AssignDeployed, AssignDeployedLatest,
@@ -120,11 +121,7 @@ class ClusterSizesFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs):
-        accs = iter(accs)
-        first = next(accs)
-        for a in accs:
-            first += a
-        return first
+        return merge_into_first(accs, np.ndarray.__iadd__)
 
     def extract_output(self, acc):
         return acc.tolist()
@@ -282,24 +279,20 @@ def run(argv=None):
     for flag in ('input', 'output'):
         if not getattr(args, flag):
             raise BeammlError(f'--{flag} is required')
-    result, built = runs.run_committed(args, options, 'assign', build,
-                                       errors_glob=WriteDeadLetters.glob, info=_model_info)
-    if result is None:   # the destination is complete: nothing was run
-        return None
-    if common.no_results(options):   # translated offline or not waited for: no outputs yet
-        return result
-    model = built['model']
-    try:
-        sizes = read_summary(args.output)['cluster_sizes']
-        print(f'model {model.version}: k={model.k}, d={model.d}; cluster sizes: '
-              + ' '.join(map(str, sizes)))
-    except (OSError, ValueError, KeyError, BeammlError):
-        print(f'model {model.version}: k={model.k}, d={model.d}')
-    print(f'assignments: {args.output}-?????-of-?????.{args.output_format}')
-    deploy = built['deploy']
-    if deploy is not None:
-        _report_deployment(args, deploy)
-    return result
+
+    def show(built):
+        model = built['model']
+        try:
+            sizes = read_summary(args.output)['cluster_sizes']
+            print(f'model {model.version}: k={model.k}, d={model.d}; cluster sizes: '
+                  + ' '.join(map(str, sizes)))
+        except (OSError, ValueError, KeyError, BeammlError):
+            print(f'model {model.version}: k={model.k}, d={model.d}')
+        print(f'assignments: {args.output}-?????-of-?????.{args.output_format}')
+        if built['deploy'] is not None:
+            _report_deployment(args, built['deploy'])
+    return runs.run_and_show(args, options, 'assign', build, show,
+                             errors_glob=WriteDeadLetters.glob, info=_model_info)
 
 
 def _report_deployment(args, deploy) -> None:

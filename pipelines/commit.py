@@ -23,6 +23,7 @@ import socket
 
 import apache_beam as beam
 
+from beamml.pipelines.faults import fault_point
 from beamml.transforms.io import BeammlError
 from beamml.transforms.io.objects import (create_exclusive, delete_files, delete_if_unchanged,
                                           delete_tree, list_under, local_guard, move_files,
@@ -272,7 +273,6 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
     was stopped. The journal (``.beamml-commit-<name>`` beside the destination) is written
     before anything under the destination changes and lists what this commit replaces and
     what it moves in, so that a commit killed half-way leaves nothing unrecorded."""
-    from beamml.pipelines import common
     dest, run_id = plan.dest, plan.run_id
     temp = dest.temp_root(run_id)
     read = int(rows) + int(read_errors)
@@ -296,8 +296,7 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
             + (f'; see {kept}' if kept else ''))
     if plan.finish is not None:
         plan.finish(plan.temp_output, counts)
-    common.pause_for_test('BEAMML_TEST_PAUSE_COMMIT')
-    common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 1)
+    fault_point('commit.before_moves')
     results = [f for f in list_under(temp + '/') if '/beam-temp-' not in f]
     pairs = [(f, dest.final_path(f, run_id)) for f in results]
     finals = {_key(d) for _, d in pairs}
@@ -329,9 +328,9 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
                  dest.output, ', '.join(f[len(dest.parent) + 1:] for f in replaces[:10])
                  + (', ...' if len(replaces) > 10 else ''))
     delete_files(replaces)
-    half = len(pairs) // 2
+    half = len(pairs) // 2   # two calls, so that a test can kill the run between them
     move_files(pairs[:half])
-    common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 2)
+    fault_point('commit.between_moves')
     move_files(pairs[half:])
     doc = {'pipeline': plan.pipeline, 'destination': dest.output, 'date': plan.date,
            'run_id': run_id, 'counts': counts, **plan.info,
@@ -340,7 +339,7 @@ def commit_step(plan: CommitPlan, rows: int, read_errors: int, refused: int, *wr
            'started': plan.started, 'ended': _now()}
     if not create_exclusive(dest.success, json.dumps(doc, indent=1).encode()):
         raise BeammlError(f'{dest.success} appeared while run {run_id} committed')
-    common.kill_for_test('BEAMML_TEST_KILL_COMMIT', 3)
+    fault_point('commit.after_success')
     _finish_commit(dest, run_id)
     LOG.info('run %s committed: %d file(s) in %s, then %s', run_id, len(pairs),
              dest.output, dest.success)

@@ -575,16 +575,6 @@ def outer_tempdir() -> str:
     return os.path.dirname(d) if os.path.basename(d).startswith(_RUN_PREFIX) else d
 
 
-def kill_for_test(variable: str, value: int) -> None:
-    """Kill this process (SIGKILL, no clean-up) when the environment variable says so:
-    how the tests interrupt a long run at a known point (e.g. after a K-means block)."""
-    if os.environ.get(variable) == str(value):
-        import signal
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def pipeline_run(run):
     """Decorator for a pipeline's ``run(argv)``: it runs in :func:`private_tempdir`."""
     @functools.wraps(run)
@@ -748,18 +738,3 @@ def _check_bucket(path: str, shown: str) -> None:
         raise BeammlError(f'{shown}: cannot look up the bucket gs://{bucket}: {first}') from e
     if found is None:
         raise BeammlError(f'{shown}: the bucket gs://{bucket} does not exist')
-
-
-def pause_for_test(variable: str, timeout: float = 120.0) -> None:
-    """When the environment variable names a file: create ``<file>.reached``, then wait
-    (up to ``timeout`` s) until the test removes ``<file>``: how the tests act (e.g. stop
-    the storage server) at a known point of a run."""
-    path = os.environ.get(variable)
-    if not path:
-        return
-    import time
-    with open(path + '.reached', 'w'):
-        pass
-    deadline = time.monotonic() + timeout
-    while os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.05)

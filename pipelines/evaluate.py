@@ -363,25 +363,18 @@ def run(argv=None):
     for flag in ('input', 'output'):
         if not getattr(args, flag):
             raise BeammlError(f'--{flag} is required')
-    result, _ = runs.run_committed(
-        args, options, 'evaluate', build, folder=True, report=False,
+
+    def show(_):
+        metrics_path = FileSystems.join(args.output, 'metrics.json')
+        print(summary(read_json(metrics_path)))
+        print(f'metrics: {metrics_path}')
+        if args.task == 'ranking':
+            print(f'per_query: {FileSystems.join(args.output, "per_query")}/per_query-?????-'
+                  f'of-?????.{args.output_format}')
+    return runs.run_and_show(
+        args, options, 'evaluate', build, show, folder=True, report=False,
         errors_glob=lambda out: WriteDeadLetters.glob(FileSystems.join(out, 'evaluate')),
         finish=functools.partial(finish_metrics, args))
-    if result is None:   # the destination is complete: nothing was run
-        return None
-    if common.no_results(options):   # translated offline or not waited for: no outputs yet
-        return result
-    metrics_path = FileSystems.join(args.output, 'metrics.json')
-    doc = read_json(metrics_path)
-    errors_glob = WriteDeadLetters.glob(FileSystems.join(args.output, 'evaluate'))
-    print(summary(doc))
-    print(f'metrics: {metrics_path}')
-    if args.task == 'ranking':
-        print(f'per_query: {FileSystems.join(args.output, "per_query")}/per_query-?????-of-?????.'
-              f'{args.output_format}')
-    common.report(result, errors_glob=errors_glob,
-                  max_refused_fraction=args.max_refused_fraction)
-    return result
 
 
 def _run_streaming(args, options):

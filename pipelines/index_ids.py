@@ -90,15 +90,12 @@ def build(p, args):
 def run(argv=None):
     args, options = common.parse_args(IndexIdsOptions, argv, prog='beamml index_ids',
                                       description=__doc__)
-    result, _ = runs.run_committed(args, options, 'index_ids', build,
-                                   errors_glob=WriteDeadLetters.glob)
-    if result is None:   # the destination is complete: nothing was run
-        return None
-    if common.no_results(options):   # translated offline or not waited for: no outputs yet
-        return result
-    print(f'id2idx: {args.output}-id2idx-?????-of-?????.parquet')
-    print(f'encoded: {args.output}-encoded-?????-of-?????.{args.output_format}')
-    return result
+
+    def show(_):
+        print(f'id2idx: {args.output}-id2idx-?????-of-?????.parquet')
+        print(f'encoded: {args.output}-encoded-?????-of-?????.{args.output_format}')
+    return runs.run_and_show(args, options, 'index_ids', build, show,
+                             errors_glob=WriteDeadLetters.glob)
 
 
 if __name__ == '__main__':

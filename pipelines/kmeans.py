@@ -37,6 +37,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines import common, kmeans_report, kmeans_streaming, runs, streaming
+from beamml.pipelines.faults import fault_point
 from beamml.pipelines.overlap import check_input_overlap, output_namespace
 from beamml.transforms.distances import DISTANCES
 from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
@@ -53,6 +54,15 @@ from beamml.transforms.kmeans.training import (cached_points, centre_into_cache,
 from beamml.transforms.model import LATEST_FILE, CentroidModel, list_versions, new_version
 
 __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']
+
+#: ``beamml kmeans --help``'s description (the module docstring is for developers)
+DESCRIPTION = """K-means training (Lloyd, scikit-learn's stopping rule); writes a new model version.
+
+Writes <model_dir>/<version>/model.json (then LATEST), training.json (initial centres,
+centre shifts per iteration), the input's dead letters (training-errors-*.jsonl) and
+report.html. A failed run leaves no version: its dead letters and summary go to
+<model_dir>/_failed/<version>/. Iterations run in blocks of --block_size, checkpointed
+under <model_dir>/_runs/<version>/; --resume continues a killed run."""
 
 LOG = logging.getLogger('beamml')
 #: where a streaming training's dead letters go, under the model directory
@@ -294,7 +304,7 @@ def default_cache_dir(args, options, run: TrainingRun) -> str:
 @common.pipeline_run
 def run(argv=None):
     args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
-                                      description=__doc__, streaming=True)
+                                      description=DESCRIPTION, streaming=True)
     streaming.check_streaming_args(args, options, needs_output=False)
     check_input_overlap([('--input', args.input)], [
         output_namespace(flag, value.rstrip('/') + '/') for flag, value in (
@@ -377,7 +387,7 @@ def _first_block(p, args, training: TrainingRun) -> dict:
                  training.version, counts['records_read'], counts['records_ok'],
                  counts['records_refused'])
     _block_log(training, 1, checkpoint, time.monotonic() - started)
-    common.kill_for_test('BEAMML_TEST_KILL_AFTER_BLOCK', 1)
+    fault_point('kmeans.after_first_block')
     return checkpoint
 
 
@@ -398,7 +408,6 @@ def _next_block(args, options, training: TrainingRun, kmeans: KMeans, checkpoint
     common.run_pipeline(p)
     checkpoint = training.read_block(index)
     _block_log(training, index, checkpoint, time.monotonic() - started)
-    common.kill_for_test('BEAMML_TEST_KILL_AFTER_BLOCK', index)
     return checkpoint
 
 

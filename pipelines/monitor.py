@@ -393,34 +393,32 @@ def run(argv=None):
     if args.make_baseline:
         build_fn = (functools.partial(build_logs, ctx=ctx, make_baseline=True) if args.task
                     else functools.partial(build_baseline, ctx=ctx))
-        result, _ = runs.run_committed(args, options, 'monitor', build_fn, folder=True,
-                                       errors_glob=errors_glob)
-        if result is not None and not common.no_results(options):
-            print(f'baseline: {FileSystems.join(args.output, BASELINE_FILE)}')
-        return result
+        return runs.run_and_show(
+            args, options, 'monitor', build_fn,
+            lambda _: print(f'baseline: {FileSystems.join(args.output, BASELINE_FILE)}'),
+            folder=True, errors_glob=errors_glob)
     ctx['retrain_input'] = retrain_input(args, ctx['config'])
     ctx['history'] = ([] if common.is_dry_run(options)   # a dry run touches no storage
                       else read_history(args.history or ctx['config'].history, args.output))
     ctx['run_name'] = _folder(args.output)
-    result, _ = runs.run_committed(args, options, 'monitor', functools.partial(
-        build_logs if args.task else build, ctx=ctx), folder=True, errors_glob=errors_glob)
-    if result is None or common.no_results(options):
-        return result
-    drift = read_json(FileSystems.join(args.output, 'drift.json'))
-    decision = read_json(FileSystems.join(args.output, 'decision.json'))
-    alarms = drift['alarms']
-    print(summary_line(alarms))
-    print(f'retrain: {str(decision["retrain"]).lower()}'
-          + (f' (rules {", ".join(decision["fired"])})' if decision['fired'] else ''))
-    print(f'results: {_folder(args.output)}{{{",".join(OUTPUT_FILES)}}}')
-    if decision['retrain'] and args.retrain:
-        candidate = retrain(args, ctx, decision)
-        print(f'candidate model: {os.path.dirname(candidate.path)} (version '
-              f'{candidate.version}; LATEST not moved)')
-    if alarms:
-        raise AlarmError(f'{len(alarms)} alarm(s) fired (exit code {EXIT_ALARM}); see '
-                         f'{FileSystems.join(args.output, "alarms.jsonl")}')
-    return result
+
+    def show(_):
+        alarms = read_json(FileSystems.join(args.output, 'drift.json'))['alarms']
+        decision = read_json(FileSystems.join(args.output, 'decision.json'))
+        print(summary_line(alarms))
+        print(f'retrain: {str(decision["retrain"]).lower()}'
+              + (f' (rules {", ".join(decision["fired"])})' if decision['fired'] else ''))
+        print(f'results: {_folder(args.output)}{{{",".join(OUTPUT_FILES)}}}')
+        if decision['retrain'] and args.retrain:
+            candidate = retrain(args, ctx, decision)
+            print(f'candidate model: {os.path.dirname(candidate.path)} (version '
+                  f'{candidate.version}; LATEST not moved)')
+        if alarms:
+            raise AlarmError(f'{len(alarms)} alarm(s) fired (exit code {EXIT_ALARM}); see '
+                             f'{FileSystems.join(args.output, "alarms.jsonl")}')
+    return runs.run_and_show(args, options, 'monitor', functools.partial(
+        build_logs if args.task else build, ctx=ctx), show, folder=True,
+        errors_glob=errors_glob)
 
 
 if __name__ == '__main__':

@@ -111,16 +111,13 @@ def run(argv=None):
     args, options = common.parse_args(NormsOptions, argv, prog='beamml norms',
                                       description=__doc__)
     validate(args)
-    result, _ = runs.run_committed(args, options, 'norms', build,
-                                   errors_glob=WriteDeadLetters.glob)
-    if result is None:   # the destination is complete: nothing was run
-        return None
-    if common.no_results(options):   # translated offline or not waited for: no outputs yet
-        return result
-    order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'
-             if args.sort else '')
-    print(f'norms{order}: {output_glob(args)}')
-    return result
+
+    def show(_):
+        order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'
+                 if args.sort else '')
+        print(f'norms{order}: {output_glob(args)}')
+    return runs.run_and_show(args, options, 'norms', build, show,
+                             errors_glob=WriteDeadLetters.glob)
 
 
 if __name__ == '__main__':

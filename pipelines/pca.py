@@ -120,22 +120,16 @@ def run(argv=None):
     args, options = common.parse_args(PCAOptions, argv, prog='beamml pca',
                                       description=__doc__)
     validate(args)
-    result, _ = runs.run_committed(
-        args, options, 'pca', build, folder=True, report=False,
-        errors_glob=lambda out: WriteDeadLetters.glob(errors_prefix(out)),
-        finish=finish)
-    if result is None:   # the destination is complete: nothing was run
-        return None
-    if common.no_results(options):   # translated offline or not waited for: no outputs yet
-        return result
-    path = model_path(args.output)
-    print(summary(PCAModel.load(path).to_dict()))
-    print(f'model: {path}')
-    if args.write_projection:
-        print(f'projection: {projection_glob(args)}')
-    common.report(result, errors_glob=WriteDeadLetters.glob(errors_prefix(args.output)),
-                  max_refused_fraction=args.max_refused_fraction)
-    return result
+
+    def show(_):
+        path = model_path(args.output)
+        print(summary(PCAModel.load(path).to_dict()))
+        print(f'model: {path}')
+        if args.write_projection:
+            print(f'projection: {projection_glob(args)}')
+    return runs.run_and_show(
+        args, options, 'pca', build, show, folder=True, report=False,
+        errors_glob=lambda out: WriteDeadLetters.glob(errors_prefix(out)), finish=finish)
 
 
 if __name__ == '__main__':

@@ -417,6 +417,25 @@ class DatedRun:
                                        *[side(d) for d in done]))
 
 
+def run_and_show(args, options, pipeline: str, build, show, *, errors_glob, report: bool = True,
+                 **kwargs):
+    """:func:`run_committed`, then the end of the run: ``show(built)`` prints what the run
+    wrote (and may raise), unless nothing was run (the destination is complete) or there
+    is nothing to read back here (:func:`common.no_results`: a dry run, a launch that does
+    not wait). With ``report=False`` the records line and --max_refused_fraction follow
+    what ``show`` prints. Returns the result (None when nothing was run)."""
+    from beamml.pipelines import common
+    result, built = run_committed(args, options, pipeline, build, errors_glob=errors_glob,
+                                  report=report, **kwargs)
+    if result is None or common.no_results(options):
+        return result
+    show(built)
+    if not report:
+        common.report(result, errors_glob=errors_glob(args.output),
+                      max_refused_fraction=args.max_refused_fraction)
+    return result
+
+
 def run_committed(args, options, pipeline: str, build, *, errors_glob, info=None,
                   finish=None, folder: bool = False, report: bool = True):
     """Build and run a batch pipeline as one committed run (:class:`DatedRun`):

@@ -12,6 +12,7 @@ import pytest
 
 from beamml.pipelines import common
 from beamml.pipelines.__main__ import main
+from faults import pause_at
 
 
 @pytest.fixture
@@ -141,7 +142,7 @@ def test_a_run_stopped_by_a_signal_is_one_line_and_cleans_up(signal_name, code, 
     pause = tmp_path / 'pause'
     pause.write_text('')
     run = _beamml('norms', '--input', src, '--output', tmp_path / 'out' / 'norms',
-                  env={'BEAMML_TEST_PAUSE_COMMIT': str(pause)})
+                  env=pause_at('commit.before_moves', pause))
     try:
         deadline = time.monotonic() + 120
         while not os.path.exists(str(pause) + '.reached'):

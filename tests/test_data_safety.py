@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from beamml.pipelines import commit, runs
 from beamml.pipelines.__main__ import main
 from beamml.pipelines.overlap import glob_matches, may_match_under
+from faults import COMMIT_STAGES, kill_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -292,7 +293,7 @@ def test_a_run_killed_after_its_success_is_cleaned_by_the_next_one(tmp_path):
     (tmp_path / 'in' / 'a.csv').write_text('id,x0,x1\n1,1,2\n2,2,2\n')
     flags = ['norms', '--input', str(tmp_path / 'in' / '*.csv'),
              '--output', str(tmp_path / 'out') + '/']
-    killed = _cli(flags, {'BEAMML_TEST_KILL_COMMIT': '3'})
+    killed = _cli(flags, kill_at('commit.after_success'))
     assert killed.returncode == -9, killed.stderr[-2000:]
     left = sorted(os.listdir(tmp_path))
     assert '.beamml-lock-out' in left and '.beamml-commit-out' in left
@@ -315,7 +316,7 @@ def test_an_overwrite_killed_half_way_leaves_only_recorded_files(tmp_path):
              '--allow_foreign_files']
     assert main(flags + ['--num_shards', '3']) == 0
     (dest / 'mine.txt').write_text('a user file')
-    killed = _cli(flags + ['--num_shards', '4', '--overwrite'], {'BEAMML_TEST_KILL_COMMIT': '2'})
+    killed = _cli(flags + ['--num_shards', '4', '--overwrite'], kill_at('commit.between_moves'))
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (dest / '_SUCCESS').exists()
     journal = json.loads((tmp_path / '.beamml-commit-out').read_text())
@@ -508,7 +509,7 @@ def _check_scenario(where, scenario):
         before = where.files().get(success)
         if op.startswith('kill'):
             result = _cli(flags + ['--overwrite', '--allow_foreign_files'],
-                          {'BEAMML_TEST_KILL_COMMIT': op[-1]})
+                          kill_at(COMMIT_STAGES[int(op[-1]) - 1]))
             rc, err = result.returncode, result.stderr
             assert rc in (-9, 2, 4), (op, rc, err[-3000:])
         else:

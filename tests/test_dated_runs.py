@@ -27,6 +27,7 @@ from beamml.pipelines import runs
 from beamml.pipelines.__main__ import main
 from beamml.transforms.io import BeammlError
 from beamml.transforms.model import CentroidModel
+from faults import COMMIT_STAGES, kill_at, pause_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -286,7 +287,7 @@ def test_killed_run_leaves_no_success_and_the_next_run_cleans_up(tmp_path, stage
     dest = tmp_path / 'out'
     flags = ['norms', '--input', str(tmp_path / 'in' / '*.csv'), '--output', str(dest) + '/',
              '--num_shards', '4']
-    killed = _cli(flags, {'BEAMML_TEST_KILL_COMMIT': str(stage)})
+    killed = _cli(flags, kill_at(COMMIT_STAGES[stage - 1]))
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (dest / '_SUCCESS').exists()
     moved = tree(dest) if dest.exists() else []
@@ -329,14 +330,14 @@ def test_a_live_lock_is_exit_5_an_expired_one_is_taken_over(tmp_path, capsys):
 
 
 def test_two_runs_at_once_make_one_copy(tmp_path):
-    """The first run is held at its commit step (BEAMML_TEST_PAUSE_COMMIT) while a second
+    """The first run is held at its commit step (fault point commit.before_moves) while a second
     one starts for the same destination: the second exits 5, the first commits."""
     n = write_points(str(tmp_path / 'in'))
     dest = tmp_path / 'out'
     flags = ['norms', '--input', str(tmp_path / 'in' / '*.csv'), '--output', str(dest) + '/']
     pause = tmp_path / 'pause'
     pause.write_text('')
-    env = dict(os.environ, PYTHONPATH=ROOT, BEAMML_TEST_PAUSE_COMMIT=str(pause))
+    env = dict(os.environ, PYTHONPATH=ROOT, **pause_at('commit.before_moves', pause))
     first = subprocess.Popen([sys.executable, '-m', 'beamml', *flags], env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from faults import pause_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATE = '2026-11-22'
@@ -211,7 +212,7 @@ def test_two_runs_at_once_one_commits_the_other_exits_5(gcs, bucket, tmp_path):
     model = save_model(gcs, bucket)
     pause = tmp_path / 'pause'
     pause.write_text('')
-    first = beamml(gcs, *daily(bucket, model), env={'BEAMML_TEST_PAUSE_COMMIT': str(pause)},
+    first = beamml(gcs, *daily(bucket, model), env=pause_at('commit.before_moves', pause),
                    popen=True)
     try:
         wait_for(str(pause) + '.reached', first)
@@ -242,7 +243,7 @@ def test_storage_stopped_mid_run_then_a_rerun_completes(gcs, bucket, tmp_path):
     pause = tmp_path / 'pause'
     pause.write_text('')
     run = beamml(gcs, *daily(bucket, model), popen=True,
-                 env={'BEAMML_TEST_PAUSE_COMMIT': str(pause),
+                 env={**pause_at('commit.before_moves', pause),
                       'BEAMML_STORAGE_RETRY_SECONDS': '3'})
     try:
         wait_for(str(pause) + '.reached', run)

@@ -11,6 +11,7 @@ import pytest
 from kmeans_cli import kmeans_process, model_doc
 from beamml.pipelines import kmeans
 from beamml.transforms.model import list_versions
+from faults import kill_at
 
 
 @pytest.fixture(scope='module')
@@ -56,7 +57,7 @@ def test_a_killed_run_resumes_to_the_same_model_bit_for_bit(blobs, tmp_path):
     for lose_cache in (False, True):
         models = tmp_path / f'killed-{lose_cache}'
         killed = _train(blobs, models, '--block_size', '3',
-                        env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+                        env=kill_at('kmeans.after_first_block'))
         assert killed.returncode == -9, killed.stderr[-3000:]   # SIGKILL: no clean-up ran
         assert list_versions(str(models)) == []
         (version,) = os.listdir(models / '_runs')
@@ -79,7 +80,7 @@ def test_resume_refuses_other_flags_and_nothing_to_resume(blobs, tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1].startswith(
         'beamml kmeans: error: --resume: ') and 'no unfinished training' in out.stderr
-    killed = _train(blobs, models, '--block_size', '2', env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+    killed = _train(blobs, models, '--block_size', '2', env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9
     out = _train(blobs, models, '--block_size', '2', '--tol', '0.5', '--resume')
     assert out.returncode == 2
@@ -94,13 +95,13 @@ def test_resume_refuses_an_input_that_changed(blobs, tmp_path):
     shutil.copy(blobs['path'], data)
     models = tmp_path / 'ok'
     killed = kmeans_process(data, models, '--k', '4', '--block_size', '2',
-                            env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+                            env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9
     out = kmeans_process(data, models, '--k', '4', '--block_size', '2', '--resume')
     assert out.returncode == 0, out.stderr[-2000:]
     models = tmp_path / 'm'
     killed = kmeans_process(data, models, '--k', '4', '--block_size', '2',
-                            env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+                            env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9
     with open(data, 'a') as f:
         f.write('99999,1.0,2.0\n')
@@ -113,7 +114,7 @@ def test_resume_refuses_an_input_that_changed(blobs, tmp_path):
 
 def test_resume_of_a_run_killed_in_its_first_block_removes_it(blobs, tmp_path):
     models = tmp_path / 'm'
-    killed = _train(blobs, models, '--block_size', '2', env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+    killed = _train(blobs, models, '--block_size', '2', env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9
     (version,) = os.listdir(models / '_runs')
     os.remove(models / '_runs' / version / 'block-0001.json')   # as if killed during block 1

@@ -28,6 +28,7 @@ from beamml.transforms.io import BeammlError, ReadPoints, points_batch
 from beamml.transforms.kmeans import KMeans
 from beamml.transforms.kmeans.checkpoint import TrainingRun
 from beamml.transforms.model import CentroidModel, CentroidModelHandler
+from faults import kill_at
 
 ZERO = 'zero vector: cosine distance is undefined'
 
@@ -415,7 +416,7 @@ def test_resume_keeps_the_distance(cloud, tmp_path):
     assert model_doc(tmp_path / 'whole')['distance'] == 'cosine'
     models = tmp_path / 'killed'
     killed = _train(cloud, models, '--distance', 'cosine', '--block_size', '1',
-                    env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+                    env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9, killed.stderr[-3000:]
     (version,) = os.listdir(models / '_runs')
     # another distance is refused, naming the flag

@@ -14,6 +14,7 @@ from kmeans_cli import kmeans_process, model_doc, run_kmeans
 from beamml.transforms.io import BeammlError
 from beamml.transforms.kmeans import KMeans, lloyd_pass, lloyd_pass_runs, row_hashes
 from beamml.transforms.model import CentroidModel, list_versions
+from faults import kill_at
 
 
 def sk_fit(X, C0, w=None, **kw):
@@ -211,7 +212,7 @@ def test_cli_records_every_run_and_resumes_bit_for_bit(tmp_path, blobs_csv):
     # killed after block 1, resumed: the same model bit for bit
     models = tmp_path / 'killed'
     killed = kmeans_process(blobs_csv, models, *flags,
-                            env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+                            env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9, killed.stderr[-3000:]
     resumed = kmeans_process(blobs_csv, models, *flags, '--resume')
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -219,7 +220,7 @@ def test_cli_records_every_run_and_resumes_bit_for_bit(tmp_path, blobs_csv):
     assert model_doc(models)['init_inertias'] == doc['init_inertias']
     # another --n_init cannot resume it
     killed = kmeans_process(blobs_csv, tmp_path / 'k2', *flags,
-                            env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+                            env=kill_at('kmeans.after_first_block'))
     other = kmeans_process(blobs_csv, tmp_path / 'k2', *flags[:3], '2', *flags[4:],
                            '--resume')
     assert other.returncode == 2 and '--n_init was 3, now 2' in other.stderr

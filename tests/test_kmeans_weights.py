@@ -27,6 +27,7 @@ from beamml.transforms.kmeans.cache import drop_cached_points, read_cached_weigh
 from beamml.transforms.kmeans.kernels import lloyd_pass
 from beamml.transforms.kmeans.seeding import _seed_plusplus, _seed_random
 from beamml.transforms.model import list_versions
+from faults import kill_at
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -293,7 +294,7 @@ def test_killed_weighted_run_resumes_with_a_rebuilt_cache(weighted_csv, tmp_path
     whole = _train(weighted_csv, tmp_path / 'whole')
     assert whole.returncode == 0, whole.stderr[-3000:]
     models = tmp_path / 'killed'
-    killed = _train(weighted_csv, models, env={'BEAMML_TEST_KILL_AFTER_BLOCK': '1'})
+    killed = _train(weighted_csv, models, env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9, killed.stderr[-3000:]
     (version,) = os.listdir(models / '_runs')
     shutil.rmtree(models / '_runs' / version / 'cache')

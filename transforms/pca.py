@@ -27,6 +27,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.io.documents import NON_FINITE, join, read_json, to_jsonable, write_json
 from beamml.transforms.io.errors import BeammlError, first_line
 from beamml.transforms.io.rows import points_matrix
@@ -337,11 +338,7 @@ class PCACombineFn(beam.CombineFn):
         return acc.merge(PCAStats.of(X))
 
     def merge_accumulators(self, accumulators) -> PCAStats:
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        for acc in accumulators:
-            first.merge(acc)
-        return first
+        return merge_into_first(accumulators)
 
     def extract_output(self, acc: PCAStats) -> PCAStats:
         return acc

@@ -22,6 +22,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.io import BeammlError, features_matrix
 from beamml.transforms.norms import NORMS, row_norms
 
@@ -206,13 +207,9 @@ class _SortSampleFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs):
-        accs = iter(accs)
-        first = next(accs)
-        for a in accs:
-            first.absorb(a.num_rows, a.priority, a.keys,
-                         a.ids if a.ids is not None else np.empty(0), a.schema,
-                         self.sample_size)
-        return first
+        return merge_into_first(accs, lambda first, a: first.absorb(
+            a.num_rows, a.priority, a.keys, a.ids if a.ids is not None else np.empty(0),
+            a.schema, self.sample_size))
 
     def extract_output(self, acc):
         n = acc.num_rows

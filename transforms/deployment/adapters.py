@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamml.transforms.assignment import _AssignFn, _AssignLatestFn, _LatestModel
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.deployment.kernels import canary_mask, comparison_report
 from beamml.transforms.io import BeammlError, features_matrix
 
@@ -68,18 +69,22 @@ class ShadowComparisonFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs):
-        accs = iter(accs)
-        first = next(accs)
-        for a in accs:
-            if a[0].size:
-                self._fit(first, a[0].shape)
-                first[0] += a[0]
-            first[1] += a[1]
-            first[2] += a[2]
-        return first
+        return merge_into_first(accs, self._merge)
+
+    def _merge(self, first, a) -> None:
+        if a[0].size:
+            self._fit(first, a[0].shape)
+            first[0] += a[0]
+        first[1] += a[1]
+        first[2] += a[2]
 
     def extract_output(self, acc):
         return comparison_report(acc[0], acc[1], acc[2])
+
+
+def _add_counts(first: list, a: list) -> None:
+    for f, x in zip(first, a):
+        f += x   # numpy arrays: in place
 
 
 class VersionCountsFn(beam.CombineFn):
@@ -110,12 +115,7 @@ class VersionCountsFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accs):
-        accs = iter(accs)
-        first = next(accs)
-        for a in accs:
-            for f, x in zip(first, a):
-                f += x
-        return first
+        return merge_into_first(accs, _add_counts)
 
     def extract_output(self, acc):
         return [a.tolist() for a in acc]

@@ -20,6 +20,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.index.kernels import (MAX_FILES, ORDERS, file_ranks, first_keys,
                                              first_keys_schema, merge_first_keys,
                                              normalise_ids, number_ids, source_keys)
@@ -79,11 +80,7 @@ class MinKeyPerIdFn(beam.CombineFn):
         return self._maybe_compact(acc)
 
     def merge_accumulators(self, accumulators):
-        it = iter(accumulators)
-        first = next(it)
-        for acc in it:
-            first.extend(acc)
-        return self._maybe_compact(first)
+        return self._maybe_compact(merge_into_first(accumulators, list.extend))
 
     def compact(self, acc):
         return [merge_first_keys(acc, self.schema)]
@@ -109,11 +106,8 @@ class UnifySchemasFn(beam.CombineFn):
         return add_schema(acc, schema)
 
     def merge_accumulators(self, accumulators):
-        it = iter(accumulators)
-        first = next(it)
-        for acc in it:
-            add_schema(first, pa.schema(list(acc.items())))
-        return first
+        return merge_into_first(accumulators,
+                                lambda first, acc: add_schema(first, pa.schema(list(acc.items()))))
 
     def extract_output(self, acc):
         return unified_schema(acc, self.columns)

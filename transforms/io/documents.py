@@ -74,10 +74,11 @@ def join(base: str, *parts: str) -> str:
 
 
 def exists(path: str) -> bool:
-    try:
+    """Whether the file ``path`` exists. Only a missing file is ``False``: a store that did
+    not answer or refused the request (no access) is one BeammlError naming ``path``."""
+    from beamml.transforms.io.objects import _storage
+    with _storage(path):
         return FileSystems.exists(path)
-    except Exception:  # an unreachable store reads as missing; the caller says where
-        return False
 
 
 def read_bytes(path: str) -> bytes:

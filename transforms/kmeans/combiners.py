@@ -21,6 +21,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.io import points_matrix
 from beamml.transforms.kmeans.kernels import (MASK64, LloydPass, batch_rng, farthest_order,
                                               label_signature, largest, row_hashes, smallest)
@@ -331,14 +332,6 @@ def batch_weights(batch) -> np.ndarray | None:
     return None
 
 
-def _merge_into_first(accumulators):
-    accumulators = iter(accumulators)
-    first = next(accumulators)
-    for acc in accumulators:
-        first.merge(acc)
-    return first
-
-
 class CentroidCombineFn(beam.CombineFn):
     """Per-cluster sums, counts and inertia of labelled batches (the K-means M-step).
 
@@ -376,7 +369,7 @@ class CentroidCombineFn(beam.CombineFn):
         return acc.add(*tuple(element))
 
     def merge_accumulators(self, accumulators) -> ClusterSums:
-        return _merge_into_first(accumulators)
+        return merge_into_first(accumulators)
 
     def extract_output(self, acc: ClusterSums) -> ClusterSums:
         return acc.sort_farthest()
@@ -410,16 +403,14 @@ class RunsCombineFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accumulators) -> list:
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        rest = list(accumulators)
-        for r in range(self.n_runs):   # into the first accumulator only (Beam's rule)
-            parts = [a[r] for a in rest if a[r] is not None]
-            if parts:
+        return merge_into_first(accumulators, self._merge_runs)
+
+    def _merge_runs(self, first: list, a: list) -> None:
+        for r in range(self.n_runs):
+            if a[r] is not None:
                 if first[r] is None:
                     first[r] = self.inner.create_accumulator()
-                first[r] = self.inner.merge_accumulators([first[r]] + parts)
-        return first
+                first[r] = self.inner.merge_accumulators([first[r], a[r]])
 
     def extract_output(self, acc: list) -> list:
         return [None if a is None else self.inner.extract_output(a) for a in acc]
@@ -461,7 +452,7 @@ class PointStatsCombineFn(beam.CombineFn):
         return acc.add_points(X, hashes, weights)
 
     def merge_accumulators(self, accumulators) -> PointStats:
-        return _merge_into_first(accumulators)
+        return merge_into_first(accumulators)
 
     def extract_output(self, acc: PointStats) -> PointStats:
         return acc.sort_sample()
@@ -483,18 +474,18 @@ class OversampleCombineFn(beam.CombineFn):
         return self.merge_accumulators([acc, list(element)])
 
     def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        for keys, pts, cost in accumulators:
-            first[2] += cost
-            if keys is None or not len(keys):
-                continue
-            if first[0] is not None:
-                keys = np.concatenate([first[0], keys])
-                pts = np.concatenate([first[1], pts])
-            top = largest(keys, self.cap)
-            first[0], first[1] = keys[top], pts[top]
-        return first
+        return merge_into_first(accumulators, self._merge)
+
+    def _merge(self, first: list, other) -> None:
+        keys, pts, cost = other
+        first[2] += cost
+        if keys is None or not len(keys):
+            return
+        if first[0] is not None:
+            keys = np.concatenate([first[0], keys])
+            pts = np.concatenate([first[1], pts])
+        top = largest(keys, self.cap)
+        first[0], first[1] = keys[top], pts[top]
 
     def extract_output(self, acc):
         return tuple(acc)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.io import ERRORS
 from beamml.transforms.io.types import is_string_type
 from beamml.transforms.metrics.parsing import SLICE_COLUMN, _np, slice_keys
@@ -131,16 +132,15 @@ class MetricsCombineFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        for a in accumulators:
-            for key, accs in a.items():
-                mine = first.get(key)
-                if mine is None:  # a slice new to first: merged into fresh states, a copy
-                    mine = first[key] = [s.create() for s in self.states]
-                for i, s in enumerate(self.states):
-                    mine[i] = s.merge(mine[i], accs[i])
-        return first
+        return merge_into_first(accumulators, self._merge_slices)
+
+    def _merge_slices(self, first: dict, a: dict) -> None:
+        for key, accs in a.items():
+            mine = first.get(key)
+            if mine is None:  # a slice new to first: merged into fresh states, a copy
+                mine = first[key] = [s.create() for s in self.states]
+            for i, s in enumerate(self.states):
+                mine[i] = s.merge(mine[i], accs[i])
 
     def _section(self, accs) -> dict:
         out, undefined = {}, {}

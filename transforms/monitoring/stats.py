@@ -25,6 +25,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
+from beamml.transforms.combining import merge_into_first
 from beamml.transforms.io import features_matrix
 from beamml.transforms.norms import row_norms
 
@@ -165,6 +166,16 @@ def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, lo: float, hi: fl
 
 # ----------------------------------------------------------------------------- Beam
 
+def _merge_stats(first: dict, a: dict) -> None:
+    """Add the accumulator ``a`` of :class:`ColumnStatsFn` into ``first``."""
+    first['rows'] += a['rows']
+    first['moments'] = merge_moments(first['moments'], a['moments'])
+    if 'counts' in first:
+        first['counts'] += a['counts']
+    if 'clusters' in first:
+        first['clusters'] += a['clusters']
+
+
 class ColumnStatsFn(beam.CombineFn):
     """Statistics of column batches ``(values, labels)`` in one pass: rows, moments per
     column, with ``edges`` ((c, B + 1)) the bin counts per column, with ``k`` the points
@@ -201,16 +212,7 @@ class ColumnStatsFn(beam.CombineFn):
         return acc
 
     def merge_accumulators(self, accumulators):
-        accumulators = iter(accumulators)
-        first = next(accumulators)
-        for a in accumulators:
-            first['rows'] += a['rows']
-            first['moments'] = merge_moments(first['moments'], a['moments'])
-            if 'counts' in first:
-                first['counts'] += a['counts']
-            if 'clusters' in first:
-                first['clusters'] += a['clusters']
-        return first
+        return merge_into_first(accumulators, _merge_stats)
 
     def extract_output(self, acc):
         return {'rows': int(acc['rows']), 'moments': finish_moments(acc['moments']),
