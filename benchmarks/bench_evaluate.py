@@ -76,8 +76,8 @@ def main(argv=None):
         print(f'wrote {args.rows:,} rows to {path} in {time.perf_counter() - t0:.1f} s')
 
     from beamml.pipelines import evaluate
-    from beamml.pipelines.common import configure_logging
-    from beamml.transforms.io.documents import read_json
+    from beamml.pipelines._platform.main import configure_logging
+    from beamml.transforms.core.documents import read_json
     configure_logging()
 
     best_base = best_beam = cpu_base = cpu_beam = float('inf')

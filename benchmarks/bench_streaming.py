@@ -398,7 +398,8 @@ def run_emulator_alone(emu, label, messages, n, ids_of, timeout):
 IDLE = {('~', 0, '<built-in method time.sleep>'),
         ('~', 0, "<method 'acquire' of '_thread.lock' objects>")}
 #: the process's own frames (runpy, the CLI wrappers) left out of the cumulative listing
-OUTER = ('runpy', '__main__.py', 'common.py', 'assign.py', 'streaming.py', '<string>',
+OUTER = ('runpy', '__main__.py', 'main.py', 'runners.py', 'assign/__init__.py', 'streams.py',
+         '<string>',
          'threading.py', 'builtins.exec')
 
 

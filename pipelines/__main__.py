@@ -1,33 +1,40 @@
 """``beamml <pipeline> [flags]`` and ``python -m beamml <pipeline> [flags]``.
 
-Each module of this package that defines ``run(argv)`` is a pipeline; the first
-line of its docstring is its one-line description in ``beamml --help``.
+The commands are the table :data:`COMMANDS`; the first line of each command module's
+docstring is its one-line description in ``beamml --help``, read without importing it
+(``beamml --help`` stays instant).
 """
 from __future__ import annotations
 
 import ast
 import importlib
-import os
-import pkgutil
+import importlib.util
 import sys
 
-_NOT_PIPELINES = {'common', 'runs', 'streaming', '__main__'}
+#: every command: its name on the command line -> its module (with ``run(argv)``)
+COMMANDS = {
+    'assign': 'beamml.pipelines.assign',
+    'demo': 'beamml.pipelines.demo',
+    'evaluate': 'beamml.pipelines.evaluate',
+    'index_ids': 'beamml.pipelines.index_ids',
+    'kmeans': 'beamml.pipelines.kmeans',
+    'monitor': 'beamml.pipelines.monitor',
+    'norms': 'beamml.pipelines.norms',
+    'pca': 'beamml.pipelines.pca',
+    'validate': 'beamml.pipelines.validate',
+}
+
+
+def _description(module: str) -> str:
+    spec = importlib.util.find_spec(module)
+    with open(spec.origin, encoding='utf-8') as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or ''
+    return doc.strip().splitlines()[0] if doc.strip() else ''
 
 
 def pipelines() -> dict[str, str]:
-    """{name: one-line description} of every pipeline module, read without importing it."""
-    here = os.path.dirname(__file__)
-    found = {}
-    for info in sorted(pkgutil.iter_modules([here]), key=lambda m: m.name):
-        if info.name in _NOT_PIPELINES or info.name.startswith('_'):
-            continue
-        with open(os.path.join(here, info.name + '.py'), encoding='utf-8') as f:
-            tree = ast.parse(f.read())
-        if not any(isinstance(n, ast.FunctionDef) and n.name == 'run' for n in tree.body):
-            continue
-        doc = ast.get_docstring(tree) or ''
-        found[info.name] = doc.strip().splitlines()[0] if doc.strip() else ''
-    return found
+    """{name: one-line description} of every command, in :data:`COMMANDS`' order."""
+    return {name: _description(module) for name, module in COMMANDS.items()}
 
 
 def usage() -> str:
@@ -45,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     name, rest = argv[0], argv[1:]
-    if name not in pipelines():
+    if name not in COMMANDS:
         print(f'beamml: unknown pipeline {name!r}\n\n{usage()}', file=sys.stderr)
         return 2
-    module = importlib.import_module(f'beamml.pipelines.{name}')
-    from beamml.pipelines.common import main_wrapper
+    module = importlib.import_module(COMMANDS[name])
+    from beamml.pipelines._platform.main import main_wrapper
     return main_wrapper(module.run, rest, prog=f'beamml {name}')
 
 

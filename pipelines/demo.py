@@ -170,5 +170,5 @@ def how_to_run_beamml(environ=None) -> str | None:
 
 
 if __name__ == '__main__':
-    from beamml.pipelines.common import main_wrapper
+    from beamml.pipelines._platform.main import main_wrapper
     raise SystemExit(main_wrapper(run, prog='beamml demo'))

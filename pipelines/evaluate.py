@@ -26,10 +26,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.pipelines import common, runs, streaming
-from beamml.transforms.io import (ERRORS, OUTPUT_FORMATS, SOURCE_COLUMNS, BeammlError,
-                                  ReadTable, WriteDeadLetters, WriteTable)
-from beamml.transforms.io.documents import read_json, to_jsonable, write_json
+from beamml.pipelines._platform import runs, streams
+from beamml.pipelines._platform.cli import parse_args
+from beamml.pipelines._platform.flags import add_refused_arg, add_table_input_args, declare_layout
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.pipelines._platform.runners import (input_files, is_dry_run, no_results, pipeline_run,
+                                                run_pipeline)
+from beamml.transforms.core.errors import ERRORS, BeammlError
+from beamml.transforms.io import OUTPUT_FORMATS, ReadTable, WriteDeadLetters, WriteTable
+from beamml.transforms.core.types import SOURCE_COLUMNS
+from beamml.transforms.core.documents import read_json, to_jsonable, write_json
 from beamml.transforms.io.sources import RecordsAsRead
 from beamml.transforms.metrics import (CLASSIFICATION_METRICS, RANKING_METRICS, SLICE_COLUMN,
                                        ComputeMetrics, ParsePredictionLogs, PrecisionAtK,
@@ -51,7 +57,7 @@ class EvaluateOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_table_input_args(
+        add_table_input_args(
             parser, id_required=False,
             id_help="a row id column; rows with a missing id are refused (default: the "
                     "column 'id' if there is one)", input_required=False)
@@ -83,9 +89,9 @@ class EvaluateOptions:
                             help='output directory (local or gs://); required in batch')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of per_query (default parquet)')
-        common.add_refused_arg(parser)
+        add_refused_arg(parser)
         runs.add_run_args(parser)
-        streaming.add_streaming_args(parser)
+        streams.add_streaming_args(parser)
 
 
 def _split(value: str | None) -> list[str]:
@@ -190,10 +196,10 @@ def build(p, args):
     kwargs = dict(input_format=args.input_format, source_columns=True)
     if args.id_column:
         kwargs['id_column'] = args.id_column
-    if common.is_dry_run(p.options):
+    if is_dry_run(p.options):
         # no input is read: its layout and columns are what the flags say (a row without
         # them would be refused when parsed), its query ids the general type, strings
-        read = ReadTable(args.input, **common.declare_layout(args.input, kwargs, points=False))
+        read = ReadTable(args.input, **declare_layout(args.input, kwargs, points=False))
         columns, slice_by = stream_columns(args)
         id_type = 'string' if args.task == 'ranking' else 'int64'
     else:
@@ -201,7 +207,7 @@ def build(p, args):
         columns, slice_by = check_columns(read, args)
         id_type = (_id_type(read.layout, columns['q_id'])
                    if args.task == 'ranking' else 'int64')
-    LOG.info('input: %s, %s; task %s; metrics %s%s', common.input_files(read),
+    LOG.info('input: %s, %s; task %s; metrics %s%s', input_files(read),
              read.layout.input_format, args.task, ','.join(m.name for m in metrics),
              f'; slices by {",".join(slice_by)}' if slice_by else '')
     logs = p | 'ReadLogs' >> read
@@ -233,7 +239,7 @@ def build(p, args):
 
 def finish_metrics(args, output: str, counts: dict) -> None:
     """The commit's last touch to metrics.json: the metrics of nothing when no row (or no
-    query) was combined, and the run's record counts (:class:`~beamml.pipelines.runs.DatedRun`)."""
+    query) was combined, and the run's record counts (:class:`~beamml.pipelines._platform.runs.DatedRun`)."""
     path = FileSystems.join(output, 'metrics.json')
     if not FileSystems.exists(path):
         write_metrics(compute_metrics(args).empty_result(), path, args.task, args.k)
@@ -256,7 +262,7 @@ def stream_columns(args) -> tuple[dict[str, str], list[str]]:
 def _window_record(doc: dict, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
     """One window's metrics document with its window and pane timing (a pane index too:
     a late pane replaces the record of the pane before)."""
-    yield {**streaming.window_fields(window, pane), 'pane': int(pane.index), **doc}
+    yield {**streams.window_fields(window, pane), 'pane': int(pane.index), **doc}
 
 
 def build_streaming(p, args, source: dict | None = None, input_format: str = 'jsonl') -> dict:
@@ -269,7 +275,7 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     id_type = 'string'
     if source is None:
         layout, nothing_yet = None, False
-        if args.input and not common.is_dry_run(p.options):   # (a dry run reads nothing)
+        if args.input and not is_dry_run(p.options):   # (a dry run reads nothing)
             try:
                 read = ReadTable(args.input, input_format=args.input_format,
                                  **({'id_column': args.id_column} if args.id_column else {}))
@@ -281,14 +287,14 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
                 if not any(x in str(e) for x in ('no file', 'matches no', 'no input file')):
                     raise
                 nothing_yet = True
-        if layout is None and args.input and (nothing_yet or common.is_dry_run(p.options)):
-            layout = common.declare_layout(args.input, dict(
+        if layout is None and args.input and (nothing_yet or is_dry_run(p.options)):
+            layout = declare_layout(args.input, dict(
                 input_format=args.input_format, id_column=args.id_column), points=False)['layout']
             input_format = layout.input_format
         if layout is None:
             from beamml.transforms.streaming.pubsub import message_layout
             layout = message_layout(id_column=args.id_column, points=False)
-        source = streaming.read_stream(p, args, layout, points=False, source_columns=True,
+        source = streams.read_stream(p, args, layout, points=False, source_columns=True,
                                        accumulating=True)
     parsed = source['batches'] | 'ParseLogs' >> ParsePredictionLogs(
         args.task, columns, slice_by, id_type, input_format)
@@ -297,13 +303,13 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
                | 'Format' >> beam.Map(format_metrics, args.task, args.k)
                | 'WithWindow' >> beam.FlatMap(_window_record))
     out = args.output
-    streaming.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
+    streams.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
                             label='WriteMetrics')
     duplicates = result['errors']
     if source.get('layout') is not None:   # watched files: a duplicate's record as read
         duplicates = duplicates | 'DuplicatesAsRead' >> RecordsAsRead(source['layout'])
-    errors = streaming.all_errors(source['errors'], parsed[ERRORS], duplicates)
-    streaming.write_dead_letters(errors, args, out and FileSystems.join(out, 'evaluate-errors'))
+    errors = streams.all_errors(source['errors'], parsed[ERRORS], duplicates)
+    streams.write_dead_letters(errors, args, out and FileSystems.join(out, 'evaluate-errors'))
     return {'metrics': records, 'errors': errors}
 
 
@@ -353,12 +359,12 @@ def summary(doc: dict) -> str:
     return text
 
 
-@common.pipeline_run
+@pipeline_run
 def run(argv=None):
-    args, options = common.parse_args(EvaluateOptions, argv, prog='beamml evaluate',
+    args, options = parse_args(EvaluateOptions, argv, prog='beamml evaluate',
                                       description=__doc__, streaming=True)
-    streaming.check_streaming_args(args, options)
-    if streaming.is_streaming(options):
+    streams.check_streaming_args(args, options)
+    if streams.is_streaming(options):
         return _run_streaming(args, options)
     for flag in ('input', 'output'):
         if not getattr(args, flag):
@@ -378,11 +384,11 @@ def run(argv=None):
 
 
 def _run_streaming(args, options):
-    p = beam.Pipeline(options=streaming.streaming_options(options, args))
+    p = beam.Pipeline(options=streams.streaming_options(options, args))
     build_streaming(p, args)
-    if common.no_results(options):
-        return common.run_pipeline(p)
-    result = streaming.run_and_count(p, args)
+    if no_results(options):
+        return run_pipeline(p)
+    result = streams.run_and_count(p, args)
     if args.output:
         print(f'metrics: {FileSystems.join(args.output, "metrics")}-<window start>-<window '
               f'end>-pane-<i>-<timing>.jsonl; dead letters: '
@@ -392,4 +398,4 @@ def _run_streaming(args, options):
 
 if __name__ == '__main__':
     import sys
-    sys.exit(common.main_wrapper(run, prog='beamml evaluate'))
+    sys.exit(main_wrapper(run, prog='beamml evaluate'))

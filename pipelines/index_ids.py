@@ -16,11 +16,16 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 
-from beamml.pipelines import common, runs
-from beamml.transforms.index import (ORDERS, IndexIds, id2idx_schema, input_types,
-                                     table_batches)
-from beamml.transforms.io import BeammlError, ReadTable, WriteDeadLetters, WriteTable
-from beamml.transforms.io.types import SOURCE_COLUMNS
+from beamml.pipelines._platform import runs
+from beamml.pipelines._platform.cli import parse_args
+from beamml.pipelines._platform.flags import (add_output_args, add_refused_arg,
+                                              add_table_input_args, declare_layout)
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.pipelines._platform.runners import input_files, is_dry_run, pipeline_run
+from beamml.transforms.index import ORDERS, IndexIds, id2idx_schema, input_types, table_batches
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import ReadTable, WriteDeadLetters, WriteTable
+from beamml.transforms.core.types import SOURCE_COLUMNS
 
 LOG = logging.getLogger('beamml')
 IDX_COLUMN = 'idx'
@@ -37,13 +42,13 @@ class IndexIdsOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_table_input_args(parser, id_required=True,
+        add_table_input_args(parser, id_required=True,
                                     id_help='the column holding the ids (int or string)')
         parser.add_argument('--order', choices=ORDERS, default='first_seen',
                             help='first_seen (default): idx by first appearance (files in '
                                  'path order, rows in file order); sorted: by ascending id')
-        common.add_refused_arg(parser)
-        common.add_output_args(parser)
+        add_refused_arg(parser)
+        add_output_args(parser)
         runs.add_run_args(parser)
 
 
@@ -57,15 +62,15 @@ def build(p, args):
     """Read, number, re-encode, write; returns {'id2idx', 'encoded', 'errors'}."""
     kwargs = dict(input_format=args.input_format, id_column=args.id_column,
                   source_columns=True)
-    if common.is_dry_run(p.options):   # reads no input: the layout the flags declare
-        kwargs = common.declare_layout(args.input, kwargs, points=False)
+    if is_dry_run(p.options):   # reads no input: the layout the flags declare
+        kwargs = declare_layout(args.input, kwargs, points=False)
     read = ReadTable(args.input, **kwargs)
     layout = read.layout
     clash = [c for c in (IDX_COLUMN,) + SOURCE_COLUMNS if c in layout.columns]
     if clash:
         raise BeammlError(f'{read.paths[0] if read.paths else args.input} already has a '
                           f'column {clash[0]!r}, which index_ids adds; rename it')
-    LOG.info('input: %s, %s, id column %r (%s), order %s', common.input_files(read),
+    LOG.info('input: %s, %s, id column %r (%s), order %s', input_files(read),
              layout.input_format, args.id_column, layout.id_type, args.order)
     rows = p | 'ReadTable' >> read
     out = rows.batches | 'IndexIds' >> IndexIds(
@@ -86,9 +91,9 @@ def build(p, args):
             'read': rows, 'written': written}
 
 
-@common.pipeline_run
+@pipeline_run
 def run(argv=None):
-    args, options = common.parse_args(IndexIdsOptions, argv, prog='beamml index_ids',
+    args, options = parse_args(IndexIdsOptions, argv, prog='beamml index_ids',
                                       description=__doc__)
 
     def show(_):
@@ -99,4 +104,4 @@ def run(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(common.main_wrapper(run, prog='beamml index_ids'))
+    sys.exit(main_wrapper(run, prog='beamml index_ids'))

@@ -22,8 +22,13 @@ import sys
 import apache_beam as beam
 import pyarrow as pa
 
-from beamml.pipelines import common, runs
-from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
+from beamml.pipelines._platform import runs
+from beamml.pipelines._platform.cli import parse_args
+from beamml.pipelines._platform.flags import add_input_args, add_output_args, read_kwargs
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.pipelines._platform.runners import input_files, pipeline_run
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.norms import NORMS, ComputeNorms, WriteSortedShards
 from beamml.transforms.sorting import ROWS_PER_SHARD, SortByNorm
 
@@ -40,8 +45,8 @@ class NormsOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_input_args(parser)
-        common.add_output_args(parser)
+        add_input_args(parser)
+        add_output_args(parser)
         runs.add_run_args(parser)
         parser.add_argument('--sort', choices=NORMS, default=None,
                             help='order the output by this norm (descending; ties by id) '
@@ -83,8 +88,8 @@ def build(p, args):
     Returns {'norms': RecordBatches, or SortedShards with --sort, 'errors': dead letters}.
     """
     validate(args)
-    read = ReadPoints(args.input, **common.read_kwargs(args, p.options))
-    LOG.info('input: %s, %s, d=%d, features %s', common.input_files(read),
+    read = ReadPoints(args.input, **read_kwargs(args, p.options))
+    LOG.info('input: %s, %s, d=%d, features %s', input_files(read),
              read.layout.input_format, read.layout.dimension, ','.join(read.layout.feature_columns))
     points = p | 'ReadPoints' >> read
     schema = norms_schema(read.layout.id_arrow_type,
@@ -106,9 +111,9 @@ def build(p, args):
             'written': [written, errors_written]}
 
 
-@common.pipeline_run
+@pipeline_run
 def run(argv=None):
-    args, options = common.parse_args(NormsOptions, argv, prog='beamml norms',
+    args, options = parse_args(NormsOptions, argv, prog='beamml norms',
                                       description=__doc__)
     validate(args)
 
@@ -121,4 +126,4 @@ def run(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(common.main_wrapper(run, prog='beamml norms'))
+    sys.exit(main_wrapper(run, prog='beamml norms'))

@@ -18,9 +18,13 @@ import sys
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.pipelines import common, runs
-from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
-                                  WriteTable)
+from beamml.pipelines._platform import runs
+from beamml.pipelines._platform.cli import parse_args
+from beamml.pipelines._platform.flags import add_input_args, read_kwargs
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.pipelines._platform.runners import input_files, pipeline_run
+from beamml.transforms.io import OUTPUT_FORMATS, ReadPoints, WriteDeadLetters, WriteTable
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.pca import MODEL_FILE, ComputePCA, PCAModel, ProjectPCA, projection_schema
 
 LOG = logging.getLogger('beamml')
@@ -32,7 +36,7 @@ class PCAOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_input_args(parser)
+        add_input_args(parser)
         parser.add_argument('--n_components', type=int, required=True,
                             help='number of principal components, 1 .. min(rows, features)')
         parser.add_argument('--output', required=True,
@@ -75,13 +79,13 @@ def build(p, args):
     """Read, combine, decompose, write the model (and the projections) and the dead
     letters; returns {'model', 'projection', 'errors', 'read', 'written'}."""
     validate(args)
-    read = ReadPoints(args.input, **common.read_kwargs(args, p.options))
+    read = ReadPoints(args.input, **read_kwargs(args, p.options))
     d = read.layout.dimension
     if args.n_components > d:
         raise BeammlError(f'--n_components {args.n_components} is more than the {d} '
                           f'feature(s) of {read.paths[0] if read.paths else args.input}: at '
                           'most min(rows, features)')
-    LOG.info('input: %s, %s, d=%d, features %s; %d component(s)', common.input_files(read),
+    LOG.info('input: %s, %s, d=%d, features %s; %d component(s)', input_files(read),
              read.layout.input_format, d, ','.join(read.layout.feature_columns),
              args.n_components)
     points = p | 'ReadPoints' >> read
@@ -115,9 +119,9 @@ def summary(doc: dict) -> str:
             f'n_components={len(ratios)} n_features={len(doc["mean"])}')
 
 
-@common.pipeline_run
+@pipeline_run
 def run(argv=None):
-    args, options = common.parse_args(PCAOptions, argv, prog='beamml pca',
+    args, options = parse_args(PCAOptions, argv, prog='beamml pca',
                                       description=__doc__)
     validate(args)
 
@@ -133,4 +137,4 @@ def run(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(common.main_wrapper(run, prog='beamml pca'))
+    sys.exit(main_wrapper(run, prog='beamml pca'))

@@ -7,7 +7,7 @@ would check them (project id, region, gs:// paths, bucket names, a
 without the network, and the job's type (batch or streaming), SDK container
 image and top-level steps are printed. No storage is touched: the input is
 neither listed nor read (its layout comes from the flags, with defaults:
-:func:`beamml.pipelines.common.declare_layout`), the files the job is built
+:func:`beamml.pipelines.declare_layout`), the files the job is built
 from (a model, a baseline, a gate, a monitoring config, initial centres) are
 read from local paths only, and nothing is written. Exit 0 when the job
 translates, 2 with one line saying what Dataflow would refuse or which flag a
@@ -18,7 +18,8 @@ from __future__ import annotations
 import importlib
 import sys
 
-from beamml.pipelines import common
+from beamml.pipelines._platform.runners import DATAFLOW_RUNNERS
+from beamml.transforms.core.errors import BeammlError
 from beamml.pipelines.__main__ import pipelines
 
 NOT_VALIDATED = {'validate', 'demo'}
@@ -41,12 +42,12 @@ def dry_run_argv(argv) -> list[str]:
     runner, or a dry run switched off, is refused (validate never submits a job)."""
     argv = list(argv)
     for runner in _values(argv, '--runner'):
-        if runner not in common.DATAFLOW_RUNNERS:
-            raise common.BeammlError(f'validate translates a Dataflow job; drop --runner '
+        if runner not in DATAFLOW_RUNNERS:
+            raise BeammlError(f'validate translates a Dataflow job; drop --runner '
                                      f'{runner} (or give DataflowRunner)')
     for value in _values(argv, '--dry_run'):
         if value.lower() != 'true':
-            raise common.BeammlError(f'validate never submits a job; drop --dry_run {value}')
+            raise BeammlError(f'validate never submits a job; drop --dry_run {value}')
     if not _values(argv, '--runner'):
         argv += ['--runner', 'DataflowRunner']
     if not _values(argv, '--dry_run'):
@@ -61,6 +62,6 @@ def run(argv=None):
         return
     name, rest = argv[0], argv[1:]
     if name not in pipelines() or name in NOT_VALIDATED:
-        raise common.BeammlError(f'cannot validate {name!r}; {_usage()}')
+        raise BeammlError(f'cannot validate {name!r}; {_usage()}')
     module = importlib.import_module(f'beamml.pipelines.{name}')
     module.run(dry_run_argv(rest))

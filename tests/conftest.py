@@ -57,7 +57,7 @@ def _enforce_generation_preconditions() -> None:
     """Make gcp-storage-emulator honour ``ifGenerationMatch`` on uploads and deletes, as
     Cloud Storage does (HTTP 412 when the object's generation is not the one given; 0
     means "does not exist"): the emulator ignores the parameter, and beamml's run lock
-    stands on it (pipelines/runs.py). One check-and-act at a time, like the service."""
+    stands on it (pipelines/_platform/runs.py). One check-and-act at a time, like the service."""
     import threading
     from http import HTTPStatus
     from gcp_storage_emulator import server as srv

@@ -1,6 +1,6 @@
 """The fault points of beamml: where a test may kill (SIGKILL) or hold a run.
 
-The product calls ``beamml.pipelines.faults.fault_point(<name>)`` at each point; it does
+The product calls ``beamml.pipelines._platform.faults.fault_point(<name>)`` at each point; it does
 nothing unless the environment variable ``BEAMML_FAULT`` names the point. A test sets it
 for a subprocess with :func:`kill_at` or :func:`pause_at`. :data:`POINTS` is the one
 table of them; ``test_fault_points_are_the_table`` checks that the product calls exactly

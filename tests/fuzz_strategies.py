@@ -736,19 +736,19 @@ def _read(req: dict) -> dict:
 
 def _pipeline(req: dict) -> dict:
     import importlib
-    from beamml.pipelines import common
+    from beamml.pipelines._platform import main as process
     captured = {}
-    orig = common.report
+    orig = process.report
 
     def report(result, **kw):
         counts = orig(result, **kw)
         captured['counts'] = counts
         return counts
-    common.report = report
+    process.report = report
     try:
         importlib.import_module(f'beamml.pipelines.{req["pipeline"]}').run(req['argv'])
     finally:
-        common.report = orig
+        process.report = orig
     return {'counts': captured.get('counts')}
 
 
@@ -759,7 +759,7 @@ def worker() -> None:
     reply = os.fdopen(os.dup(1), 'w', encoding='utf-8')
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    from beamml.transforms.io import BeammlError
+    from beamml.transforms.core.errors import BeammlError
     for line in sys.stdin:
         req = json.loads(line)
         try:

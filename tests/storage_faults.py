@@ -5,7 +5,7 @@ imports it).
 * ``FAULT_STORAGE_RETRY_SECONDS=S``: Google's storage client (and so Beam's ``gs://``
   reads and writes) gives up on an unanswered request after S seconds instead of 120.
 * ``FAULT_PAUSE_READ=FILE``: every file read of a source (``read_file_batches``) first
-  waits at :func:`beamml.pipelines.faults.pause` (``FILE.reached``, then until
+  waits at :func:`beamml.pipelines._platform.faults.pause` (``FILE.reached``, then until
   the test removes FILE): the storage can be stopped after the launcher inspected the
   input and before the workers read it.
 * ``FAULT_PAUSE_FINALIZE=FILE``: a sink's finalize (the rename of its shards into place)
@@ -26,7 +26,7 @@ def _shorten_storage_retries(seconds: float) -> None:
 
 
 def _pause_before(owner, name: str, variable: str) -> None:
-    from beamml.pipelines.faults import pause
+    from beamml.pipelines._platform.faults import pause
     real = getattr(owner, name)
 
     @functools.wraps(real)

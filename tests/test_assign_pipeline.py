@@ -13,8 +13,8 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines import assign
-from beamml.pipelines.common import main_wrapper
-from beamml.transforms.io import BeammlError
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import CentroidModel, set_latest
 
 

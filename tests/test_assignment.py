@@ -12,7 +12,8 @@ from sklearn.metrics.pairwise import euclidean_distances
 import beamml.transforms.distances as distances
 from beamml.transforms.assignment import AssignNearestCentroid, add_assignment
 from beamml.transforms.distances import nearest_centroid, pairwise_distances
-from beamml.transforms.io import BeammlError, features_matrix, points_batch
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import features_matrix, points_batch
 from beamml.transforms.model import CentroidModel
 
 

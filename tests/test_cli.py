@@ -12,9 +12,10 @@ import pytest
 import yaml
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.pipelines import common, norms
+from beamml.pipelines import norms
+from beamml.pipelines._platform.cli import parse_args
 from beamml.pipelines.__main__ import main, pipelines
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,7 +49,7 @@ def test_unknown_pipeline_and_unknown_flag(points_csv, tmp_path, capsys):
 def test_clear_error_for_missing_input_is_one_line(tmp_path, capsys):
     rc = main(['norms', '--input', str(tmp_path / 'none*.csv'), '--output', str(tmp_path / 'o')])
     err = capsys.readouterr().err
-    # a dated run's "no input" exit code (pipelines/runs.py), one line
+    # a dated run's "no input" exit code (pipelines/_platform/runs.py), one line
     assert rc == 4 and 'no file matches --input' in err and 'Traceback' not in err
     assert [x for x in err.splitlines() if 'error' in x] == [err.splitlines()[-1]]
 
@@ -66,7 +67,7 @@ def test_config_file_flags_and_command_line_override(points_csv, tmp_path):
     cfg.write_text(yaml.safe_dump({'runner': 'DirectRunner', 'input': points_csv,
                                    'output': str(tmp_path / 'from_config'),
                                    'output_format': 'csv', 'allow_nan': True}))
-    args, options = common.parse_args(norms.NormsOptions,
+    args, options = parse_args(norms.NormsOptions,
                                       ['--config', str(cfg), '--output_format', 'parquet'],
                                       prog='t')
     assert args.input == points_csv and args.output_format == 'parquet' and args.allow_nan
@@ -78,7 +79,7 @@ def test_config_unknown_key_is_named(points_csv, tmp_path):
     cfg = tmp_path / 'bad.yaml'
     cfg.write_text('input: x\nnum_shardz: 3\n')
     with pytest.raises(BeammlError, match="unknown key 'num_shardz'"):
-        common.parse_args(norms.NormsOptions, ['--config', str(cfg)], prog='t')
+        parse_args(norms.NormsOptions, ['--config', str(cfg)], prog='t')
 
 
 @pytest.mark.parametrize('name', ['local.yaml', 'dataflow_batch.yaml'])
@@ -90,7 +91,7 @@ def test_shipped_configs_have_only_known_keys(name, points_csv, tmp_path):
         # (a dry run: else Beam asks Cloud Storage about the temp bucket, ~100 s offline)
         placeholders = ['--project', 'my-project', '--temp_location', 'gs://bkt/tmp',
                         '--dry_run', 'True']
-    args, options = common.parse_args(
+    args, options = parse_args(
         norms.NormsOptions, ['--config', path, '--input', points_csv, '--output', 'o']
         + placeholders, prog='t')
     all_opts = options.get_all_options()
@@ -133,10 +134,10 @@ def test_a_config_setup_file_is_relative_to_the_config_folder(name, points_csv, 
             '--output', 'gs://bkt-out/n', '--project', 'my-project', '--temp_location',
             'gs://bkt-tmp/tmp', '--dry_run', 'True']
     streaming = 'streaming' in name
-    _, options = common.parse_args(norms.NormsOptions, argv, prog='t', streaming=streaming)
+    _, options = parse_args(norms.NormsOptions, argv, prog='t', streaming=streaming)
     assert options.view_as(SetupOptions).setup_file == os.path.join(ROOT, 'setup.py')
     with pytest.raises(BeammlError, match=r'^--setup_file setup\.py: no file at '):
-        common.parse_args(norms.NormsOptions, argv + ['--setup_file', 'setup.py'], prog='t',
+        parse_args(norms.NormsOptions, argv + ['--setup_file', 'setup.py'], prog='t',
                           streaming=streaming)
 
 
@@ -145,7 +146,7 @@ def test_a_config_setup_file_that_is_not_there_names_the_config(points_csv, tmp_
     cfg.parent.mkdir()
     cfg.write_text('runner: DataflowRunner\nsetup_file: ./setup.py\n')
     with pytest.raises(BeammlError) as e:
-        common.parse_args(norms.NormsOptions, [
+        parse_args(norms.NormsOptions, [
             '--config', str(cfg), '--input', points_csv, '--output', 'gs://bkt-out/n',
             '--project', 'my-project', '--region', 'us-central1',
             '--temp_location', 'gs://bkt-tmp/tmp', '--dry_run', 'True'], prog='t')
@@ -177,7 +178,7 @@ def test_dataflow_translation_offline(gcs_bucket, tmp_path, monkeypatch):
     with FileSystems.create(f'{gcs_bucket}/in/a.csv') as f:
         f.write(b'id,a,b\n1,2,3\n')
     monkeypatch.chdir(ROOT)
-    args, options = common.parse_args(norms.NormsOptions, [
+    args, options = parse_args(norms.NormsOptions, [
         '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',
         '--output', f'{gcs_bucket}/out/n',
         '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
@@ -206,6 +207,7 @@ def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
     """Each pipeline's graph builds as a Dataflow batch job offline (nothing is submitted)."""
     import numpy as np
     from beamml.pipelines import assign, evaluate, kmeans
+    from beamml.pipelines._platform.cli import parse_args
     from beamml.transforms.model import CentroidModel
     with FileSystems.create(f'{gcs_bucket}/in/p.csv') as f:
         f.write(b'id,a,b\n1,0,0\n2,1,1\n3,5,5\n4,6,6\n')
@@ -215,14 +217,14 @@ def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
     if name == 'assign':
         model_dir = f'{gcs_bucket}/models'
         CentroidModel(np.array([[0.0, 0.0], [5.0, 5.0]])).save(model_dir)
-        args, options = common.parse_args(assign.AssignOptions, flags + [
+        args, options = parse_args(assign.AssignOptions, flags + [
             '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',
             '--model', model_dir,
             '--output', f'{gcs_bucket}/out/a'], prog='t')
         labels = {'ReadPoints', 'WriteErrors'}
         build = assign.build
     elif name == 'kmeans':
-        args, options = common.parse_args(kmeans.KMeansOptions, flags + [
+        args, options = parse_args(kmeans.KMeansOptions, flags + [
             '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b', '--k', '2',
             '--max_iter', '3',
             '--model_dir', f'{gcs_bucket}/models'], prog='t')
@@ -232,7 +234,7 @@ def test_every_pipeline_translates_to_a_dataflow_job(name, gcs_bucket):
             return kmeans.build(p, a, cache_dir=f'{gcs_bucket}/tmp/beamml-kmeans/v1')
     else:
         task = name.split('_')[1]
-        args, options = common.parse_args(evaluate.EvaluateOptions, flags + [
+        args, options = parse_args(evaluate.EvaluateOptions, flags + [
             '--input', f'{gcs_bucket}/logs/*.csv', '--task', task,
             '--output', f'{gcs_bucket}/out/e'], prog='t')
         labels = set()

@@ -10,7 +10,8 @@ import tempfile
 import pyarrow.parquet as pq
 import pytest
 
-from beamml.pipelines import common
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.pipelines._platform.runners import private_tempdir
 from beamml.pipelines.__main__ import main
 from faults import pause_at
 
@@ -42,9 +43,9 @@ def test_runs_leave_no_temporary_folders(points_csv, tmp_path, own_tmp, capsys):
 
 
 def test_private_tempdir_is_scoped_and_nests(own_tmp):
-    with common.private_tempdir() as outer:
+    with private_tempdir() as outer:
         assert tempfile.gettempdir() == outer and os.path.dirname(outer) == str(own_tmp)
-        with common.private_tempdir() as inner:
+        with private_tempdir() as inner:
             assert inner == outer
         assert os.path.isdir(outer)
     assert tempfile.gettempdir() == str(own_tmp) and not os.path.exists(outer)
@@ -198,7 +199,7 @@ def test_full_disk_in_a_sink_names_the_file():
     import errno
     import io
     import pyarrow as pa
-    from beamml.transforms.io.errors import BeammlError
+    from beamml.transforms.core.errors import BeammlError
     from beamml.transforms.io.sinks import ShardWriter, _LinesSink, _PathHandle
 
     class Full(io.RawIOBase):
@@ -230,7 +231,7 @@ def test_full_disk_in_a_sink_names_the_file():
 def test_main_wrapper_words_a_full_disk_in_one_line(error, line, capsys):
     def run(argv):
         raise error
-    assert common.main_wrapper(run, [], prog='beamml norms') == 2
+    assert main_wrapper(run, [], prog='beamml norms') == 2
     assert capsys.readouterr().err == f'beamml norms: error: {line}\n'
 
 
@@ -238,4 +239,4 @@ def test_main_wrapper_keeps_the_traceback_of_a_bug():
     def run(argv):
         raise RuntimeError('a bug')
     with pytest.raises(RuntimeError, match='a bug'):
-        common.main_wrapper(run, [], prog='beamml norms')
+        main_wrapper(run, [], prog='beamml norms')

@@ -19,9 +19,10 @@ import pytest
 
 from combiner_contract import assert_same, check_combine_fn
 from beamml.transforms.kmeans import LabelledPoints, row_hashes
-from beamml.transforms.metrics import (
-    SLICE_COLUMN, Accuracy, AverageQueryPrecision, ConfusionCounts, F1, MeanAveragePrecision,
-    Precision, PrecisionAtK, QueryCount, QueryPrecision, Recall, query_stats)
+from beamml.transforms.metrics import (SLICE_COLUMN, Accuracy, AverageQueryPrecision,
+                                       ConfusionCounts, F1, MeanAveragePrecision, Precision,
+                                       PrecisionAtK, QueryCount, QueryPrecision, Recall,
+                                       query_stats)
 from beamml.transforms.sorting import SORT_KEY
 
 PACKAGES = ('beamml.transforms', 'beamml.pipelines')

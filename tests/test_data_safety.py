@@ -30,9 +30,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from beamml.pipelines import commit, runs
+from beamml.pipelines._platform import commit, runs
 from beamml.pipelines.__main__ import main
-from beamml.pipelines.overlap import glob_matches, may_match_under
+from beamml.pipelines._platform.overlap import glob_matches, may_match_under
 from faults import COMMIT_STAGES, kill_at
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -350,7 +350,7 @@ def _plan(tmp_path, expires_in):
     (tmp_path / 'in').mkdir(exist_ok=True)
     (tmp_path / 'in' / 'a.csv').write_text('id,x0,x1\n1,1,2\n')
     from beamml.pipelines import norms
-    from beamml.pipelines.common import parse_args
+    from beamml.pipelines._platform.cli import parse_args
     args, options = parse_args(norms.NormsOptions, [
         '--input', str(tmp_path / 'in' / 'a.csv'), '--output', str(tmp_path / 'out') + '/',
         '--lock_timeout', str(expires_in)], prog='beamml norms')
@@ -615,8 +615,8 @@ def test_a_watched_pattern_that_matches_the_streams_output_is_refused(tmp_path, 
 def test_a_storage_answer_is_not_worded_as_no_answer():
     """A refusal (403) is the store's answer, not an outage."""
     from google.api_core import exceptions
-    from beamml.transforms.io import BeammlError
-    from beamml.transforms.io.objects import _storage
+    from beamml.transforms.core.errors import BeammlError
+    from beamml.transforms.core.objects import _storage
     with pytest.raises(BeammlError, match=r'^gs://b/x: Cloud Storage refused the request: 403'):
         with _storage('gs://b/x'):
             raise exceptions.Forbidden('no access')

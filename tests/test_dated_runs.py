@@ -1,4 +1,4 @@
-"""Dated, atomic, idempotent batch runs (pipelines/runs.py), on local files.
+"""Dated, atomic, idempotent batch runs (pipelines/_platform/runs.py), on local files.
 
 What is checked, for every case: what is under the destination (nothing, or one
 complete copy with ``_SUCCESS`` last), whether a lock or a temporary prefix is left,
@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from beamml.pipelines import runs
+from beamml.pipelines._platform import runs
 from beamml.pipelines.__main__ import main
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import CentroidModel
 from faults import COMMIT_STAGES, kill_at, pause_at
 

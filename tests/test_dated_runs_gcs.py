@@ -100,7 +100,7 @@ def land_day(gcs, bucket, date=DATE, files=3, rows=5):
 
 def save_model(gcs, bucket):
     env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs.url, PYTHONPATH=ROOT)
-    code = ('import numpy as np, sys; from beamml.pipelines.common import use_anonymous_storage;'
+    code = ('import numpy as np, sys; from beamml.pipelines._platform.runners import use_anonymous_storage;'
             'use_anonymous_storage(); from beamml.transforms.model import CentroidModel;'
             'CentroidModel(np.array([[0., 0.], [2., 2.]]), version="v7").save(sys.argv[1])')
     subprocess.run([sys.executable, '-c', code, f'gs://{bucket}/models'], check=True, env=env,

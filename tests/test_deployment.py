@@ -20,12 +20,14 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from beamml.pipelines import assign, assign_deploy, streaming
-from beamml.pipelines.common import main_wrapper
+from beamml.pipelines import assign
+from beamml.pipelines.assign import deploy as assign_deploy
+from beamml.pipelines._platform import streams
+from beamml.pipelines._platform.main import main_wrapper
 from beamml.transforms.deployment import (Gate, ShadowComparisonFn, Threshold, agreement,
                                           canary_mask, comparison_report, id_hash,
                                           max_weight_matching, unit_hash)
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.rows import points_batch
 from beamml.transforms.model import CentroidModel, latest_version, set_latest
 
@@ -484,7 +486,7 @@ def test_streaming_shadow_per_window(tmp_path):
         '--output_format', 'jsonl', '--input_subscription', 'projects/p/subscriptions/s',
         '--window_size', '10', '--allowed_lateness', '0'])
     with beam.Pipeline(options=stream_options()) as p:
-        source = streaming.window_and_gate(p | make_stream(events), args, accumulating=False)
+        source = streams.window_and_gate(p | make_stream(events), args, accumulating=False)
         assign.build_streaming(p, args, CentroidModel.load(mdir), source=source,
                                id_type=pa.int64())
     records = read_jsonl(out + '-shadow-*.jsonl')
@@ -523,7 +525,7 @@ def test_streaming_canary_uses_the_same_split(tmp_path):
         '--output', out, '--output_format', 'jsonl', '--input_subscription',
         'projects/p/subscriptions/s', '--window_size', '10'])
     with beam.Pipeline(options=stream_options()) as p:
-        source = streaming.window_and_gate(p | make_stream(events), args, accumulating=False)
+        source = streams.window_and_gate(p | make_stream(events), args, accumulating=False)
         assign.build_streaming(p, args, CentroidModel.load(mdir), source=source,
                                id_type=pa.int64())
     rows = {r['id']: r for rs in read_jsonl(out + '-1970*.jsonl').values() for r in rs}

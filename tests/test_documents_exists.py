@@ -6,8 +6,8 @@ from http import HTTPStatus
 
 import pytest
 
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.documents import exists, write_text
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.documents import exists, write_text
 
 
 def _answer_objects_with(monkeypatch, status: int) -> None:

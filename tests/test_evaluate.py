@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from beamml.pipelines import evaluate
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.metrics import MeanAveragePrecision, PrecisionAtK
 
 

@@ -12,7 +12,8 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from beamml.pipelines import evaluate
-from beamml.transforms.io import SOURCE_COLUMNS, BeammlError
+from beamml.transforms.core.types import SOURCE_COLUMNS
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.rows import RowBatch, table_checks
 from beamml.transforms.metrics.ranking import _decode_lines, _decode_part, _encode_part

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from faults import POINTS, kill_at, pause_at
-from beamml.pipelines.faults import fault_point
+from beamml.pipelines._platform.faults import fault_point
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent
 

@@ -358,7 +358,7 @@ def test_a_truncated_fortran_npy_is_one_line(tmp_path):
     buf = io.BytesIO()
     np.save(buf, np.asfortranarray(np.ones((5, 3))))
     (tmp_path / 'f.npy').write_bytes(buf.getvalue()[:-10])
-    from beamml.transforms.io import BeammlError
+    from beamml.transforms.core.errors import BeammlError
     with pytest.raises(BeammlError, match=r'f\.npy: truncated \.npy file \(expected 5 rows\)'):
         read_table_files(str(tmp_path / 'f.npy'))
 
@@ -425,7 +425,7 @@ def test_a_json_id_beyond_int64_in_a_string_id_column_is_refused_not_rounded(tmp
 def test_damaged_parquet_pages_are_one_line(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from beamml.transforms.io import BeammlError
+    from beamml.transforms.core.errors import BeammlError
     path = tmp_path / 'x.parquet'
     pq.write_table(pa.table({'id': list(range(10000)), 'x0': [0.5] * 10000}), str(path),
                    compression='none', row_group_size=5000)   # the head reads group 0 only

@@ -15,11 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from beamml.pipelines import common, index_ids
-from beamml.transforms.index import (BuildIdIndex, IdIndex, IndexIds, MinKeyPerIdFn,
-                                     UnifySchemasFn, conform_batch, dense_index, first_keys,
-                                     number_ids, promote_types, source_keys)
-from beamml.transforms.io import BeammlError, ReadTable
+from beamml.pipelines import index_ids
+from beamml.pipelines._platform.cli import parse_args
+from beamml.pipelines._platform.main import record_counts
+from beamml.transforms.index import (BuildIdIndex, IdIndex, IndexIds, MinKeyPerIdFn, UnifySchemasFn,
+                                     conform_batch, dense_index, first_keys, number_ids,
+                                     promote_types, source_keys)
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import ReadTable
 
 EXAMPLE = [15, 12, 14, 10, 1, 2, 1]
 EXAMPLE_IDX = [0, 1, 2, 3, 4, 5, 4]
@@ -288,7 +291,7 @@ def run_index(tmp_path, pattern, *flags, output_format='parquet'):
                             '--output_format', output_format, *flags])
     id2idx = read_output(f'{out}-id2idx-*.parquet')
     encoded = read_output(f'{out}-encoded-*.{output_format}')
-    return out, id2idx, encoded, common.record_counts(result)
+    return out, id2idx, encoded, record_counts(result)
 
 
 @pytest.mark.parametrize('kind, fmt, order, output_format', [
@@ -614,7 +617,7 @@ def test_index_ids_dataflow_translation_offline(gcs_bucket):
     from apache_beam.io.filesystems import FileSystems
     with FileSystems.create(f'{gcs_bucket}/in/a.csv') as f:
         f.write(b'user_id,item\n1,a\n')
-    args, options = common.parse_args(index_ids.IndexIdsOptions, [
+    args, options = parse_args(index_ids.IndexIdsOptions, [
         '--input', f'{gcs_bucket}/in/*.csv', '--id_column', 'user_id',
         '--output', f'{gcs_bucket}/out/u', '--runner', 'DataflowRunner', '--dry_run', 'True',
         '--project', 'beamml-test', '--region', 'us-central1',

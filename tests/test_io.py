@@ -14,7 +14,8 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.util import assert_that, equal_to
 
-from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import (ReadPoints, ReadTable, WriteDeadLetters, WriteTable,
                                   features_matrix, inspect_input, points_batch, read_table_files,
                                   shard_prefix, to_json_lines)
 
@@ -197,7 +198,7 @@ def test_read_points_in_a_pipeline_many_files_and_counts(tmp_path):
         assert_that(res.errors | beam.Map(lambda d: (os.path.basename(d['file']), d['row'])),
                     equal_to([('b.csv', 30)]), label='Errors')
     result = p.result
-    from beamml.pipelines.common import record_counts
+    from beamml.pipelines._platform.main import record_counts
     c = record_counts(result)
     assert (c['records_read'], c['records_ok'], c['records_refused']) == (51, 50, 1)
 

@@ -20,12 +20,13 @@ from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from kmeans_cli import run_kmeans
-from beamml.transforms.io import BeammlError, points_batch
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import points_batch
 from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints,
                                       PointStatsCombineFn, kmeans_plusplus, label_signature,
                                       lloyd_labels, read_cached_points, read_initial_centers,
-                                      recursion_limit_for, row_hashes, tolerance,
-                                      update_centers, write_cached_points)
+                                      recursion_limit_for, row_hashes, tolerance, update_centers,
+                                      write_cached_points)
 from beamml.transforms.kmeans.kernels import _multipliers
 
 

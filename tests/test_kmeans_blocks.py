@@ -149,7 +149,7 @@ def test_fewer_distinct_points_than_k_with_given_centres_trains_with_a_warning(t
     import warnings
 
     from sklearn.cluster import KMeans as SkKMeans
-    from beamml.transforms.io import BeammlError
+    from beamml.transforms.core.errors import BeammlError
     X = np.array([[0.0, 0.0], [0.0, 0.0], [4.0, 4.0], [4.0, 4.0], [4.0, 4.0]])
     (tmp_path / 'p.csv').write_text('id,a,b\n' + ''.join(
         f'{i},{a},{b}\n' for i, (a, b) in enumerate(X)))

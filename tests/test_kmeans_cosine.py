@@ -24,9 +24,10 @@ from kmeans_cli import kmeans_process, model_doc, run_kmeans, save_result
 from beamml.pipelines import assign, kmeans
 from beamml.transforms.assignment import add_assignment
 from beamml.transforms.distances import nearest_centroid_cosine, unit_rows
-from beamml.transforms.io import BeammlError, ReadPoints, points_batch
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import ReadPoints, points_batch
 from beamml.transforms.kmeans import KMeans
-from beamml.transforms.kmeans.checkpoint import TrainingRun
+from beamml.pipelines.kmeans.checkpoint import TrainingRun
 from beamml.transforms.model import CentroidModel, CentroidModelHandler
 from faults import kill_at
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import beamml.transforms.kmeans.kernels as kernels
-from beamml.transforms.kmeans import (CentroidCombineFn, ClusterSums, KMeansState,
-                                      LabelledPoints, label_signature, lloyd_labels,
-                                      read_cached_points, row_hashes, write_cached_points)
+from beamml.transforms.kmeans import (CentroidCombineFn, ClusterSums, KMeansState, LabelledPoints,
+                                      label_signature, lloyd_labels, read_cached_points, row_hashes,
+                                      write_cached_points)
 from beamml.transforms.kmeans.kernels import lloyd_pass
 from beamml.transforms.kmeans.lloyd import final_step, lloyd_step
 

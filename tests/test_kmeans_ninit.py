@@ -11,7 +11,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import make_blobs
 
 from kmeans_cli import kmeans_process, model_doc, run_kmeans
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.kmeans import KMeans, lloyd_pass, lloyd_pass_runs, row_hashes
 from beamml.transforms.model import CentroidModel, list_versions
 from faults import kill_at

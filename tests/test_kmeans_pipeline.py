@@ -15,8 +15,8 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import make_blobs
 
 from beamml.pipelines import kmeans
-from beamml.pipelines.common import main_wrapper
-from beamml.transforms.io import BeammlError
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import CentroidModel, latest_version, list_versions
 
 

@@ -16,8 +16,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing import test_stream
 from apache_beam.transforms import window
 
-from beamml.pipelines import kmeans_streaming as ks
-from beamml.transforms.io import BeammlError
+from beamml.pipelines.kmeans import streaming as ks
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.kmeans.kernels import kmeans_plusplus
 from beamml.transforms.kmeans.streaming import (StreamingKMeans, decay_from_half_life,
                                                 empty_updates, streaming_step, streaming_update)
@@ -361,7 +361,7 @@ def test_pipeline_writes_a_version_per_checkpoint_and_moves_latest(tmp_path):
 
 
 def test_latest_never_moves_back(tmp_path):
-    from beamml.pipelines.kmeans_streaming import _WriteVersionFn
+    from beamml.pipelines.kmeans.streaming import _WriteVersionFn
     from beamml.transforms.kmeans.streaming import ModelUpdate
     from apache_beam.utils.timestamp import Timestamp
 

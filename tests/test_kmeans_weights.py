@@ -19,10 +19,11 @@ from sklearn.datasets import make_blobs
 
 from kmeans_cli import kmeans_process, model_doc, run_kmeans
 from beamml.pipelines import kmeans as kmeans_cli
-from beamml.transforms.io import BeammlError, points_batch, read_table_files
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import points_batch, read_table_files
 from beamml.transforms.kmeans import (CentroidCombineFn, KMeans, LabelledPoints,
-                                      PointStatsCombineFn, read_cached_points,
-                                      update_centers, write_cached_points)
+                                      PointStatsCombineFn, read_cached_points, update_centers,
+                                      write_cached_points)
 from beamml.transforms.kmeans.cache import drop_cached_points, read_cached_weights
 from beamml.transforms.kmeans.kernels import lloyd_pass
 from beamml.transforms.kmeans.seeding import _seed_plusplus, _seed_random

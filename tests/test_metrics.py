@@ -12,13 +12,14 @@ import pytest
 from sklearn.metrics import (accuracy_score, average_precision_score, f1_score,
                              precision_score, recall_score)
 
-from beamml.transforms.io import ERRORS, BeammlError
-from beamml.transforms.metrics import (
-    Accuracy, AverageQueryPrecision, ComputeMetrics, ConfusionCounts, F1,
-    MeanAveragePrecision, MetricsCombineFn, ParsePredictionLogs, Precision, PrecisionAtK,
-    QueryCount, QueryPrecision, QueryStats, Recall, binary_labels, confusion_counts,
-    parse_binary, parse_query_ids, parse_rank, parse_relevance, per_query_metrics,
-    query_buckets, query_stats)
+from beamml.transforms.core.errors import ERRORS, BeammlError
+from beamml.transforms.metrics import (Accuracy, AverageQueryPrecision, ComputeMetrics,
+                                       ConfusionCounts, F1, MeanAveragePrecision, MetricsCombineFn,
+                                       ParsePredictionLogs, Precision, PrecisionAtK, QueryCount,
+                                       QueryPrecision, QueryStats, Recall, binary_labels,
+                                       confusion_counts, parse_binary, parse_query_ids, parse_rank,
+                                       parse_relevance, per_query_metrics, query_buckets,
+                                       query_stats)
 
 SKLEARN = {'precision': precision_score, 'recall': recall_score, 'f1': f1_score}
 

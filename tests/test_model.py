@@ -13,9 +13,9 @@ from apache_beam.ml.inference.base import ModelMetadata, PredictionResult, RunIn
 from apache_beam.testing.util import assert_that
 
 import beamml.transforms.model.artifact as artifact
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import (CentroidModel, CentroidModelHandler, latest_version,
-                              list_versions, set_latest)
+                                     list_versions, set_latest)
 
 
 def make_model(seed=0, k=4, d=3, **kw):

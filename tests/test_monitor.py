@@ -14,8 +14,8 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 from beamml.pipelines import kmeans, monitor
-from beamml.pipelines.common import main_wrapper
-from beamml.transforms.io import BeammlError
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import CentroidModel, latest_version, list_versions
 from beamml.transforms.monitoring import (MonitorConfig, bin_counts, histogram_quantiles,
                                           js_divergence, load_monitor_config, psi)
@@ -467,7 +467,8 @@ def test_streaming_alarms_per_window_and_the_consecutive_rule(trained, tmp_path)
     from apache_beam.testing.test_stream import TestStream
     from apache_beam.transforms.window import TimestampedValue
 
-    from beamml.pipelines import monitor_streaming, streaming
+    from beamml.pipelines.monitor import streaming as monitor_streaming
+    from beamml.pipelines._platform import streams
     from beamml.transforms.io.rows import points_batch
 
     X = trained['X']
@@ -493,7 +494,7 @@ def test_streaming_alarms_per_window_and_the_consecutive_rule(trained, tmp_path)
     options = PipelineOptions(runner='BundleBasedDirectRunner')
     options.view_as(StandardOptions).streaming = True
     with beam.Pipeline(options=options) as p:
-        source = streaming.window_and_gate(p | ts, args)
+        source = streams.window_and_gate(p | ts, args)
         monitor_streaming.build_streaming(p, args, ctx, source=source)
 
     def per_window(name):

@@ -21,7 +21,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from beamml.pipelines import norms as norms_pipeline
-from beamml.transforms.io import BeammlError, features_matrix, points_batch
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import features_matrix, points_batch
 from beamml.transforms.norms import NORMS, ComputeNorms, WriteSortedShards, all_row_norms, row_norms
 from beamml.transforms.sorting import (SORT_KEY, SortByNorm, _SortSampleFn, lex_order,
                                        range_boundaries, shard_of, sort_keys)

@@ -17,7 +17,8 @@ import pytest
 from apache_beam.testing.util import assert_that
 
 from beamml.pipelines.__main__ import main
-from beamml.transforms.io import BeammlError, points_batch
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import points_batch
 from beamml.transforms.pca import (ComputePCA, PCACombineFn, PCAModel, PCAStats, ProjectPCA,
                                    projection_schema)
 
@@ -362,10 +363,11 @@ def test_cli_refusals_are_one_line_exit_2(flags, rows, message, tmp_path, capsys
 def test_translates_to_a_dataflow_batch_job_offline(gcs_bucket):
     """The graph with --write_projection builds as a Dataflow batch job (nothing is submitted)."""
     from apache_beam.io.filesystems import FileSystems
-    from beamml.pipelines import common, pca
+    from beamml.pipelines import pca
+    from beamml.pipelines._platform.cli import parse_args
     with FileSystems.create(f'{gcs_bucket}/in/p.csv') as f:
         f.write(b'id,a,b\n1,0,0\n2,1,1\n3,5,4\n4,6,6\n')
-    args, options = common.parse_args(pca.PCAOptions, [
+    args, options = parse_args(pca.PCAOptions, [
         '--runner', 'DataflowRunner', '--dry_run', 'True', '--project', 'beamml-test',
         '--region', 'us-central1', '--temp_location', f'{gcs_bucket}/tmp',
         '--input', f'{gcs_bucket}/in/*.csv', '--feature_columns', 'a,b',

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from beamml.transforms.io import (BeammlError, inspect_input, read_file_batches,
-                                  read_table_files)
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import inspect_input, read_file_batches, read_table_files
 from beamml.transforms.io.rows import table_checks
 
 BAD_A = b'id,a,b\n1,2,3\n2,\xff4,5\n3,6,7\n'

@@ -28,7 +28,6 @@ import os
 import re
 import shlex
 import shutil
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,10 +176,11 @@ def pipeline_flags(name: str) -> set[str]:
     """Every flag ``beamml <name>`` takes: its own, --config, --anonymous_storage and
     Beam's options."""
     import importlib
-    from beamml.pipelines import common, templates
+    from beamml.pipelines._platform import templates
+    from beamml.pipelines._platform.cli import _beam_parser
     module = importlib.import_module(f'beamml.pipelines.{name}')
     flags = {'--config', '--anonymous_storage', '--help', '-h'}
-    for parser in (templates.flags_parser(module), common._beam_parser()):
+    for parser in (templates.flags_parser(module), _beam_parser()):
         for action in parser._actions:
             flags.update(action.option_strings)
     return flags

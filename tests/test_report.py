@@ -1,4 +1,4 @@
-"""HTML reports (transforms/report.py, pipelines/kmeans_report.py): the charts as XML
+"""HTML reports (transforms/report.py, pipelines/kmeans/report.py): the charts as XML
 without a browser, then the pages rendered by headless Chromium (the marks counted in
 the rendered DOM, the screenshots checked for drawn data), and the kmeans report of a
 real CLI run."""
@@ -22,11 +22,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from beamml.pipelines import kmeans as kmeans_cli
-from beamml.pipelines import kmeans_report, monitor_report
-from beamml.pipelines.common import main_wrapper
+from beamml.pipelines.kmeans import report as kmeans_report
+from beamml.pipelines.monitor import report as monitor_report
+from beamml.pipelines._platform.main import main_wrapper
 from beamml.transforms import report as rp
 from beamml.transforms.io import ReadPoints
-from beamml.transforms.io.documents import read_text
+from beamml.transforms.core.documents import read_text
 from beamml.transforms.kmeans.cache import write_cached_points
 from beamml.transforms.model import list_versions
 

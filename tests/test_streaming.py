@@ -18,10 +18,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream as _TestStream
 from apache_beam.transforms.window import TimestampedValue
 
-from beamml.pipelines import assign, evaluate, streaming
+from beamml.pipelines import assign, evaluate
+from beamml.pipelines._platform import streams
 from beamml.pipelines.__main__ import main
 from beamml.transforms.assignment import _LatestModel
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.rows import points_batch
 from beamml.transforms.model import CentroidModel, set_latest
 
@@ -88,7 +89,7 @@ def test_assign_streaming_windows_panes_and_late_points(tmp_path, models):
         '--input_subscription', 'projects/p/subscriptions/s', '--window_size', str(W),
         '--allowed_lateness', str(L)])
     with beam.Pipeline(options=stream_options()) as p:
-        source = streaming.window_and_gate(p | make_stream(events), args, accumulating=False)
+        source = streams.window_and_gate(p | make_stream(events), args, accumulating=False)
         assign.build_streaming(p, args, CentroidModel.load(models), source=source,
                                id_type=pa.int64())
     files = read_jsonl(out + '-1970*.jsonl')
@@ -160,7 +161,7 @@ def test_evaluate_streaming_equals_the_batch_pipeline_on_each_window(tmp_path, t
     args = parse(evaluate.EvaluateOptions, flags + [
         '--output', out, '--input_subscription', 'projects/p/subscriptions/s'])
     with beam.Pipeline(options=stream_options()) as p:
-        source = streaming.window_and_gate(p | make_stream(events), args)
+        source = streams.window_and_gate(p | make_stream(events), args)
         evaluate.build_streaming(p, args, source=source)
     records = [r for rs in read_jsonl(os.path.join(out, 'metrics-*.jsonl')).values() for r in rs]
     assert {r['timing'] for r in records} == {'on_time'}
@@ -346,7 +347,7 @@ def test_kmeans_streaming_on_the_emulator_writes_versions_assign_can_load(tmp_pa
         kmeans.KMeansOptions._add_argparse_args(ap)
         args, _ = ap.parse_known_args(argv)
         p = beam.Pipeline(options=stream_options())
-        source = streaming.read_stream(p, args, kmeans._stream_layout(args))
+        source = streams.read_stream(p, args, kmeans._stream_layout(args))
         kmeans.kmeans_streaming.build_streaming(p, args, source['batches'], dimension=2,
                                                 allowed_lateness=0.0)
         result = p.run()
@@ -377,7 +378,7 @@ def test_evaluate_streaming_late_data_updates_its_pane_and_too_late_is_a_dead_le
         '--task', 'classification', '--output', out, '--window_size', str(W),
         '--allowed_lateness', str(L), '--input_subscription', 'projects/p/subscriptions/s'])
     with beam.Pipeline(options=stream_options()) as p:
-        source = streaming.window_and_gate(p | make_stream(events), args)
+        source = streams.window_and_gate(p | make_stream(events), args)
         evaluate.build_streaming(p, args, source=source)
     files = read_jsonl(os.path.join(out, 'metrics-*.jsonl'))
     (on_time,), (late,) = (files[n] for n in sorted(files))
@@ -395,13 +396,13 @@ def test_a_window_bound_has_one_spelling_everywhere(tmp_path):
     from apache_beam.transforms.window import IntervalWindow
     from apache_beam.utils.timestamp import Timestamp
     from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
-    from beamml.pipelines.kmeans_streaming import model_for_update
+    from beamml.pipelines.kmeans.streaming import model_for_update
     from beamml.transforms.kmeans.streaming import ModelUpdate
     from beamml.transforms.streaming.pubsub import rows_to_json_messages
     start, end = Timestamp(1796525975), Timestamp(1796525980)
     want = ('2026-12-06T02:59:35.000Z', '2026-12-06T02:59:40.000Z')
     pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
-    name = streaming.pane_file_name('out/a', IntervalWindow(start, end), pane, '.jsonl')
+    name = streams.pane_file_name('out/a', IntervalWindow(start, end), pane, '.jsonl')
     assert name == f'out/a-{want[0]}-{want[1]}-pane-0-on_time.jsonl'
     ts = pa.timestamp('us', tz='UTC')
     batch = pa.RecordBatch.from_pydict({
@@ -411,7 +412,7 @@ def test_a_window_bound_has_one_spelling_everywhere(tmp_path):
     assert (json.loads(message)['window_start'], json.loads(message)['window_end']) == want
     for fmt in ('jsonl', 'csv'):
         fh = io.BytesIO()
-        streaming._write_tables(fmt, batch.schema)(fh, [batch])
+        streams._write_tables(fmt, batch.schema)(fh, [batch])
         text = fh.getvalue().decode()
         assert want[0] in text and want[1] in text and '.000000' not in text, text
     update = ModelUpdate(start, end, np.zeros((1, 2)), np.ones(1), 0, 0, 1, np.zeros(1, int),

@@ -24,9 +24,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from beamml.pipelines.common import record_counts
-from beamml.transforms.io import (BeammlError, ReadPoints, ReadTable, plan_reads,
-                                  read_file_batches)
+from beamml.pipelines._platform.main import record_counts
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import ReadPoints, ReadTable, plan_reads, read_file_batches
 from beamml.transforms.streaming.files import (ReadWatchedPoints, ReadWatchedTable, _PollFn,
                                                layout_from_parameters)
 

@@ -15,7 +15,7 @@ import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.inspection import inspect_input
 from beamml.transforms.io.sinks import to_json_lines
 from beamml.transforms.io.sources import read_file_batches

@@ -12,7 +12,9 @@ import re
 import apache_beam as beam
 import pytest
 
-from beamml.pipelines import common, templates
+from beamml.pipelines._platform import templates
+from beamml.pipelines._platform.cli import parse_args
+from beamml.pipelines._platform.main import main_wrapper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDER = os.path.join(ROOT, 'configs', 'templates')
@@ -30,7 +32,7 @@ class _Stop(Exception):
 
 
 def _real_parser(pipeline: str) -> argparse.ArgumentParser:
-    """The parser ``common.parse_args`` builds for the pipeline (caught at its first parse)."""
+    """The parser ``parse_args`` builds for the pipeline (caught at its first parse)."""
     module = templates.Template(pipeline, pipeline, False).module
     seen = []
     original = argparse.ArgumentParser.parse_known_args
@@ -42,7 +44,7 @@ def _real_parser(pipeline: str) -> argparse.ArgumentParser:
     argparse.ArgumentParser.parse_known_args = catch
     try:
         with pytest.raises(_Stop):
-            common.parse_args(templates.options_class(module), [], prog=f'beamml {pipeline}',
+            parse_args(templates.options_class(module), [], prog=f'beamml {pipeline}',
                               streaming=True)
     finally:
         argparse.ArgumentParser.parse_known_args = original
@@ -66,7 +68,7 @@ def test_parameters_are_the_parsers_own_flags(name):
     group = {a.dest for g in parser._action_groups if g.title == templates.STREAMING_GROUP
              for a in g._group_actions}
     assert bool(group) == (t.pipeline in ('assign', 'evaluate', 'kmeans', 'monitor'))
-    from beamml.pipelines.runs import RUN_FLAGS
+    from beamml.pipelines._platform.runs import RUN_FLAGS
     left_out = set(templates.NOT_PARAMETERS) | (
         set(getattr(t.module, '_BATCH_ONLY', {})) | set(RUN_FLAGS) if t.streaming else group)
     expected = [a for a in parser._actions
@@ -154,10 +156,11 @@ def test_flex_arguments_for_flags_without_a_value():
         '--runner', 'X', '--streaming']
     # why: argparse refuses a value for a switch; after the translation parse_args takes it
     from beamml.pipelines.norms import NormsOptions
+    from beamml.pipelines._platform.cli import parse_args
     with pytest.raises(SystemExit):
-        common.parse_args(NormsOptions, ['--input=x', '--output=y', '--overwrite=true'],
+        parse_args(NormsOptions, ['--input=x', '--output=y', '--overwrite=true'],
                           prog='beamml norms')
-    args, _ = common.parse_args(NormsOptions, templates.flex_argv(
+    args, _ = parse_args(NormsOptions, templates.flex_argv(
         'norms', ['--input=x', '--output=y', '--overwrite=true', '--runner=FnApiRunner']),
         prog='beamml norms')
     assert args.overwrite is True
@@ -224,7 +227,7 @@ def test_batch_kmeans_refuses_launch_only_hence_no_template(tmp_path, monkeypatc
                                                            submitted):
     monkeypatch.setenv('BEAMML_LAUNCH_ONLY', '1')
     from beamml.pipelines import kmeans
-    rc = common.main_wrapper(kmeans.run, [f'--input={_points(tmp_path)}', '--k=2',
+    rc = main_wrapper(kmeans.run, [f'--input={_points(tmp_path)}', '--k=2',
                                           f'--model_dir={tmp_path}/m',
                                           '--runner=DataflowRunner'] + DATAFLOW)
     err = capsys.readouterr().err

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from beamml.pipelines import validate
+from beamml.transforms.core.errors import BeammlError
 from beamml.pipelines.__main__ import main
 from beamml.transforms.model import CentroidModel
 
@@ -88,9 +89,9 @@ def test_validate_usage_and_unknown_pipeline(capsys):
     assert 'beamml validate <pipeline>' in capsys.readouterr().out
     assert main(['validate', 'demo']) == 2
     assert "cannot validate 'demo'" in capsys.readouterr().err
-    with pytest.raises(validate.common.BeammlError, match='drop --runner'):
+    with pytest.raises(BeammlError, match='drop --runner'):
         validate.dry_run_argv(['--runner', 'FnApiRunner'])
-    with pytest.raises(validate.common.BeammlError, match='never submits a job'):
+    with pytest.raises(BeammlError, match='never submits a job'):
         validate.dry_run_argv(['--dry_run=False'])
     assert validate.dry_run_argv(['--runner=DataflowRunner']) == [
         '--runner=DataflowRunner', '--dry_run', 'True']
@@ -258,7 +259,6 @@ class _Built(Exception):
 
 def _built_steps(monkeypatch, argv) -> list[str]:
     from apache_beam import Pipeline
-    from beamml.pipelines.__main__ import pipelines   # noqa: F401 (the registry)
     import importlib
 
     def capture(self, *a, **kw):

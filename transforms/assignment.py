@@ -20,15 +20,17 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.distances import ZERO_VECTOR, nearest_centroid
-from beamml.transforms.io import (SOURCE_COLUMNS, BeammlError, RecordCounters, dead_letter,
-                                  features_matrix)
+from beamml.transforms.core.combining import merge_into_first
+from beamml.transforms.core.errors import ZERO_VECTOR, BeammlError, RecordCounters, dead_letter
+from beamml.transforms.core.types import SOURCE_COLUMNS
+from beamml.transforms.distances import nearest_centroid
+from beamml.transforms.io import features_matrix
 from beamml.transforms.io.rows import source_of
 from beamml.transforms.model import CentroidModel
 from beamml.transforms.model.artifact import latest_version
 
 __all__ = ['add_assignment', 'AssignNearestCentroid', 'AssignLatest', 'LoadModel',
-           'ASSIGN_COLUMNS']
+           'ASSIGN_COLUMNS', 'ClusterSizesFn']
 _LOG = logging.getLogger('beamml')
 
 ASSIGN_COLUMNS = ('cluster', 'distance')
@@ -335,3 +337,24 @@ class AssignNearestCentroid(beam.PTransform):
         return batches | 'NearestCentroid' >> beam.ParDo(
             _AssignFn(self.all_distances, self.with_version, self.output_columns), model
         ).with_outputs('errors', main='batches')
+
+
+class ClusterSizesFn(beam.CombineFn):
+    """Points per cluster over assigned batches; accumulator: int64 counts of length k."""
+
+    def __init__(self, k: int):
+        self.k = k
+
+    def create_accumulator(self):
+        return np.zeros(self.k, dtype=np.int64)
+
+    def add_input(self, acc, batch):
+        labels = batch.column('cluster').to_numpy()
+        acc += np.bincount(labels, minlength=self.k)[:self.k]
+        return acc
+
+    def merge_accumulators(self, accs):
+        return merge_into_first(accs, np.ndarray.__iadd__)
+
+    def extract_output(self, acc):
+        return acc.tolist()

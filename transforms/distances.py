@@ -45,13 +45,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from beamml.transforms.core.errors import ZERO_VECTOR
+
 __all__ = ['row_sq_norms', 'pairwise_distances', 'nearest_centroid', 'PRECISION_FACTOR',
            'DISTANCES', 'unit_rows', 'nearest_centroid_cosine', 'ZERO_VECTOR']
 
 #: the distances a centroid model (and K-means) can use
 DISTANCES = ('euclidean', 'cosine')
-#: the reason a zero vector is refused where the distance is cosine
-ZERO_VECTOR = 'zero vector: cosine distance is undefined'
 
 #: rows whose nearest squared distance is below this many error bounds are recomputed
 PRECISION_FACTOR = 1e6

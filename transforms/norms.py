@@ -22,8 +22,9 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, BeammlError,
-                                  ShardWriter, features_matrix, points_matrix)
+from beamml.transforms.io import (BATCH_ROWS, OUTPUT_FORMATS, ShardWriter, features_matrix,
+                                  points_matrix)
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.sinks import RemoveStaleShards
 
 __all__ = ['NORMS', 'row_norms', 'all_row_norms', 'add_norms', 'ComputeNorms',

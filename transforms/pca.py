@@ -27,9 +27,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.combining import merge_into_first
-from beamml.transforms.io.documents import NON_FINITE, join, read_json, to_jsonable, write_json
-from beamml.transforms.io.errors import BeammlError, first_line
+from beamml.transforms.core.combining import merge_into_first
+from beamml.transforms.core.documents import NON_FINITE, join, read_json, to_jsonable, write_json
+from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.io.rows import points_matrix
 
 __all__ = ['MODEL_FILE', 'PCAStats', 'PCAModel', 'PCACombineFn', 'ComputePCA', 'ProjectPCA',

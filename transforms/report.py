@@ -18,8 +18,8 @@ import datetime as _dt
 from typing import Mapping, Sequence
 
 
-from beamml.transforms.charts import (PALETTE, bars_with_thresholds, escape, fmt,
-                                      histogram_pair, lines, scatter, spans_decades)
+from beamml.transforms.charts import (PALETTE, bars_with_thresholds, escape, fmt, histogram_pair,
+                                      lines, scatter, spans_decades)
 
 __all__ = ['PALETTE', 'histogram_pair', 'bars_with_thresholds', 'lines', 'scatter',
            'spans_decades', 'table_html', 'Report']
@@ -88,5 +88,5 @@ class Report:
 
     def write(self, path: str) -> str:
         """Write the page (one object on gs://, a rename locally); returns ``path``."""
-        from beamml.transforms.io.documents import write_text
+        from beamml.transforms.core.documents import write_text
         return write_text(path, self.render())

@@ -22,8 +22,9 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.combining import merge_into_first
-from beamml.transforms.io import BeammlError, features_matrix
+from beamml.transforms.core.combining import merge_into_first
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import features_matrix
 from beamml.transforms.norms import NORMS, row_norms
 
 __all__ = ['sort_keys', 'lex_order', 'range_boundaries', 'shard_of', 'SortPlan',

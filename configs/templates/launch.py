@@ -7,7 +7,7 @@ its Dataflow job and return without waiting for it, as a Flex launcher must.
 """
 import sys
 
-from beamml.pipelines.templates import launch
+from beamml.pipelines._platform.templates import launch
 
 if __name__ == '__main__':
     sys.exit(launch(sys.argv[1:]))

@@ -25,9 +25,9 @@ against the stacked ``k1 + k2`` centres, kept as two calls because the exact-tie
 shifts the centres by their mean, and a stacked product would shift by another mean and
 change the production distances in their last bits).
 """
-from beamml.transforms.deployment.adapters import (SHADOW_TAG, AssignDeployed,
-                                                   AssignDeployedLatest, ShadowComparisonFn,
-                                                   VersionCountsFn, comparison_batch)
+from beamml.transforms.deployment.adapters import (SHADOW_TAG, AssignDeployed, AssignDeployedLatest,
+                                                   ShadowComparisonFn, VersionCountsFn,
+                                                   comparison_batch)
 from beamml.transforms.deployment.gate import GATE_METRICS, Gate, Threshold, gate_metric
 from beamml.transforms.deployment.kernels import (agreement, canary_mask, comparison_report,
                                                   id_hash, max_weight_matching, unit_hash)

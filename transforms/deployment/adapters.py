@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamml.transforms.assignment import _AssignFn, _AssignLatestFn, _LatestModel
-from beamml.transforms.combining import merge_into_first
+from beamml.transforms.core.combining import merge_into_first
 from beamml.transforms.deployment.kernels import canary_mask, comparison_report
-from beamml.transforms.io import BeammlError, features_matrix
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import features_matrix
 
 __all__ = ['ShadowComparisonFn', 'VersionCountsFn', 'AssignDeployed', 'AssignDeployedLatest',
            'SHADOW_TAG', 'comparison_batch']

@@ -6,8 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.errors import first_line
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.errors import first_line
 
 __all__ = ['Gate', 'Threshold', 'GATE_METRICS', 'gate_metric']
 
@@ -174,7 +174,7 @@ class Gate:
     @classmethod
     def load(cls, path: str) -> 'Gate':
         import yaml
-        from beamml.transforms.io.documents import read_text
+        from beamml.transforms.core.documents import read_text
         try:
             text = read_text(path)
         except Exception as e:

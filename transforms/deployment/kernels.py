@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 
 __all__ = ['max_weight_matching', 'agreement', 'id_hash', 'unit_hash', 'canary_mask',
            'comparison_report']

@@ -15,14 +15,12 @@ Modules:
   UnifySchemasFn, ConformToInputFn) and composites (BuildIdIndex, EncodeIds, IndexIds).
 """
 from beamml.transforms.index.kernels import (ORDERS, ROW_BITS, dense_index, first_keys,
-                                             id2idx_schema, normalise_ids, number_ids,
-                                             source_keys)
+                                             id2idx_schema, normalise_ids, number_ids, source_keys)
 from beamml.transforms.index.lookup import IdIndex, read_id2idx
 from beamml.transforms.index.schemas import (conform_batch, conform_to_input, input_types,
                                              promote_types)
-from beamml.transforms.index.transforms import (BuildIdIndex, ConformToInputFn, EncodeIds,
-                                                IndexIds, MinKeyPerIdFn, UnifySchemasFn,
-                                                table_batches)
+from beamml.transforms.index.transforms import (BuildIdIndex, ConformToInputFn, EncodeIds, IndexIds,
+                                                MinKeyPerIdFn, UnifySchemasFn, table_batches)
 
 __all__ = [
     'ORDERS', 'ROW_BITS', 'source_keys', 'first_keys', 'number_ids', 'dense_index',

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.io.types import is_string_type
+from beamml.transforms.core.types import is_string_type
 
 __all__ = [
     'ORDERS', 'ROW_BITS', 'MAX_FILES', 'normalise_ids', 'as_ids', 'to_arrow', 'file_ranks',

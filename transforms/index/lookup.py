@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.index.kernels import as_ids, dense_index, normalise_ids, to_arrow
-from beamml.transforms.io.documents import write_bytes
+from beamml.transforms.core.documents import write_bytes
 
 __all__ = ['read_id2idx', 'IdIndex']
 

@@ -16,10 +16,9 @@ from typing import Mapping, Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.casts import to_type
-from beamml.transforms.io.types import (SOURCE_COLUMNS, is_nested_type, is_string_type,
-                                        value_type)
+from beamml.transforms.core.types import SOURCE_COLUMNS, is_nested_type, is_string_type, value_type
 
 __all__ = ['input_types', 'conform_to_input', 'promote_types', 'add_schema',
            'unified_schema', 'schema_without_source', 'conform_batch']

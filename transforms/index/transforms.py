@@ -20,14 +20,15 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.combining import merge_into_first
+from beamml.transforms.core.combining import merge_into_first
 from beamml.transforms.index.kernels import (MAX_FILES, ORDERS, file_ranks, first_keys,
-                                             first_keys_schema, merge_first_keys,
-                                             normalise_ids, number_ids, source_keys)
+                                             first_keys_schema, merge_first_keys, normalise_ids,
+                                             number_ids, source_keys)
 from beamml.transforms.index.lookup import IdIndex
 from beamml.transforms.index.schemas import (add_schema, conform_batch, conform_to_input,
                                              schema_without_source, unified_schema)
-from beamml.transforms.io import ERRORS, BeammlError, RecordCounters, RowReasons, dead_letter
+from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters, dead_letter
+from beamml.transforms.io import RowReasons
 from beamml.transforms.io.rows import source_of
 
 __all__ = ['MinKeyPerIdFn', 'UnifySchemasFn', 'ConformToInputFn', 'BuildIdIndex', 'EncodeIds',

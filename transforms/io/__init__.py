@@ -1,11 +1,11 @@
 """Reading and writing point clouds and tables as pyarrow RecordBatches, with dead letters.
 
+It stands on :mod:`beamml.transforms.core` (BeammlError and the dead-letter records in
+``core.errors``, the JSON policy, documents, storage objects, Arrow type tests).
+
 Modules, from the bottom up:
 
-- ``types``: Arrow type tests and the text grammar of numbers.
 - ``casts``: casts of a column to a type that refuse, never change, a value (to_type).
-- ``documents``: the one JSON policy and small files beside the results.
-- ``errors``: BeammlError, dead-letter records, the record counters.
 - ``layout``: the Layout of an input, format names, input matching.
 - ``ids``: the id rules (read_ids): int64 or strings, one type for the whole input.
 - ``rows``: RowBatch (and RawRecords, the bytes a row was read from), the vectorised row
@@ -22,24 +22,19 @@ Every refused row becomes a dead letter ``{"file", "row", "line", "reason",
 ``records_ok`` and ``records_refused`` keep ``read == ok + refused``.
 """
 from beamml.transforms.io.coder import RecordBatchCoder
-from beamml.transforms.io.errors import (COUNTER_NAMESPACE, ERRORS, BeammlError, RecordCounters,
-                                         dead_letter)
 from beamml.transforms.io.inspection import inspect_input
 from beamml.transforms.io.layout import INPUT_FORMATS, Layout, match_input
 from beamml.transforms.io.rows import (BATCH_ROWS, RowBatch, RowReasons, features_matrix,
                                        points_batch, points_matrix, to_points)
 from beamml.transforms.io.sinks import (OUTPUT_FORMATS, ROW_GROUP_ROWS, ShardWriter,
-                                        WriteDeadLetters, WriteTable, shard_prefix,
-                                        to_json_lines)
+                                        WriteDeadLetters, WriteTable, shard_prefix, to_json_lines)
 from beamml.transforms.io.sources import (SPLIT_ROWS, ReadPoints, ReadTable, plan_reads,
                                           read_file_batches, read_table_files)
-from beamml.transforms.io.types import SOURCE_COLUMNS
 
 __all__ = [
-    'BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'INPUT_FORMATS', 'OUTPUT_FORMATS',
-    'BATCH_ROWS', 'SPLIT_ROWS', 'ROW_GROUP_ROWS', 'SOURCE_COLUMNS',
+    'INPUT_FORMATS', 'OUTPUT_FORMATS', 'BATCH_ROWS', 'SPLIT_ROWS', 'ROW_GROUP_ROWS',
     'Layout', 'inspect_input', 'match_input', 'read_file_batches', 'to_points',
     'points_batch', 'points_matrix', 'features_matrix', 'ReadPoints', 'ReadTable', 'WriteTable',
     'WriteDeadLetters', 'ShardWriter', 'shard_prefix', 'to_json_lines', 'read_table_files',
-    'plan_reads', 'RecordCounters', 'RecordBatchCoder', 'dead_letter', 'RowBatch', 'RowReasons',
+    'plan_reads', 'RecordBatchCoder', 'RowBatch', 'RowReasons',
 ]

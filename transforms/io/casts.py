@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.io.types import (INT_RE, NUMBER_RE, decoded, is_nested_type,
-                                        is_string_type, is_temporal_type, kind)
+from beamml.transforms.core.types import (INT_RE, NUMBER_RE, decoded, is_nested_type,
+                                          is_string_type, is_temporal_type, kind)
 
 __all__ = ['int64_or_null', 'cast_each', 'to_type', 'INF_RE', 'CSV_TRUE', 'CSV_FALSE']
 

@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 
-from beamml.transforms.io.errors import BeammlError, dead_letter
+from beamml.transforms.core.errors import BeammlError, dead_letter
 from beamml.transforms.io.layout import HEAD_BYTES, Layout, printable
 from beamml.transforms.io.casts import int64_or_null
 from beamml.transforms.io.rows import BATCH_ROWS, RawRecords, RowBatch
-from beamml.transforms.io.types import INT_RE, is_string_type, value_type
+from beamml.transforms.core.types import INT_RE, is_string_type, value_type
 
 __all__ = ['csv_head', 'read_csv']
 

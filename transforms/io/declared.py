@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.inspection import check_feature_roles, check_weight_column
 from beamml.transforms.io.layout import INPUT_FORMATS, Layout, format_of
 

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from beamml.transforms.io.casts import to_type
-from beamml.transforms.io.types import (INT_RE, decoded, is_list_type, is_numeric_type,
-                                        is_string_type, kind)
+from beamml.transforms.core.types import (INT_RE, decoded, is_list_type, is_numeric_type,
+                                          is_string_type, kind)
 
 __all__ = ['read_ids', 'ID_IS_NUMBER', 'ID_IS_STRING', 'ID_IS_BOOLEAN']
 

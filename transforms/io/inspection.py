@@ -3,7 +3,7 @@ that has data rows.
 
 A missing input, an empty file, an input of no data rows (every file empty or a
 header only), an unreadable format or a missing column is a
-:class:`~beamml.transforms.io.errors.BeammlError` here, naming the file and what
+:class:`~beamml.transforms.core.errors.BeammlError` here, naming the file and what
 exists, not a stack trace from a worker.
 """
 from __future__ import annotations
@@ -14,15 +14,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.io.objects import open_file
+from beamml.transforms.core.objects import open_file
 from beamml.transforms.io.csvio import csv_head
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.jsonio import jsonl_head, read_head_bytes
 from beamml.transforms.io.layout import Layout, format_of, match_input, printable
 from beamml.transforms.io.npyio import npy_header
 from beamml.transforms.io.parquetio import parquet_head
-from beamml.transforms.io.types import (NUMBER_RE, is_list_type, is_numeric_type,
-                                        is_string_type, value_type)
+from beamml.transforms.core.types import (NUMBER_RE, is_list_type, is_numeric_type, is_string_type,
+                                          value_type)
 
 __all__ = ['inspect_input']
 

@@ -27,11 +27,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pjson
 
-from beamml.transforms.io.documents import NON_FINITE, NON_FINITE_TEXT
-from beamml.transforms.io.errors import BeammlError, dead_letter
+from beamml.transforms.core.documents import NON_FINITE, NON_FINITE_TEXT
+from beamml.transforms.core.errors import BeammlError, dead_letter
 from beamml.transforms.io.layout import HEAD_BYTES, Layout
 from beamml.transforms.io.rows import BATCH_ROWS, RowBatch
-from beamml.transforms.io.types import is_string_type, value_type
+from beamml.transforms.core.types import is_string_type, value_type
 
 __all__ = ['jsonl_head', 'read_jsonl', 'BOM']
 
@@ -50,7 +50,7 @@ def _non_finite_reader(text_keys: Sequence[str]) -> Callable[[bytes], bytes]:
     bare tokens ``NaN``, ``Infinity``, ``-Infinity`` (which pyarrow's and Python's JSON
     parsers read as floats), except as the value of a key of ``text_keys`` (the id; in
     a table read, the columns of text), which is kept as text (written as
-    :data:`~beamml.transforms.io.documents.NON_FINITE_TEXT`).
+    :data:`~beamml.transforms.core.documents.NON_FINITE_TEXT`).
 
     A chunk without such a word (the usual case) is returned as it is, after a
     substring search; else regular-expression substitutions, C loops over the

@@ -9,7 +9,7 @@ import stat
 import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError
 
 __all__ = ['INPUT_FORMATS', 'HEAD_BYTES', 'Layout', 'format_of', 'listable', 'as_given',
            'match_input', 'check_local_input', 'printable']

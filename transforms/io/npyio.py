@@ -6,8 +6,8 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.io.objects import open_file
-from beamml.transforms.io.errors import BeammlError
+from beamml.transforms.core.objects import open_file
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.rows import RowBatch
 
 __all__ = ['read_npy_header', 'npy_header', 'plan_npy', 'read_npy']

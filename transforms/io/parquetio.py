@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from beamml.transforms.io.errors import BeammlError, first_line
+from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.io.layout import Layout
 from beamml.transforms.io.rows import RowBatch
 

@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.distances import ZERO_VECTOR
-from beamml.transforms.io.errors import BeammlError, dead_letter
+from beamml.transforms.core.errors import ZERO_VECTOR
+from beamml.transforms.core.errors import BeammlError, dead_letter
 from beamml.transforms.io.ids import read_ids
 from beamml.transforms.io.layout import Layout
-from beamml.transforms.io.types import (NUMBER_RE, SOURCE_COLUMNS, decoded, is_list_type,
-                                        is_numeric_type, is_string_type, kind)
+from beamml.transforms.core.types import (NUMBER_RE, SOURCE_COLUMNS, decoded, is_list_type,
+                                          is_numeric_type, is_string_type, kind)
 
 __all__ = ['BATCH_ROWS', 'RawRecords', 'RowBatch', 'RowReasons', 'features_matrix',
            'points_batch', 'to_points', 'table_checks', 'with_source_columns', 'source_of']

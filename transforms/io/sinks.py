@@ -2,7 +2,7 @@
 
 Shards are written through Beam's FileSystems (local paths and gs://) under one
 naming rule, :func:`shard_prefix`. JSON lines follow beamml's one JSON policy
-(:mod:`~beamml.transforms.io.documents`): a non-finite float is the string
+(:mod:`~beamml.transforms.core.documents`): a non-finite float is the string
 ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``, and ``null`` is a missing value.
 """
 from __future__ import annotations
@@ -25,9 +25,9 @@ from apache_beam.io import filebasedsink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io.documents import NON_FINITE_TEXT, dumps, json_float
-from beamml.transforms.io.errors import BeammlError
-from beamml.transforms.io.types import is_list_type, is_string_type
+from beamml.transforms.core.documents import NON_FINITE_TEXT, dumps, json_float
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.types import is_list_type, is_string_type
 
 __all__ = ['OUTPUT_FORMATS', 'ROW_GROUP_ROWS', 'shard_prefix', 'to_json_lines', 'ShardWriter',
            'WriteTable', 'WriteDeadLetters', 'remove_stale_shards', 'RemoveStaleShards']
@@ -267,7 +267,7 @@ def _storage_answers(prefix: str):
     except BeammlError:
         raise
     except Exception as e:
-        from beamml.transforms.io.objects import _first_line, _storage_error
+        from beamml.transforms.core.objects import _first_line, _storage_error
         if not _storage_error(e, unanswered=True):
             raise
         where, cause = _failed_object(e, prefix + '*')

@@ -3,7 +3,7 @@
 Sources yield ``pyarrow.RecordBatch``es, never single rows: ``ReadPoints`` gives
 batches ``(id, features)``, ``ReadTable`` the files' own columns. Every refused
 row is a dead letter on the ``errors`` output and is counted
-(:class:`~beamml.transforms.io.errors.RecordCounters`).
+(:class:`~beamml.transforms.core.errors.RecordCounters`).
 """
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from typing import Iterator, Sequence
 import apache_beam as beam
 import pyarrow as pa
 
-from beamml.transforms.io.objects import open_file
+from beamml.transforms.core.objects import open_file
 from beamml.transforms.io.csvio import read_csv
-from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters, dead_letter
+from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.inspection import inspect_input
 from beamml.transforms.io.jsonio import read_jsonl
 from beamml.transforms.io.layout import Layout, match_input
 from beamml.transforms.io.npyio import plan_npy, read_npy
 from beamml.transforms.io.parquetio import plan_parquet, read_parquet
 from beamml.transforms.io.rows import BATCH_ROWS, RowBatch, table_checks, to_points
-from beamml.transforms.io.types import SOURCE_COLUMNS
+from beamml.transforms.core.types import SOURCE_COLUMNS
 
 __all__ = ['SPLIT_ROWS', 'plan_reads', 'read_file_batches', 'ReadPoints', 'ReadTable',
            'read_table_files', 'rows_as_read', 'RecordsAsRead']

@@ -30,10 +30,9 @@ from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, 
                                                 PointStats, PointStatsCombineFn, RunsCombineFn)
 from beamml.transforms.kmeans.kernels import (EMPTY_CLUSTER, INIT_METHODS, STOP_REASONS,
                                               center_shift, kmeans_plusplus, label_signature,
-                                              lloyd_labels, lloyd_pass, lloyd_pass_runs,
-                                              row_hashes, tolerance, update_centers)
-from beamml.transforms.kmeans.lloyd import (KMeansResult, KMeansRuns, KMeansState,
-                                            state_from_dict)
+                                              lloyd_labels, lloyd_pass, lloyd_pass_runs, row_hashes,
+                                              tolerance, update_centers)
+from beamml.transforms.kmeans.lloyd import KMeansResult, KMeansRuns, KMeansState, state_from_dict
 from beamml.transforms.kmeans.seeding import read_initial_centers
 from beamml.transforms.kmeans.training import KMeans, recursion_limit_for
 

@@ -20,7 +20,7 @@ import uuid
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io.documents import is_remote, read_bytes, write_bytes
+from beamml.transforms.core.documents import is_remote, read_bytes, write_bytes
 
 __all__ = ['write_cached_points', 'read_cached_points', 'read_cached_weights', 'points_of',
            'weights_of', 'drop_cached_points']

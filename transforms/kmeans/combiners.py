@@ -21,7 +21,7 @@ import pyarrow as pa
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beamml.transforms.combining import merge_into_first
+from beamml.transforms.core.combining import merge_into_first
 from beamml.transforms.io import points_matrix
 from beamml.transforms.kmeans.kernels import (MASK64, LloydPass, batch_rng, farthest_order,
                                               label_signature, largest, row_hashes, smallest)

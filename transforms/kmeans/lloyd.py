@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 
 from beamml.transforms.distances import row_sq_norms, unit_rows
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.kmeans.cache import points_of, weights_of
 from beamml.transforms.kmeans.combiners import (ClusterSums, LabelledPoints, PointStats,
                                                 PointStatsCombineFn, merge_partials)

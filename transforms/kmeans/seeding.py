@@ -52,11 +52,12 @@ import apache_beam as beam
 import numpy as np
 
 from beamml.transforms.distances import nearest_centroid, row_sq_norms
-from beamml.transforms.io import BeammlError, features_matrix, read_table_files
-from beamml.transforms.io.documents import read_bytes
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import features_matrix, read_table_files
+from beamml.transforms.core.documents import read_bytes
 from beamml.transforms.kmeans.cache import points_of, weights_of
-from beamml.transforms.kmeans.combiners import (OversampleCombineFn, PartialCombineFn,
-                                                PointStats, SumArraysCombineFn, merge_partials)
+from beamml.transforms.kmeans.combiners import (OversampleCombineFn, PartialCombineFn, PointStats,
+                                                SumArraysCombineFn, merge_partials)
 from beamml.transforms.kmeans.kernels import batch_rng, kmeans_plusplus, largest, row_hashes
 
 __all__ = ['read_initial_centers', 'SeedCenters']

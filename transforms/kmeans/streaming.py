@@ -100,7 +100,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
                                               TimerSpec, on_timer)
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from beamml.transforms.io.errors import BeammlError, RecordCounters, dead_letter
+from beamml.transforms.core.errors import BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.rows import features_matrix
 from beamml.transforms.kmeans.kernels import kmeans_plusplus, lloyd_pass
 from beamml.transforms.streaming.windows import iso

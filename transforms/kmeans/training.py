@@ -36,8 +36,10 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.distances import DISTANCES, ZERO_VECTOR, unit_rows
-from beamml.transforms.io import BeammlError, points_matrix
+from beamml.transforms.distances import DISTANCES, unit_rows
+from beamml.transforms.core.errors import ZERO_VECTOR
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
                                             read_cached_weights, write_cached_points)
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn, PointStats,
@@ -573,7 +575,7 @@ def _initial_runs(_, stats, *centers, seeds, n_clusters, tol, distance) -> KMean
 
 
 class _Mean:
-    """Stands in for the statistics when the points are centred again (``--resume``)."""
+    """Stands in for the statistics when the points are centred again (a resumed training)."""
 
     def __init__(self, mean):
         self.mean = np.asarray(mean, dtype=np.float64)

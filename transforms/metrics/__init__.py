@@ -13,18 +13,18 @@ Modules:
 * ``compute``: the metrics as CombineFns, and ``ComputeMetrics``, every metric overall
   and per slice in one pass.
 """
-from beamml.transforms.metrics.compute import (ComputeMetrics, MetricCombineFn,
-                                               MetricsCombineFn, merge_results)
-from beamml.transforms.metrics.definitions import (CLASSIFICATION_METRICS, RANKING_METRICS,
-                                                   F1, Accuracy, AverageQueryPrecision,
-                                                   ConfusionCounts, MeanAveragePrecision,
-                                                   Metric, Precision, PrecisionAtK,
-                                                   QueryCount, QueryPrecision, Recall,
+from beamml.transforms.metrics.compute import (ComputeMetrics, MetricCombineFn, MetricsCombineFn,
+                                               merge_results)
+from beamml.transforms.metrics.definitions import (CLASSIFICATION_METRICS, RANKING_METRICS, F1,
+                                                   Accuracy, AverageQueryPrecision, ConfusionCounts,
+                                                   MeanAveragePrecision, Metric, Precision,
+                                                   PrecisionAtK, QueryCount, QueryPrecision, Recall,
                                                    per_query_metrics)
 from beamml.transforms.metrics.kernels import confusion_counts, query_stats
-from beamml.transforms.metrics.parsing import (SLICE_COLUMN, ParsePredictionLogs,
-                                               binary_labels, parse_binary, parse_query_ids,
-                                               parse_rank, parse_relevance, slice_keys)
+from beamml.transforms.metrics.logs import ParsePredictionLogs
+from beamml.transforms.metrics.parsing import (SLICE_COLUMN, binary_labels,
+                                               parse_binary, parse_query_ids, parse_rank,
+                                               parse_relevance, slice_keys)
 from beamml.transforms.metrics.ranking import QueryStats, query_buckets
 
 __all__ = [

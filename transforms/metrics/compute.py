@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.combining import merge_into_first
-from beamml.transforms.io import ERRORS
-from beamml.transforms.io.types import is_string_type
+from beamml.transforms.core.combining import merge_into_first
+from beamml.transforms.core.errors import ERRORS
+from beamml.transforms.core.types import is_string_type
 from beamml.transforms.metrics.parsing import SLICE_COLUMN, _np, slice_keys
 from beamml.transforms.metrics.ranking import QueryStats, _check_n_buckets
 

@@ -43,7 +43,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 # Metric.combine_fn's Beam form; compute knows a metric only by its interface and
 # imports nothing from here.
 from beamml.transforms.metrics.compute import MetricCombineFn

@@ -22,10 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 
-from beamml.transforms.io import ERRORS, BeammlError, RecordCounters, dead_letter
-from beamml.transforms.metrics.kernels import (_factorize, _group_stats, _query_codes,
-                                               _sort_dedup, _strictly_increasing)
-from beamml.transforms.metrics.parsing import SLICE_COLUMN, _batch_path, _np, slice_keys
+from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters, dead_letter
+from beamml.transforms.metrics.kernels import (_factorize, _group_stats, _query_codes, _sort_dedup,
+                                               _strictly_increasing)
+from beamml.transforms.metrics.logs import _batch_path
+from beamml.transforms.metrics.parsing import SLICE_COLUMN, _np, slice_keys
 
 __all__ = ['query_buckets', 'QueryStats']
 

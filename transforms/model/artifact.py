@@ -9,7 +9,7 @@ A model directory holds immutable versions and a pointer to the current one::
 ``LATEST`` last, so a reader never sees a ``LATEST`` naming a version that is
 not complete. Pointing ``LATEST`` back at an older version (:func:`set_latest`)
 is a rollback. Everything goes through Beam's ``FileSystems``
-(:mod:`beamml.transforms.io.documents`), so local paths and ``gs://`` behave alike.
+(:mod:`beamml.transforms.core.documents`), so local paths and ``gs://`` behave alike.
 
 ``model.json`` is plain JSON under beamml's one JSON policy; the centres are
 lists of finite floats written with Python's ``repr`` (shortest round-trip
@@ -34,9 +34,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.distances import (DISTANCES, nearest_centroid, nearest_centroid_cosine,
                                          row_sq_norms, unit_rows)
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.documents import (NON_FINITE, dumps, exists, is_remote, join,
-                                            read_text, to_jsonable, write_text)
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.documents import (NON_FINITE, dumps, exists, is_remote, join, read_text,
+                                              to_jsonable, write_text)
 
 __all__ = [
     'CentroidModel', 'MODEL_FILE', 'LATEST_FILE', 'set_latest', 'latest_version',
@@ -281,7 +281,7 @@ class CentroidModel:
     # -- JSON
     def to_dict(self) -> dict[str, Any]:
         """The model.json document: JSON-ready, non-finite floats as "NaN", "Infinity",
-        "-Infinity" (:func:`~beamml.transforms.io.documents.to_jsonable`)."""
+        "-Infinity" (:func:`~beamml.transforms.core.documents.to_jsonable`)."""
         return to_jsonable({
             'format': FORMAT,
             'format_version': FORMAT_VERSION,

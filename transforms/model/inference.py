@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model.artifact import CentroidModel
 
 __all__ = ['CentroidModelHandler']

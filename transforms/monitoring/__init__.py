@@ -16,9 +16,8 @@ from beamml.transforms.monitoring.baseline import (BASELINE_FILE, DRIFT_BINS, FI
                                                    make_profile, write_baseline)
 from beamml.transforms.monitoring.config import (DEFAULT_RULES, DEFAULT_THRESHOLDS, METRICS,
                                                  MonitorConfig, load_monitor_config)
-from beamml.transforms.monitoring.drift import (alarms_of, decide, drift_document,
-                                                js_divergence, psi, report_data, summary_line,
-                                                window_summary)
+from beamml.transforms.monitoring.drift import (alarms_of, decide, drift_document, js_divergence,
+                                                psi, report_data, summary_line, window_summary)
 from beamml.transforms.monitoring.stats import (QUANTILES, ColumnStatsFn, bin_counts,
                                                 histogram_quantiles, monitor_columns)
 from beamml.transforms.monitoring.transforms import MakeBaseline, MonitorColumns, MonitorStatistics

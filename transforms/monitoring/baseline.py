@@ -30,8 +30,8 @@ import datetime as dt
 
 import numpy as np
 
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.documents import exists, join, read_json, write_json
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.documents import exists, join, read_json, write_json
 from beamml.transforms.monitoring.stats import QUANTILES, histogram_quantiles
 
 __all__ = ['FINE_BINS', 'DRIFT_BINS', 'FAR_QUANTILE', 'BASELINE_FILE', 'column_names',

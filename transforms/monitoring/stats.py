@@ -25,7 +25,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 
-from beamml.transforms.combining import merge_into_first
+from beamml.transforms.core.combining import merge_into_first
 from beamml.transforms.io import features_matrix
 from beamml.transforms.norms import row_norms
 

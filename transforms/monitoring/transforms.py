@@ -13,8 +13,8 @@ import apache_beam as beam
 import numpy as np
 
 from beamml.transforms.kmeans.combiners import SumArraysCombineFn
-from beamml.transforms.monitoring.baseline import (FINE_BINS, Baseline, fine_edges,
-                                                   make_baseline, make_profile)
+from beamml.transforms.monitoring.baseline import (FINE_BINS, Baseline, fine_edges, make_baseline,
+                                                   make_profile)
 from beamml.transforms.monitoring.stats import ColumnStatsFn, bin_counts, monitor_columns
 
 __all__ = ['MonitorColumns', 'MonitorStatistics', 'MakeBaseline']

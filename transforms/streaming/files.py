@@ -83,9 +83,8 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
 
-from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters, dead_letter
-from beamml.transforms.io.inspection import (check_feature_roles, check_weight_column,
-                                             inspect_input)
+from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters, dead_letter
+from beamml.transforms.io.inspection import check_feature_roles, check_weight_column, inspect_input
 from beamml.transforms.io.layout import INPUT_FORMATS, Layout, format_of, listable, printable
 from beamml.transforms.io.rows import BATCH_ROWS
 from beamml.transforms.io.sources import _ReadFileFn, plan_reads

@@ -32,13 +32,13 @@ import pyarrow as pa
 from apache_beam.utils.windowed_value import WindowedValue
 
 from beamml.transforms.io.coder import RecordBatchCoder
-from beamml.transforms.io.documents import dumps
-from beamml.transforms.io.errors import ERRORS, BeammlError, RecordCounters, dead_letter
+from beamml.transforms.core.documents import dumps
+from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.jsonio import read_jsonl
 from beamml.transforms.io.layout import Layout, printable
 from beamml.transforms.io.rows import RowBatch, table_checks, to_points
 from beamml.transforms.io.sinks import to_json_lines
-from beamml.transforms.io.types import SOURCE_COLUMNS
+from beamml.transforms.core.types import SOURCE_COLUMNS
 from beamml.transforms.streaming.windows import iso_times
 
 __all__ = ['ARROW_FORMAT', 'FORMAT_ATTRIBUTE', 'message_layout', 'parse_messages',
@@ -376,7 +376,7 @@ def _parse_arrow(m, layout, source, points, allow_nan, refuse_zero, source_colum
 
 class ParseMessagesFn(beam.DoFn):
     """A list of PubsubMessages -> RecordBatches (main) and dead letters (``errors``),
-    counted with :class:`~beamml.transforms.io.errors.RecordCounters`. Outputs keep
+    counted with :class:`~beamml.transforms.core.errors.RecordCounters`. Outputs keep
     the input element's timestamp and window."""
 
     def __init__(self, layout: Layout, source: str, *, points: bool = True,

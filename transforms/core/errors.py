@@ -6,15 +6,17 @@ from typing import Any, Sequence
 
 from apache_beam.metrics import Metrics
 
-from beamml.transforms.io.documents import to_jsonable
+from beamml.transforms.core.jsonable import to_jsonable
 
 __all__ = ['BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'RecordCounters', 'dead_letter',
-           'first_line']
+           'first_line', 'ZERO_VECTOR']
 
 #: the namespace of beamml's Beam counters
 COUNTER_NAMESPACE = 'beamml'
 #: the tag of every source's and step's dead-letter output
 ERRORS = 'errors'
+#: the reason a zero vector is refused where cosine distance is undefined for it
+ZERO_VECTOR = 'zero vector: cosine distance is undefined'
 
 
 class BeammlError(ValueError):
@@ -59,7 +61,7 @@ def dead_letter(path: str | None, row: int | None, line: int | None, reason: str
          (CSV / JSON lines, else None), "reason": why, "record": the raw row}
 
     ``record`` is made JSON-ready under beamml's one JSON policy
-    (:func:`~beamml.transforms.io.documents.to_jsonable`).
+    (:func:`~beamml.transforms.core.documents.to_jsonable`).
     """
     return {'file': path, 'row': None if row is None else int(row),
             'line': None if line is None else int(line), 'reason': reason,

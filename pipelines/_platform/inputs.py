@@ -1,5 +1,5 @@
 """The input of a dated run: the ready marker, waiting for the files, and what changed
-since a complete run (:mod:`beamml.pipelines.runs` uses them)."""
+since a complete run (:mod:`beamml.pipelines._platform.runs` uses them)."""
 from __future__ import annotations
 
 import logging
@@ -9,10 +9,10 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.errors import first_line
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.errors import first_line
 from beamml.transforms.io.layout import as_given, check_local_input, listable
-from beamml.transforms.io.objects import missing_bucket
+from beamml.transforms.core.objects import missing_bucket
 
 __all__ = ['EXIT_NO_INPUT', 'NoInputError', 'marker_path', 'wait_for_input', 'input_changes']
 

@@ -1,12 +1,12 @@
 """Dataflow Flex Template metadata for every pipeline, generated from its flags, and the
 launch entry the template's container runs.
 
-    python -m beamml.pipelines.templates --write configs/templates   # make templates
-    python -m beamml.pipelines.templates --check configs/templates   # exit 1 if stale
+    python -m beamml.pipelines._platform.templates --write configs/templates   # make templates
+    python -m beamml.pipelines._platform.templates --check configs/templates   # exit 1 if stale
 
 Which templates. One batch template per pipeline, ``<pipeline>.json``, and for the
 pipelines that also run with ``--streaming`` (their parser has the streaming flags of
-:func:`beamml.pipelines.streaming.add_streaming_args`) one streaming template,
+:func:`beamml.pipelines._platform.streams.add_streaming_args`) one streaming template,
 ``<pipeline>_streaming.json`` (``"streaming": true``): the two take different flags
 and Dataflow's console shows streaming options only for a streaming template. Batch
 ``kmeans`` has no template: it drives one Dataflow job per block of iterations from
@@ -42,7 +42,7 @@ A flag that takes no value (argparse ``store_true``: ``--overwrite``, ``--allow_
 ``false``; argparse refuses ``--overwrite=true``, so :func:`flex_argv` turns
 ``--flag=true`` into ``--flag`` and drops ``--flag=false`` before the pipeline parses.
 ``regexes`` (full matches) say what a value looks like where the flag's type says it:
-choices ``^(a|b)$``, integers, numbers, numbers in [0, 1] (``common.fraction``),
+choices ``^(a|b)$``, integers, numbers, numbers in [0, 1] (``fraction``),
 seconds >= 0 (``runs.seconds``), dates (``runs.run_date``: YYYY-MM-DD, today,
 yesterday), ``--n_init`` (``auto`` or an integer >= 1), ``true|false``. Paths are not
 forced to ``gs://`` (the pipelines take any path Beam's FileSystems read) and
@@ -105,7 +105,7 @@ def options_class(module):
 
 
 def flags_parser(module) -> argparse.ArgumentParser:
-    """A parser holding the pipeline's own flags (what ``common.parse_args`` adds after
+    """A parser holding the pipeline's own flags (what ``parse_args`` adds after
     ``--config`` and ``--anonymous_storage``)."""
     parser = argparse.ArgumentParser(prog=f'beamml {module.__name__.rsplit(".", 1)[-1]}',
                                      allow_abbrev=False)
@@ -146,7 +146,7 @@ def parameter_actions(template: Template) -> list[argparse.Action]:
     """The parser's actions that are the template's parameters (the docstring's rule)."""
     parser = flags_parser(template.module)
     streaming_only = _streaming_dests(parser)
-    from beamml.pipelines.runs import RUN_FLAGS
+    from beamml.pipelines._platform.runs import RUN_FLAGS
     batch_only = set(getattr(template.module, '_BATCH_ONLY', {})) | set(RUN_FLAGS)
     out = []
     for a in parser._actions:
@@ -166,14 +166,16 @@ def takes_no_value(action: argparse.Action) -> bool:
 
 def regexes(action: argparse.Action) -> list[str] | None:
     """What a value of this flag looks like, where its type or choices say it."""
-    from beamml.pipelines import common, runs
+    from beamml.pipelines._platform import runs
+    from beamml.pipelines._platform.flags import fraction
     if takes_no_value(action):
         return [_BOOL]
     if action.choices is not None:
         return ['^(' + '|'.join(re.escape(str(c)) for c in action.choices) + ')$']
-    by_type = {int: _INT, float: _NUMBER, common.fraction: _FRACTION,
+    by_type = {int: _INT, float: _NUMBER, fraction: _FRACTION,
                runs.seconds: _SECONDS, runs.run_date: _DATE}
     from beamml.pipelines import kmeans
+    from beamml.pipelines._platform.flags import fraction
     by_type[kmeans.n_init_flag] = _N_INIT
     regex = by_type.get(action.type)
     return [regex] if regex else None
@@ -232,10 +234,10 @@ def render(template: Template) -> str:
 
 def _switches(pipeline: str) -> set[str]:
     """Option strings of every flag that takes no value: the pipeline's and Beam's."""
-    from beamml.pipelines import common
+    from beamml.pipelines._platform.cli import _beam_parser
     module = importlib.import_module(f'beamml.pipelines.{pipeline}')
     found = set()
-    for parser in (flags_parser(module), common._beam_parser()):
+    for parser in (flags_parser(module), _beam_parser()):
         for a in parser._actions:
             if takes_no_value(a):
                 found.update(a.option_strings)
@@ -267,7 +269,7 @@ def flex_argv(pipeline: str, argv: Iterable[str], *, streaming: bool = False) ->
 def launch(argv: Iterable[str] | None = None, environ=None) -> int:
     """What a template's container runs: the pipeline its ``BEAMML_TEMPLATE`` names, with
     the launcher's arguments (:func:`flex_argv`); returns the pipeline's exit code."""
-    from beamml.pipelines import common
+    from beamml.pipelines._platform.main import main_wrapper
     environ = os.environ if environ is None else environ
     name = environ.get(TEMPLATE_VARIABLE, '')
     found = templates()
@@ -278,7 +280,7 @@ def launch(argv: Iterable[str] | None = None, environ=None) -> int:
         return 2
     t = found[name]
     args = flex_argv(t.pipeline, sys.argv[1:] if argv is None else argv, streaming=t.streaming)
-    return common.main_wrapper(t.module.run, args, prog=f'beamml {t.pipeline}')
+    return main_wrapper(t.module.run, args, prog=f'beamml {t.pipeline}')
 
 
 # --------------------------------------------------------------------------- files
@@ -310,7 +312,7 @@ def _summary(folder: str, expected: dict[str, str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog='python -m beamml.pipelines.templates',
+        prog='python -m beamml.pipelines._platform.templates',
         description='Write or check the Flex Template metadata files (configs/templates).')
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument('--write', metavar='FOLDER', help='write <template>.json files there')

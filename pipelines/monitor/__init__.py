@@ -35,16 +35,19 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from beamml.pipelines import common, runs, streaming
-from beamml.pipelines.monitor_report import REPORT_FILE, write_monitor_report
-from beamml.transforms.io import (COUNTER_NAMESPACE, BeammlError, ReadPoints,
-                                  WriteDeadLetters)
-from beamml.transforms.io.documents import dumps, exists, read_json, write_json, write_text
+from beamml.pipelines._platform import runs, streams
+from beamml.pipelines._platform import cli, flags, main as process, runners
+from beamml.pipelines.monitor import streaming as monitor_streaming
+from beamml.pipelines.monitor.report import REPORT_FILE, write_monitor_report
+from beamml.pipelines.monitor.streaming import _BATCH_ONLY  # noqa: F401 (the templates read it)
+from beamml.transforms.core.errors import COUNTER_NAMESPACE, BeammlError
+from beamml.transforms.io import ReadPoints, WriteDeadLetters
+from beamml.transforms.core.documents import dumps, exists, read_json, write_json, write_text
 from beamml.transforms.model import CentroidModel
 from beamml.transforms.monitoring import (BASELINE_FILE, MakeBaseline, MonitorStatistics,
-                                          column_names, decide, drift_document,
-                                          load_baseline, load_monitor_config, report_data,
-                                          summary_line, window_summary, write_baseline)
+                                          column_names, decide, drift_document, load_baseline,
+                                          load_monitor_config, report_data, summary_line,
+                                          window_summary, write_baseline)
 
 LOG = logging.getLogger('beamml')
 EXIT_ALARM = 3
@@ -52,9 +55,6 @@ OUTPUT_FILES = ('statistics.json', 'drift.json', 'alarms.jsonl', 'decision.json'
                 'report_data.json', 'report.html')
 
 
-#: batch-only flags a streaming run refuses (with their defaults)
-_BATCH_ONLY = {'make_baseline': False, 'retrain': False, 'history': None, 'task': None,
-               'truth_column': 'truth', 'prediction_column': 'prediction'}
 
 
 class AlarmError(BeammlError):
@@ -63,11 +63,11 @@ class AlarmError(BeammlError):
 
 
 class MonitorOptions:
-    """The flags of ``beamml monitor`` (a plain class: see pipelines/assign.py)."""
+    """The flags of ``beamml monitor`` (a plain class: see pipelines/assign/__init__.py)."""
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_input_args(parser, required=False)
+        flags.add_input_args(parser, required=False)
         parser.add_argument('--model', default=None,
                             help='model directory (its LATEST version), version directory or '
                                  'model.json; its version folder holds the baseline')
@@ -98,7 +98,7 @@ class MonitorOptions:
                                  'are the windows before this run (default: the config\'s '
                                  'history)')
         runs.add_run_args(parser)
-        streaming.add_streaming_args(parser, sliding=False)
+        streams.add_streaming_args(parser, sliding=False)
 
 
 def _folder(path: str) -> str:
@@ -180,12 +180,12 @@ def write_results(profile: dict, output: str, baseline, config, history: list[di
 def _read(p, args, ctx: dict):
     """The input's ReadPoints; in a dry run (no input is read) the layout the flags
     declare, the baseline's features (or the model's d) when they give none."""
-    if not common.is_dry_run(p.options):
-        return ReadPoints(args.input, **common.read_kwargs(args))
+    if not runners.is_dry_run(p.options):
+        return ReadPoints(args.input, **flags.read_kwargs(args))
     baseline, model = ctx.get('baseline'), ctx.get('model')
     features, is_list = (None, None) if baseline is None else _baseline_columns(baseline)
     d = len(baseline.names) if baseline is not None else (model.d if model else None)
-    return ReadPoints(args.input, **common.read_kwargs(
+    return ReadPoints(args.input, **flags.read_kwargs(
         args, p.options, dimension=d, feature_columns=features, list_features=is_list))
 
 
@@ -229,12 +229,13 @@ def build(p, args, ctx: dict):
 def _read_logs(p, args):
     """--task: read and parse the prediction logs; (reader outputs, parsed, refused count,
     all dead letters)."""
-    from beamml.transforms.io import ERRORS, ReadTable
+    from beamml.transforms.core.errors import ERRORS
+    from beamml.transforms.io import ReadTable
     from beamml.transforms.metrics import ParsePredictionLogs
     kwargs = dict(input_format=args.input_format, source_columns=True,
                   **({'id_column': args.id_column} if args.id_column else {}))
-    dry_run = common.is_dry_run(p.options)   # (no input is read: the flags name the columns)
-    read = ReadTable(args.input, **(common.declare_layout(args.input, kwargs, points=False)
+    dry_run = runners.is_dry_run(p.options)   # (no input is read: the flags name the columns)
+    read = ReadTable(args.input, **(flags.declare_layout(args.input, kwargs, points=False)
                                     if dry_run else kwargs))
     columns = {'truth': args.truth_column, 'prediction': args.prediction_column}
     missing = [f'{c!r} (--{n}_column)' for n, c in columns.items()
@@ -293,27 +294,10 @@ def build_baseline(p, args, ctx: dict):
     return {'read': points, 'errors': points.errors, 'written': [written, letters]}
 
 
-def baseline_for_model(model: CentroidModel, input_pattern: str, read_kwargs: dict,
-                       options, path: str) -> dict:
-    """Write ``path`` (a model version's baseline.json) from one more pass over the
-    training input with the final model: what ``beamml kmeans`` calls."""
-    p = beam.Pipeline(options=options)
-    read = ReadPoints(input_pattern, **read_kwargs)
-    points = p | 'ReadPoints' >> read
-    model_pc = p | 'CentroidModel' >> beam.Create([model])
-    refused = points.errors | 'CountRefused' >> beam.combiners.Count.Globally()
-    (points.batches
-     | 'MakeBaseline' >> MakeBaseline(column_names(read.layout), model_pc, model=model,
-                                      refused=refused, source=input_pattern)
-     | 'WriteBaseline' >> beam.Map(lambda d: write_baseline(path, d)))
-    common.run_pipeline(p)
-    return read_json(path)
-
-
 def _split_config(argv):
     """``--config FILE`` is the monitoring config here (``--monitor_config``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    rest, path = common._pop_config(argv)
+    rest, path = cli._pop_config(argv)
     if path and not any(a == '--monitor_config' or a.startswith('--monitor_config=')
                         for a in rest):
         rest += ['--monitor_config', path]
@@ -360,28 +344,27 @@ def retrain(args, ctx: dict, decision: dict):
         os.remove(init)
 
 
-@common.pipeline_run
+@runners.pipeline_run
 def run(argv=None):
-    args, options = common.parse_args(MonitorOptions, _split_config(argv), prog='beamml monitor',
+    args, options = cli.parse_args(MonitorOptions, _split_config(argv), prog='beamml monitor',
                                       config_help='the monitoring config (YAML: thresholds, '
                                                   'rules, retrain, history), e.g. '
                                                   'configs/monitor.yaml; not a run config',
                                       description=__doc__, streaming=True)
-    streaming.check_streaming_args(args, options)
+    streams.check_streaming_args(args, options)
     if args.retrain and (args.make_baseline or not args.model):
         raise BeammlError('--retrain needs --model (the model to retrain) and no '
                           '--make_baseline')
-    if args.retrain and common.is_launch_only(options) and not common.is_dry_run(options):
+    if args.retrain and runners.is_launch_only(options) and not runners.is_dry_run(options):
         raise BeammlError(f'--retrain trains after the monitoring job, from this process: it '
-                          f'must wait for the job ({common.LAUNCH_ONLY_VARIABLE} is set)')
+                          f'must wait for the job ({runners.LAUNCH_ONLY_VARIABLE} is set)')
     for flag in ('model', 'baseline', 'monitor_config'):   # the job is built from them
-        common.local_for_dry_run(options, flag, getattr(args, flag))
+        runners.local_for_dry_run(options, flag, getattr(args, flag))
     ctx = load_inputs(args)
-    if streaming.is_streaming(options):
+    if streams.is_streaming(options):
         if args.task:
             raise BeammlError('--task (prediction logs) is monitored in batch; --streaming '
                               'monitors points')
-        from beamml.pipelines import monitor_streaming
         return monitor_streaming.run_streaming(args, options, ctx)
     for flag in ('input', 'output'):
         if not getattr(args, flag):
@@ -398,7 +381,7 @@ def run(argv=None):
             lambda _: print(f'baseline: {FileSystems.join(args.output, BASELINE_FILE)}'),
             folder=True, errors_glob=errors_glob)
     ctx['retrain_input'] = retrain_input(args, ctx['config'])
-    ctx['history'] = ([] if common.is_dry_run(options)   # a dry run touches no storage
+    ctx['history'] = ([] if runners.is_dry_run(options)   # a dry run touches no storage
                       else read_history(args.history or ctx['config'].history, args.output))
     ctx['run_name'] = _folder(args.output)
 
@@ -422,4 +405,4 @@ def run(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(common.main_wrapper(run, prog='beamml monitor'))
+    sys.exit(process.main_wrapper(run, prog='beamml monitor'))

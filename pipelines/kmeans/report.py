@@ -20,12 +20,12 @@ import numpy as np
 
 from beamml.transforms.distances import unit_rows
 from beamml.transforms.io import ReadPoints, read_file_batches, to_points
-from beamml.transforms.io.documents import is_remote, join
+from beamml.transforms.core.documents import is_remote, join
 from beamml.transforms.kmeans.cache import read_cached_points
 from beamml.transforms.kmeans.kernels import lloyd_labels
 from beamml.transforms.pca import PCAModel
-from beamml.transforms.report import (PALETTE, Report, bars_with_thresholds, lines,
-                                      scatter, spans_decades)
+from beamml.transforms.report import (PALETTE, Report, bars_with_thresholds, lines, scatter,
+                                      spans_decades)
 
 __all__ = ['REPORT_FILE', 'SAMPLE_POINTS', 'training_sample', 'projection', 'kmeans_report',
            'write_report']
@@ -176,7 +176,7 @@ def kmeans_report(res, state, *, version: str, counts: dict, config: dict,
 def write_report(model_dir: str, training, res, state, counts: dict, input_pattern: str,
                  read_input) -> str | None:
     """Write ``<model_dir>/<version>/report.html`` (``training``: the
-    :class:`~beamml.transforms.kmeans.checkpoint.TrainingRun`, before its folder and
+    :class:`~beamml.pipelines.kmeans.checkpoint.TrainingRun`, before its folder and
     cache are removed; ``read_input``: a callable giving the input's ReadPoints); on
     any error log one warning line and return None (the training goes on)."""
     path = join(model_dir, training.version, REPORT_FILE)

@@ -24,7 +24,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
-from beamml.transforms.io import BeammlError
+from beamml.transforms.core.errors import BeammlError
 
 __all__ = ['Namespace', 'may_match_under', 'glob_matches', 'check_input_overlap',
            'output_namespace']

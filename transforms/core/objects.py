@@ -16,7 +16,7 @@ import re
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io.errors import BeammlError, first_line
+from beamml.transforms.core.errors import BeammlError, first_line
 
 __all__ = ['Stored', 'create_exclusive', 'write_stored', 'read_stored', 'delete_if_unchanged',
            'list_under', 'list_entries', 'describe_files', 'move_files', 'delete_files',

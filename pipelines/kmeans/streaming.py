@@ -35,19 +35,32 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.documents import exists, join
+import logging
+
+from apache_beam.io.filesystems import FileSystems
+
+from beamml.pipelines._platform import flags, runners, streams
+from beamml.pipelines.kmeans.points import read_kwargs
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.documents import exists, join
 from beamml.transforms.kmeans.seeding import read_initial_centers
 from beamml.transforms.kmeans.streaming import (TIME_UNITS, ModelUpdate, StreamingKMeans,
                                                 check_decay, decay_from_half_life)
-from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version, set_latest
+from beamml.transforms.kmeans import INIT_METHODS
+from beamml.transforms.model import (LATEST_FILE, CentroidModel, list_versions, new_version,
+                                     set_latest)
 from beamml.transforms.model.artifact import MODEL_FILE
 from beamml.transforms.streaming.windows import iso
 
 __all__ = ['add_streaming_args', 'streaming_decay', 'initial_model', 'build_streaming',
            'model_for_update', 'ALGORITHM']
 
+LOG = logging.getLogger('beamml')
 ALGORITHM = 'spark-mllib-streaming-kmeans'
+#: the folder of a streaming training's dead letters, under --model_dir
+STREAM_ERRORS = '_streaming'
+#: iterations per pipeline run, by default
+BLOCK_SIZE = 10
 
 
 def add_streaming_args(parser) -> None:
@@ -241,3 +254,58 @@ def build_streaming(p, args, batches, *, dimension: int | None = None,
                     getattr(args, 'input', None))))
     return {'kmeans': kmeans, 'updates': result.updates, 'errors': result.errors,
             'versions': versions, 'run_id': run_id}
+
+
+#: batch-only flags a streaming training refuses (with their defaults)
+_BATCH_ONLY = {'resume': None, 'output': None, 'cache_dir': None, 'n_init': 'auto',
+               'block_size': BLOCK_SIZE, 'max_iter': 300, 'tol': 1e-4, 'dtype': 'float64',
+               'empty_cluster': 'keep', 'distance': 'euclidean', 'no_latest': False}
+
+
+def run_streaming(args, options):
+    """``--streaming``: Spark's StreamingKMeans per window, a model version every
+    ``--checkpoint_windows`` windows (see pipelines/py)."""
+    given = [f for f, default in _BATCH_ONLY.items() if getattr(args, f) != default]
+    if given:
+        raise BeammlError(f'--{given[0]} is a batch training flag; a streaming training '
+                          'updates the centres per window (--decay_factor / --half_life)')
+    if args.init not in INIT_METHODS:   # the job is built from the model or the centres
+        runners.local_for_dry_run(options, 'init', args.init)
+    layout = stream_layout(args, runners.is_dry_run(options))
+    dry_run = runners.is_dry_run(options)
+    if not dry_run:
+        flags.check_output(FileSystems.join(args.model_dir, LATEST_FILE), '--model_dir',
+                            args.model_dir)
+    p = beam.Pipeline(options=streams.streaming_options(options, args))
+    source = streams.read_stream(p, args, layout, points=True, accumulating=True,
+                                   **({'weight_column': args.weight_column}
+                                      if args.weight_column else {}))
+    out = build_streaming(p, args, source['batches'],
+                                           dimension=layout.dimension,
+                                           allowed_lateness=args.allowed_lateness)
+    errors = streams.all_errors(source['errors'], out['errors'])
+    streams.write_dead_letters(errors, args, FileSystems.join(
+        args.model_dir, STREAM_ERRORS, out['run_id']))
+    if runners.no_results(options):
+        return runners.run_pipeline(p)
+    LOG.info('kmeans --streaming: k=%s, windows of %g s, a version every %d window(s) in %s',
+             args.k or 'from --init', args.window_size, args.checkpoint_windows,
+             args.model_dir)
+    result = streams.run_stream(p, args)
+    versions = list_versions(args.model_dir)
+    print(f'kmeans --streaming: {len(versions)} version(s) in {args.model_dir}'
+          + (f'; LATEST {versions[-1]}' if versions else ''))
+    print(f'dead letters: {FileSystems.join(args.model_dir, STREAM_ERRORS, out["run_id"])}'
+          '-*-pane-*.jsonl')   # <run>-<window start>-<window end>-pane-<i>-<timing>.jsonl
+    return result
+
+
+def stream_layout(args, dry_run: bool = False):
+    """The points of a stream (:func:`streams.stream_layout`); without --dimension the
+    dimension is that of --init's centres."""
+    def dimension():
+        if args.dimension is None and args.init not in INIT_METHODS:
+            return initial_model(args)['init'].shape[1]
+        return args.dimension
+    return streams.stream_layout(args, read_kwargs(args), dimension,
+                                   ', or --init with centres', dry_run=dry_run)

@@ -28,8 +28,8 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.documents import exists, is_remote, read_json, write_json
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.documents import exists, is_remote, read_json, write_json
 from beamml.transforms.kmeans.cache import drop_cached_points
 
 __all__ = ['RUNS_DIR', 'FAILED_DIR', 'RESULT_FILE', 'TRAINING_FLAGS', 'TrainingRun',

@@ -46,16 +46,18 @@ import uuid
 
 import apache_beam as beam
 
-from beamml.transforms.io import BeammlError, shard_prefix
-from beamml.transforms.io.errors import first_line
-from beamml.pipelines.commit import (EXIT_LOCKED, CommitPlan, LockedError, RowsFn, _now,
-                                     _run_entries, acquire_lock, commit_step, foreign_error,
-                                     foreign_files, lock_holder, read_journal, release_lock)
-from beamml.pipelines.overlap import Namespace, check_input_overlap
-from beamml.pipelines.run_inputs import (EXIT_NO_INPUT, NoInputError, _join, _matched, _split,
-                                         input_changes, wait_for_input)
-from beamml.transforms.io.objects import (delete_files, delete_tree, describe_files,
-                                          list_under, read_stored)
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import shard_prefix
+from beamml.transforms.core.errors import first_line
+from beamml.pipelines._platform.commit import (EXIT_LOCKED, CommitPlan, LockedError, RowsFn, _now,
+                                               _run_entries, acquire_lock, commit_step,
+                                               foreign_error, foreign_files, lock_holder,
+                                               read_journal, release_lock)
+from beamml.pipelines._platform.overlap import Namespace, check_input_overlap
+from beamml.pipelines._platform.inputs import (EXIT_NO_INPUT, NoInputError, _join, _matched, _split,
+                                               input_changes, wait_for_input)
+from beamml.transforms.core.objects import (delete_files, delete_tree, describe_files, list_under,
+                                            read_stored)
 
 __all__ = ['EXIT_NO_INPUT', 'EXIT_LOCKED', 'EXIT_INPUT_CHANGED', 'NoInputError', 'LockedError',
            'InputChangedError', 'Destination', 'DatedRun', 'add_date_arg', 'add_run_args',
@@ -187,7 +189,7 @@ class Destination:
         self.refused_glob = _join(self.parent, f'.beamml-refused-{self.name}-')
 
     def namespace(self) -> Namespace:
-        """Everything a run of this destination writes (:mod:`beamml.pipelines.overlap`)."""
+        """Everything a run of this destination writes (:mod:`beamml.pipelines._platform.overlap`)."""
         shown = f'--output {self.output}' + ('' if self.folder else f' ({self.shown})')
         return Namespace(shown, self.owned, run_folders=[self.temp_glob, self.refused_glob],
                          names=[self.lock, self.journal])
@@ -269,10 +271,10 @@ class DatedRun:
     """
 
     def __init__(self, args, options, pipeline: str, *, folder: bool = False):
-        from beamml.pipelines import common
+        from beamml.pipelines._platform import flags, runners
         self.args, self.pipeline = args, pipeline
-        self.dry_run = common.is_dry_run(options)
-        self.launch_only = common.is_launch_only(options)
+        self.dry_run = runners.is_dry_run(options)
+        self.launch_only = runners.is_launch_only(options)
         self.dest = Destination(getattr(args, 'output_given', None) or args.output, folder)
         self.run_id = new_run_id()
         self.started = _now()
@@ -288,7 +290,7 @@ class DatedRun:
         if self.dry_run:   # translated offline: no storage is touched
             return
         # the folder (or bucket) the destination, its lock and its temporary prefix go in
-        common.check_output(self.dest.lock, given=self.dest.output)
+        flags.check_output(self.dest.lock, given=self.dest.output)
         found = self.dest.read_success()
         if found is not None and not args.overwrite:
             self.complete = found
@@ -405,7 +407,7 @@ class DatedRun:
         destination when the run is refused.
         """
         side = beam.pvalue.AsSingleton
-        from beamml.transforms.io import ERRORS
+        from beamml.transforms.core.errors import ERRORS
         count = beam.combiners.Count.Globally
         rows = built['read'].batches | 'CommitCountRows' >> beam.CombineGlobally(RowsFn())
         read_errors = built['read'][ERRORS] | 'CommitCountReadErrors' >> count()
@@ -421,17 +423,17 @@ def run_and_show(args, options, pipeline: str, build, show, *, errors_glob, repo
                  **kwargs):
     """:func:`run_committed`, then the end of the run: ``show(built)`` prints what the run
     wrote (and may raise), unless nothing was run (the destination is complete) or there
-    is nothing to read back here (:func:`common.no_results`: a dry run, a launch that does
+    is nothing to read back here (:func:`runners.no_results`: a dry run, a launch that does
     not wait). With ``report=False`` the records line and --max_refused_fraction follow
     what ``show`` prints. Returns the result (None when nothing was run)."""
-    from beamml.pipelines import common
+    from beamml.pipelines._platform import main as process, runners
     result, built = run_committed(args, options, pipeline, build, errors_glob=errors_glob,
                                   report=report, **kwargs)
-    if result is None or common.no_results(options):
+    if result is None or runners.no_results(options):
         return result
     show(built)
     if not report:
-        common.report(result, errors_glob=errors_glob(args.output),
+        process.report(result, errors_glob=errors_glob(args.output),
                       max_refused_fraction=args.max_refused_fraction)
     return result
 
@@ -445,7 +447,7 @@ def run_committed(args, options, pipeline: str, build, *, errors_glob, info=None
     ``report``: print the records line and enforce --max_refused_fraction after the run
     (else the caller does). Returns (result, built), or (None, None) when the destination
     is complete already (said, and nothing was run)."""
-    from beamml.pipelines import common
+    from beamml.pipelines._platform import main as process, runners
     dated = DatedRun(args, options, pipeline, folder=folder)
     if dated.complete is not None:
         return None, None
@@ -456,6 +458,6 @@ def run_committed(args, options, pipeline: str, build, *, errors_glob, info=None
                      info=info(built) if info else None, finish=finish,
                      max_refused_fraction=args.max_refused_fraction)
         if not report:
-            return common.run_pipeline(p), built
-        return common.run_and_report(p, errors_glob=errors_glob(dated.final_output),
+            return runners.run_pipeline(p), built
+        return process.run_and_report(p, errors_glob=errors_glob(dated.final_output),
                                      max_refused_fraction=args.max_refused_fraction), built

@@ -10,7 +10,7 @@
   only files that a beamml run recorded as its own (listed in the destination's
   ``_SUCCESS``, or in the commit journal of a commit that was stopped half-way).
 
-:mod:`beamml.pipelines.runs` drives both (:class:`~beamml.pipelines.runs.DatedRun`).
+:mod:`beamml.pipelines._platform.runs` drives both (:class:`~beamml.pipelines._platform.runs.DatedRun`).
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ import socket
 
 import apache_beam as beam
 
-from beamml.pipelines.faults import fault_point
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.objects import (create_exclusive, delete_files, delete_if_unchanged,
-                                          delete_tree, list_under, local_guard, move_files,
-                                          list_entries, read_stored, write_stored)
+from beamml.pipelines._platform.faults import fault_point
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.objects import (create_exclusive, delete_files, delete_if_unchanged,
+                                            delete_tree, list_under, local_guard, move_files,
+                                            list_entries, read_stored, write_stored)
 
 __all__ = ['LockedError', 'acquire_lock', 'holds_lock', 'release_lock', 'lock_holder',
            'CommitPlan', 'commit_step', 'RowsFn', 'read_journal', 'recorded_files',

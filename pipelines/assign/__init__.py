@@ -20,7 +20,7 @@ directory is picked up without a restart, and moving LATEST back rolls back;
 every row names its ``model_version`` and carries ``window_start``,
 ``window_end`` and ``timing`` (on_time or late). See the README.
 
-Deployment (:mod:`beamml.pipelines.assign_deploy`): ``--shadow_model`` compares a
+Deployment (:mod:`beamml.pipelines.assign.deploy`): ``--shadow_model`` compares a
 candidate on every point (``<output>-shadow.json``; the rows stay --model's),
 ``--canary_model`` with ``--canary_fraction F`` serves a stable, hash-of-id share with
 it, ``--gate YAML`` decides promote or keep (``<output>-decision.json``) and
@@ -32,14 +32,20 @@ import logging
 import sys
 
 import apache_beam as beam
-import numpy as np
 import pyarrow as pa
 
-from beamml.pipelines import assign_deploy, common, runs, streaming
-from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid
-from beamml.transforms.combining import merge_into_first
-from beamml.transforms.io import BeammlError, ReadPoints, WriteDeadLetters, WriteTable
-from beamml.transforms.io.documents import read_json, write_json
+from beamml.pipelines.assign import deploy as assign_deploy
+from beamml.pipelines._platform import runs, streams
+from beamml.pipelines._platform.cli import parse_args
+from beamml.pipelines._platform.flags import (add_input_args, add_output_args, check_output,
+                                              read_kwargs)
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.pipelines._platform.runners import (input_files, is_dry_run, local_for_dry_run,
+                                                no_results, pipeline_run, run_pipeline)
+from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid, ClusterSizesFn
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import ReadPoints, WriteDeadLetters, WriteTable
+from beamml.transforms.core.documents import read_json, write_json
 from beamml.transforms.deployment import (SHADOW_TAG, AssignDeployed, AssignDeployedLatest,
                                           ShadowComparisonFn, VersionCountsFn)
 from beamml.transforms.model import CentroidModel
@@ -57,11 +63,11 @@ class AssignOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_input_args(parser, required=False)
+        add_input_args(parser, required=False)
         parser.add_argument('--model', required=True,
                             help='model directory (uses its LATEST version), version '
                                  'directory or model.json; local or gs://')
-        common.add_output_args(parser, required=False)
+        add_output_args(parser, required=False)
         runs.add_run_args(parser)
         parser.add_argument('--all_distances', action='store_true',
                             help='also write "distances": the distance to every centre')
@@ -87,7 +93,7 @@ class AssignOptions:
                                  'model directory at the shadow version when the gate '
                                  'passes, after the run committed (the previous version '
                                  'goes in decision.json and <model dir>/ROLLBACK)')
-        streaming.add_streaming_args(parser, sliding=False)
+        streams.add_streaming_args(parser, sliding=False)
 
 
 #: flags a streaming run refuses (left out of the streaming Flex template)
@@ -104,27 +110,6 @@ def assign_schema(id_type: pa.DataType, k: int, all_distances: bool,
         fields += [('window_start', pa.timestamp('us', tz='UTC')),
                    ('window_end', pa.timestamp('us', tz='UTC')), ('timing', pa.string())]
     return pa.schema(fields)
-
-
-class ClusterSizesFn(beam.CombineFn):
-    """Points per cluster over assigned batches; accumulator: int64 counts of length k."""
-
-    def __init__(self, k: int):
-        self.k = k
-
-    def create_accumulator(self):
-        return np.zeros(self.k, dtype=np.int64)
-
-    def add_input(self, acc, batch):
-        labels = batch.column('cluster').to_numpy()
-        acc += np.bincount(labels, minlength=self.k)[:self.k]
-        return acc
-
-    def merge_accumulators(self, accs):
-        return merge_into_first(accs, np.ndarray.__iadd__)
-
-    def extract_output(self, acc):
-        return acc.tolist()
 
 
 def load_model(args, dimension: int) -> CentroidModel:
@@ -152,18 +137,18 @@ def build(p, args, model: CentroidModel | None = None):
     Returns {'assigned', 'errors', 'sizes', 'model'}; ``model`` is loaded from
     ``args.model`` unless given.
     """
-    if common.is_dry_run(p.options):   # no input is read: the model's d is the default
+    if is_dry_run(p.options):   # no input is read: the model's d is the default
         model = model or CentroidModel.load(args.model)   # (a local model: see run())
-        kwargs = common.read_kwargs(args, p.options, dimension=model.d)
+        kwargs = read_kwargs(args, p.options, dimension=model.d)
     else:
-        kwargs = common.read_kwargs(args)
+        kwargs = read_kwargs(args)
     # the reader's source columns name the file and row of a row refused by assignment
     read = ReadPoints(args.input, source_columns=True, **kwargs)
     if model is None:
         model = load_model(args, read.layout.dimension)
     else:
         model.check_dimension(read.layout.dimension, f'the input {args.input}')
-    LOG.info('input: %s, %s, d=%d; model %s: k=%d', common.input_files(read),
+    LOG.info('input: %s, %s, d=%d; model %s: k=%d', input_files(read),
              read.layout.input_format, read.layout.dimension, model.version, model.k)
     schema = assign_schema(read.layout.id_arrow_type, model.k, args.all_distances)
     deploy = assign_deploy.deployment_plan(args, model, read.layout.dimension)
@@ -218,15 +203,15 @@ def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
     and gated, with ids of ``id_type``: tests give a TestStream), AssignLatest,
     per-window rows and dead letters. Returns {'assigned', 'errors', 'schema'}."""
     if source is None:
-        layout = streaming.stream_layout(args, common.read_kwargs(args),
+        layout = streams.stream_layout(args, read_kwargs(args),
                                          lambda: args.dimension or model.d,
-                                         dry_run=common.is_dry_run(p.options))
+                                         dry_run=is_dry_run(p.options))
         id_type = layout.id_arrow_type
     if args.dimension is not None:
         model.check_dimension(args.dimension, '--dimension')
     schema = assign_schema(id_type, model.k, args.all_distances, windowed=True)
     if source is None:
-        source = streaming.read_stream(p, args, layout, points=True, accumulating=False,
+        source = streams.read_stream(p, args, layout, points=True, accumulating=False,
                                        refuse_zero=model.distance == 'cosine')
     deploy = assign_deploy.deployment_plan(args, model, args.dimension or model.d)
     if deploy is None:
@@ -238,18 +223,18 @@ def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
             args.model, args.shadow_model or args.canary_model, deploy.mode,
             args.model_refresh_seconds, canary_fraction=deploy.fraction,
             all_distances=args.all_distances, output_columns=schema.names)
-    streaming.write_rows(assigned.batches, args, schema, label='WriteAssignments')
+    streams.write_rows(assigned.batches, args, schema, label='WriteAssignments')
     shadow = None
     if deploy is not None and deploy.mode == 'shadow':
         shadow = assign_deploy.write_streaming_shadow(assigned[SHADOW_TAG], args, deploy)
-    errors = streaming.all_errors(source['errors'], assigned.errors)
-    streaming.write_dead_letters(errors, args)
+    errors = streams.all_errors(source['errors'], assigned.errors)
+    streams.write_dead_letters(errors, args)
     return {'assigned': assigned.batches, 'errors': errors, 'schema': schema,
             'shadow': shadow}
 
 
 def _model_info(built) -> dict:
-    """What _SUCCESS says of the model (pipelines/runs.py)."""
+    """What _SUCCESS says of the model (pipelines/_platform/runs.py)."""
     model = built['model']
     return {'model': {'version': model.version, 'path': model.path, 'k': model.k,
                       'd': model.d}}
@@ -266,15 +251,15 @@ def read_summary(output: str) -> dict:
     return read_json(summary_path(output))
 
 
-@common.pipeline_run
+@pipeline_run
 def run(argv=None):
-    args, options = common.parse_args(AssignOptions, argv, prog='beamml assign',
+    args, options = parse_args(AssignOptions, argv, prog='beamml assign',
                                       description=__doc__, streaming=True)
-    streaming.check_streaming_args(args, options)
-    assign_deploy.check_flags(args, options, streaming.is_streaming(options))
+    streams.check_streaming_args(args, options)
+    assign_deploy.check_flags(args, options, streams.is_streaming(options))
     for flag in ('model', 'shadow_model', 'canary_model', 'gate'):   # the job holds them
-        common.local_for_dry_run(options, flag, getattr(args, flag))
-    if streaming.is_streaming(options):
+        local_for_dry_run(options, flag, getattr(args, flag))
+    if streams.is_streaming(options):
         return _run_streaming(args, options)
     for flag in ('input', 'output'):
         if not getattr(args, flag):
@@ -331,15 +316,15 @@ def _run_streaming(args, options):
         raise BeammlError(f'--model_refresh_seconds must be > 0, got '
                           f'{args.model_refresh_seconds}')
     model = CentroidModel.load(args.model)   # the path must hold a model before it starts
-    if args.output and not common.is_dry_run(options):
-        common.check_output(args.output)
-    p = beam.Pipeline(options=streaming.streaming_options(options, args))
+    if args.output and not is_dry_run(options):
+        check_output(args.output)
+    p = beam.Pipeline(options=streams.streaming_options(options, args))
     build_streaming(p, args, model)
     LOG.info('assign --streaming: model %s (k=%d, d=%d) from %s, refreshed every %g s',
              model.version, model.k, model.d, args.model, args.model_refresh_seconds)
-    if common.no_results(options):
-        return common.run_pipeline(p)
-    result = streaming.run_and_count(p, args)
+    if no_results(options):
+        return run_pipeline(p)
+    result = streams.run_and_count(p, args)
     if args.output:
         print(f'assignments: {args.output}-<window start>-<window end>-pane-<i>-<timing>.'
               f'{args.output_format}; dead letters: {args.output}-errors-*.jsonl')
@@ -347,4 +332,4 @@ def _run_streaming(args, options):
 
 
 if __name__ == '__main__':
-    sys.exit(common.main_wrapper(run, prog='beamml assign'))
+    sys.exit(main_wrapper(run, prog='beamml assign'))

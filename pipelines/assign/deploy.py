@@ -15,10 +15,11 @@ import posixpath
 
 import apache_beam as beam
 
-from beamml.pipelines import common, streaming
+from beamml.pipelines._platform import streams
+from beamml.pipelines._platform.runners import is_dry_run, is_launch_only
 from beamml.transforms.deployment import ShadowComparisonFn, Gate
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.documents import exists, join, read_json, write_json
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.documents import exists, join, read_json, write_json
 from beamml.transforms.model import CentroidModel, latest_version, set_latest
 
 LOG = logging.getLogger('beamml')
@@ -48,11 +49,11 @@ def check_flags(args, options, is_streaming: bool) -> None:
         raise BeammlError('--promote_on_pass works in batch only: a streaming run has no '
                           'end at which to decide (its shadow records carry the gate per '
                           'window)')
-    if args.promote_on_pass and common.is_launch_only(options):
+    if args.promote_on_pass and is_launch_only(options):
         raise BeammlError('--promote_on_pass cannot be used by a launch-only run '
                           '(BEAMML_LAUNCH_ONLY: the launcher does not wait for the job): '
                           'run the promotion from a launcher that waits')
-    if args.promote_on_pass and common.is_dry_run(options):
+    if args.promote_on_pass and is_dry_run(options):
         raise BeammlError('--promote_on_pass cannot be used with --dry_run (nothing runs)')
 
 
@@ -180,7 +181,7 @@ def promote(output: str, plan: DeployPlan, decision_file: str) -> dict:
 def _window_record(keyed, plan: DeployPlan, window=beam.DoFn.WindowParam,
                    pane=beam.DoFn.PaneInfoParam):
     (production, candidate), report = keyed
-    record = {**streaming.window_fields(window, pane), 'pane': int(pane.index),
+    record = {**streams.window_fields(window, pane), 'pane': int(pane.index),
               'production_version': production, 'candidate_version': candidate, **report}
     if plan.gate is not None:
         record['gate'] = plan.gate.decide(report)
@@ -195,6 +196,6 @@ def write_streaming_shadow(shadow, args, plan: DeployPlan):
                | 'ShadowWithWindow' >> beam.FlatMap(_window_record, plan))
     if args.output:   # files only: --output_topic carries the rows
         files_only = argparse.Namespace(**{**vars(args), 'output_topic': None})
-        streaming.write_records(records, files_only, prefix=f'{args.output}-shadow',
+        streams.write_records(records, files_only, prefix=f'{args.output}-shadow',
                                 label='WriteShadow')
     return records

@@ -22,17 +22,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import uuid
 
 import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import StandardOptions
 
-from beamml.transforms.io import BeammlError
-from beamml.transforms.io.documents import dumps, to_jsonable
-from beamml.transforms.streaming.windows import (LateGate, check_windows, discarding_panes,
-                                                 iso, iso_times, pane_timing, window_bounds,
-                                                 window_into)
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.streaming.panes import (WritePanes, pane_file_name,  # noqa: F401
+                                               window_fields, write_json_lines, write_tables)
+from beamml.transforms.streaming.windows import (LateGate, check_windows, discarding_panes, window_into)
 
 __all__ = ['add_streaming_args', 'check_streaming_args', 'is_streaming', 'read_stream',
            'window_and_gate', 'gate', 'write_records', 'stream_layout', 'run_and_count',
@@ -96,7 +94,7 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         if given:
             raise BeammlError(f'--{given[0]} needs --streaming')
         return
-    from beamml.pipelines.runs import RUN_FLAGS
+    from beamml.pipelines._platform.runs import RUN_FLAGS
     batch_only = [f for f, off in RUN_FLAGS.items() if hasattr(args, f) and getattr(args, f) != off]
     if batch_only:   # a stream writes a file per window: nothing to commit once
         raise BeammlError(f'--{batch_only[0]} is for a batch run (a dated run committed once '
@@ -128,7 +126,7 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         raise BeammlError('--streaming needs --output PREFIX (per-window files) or '
                           '--output_topic')
     if 'input' in sources and getattr(args, 'output', None):   # a watched pattern
-        from beamml.pipelines.overlap import check_input_overlap, output_namespace
+        from beamml.pipelines._platform.overlap import check_input_overlap, output_namespace
         check_input_overlap([('--input', args.input)], [output_namespace(
             '--output', getattr(args, 'output_given', None) or args.output)])
     _check_pubsub_names(args)
@@ -177,7 +175,7 @@ def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '
 
 def run_and_count(p, args):
     """:func:`run_stream`, then the record counts line (when the runner reports them)."""
-    from beamml.pipelines.common import record_counts
+    from beamml.pipelines._platform.main import record_counts
     result = run_stream(p, args)
     counts = record_counts(result)
     if counts:
@@ -215,7 +213,8 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
         batches = read.batches
     else:
         from beamml.transforms.streaming.files import ReadWatchedPoints, ReadWatchedTable
-        from beamml.pipelines.common import declare_layout, is_dry_run
+        from beamml.pipelines._platform.flags import declare_layout
+        from beamml.pipelines._platform.runners import is_dry_run
         cls = ReadWatchedPoints if points else ReadWatchedTable
         kwargs = dict(input_format=args.input_format, id_column=args.id_column,
                       source_columns=source_columns)
@@ -268,114 +267,13 @@ def gate(batches, args, *, accumulating: bool = True) -> dict:
                                             accumulating=accumulating)
 
 
-def window_fields(window, pane) -> dict:
-    """``window_start``, ``window_end`` (ISO-8601 UTC) and ``timing`` of a pane."""
-    start, end = window_bounds(window)
-    return {'window_start': None if start is None else iso(start),
-            'window_end': None if end is None else iso(end), 'timing': pane_timing(pane)}
-
-
-# ----------------------------------------------------------------------------- sinks
-
-class _Unclosed:
-    """A file handle whose close() only flushes (fileio.WriteToFiles closes the file)."""
-
-    def __init__(self, fh):
-        self._fh = fh
-
-    def write(self, data):
-        return self._fh.write(data)
-
-    def close(self):
-        self._fh.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._fh, name)
-
-
-def _folder_and_prefix(prefix: str) -> tuple[str, str]:
-    from apache_beam.io.filesystems import FileSystems
-    folder, name = FileSystems.split(prefix)
-    return folder, name or 'part'
-
-
-def pane_file_name(prefix: str, window, pane, suffix: str) -> str:
-    """``PREFIX-<start>-<end>-pane-<i>-<timing>SUFFIX`` (no window bounds in the global
-    window): a file per window and pane, so a late pane never overwrites the on-time one."""
-    parts = [prefix]
-    start, end = window_bounds(window)
-    if start is not None:
-        parts += [iso(start), iso(end)]
-    parts.append(f'pane-{pane.index}')
-    if start is not None:
-        parts.append(pane_timing(pane))
-    return '-'.join(parts) + suffix
-
-
-def _one_shard(element):
-    return 0, element
-
-
-class _WritePaneFn(beam.DoFn):
-    """Writes the elements of one pane into one file (a temporary name, then renamed),
-    and yields its path. ``write(fh, elements)`` writes them."""
-
-    def __init__(self, prefix: str, suffix: str, write):
-        self.prefix, self.suffix, self.write = prefix, suffix, write
-
-    def process(self, element, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
-        from apache_beam.io.filesystems import FileSystems
-        _, elements = element
-        path = pane_file_name(self.prefix, window, pane, self.suffix)
-        temp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
-        with FileSystems.create(temp) as fh:
-            self.write(fh, list(elements))
-        FileSystems.rename([temp], [path])
-        LOG.info('stream: wrote %s', path)
-        yield path
-
-
-def _write_tables(fmt: str, schema: pa.Schema):
-    def write(fh, batches):
-        from beamml.transforms.io.sinks import ShardWriter
-        out_schema = schema
-        if fmt in ('jsonl', 'csv'):   # times as text, spelled as in the file names
-            out_schema = iso_times(pa.RecordBatch.from_pylist([], schema)).schema
-        writer = ShardWriter(_Unclosed(fh), fmt, out_schema)
-        for batch in batches:
-            batch = batch.select(schema.names)
-            writer.write(iso_times(batch) if fmt in ('jsonl', 'csv') else batch)
-        writer.close()
-    return write
-
-
-def _write_json_lines(fh, records) -> None:
-    fh.write(b''.join(dumps(to_jsonable(r)).encode('utf-8') + b'\n' for r in records))
-
-
-class WritePanes(beam.PTransform):
-    """Windowed elements -> one file per window and pane under ``prefix`` (see
-    :func:`pane_file_name`); outputs the paths written."""
-
-    def __init__(self, prefix: str, suffix: str, write, label: str | None = None):
-        super().__init__(label)
-        self.prefix, self.suffix, self.write = prefix, suffix, write
-
-    def expand(self, pcoll):
-        return (pcoll
-                | 'OneShard' >> beam.Map(_one_shard)
-                | 'Pane' >> beam.GroupByKey()
-                | 'WriteFile' >> beam.ParDo(_WritePaneFn(self.prefix, self.suffix,
-                                                         self.write)))
-
-
 def write_rows(rows, args, schema: pa.Schema, *, label: str = 'Write') -> None:
     """Windowed RecordBatches to ``--output`` (a file per window and pane:
     ``PREFIX-<start>-<end>-pane-<i>-<timing>.<format>``) and ``--output_topic``."""
     fmt = getattr(args, 'output_format', 'jsonl')
     if getattr(args, 'output', None):
         rows | f'{label}Files' >> WritePanes(args.output, '.' + fmt,
-                                             _write_tables(fmt, schema))
+                                             write_tables(fmt, schema))
     if args.output_topic:
         from beamml.transforms.streaming.pubsub import WriteJsonToPubSub
         rows | f'{label}Topic' >> WriteJsonToPubSub(args.output_topic)
@@ -387,7 +285,7 @@ def write_records(records, args, *, prefix: str, label: str) -> None:
     if getattr(args, 'output', None):
         (records
          | f'{label}Discarding' >> discarding_panes(args.allowed_lateness)
-         | f'{label}Files' >> WritePanes(prefix, '.jsonl', _write_json_lines))
+         | f'{label}Files' >> WritePanes(prefix, '.jsonl', write_json_lines))
     if args.output_topic:
         from beamml.transforms.streaming.pubsub import WriteDeadLettersToPubSub
         records | f'{label}Topic' >> WriteDeadLettersToPubSub(args.output_topic)
@@ -428,7 +326,7 @@ def write_dead_letters(errors, args, prefix: str | None = None) -> None:
              accumulation_mode=trigger.AccumulationMode.DISCARDING,
              allowed_lateness=Duration.of(24 * 3600))
          | 'WriteErrorFiles' >> WritePanes(prefix or f'{args.output}-errors', '.jsonl',
-                                           _write_json_lines))
+                                           write_json_lines))
     if args.dead_letter_topic:
         from beamml.transforms.streaming.pubsub import WriteDeadLettersToPubSub
         errors | 'WriteErrorTopic' >> WriteDeadLettersToPubSub(args.dead_letter_topic)

@@ -9,7 +9,7 @@ The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model_dir>/<version>/training.json`` (initial centres,
 centre shifts per iteration), the dead letters of the input,
 ``<model_dir>/<version>/training-errors-*.jsonl``, and an HTML report,
-``<model_dir>/<version>/report.html`` (pipelines/kmeans_report.py).
+``<model_dir>/<version>/report.html`` (pipelines/kmeans/report.py).
 
 A run that fails leaves no version folder: its dead letters and summary are
 moved to ``<model_dir>/_failed/<version>/`` (never taken for a version: a
@@ -32,26 +32,27 @@ import sys
 import time
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
-from beamml.pipelines import common, kmeans_report, kmeans_streaming, runs, streaming
-from beamml.pipelines.faults import fault_point
-from beamml.pipelines.overlap import check_input_overlap, output_namespace
+from beamml.pipelines._platform import cli, flags, main as process, runners, runs, streams
+from beamml.pipelines.kmeans import points as kmeans_points, report as kmeans_report
+from beamml.pipelines.kmeans import streaming as kmeans_streaming
+from beamml.pipelines.kmeans.checkpoint import (FAILED_DIR, RESULT_FILE, TrainingRun,
+                                                input_fingerprints)
+from beamml.pipelines.kmeans.streaming import (  # noqa: F401 (the templates read _BATCH_ONLY)
+    _BATCH_ONLY, BLOCK_SIZE, STREAM_ERRORS)
+from beamml.pipelines._platform.faults import fault_point
+from beamml.pipelines._platform.overlap import check_input_overlap, output_namespace
 from beamml.transforms.distances import DISTANCES
-from beamml.transforms.io import (OUTPUT_FORMATS, BeammlError, ReadPoints, WriteDeadLetters,
-                                  WriteTable)
-from beamml.transforms.io.documents import write_json
-from beamml.transforms.io.objects import list_under
-from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult,
-                                      KMeansRuns, KMeansState, read_initial_centers,
-                                      recursion_limit_for, state_from_dict)
-from beamml.transforms.kmeans.checkpoint import (FAILED_DIR, RESULT_FILE, TrainingRun,
-                                                 input_fingerprints)
-from beamml.transforms.kmeans.training import (cached_points, centre_into_cache,
-                                               training_labels)
-from beamml.transforms.model import LATEST_FILE, CentroidModel, list_versions, new_version
+from beamml.transforms.core.documents import write_json
+from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.io import OUTPUT_FORMATS, ReadPoints, WriteDeadLetters
+from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult, KMeansRuns,
+                                      read_initial_centers, recursion_limit_for,
+                                      state_from_dict)
+from beamml.transforms.kmeans.training import cached_points, centre_into_cache
+from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
 
 __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']
 
@@ -66,12 +67,9 @@ under <model_dir>/_runs/<version>/; --resume continues a killed run."""
 
 LOG = logging.getLogger('beamml')
 #: where a streaming training's dead letters go, under the model directory
-STREAM_ERRORS = '_streaming'
 #: runners whose workers share this machine's disk (a local --cache_dir works)
 LOCAL_RUNNERS = ('FnApiRunner', 'DirectRunner', 'BundleBasedDirectRunner',
                  'SwitchingDirectRunner')
-#: iterations per pipeline run, by default
-BLOCK_SIZE = 10
 
 
 class KMeansOptions:
@@ -79,7 +77,7 @@ class KMeansOptions:
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        common.add_input_args(parser, required=False)
+        flags.add_input_args(parser, required=False)
         parser.add_argument('--k', type=int, default=None,
                             help='number of clusters (required unless --init is a file, '
                                  'whose rows then give k)')
@@ -146,7 +144,7 @@ class KMeansOptions:
                                  'the end); default: MODEL_DIR/_runs/VERSION/cache on the '
                                  'local runner (a local temporary folder when MODEL_DIR is '
                                  'on gs://), TEMP_LOCATION/beamml-kmeans/VERSION on Dataflow')
-        parser.add_argument('--output', type=common.output_prefix, default=None,
+        parser.add_argument('--output', type=flags.output_prefix, default=None,
                             help='also write the training points\' labels (scikit-learn\'s '
                                  'labels_): PREFIX-SSSSS-of-NNNNN.<format> with id, cluster, '
                                  'distance, model_version, from one more pass over the input')
@@ -160,7 +158,7 @@ class KMeansOptions:
                                  'candidate, as beamml monitor --retrain trains)')
         runs.add_date_arg(parser)
         kmeans_streaming.add_streaming_args(parser)
-        streaming.add_streaming_args(parser, sliding=False)
+        streams.add_streaming_args(parser, sliding=False)
 
 
 def n_init_flag(value: str):
@@ -195,21 +193,6 @@ def validate(args, dimension: int):
     if args.k < 1:
         raise BeammlError(f'--k must be >= 1, got {args.k}')
     return init
-
-
-def read_kwargs(args, options=None, **declared) -> dict:
-    """ReadPoints' keyword arguments: the input flags and ``--weight_column``; for
-    ``--distance cosine`` zero vectors are refused as dead letters (with their file,
-    row and line). In a dry run (``options``) the layout the flags declare
-    (:func:`common.declare_layout`, ``declared`` its defaults)."""
-    kwargs = common.read_kwargs(args)
-    if getattr(args, 'weight_column', None):
-        kwargs['weight_column'] = args.weight_column
-    if getattr(args, 'distance', 'euclidean') == 'cosine':
-        kwargs['refuse_zero'] = True
-    if options is not None and common.is_dry_run(options):
-        return common.declare_layout(args.input, kwargs, **declared)
-    return kwargs
 
 
 def _dry_run_dimension(args) -> int | None:
@@ -250,14 +233,14 @@ def build(p, args, *, run: TrainingRun | None = None, cache_dir: str | None = No
     """The first pipeline of a training: read, check, cache, seed, the first block.
 
     Returns {'kmeans', 'read', 'errors', 'state', 'result'}. With ``run`` (a
-    :class:`~beamml.transforms.kmeans.checkpoint.TrainingRun`) it writes the dead
+    :class:`~beamml.pipelines.kmeans.checkpoint.TrainingRun`) it writes the dead
     letters, the cache manifest and the block's checkpoint into the run's folder;
     without, nothing is written (tests drive the graph directly).
     """
-    dry_run = common.is_dry_run(p.options)
-    read = ReadPoints(args.input, **read_kwargs(
+    dry_run = runners.is_dry_run(p.options)
+    read = ReadPoints(args.input, **kmeans_points.read_kwargs(
         args, p.options, **({'dimension': _dry_run_dimension(args)} if dry_run else {})))
-    LOG.info('input: %s, %s, d=%d, features %s', common.input_files(read),
+    LOG.info('input: %s, %s, d=%d, features %s', runners.input_files(read),
              read.layout.input_format, read.layout.dimension,
              ','.join(read.layout.feature_columns))
     init = validate(args, read.layout.dimension)
@@ -298,31 +281,31 @@ def default_cache_dir(args, options, run: TrainingRun) -> str:
         return FileSystems.join(temp, 'beamml-kmeans', run.version)
     if '://' not in args.model_dir:
         return FileSystems.join(run.folder, 'cache')
-    return os.path.join(common.outer_tempdir(), f'beamml-kmeans-cache-{run.version}')
+    return os.path.join(runners.outer_tempdir(), f'beamml-kmeans-cache-{run.version}')
 
 
-@common.pipeline_run
+@runners.pipeline_run
 def run(argv=None):
-    args, options = common.parse_args(KMeansOptions, argv, prog='beamml kmeans',
+    args, options = cli.parse_args(KMeansOptions, argv, prog='beamml kmeans',
                                       description=DESCRIPTION, streaming=True)
-    streaming.check_streaming_args(args, options, needs_output=False)
+    streams.check_streaming_args(args, options, needs_output=False)
     check_input_overlap([('--input', args.input)], [
         output_namespace(flag, value.rstrip('/') + '/') for flag, value in (
             ('--model_dir', args.model_dir), ('--cache_dir', args.cache_dir)) if value] + (
         [output_namespace('--output', args.output_given)] if args.output else []))
-    if streaming.is_streaming(options):
-        return _run_streaming(args, options)
+    if streams.is_streaming(options):
+        return kmeans_streaming.run_streaming(args, options)
     if not args.input:
         raise BeammlError('--input is required')
     if args.block_size < 1:
         raise BeammlError(f'--block_size must be >= 1, got {args.block_size}')
-    dry_run = common.is_dry_run(options)
+    dry_run = runners.is_dry_run(options)
     if args.init not in INIT_METHODS:   # the job is built from the centres
-        common.local_for_dry_run(options, 'init', args.init)
-    if common.is_launch_only(options) and not dry_run:
+        runners.local_for_dry_run(options, 'init', args.init)
+    if runners.is_launch_only(options) and not dry_run:
         raise BeammlError(
             f'kmeans trains in blocks of iterations, one Dataflow job each, driven from this '
-            f'process: it must wait for them ({common.LAUNCH_ONLY_VARIABLE} is set); run it '
+            f'process: it must wait for them ({runners.LAUNCH_ONLY_VARIABLE} is set); run it '
             'where it can wait (a VM, a Cloud Run job, an Airflow worker), or --streaming')
     if args.resume:
         if dry_run:
@@ -339,12 +322,12 @@ def run(argv=None):
             built = build(p, args, run=training, cache_dir=cache_dir)
             kmeans = built['kmeans']
             if dry_run:   # translated offline: the first block's job (with its writes, as a
-                return common.run_pipeline(p)   # real run's); nothing was trained or written
-            common.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
+                return runners.run_pipeline(p)   # real run's); nothing was trained or written
+            flags.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
                                 '--model_dir', args.model_dir)
             if args.output:
-                common.check_output(args.output)
-                _refuse_existing_labels(args)
+                flags.check_output(args.output)
+                kmeans_points.refuse_existing_labels(args)
             training.start(vars(args), model_config(args, kmeans), cache_dir,
                            input_fingerprints(built['read'].paths))
             checkpoint = _first_block(p, args, training)
@@ -368,11 +351,11 @@ def _block_log(training: TrainingRun, index: int, checkpoint: dict, seconds: flo
 def _first_block(p, args, training: TrainingRun) -> dict:
     started = time.monotonic()
     try:
-        result = common.run_pipeline(p)
+        result = runners.run_pipeline(p)
     except BeammlError as e:   # a worker refused the training (no point, k too big)
         raise _training_failed(e, args, p.options, training) from e
     try:
-        counts = common.report(result, errors_glob=training.errors_glob,
+        counts = process.report(result, errors_glob=training.errors_glob,
                                max_refused_fraction=args.max_refused_fraction,
                                out=io.StringIO())   # printed at the end, with the final path
     except BeammlError as e:   # too many refused rows: keep them, but not as a version
@@ -405,7 +388,7 @@ def _next_block(args, options, training: TrainingRun, kmeans: KMeans, checkpoint
     block = {'points': points, 'state': states} | 'KMeans' >> kmeans.block(
         min(args.block_size, remaining))
     _write_block_outputs(block, training, index)
-    common.run_pipeline(p)
+    runners.run_pipeline(p)
     checkpoint = training.read_block(index)
     _block_log(training, index, checkpoint, time.monotonic() - started)
     return checkpoint
@@ -418,7 +401,7 @@ def _resume(args, options, training: TrainingRun) -> tuple[dict, KMeans]:
     if changed:
         raise BeammlError(f'--resume {training.version}: the run was started with other '
                           f'flags ({"; ".join(changed)}); give the same ones')
-    read = ReadPoints(args.input, **read_kwargs(args))   # checks the input is there
+    read = ReadPoints(args.input, **kmeans_points.read_kwargs(args))   # checks the input is there
     changed = training.changed_inputs(input_fingerprints(read.paths))
     if changed:
         raise BeammlError(f'--resume {training.version}: the input changed since the run '
@@ -449,13 +432,13 @@ def _rebuild_cache(args, options, training: TrainingRun, state) -> list[str]:
     LOG.info('kmeans %s: the point cache is gone; rebuilding it from the input',
              training.version)
     p = beam.Pipeline(options=options)
-    points = p | 'ReadPoints' >> ReadPoints(args.input, **read_kwargs(args))
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **kmeans_points.read_kwargs(args))
     (points.batches
      | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean, args.dtype,
                                                  state.distance)
      | 'ListCache' >> beam.combiners.ToList()
      | 'WriteManifest' >> beam.Map(training.write_manifest))
-    common.run_pipeline(p)
+    runners.run_pipeline(p)
     return training.manifest()
 
 
@@ -471,14 +454,14 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
         final = final.runs[res.best_init]
     report = kmeans_report.write_report(args.model_dir, training, res, final, counts,
                                         args.input,
-                                        lambda: ReadPoints(args.input, **read_kwargs(args)))
+                                        lambda: ReadPoints(args.input, **kmeans_points.read_kwargs(args)))
     model = CentroidModel(
         res.centers, version=training.version, input_pattern=args.input, n_iter=res.n_iter,
         inertia=res.inertia, inertia_history=res.inertia_history,
         stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
         config=training.config(), distance=args.distance,
         init_inertias=[run['inertia'] for run in res.inits] if res.inits else None)
-    _write_baseline(args, options, model, training.version)
+    kmeans_points.write_baseline_pass(args, options, model, training.version)
     saved = model.save(args.model_dir, make_latest=not args.no_latest)
     training.remove()
     if res.n_distinct is not None:
@@ -495,98 +478,8 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
     if report:
         print(f'report: {report}')
     if args.output:
-        _write_labels(args, options, final, model)
+        kmeans_points.write_labels(args, options, final, model)
     return model
-
-
-def _write_baseline(args, options, model: CentroidModel, version: str) -> None:
-    """The version's baseline.json (beamml monitor compares later data with it): one more
-    pass over the input with the final centres, before model.json makes the version."""
-    from beamml.pipelines.monitor import baseline_for_model
-    from beamml.transforms.monitoring import BASELINE_FILE
-    baseline_for_model(model, args.input, read_kwargs(args), options,
-                       FileSystems.join(args.model_dir, version, BASELINE_FILE))
-
-
-def _refuse_existing_labels(args) -> None:
-    """``--output`` must hold nothing yet: the labels are written in place, not as a
-    committed run, so they would replace files no beamml run recorded as its own."""
-    owned = args.output_given if args.output_given.endswith('/') else args.output + '-'
-    found = list_under(owned)
-    if found:
-        more = f' (and {len(found) - 1} more)' if len(found) > 1 else ''
-        raise BeammlError(f'--output {args.output_given}: {found[0]}{more} exists; kmeans '
-                          'writes its labels only where nothing is (it never replaces a file): '
-                          'choose another --output, or remove them')
-
-
-def _write_labels(args, options, state: KMeansState, model: CentroidModel) -> None:
-    """``--output``: the training points' labels and distances against the final centres."""
-    p = beam.Pipeline(options=options)
-    read = ReadPoints(args.input, **read_kwargs(args))
-    schema = pa.schema([('id', read.layout.id_arrow_type), ('cluster', pa.int64()),
-                        ('distance', pa.float64()), ('model_version', pa.string())])
-    points = p | 'ReadPoints' >> read   # the refused rows are the training's dead letters
-    (points.batches
-     | 'Labels' >> beam.Map(training_labels, state, model.version)
-     | 'WriteLabels' >> WriteTable(args.output, args.output_format, schema=schema))
-    common.run_pipeline(p)
-    print(f'labels: {args.output}-?????-of-?????.{args.output_format}')
-
-
-#: batch-only flags a streaming training refuses (with their defaults)
-_BATCH_ONLY = {'resume': None, 'output': None, 'cache_dir': None, 'n_init': 'auto',
-               'block_size': BLOCK_SIZE, 'max_iter': 300, 'tol': 1e-4, 'dtype': 'float64',
-               'empty_cluster': 'keep', 'distance': 'euclidean', 'no_latest': False}
-
-
-def _run_streaming(args, options):
-    """``--streaming``: Spark's StreamingKMeans per window, a model version every
-    ``--checkpoint_windows`` windows (see pipelines/kmeans_streaming.py)."""
-    given = [f for f, default in _BATCH_ONLY.items() if getattr(args, f) != default]
-    if given:
-        raise BeammlError(f'--{given[0]} is a batch training flag; a streaming training '
-                          'updates the centres per window (--decay_factor / --half_life)')
-    if args.init not in INIT_METHODS:   # the job is built from the model or the centres
-        common.local_for_dry_run(options, 'init', args.init)
-    layout = _stream_layout(args, common.is_dry_run(options))
-    dry_run = common.is_dry_run(options)
-    if not dry_run:
-        common.check_output(FileSystems.join(args.model_dir, LATEST_FILE), '--model_dir',
-                            args.model_dir)
-    p = beam.Pipeline(options=streaming.streaming_options(options, args))
-    source = streaming.read_stream(p, args, layout, points=True, accumulating=True,
-                                   **({'weight_column': args.weight_column}
-                                      if args.weight_column else {}))
-    out = kmeans_streaming.build_streaming(p, args, source['batches'],
-                                           dimension=layout.dimension,
-                                           allowed_lateness=args.allowed_lateness)
-    errors = streaming.all_errors(source['errors'], out['errors'])
-    streaming.write_dead_letters(errors, args, FileSystems.join(
-        args.model_dir, STREAM_ERRORS, out['run_id']))
-    if common.no_results(options):
-        return common.run_pipeline(p)
-    LOG.info('kmeans --streaming: k=%s, windows of %g s, a version every %d window(s) in %s',
-             args.k or 'from --init', args.window_size, args.checkpoint_windows,
-             args.model_dir)
-    result = streaming.run_stream(p, args)
-    versions = list_versions(args.model_dir)
-    print(f'kmeans --streaming: {len(versions)} version(s) in {args.model_dir}'
-          + (f'; LATEST {versions[-1]}' if versions else ''))
-    print(f'dead letters: {FileSystems.join(args.model_dir, STREAM_ERRORS, out["run_id"])}'
-          '-*-pane-*.jsonl')   # <run>-<window start>-<window end>-pane-<i>-<timing>.jsonl
-    return result
-
-
-def _stream_layout(args, dry_run: bool = False):
-    """The points of a stream (:func:`streaming.stream_layout`); without --dimension the
-    dimension is that of --init's centres."""
-    def dimension():
-        if args.dimension is None and args.init not in INIT_METHODS:
-            return kmeans_streaming.initial_model(args)['init'].shape[1]
-        return args.dimension
-    return streaming.stream_layout(args, read_kwargs(args), dimension,
-                                   ', or --init with centres', dry_run=dry_run)
 
 
 def _training_failed(error: BeammlError, args, options, training: TrainingRun) -> BeammlError:
@@ -597,9 +490,9 @@ def _training_failed(error: BeammlError, args, options, training: TrainingRun) -
     """
     failed = training.fail()
     p = beam.Pipeline(options=options)
-    points = p | 'ReadPoints' >> ReadPoints(args.input, **read_kwargs(args))
+    points = p | 'ReadPoints' >> ReadPoints(args.input, **kmeans_points.read_kwargs(args))
     points.errors | 'WriteErrors' >> WriteDeadLetters(failed.errors_prefix)
-    counts = common.record_counts(common.run_pipeline(p))
+    counts = process.record_counts(runners.run_pipeline(p))
     message = f'{error}; no model version was written'
     if counts and counts['records_refused']:
         message += (f'; {counts["records_refused"]} of {counts["records_read"]} records '
@@ -610,4 +503,4 @@ def _training_failed(error: BeammlError, args, options, training: TrainingRun) -
 
 
 if __name__ == '__main__':
-    sys.exit(common.main_wrapper(run, prog='beamml kmeans'))
+    sys.exit(process.main_wrapper(run, prog='beamml kmeans'))

@@ -1,0 +1,121 @@
+"""Writing a windowed PCollection: one file per window and pane, named by its bounds.
+
+``WritePanes(prefix, suffix, write)`` groups each window's pane on one key and writes
+it whole to ``<prefix>-<window start>-<window end>-pane-<i>-<timing><suffix>`` (a pane
+of a window that has not closed yet is written under a temporary name first).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+
+import apache_beam as beam
+import pyarrow as pa
+
+from beamml.transforms.core.documents import dumps, to_jsonable
+from beamml.transforms.streaming.windows import iso, iso_times, pane_timing, window_bounds
+
+LOG = logging.getLogger('beamml')
+
+__all__ = ['WritePanes', 'window_fields', 'pane_file_name', 'write_tables', 'write_json_lines']
+
+
+def window_fields(window, pane) -> dict:
+    """``window_start``, ``window_end`` (ISO-8601 UTC) and ``timing`` of a pane."""
+    start, end = window_bounds(window)
+    return {'window_start': None if start is None else iso(start),
+            'window_end': None if end is None else iso(end), 'timing': pane_timing(pane)}
+
+
+# ----------------------------------------------------------------------------- sinks
+
+class _Unclosed:
+    """A file handle whose close() only flushes (fileio.WriteToFiles closes the file)."""
+
+    def __init__(self, fh):
+        self._fh = fh
+
+    def write(self, data):
+        return self._fh.write(data)
+
+    def close(self):
+        self._fh.flush()
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def _folder_and_prefix(prefix: str) -> tuple[str, str]:
+    from apache_beam.io.filesystems import FileSystems
+    folder, name = FileSystems.split(prefix)
+    return folder, name or 'part'
+
+
+def pane_file_name(prefix: str, window, pane, suffix: str) -> str:
+    """``PREFIX-<start>-<end>-pane-<i>-<timing>SUFFIX`` (no window bounds in the global
+    window): a file per window and pane, so a late pane never overwrites the on-time one."""
+    parts = [prefix]
+    start, end = window_bounds(window)
+    if start is not None:
+        parts += [iso(start), iso(end)]
+    parts.append(f'pane-{pane.index}')
+    if start is not None:
+        parts.append(pane_timing(pane))
+    return '-'.join(parts) + suffix
+
+
+def _one_shard(element):
+    return 0, element
+
+
+class _WritePaneFn(beam.DoFn):
+    """Writes the elements of one pane into one file (a temporary name, then renamed),
+    and yields its path. ``write(fh, elements)`` writes them."""
+
+    def __init__(self, prefix: str, suffix: str, write):
+        self.prefix, self.suffix, self.write = prefix, suffix, write
+
+    def process(self, element, window=beam.DoFn.WindowParam, pane=beam.DoFn.PaneInfoParam):
+        from apache_beam.io.filesystems import FileSystems
+        _, elements = element
+        path = pane_file_name(self.prefix, window, pane, self.suffix)
+        temp = f'{path}.tmp-{uuid.uuid4().hex[:8]}'
+        with FileSystems.create(temp) as fh:
+            self.write(fh, list(elements))
+        FileSystems.rename([temp], [path])
+        LOG.info('stream: wrote %s', path)
+        yield path
+
+
+def write_tables(fmt: str, schema: pa.Schema):
+    def write(fh, batches):
+        from beamml.transforms.io.sinks import ShardWriter
+        out_schema = schema
+        if fmt in ('jsonl', 'csv'):   # times as text, spelled as in the file names
+            out_schema = iso_times(pa.RecordBatch.from_pylist([], schema)).schema
+        writer = ShardWriter(_Unclosed(fh), fmt, out_schema)
+        for batch in batches:
+            batch = batch.select(schema.names)
+            writer.write(iso_times(batch) if fmt in ('jsonl', 'csv') else batch)
+        writer.close()
+    return write
+
+
+def write_json_lines(fh, records) -> None:
+    fh.write(b''.join(dumps(to_jsonable(r)).encode('utf-8') + b'\n' for r in records))
+
+
+class WritePanes(beam.PTransform):
+    """Windowed elements -> one file per window and pane under ``prefix`` (see
+    :func:`pane_file_name`); outputs the paths written."""
+
+    def __init__(self, prefix: str, suffix: str, write, label: str | None = None):
+        super().__init__(label)
+        self.prefix, self.suffix, self.write = prefix, suffix, write
+
+    def expand(self, pcoll):
+        return (pcoll
+                | 'OneShard' >> beam.Map(_one_shard)
+                | 'Pane' >> beam.GroupByKey()
+                | 'WriteFile' >> beam.ParDo(_WritePaneFn(self.prefix, self.suffix,
+                                                         self.write)))
