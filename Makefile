@@ -30,7 +30,7 @@ bench: $(STAMP)
 
 # Regenerate the Flex Template metadata (configs/templates/*.json) from the pipelines' flags.
 templates: $(STAMP)
-	$(PY) -m beamml.pipelines.templates --write configs/templates
+	$(PY) -m beamml.pipelines._platform.templates --write configs/templates
 
 clean:
 	rm -rf $(VENV) demo_output bench_output .pytest_cache *.egg-info

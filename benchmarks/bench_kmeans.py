@@ -100,7 +100,7 @@ def run_beamml(path: str, c0_path: str, model_dir: str, max_iter: int, extra: li
     shutil.rmtree(model_dir, ignore_errors=True)
     elapsed, _ = _timed([sys.executable, '-m', 'beamml', 'kmeans', '--input', path,
                          '--init', c0_path, '--max_iter', str(max_iter), '--tol', '0',
-                         '--model_dir', model_dir] + extra, _env())
+                         '--model', model_dir] + extra, _env())
     with open(os.path.join(model_dir, 'LATEST')) as f:
         version = f.read().strip()
     with open(os.path.join(model_dir, version, 'training.json')) as f:

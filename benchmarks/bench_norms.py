@@ -1,6 +1,6 @@
 """`beamml norms` on the DirectRunner against a plain pyarrow + numpy script, same data.
 
-    python benchmarks/bench_norms.py [--rows 2000000] [--dim 8] [--repeat 2] [--sort]
+    python benchmarks/bench_norms.py [--rows 2000000] [--dim 8] [--repeat 2] [--order]
         [--multi_processing]
 
 Writes ROWS x DIM float64 points (columns x0..x{DIM-1}, plus an int64 `id`) to
@@ -92,8 +92,8 @@ def main(argv=None):
     parser.add_argument('--multi_processing', action='store_true',
                         help='also time --direct_running_mode multi_processing '
                              '--direct_num_workers 2')
-    parser.add_argument('--sort', action='store_true',
-                        help='also time `beamml norms --sort l2` (no plain counterpart)')
+    parser.add_argument('--order', action='store_true',
+                        help='also time `beamml norms --order l2` (no plain counterpart)')
     parser.add_argument('--workdir', default=os.path.join(ROOT, 'bench_output', 'norms'))
     args, _ = parser.parse_known_args(argv)
 
@@ -133,8 +133,8 @@ def main(argv=None):
             '--direct_num_workers', '2']))))
     if args.sort:
         sort_out = os.path.join(args.workdir, 'sorted', 'norms')
-        results.append(('beamml norms --sort l2 (+features)', timed(lambda: norms.run(
-            ['--input', src, '--output', sort_out, '--sort', 'l2']))))
+        results.append(('beamml norms --order l2 (+features)', timed(lambda: norms.run(
+            ['--input', src, '--output', sort_out, '--order', 'l2']))))
 
     # The outputs agree.
     plain = pq.read_table(plain_out).sort_by('id')

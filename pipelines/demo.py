@@ -37,7 +37,7 @@ def step_norms(workdir):
     out = os.path.join(workdir, 'norms', 'norms')
     norms.run(['--input', pattern, '--output', out, '--overwrite'])
     by_l2 = os.path.join(workdir, 'norms', 'by_l2')
-    norms.run(['--input', pattern, '--output', by_l2, '--overwrite', '--sort', 'l2', '--num_shards', '2',
+    norms.run(['--input', pattern, '--output', by_l2, '--overwrite', '--order', 'l2', '--num_shards', '2',
                '--output_format', 'csv'])
     return [('norms (id, l0, l1, l2, linf)', out + '-?????-of-?????.parquet'),
             ('points ordered by l2, largest first (2 files, in order)',
@@ -122,7 +122,7 @@ def step_kmeans(workdir):
     pattern = os.path.join(workdir, 'blobs', '*.parquet')
     model_dir = os.path.join(workdir, 'models', 'blobs')
     model = kmeans.run(['--input', pattern, '--k', '5', '--max_iter', '20',
-                        '--random_state', '0', '--model_dir', model_dir])
+                        '--random_state', '0', '--model', model_dir])
     print(f'trained: cluster sizes {" ".join(map(str, model.cluster_sizes))}')
     out = os.path.join(workdir, 'assign', 'blobs')
     assign.run(['--input', pattern, '--model', model_dir, '--output', out, '--overwrite'])

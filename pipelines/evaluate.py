@@ -1,7 +1,7 @@
 """Evaluate prediction logs: precision, recall, accuracy, F1; query precision, P@k, MAP; per slice.
 
     beamml evaluate --input 'logs/*.parquet' --task classification --output out/eval
-    beamml evaluate --input 'logs/*.parquet' --task ranking --k 5 --slice_by model \\
+    beamml evaluate --input 'logs/*.parquet' --task ranking --cutoff 5 --slice_by model \\
         --output out/eval
 
 Writes OUTPUT/metrics.json ({"overall", "slices", "counts"}), for ranking also
@@ -28,10 +28,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines._platform import runs, streams
 from beamml.pipelines._platform.cli import parse_args
-from beamml.pipelines._platform.flags import add_refused_arg, add_table_input_args, declare_layout
+from beamml.pipelines._platform.flags import (add_deprecated, add_refused_arg, add_table_input_args,
+                                              declare_layout)
 from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import (input_files, is_dry_run, no_results, pipeline_run,
                                                 run_pipeline)
+from beamml.pipelines._platform.values import positive_int
 from beamml.transforms.core.errors import ERRORS, BeammlError
 from beamml.transforms.io import OUTPUT_FORMATS, ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.core.types import SOURCE_COLUMNS
@@ -54,6 +56,10 @@ ZERO_DIVISION = {'0': 0.0, '1': 1.0, 'nan': float('nan')}
 class EvaluateOptions:
     """The flags of ``beamml evaluate`` (a plain class, not a PipelineOptions subclass:
     Beam parses every registered subclass for every pipeline built in the process)."""
+    #: required in batch (a stream reads a subscription or a topic instead): the platform
+    #: checks them, the batch Flex template marks them required
+    REQUIRED_IN_BATCH = ('input', 'output')
+
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -66,9 +72,10 @@ class EvaluateOptions:
                             help='comma-separated metric names; default: all of the task '
                                  f'(classification: {",".join(CLASSIFICATION_METRICS)}; '
                                  f'ranking: {",".join(RANKING_METRICS)})')
-        parser.add_argument('--k', type=int, default=5,
-                            help='k of precision_at_k: relevant rows with predicted_rank < k, '
-                                 'divided by k (default 5)')
+        parser.add_argument('--cutoff', type=positive_int, default=5, metavar='K',
+                            help='the cutoff k of precision_at_k: relevant rows with '
+                                 'predicted_rank < k, divided by k (default 5; was --k)')
+        add_deprecated(parser, '--k', '--cutoff')
         parser.add_argument('--slice_by', default=None,
                             help='comma-separated columns; metrics per combination of '
                                  'their values, keys "col=value" or "a=1,b=x"')
@@ -82,7 +89,7 @@ class EvaluateOptions:
                             help='integer rank, 0 = top result (default predicted_rank)')
         parser.add_argument('--relevance_column', default='truth_relevance',
                             help='relevance; > 0 is relevant (default truth_relevance)')
-        parser.add_argument('--query_buckets', type=int, default=32,
+        parser.add_argument('--query_buckets', type=positive_int, default=32,
                             help='ranking: number of q_id hash buckets, i.e. the parallelism '
                                  'of the per-query step (default 32)')
         parser.add_argument('--output', required=False,
@@ -98,17 +105,8 @@ def _split(value: str | None) -> list[str]:
     return [v.strip() for v in (value or '').split(',') if v.strip()]
 
 
-def check_flags(args) -> None:
-    """BeammlError for a numeric flag out of range, before anything is built (the
-    transforms name their parameters, e.g. ``n_buckets`` for --query_buckets)."""
-    if args.k < 1:
-        raise BeammlError(f'--k must be >= 1, got {args.k}')
-    if args.task == 'ranking' and args.query_buckets < 1:
-        raise BeammlError(f'--query_buckets must be >= 1, got {args.query_buckets}')
-
-
 def metric_list(args) -> list:
-    """The Metric objects of --task / --metrics / --k / --zero_division."""
+    """The Metric objects of --task / --metrics / --cutoff / --zero_division."""
     registry = CLASSIFICATION_METRICS if args.task == 'classification' else RANKING_METRICS
     names = _split(args.metrics) or list(registry)
     unknown = [n for n in names if n not in registry]
@@ -119,7 +117,7 @@ def metric_list(args) -> list:
     out = []
     for n in dict.fromkeys(names):
         cls = registry[n]
-        out.append(cls(args.k, zero_division=zd) if cls is PrecisionAtK
+        out.append(cls(args.cutoff, zero_division=zd) if cls is PrecisionAtK
                    else cls(zero_division=zd))
     if args.task == 'ranking' and 'n_queries' not in names:
         out.append(RANKING_METRICS['n_queries']())
@@ -191,7 +189,6 @@ def build(p, args):
     ``metrics`` (the metrics.json document) is empty when no row is usable; ``run``
     then writes the metrics of nothing itself.
     """
-    check_flags(args)
     metrics = metric_list(args)
     kwargs = dict(input_format=args.input_format, source_columns=True)
     if args.id_column:
@@ -217,13 +214,13 @@ def build(p, args):
     out = args.output
     # Empty without rows: run() then writes the metrics of nothing (compute_metrics).
     document = result['metrics'] | 'WriteMetrics' >> beam.Map(
-        write_metrics, FileSystems.join(out, 'metrics.json'), args.task, args.k)
+        write_metrics, FileSystems.join(out, 'metrics.json'), args.task, args.cutoff)
     written = [document]
     per_query = None
     if args.task == 'ranking':
         zd = ZERO_DIVISION[str(args.zero_division)]
         per_query = result['query_stats'] | 'PerQueryColumns' >> beam.FlatMap(
-            per_query_batch, args.k, zd).with_output_types(pa.RecordBatch)
+            per_query_batch, args.cutoff, zd).with_output_types(pa.RecordBatch)
         written.append(per_query | 'WritePerQuery' >> WriteTable(
             FileSystems.join(out, 'per_query/per_query'), args.output_format,
             schema=per_query_schema(id_type)))
@@ -242,7 +239,7 @@ def finish_metrics(args, output: str, counts: dict) -> None:
     query) was combined, and the run's record counts (:class:`~beamml.pipelines._platform.runs.DatedRun`)."""
     path = FileSystems.join(output, 'metrics.json')
     if not FileSystems.exists(path):
-        write_metrics(compute_metrics(args).empty_result(), path, args.task, args.k)
+        write_metrics(compute_metrics(args).empty_result(), path, args.task, args.cutoff)
     add_counts(path, counts)
 
 
@@ -269,7 +266,6 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     """The streaming graph: source (or ``source``, {'batches', 'errors'} windowed and
     gated: tests give a TestStream), ParsePredictionLogs and ComputeMetrics per window,
     one metrics record per window and pane. Returns {'metrics', 'errors'}."""
-    check_flags(args)
     metrics = metric_list(args)
     columns, slice_by = stream_columns(args)
     id_type = 'string'
@@ -300,7 +296,7 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
         args.task, columns, slice_by, id_type, input_format)
     result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
     records = (result['metrics']
-               | 'Format' >> beam.Map(format_metrics, args.task, args.k)
+               | 'Format' >> beam.Map(format_metrics, args.task, args.cutoff)
                | 'WithWindow' >> beam.FlatMap(_window_record))
     out = args.output
     streams.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
@@ -317,7 +313,7 @@ def compute_metrics(args, metrics=None, slice_by=None) -> ComputeMetrics:
     """The ComputeMetrics of the flags (its ``metrics`` is empty without rows)."""
     return ComputeMetrics(metric_list(args) if metrics is None else metrics,
                           _split(args.slice_by) if slice_by is None else slice_by,
-                          ks=(args.k,) if args.task == 'ranking' else (),
+                          ks=(args.cutoff,) if args.task == 'ranking' else (),
                           n_buckets=args.query_buckets, defaults=False)
 
 
@@ -366,9 +362,6 @@ def run(argv=None):
     streams.check_streaming_args(args, options)
     if streams.is_streaming(options):
         return _run_streaming(args, options)
-    for flag in ('input', 'output'):
-        if not getattr(args, flag):
-            raise BeammlError(f'--{flag} is required')
 
     def show(_):
         metrics_path = FileSystems.join(args.output, 'metrics.json')

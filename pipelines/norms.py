@@ -1,10 +1,10 @@
 """Vector norms: rows id, l0, l1, l2, linf for every point; optionally ordered by one norm.
 
     beamml norms --input 'data/*.parquet' --output out/norms [--output_format csv]
-    beamml norms --input 'data/*.parquet' --output out/by_l2 --sort l2 [--ascending]
+    beamml norms --input 'data/*.parquet' --output out/by_l2 --order l2 [--ascending]
         [--num_shards N]
 
-With ``--sort NORM`` the output also holds ``features`` and is ordered by that
+With ``--order NORM`` the output also holds ``features`` and is ordered by that
 norm (descending unless ``--ascending``, ties by id ascending) across files:
 file ``PREFIX-00000-of-NNNNN`` holds the largest norms, each file is sorted, and
 reading the files in name order gives the whole data set in order. The data set
@@ -24,9 +24,11 @@ import pyarrow as pa
 
 from beamml.pipelines._platform import runs
 from beamml.pipelines._platform.cli import parse_args
-from beamml.pipelines._platform.flags import add_input_args, add_output_args, read_kwargs
+from beamml.pipelines._platform.flags import (add_deprecated, add_input_args, add_output_args,
+                                              read_kwargs)
 from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import input_files, pipeline_run
+from beamml.pipelines._platform.values import positive_int
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io import ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.norms import NORMS, ComputeNorms, WriteSortedShards
@@ -48,15 +50,16 @@ class NormsOptions:
         add_input_args(parser)
         add_output_args(parser)
         runs.add_run_args(parser)
-        parser.add_argument('--sort', choices=NORMS, default=None,
+        parser.add_argument('--order', choices=NORMS, default=None,
                             help='order the output by this norm (descending; ties by id) '
-                                 'and add the features column')
+                                 'and add the features column (was --sort)')
+        add_deprecated(parser, '--sort', '--order')
         parser.add_argument('--ascending', action='store_true',
-                            help='with --sort: smallest norm first')
-        parser.add_argument('--num_shards', type=int, default=None,
-                            help='number of output files; default with --sort: one per '
+                            help='with --order: smallest norm first')
+        parser.add_argument('--num_shards', type=positive_int, default=None,
+                            help='number of output files; default with --order: one per '
                                  f'{ROWS_PER_SHARD:,} rows (1 for smaller data), '
-                                 'without --sort: chosen by the runner')
+                                 'without --order: chosen by the runner')
 
 
 def norms_schema(id_type: pa.DataType, dimension: int | None = None) -> pa.Schema:
@@ -71,10 +74,8 @@ def norms_schema(id_type: pa.DataType, dimension: int | None = None) -> pa.Schem
 
 def validate(args) -> None:
     """Flag checks a user can act on, before anything is read."""
-    if args.num_shards is not None and args.num_shards < 1:
-        raise BeammlError(f'--num_shards must be >= 1, got {args.num_shards}')
-    if args.ascending and not args.sort:
-        raise BeammlError('--ascending orders the output and needs --sort '
+    if args.ascending and not args.order:
+        raise BeammlError('--ascending orders the output and needs --order '
                           f'({"|".join(NORMS)})')
 
 
@@ -85,7 +86,7 @@ def output_glob(args) -> str:
 def build(p, args):
     """Read, compute norms (and sort), write results and dead letters.
 
-    Returns {'norms': RecordBatches, or SortedShards with --sort, 'errors': dead letters}.
+    Returns {'norms': RecordBatches, or SortedShards with --order, 'errors': dead letters}.
     """
     validate(args)
     read = ReadPoints(args.input, **read_kwargs(args, p.options))
@@ -93,13 +94,13 @@ def build(p, args):
              read.layout.input_format, read.layout.dimension, ','.join(read.layout.feature_columns))
     points = p | 'ReadPoints' >> read
     schema = norms_schema(read.layout.id_arrow_type,
-                          read.layout.dimension if args.sort else None)
+                          read.layout.dimension if args.order else None)
     names = schema.names
     norms = (points.batches
              | 'ComputeNorms' >> ComputeNorms()
              | 'SelectColumns' >> beam.Map(lambda b, cols: b.select(cols), names))
-    if args.sort:
-        norms = norms | 'SortByNorm' >> SortByNorm(args.sort, descending=not args.ascending,
+    if args.order:
+        norms = norms | 'SortByNorm' >> SortByNorm(args.order, descending=not args.ascending,
                                                    num_shards=args.num_shards)
         written = norms | 'WriteSortedNorms' >> WriteSortedShards(
             args.output, args.output_format, schema=schema)
@@ -118,8 +119,8 @@ def run(argv=None):
     validate(args)
 
     def show(_):
-        order = (f' (ordered by {args.sort} {"ascending" if args.ascending else "descending"})'
-                 if args.sort else '')
+        order = (f' (ordered by {args.order} {"ascending" if args.ascending else "descending"})'
+                 if args.order else '')
         print(f'norms{order}: {output_glob(args)}')
     return runs.run_and_show(args, options, 'norms', build, show,
                              errors_glob=WriteDeadLetters.glob)

@@ -23,6 +23,7 @@ from beamml.pipelines._platform.cli import parse_args
 from beamml.pipelines._platform.flags import add_input_args, read_kwargs
 from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import input_files, pipeline_run
+from beamml.pipelines._platform.values import positive_int
 from beamml.transforms.io import OUTPUT_FORMATS, ReadPoints, WriteDeadLetters, WriteTable
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.pca import MODEL_FILE, ComputePCA, PCAModel, ProjectPCA, projection_schema
@@ -37,7 +38,7 @@ class PCAOptions:
     @classmethod
     def _add_argparse_args(cls, parser):
         add_input_args(parser)
-        parser.add_argument('--n_components', type=int, required=True,
+        parser.add_argument('--n_components', type=positive_int, required=True,
                             help='number of principal components, 1 .. min(rows, features)')
         parser.add_argument('--output', required=True,
                             help='output folder (local or gs://): pca.json, with '
@@ -50,11 +51,6 @@ class PCAOptions:
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of the projections (default parquet)')
         runs.add_run_args(parser)
-
-
-def validate(args) -> None:
-    if args.n_components < 1:
-        raise BeammlError(f'--n_components must be >= 1, got {args.n_components}')
 
 
 def model_path(output: str) -> str:
@@ -78,7 +74,6 @@ def _write_model(model: PCAModel, path: str) -> dict:
 def build(p, args):
     """Read, combine, decompose, write the model (and the projections) and the dead
     letters; returns {'model', 'projection', 'errors', 'read', 'written'}."""
-    validate(args)
     read = ReadPoints(args.input, **read_kwargs(args, p.options))
     d = read.layout.dimension
     if args.n_components > d:
@@ -123,7 +118,6 @@ def summary(doc: dict) -> str:
 def run(argv=None):
     args, options = parse_args(PCAOptions, argv, prog='beamml pca',
                                       description=__doc__)
-    validate(args)
 
     def show(_):
         path = model_path(args.output)

@@ -16,7 +16,7 @@ def kmeans_process(input_path: str, model_dir, *flags, env: dict | None = None):
     """``python -m beamml kmeans --input INPUT --model_dir DIR FLAGS`` in a new process,
     with ``env`` added to this one's environment (e.g. the test kill switch)."""
     argv = [sys.executable, '-m', 'beamml', 'kmeans', '--input', str(input_path),
-            '--model_dir', str(model_dir), *map(str, flags)]
+            '--model', str(model_dir), *map(str, flags)]
     return subprocess.run(argv, capture_output=True, text=True, timeout=300,
                           env={**os.environ, **(env or {})})
 

@@ -586,19 +586,19 @@ def test_kmeans_never_reads_what_it_writes_nor_replaces_labels(tmp_path, capsys,
     os.makedirs('d')
     open('d/a.csv', 'w').write('id,x0,x1\n' + ''.join(f'{i},{i % 5},{i % 3}\n' for i in range(20)))
     base = ['kmeans', '--k', '2', '--max_iter', '3', '--random_state', '0']
-    assert main(base + ['--input', 'd/**', '--model_dir', 'd/models']) == 2
+    assert main(base + ['--input', 'd/**', '--model', 'd/models']) == 2
     assert '--input d/** can match files of --model_dir d/models/' in capsys.readouterr().err
-    assert main(base + ['--input', 'd/*.csv', '--model_dir', 'm', '--output', 'd/labels',
+    assert main(base + ['--input', 'd/*.csv', '--model', 'm', '--output', 'd/labels',
                         '--output_format', 'csv']) == 2
     assert '--input d/*.csv can match files of --output d/labels' in capsys.readouterr().err
     open('d/labels-00000-of-00001.parquet', 'w').write('a file of the user')
     before = snapshot('.')
-    assert main(base + ['--input', 'd/a.csv', '--model_dir', 'm', '--output', 'd/labels']) == 2
+    assert main(base + ['--input', 'd/a.csv', '--model', 'm', '--output', 'd/labels']) == 2
     err = said(capsys.readouterr().err)
     assert err.count('\n') == 1 and ('--output d/labels: d/labels-00000-of-00001.parquet exists; '
                                      'kmeans writes its labels only where nothing is') in err
     assert snapshot('.') == before
-    assert main(base + ['--input', 'd/a.csv', '--model_dir', 'm', '--output', 'out/lab']) == 0
+    assert main(base + ['--input', 'd/a.csv', '--model', 'm', '--output', 'out/lab']) == 0
 
 
 def test_a_watched_pattern_that_matches_the_streams_output_is_refused(tmp_path, capsys):

@@ -132,7 +132,7 @@ def test_ranking_two_files_per_query_and_slices(tmp_path):
     out = str(tmp_path / 'eval')
     evaluate.run(['--input', str(tmp_path / 'logs-*.parquet'), '--task', 'ranking',
                   '--query_column', 'query', '--rank_column', 'pos',
-                  '--relevance_column', 'grade', '--k', '3', '--slice_by', 'model',
+                  '--relevance_column', 'grade', '--cutoff', '3', '--slice_by', 'model',
                   '--query_buckets', '4', '--output', out])
     doc = read_json(os.path.join(out, 'metrics.json'))
     assert doc['counts'] == {'records_read': n, 'records_ok': n, 'records_refused': 0}
@@ -176,7 +176,7 @@ def test_ranking_csv_string_ids_duplicates_and_bad_rows(tmp_path):
     (tmp_path / 'b.csv').write_text('q_id,predicted_rank,truth_relevance\nb,1,0\nc,1,0\n'
                                     'a,3,true\n')                 # (b, 1) again
     out = str(tmp_path / 'eval')
-    flags = ['--input', str(tmp_path / '*.csv'), '--task', 'ranking', '--k', '2',
+    flags = ['--input', str(tmp_path / '*.csv'), '--task', 'ranking', '--cutoff', '2',
              '--output', out]
     with pytest.raises(BeammlError, match='max_refused_fraction') as e:
         evaluate.run(flags)
@@ -223,8 +223,8 @@ def test_unknown_metric_and_bad_k(tmp_path):
     base = ['--input', str(tmp_path / 'x.parquet'), '--output', str(tmp_path / 'out')]
     with pytest.raises(BeammlError, match='precision_at_k'):
         evaluate.run(base + ['--task', 'classification', '--metrics', 'precision_at_k'])
-    with pytest.raises(BeammlError, match='--k'):
-        evaluate.run(base + ['--task', 'ranking', '--k', '0'])
+    with pytest.raises(BeammlError, match='--cutoff'):
+        evaluate.run(base + ['--task', 'ranking', '--cutoff', '0'])
     with pytest.raises(BeammlError, match='slice_by'):
         evaluate.run(base + ['--task', 'classification', '--slice_by', 'truth'])
 
@@ -257,7 +257,7 @@ def test_ranking_from_json_lines(tmp_path):
     path = tmp_path / 'rank.jsonl'
     path.write_text(''.join(_json.dumps(r) + '\n' for r in rows))
     out = tmp_path / 'ev'
-    _evaluate.run(['--input', str(path), '--task', 'ranking', '--k', '2', '--output', str(out)])
+    _evaluate.run(['--input', str(path), '--task', 'ranking', '--cutoff', '2', '--output', str(out)])
     got = _json.loads((out / 'metrics.json').read_text())
     assert got['overall']['average_query_precision'] == 0.75  # (2/4 + 3/3) / 2
     assert got['overall']['precision_at_k'] == 1.0
@@ -335,7 +335,7 @@ def test_ranking_per_query_values_and_nan_average_precision(tmp_path):
     path = tmp_path / 'rank.jsonl'
     path.write_text(''.join(json.dumps(r) + '\n' for r in rows))
     out = str(tmp_path / 'ev')
-    evaluate.run(['--input', str(path), '--task', 'ranking', '--k', '2',
+    evaluate.run(['--input', str(path), '--task', 'ranking', '--cutoff', '2',
                   '--zero_division', 'nan', '--output', out])
     pqr = per_query(out)
     by_q = {q: i for i, q in enumerate(pqr['q_id'])}
@@ -353,7 +353,7 @@ def test_ranking_per_query_values_and_nan_average_precision(tmp_path):
 def test_bad_query_buckets_is_an_error_before_running(tmp_path):
     pq.write_table(pa.table({'q_id': [1], 'predicted_rank': [0], 'truth_relevance': [1]}),
                    tmp_path / 'x.parquet')
-    with pytest.raises(BeammlError, match='--query_buckets must be >= 1'):
+    with pytest.raises(BeammlError, match="--query_buckets: '0' is not an integer >= 1"):
         evaluate.run(['--input', str(tmp_path / 'x.parquet'), '--task', 'ranking',
                       '--query_buckets', '0', '--output', str(tmp_path / 'out')])
     assert not os.path.exists(tmp_path / 'out' / 'metrics.json')

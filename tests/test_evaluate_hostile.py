@@ -136,7 +136,7 @@ def test_ranking_json_blocks_without_a_column_are_refused(tmp_path):
     (tmp_path / 'a.jsonl').write_text('\n'.join(lines) + '\n')
     (tmp_path / 'b.jsonl').write_text('{"q_id":2,"predicted_rank":0}\n')   # no relevance
     (tmp_path / 'c.jsonl').write_text('{"predicted_rank":0,"truth_relevance":1}\n')  # no q_id
-    out, doc = run(tmp_path, str(tmp_path / '*.jsonl'), '--task', 'ranking', '--k', '2')
+    out, doc = run(tmp_path, str(tmp_path / '*.jsonl'), '--task', 'ranking', '--cutoff', '2')
     assert doc['counts'] == {'records_read': 6, 'records_ok': 2, 'records_refused': 4}
     o = doc['overall']
     assert o['n_queries'] == 1
@@ -214,7 +214,7 @@ def test_ranking_dead_letters_name_file_row_and_line(tmp_path):
         '3,0,1\n3,-1,1\n')          # a rank < 0
     (tmp_path / 'b.csv').write_text('q_id,predicted_rank,truth_relevance\n'
                                     '4,0,0\n1,1,1\n')  # (1, 1) again: a duplicate
-    out, doc = run(tmp_path, str(tmp_path / '*.csv'), '--task', 'ranking', '--k', '1')
+    out, doc = run(tmp_path, str(tmp_path / '*.csv'), '--task', 'ranking', '--cutoff', '1')
     assert doc['counts'] == {'records_read': 8, 'records_ok': 4, 'records_refused': 4}
     assert doc['overall']['n_queries'] == 3   # 1, 3, 4 (all rows of 2 refused)
     got = [(os.path.basename(d['file']), d['row'], d['line'], d['reason'])

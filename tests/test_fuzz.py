@@ -490,7 +490,7 @@ def test_fuzz_kmeans_pipeline(worker, scratch, case):
     folder = _folder(scratch)
     res, _, _ = _pipeline_case(worker, scratch, case, 'kmeans', _argv(case, '{input}') + [
         '--k', '1', '--max_iter', '2', '--random_state', '0',
-        '--model_dir', os.path.join(folder, 'models')])
+        '--model', os.path.join(folder, 'models')])
     n_ok = len(_ok_rows(case))
     if 'beamml_error' in res and n_ok == 0 and (
             'no valid point' in res['beamml_error'] or not any(

@@ -98,7 +98,7 @@ CLI_CASES = [
      ['assign', '--input', '{dir}/c.jsonl', '--model', '{dir}/m', *ALL], 0,
      r'records_read=3 records_ok=1 records_refused=2'),
     ({'c.jsonl': CRASHER + b'{"id":"b","features":[3,4]}\n'},
-     ['kmeans', '--input', '{dir}/c.jsonl', '--k', '1', '--model_dir', '{dir}/km', *ALL], 0,
+     ['kmeans', '--input', '{dir}/c.jsonl', '--k', '1', '--model', '{dir}/km', *ALL], 0,
      r'records_read=4 records_ok=2 records_refused=2'),
     ({'l.jsonl': b'{"truth":1,"prediction":1}\n42\nnull\n'},
      ['evaluate', '--input', '{dir}/l.jsonl', '--task', 'classification', *ALL], 0,
@@ -113,10 +113,10 @@ CLI_CASES = [
     ({'n1.npy': _npy((4, 3)), 'n2.npy': _npy((2, 5))}, ['norms', '--input', '{dir}/n*.npy', *ALL],
      0, r'records_read=6 records_ok=4 records_refused=2'),
     ({'n1.npy': _npy((4, 3)), 'n2.npy': _npy((2, 5))},
-     ['norms', '--input', '{dir}/n*.npy', '--sort', 'l2', *ALL], 0,
+     ['norms', '--input', '{dir}/n*.npy', '--order', 'l2', *ALL], 0,
      r'records_read=6 records_ok=4 records_refused=2'),
     ({'n1.npy': _npy((4, 3)), 'n2.npy': _npy((2, 5))},
-     ['kmeans', '--input', '{dir}/n*.npy', '--k', '2', '--model_dir', '{dir}/km', *ALL], 0,
+     ['kmeans', '--input', '{dir}/n*.npy', '--k', '2', '--model', '{dir}/km', *ALL], 0,
      r'records_read=6 records_ok=4 records_refused=2'),
     ({'l.jsonl': b'{"truth":1,"prediction":1}\n{bad\n{"truth":0}\n{"truth":1,"prediction":0}\n'},
      ['evaluate', '--input', '{dir}/l.jsonl', '--task', 'classification', *ALL], 0,
@@ -157,7 +157,7 @@ CLI_CASES = [
      ['norms', '--input', '{dir}/p.csv', '--output', '/proc/beamml-no-such/out'], 2,
      r'--output /proc/beamml-no-such/out: cannot create the folder /proc/beamml-no-such'),
     ({'p.csv': b'id,a\n1,2\n2,3\n'},
-     ['kmeans', '--input', '{dir}/p.csv', '--k', '1', '--model_dir', '{dir}/p.csv/m'], 2,
+     ['kmeans', '--input', '{dir}/p.csv', '--k', '1', '--model', '{dir}/p.csv/m'], 2,
      r'--model_dir .*p\.csv/m: .*p\.csv is a file, not a folder$'),
     ({'l.csv': b'truth,prediction,q_id,predicted_rank,truth_relevance\n1,0,1,0,1\n'},
      ['evaluate', '--input', '{dir}/l.csv', '--task', 'ranking', '--query_buckets', '0'], 2,
@@ -199,7 +199,7 @@ def test_cli_table(files, argv, code, pattern, tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     argv = [a.replace('{dir}', str(tmp_path)) for a in argv]
-    if '--output' not in argv and '--model_dir' not in argv:
+    if '--output' not in argv and '--model' not in argv:
         argv += ['--output', str(tmp_path / 'out')]
     out = subprocess.run([sys.executable, '-m', 'beamml'] + argv, capture_output=True,
                          timeout=180)
@@ -227,7 +227,7 @@ def test_missing_output_bucket_is_one_line_before_the_run(gcs_bucket, tmp_path):
     (tmp_path / 'p.csv').write_bytes(b'id,a\n1,2\n')
     missing = gcs_bucket + '-missing'
     for argv in (['norms', '--output', f'{missing}/out/n'],
-                 ['kmeans', '--k', '1', '--model_dir', f'{missing}/models']):
+                 ['kmeans', '--k', '1', '--model', f'{missing}/models']):
         out = _beamml(argv[0], '--input', tmp_path / 'p.csv', *argv[1:], env=os.environ)
         err = out.stderr.strip()
         assert out.returncode == 2 and 'Traceback' not in err, err[-2000:]
@@ -260,7 +260,7 @@ def test_a_rerun_removes_the_shards_of_an_earlier_run(tmp_path):
     assert 'removed' not in log and len(files) == 4
     log, files = run('--num_shards', '1', '--output_format', 'csv')
     assert files == ['n-00000-of-00001.csv', 'n-_SUCCESS', 'n-errors-00000-of-00001.jsonl']
-    log, files = run('--sort', 'l2', '--num_shards', '2')
+    log, files = run('--order', 'l2', '--num_shards', '2')
     assert files == ['n-00000-of-00002.parquet', 'n-00001-of-00002.parquet', 'n-_SUCCESS',
                      'n-errors-00000-of-00001.jsonl']
     assert 'n-00000-of-00001.csv' in log
@@ -287,7 +287,7 @@ def test_failed_kmeans_leaves_no_version_and_names_its_dead_letters(tmp_path):
     import re
     for name, k, flags, pattern, n_refused in cases:
         out = _beamml('kmeans', '--input', tmp_path / name, '--k', k,
-                      '--model_dir', models, *flags)
+                      '--model', models, *flags)
         err = out.stderr.strip()
         assert out.returncode == 2 and 'Traceback' not in err, err[-2000:]
         m = re.search(pattern, err.splitlines()[-1])
@@ -299,7 +299,7 @@ def test_failed_kmeans_leaves_no_version_and_names_its_dead_letters(tmp_path):
     # no version folder, no LATEST, nothing of Beam's temporary files
     assert sorted(os.listdir(models)) == ['_failed']
     assert not [p for p in glob.glob(f'{models}/**', recursive=True) if 'beam-temp' in p]
-    out = _beamml('kmeans', '--input', tmp_path / 'many.csv', '--k', 2, '--model_dir', models,
+    out = _beamml('kmeans', '--input', tmp_path / 'many.csv', '--k', 2, '--model', models,
                   '--max_refused_fraction', '0.5', '--random_state', 0)
     assert out.returncode == 0, out.stderr[-2000:]
     from beamml.transforms.model import CentroidModel, list_versions

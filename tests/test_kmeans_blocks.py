@@ -33,9 +33,9 @@ def _train(blobs, model_dir, *flags, env=None):
 def test_blocks_give_what_one_block_gives(blobs, tmp_path):
     """Blocks of 2 iterations (6 pipeline runs) and one block of 300: the same training."""
     one = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
-                      '--model_dir', str(tmp_path / 'one'), '--block_size', '300'])
+                      '--model', str(tmp_path / 'one'), '--block_size', '300'])
     many = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
-                       '--model_dir', str(tmp_path / 'many'), '--block_size', '2'])
+                       '--model', str(tmp_path / 'many'), '--block_size', '2'])
     assert one.n_iter == many.n_iter > 4 and many.stop_reason == 'converged_labels'
     np.testing.assert_allclose(many.centers, one.centers, rtol=1e-12, atol=1e-12)
     assert many.inertia == pytest.approx(one.inertia, rel=1e-12)
@@ -135,7 +135,7 @@ def test_no_block_runs_after_convergence(tmp_path, caplog):
     try:
         with caplog.at_level(logging.INFO, logger='beamml'):
             model = kmeans.run(['--input', str(tmp_path / 'p.csv'), '--k', '3',
-                                '--random_state', '0', '--model_dir', str(tmp_path / 'm')])
+                                '--random_state', '0', '--model', str(tmp_path / 'm')])
     finally:
         log.removeHandler(caplog.handler)
     err = caplog.text
@@ -156,7 +156,7 @@ def test_fewer_distinct_points_than_k_with_given_centres_trains_with_a_warning(t
     C0 = np.array([[0.0, 0.5], [4.0, 3.0], [9.0, 9.0]])
     np.save(tmp_path / 'c0.npy', C0)
     model = kmeans.run(['--input', str(tmp_path / 'p.csv'), '--init', str(tmp_path / 'c0.npy'),
-                        '--empty_cluster', 'farthest', '--model_dir', str(tmp_path / 'm')])
+                        '--empty_cluster', 'farthest', '--model', str(tmp_path / 'm')])
     err = capsys.readouterr().err
     assert 'warning: the input has only 2 distinct point(s) for k=3' in err
     with warnings.catch_warnings():
@@ -167,12 +167,12 @@ def test_fewer_distinct_points_than_k_with_given_centres_trains_with_a_warning(t
     assert sorted(map(tuple, model.centers.tolist())) == [(0.0, 0.0), (4.0, 4.0), (4.0, 4.0)]
     with pytest.raises(BeammlError, match='k=3 is greater than the number of distinct points'):
         kmeans.run(['--input', str(tmp_path / 'p.csv'), '--k', '3',
-                    '--model_dir', str(tmp_path / 'm2')])
+                    '--model', str(tmp_path / 'm2')])
 
 
 def test_dtype_float32_is_an_opt_in_close_to_float64(blobs, tmp_path):
     runs = {dt: kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
-                            '--model_dir', str(tmp_path / dt), '--dtype', dt])
+                            '--model', str(tmp_path / dt), '--dtype', dt])
             for dt in ('float64', 'float32')}
     a, b = runs['float64'], runs['float32']
     assert b.config['dtype'] == 'float32' and a.config['dtype'] == 'float64'
@@ -190,7 +190,7 @@ def test_identical_input_files_count_twice_in_every_block(blobs, tmp_path):
         shutil.copy(blobs['path'], tmp_path / name)
     X = np.concatenate([blobs['X'], blobs['X']])
     model = kmeans.run(['--input', str(tmp_path / '*.csv'), '--k', '4', '--random_state', '1',
-                        '--model_dir', str(tmp_path / 'm'), '--block_size', '1'])
+                        '--model', str(tmp_path / 'm'), '--block_size', '1'])
     assert model.n_iter > 2 and sum(model.cluster_sizes) == len(X)
     from sklearn.cluster import KMeans as SkKMeans
     c0 = np.array(json.load(open(os.path.join(
@@ -204,7 +204,7 @@ def test_output_writes_the_training_labels_as_scikit_learn_labels_(blobs, tmp_pa
     import pyarrow.parquet as pq
     from sklearn.cluster import KMeans as SkKMeans
     model = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
-                        '--model_dir', str(tmp_path / 'm'), '--output', str(tmp_path / 'lab/l'),
+                        '--model', str(tmp_path / 'm'), '--output', str(tmp_path / 'lab/l'),
                         '--block_size', '3'])
     assert 'labels: ' in capsys.readouterr().out
     (path,) = (tmp_path / 'lab').glob('l-*.parquet')

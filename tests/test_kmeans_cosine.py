@@ -369,7 +369,7 @@ def cloud(tmp_path_factory):
 def test_cli_kmeans_cosine_then_assign(cloud, tmp_path, capsys):
     models = str(tmp_path / 'models')
     model = kmeans.run(['--input', cloud['path'], '--init', cloud['c0'], '--distance', 'cosine',
-                        '--model_dir', models, '--max_refused_fraction', '0.1',
+                        '--model', models, '--max_refused_fraction', '0.1',
                         '--output', str(tmp_path / 'labels'), '--output_format', 'csv'])
     out = capsys.readouterr().out
     assert 'records_read=450 records_ok=448 records_refused=2' in out

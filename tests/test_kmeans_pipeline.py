@@ -44,7 +44,7 @@ def blobs(tmp_path_factory):
 def test_train_from_initial_centres_matches_sklearn(blobs, tmp_path, capsys):
     model_dir = str(tmp_path / 'models')
     model = kmeans.run(['--input', blobs['pattern'], '--init', blobs['c0'], '--max_iter', '4',
-                        '--tol', '0', '--model_dir', model_dir])
+                        '--tol', '0', '--model', model_dir])
     out = capsys.readouterr().out
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -70,7 +70,7 @@ def test_train_from_initial_centres_matches_sklearn(blobs, tmp_path, capsys):
     assert os.path.exists(os.path.join(vdir, 'training-errors-00000-of-00001.jsonl'))
     # a second run is a new version, and LATEST moves to it
     kmeans.run(['--input', blobs['pattern'], '--k', '4', '--max_iter', '2',
-                '--random_state', '0', '--model_dir', model_dir])
+                '--random_state', '0', '--model', model_dir])
     assert len(list_versions(model_dir)) == 2
     assert latest_version(model_dir) != version
 
@@ -80,7 +80,7 @@ def test_kmeans_parallel_default_tol_and_csv_centres(blobs, tmp_path, capsys):
     (tmp_path / 'c0.csv').write_text('a,b,c\n' + '\n'.join(
         ','.join(repr(float(v)) for v in row) for row in blobs['C0']) + '\n')
     model = kmeans.run(['--input', blobs['pattern'], '--init', str(tmp_path / 'c0.csv'),
-                        '--max_iter', '12', '--model_dir', str(tmp_path / 'm1')])
+                        '--max_iter', '12', '--model', str(tmp_path / 'm1')])
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         sk = SKKMeans(4, init=blobs['C0'], n_init=1, algorithm='lloyd', max_iter=12).fit(
@@ -92,7 +92,7 @@ def test_kmeans_parallel_default_tol_and_csv_centres(blobs, tmp_path, capsys):
     # k-means|| on the same data: the four blobs are found
     model = kmeans.run(['--input', blobs['pattern'], '--k', '4', '--init', 'k-means||',
                         '--max_iter', '5', '--random_state', '3',
-                        '--model_dir', str(tmp_path / 'm2')])
+                        '--model', str(tmp_path / 'm2')])
     assert model.config['init'] == 'k-means||' and model.config['random_state'] == 3
     assert sorted(model.cluster_sizes) == pytest.approx(sorted(np.bincount(blobs['y'])), abs=40)
 
@@ -102,7 +102,7 @@ def test_dead_letters_are_written_and_training_goes_on(tmp_path, capsys):
     (tmp_path / 'p.csv').write_text('\n'.join(rows) + '\n')
     model_dir = str(tmp_path / 'models')
     model = kmeans.run(['--input', str(tmp_path / 'p.csv'), '--k', '3', '--max_iter', '3',
-                        '--random_state', '1', '--model_dir', model_dir,
+                        '--random_state', '1', '--model', model_dir,
                         '--max_refused_fraction', '0.05'])
     out = capsys.readouterr().out
     assert 'records_read=61 records_ok=60 records_refused=1' in out
@@ -114,7 +114,7 @@ def test_dead_letters_are_written_and_training_goes_on(tmp_path, capsys):
 
 
 def test_flag_errors(blobs, tmp_path):
-    base = ['--input', blobs['pattern'], '--model_dir', str(tmp_path / 'm')]
+    base = ['--input', blobs['pattern'], '--model', str(tmp_path / 'm')]
     with pytest.raises(BeammlError, match='--k is required'):
         kmeans.run(base)
     with pytest.raises(BeammlError, match='--k must be >= 1'):
@@ -130,14 +130,14 @@ def test_flag_errors(blobs, tmp_path):
         kmeans.run(base + ['--k', '2', '--max_iter', '0'])
     with pytest.raises(BeammlError, match='no input file'):
         kmeans.run(['--input', str(tmp_path / 'none*.parquet'), '--k', '2',
-                    '--model_dir', str(tmp_path / 'm')])
+                    '--model', str(tmp_path / 'm')])
     with pytest.raises(SystemExit):  # argparse: an unknown --empty_cluster value
         kmeans.run(base + ['--k', '2', '--empty_cluster', 'drop'])
     assert not os.path.exists(str(tmp_path / 'm'))  # nothing written
 
 
 def test_cli_words_the_parameters_as_its_flags(blobs, tmp_path, capsys):
-    base = ['--input', blobs['pattern'], '--model_dir', str(tmp_path / 'm')]
+    base = ['--input', blobs['pattern'], '--model', str(tmp_path / 'm')]
     for flags, line in [(['--k', '0'], '--k must be >= 1, got 0'),
                         (['--k', '2', '--max_iter', '0'],
                          '--max_iter must be an integer >= 1, got 0'),
@@ -160,7 +160,7 @@ def test_run_raises_the_recursion_limit_only_around_the_run(blobs, tmp_path, mon
     monkeypatch.setattr(kmeans, 'recursion_limit_for', spy)
     before = sys.getrecursionlimit()
     kmeans.run(['--input', blobs['pattern'], '--init', blobs['c0'], '--max_iter', '2',
-                '--model_dir', str(tmp_path / 'm')])
+                '--model', str(tmp_path / 'm')])
     assert seen == [(2, max(before, 1000 + 2 * 2))]
     assert sys.getrecursionlimit() == before
 
@@ -170,17 +170,17 @@ def test_data_errors_at_run_time(tmp_path, capsys):
     path = write_points(tmp_path / 'dup.parquet', X)
     model_dir = str(tmp_path / 'm')
     with pytest.raises(BeammlError, match=r'k=3 is greater than the number of distinct points'):
-        kmeans.run(['--input', path, '--k', '3', '--model_dir', model_dir, '--max_iter', '2'])
+        kmeans.run(['--input', path, '--k', '3', '--model', model_dir, '--max_iter', '2'])
     empty = write_points(tmp_path / 'empty.parquet', np.empty((0, 2)))  # a schema, no row
     with pytest.raises(BeammlError, match=r'empty\.parquet: no data rows \(1 file\(s\)'):
-        kmeans.run(['--input', empty, '--k', '1', '--model_dir', model_dir, '--max_iter', '2'])
+        kmeans.run(['--input', empty, '--k', '1', '--model', model_dir, '--max_iter', '2'])
     (tmp_path / 'nan.csv').write_text('id,a,b\n1,nan,2\n2,3,inf\n')  # every row refused
     with pytest.raises(BeammlError, match='no valid point'):
-        kmeans.run(['--input', str(tmp_path / 'nan.csv'), '--k', '1', '--model_dir', model_dir,
+        kmeans.run(['--input', str(tmp_path / 'nan.csv'), '--k', '1', '--model', model_dir,
                     '--max_iter', '2'])
     assert not os.path.exists(os.path.join(model_dir, 'LATEST'))
     # through the CLI wrapper: one line, exit code 2
-    code = main_wrapper(kmeans.run, ['--input', path, '--k', '3', '--model_dir', model_dir,
+    code = main_wrapper(kmeans.run, ['--input', path, '--k', '3', '--model', model_dir,
                                      '--max_iter', '1'], prog='beamml kmeans')
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -191,7 +191,7 @@ def test_data_errors_at_run_time(tmp_path, capsys):
 def test_model_dir_on_gcs(blobs, gcs_bucket, capsys):
     model_dir = f'{gcs_bucket}/models/blobs'
     model = kmeans.run(['--input', blobs['pattern'], '--init', blobs['c0'], '--max_iter', '2',
-                        '--tol', '0', '--model_dir', model_dir])
+                        '--tol', '0', '--model', model_dir])
     loaded = CentroidModel.load(model_dir)
     np.testing.assert_array_equal(loaded.centers, model.centers)
     assert loaded.version == model.version

@@ -321,7 +321,7 @@ def _args(model_dir, **kw):
     parser = argparse.ArgumentParser()
     ks.add_streaming_args(parser)
     args = parser.parse_args([])
-    args.model_dir, args.k, args.init, args.random_state = model_dir, 3, 'k-means++', 5
+    args.model, args.k, args.init, args.random_state = model_dir, 3, 'k-means++', 5
     for name, value in kw.items():
         setattr(args, name, value)
     return args
@@ -391,21 +391,21 @@ def test_latest_never_moves_back(tmp_path):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--decay_factor', '1.5'], 'decay_factor must be in'),
-    (['--decay_factor', 'nan'], 'decay_factor must be in'),
-    (['--decay_factor', '-0.1'], 'decay_factor must be in'),
-    (['--half_life', '0'], 'half_life must be a positive'),
-    (['--half_life', '-2'], 'half_life must be a positive'),
-    (['--half_life', 'inf'], 'half_life must be a positive'),
+    (['--decay_factor', '1.5'], "--decay_factor: '1.5' is not a fraction between 0 and 1"),
+    (['--decay_factor', 'nan'], "--decay_factor: 'nan' is not a fraction"),
+    (['--decay_factor', '-0.1'], "--decay_factor: '-0.1' is not a fraction"),
+    (['--half_life', '0'], "--half_life: '0' is not a number > 0"),
+    (['--half_life', '-2'], "--half_life: '-2' is not a number > 0"),
+    (['--half_life', 'inf'], "--half_life: 'inf' is not a number > 0"),
     (['--decay_factor', '0.5', '--half_life', '3'], 'not both'),
-    (['--checkpoint_windows', '0'], 'checkpoint_windows must be'),
+    (['--checkpoint_windows', '0'], "--checkpoint_windows: '0' is not an integer >= 1"),
 ])
 def test_flag_validation(argv, message):
-    parser = argparse.ArgumentParser()
+    from beamml.pipelines._platform.cli import _Parser
+    parser = _Parser(prog='beamml kmeans')   # a usage error is one line, as in the CLI
     ks.add_streaming_args(parser)
-    args = parser.parse_args(argv)
     with pytest.raises(BeammlError, match=message) as e:
-        ks.streaming_decay(args)
+        ks.streaming_decay(parser.parse_args(argv))
     assert '\n' not in str(e.value)
 
 
@@ -539,7 +539,7 @@ def test_cli_dead_letters_are_where_it_says(tmp_path, capsys):
     models = str(tmp_path / 'models')
     assert main(['kmeans', '--streaming', '--k', '2', '--dimension', '2', '--input',
                  str(tmp_path / 'in' / '*.jsonl'), '--watch_interval', '0.5', '--window_size',
-                 '2', '--model_dir', models, '--stop_after', '3']) == 0
+                 '2', '--model', models, '--stop_after', '3']) == 0
     out = capsys.readouterr().out
     (line,) = [x for x in out.splitlines() if x.startswith('dead letters: ')]
     files = glob.glob(line[len('dead letters: '):])

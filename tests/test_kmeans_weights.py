@@ -273,7 +273,7 @@ def test_cli_weight_column_blocks_and_dead_letters(data, weighted_csv, tmp_path,
     X, w, C0 = data
     model = kmeans_cli.run(['--input', weighted_csv['path'], '--weight_column', 'w',
                             '--init', weighted_csv['C0'], '--tol', '0', '--block_size', '2',
-                            '--model_dir', str(tmp_path / 'm')])
+                            '--model', str(tmp_path / 'm')])
     out = capsys.readouterr().out
     assert 'records_read=2502 records_ok=2500 records_refused=2' in out
     sk = sk_fit(X, C0, w, tol=0)
@@ -302,7 +302,7 @@ def test_killed_weighted_run_resumes_with_a_rebuilt_cache(weighted_csv, tmp_path
     # the weight column is a training flag: resuming without it is refused
     argv = [sys.executable, '-m', 'beamml', 'kmeans', '--input', weighted_csv['path'],
             '--k', '5', '--random_state', '1', '--block_size', '2',
-            '--model_dir', str(models), '--feature_columns', 'a,b,c', '--resume']
+            '--model', str(models), '--feature_columns', 'a,b,c', '--resume']
     out = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "--weight_column was 'w', now None" in out.stderr
     resumed = _train(weighted_csv, models, '--resume')

@@ -51,7 +51,7 @@ def trained(tmp_path_factory):
     X = blobs(3000, 1)
     train = write_points(d / 'train.parquet', X)
     model_dir = str(d / 'models')
-    kmeans.run(['--input', train, '--k', '3', '--random_state', '0', '--model_dir', model_dir])
+    kmeans.run(['--input', train, '--k', '3', '--random_state', '0', '--model', model_dir])
     shifted = X.copy()
     shifted[:, [0, 2]] += 1.5 * X[:, [0, 2]].std(axis=0)
     return {'dir': d, 'X': X, 'train': train, 'models': model_dir,
@@ -384,10 +384,10 @@ def test_retrain_writes_a_candidate_version_without_moving_latest(trained, tmp_p
 
 def test_kmeans_no_latest(tmp_path, trained, capsys):
     models = str(tmp_path / 'm')
-    kmeans.run(['--input', trained['train'], '--k', '2', '--model_dir', models,
+    kmeans.run(['--input', trained['train'], '--k', '2', '--model', models,
                 '--random_state', '1'])
     first = latest_version(models)
-    kmeans.run(['--input', trained['train'], '--k', '2', '--model_dir', models,
+    kmeans.run(['--input', trained['train'], '--k', '2', '--model', models,
                 '--random_state', '1', '--no_latest'])
     assert latest_version(models) == first and len(list_versions(models)) == 2
     assert 'LATEST not moved' in capsys.readouterr().out

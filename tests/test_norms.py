@@ -393,7 +393,7 @@ def test_run_norms(points_file, tmp_path, fmt, capsys):
 def test_run_sorted(points_file, tmp_path, fmt, norm, ascending, num_shards):
     path, X, ids = points_file
     out = str(tmp_path / 'sorted')
-    argv = ['--input', path, '--output', out, '--output_format', fmt, '--sort', norm]
+    argv = ['--input', path, '--output', out, '--output_format', fmt, '--order', norm]
     argv += ['--ascending'] if ascending else []
     argv += ['--num_shards', str(num_shards)] if num_shards else []
     norms_pipeline.run(argv)
@@ -429,7 +429,7 @@ def test_run_l0_of_rows_with_nan_and_inf(tmp_path, fmt, sort):
     write_points(src, X, ids)
     out = str(tmp_path / 'o' / 'n')
     argv = ['--input', src, '--output', out, '--output_format', fmt, '--allow_nan']
-    norms_pipeline.run(argv + (['--sort', 'l0', '--num_shards', '2'] if sort else []))
+    norms_pipeline.run(argv + (['--order', 'l0', '--num_shards', '2'] if sort else []))
     files = sorted(glob.glob(f'{out}-?????-of-?????.{fmt}'))
     if fmt == 'jsonl':  # only id and l0: how NaN floats are spelled is the writer's business
         records = [json.loads(line) for f in files for line in open(f)]
@@ -459,8 +459,8 @@ def test_run_l0_of_rows_with_nan_and_inf(tmp_path, fmt, sort):
 def test_run_sorted_replaces_stale_shards(points_file, tmp_path):
     path, _, _ = points_file
     out = str(tmp_path / 'again')
-    norms_pipeline.run(['--input', path, '--output', out, '--sort', 'l2', '--num_shards', '3'])
-    norms_pipeline.run(['--input', path, '--output', out, '--sort', 'l2', '--num_shards', '2',
+    norms_pipeline.run(['--input', path, '--output', out, '--order', 'l2', '--num_shards', '3'])
+    norms_pipeline.run(['--input', path, '--output', out, '--order', 'l2', '--num_shards', '2',
                         '--overwrite'])
     files = sorted(os.path.basename(f) for f in glob.glob(f'{out}-*.parquet'))
     assert files == ['again-00000-of-00002.parquet', 'again-00001-of-00002.parquet']
@@ -483,7 +483,7 @@ def test_run_dead_letters_and_counts(tmp_path, capsys, sort):
     X = write_bad_csv(src)
     out = str(tmp_path / 'o' / 'norms')
     argv = ['--input', src, '--output', out, '--max_refused_fraction', '0.05']
-    norms_pipeline.run(argv + (['--sort', sort] if sort else []))
+    norms_pipeline.run(argv + (['--order', sort] if sort else []))
     printed = capsys.readouterr().out
     assert (f'records_read=302 records_ok=300 records_refused=2 '
             f'errors={out}-errors-*.jsonl') in printed
@@ -517,8 +517,8 @@ def test_run_refused_fraction_exceeded(tmp_path):
 
 
 @pytest.mark.parametrize('flags,message', [
-    (['--num_shards', '0'], '--num_shards must be >= 1'),
-    (['--ascending'], '--ascending .* needs --sort'),
+    (['--num_shards', '0'], "--num_shards: '0' is not an integer >= 1"),
+    (['--ascending'], '--ascending .* needs --order'),
 ])
 def test_run_rejects_bad_flags(points_file, tmp_path, flags, message):
     path, _, _ = points_file

@@ -334,7 +334,7 @@ def test_cli_csv_projection_without_project_flag(tmp_path, capsys):
 
 @pytest.mark.parametrize('flags, rows, message', [
     (['--n_components', '4'], None, '--n_components 4 is more than the 3 feature(s)'),
-    (['--n_components', '0'], None, '--n_components must be >= 1, got 0'),
+    (['--n_components', '0'], None, "--n_components: '0' is not an integer >= 1"),
     (['--n_components', '3'], 2, 'n_components=3 must be <= min(n_samples, n_features) '
                                  '= min(2, 3) = 2'),
     (['--n_components', '1', '--allow_nan'], 'nan',

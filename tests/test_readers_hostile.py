@@ -51,7 +51,7 @@ def _cli(argv, tmp_path):
     if argv[0] != 'evaluate':
         argv += ['--max_refused_fraction', '1']
     if argv[0] == 'kmeans':
-        argv += ['--model_dir', str(tmp_path / 'model')]
+        argv += ['--model', str(tmp_path / 'model')]
     else:
         argv += ['--output', str(tmp_path / 'out' / 'r')]
     out = subprocess.run([sys.executable, '-m', 'beamml'] + argv,
@@ -422,7 +422,7 @@ def test_parquet_and_jsonl_with_another_dimension_in_a_later_file(tmp_path):
         (0, 1, 'dimension 5, expected 3')]
 
 
-@pytest.mark.parametrize('argv', [['norms', '--sort', 'l2'], ['kmeans', '--k', '2']])
+@pytest.mark.parametrize('argv', [['norms', '--order', 'l2'], ['kmeans', '--k', '2']])
 def test_npy_another_dimension_cli_does_not_crash(tmp_path, argv):
     d = tmp_path / 'd'
     d.mkdir()
@@ -646,7 +646,7 @@ def test_a_glob_with_no_folder_reads_the_current_folder(tmp_path):
             (['index_ids', '--id_column', 'id', '--output', 'res/i'],
              'records_read=2 records_ok=2'),
             (['kmeans', '--streaming', '--k', '1', '--dimension', '1', '--watch_interval', '0.2',
-              '--stop_after', '4', '--window_size', '1', '--model_dir', 'res/m'],
+              '--stop_after', '4', '--window_size', '1', '--model', 'res/m'],
              'read ./part-2.csv: 1 rows accepted')):   # (a stream lists ./: it says so)
         out = subprocess.run([sys.executable, '-m', 'beamml', argv[0], '--input', 'part*.csv']
                              + argv[1:], capture_output=True, timeout=180, cwd=str(tmp_path))

@@ -292,7 +292,7 @@ def blobs(tmp_path_factory):
 def trained(blobs, tmp_path_factory):
     path, _ = blobs
     models = str(tmp_path_factory.mktemp('models'))
-    model = kmeans_cli.run(['--input', path, '--k', '4', '--model_dir', models, '--init',
+    model = kmeans_cli.run(['--input', path, '--k', '4', '--model', models, '--init',
                             'random', '--n_init', '2', '--random_state', '7',
                             '--block_size', '2'])
     return model, os.path.join(models, model.version, kmeans_report.REPORT_FILE)
@@ -368,7 +368,7 @@ def test_kmeans_report_failure_never_fails_the_training(blobs, tmp_path, monkeyp
         raise RuntimeError('disk full\nsecond line')
     monkeypatch.setattr(kmeans_report, 'kmeans_report', broken)
     with caplog.at_level(logging.WARNING, logger='beamml'):
-        model = kmeans_cli.run(['--input', blobs[0], '--k', '3', '--model_dir',
+        model = kmeans_cli.run(['--input', blobs[0], '--k', '3', '--model',
                                 str(tmp_path), '--random_state', '1'])
     assert list_versions(str(tmp_path)) == [model.version]
     assert not os.path.exists(tmp_path / model.version / kmeans_report.REPORT_FILE)

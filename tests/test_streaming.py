@@ -190,7 +190,7 @@ def test_evaluate_streaming_equals_the_batch_pipeline_on_each_window(tmp_path, t
       '--window_period', '20'], '--window_period must be > 0 and <= window_size'),
     (['evaluate', '--task', 'classification', '--output', 'o', '--streaming',
       '--input_subscription', 'projects/p/subscriptions/s', '--allowed_lateness', '-1'],
-     '--allowed_lateness must be >= 0'),
+     "--allowed_lateness: '-1' is not a number of seconds >= 0"),
     (['assign', '--model', 'M', '--streaming', '--input', 'x/*.csv', '--output', 'o'],
      '--streaming reads --input_subscription, --input_topic, or --input PATTERN with '
      '--watch_interval'),
@@ -202,7 +202,7 @@ def test_evaluate_streaming_equals_the_batch_pipeline_on_each_window(tmp_path, t
     (['evaluate', '--task', 'classification', '--output', 'o', '--streaming',
       '--input_subscription', 'projects/p/subscriptions/s', '--wait_for_input', '5'],
      '--wait_for_input is for a batch run'),
-    (['kmeans', '--streaming', '--k', '2', '--model_dir', 'm', '--input_subscription',
+    (['kmeans', '--streaming', '--k', '2', '--model', 'm', '--input_subscription',
       'projects/my-project/subscriptions/abc'],
      'needs --dimension D, or --init with centres'),
 ])
@@ -303,7 +303,7 @@ def test_cli_assign_and_kmeans_stream_from_a_watched_folder(tmp_path, models):
     models_live = tmp_path / 'live'
     rc = main(['kmeans', '--streaming', '--input', f'{incoming}/*.csv', '--watch_interval',
                '0.5', '--stop_after', '3', '--k', '2', '--random_state', '0',
-               '--model_dir', str(models_live), '--window_size', '1'])
+               '--model', str(models_live), '--window_size', '1'])
     assert rc == 0
     model = CentroidModel.load(str(models_live))
     assert model.k == 2 and model.config['algorithm'] == 'spark-mllib-streaming-kmeans'
@@ -342,12 +342,12 @@ def test_kmeans_streaming_on_the_emulator_writes_versions_assign_can_load(tmp_pa
         t_in = emu.topic()
         sub = emu.subscription(t_in)
         argv = ['--streaming', '--input_subscription', sub, '--k', '2', '--dimension', '2',
-                '--random_state', '0', '--model_dir', model_dir, '--window_size', '1']
+                '--random_state', '0', '--model', model_dir, '--window_size', '1']
         ap = argparse.ArgumentParser()
         kmeans.KMeansOptions._add_argparse_args(ap)
         args, _ = ap.parse_known_args(argv)
         p = beam.Pipeline(options=stream_options())
-        source = streams.read_stream(p, args, kmeans._stream_layout(args))
+        source = streams.read_stream(p, args, kmeans.kmeans_streaming.stream_layout(args))
         kmeans.kmeans_streaming.build_streaming(p, args, source['batches'], dimension=2,
                                                 allowed_lateness=0.0)
         result = p.run()
@@ -412,7 +412,7 @@ def test_a_window_bound_has_one_spelling_everywhere(tmp_path):
     assert (json.loads(message)['window_start'], json.loads(message)['window_end']) == want
     for fmt in ('jsonl', 'csv'):
         fh = io.BytesIO()
-        streams._write_tables(fmt, batch.schema)(fh, [batch])
+        streams.write_tables(fmt, batch.schema)(fh, [batch])
         text = fh.getvalue().decode()
         assert want[0] in text and want[1] in text and '.000000' not in text, text
     update = ModelUpdate(start, end, np.zeros((1, 2)), np.ones(1), 0, 0, 1, np.zeros(1, int),

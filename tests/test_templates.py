@@ -12,6 +12,7 @@ import re
 import apache_beam as beam
 import pytest
 
+from beamml.transforms.core.errors import BeammlError
 from beamml.pipelines._platform import templates
 from beamml.pipelines._platform.cli import parse_args
 from beamml.pipelines._platform.main import main_wrapper
@@ -71,12 +72,17 @@ def test_parameters_are_the_parsers_own_flags(name):
     from beamml.pipelines._platform.runs import RUN_FLAGS
     left_out = set(templates.NOT_PARAMETERS) | (
         set(getattr(t.module, '_BATCH_ONLY', {})) | set(RUN_FLAGS) if t.streaming else group)
-    expected = [a for a in parser._actions
-                if a.option_strings and a.dest != 'help' and a.dest not in left_out]
+    expected = [a for a in parser._actions   # deprecated names (hidden from --help) are not
+                if a.option_strings and a.dest != 'help' and a.dest not in left_out
+                and a.help != argparse.SUPPRESS]
     params = _checked_in(name)['parameters']
     assert [p['name'] for p in params] == [a.dest for a in expected]
-    # isOptional is argparse's required, nothing guessed
-    assert [p['isOptional'] for p in params] == [not a.required for a in expected]
+    # isOptional is argparse's required, and in batch the flags class's REQUIRED_IN_BATCH
+    required = set() if t.streaming else set(templates.options_class(t.module).REQUIRED_IN_BATCH
+                                             if hasattr(templates.options_class(t.module),
+                                                        'REQUIRED_IN_BATCH') else ())
+    assert [p['isOptional'] for p in params] == [
+        not (a.required or a.dest in required) for a in expected]
     for p in params:
         assert p['label'] and p['helpText']
         assert '%%' not in p['helpText'] and '%(' not in p['helpText']   # as --help shows it
@@ -97,13 +103,13 @@ def test_no_stale_template_files_and_check_mode(tmp_path, capsys):
     out = tmp_path / 'templates'
     assert templates.main(['--write', str(out)]) == 0
     doc = json.loads((out / 'norms.json').read_text())
-    doc['parameters'] = [p for p in doc['parameters'] if p['name'] != 'sort']
+    doc['parameters'] = [p for p in doc['parameters'] if p['name'] != 'order']
     (out / 'norms.json').write_text(json.dumps(doc))
     (out / 'old.json').write_text('{}')
     capsys.readouterr()
     assert templates.main(['--check', str(out)]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and 'norms.json (+sort)' in err and 'old.json' in err
+    assert len(err.splitlines()) == 1 and 'norms.json (+order)' in err and 'old.json' in err
     assert 'make templates' in err
 
 
@@ -136,19 +142,21 @@ def test_regexes_by_type():
     def matches(regex, value):
         return re.fullmatch(regex, value) is not None
 
-    assert matches(templates._DATE, 'yesterday') and matches(templates._DATE, '2026-11-22')
-    assert not matches(templates._DATE, '22/11/2026')
+    from beamml.pipelines._platform import runs, values
+    from beamml.pipelines.kmeans import n_init_flag
+    assert matches(runs.run_date.regex, 'yesterday') and matches(runs.run_date.regex, '2026-11-22')
+    assert not matches(runs.run_date.regex, '22/11/2026')
     assert matches(templates._INT, '-3') and not matches(templates._INT, '1.5')
     assert matches(templates._NUMBER, '1e-4') and not matches(templates._NUMBER, 'nan')
-    assert matches(templates._FRACTION, '0.25') and not matches(templates._FRACTION, '1.5')
-    assert matches(templates._SECONDS, '3600') and not matches(templates._SECONDS, '-1')
-    assert matches(templates._N_INIT, 'auto') and not matches(templates._N_INIT, '0')
+    assert matches(values.fraction.regex, '0.25') and not matches(values.fraction.regex, '1.5')
+    assert matches(values.seconds.regex, '3600') and not matches(values.seconds.regex, '-1')
+    assert matches(n_init_flag.regex, 'auto') and not matches(n_init_flag.regex, '0')
 
 
 def test_flex_arguments_for_flags_without_a_value():
     argv = templates.flex_argv('norms', ['--input=a=b.csv', '--overwrite=true',
-                                         '--allow_nan=FALSE', '--ascending=True', '--sort=l2'])
-    assert argv == ['--input=a=b.csv', '--overwrite', '--ascending', '--sort=l2',
+                                         '--allow_nan=FALSE', '--ascending=True', '--order=l2'])
+    assert argv == ['--input=a=b.csv', '--overwrite', '--ascending', '--order=l2',
                     '--runner=DataflowRunner']
     assert templates.flex_argv('assign', ['--streaming=true', '--runner=X'],
                                streaming=True) == ['--streaming', '--runner=X']
@@ -157,7 +165,7 @@ def test_flex_arguments_for_flags_without_a_value():
     # why: argparse refuses a value for a switch; after the translation parse_args takes it
     from beamml.pipelines.norms import NormsOptions
     from beamml.pipelines._platform.cli import parse_args
-    with pytest.raises(SystemExit):
+    with pytest.raises(BeammlError, match="--overwrite: ignored explicit argument 'true'"):
         parse_args(NormsOptions, ['--input=x', '--output=y', '--overwrite=true'],
                           prog='beamml norms')
     args, _ = parse_args(NormsOptions, templates.flex_argv(
@@ -228,7 +236,7 @@ def test_batch_kmeans_refuses_launch_only_hence_no_template(tmp_path, monkeypatc
     monkeypatch.setenv('BEAMML_LAUNCH_ONLY', '1')
     from beamml.pipelines import kmeans
     rc = main_wrapper(kmeans.run, [f'--input={_points(tmp_path)}', '--k=2',
-                                          f'--model_dir={tmp_path}/m',
+                                          f'--model={tmp_path}/m',
                                           '--runner=DataflowRunner'] + DATAFLOW)
     err = capsys.readouterr().err
     assert rc == 2 and 'BEAMML_LAUNCH_ONLY' in err and not submitted

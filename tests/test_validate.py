@@ -52,7 +52,7 @@ def _cases(d):
         'assign': ['--input', f'{d}/p.csv', '--feature_columns', 'a,b',
                    '--model', f'{d}/models', '--output', 'gs://beamml-bkt/out/a'],
         'kmeans': ['--input', f'{d}/p.csv', '--feature_columns', 'a,b', '--k', '2',
-                   '--max_iter', '3', '--model_dir', 'gs://beamml-bkt/models'],
+                   '--max_iter', '3', '--model', 'gs://beamml-bkt/models'],
         'evaluate': ['--input', f'{d}/logs.csv', '--task', 'classification',
                      '--output', 'gs://beamml-bkt/out/e'],
     }
@@ -107,7 +107,7 @@ def _streaming_cases(d):
                      '--window_size', '300', '--window_period', '60',
                      '--output', 'gs://beamml-bkt/out/e'],
         'kmeans': ['--streaming', '--k', '2', '--dimension', '2', '--input_subscription', sub,
-                   '--model_dir', 'gs://beamml-bkt/models'],
+                   '--model', 'gs://beamml-bkt/models'],
     }
 
 
@@ -178,7 +178,7 @@ def trained(tmp_path_factory):
     (d / 'rank.csv').write_text('q_id,predicted_rank,truth_relevance\n1,0,1\n1,1,0\n2,0,1\n')
     (d / 'events.csv').write_text('user_id,item\nu1,a\nu2,b\n')
     kmeans.run(['--input', str(d / 'p.parquet'), '--k', '2', '--max_iter', '3',
-                '--model_dir', str(d / 'km')])
+                '--model', str(d / 'km')])
     monitor.run(['--make_baseline', '--task', 'classification', '--input',
                  str(d / 'logs.jsonl'), '--output', str(d / 'logs_baseline') + '/'])
     (d / 'gate.yaml').write_text('thresholds:\n  - metric: agreement\n    lower_bound: 0.5\n')
@@ -205,7 +205,7 @@ def _every_pipeline(d, data):
         'evaluate': ['evaluate', '--input', data('rank.csv'), '--task', 'ranking',
                      '--output', 'gs://bkt-out/e/'],
         'kmeans': ['kmeans', '--input', data('p.parquet'), '--dimension', '2', '--k', '2',
-                   '--model_dir', 'gs://bkt-out/models'],
+                   '--model', 'gs://bkt-out/models'],
         'pca': ['pca', '--input', data('p.parquet'), '--dimension', '2',
                 '--n_components', '2', '--output', 'gs://bkt-out/p/'],
         'monitor': ['monitor', '--input', data('p.parquet'), '--model', km, '--config',
@@ -218,7 +218,7 @@ def _every_pipeline(d, data):
                                '--input', data('logs.jsonl'), *watch, '--window_size', '60',
                                '--output', 'gs://bkt-out/se'],
         'kmeans_streaming': ['kmeans', '--streaming', '--input', data('p.parquet'), *watch,
-                             '--k', '2', '--dimension', '2', '--model_dir', 'gs://bkt-out/sk'],
+                             '--k', '2', '--dimension', '2', '--model', 'gs://bkt-out/sk'],
         'monitor_streaming': ['monitor', '--streaming', '--input', data('p.parquet'), *watch,
                               '--model', km, '--window_size', '60', '--output',
                               'gs://bkt-out/sm'],
@@ -303,7 +303,7 @@ def test_a_dry_run_builds_the_steps_of_a_real_run(case, trained, tmp_path, monke
       'gs://bkt-c/monitor.yaml', '--output', 'gs://bkt-out/m/'],
      '--monitor_config gs://bkt-c/monitor.yaml: a dry run reads nothing from Cloud Storage'),
     (['kmeans', '--input', 'gs://bkt-in/x/*.parquet', '--init', 'gs://bkt-c/c.npy',
-      '--model_dir', 'gs://bkt-out/models'], '--init gs://bkt-c/c.npy: a dry run reads'),
+      '--model', 'gs://bkt-out/models'], '--init gs://bkt-c/c.npy: a dry run reads'),
     (['norms', '--config', 'gs://bkt-c/run.yaml', '--input', 'gs://bkt-in/x/*.parquet',
       '--dimension', '2', '--output', 'gs://bkt-out/n'], '--config gs://bkt-c/run.yaml: a dry'),
 ])

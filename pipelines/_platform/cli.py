@@ -20,7 +20,8 @@ from typing import Any, Sequence
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from beamml.transforms.core.errors import BeammlError
-from beamml.pipelines._platform.flags import output_prefix
+from beamml.pipelines._platform.flags import (STREAMING_GROUP, DeprecatedFlag, given_deprecated,
+                                              output_prefix)
 from beamml.pipelines._platform.runners import (LOCAL_RUNNERS, check_dataflow_options, is_dataflow,
                                                 local_for_dry_run, use_anonymous_storage)
 
@@ -46,7 +47,12 @@ def _beam_parser() -> argparse.ArgumentParser:
 
 
 def _dests(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions if a.dest != 'help'}
+    """{config key: action}: a flag's key is its dest; a deprecated flag's, its old name."""
+    found = {a.dest: a for a in parser._actions
+             if a.dest != 'help' and not isinstance(a, DeprecatedFlag)}
+    found.update({a.option_strings[0].lstrip('-'): a for a in parser._actions
+                  if isinstance(a, DeprecatedFlag)})
+    return found
 
 
 def load_config(path: str) -> dict[str, Any]:
@@ -131,6 +137,14 @@ def check_setup_file(options: PipelineOptions, from_config: str | None) -> None:
                           'named setup.py (or pyproject.toml)')
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line (a BeammlError: exit 2) that points to
+    ``--help``, as every other refusal of a run is."""
+
+    def error(self, message):
+        raise BeammlError(f'{message} (see {self.prog} --help)')
+
+
 def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
                description: str | None = None, streaming: bool = False,
                config_help: str | None = None) -> tuple[argparse.Namespace, PipelineOptions]:
@@ -143,7 +157,7 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     the help of ``--config`` for a pipeline that takes it to mean its own file (monitor).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=prog, description=description, allow_abbrev=False,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog='Any Beam pipeline option is accepted too (--runner, --project, --region, '
@@ -173,6 +187,7 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     prefixes = [a for a in parser._actions if a.type is output_prefix]
     for a in prefixes:   # converted below, once {date} is filled in
         a.type = None
+    given_deprecated(parser, argv)
     args, rest = parser.parse_known_args(argv)
     args.config = config_path
     from beamml.pipelines._platform.runs import fill_dates
@@ -184,7 +199,7 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
             setattr(args, a.dest, output_prefix(value))
     _, unknown = beam_parser.parse_known_args(rest)
     if unknown:
-        parser.error(f'unknown flag(s): {" ".join(unknown)} (see {prog} --help)')
+        parser.error(f'unknown flag(s): {" ".join(unknown)}')
     # Beam gets its own flags only. The pipeline's flags class is deliberately not a
     # PipelineOptions subclass: Beam parses every registered subclass together, so
     # two pipelines defining --input (or a required flag) would break each other.
@@ -192,6 +207,14 @@ def parse_args(options_cls, argv: Sequence[str] | None, *, prog: str,
     std = options.view_as(StandardOptions)
     if std.streaming and not streaming:
         raise BeammlError(f'{prog} runs in batch only: --streaming is not supported')
+    streaming_flags = [a.dest for g in parser._action_groups
+                       if g.title == STREAMING_GROUP for a in g._group_actions
+                       if getattr(args, a.dest, None) not in (None, a.default)]
+    if not std.streaming and not streaming_flags:   # (with them: "needs --streaming")
+        # the flags a batch run needs that a stream does not
+        for flag in getattr(options_cls, 'REQUIRED_IN_BATCH', ()):
+            if getattr(args, flag) in (None, ''):
+                raise BeammlError(f'--{flag} is required')
     if args.anonymous_storage or os.environ.get('STORAGE_EMULATOR_HOST'):
         use_anonymous_storage()
     if is_dataflow(options):

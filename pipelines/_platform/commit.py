@@ -23,6 +23,7 @@ import socket
 
 import apache_beam as beam
 
+from beamml.pipelines._platform.exits import Exit
 from beamml.pipelines._platform.faults import fault_point
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.core.objects import (create_exclusive, delete_files, delete_if_unchanged,
@@ -34,7 +35,7 @@ __all__ = ['LockedError', 'acquire_lock', 'holds_lock', 'release_lock', 'lock_ho
            'foreign_files', 'foreign_error']
 
 LOG = logging.getLogger('beamml')
-EXIT_LOCKED = 5
+EXIT_LOCKED = int(Exit.LOCKED)
 
 class LockedError(BeammlError):
     """Another run holds the destination (exit code 5, :data:`EXIT_LOCKED`)."""

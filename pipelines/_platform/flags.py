@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from typing import Any
 
@@ -19,6 +20,7 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io import INPUT_FORMATS, OUTPUT_FORMATS, shard_prefix
 from beamml.transforms.core.errors import first_line
 from beamml.pipelines._platform.runners import is_dry_run
+from beamml.pipelines._platform.values import fraction  # noqa: F401 (flags.fraction)
 
 
 def add_input_args(parser, *, required: bool = True) -> None:
@@ -51,15 +53,47 @@ def add_table_input_args(parser, *, id_required: bool, id_help: str,
     parser.add_argument('--id_column', required=id_required, default=None, help=id_help)
 
 
-def fraction(value: str) -> float:
-    """A number in [0, 1] (argparse type); NaN, negatives and > 1 are refused."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{value!r} is not a number') from None
-    if not 0.0 <= x <= 1.0:   # False for NaN too
-        raise argparse.ArgumentTypeError(f'{value!r} is not a fraction between 0 and 1')
-    return x
+#: the title of the argument group of the streaming flags (--help, the templates)
+STREAMING_GROUP = 'streaming (with --streaming)'
+#: the release in which the deprecated flag names go
+DEPRECATED_UNTIL = '0.3'
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag name kept for one release: it sets the new flag (same type and
+    choices) and prints one line on stderr saying what to write instead. Hidden from
+    ``--help``, the Flex templates and the CLI reference; a run config's old key works
+    the same way."""
+
+    def __init__(self, option_strings, dest, new: str, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f'{parser.prog}: warning: {option_string} is deprecated (it goes in beamml '
+              f'{DEPRECATED_UNTIL}): use {self.new}', file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated(parser, old: str, new: str) -> None:
+    """Keep ``old`` working as ``new`` (already declared on ``parser``) for one release."""
+    action = next(a for a in parser._actions if new in a.option_strings)
+    if action.nargs == 0:
+        raise ValueError(f'{new}: a deprecated name of a switch is not supported')
+    parser.add_argument(old, dest=action.dest, new=new, action=DeprecatedFlag,
+                        type=action.type, choices=action.choices,
+                        default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def given_deprecated(parser, argv) -> None:
+    """A required flag given by its deprecated name is given: argparse checks required
+    flags by name, so the new one is not required for this parse."""
+    for old in parser._actions:
+        if isinstance(old, DeprecatedFlag) and any(
+                a == s or a.startswith(s + '=') for s in old.option_strings for a in argv):
+            for a in parser._actions:
+                if a.dest == old.dest and a is not old:
+                    a.required = False
 
 
 def add_refused_arg(parser) -> None:

@@ -9,6 +9,7 @@ import time
 
 from apache_beam.io.filesystems import FileSystems
 
+from beamml.pipelines._platform.exits import Exit
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.core.errors import first_line
 from beamml.transforms.io.layout import as_given, check_local_input, listable
@@ -18,7 +19,7 @@ __all__ = ['EXIT_NO_INPUT', 'NoInputError', 'marker_path', 'wait_for_input', 'in
 
 LOG = logging.getLogger('beamml')
 
-EXIT_NO_INPUT = 4
+EXIT_NO_INPUT = int(Exit.NO_INPUT)
 
 
 def _join(parent: str, name: str) -> str:

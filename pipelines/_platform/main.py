@@ -17,6 +17,7 @@ from typing import Iterable
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
+from beamml.pipelines._platform.exits import Exit
 from beamml.transforms.core.errors import COUNTER_NAMESPACE, BeammlError
 from beamml.transforms.core.errors import first_line
 from beamml.pipelines._platform.runners import no_results, run_pipeline
@@ -41,6 +42,14 @@ def record_counts(result) -> dict[str, int] | None:
     return counts
 
 
+def records_line(counts: dict[str, int], errors_glob: str | None = None) -> str:
+    """The end-of-run records line, the same for every command, batch or streaming:
+    ``records_read=N records_ok=N records_refused=N[ errors=GLOB]``."""
+    line = (f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
+            f'records_refused={counts["records_refused"]}')
+    return line + (f' errors={errors_glob}' if errors_glob else '')
+
+
 def report(result, *, errors_glob: str, max_refused_fraction: float | None,
            out=None) -> dict[str, int] | None:
     """Print the one-line record summary; exit non-zero above --max_refused_fraction."""
@@ -50,8 +59,7 @@ def report(result, *, errors_glob: str, max_refused_fraction: float | None,
         print('records: counts not reported by this runner', file=out)
         return None
     read, ok, refused = counts['records_read'], counts['records_ok'], counts['records_refused']
-    print(f'records_read={read} records_ok={ok} records_refused={refused} '
-          f'errors={errors_glob}', file=out)
+    print(records_line(counts, errors_glob), file=out)
     if read != ok + refused:
         raise BeammlError(f'record accounting is off: read {read} != ok {ok} + refused '
                           f'{refused}; this is a bug in beamml, please report it')
@@ -170,13 +178,14 @@ def main_wrapper(run, argv: Iterable[str] | None = None, prog: str = 'beamml') -
             sig = received[0] if received else None
             print(f'{prog}: {_STOPPED.get(getattr(sig, "name", None), "interrupted")}',
                   file=sys.stderr)
-            return 128 + int(sig or 2)
+            return int(Exit.TERMINATED) if getattr(sig, 'name', None) == 'SIGTERM' \
+                else int(Exit.INTERRUPTED)
         if isinstance(e, BeammlError):
             print(f'{prog}: error: {e.for_cli()}', file=sys.stderr)
-            return getattr(e, 'exit_code', 2)   # 3 monitor's alarms, 4 no input, 5 locked
+            return int(getattr(e, "exit_code", Exit.USAGE))   # ALARM, NO_INPUT, LOCKED, ...
         full = no_space_left(e) if isinstance(e, Exception) else None
         if full:
             print(f'{prog}: error: {full}', file=sys.stderr)
-            return 2
+            return int(Exit.USAGE)
         raise
-    return 0
+    return int(Exit.OK)

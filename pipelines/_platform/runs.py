@@ -46,6 +46,8 @@ import uuid
 
 import apache_beam as beam
 
+from beamml.pipelines._platform.exits import Exit
+from beamml.pipelines._platform.values import seconds
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io import shard_prefix
 from beamml.transforms.core.errors import first_line
@@ -65,7 +67,7 @@ __all__ = ['EXIT_NO_INPUT', 'EXIT_LOCKED', 'EXIT_INPUT_CHANGED', 'NoInputError',
 
 LOG = logging.getLogger('beamml')
 
-EXIT_INPUT_CHANGED = 6
+EXIT_INPUT_CHANGED = int(Exit.INPUT_CHANGED)
 LOCK_TIMEOUT = 4 * 3600.0
 
 
@@ -83,15 +85,7 @@ def run_date(value: str) -> dt.date:
             f'{value!r} is not a date: YYYY-MM-DD, today or yesterday (UTC)') from None
 
 
-def seconds(value: str) -> float:
-    """A duration in seconds, >= 0 (argparse type)."""
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{value!r} is not a number of seconds') from None
-    if not x >= 0 or x == float('inf'):
-        raise argparse.ArgumentTypeError(f'{value!r} is not a number of seconds >= 0')
-    return x
+run_date.regex = r'^([0-9]{4}-[0-9]{2}-[0-9]{2}|today|yesterday)$'   # the templates'
 
 
 def add_date_arg(parser) -> None:

@@ -27,6 +27,8 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.options.pipeline_options import StandardOptions
 
+from beamml.pipelines._platform.flags import STREAMING_GROUP
+from beamml.pipelines._platform.values import positive_int, positive_seconds, seconds
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.streaming.panes import (WritePanes, pane_file_name,  # noqa: F401
                                                window_fields, write_json_lines, write_tables)
@@ -44,7 +46,7 @@ LOCAL_STREAMING_RUNNER = 'BundleBasedDirectRunner'
 
 def add_streaming_args(parser, *, sliding: bool = True) -> None:
     """The flags of a pipeline that runs with ``--streaming`` too."""
-    g = parser.add_argument_group('streaming (with --streaming)')
+    g = parser.add_argument_group(STREAMING_GROUP)
     g.add_argument('--input_subscription', default=None,
                    help='read Pub/Sub messages from projects/P/subscriptions/S (a message: '
                         'one JSON object with the fields of a file row, a JSON array of them, '
@@ -55,22 +57,22 @@ def add_streaming_args(parser, *, sliding: bool = True) -> None:
     g.add_argument('--timestamp_attribute', default=None,
                    help='message attribute holding the event time (RFC 3339 or ms since '
                         'the epoch); default: the publish time')
-    g.add_argument('--watch_interval', type=float, default=None,
+    g.add_argument('--watch_interval', type=positive_seconds, default=None,
                    help='with --input PATTERN: poll the pattern every S seconds and read '
                         'each new file once, as it lands')
-    g.add_argument('--stop_after', type=float, default=None,
+    g.add_argument('--stop_after', type=positive_seconds, default=None,
                    help='end the stream after S seconds (default: run until cancelled)')
-    g.add_argument('--window_size', type=float, default=60.0,
+    g.add_argument('--window_size', type=positive_seconds, default=60.0,
                    help='event-time window length in seconds (default 60)')
     if sliding:
-        g.add_argument('--window_period', type=float, default=None,
+        g.add_argument('--window_period', type=positive_seconds, default=None,
                        help='sliding windows: a new window every S seconds (default: fixed '
                             'windows, period = size)')
-    g.add_argument('--allowed_lateness', type=float, default=0.0,
+    g.add_argument('--allowed_lateness', type=seconds, default=0.0,
                    help='seconds after a window ends during which late data still updates '
                         'it (a late pane); later data goes to the dead letters, reason late '
                         '(default 0)')
-    g.add_argument('--max_batch_size', type=int, default=1000,
+    g.add_argument('--max_batch_size', type=positive_int, default=1000,
                    help='messages per batch at most (default 1000)')
     g.add_argument('--output_topic', default=None,
                    help='also publish every output row to projects/P/topics/T as one JSON '
@@ -103,8 +105,6 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
     if getattr(args, 'watch_interval', None) is not None:
         if not getattr(args, 'input', None):
             raise BeammlError('--watch_interval needs --input PATTERN (the files to watch)')
-        if args.watch_interval <= 0:
-            raise BeammlError(f'--watch_interval must be > 0 seconds, got {args.watch_interval}')
         sources.append('input')
     elif getattr(args, 'input', None) and not sources:
         raise BeammlError('--streaming reads --input_subscription, --input_topic, or --input '
@@ -113,10 +113,6 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         raise BeammlError('--streaming needs exactly one source: --input_subscription, '
                           '--input_topic, or --input with --watch_interval'
                           + (f' (got {", ".join("--" + s for s in sources)})' if sources else ''))
-    if args.stop_after is not None and not args.stop_after > 0:
-        raise BeammlError(f'--stop_after must be > 0 seconds, got {args.stop_after}')
-    if args.max_batch_size < 1:
-        raise BeammlError(f'--max_batch_size must be >= 1, got {args.max_batch_size}')
     try:
         check_windows(args.window_size, getattr(args, 'window_period', None),
                       args.allowed_lateness)
@@ -175,12 +171,11 @@ def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '
 
 def run_and_count(p, args):
     """:func:`run_stream`, then the record counts line (when the runner reports them)."""
-    from beamml.pipelines._platform.main import record_counts
+    from beamml.pipelines._platform.main import record_counts, records_line
     result = run_stream(p, args)
     counts = record_counts(result)
     if counts:
-        print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
-              f'records_refused={counts["records_refused"]}')
+        print(records_line(counts))
     return result
 
 

@@ -30,11 +30,12 @@ from its flags class (``_add_argparse_args``), never from a list kept here:
 * Beam's own options (``--max_num_workers``, ``--machine_type``, ...) are not declared:
   they go in the launch request's ``environment``.
 
-``isOptional`` follows argparse's ``required`` exactly. Some flags that argparse takes
-as optional are required by the code in batch (``assign``'s and ``evaluate``'s
-``--input`` and ``--output``, ``kmeans``'s ``--input``) because the same parser serves
-the streaming run; the metadata does not guess, and the pipeline refuses a missing one
-with one line (``--input is required``) in the launcher's log.
+``isOptional`` follows argparse's ``required``, and in a batch template the flags class's
+``REQUIRED_IN_BATCH`` too (``assign``'s, ``evaluate``'s and ``monitor``'s ``--input`` and
+``--output``): argparse takes them as optional because the same parser serves the
+streaming run, which reads a subscription or a topic instead; the platform refuses a
+batch run without one (``--input is required``) before anything runs. Deprecated flag
+names (hidden from ``--help``) are not parameters.
 
 Values. The Flex launcher runs ``python FLEX_TEMPLATE_PYTHON_PY_FILE --name=value ...``.
 A flag that takes no value (argparse ``store_true``: ``--overwrite``, ``--allow_nan``,
@@ -42,9 +43,10 @@ A flag that takes no value (argparse ``store_true``: ``--overwrite``, ``--allow_
 ``false``; argparse refuses ``--overwrite=true``, so :func:`flex_argv` turns
 ``--flag=true`` into ``--flag`` and drops ``--flag=false`` before the pipeline parses.
 ``regexes`` (full matches) say what a value looks like where the flag's type says it:
-choices ``^(a|b)$``, integers, numbers, numbers in [0, 1] (``fraction``),
-seconds >= 0 (``runs.seconds``), dates (``runs.run_date``: YYYY-MM-DD, today,
-yesterday), ``--n_init`` (``auto`` or an integer >= 1), ``true|false``. Paths are not
+choices ``^(a|b)$``, ``true|false``, and the ``regex`` of the flag's type object
+(:mod:`beamml.pipelines._platform.values`: integers >= 1, numbers in [0, 1], seconds
+>= 0, ...; ``runs.run_date``: YYYY-MM-DD, today, yesterday; ``--n_init``: ``auto`` or
+an integer >= 1), or plain integers and numbers for ``int`` and ``float``. Paths are not
 forced to ``gs://`` (the pipelines take any path Beam's FileSystems read) and
 ``paramType`` is left out for the same reason (the console's Cloud Storage pickers).
 A flag whose type is none of these gets no regex; the pipeline checks it at launch.
@@ -61,12 +63,12 @@ import re
 import sys
 from typing import Any, Iterable
 
+from beamml.pipelines._platform.flags import STREAMING_GROUP
+
 __all__ = ['Template', 'templates', 'metadata', 'render', 'flex_argv', 'launch', 'main']
 
 #: the environment variable naming the template a container launches (set at build time)
 TEMPLATE_VARIABLE = 'BEAMML_TEMPLATE'
-#: the title of the argument group holding the streaming flags (pipelines.streaming)
-STREAMING_GROUP = 'streaming (with --streaming)'
 #: pipelines whose batch run cannot be launched without waiting (see the docstring)
 NO_BATCH_TEMPLATE = {'kmeans': 'batch kmeans drives one Dataflow job per block of '
                                 'iterations from its launcher process and must wait for them'}
@@ -75,10 +77,6 @@ NOT_PARAMETERS = ('config', 'anonymous_storage')
 
 _INT = r'^-?[0-9]+$'
 _NUMBER = r'^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$'
-_FRACTION = r'^(0(\.[0-9]*)?|\.[0-9]+|1(\.0*)?)$'
-_SECONDS = r'^([0-9]+\.?[0-9]*|\.[0-9]+)$'
-_DATE = r'^([0-9]{4}-[0-9]{2}-[0-9]{2}|today|yesterday)$'
-_N_INIT = r'^(auto|[1-9][0-9]*)$'
 _BOOL = r'^(true|false)$'
 
 
@@ -166,18 +164,11 @@ def takes_no_value(action: argparse.Action) -> bool:
 
 def regexes(action: argparse.Action) -> list[str] | None:
     """What a value of this flag looks like, where its type or choices say it."""
-    from beamml.pipelines._platform import runs
-    from beamml.pipelines._platform.flags import fraction
     if takes_no_value(action):
         return [_BOOL]
     if action.choices is not None:
         return ['^(' + '|'.join(re.escape(str(c)) for c in action.choices) + ')$']
-    by_type = {int: _INT, float: _NUMBER, fraction: _FRACTION,
-               runs.seconds: _SECONDS, runs.run_date: _DATE}
-    from beamml.pipelines import kmeans
-    from beamml.pipelines._platform.flags import fraction
-    by_type[kmeans.n_init_flag] = _N_INIT
-    regex = by_type.get(action.type)
+    regex = getattr(action.type, 'regex', None) or {int: _INT, float: _NUMBER}.get(action.type)
     return [regex] if regex else None
 
 
@@ -209,7 +200,9 @@ def metadata(template: Template) -> dict[str, Any]:
     params = []
     for a in parameter_actions(template):
         p = {'name': a.option_strings[0].lstrip('-'), 'label': _label(a.dest),
-             'helpText': _help(parser, a), 'isOptional': not a.required}
+             'helpText': _help(parser, a),
+             'isOptional': not (a.required or (not template.streaming and a.dest in getattr(
+                 options_class(template.module), 'REQUIRED_IN_BATCH', ())))}
         r = regexes(a)
         if r:
             p['regexes'] = r

@@ -42,6 +42,7 @@ from beamml.pipelines._platform.flags import (add_input_args, add_output_args, c
 from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import (input_files, is_dry_run, local_for_dry_run,
                                                 no_results, pipeline_run, run_pipeline)
+from beamml.pipelines._platform.values import fraction, positive_seconds
 from beamml.transforms.assignment import AssignLatest, AssignNearestCentroid, ClusterSizesFn
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io import ReadPoints, WriteDeadLetters, WriteTable
@@ -60,6 +61,10 @@ class AssignOptions:
     flags for every pipeline built in the process, so the required ``--model``
     would break other pipelines run in the same process (tests, demo).
     """
+    #: required in batch (a stream reads a subscription or a topic instead): the platform
+    #: checks them, the batch Flex template marks them required
+    REQUIRED_IN_BATCH = ('input', 'output')
+
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -71,7 +76,7 @@ class AssignOptions:
         runs.add_run_args(parser)
         parser.add_argument('--all_distances', action='store_true',
                             help='also write "distances": the distance to every centre')
-        parser.add_argument('--model_refresh_seconds', type=float, default=60.0,
+        parser.add_argument('--model_refresh_seconds', type=positive_seconds, default=60.0,
                             help='with --streaming: look for a new model version in the '
                                  'model directory every S seconds (default 60)')
         deploy = parser.add_argument_group('shadow, canary and the promote/keep gate')
@@ -82,7 +87,7 @@ class AssignOptions:
         deploy.add_argument('--canary_model', default=None, metavar='PATH',
                             help='assign a deterministic share of the points (by a hash '
                                  'of the id, see --canary_fraction) with this model')
-        deploy.add_argument('--canary_fraction', type=float, default=None, metavar='F',
+        deploy.add_argument('--canary_fraction', type=fraction, default=None, metavar='F',
                             help='with --canary_model: the share of ids, in [0, 1], it '
                                  'assigns (the same ids in every run and on every machine)')
         deploy.add_argument('--gate', default=None, metavar='YAML',
@@ -261,9 +266,6 @@ def run(argv=None):
         local_for_dry_run(options, flag, getattr(args, flag))
     if streams.is_streaming(options):
         return _run_streaming(args, options)
-    for flag in ('input', 'output'):
-        if not getattr(args, flag):
-            raise BeammlError(f'--{flag} is required')
 
     def show(built):
         model = built['model']
@@ -312,9 +314,6 @@ def _num(x) -> str:
 
 
 def _run_streaming(args, options):
-    if not args.model_refresh_seconds > 0:
-        raise BeammlError(f'--model_refresh_seconds must be > 0, got '
-                          f'{args.model_refresh_seconds}')
     model = CentroidModel.load(args.model)   # the path must hold a model before it starts
     if args.output and not is_dry_run(options):
         check_output(args.output)

@@ -1,21 +1,21 @@
 """K-means training (Lloyd, scikit-learn's stopping rule); writes a new model version.
 
-    beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs \\
+    beamml kmeans --input 'data/*.parquet' --k 16 --model models/blobs \\
         [--max_iter 300] [--tol 1e-4] [--init k-means++|k-means||random|PATH] \\
         [--random_state S] [--empty_cluster keep|farthest] [--distance euclidean|cosine]
         [--weight_column W] [--n_init N|auto]
 
-The run writes ``<model_dir>/<version>/model.json`` (then ``LATEST``), the
-training summary ``<model_dir>/<version>/training.json`` (initial centres,
+The run writes ``<model>/<version>/model.json`` (then ``LATEST``), the
+training summary ``<model>/<version>/training.json`` (initial centres,
 centre shifts per iteration), the dead letters of the input,
-``<model_dir>/<version>/training-errors-*.jsonl``, and an HTML report,
-``<model_dir>/<version>/report.html`` (pipelines/kmeans/report.py).
+``<model>/<version>/training-errors-*.jsonl``, and an HTML report,
+``<model>/<version>/report.html`` (pipelines/kmeans/report.py).
 
 A run that fails leaves no version folder: its dead letters and summary are
-moved to ``<model_dir>/_failed/<version>/`` (never taken for a version: a
+moved to ``<model>/_failed/<version>/`` (never taken for a version: a
 version holds a ``model.json``), and the error names them. Iterations run in
 blocks of --block_size, one pipeline run each, checkpointed under
-``<model_dir>/_runs/<version>/``; --resume continues a killed run.
+``<model>/_runs/<version>/``; --resume continues a killed run.
 
 Speed, measured with ``python benchmarks/bench_kmeans.py --repeat 2`` (whole
 processes, 8 features, k=16, 10 iterations from the same centres, 2 cores):
@@ -43,7 +43,9 @@ from beamml.pipelines.kmeans.checkpoint import (FAILED_DIR, RESULT_FILE, Trainin
 from beamml.pipelines.kmeans.streaming import (  # noqa: F401 (the templates read _BATCH_ONLY)
     _BATCH_ONLY, BLOCK_SIZE, STREAM_ERRORS)
 from beamml.pipelines._platform.faults import fault_point
+from beamml.pipelines._platform.flags import add_deprecated
 from beamml.pipelines._platform.overlap import check_input_overlap, output_namespace
+from beamml.pipelines._platform.values import positive_int
 from beamml.transforms.distances import DISTANCES
 from beamml.transforms.core.documents import write_json
 from beamml.transforms.core.errors import BeammlError
@@ -59,11 +61,11 @@ __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_
 #: ``beamml kmeans --help``'s description (the module docstring is for developers)
 DESCRIPTION = """K-means training (Lloyd, scikit-learn's stopping rule); writes a new model version.
 
-Writes <model_dir>/<version>/model.json (then LATEST), training.json (initial centres,
+Writes <model>/<version>/model.json (then LATEST), training.json (initial centres,
 centre shifts per iteration), the input's dead letters (training-errors-*.jsonl) and
 report.html. A failed run leaves no version: its dead letters and summary go to
-<model_dir>/_failed/<version>/. Iterations run in blocks of --block_size, checkpointed
-under <model_dir>/_runs/<version>/; --resume continues a killed run."""
+<model>/_failed/<version>/. Iterations run in blocks of --block_size, checkpointed
+under <model>/_runs/<version>/; --resume continues a killed run."""
 
 LOG = logging.getLogger('beamml')
 #: where a streaming training's dead letters go, under the model directory
@@ -74,11 +76,15 @@ LOCAL_RUNNERS = ('FnApiRunner', 'DirectRunner', 'BundleBasedDirectRunner',
 
 class KMeansOptions:
     """The flags of ``beamml kmeans`` (not a PipelineOptions subclass; see pipelines.norms)."""
+    #: required in batch (a stream reads a subscription or a topic instead): the platform
+    #: checks them, the batch Flex template marks them required
+    REQUIRED_IN_BATCH = ('input',)
+
 
     @classmethod
     def _add_argparse_args(cls, parser):
         flags.add_input_args(parser, required=False)
-        parser.add_argument('--k', type=int, default=None,
+        parser.add_argument('--k', type=positive_int, default=None,
                             help='number of clusters (required unless --init is a file, '
                                  'whose rows then give k)')
         parser.add_argument('--max_iter', type=int, default=300,
@@ -150,9 +156,10 @@ class KMeansOptions:
                                  'distance, model_version, from one more pass over the input')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of --output (default parquet)')
-        parser.add_argument('--model_dir', required=True,
+        parser.add_argument('--model', required=True, metavar='DIR',
                             help='model directory (local or gs://); a new version is written '
-                                 'there and LATEST points to it')
+                                 'there and LATEST points to it (was --model_dir)')
+        add_deprecated(parser, '--model_dir', '--model')
         parser.add_argument('--no_latest', action='store_true',
                             help='write the new version without moving LATEST to it (a '
                                  'candidate, as beamml monitor --retrain trains)')
@@ -174,6 +181,9 @@ def n_init_flag(value: str):
     return n
 
 
+n_init_flag.regex = r'^(auto|[1-9][0-9]*)$'   # what the Flex template's metadata says
+
+
 def validate(args, dimension: int):
     """Flag checks that need no data; returns the KMeans init (a method name or an array).
 
@@ -190,8 +200,6 @@ def validate(args, dimension: int):
             args.k = init.shape[0]
     elif args.k is None:
         raise BeammlError('--k is required (or give --init a file of initial centres)')
-    if args.k < 1:
-        raise BeammlError(f'--k must be >= 1, got {args.k}')
     return init
 
 
@@ -279,7 +287,7 @@ def default_cache_dir(args, options, run: TrainingRun) -> str:
     if options.view_as(StandardOptions).runner not in LOCAL_RUNNERS:
         temp = options.view_as(GoogleCloudOptions).temp_location
         return FileSystems.join(temp, 'beamml-kmeans', run.version)
-    if '://' not in args.model_dir:
+    if '://' not in args.model:
         return FileSystems.join(run.folder, 'cache')
     return os.path.join(runners.outer_tempdir(), f'beamml-kmeans-cache-{run.version}')
 
@@ -291,12 +299,10 @@ def run(argv=None):
     streams.check_streaming_args(args, options, needs_output=False)
     check_input_overlap([('--input', args.input)], [
         output_namespace(flag, value.rstrip('/') + '/') for flag, value in (
-            ('--model_dir', args.model_dir), ('--cache_dir', args.cache_dir)) if value] + (
+            ('--model', args.model), ('--cache_dir', args.cache_dir)) if value] + (
         [output_namespace('--output', args.output_given)] if args.output else []))
     if streams.is_streaming(options):
         return kmeans_streaming.run_streaming(args, options)
-    if not args.input:
-        raise BeammlError('--input is required')
     if args.block_size < 1:
         raise BeammlError(f'--block_size must be >= 1, got {args.block_size}')
     dry_run = runners.is_dry_run(options)
@@ -310,9 +316,9 @@ def run(argv=None):
     if args.resume:
         if dry_run:
             raise BeammlError('--resume continues a training: it cannot be a dry run')
-        training = TrainingRun.find(args.model_dir, args.resume)
+        training = TrainingRun.find(args.model, args.resume)
     else:
-        training = TrainingRun(args.model_dir, new_version())
+        training = TrainingRun(args.model, new_version())
     cache_dir = default_cache_dir(args, options, training)
     with recursion_limit_for(min(args.block_size, args.max_iter)):  # recursion per iteration
         if args.resume:
@@ -323,8 +329,8 @@ def run(argv=None):
             kmeans = built['kmeans']
             if dry_run:   # translated offline: the first block's job (with its writes, as a
                 return runners.run_pipeline(p)   # real run's); nothing was trained or written
-            flags.check_output(FileSystems.join(args.model_dir, LATEST_FILE),
-                                '--model_dir', args.model_dir)
+            flags.check_output(FileSystems.join(args.model, LATEST_FILE),
+                                '--model', args.model)
             if args.output:
                 flags.check_output(args.output)
                 kmeans_points.refuse_existing_labels(args)
@@ -366,9 +372,7 @@ def _first_block(p, args, training: TrainingRun) -> dict:
     training.drop_raw_cache()
     checkpoint = training.read_block(1)
     if counts:
-        LOG.info('kmeans %s: records_read=%d records_ok=%d records_refused=%d',
-                 training.version, counts['records_read'], counts['records_ok'],
-                 counts['records_refused'])
+        LOG.info('kmeans %s: %s', training.version, process.records_line(counts))
     _block_log(training, 1, checkpoint, time.monotonic() - started)
     fault_point('kmeans.after_first_block')
     return checkpoint
@@ -445,14 +449,13 @@ def _rebuild_cache(args, options, training: TrainingRun, state) -> list[str]:
 def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: dict):
     res = KMeansResult.from_dict(checkpoint['result'])
     counts = training.counts()
-    print(f'records_read={counts["records_read"]} records_ok={counts["records_ok"]} '
-          f'records_refused={counts["records_refused"]} '
-          f'errors={WriteDeadLetters.glob(training.version_prefix("training"))}')
+    print(process.records_line(
+        counts, WriteDeadLetters.glob(training.version_prefix('training'))))
     training.complete(res.to_dict())   # the version's files, before its model.json
     final = state_from_dict(checkpoint['state'])
     if isinstance(final, KMeansRuns):
         final = final.runs[res.best_init]
-    report = kmeans_report.write_report(args.model_dir, training, res, final, counts,
+    report = kmeans_report.write_report(args.model, training, res, final, counts,
                                         args.input,
                                         lambda: ReadPoints(args.input, **kmeans_points.read_kwargs(args)))
     model = CentroidModel(
@@ -462,7 +465,7 @@ def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: di
         config=training.config(), distance=args.distance,
         init_inertias=[run['inertia'] for run in res.inits] if res.inits else None)
     kmeans_points.write_baseline_pass(args, options, model, training.version)
-    saved = model.save(args.model_dir, make_latest=not args.no_latest)
+    saved = model.save(args.model, make_latest=not args.no_latest)
     training.remove()
     if res.n_distinct is not None:
         print(f'warning: the input has only {res.n_distinct} distinct point(s) for k={model.k}: '
@@ -486,7 +489,7 @@ def _training_failed(error: BeammlError, args, options, training: TrainingRun) -
     """The error of a training the workers refused, with the input's dead letters.
 
     A failed job never finishes its writes, so the dead letters are written again
-    by a pipeline that only reads the input, into ``<model_dir>/_failed/<version>``.
+    by a pipeline that only reads the input, into ``<model>/_failed/<version>``.
     """
     failed = training.fail()
     p = beam.Pipeline(options=options)

@@ -55,7 +55,7 @@ def write_baseline_pass(args, options, model: CentroidModel, version: str) -> No
     """The version's baseline.json (beamml monitor compares later data with it): one more
     pass over the input with the final centres, before model.json makes the version."""
     baseline_for_model(model, args.input, read_kwargs(args), options,
-                       FileSystems.join(args.model_dir, version, BASELINE_FILE))
+                       FileSystems.join(args.model, version, BASELINE_FILE))
 
 
 def refuse_existing_labels(args) -> None:

@@ -1,6 +1,6 @@
 """``beamml kmeans --streaming``: Spark MLlib's streaming K-means, a model version per window.
 
-    beamml kmeans --streaming ... --k 8 --model_dir models/live \\
+    beamml kmeans --streaming ... --k 8 --model models/live \\
         [--init k-means++|MODEL_DIR|CENTRES_FILE] [--decay_factor A | --half_life H] \\
         [--time_unit batches|points] [--checkpoint_windows N] [--random_state S]
 
@@ -8,7 +8,7 @@ The source and the fixed event-time windows are the caller's (``batches``:
 the windowed points RecordBatches); :func:`build_streaming` adds the update
 (:class:`~beamml.transforms.kmeans.streaming.StreamingKMeans`, one update per
 window, in window order) and writes the model after every
-``--checkpoint_windows``-th update as a new version of ``--model_dir``
+``--checkpoint_windows``-th update as a new version of ``--model``
 (``CentroidModel.save``: ``model.json``, then ``LATEST``), so a streaming
 ``assign`` that re-reads ``LATEST`` picks it up.
 
@@ -40,6 +40,7 @@ import logging
 from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines._platform import flags, runners, streams
+from beamml.pipelines._platform.values import fraction, positive_int, positive_number
 from beamml.pipelines.kmeans.points import read_kwargs
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.core.documents import exists, join
@@ -57,7 +58,7 @@ __all__ = ['add_streaming_args', 'streaming_decay', 'initial_model', 'build_stre
 
 LOG = logging.getLogger('beamml')
 ALGORITHM = 'spark-mllib-streaming-kmeans'
-#: the folder of a streaming training's dead letters, under --model_dir
+#: the folder of a streaming training's dead letters, under --model
 STREAM_ERRORS = '_streaming'
 #: iterations per pipeline run, by default
 BLOCK_SIZE = 10
@@ -65,20 +66,20 @@ BLOCK_SIZE = 10
 
 def add_streaming_args(parser) -> None:
     """The flags of ``beamml kmeans --streaming`` beyond the batch ones (``--k``,
-    ``--init``, ``--random_state``, ``--model_dir``, ``--weight_column`` are kmeans's)."""
-    parser.add_argument('--decay_factor', type=float, default=None,
+    ``--init``, ``--random_state``, ``--model``, ``--weight_column`` are kmeans's)."""
+    parser.add_argument('--decay_factor', type=fraction, default=None,
                         help='streaming: weight of the past at each update, in [0, 1] '
                              '(default 1.0: every window counts alike, the centres are '
                              'running means; 0: only the last window counts); Spark '
                              "StreamingKMeans' decayFactor")
-    parser.add_argument('--half_life', type=float, default=None,
+    parser.add_argument('--half_life', type=positive_number, default=None,
                         help='streaming: instead of --decay_factor, the number of windows '
                              '(or points, with --time_unit points) after which data count '
                              'half: decay = exp(log(0.5) / half_life)')
     parser.add_argument('--time_unit', choices=TIME_UNITS, default='batches',
                         help="streaming: what the decay counts: 'batches' (default: one "
                              "discount per window) or 'points' (decay ** points in the window)")
-    parser.add_argument('--checkpoint_windows', type=int, default=1,
+    parser.add_argument('--checkpoint_windows', type=positive_int, default=1,
                         help='streaming: write a model version (and move LATEST) every N '
                              'updates (default 1: after every window with points)')
 
@@ -250,7 +251,7 @@ def build_streaming(p, args, batches, *, dimension: int | None = None,
     versions = (result.updates
                 | 'KeyUpdates' >> beam.Map(_one_key)
                 | 'WriteModelVersions' >> beam.ParDo(_WriteVersionFn(
-                    args.model_dir, run_id, args.checkpoint_windows, config,
+                    args.model, run_id, args.checkpoint_windows, config,
                     getattr(args, 'input', None))))
     return {'kmeans': kmeans, 'updates': result.updates, 'errors': result.errors,
             'versions': versions, 'run_id': run_id}
@@ -274,8 +275,8 @@ def run_streaming(args, options):
     layout = stream_layout(args, runners.is_dry_run(options))
     dry_run = runners.is_dry_run(options)
     if not dry_run:
-        flags.check_output(FileSystems.join(args.model_dir, LATEST_FILE), '--model_dir',
-                            args.model_dir)
+        flags.check_output(FileSystems.join(args.model, LATEST_FILE), '--model',
+                            args.model)
     p = beam.Pipeline(options=streams.streaming_options(options, args))
     source = streams.read_stream(p, args, layout, points=True, accumulating=True,
                                    **({'weight_column': args.weight_column}
@@ -285,17 +286,17 @@ def run_streaming(args, options):
                                            allowed_lateness=args.allowed_lateness)
     errors = streams.all_errors(source['errors'], out['errors'])
     streams.write_dead_letters(errors, args, FileSystems.join(
-        args.model_dir, STREAM_ERRORS, out['run_id']))
+        args.model, STREAM_ERRORS, out['run_id']))
     if runners.no_results(options):
         return runners.run_pipeline(p)
     LOG.info('kmeans --streaming: k=%s, windows of %g s, a version every %d window(s) in %s',
              args.k or 'from --init', args.window_size, args.checkpoint_windows,
-             args.model_dir)
+             args.model)
     result = streams.run_stream(p, args)
-    versions = list_versions(args.model_dir)
-    print(f'kmeans --streaming: {len(versions)} version(s) in {args.model_dir}'
+    versions = list_versions(args.model)
+    print(f'kmeans --streaming: {len(versions)} version(s) in {args.model}'
           + (f'; LATEST {versions[-1]}' if versions else ''))
-    print(f'dead letters: {FileSystems.join(args.model_dir, STREAM_ERRORS, out["run_id"])}'
+    print(f'dead letters: {FileSystems.join(args.model, STREAM_ERRORS, out["run_id"])}'
           '-*-pane-*.jsonl')   # <run>-<window start>-<window end>-pane-<i>-<timing>.jsonl
     return result
 

@@ -35,6 +35,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from beamml.pipelines._platform.exits import Exit
 from beamml.pipelines._platform import runs, streams
 from beamml.pipelines._platform import cli, flags, main as process, runners
 from beamml.pipelines.monitor import streaming as monitor_streaming
@@ -50,7 +51,7 @@ from beamml.transforms.monitoring import (BASELINE_FILE, MakeBaseline, MonitorSt
                                           window_summary, write_baseline)
 
 LOG = logging.getLogger('beamml')
-EXIT_ALARM = 3
+EXIT_ALARM = int(Exit.ALARM)
 OUTPUT_FILES = ('statistics.json', 'drift.json', 'alarms.jsonl', 'decision.json',
                 'report_data.json', 'report.html')
 
@@ -64,6 +65,10 @@ class AlarmError(BeammlError):
 
 class MonitorOptions:
     """The flags of ``beamml monitor`` (a plain class: see pipelines/assign/__init__.py)."""
+    #: required in batch (a stream reads a subscription or a topic instead): the platform
+    #: checks them, the batch Flex template marks them required
+    REQUIRED_IN_BATCH = ('input', 'output')
+
 
     @classmethod
     def _add_argparse_args(cls, parser):
@@ -329,7 +334,7 @@ def retrain(args, ctx: dict, decision: dict):
     os.close(fd)
     np.save(init, model.centers)
     argv = ['--input', ctx['retrain_input'], '--k', str(model.k), '--init', init,
-            '--model_dir', model_dir, '--no_latest', '--distance', model.distance]
+            '--model', model_dir, '--no_latest', '--distance', model.distance]
     for key in ('max_iter', 'tol'):
         if key in config.retrain:
             argv += [f'--{key}', str(config.retrain[key])]
@@ -366,9 +371,6 @@ def run(argv=None):
             raise BeammlError('--task (prediction logs) is monitored in batch; --streaming '
                               'monitors points')
         return monitor_streaming.run_streaming(args, options, ctx)
-    for flag in ('input', 'output'):
-        if not getattr(args, flag):
-            raise BeammlError(f'--{flag} is required')
     errors_glob = lambda out: WriteDeadLetters.glob(FileSystems.join(out, 'monitor'))  # noqa: E731
     if args.task and args.retrain:
         raise BeammlError('--retrain trains a K-means model from points; it does not go with '
