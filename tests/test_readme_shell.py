@@ -832,6 +832,12 @@ def report_example(block: Block, workdir: str) -> None:
     check_transcript(block, cwd)
 
 
+def quickstart(block: Block, workdir: str) -> None:
+    """The README's first run: the points its ``python -c`` makes, kmeans, assign and the
+    rerun that finds the destination complete, output compared."""
+    check_transcript(block, fresh(workdir, 'quickstart'))
+
+
 def layout_section(block: Block, workdir: str) -> None:
     """The Layout names every module of pipelines/ (the commands by "one module per runnable
     pipeline") and transforms/ (a sub-package's modules by their stem, as ``io/  errors,
@@ -863,10 +869,27 @@ BLOCKS = {
     'README.md': {
         'make demo    # creates .venv, installs beamml, runs the main jobs on sample data, '
         'prints where results are': ('static', static_make),
+        '$ python -c "': ('run', quickstart),
+    },
+    'docs/getting-started.md': {
+        'make demo    # creates .venv, installs beamml, runs the main jobs on sample data, '
+        'prints where results are': ('static', static_make),
+    },
+    'docs/running.md': {
         'beamml norms --runner DataflowRunner --project P --region us-central1 \\':
             ('static', static_beamml),
         '$ beamml validate norms --project my-project --region us-central1 \\':
             ('run', validate_sample),
+    },
+    'docs/data-formats.md': {
+        '{"file": "data/a.csv", "line": 5, "reason": "value in \'x1\' is not a number", '
+        '"record": {"id": "4", "x1": "x", "x2": "1"}, "row": 3}': ('run', dead_letter_sample),
+        '$ beamml norms --input data/a.csv --output out/norms': ('run', records_line),
+    },
+    'docs/operations.md': {
+        "beamml assign --input 'gs://B/incoming/{date}/*.parquet' --model gs://B/models \\":
+            ('static', scheduled_command),
+        '$ beamml assign ... --date 2026-11-22': ('substituted', scheduled_runs),
         'gcloud services enable dataflow.googleapis.com compute.googleapis.com '
         'storage.googleapis.com \\': ('static', static_gcloud),
         'gcloud builds submit --config configs/templates/cloudbuild.yaml \\':
@@ -875,47 +898,65 @@ BLOCKS = {
             ('static', static_flex_run),
         'gcloud scheduler jobs create http beamml-assign-daily --location us-central1 \\':
             ('static', static_scheduler),
-        '{"file": "data/a.csv", "line": 5, "reason": "value in \'x1\' is not a number", '
-        '"record": {"id": "4", "x1": "x", "x2": "1"}, "row": 3}': ('run', dead_letter_sample),
-        '$ beamml norms --input data/a.csv --output out/norms': ('run', records_line),
-        "beamml assign --input 'gs://B/incoming/{date}/*.parquet' --model gs://B/models \\":
-            ('static', scheduled_command),
-        '$ beamml assign ... --date 2026-11-22': ('substituted', scheduled_runs),
+    },
+    'docs/streaming.md': {
         '# nearest-centroid inference on a Pub/Sub stream, the model hot-swapped from its '
         'directory': ('substituted', streaming_examples),
         '# the Pub/Sub resources (once)': ('substituted', dataflow_streaming),
+    },
+    'docs/pipelines/norms.md': {
         "beamml norms --input 'data/*.parquet' --output out/norms [--output_format csv]":
             ('run', run_commands),
+    },
+    'docs/pipelines/index_ids.md': {
         "beamml index_ids --input 'logs/*.csv' --id_column user_id --output out/users \\":
             ('run', run_commands),
+    },
+    'docs/pipelines/assign.md': {
         "beamml assign --input 'data/*.parquet' --model models/blobs --output out/assigned \\":
             ('run', run_needing_model),
         'beamml assign --input points.parquet --model models \\': ('run', shadow_command),
         'thresholds:': ('run', gate_yaml),
-        'records_read=10000 records_ok=10000 records_refused=0 errors=out/assigned-errors-*.jsonl':
-            ('run', shadow_output),
+        'records_read=10000 records_ok=10000 records_refused=0 '
+        'errors=out/assigned-errors-*.jsonl': ('run', shadow_output),
         '$ beamml assign --input points.parquet --model models \\': ('run', canary),
+    },
+    'docs/models.md': {
         'models/20250101T120000123456Z/model.json    one per trained model (UTC timestamp '
         'version)': ('run', model_layout),
+    },
+    'docs/pipelines/evaluate.md': {
         "beamml evaluate --input 'logs/*.parquet' --task classification --output out/eval \\":
             ('run', run_commands),
         '{"task": "ranking",': ('run', ranking_metrics_json),
+    },
+    'docs/pipelines/kmeans.md': {
         KMEANS_EXAMPLE + ' \\': ('run', run_kmeans_example),
-        '$ beamml kmeans --input two.csv --k 2 --model_dir models; echo $?': ('run', kmeans_error),
+        '$ beamml kmeans --input two.csv --k 2 --model_dir models; echo $?':
+            ('run', kmeans_error),
         '<HH:MM:SS> beamml: kmeans <VERSION>: block 1 done in <S> s: 2 iteration(s) in all, '
         'inertia 9084.91, centre shift 0, stopped (converged_labels)': ('run', block_log_line),
+    },
+    'docs/pipelines/pca.md': {
         "beamml pca --input 'data/*.parquet' --n_components 2 --output out/pca/ \\":
             ('run', run_commands),
         '$ python -c "': ('run', pca_example),
-        '{"mean": [1000000.023765296, 1000000.0103802262, 1000000.0015674125],': ('run', pca_json),
+        '{"mean": [1000000.023765296, 1000000.0103802262, 1000000.0015674125],':
+            ('run', pca_json),
+    },
+    'docs/pipelines/monitor.md': {
         "beamml monitor --input 'data/{date}/*.parquet' --model models/blobs \\":
             ('run', monitor_commands),
         '$ beamml kmeans --input data/train.parquet --k 3 --random_state 0 --model_dir models':
             ('run', monitor_example),
+    },
+    'docs/reports.md': {
         '$ beamml kmeans --input blobs.parquet --k 6 --init random --n_init 1 --random_state 1 \\':
             ('run', report_example),
         'chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars \\':
             ('static', static_gcloud),
+    },
+    'docs/design.md': {
         'setup.py            the package (also what Dataflow workers install: --setup_file '
         './setup.py)': ('static', layout_section),
     },
