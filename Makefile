@@ -32,5 +32,10 @@ bench: $(STAMP)
 templates: $(STAMP)
 	$(PY) -m beamml.pipelines._platform.templates --write configs/templates
 
+# Regenerate the command-line reference (docs/cli.md) from the commands' parsers.
+.PHONY: docs
+docs: $(STAMP)
+	$(PY) -m beamml.pipelines.cli_reference --write docs/cli.md
+
 clean:
 	rm -rf $(VENV) demo_output bench_output .pytest_cache *.egg-info

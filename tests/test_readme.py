@@ -1,4 +1,5 @@
-"""The README's Python examples run as written, and show what they say they show."""
+"""The Python examples of README.md and of every page of docs/ run as written, and show
+what they say they show."""
 from __future__ import annotations
 
 import os
@@ -10,21 +11,35 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _examples() -> list[str]:
-    text = open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read()
+def pages() -> list[str]:
+    """README.md and every Markdown page under docs/, as paths from the repository root."""
+    found = ['README.md']
+    for folder, _, files in os.walk(os.path.join(ROOT, 'docs')):
+        found += sorted(os.path.relpath(os.path.join(folder, f), ROOT)
+                        for f in files if f.endswith('.md'))
+    return found
+
+
+def _examples(page: str) -> list[str]:
+    with open(os.path.join(ROOT, page), encoding='utf-8') as f:
+        text = f.read()
     return re.findall(r'^```python\n(.*?)^```', text, re.S | re.M)
 
 
-def test_the_readme_has_python_examples():
-    assert len(_examples()) >= 4
+EXAMPLES = [(page, i) for page in pages() for i in range(len(_examples(page)))]
 
 
-@pytest.mark.parametrize('index', range(len(_examples())))
-def test_readme_example_runs(index, tmp_path, monkeypatch):
+def test_the_pages_have_python_examples_and_the_readme_one():
+    assert len(EXAMPLES) >= 4
+    assert _examples('README.md'), 'the README has no library example'
+
+
+@pytest.mark.parametrize('page, index', EXAMPLES, ids=[f'{p}-{i + 1}' for p, i in EXAMPLES])
+def test_readme_example_runs(page, index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code = _examples()[index]
+    code = _examples(page)[index]
     namespace: dict = {}
-    exec(compile(code, f'README.md python example {index + 1}', 'exec'), namespace)
+    exec(compile(code, f'{page} python example {index + 1}', 'exec'), namespace)
     # the values the comments promise
     if 'IdIndex' in code:
         index_ = namespace['index']

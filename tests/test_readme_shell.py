@@ -1,8 +1,9 @@
-"""The README's shell examples and sample outputs, run or checked as written.
+"""The shell examples and sample outputs of README.md and of every page of docs/, run or
+checked as written.
 
-Every fenced block of README.md that is not ```python (tests/test_readme.py runs those)
-or ```yaml is classified in ``BLOCKS`` by its fingerprint (its first line, or its first
-lines where that is not unique), as one of:
+Every fenced block of those pages (``PAGES``) that is not ```python (tests/test_readme.py
+runs those) or ```yaml is classified in ``BLOCKS`` by its page and its fingerprint (its
+first line, or its first lines where that is not unique in the page), as one of:
 
 * ``run``: the commands run as written, in one prepared folder of sample data (the
   module's ``workdir``), through ``beamml``'s own entry point in this process (its
@@ -16,8 +17,8 @@ lines where that is not unique), as one of:
   flag they use is one of that pipeline's flags or a Beam option, and every file of the
   repository they name exists.
 
-A block that is new or changed (its fingerprint not in ``BLOCKS``) fails
-``test_every_block_is_classified`` with what to do.
+A block that is new, changed or moved to another page (its page and fingerprint not in
+``BLOCKS``) fails ``test_every_block_is_classified`` with what to do.
 """
 from __future__ import annotations
 
@@ -36,7 +37,15 @@ import pyarrow.parquet as pq
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = os.path.join(ROOT, 'README.md')
+
+
+def pages() -> list[str]:
+    """README.md and every Markdown page under docs/, as paths from the repository root."""
+    found = ['README.md']
+    for folder, _, files in os.walk(os.path.join(ROOT, 'docs')):
+        found += sorted(os.path.relpath(os.path.join(folder, f), ROOT)
+                        for f in files if f.endswith('.md'))
+    return found
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -46,13 +55,14 @@ class Block:
     line: int      # 1-based line of the opening fence
     lang: str
     text: str      # dedented to the fence's indentation
+    page: str = 'README.md'   # the page it is on, from the repository root
 
     @property
     def lines(self) -> list[str]:
         return self.text.split('\n')
 
 
-def read_blocks(text: str) -> list[Block]:
+def read_blocks(text: str, page: str = 'README.md') -> list[Block]:
     """Every fenced block of a Markdown text (fences may be indented, as in a list)."""
     out, lines, i = [], text.split('\n'), 0
     while i < len(lines):
@@ -65,13 +75,13 @@ def read_blocks(text: str) -> list[Block]:
         while not re.match(r'^\s*```\s*$', lines[j]):
             j += 1
         body = [x[indent:] if x[:indent].strip() == '' else x for x in lines[i + 1:j]]
-        out.append(Block(i + 1, lang, '\n'.join(body)))
+        out.append(Block(i + 1, lang, '\n'.join(body), page))
         i = j + 1
     return out
 
 
-def shell_blocks(text: str) -> list[Block]:
-    return [b for b in read_blocks(text) if b.lang not in ('python', 'yaml')]
+def shell_blocks(text: str, page: str = 'README.md') -> list[Block]:
+    return [b for b in read_blocks(text, page) if b.lang not in ('python', 'yaml')]
 
 
 def fingerprints(blocks: list[Block]) -> list[str]:
@@ -87,9 +97,20 @@ def fingerprints(blocks: list[Block]) -> list[str]:
     return out
 
 
-def _readme() -> str:
-    with open(README, encoding='utf-8') as f:
+def _page(page: str) -> str:
+    with open(os.path.join(ROOT, page), encoding='utf-8') as f:
         return f.read()
+
+
+def all_shell_blocks() -> list[Block]:
+    """The shell blocks of every page, page by page."""
+    return [b for page in pages() for b in shell_blocks(_page(page), page)]
+
+
+def page_blocks(block: Block) -> tuple[list[Block], int]:
+    """(every fenced block of ``block``'s page, the index of ``block`` among them)."""
+    blocks = read_blocks(_page(block.page), block.page)
+    return blocks, next(i for i, b in enumerate(blocks) if b.text == block.text)
 
 
 # ----------------------------------------------------------------------------- commands
@@ -195,7 +216,7 @@ def check_flags(argv: list[str]) -> None:
     words = plain + [w for g in groups for w in g]
     for word in words:
         for flag in re.findall(r'(?:^|\|)(--[a-z_]+)', word):
-            assert flag in known, f'beamml {name} has no flag {flag} (README: {" ".join(argv)})'
+            assert flag in known, f'beamml {name} has no flag {flag} (docs: {" ".join(argv)})'
 
 
 def check_paths_exist(argv: list[str], *, under: str = ROOT) -> None:
@@ -325,8 +346,8 @@ def check_transcript(block: Block, cwd: str, *, same_flags: list[str] | None = N
         if '...' in step.output:   # "..." stands for the lines left out before the rest
             got = got[len(got) - len(want):] if len(want) <= len(got) else got
         assert got == normalise(want), (
-            f'README line {block.line}: `{step.command}` printed\n' + '\n'.join(got) +
-            '\nwhere the README shows\n' + '\n'.join(normalise(want)))
+            f'{block.page} line {block.line}: `{step.command}` printed\n' + '\n'.join(got) +
+            f'\nwhere {block.page} shows\n' + '\n'.join(normalise(want)))
         results.append(result)
     return results
 
@@ -421,7 +442,7 @@ def static_gcloud(block: Block, workdir: str) -> None:
 def static_make(block: Block, workdir: str) -> None:
     """``make X``: each target is one of the Makefile's. ``make demo`` runs ``beamml demo``,
     whose last line says how to run ``beamml`` from ``.venv`` (not on ``PATH``), as the
-    README does."""
+    block's page does; one page says how long ``make test`` took."""
     from beamml.pipelines.demo import how_to_run_beamml
     with open(os.path.join(ROOT, 'Makefile'), encoding='utf-8') as f:
         makefile = f.read()
@@ -438,10 +459,11 @@ def static_make(block: Block, workdir: str) -> None:
         os.chdir(before)
     if venv_bin != os.path.join('.venv', 'bin'):
         pytest.skip(f'the suite runs from {venv_bin}, not the .venv/bin of make')
-    readme = _readme()
-    assert re.search(r'`make test` took \d+ min \d+ s \(', readme), 'make test has no duration'
+    took = [p for p in pages() if re.search(r'`make test` took \d+ min \d+ s \(', _page(p))]
+    assert len(took) == 1, f'make test has no duration, or more than one: {took}'
+    text = _page(block.page)
     for words in ('. .venv/bin/activate', '.venv/bin/beamml'):
-        assert f'`{words}`' in readme, f'the README does not say {words}'
+        assert f'`{words}`' in text, f'{block.page} does not say {words}'
         assert words in hint, hint
 
 
@@ -491,7 +513,7 @@ def run_commands(block: Block, workdir: str, name: str | None = None) -> list[Re
         check_flags(argv)
         plain, _ = optional_groups(argv)
         result = beamml(plain, cwd)
-        assert result.code == 0, (f'README line {block.line}: {" ".join(plain)} exited '
+        assert result.code == 0, (f'{block.page} line {block.line}: {" ".join(plain)} exited '
                                   f'{result.code}:\n' + '\n'.join(result.stderr[-5:]))
         results.append(result)
     return results
@@ -504,7 +526,7 @@ def trained(workdir: str) -> Result:
     """The kmeans example, run once in ``workdir`` (its model is what the assign and
     monitor examples read: ``models/blobs``)."""
     def train():
-        text = next(b.text for b in shell_blocks(_readme()) if b.text.startswith(KMEANS_EXAMPLE))
+        text = next(b.text for b in all_shell_blocks() if b.text.startswith(KMEANS_EXAMPLE))
         argv, _ = optional_groups(commands(text)[0])
         result = beamml(argv, workdir)
         assert result.code == 0, result.stderr[-3:]
@@ -545,9 +567,9 @@ def dead_letter_sample(block: Block, workdir: str) -> None:
 def records_line_run(workdir: str):
     def go():
         cwd = fresh(workdir, 'records', 'data')
-        text = next(b.text for b in shell_blocks(_readme())
+        text = next(b.text for b in all_shell_blocks()
                     if b.text.startswith('$ beamml norms --input data/a.csv'))
-        return cwd, check_transcript(Block(0, '', text), cwd)
+        return cwd, check_transcript(next(b for b in all_shell_blocks() if b.text == text), cwd)
     return once(('records', workdir), go)
 
 
@@ -577,7 +599,7 @@ def scheduled_runs(block: Block, workdir: str, gcs_bucket: str) -> None:
         with FileSystems.create(f'{gcs_bucket}/incoming/2026-11-22/p{i}.parquet') as f:
             pq.write_table(table, f)
     CentroidModel(np.array([[0.0, 0.0], [5.0, 5.0]])).save(f'{gcs_bucket}/models')
-    daily = next(commands(b.text)[0] for b in shell_blocks(_readme())
+    daily = next(commands(b.text)[0] for b in all_shell_blocks()
                  if b.text.startswith(SCHEDULED))
     same = [w.replace('gs://B/', f'{gcs_bucket}/') for w in daily[2:]]
     i = same.index('--date')
@@ -654,9 +676,8 @@ def shadow_run(workdir: str) -> Result:
     def go():
         cwd = fresh(workdir, 'shadow')
         _shadow_data(cwd)
-        blocks = shell_blocks(_readme())
-        i = next(i for i, b in enumerate(blocks) if '--shadow_model' in b.text
-                 and b.text.startswith('beamml assign'))
+        blocks, i = page_blocks(next(b for b in all_shell_blocks() if '--shadow_model' in
+                                     b.text and b.text.startswith('beamml assign')))
         assert blocks[i + 1].lines[0] == 'thresholds:', 'gate.yaml follows the command'
         with open(os.path.join(cwd, 'gate.yaml'), 'w') as f:
             f.write(blocks[i + 1].text + '\n')
@@ -739,7 +760,8 @@ def pca_example(block: Block, workdir: str) -> None:
 
 def pca_json(block: Block, workdir: str) -> None:
     """pca.json of the example above, as written (compacted here)."""
-    pca = next(b for b in shell_blocks(_readme()) if b.text.startswith('$ python -c'))
+    pca = next(b for b in all_shell_blocks() if b.text.startswith('$ python -c')
+               and 'beamml pca' in b.text)
     once(('pca', workdir), lambda: check_transcript(pca, fresh(workdir, 'pca')))
     with open(os.path.join(workdir, 'pca', 'out', 'pca.json')) as f:
         got = json.load(f)
@@ -786,7 +808,7 @@ def monitor_run(workdir: str) -> list[Result]:
     def go():
         cwd = fresh(workdir, 'monitor_example')
         _monitor_data(cwd)
-        block = next(b for b in shell_blocks(_readme())
+        block = next(b for b in all_shell_blocks()
                      if b.text.startswith('$ beamml kmeans --input data/train.parquet'))
         return check_transcript(block, cwd)
     return once(('monitor', workdir), go)
@@ -799,16 +821,21 @@ def monitor_example(block: Block, workdir: str) -> None:
 def report_example(block: Block, workdir: str) -> None:
     """The kmeans run of *Reports*, on the blobs the Python block before it writes."""
     cwd = fresh(workdir, 'report')
-    blocks = read_blocks(_readme())
-    i = next(i for i, b in enumerate(blocks) if b.text == block.text)
+    blocks, i = page_blocks(block)
     assert blocks[i - 1].lang == 'python' and 'blobs.parquet' in blocks[i - 1].text
     before = os.getcwd()
     os.chdir(cwd)
     try:
-        exec(compile(blocks[i - 1].text, 'README blobs', 'exec'), {})
+        exec(compile(blocks[i - 1].text, f'{block.page} blobs', 'exec'), {})
     finally:
         os.chdir(before)
     check_transcript(block, cwd)
+
+
+def quickstart(block: Block, workdir: str) -> None:
+    """The README's first run: the points its ``python -c`` makes, kmeans, assign and the
+    rerun that finds the destination complete, output compared."""
+    check_transcript(block, fresh(workdir, 'quickstart'))
 
 
 def layout_section(block: Block, workdir: str) -> None:
@@ -835,100 +862,149 @@ def layout_section(block: Block, workdir: str) -> None:
         assert any(name in fs for _, _, fs in os.walk(ROOT) if '.venv' not in _), name
 
 
-#: every plain block of README.md: fingerprint -> (kind, check). A check is called with
-#: the block and the module's sample-data folder (and the emulator's bucket when it asks).
+#: every plain block of every page: page -> {fingerprint -> (kind, check)}. A check is
+#: called with the block and the module's sample-data folder (and the emulator's bucket
+#: when it asks).
 BLOCKS = {
-    'make demo    # creates .venv, installs beamml, runs the main jobs on sample data, '
-    'prints where results are': ('static', static_make),
-    'beamml norms --runner DataflowRunner --project P --region us-central1 \\':
-        ('static', static_beamml),
-    '$ beamml validate norms --project my-project --region us-central1 \\':
-        ('run', validate_sample),
-    'gcloud services enable dataflow.googleapis.com compute.googleapis.com '
-    'storage.googleapis.com \\': ('static', static_gcloud),
-    'gcloud builds submit --config configs/templates/cloudbuild.yaml \\':
-        ('static', static_flex_build),
-    'gcloud dataflow flex-template run beamml-assign-20261122 --region us-central1 \\':
-        ('static', static_flex_run),
-    'gcloud scheduler jobs create http beamml-assign-daily --location us-central1 \\':
-        ('static', static_scheduler),
-    '{"file": "data/a.csv", "line": 5, "reason": "value in \'x1\' is not a number", '
-    '"record": {"id": "4", "x1": "x", "x2": "1"}, "row": 3}': ('run', dead_letter_sample),
-    '$ beamml norms --input data/a.csv --output out/norms': ('run', records_line),
-    "beamml assign --input 'gs://B/incoming/{date}/*.parquet' --model gs://B/models \\":
-        ('static', scheduled_command),
-    '$ beamml assign ... --date 2026-11-22': ('substituted', scheduled_runs),
-    '# nearest-centroid inference on a Pub/Sub stream, the model hot-swapped from its '
-    'directory': ('substituted', streaming_examples),
-    '# the Pub/Sub resources (once)': ('substituted', dataflow_streaming),
-    "beamml norms --input 'data/*.parquet' --output out/norms [--output_format csv]":
-        ('run', run_commands),
-    "beamml index_ids --input 'logs/*.csv' --id_column user_id --output out/users \\":
-        ('run', run_commands),
-    "beamml assign --input 'data/*.parquet' --model models/blobs --output out/assigned \\":
-        ('run', run_needing_model),
-    'beamml assign --input points.parquet --model models \\': ('run', shadow_command),
-    'thresholds:': ('run', gate_yaml),
-    'records_read=10000 records_ok=10000 records_refused=0 errors=out/assigned-errors-*.jsonl':
-        ('run', shadow_output),
-    '$ beamml assign --input points.parquet --model models \\': ('run', canary),
-    'models/20250101T120000123456Z/model.json    one per trained model (UTC timestamp '
-    'version)': ('run', model_layout),
-    "beamml evaluate --input 'logs/*.parquet' --task classification --output out/eval \\":
-        ('run', run_commands),
-    '{"task": "ranking",': ('run', ranking_metrics_json),
-    KMEANS_EXAMPLE + ' \\': ('run', run_kmeans_example),
-    '$ beamml kmeans --input two.csv --k 2 --model_dir models; echo $?': ('run', kmeans_error),
-    '<HH:MM:SS> beamml: kmeans <VERSION>: block 1 done in <S> s: 2 iteration(s) in all, '
-    'inertia 9084.91, centre shift 0, stopped (converged_labels)': ('run', block_log_line),
-    "beamml pca --input 'data/*.parquet' --n_components 2 --output out/pca/ \\":
-        ('run', run_commands),
-    '$ python -c "': ('run', pca_example),
-    '{"mean": [1000000.023765296, 1000000.0103802262, 1000000.0015674125],': ('run', pca_json),
-    "beamml monitor --input 'data/{date}/*.parquet' --model models/blobs \\":
-        ('run', monitor_commands),
-    '$ beamml kmeans --input data/train.parquet --k 3 --random_state 0 --model_dir models':
-        ('run', monitor_example),
-    '$ beamml kmeans --input blobs.parquet --k 6 --init random --n_init 1 --random_state 1 \\':
-        ('run', report_example),
-    'chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars \\':
-        ('static', static_gcloud),
-    'setup.py            the package (also what Dataflow workers install: --setup_file '
-    './setup.py)': ('static', layout_section),
+    'README.md': {
+        'make demo    # creates .venv, installs beamml, runs the main jobs on sample data, '
+        'prints where results are': ('static', static_make),
+        '$ python -c "': ('run', quickstart),
+    },
+    'docs/getting-started.md': {
+        'make demo    # creates .venv, installs beamml, runs the main jobs on sample data, '
+        'prints where results are': ('static', static_make),
+    },
+    'docs/running.md': {
+        'beamml norms --runner DataflowRunner --project P --region us-central1 \\':
+            ('static', static_beamml),
+        '$ beamml validate norms --project my-project --region us-central1 \\':
+            ('run', validate_sample),
+    },
+    'docs/data-formats.md': {
+        '{"file": "data/a.csv", "line": 5, "reason": "value in \'x1\' is not a number", '
+        '"record": {"id": "4", "x1": "x", "x2": "1"}, "row": 3}': ('run', dead_letter_sample),
+        '$ beamml norms --input data/a.csv --output out/norms': ('run', records_line),
+    },
+    'docs/operations.md': {
+        "beamml assign --input 'gs://B/incoming/{date}/*.parquet' --model gs://B/models \\":
+            ('static', scheduled_command),
+        '$ beamml assign ... --date 2026-11-22': ('substituted', scheduled_runs),
+        'gcloud services enable dataflow.googleapis.com compute.googleapis.com '
+        'storage.googleapis.com \\': ('static', static_gcloud),
+        'gcloud builds submit --config configs/templates/cloudbuild.yaml \\':
+            ('static', static_flex_build),
+        'gcloud dataflow flex-template run beamml-assign-20261122 --region us-central1 \\':
+            ('static', static_flex_run),
+        'gcloud scheduler jobs create http beamml-assign-daily --location us-central1 \\':
+            ('static', static_scheduler),
+    },
+    'docs/streaming.md': {
+        '# nearest-centroid inference on a Pub/Sub stream, the model hot-swapped from its '
+        'directory': ('substituted', streaming_examples),
+        '# the Pub/Sub resources (once)': ('substituted', dataflow_streaming),
+    },
+    'docs/pipelines/norms.md': {
+        "beamml norms --input 'data/*.parquet' --output out/norms [--output_format csv]":
+            ('run', run_commands),
+    },
+    'docs/pipelines/index_ids.md': {
+        "beamml index_ids --input 'logs/*.csv' --id_column user_id --output out/users \\":
+            ('run', run_commands),
+    },
+    'docs/pipelines/assign.md': {
+        "beamml assign --input 'data/*.parquet' --model models/blobs --output out/assigned \\":
+            ('run', run_needing_model),
+        'beamml assign --input points.parquet --model models \\': ('run', shadow_command),
+        'thresholds:': ('run', gate_yaml),
+        'records_read=10000 records_ok=10000 records_refused=0 '
+        'errors=out/assigned-errors-*.jsonl': ('run', shadow_output),
+        '$ beamml assign --input points.parquet --model models \\': ('run', canary),
+    },
+    'docs/models.md': {
+        'models/20250101T120000123456Z/model.json    one per trained model (UTC timestamp '
+        'version)': ('run', model_layout),
+    },
+    'docs/pipelines/evaluate.md': {
+        "beamml evaluate --input 'logs/*.parquet' --task classification --output out/eval \\":
+            ('run', run_commands),
+        '{"task": "ranking",': ('run', ranking_metrics_json),
+    },
+    'docs/pipelines/kmeans.md': {
+        KMEANS_EXAMPLE + ' \\': ('run', run_kmeans_example),
+        '$ beamml kmeans --input two.csv --k 2 --model_dir models; echo $?':
+            ('run', kmeans_error),
+        '<HH:MM:SS> beamml: kmeans <VERSION>: block 1 done in <S> s: 2 iteration(s) in all, '
+        'inertia 9084.91, centre shift 0, stopped (converged_labels)': ('run', block_log_line),
+    },
+    'docs/pipelines/pca.md': {
+        "beamml pca --input 'data/*.parquet' --n_components 2 --output out/pca/ \\":
+            ('run', run_commands),
+        '$ python -c "': ('run', pca_example),
+        '{"mean": [1000000.023765296, 1000000.0103802262, 1000000.0015674125],':
+            ('run', pca_json),
+    },
+    'docs/pipelines/monitor.md': {
+        "beamml monitor --input 'data/{date}/*.parquet' --model models/blobs \\":
+            ('run', monitor_commands),
+        '$ beamml kmeans --input data/train.parquet --k 3 --random_state 0 --model_dir models':
+            ('run', monitor_example),
+    },
+    'docs/reports.md': {
+        '$ beamml kmeans --input blobs.parquet --k 6 --init random --n_init 1 --random_state 1 \\':
+            ('run', report_example),
+        'chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars \\':
+            ('static', static_gcloud),
+    },
+    'docs/design.md': {
+        'setup.py            the package (also what Dataflow workers install: --setup_file '
+        './setup.py)': ('static', layout_section),
+    },
 }
 
 
-def _classified() -> list[tuple[str, Block]]:
-    blocks = shell_blocks(_readme())
-    return list(zip(fingerprints(blocks), blocks))
+def _key(page: str, fingerprint: str) -> tuple[str, str]:
+    return page, normalise([fingerprint])[0]
+
+
+#: (page, normalised fingerprint) -> (kind, check)
+CHECKS = {_key(page, fp): entry for page, entries in BLOCKS.items()
+          for fp, entry in entries.items()}
+
+
+def _classified() -> list[tuple[tuple[str, str], Block]]:
+    """((page, normalised fingerprint), block) of every shell block of every page."""
+    out = []
+    for page in pages():
+        blocks = shell_blocks(_page(page), page)
+        out += [(_key(page, fp), b) for fp, b in zip(fingerprints(blocks), blocks)]
+    return out
 
 
 def test_every_block_is_classified():
     found = _classified()
-    new = [(b.line, key) for key, b in found if normalise([key])[0] not in
-           {normalise([k])[0] for k in BLOCKS}]
+    new = [(key[0], b.line, key[1]) for key, b in found if key not in CHECKS]
     assert not new, (
-        'README blocks that tests/test_readme_shell.py does not know (line, fingerprint): '
-        f'{new}. Add each to BLOCKS with its fingerprint and a check: run it in the sample '
-        'data (run), run it on an emulator or translate it offline (substituted), or check '
-        'its flags and files (static).')
-    gone = set(BLOCKS) - {normalise([k])[0] for k, _ in found} - {k for k, _ in found}
-    assert not gone, f'BLOCKS entries whose README block is gone: {sorted(gone)}'
+        'blocks that tests/test_readme_shell.py does not know (page, line, fingerprint): '
+        f'{new}. Add each to BLOCKS under its page with its fingerprint and a check: run it '
+        'in the sample data (run), run it on an emulator or translate it offline '
+        '(substituted), or check its flags and files (static).')
+    gone = set(CHECKS) - {key for key, _ in found}
+    assert not gone, f'BLOCKS entries whose block is gone from their page: {sorted(gone)}'
+
+
+def test_every_page_is_in_blocks_or_has_no_shell_block():
+    assert set(BLOCKS) <= set(pages()), set(BLOCKS) - set(pages())
 
 
 def _params():
-    keys = {normalise([k])[0]: k for k in BLOCKS}
-    out = []
-    for key, block in _classified():
-        k = keys.get(normalise([key])[0])
-        if k is not None:
-            out.append(pytest.param(k, block, id=f'line{block.line}-{BLOCKS[k][0]}'))
-    return out
+    return [pytest.param(key, block, id=f'{block.page}:line{block.line}-{CHECKS[key][0]}')
+            for key, block in _classified() if key in CHECKS]
 
 
 @pytest.mark.parametrize('key, block', _params())
 def test_readme_block(key, block, workdir, request):
-    kind, check = BLOCKS[key]
+    kind, check = CHECKS[key]
     if kind == 'substituted' and 'gcs_bucket' in check.__code__.co_varnames:
         check(block, workdir, request.getfixturevalue('gcs_bucket'))
     else:
