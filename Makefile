@@ -35,7 +35,7 @@ templates: $(STAMP)
 # Regenerate the command-line reference (docs/cli.md) from the commands' parsers.
 .PHONY: docs
 docs: $(STAMP)
-	$(PY) -m beamml.pipelines.cli_reference --write docs/cli.md
+	$(PY) -m beamml.pipelines._platform.cli_reference --write docs/cli.md
 
 clean:
 	rm -rf $(VENV) demo_output bench_output .pytest_cache *.egg-info

@@ -14,7 +14,7 @@ file pattern (``--input PATTERN --watch_interval S``): one JSON record per
 window and pane, ``OUTPUT/metrics-<start>-<end>-pane-<i>-<timing>.jsonl`` (and
 ``--output_topic``), with ``window_start``, ``window_end`` and ``timing``
 (on_time, or late: a late pane replaces the one before). Ranking groups a
-query's rows within the window. See the README.
+query's rows within the window. See docs/streaming.md.
 """
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Writes OUTPUT/pca.json (``mean``, ``components`` (n_components x d),
 conventions, see :class:`beamml.transforms.pca.PCAModel`), with ``--write_projection`` the
 projected points OUTPUT/projection/part-SSSSS-of-NNNNN.<format> (``id``,
 ``projection``), and the dead letters OUTPUT/pca-errors-*.jsonl. OUTPUT is a folder,
-committed once with OUTPUT/_SUCCESS (see the README: scheduled runs).
+committed once with OUTPUT/_SUCCESS (see docs/operations.md: scheduled runs).
 """
 from __future__ import annotations
 

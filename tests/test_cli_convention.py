@@ -116,3 +116,16 @@ def test_one_records_line():
     counts = {'records_read': 5, 'records_ok': 4, 'records_refused': 1}
     assert records_line(counts) == 'records_read=5 records_ok=4 records_refused=1'
     assert records_line(counts, 'o-errors-*.jsonl').endswith(' errors=o-errors-*.jsonl')
+
+
+def test_the_convention_page_lists_every_exit_code_and_rename():
+    import os
+    page = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        'docs', 'conventions.md')
+    with open(page, encoding='utf-8') as f:
+        text = f.read()
+    for code in Exit:
+        assert re.search(rf'^\| {int(code)} \| {code.name} \|', text, re.M), code
+    for module, old, new in [('kmeans', '--model_dir', '--model'), ('evaluate', '--k', '--cutoff'),
+                             ('norms', '--sort', '--order')]:
+        assert f'| `{module} {old}` | `{module} {new}` |' in text

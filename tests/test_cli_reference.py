@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from beamml.pipelines import cli_reference
+from beamml.pipelines._platform import cli_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGE = os.path.join(ROOT, 'docs', 'cli.md')

@@ -376,7 +376,7 @@ def workdir(tmp_path_factory):
     * ``logs/*.csv``: events with a ``user_id`` (index_ids); ``logs/*.parquet``: prediction
       logs with the columns of both tasks (evaluate);
     * ``models/blobs``: what the kmeans example (``beamml kmeans --input 'data/*.parquet'
-      --k 16 --model_dir models/blobs``) trains, run here as the README writes it.
+      --k 16 --model models/blobs``) trains, run here as the README writes it.
     """
     root = str(tmp_path_factory.mktemp('readme'))
     rng = np.random.default_rng(7)
@@ -437,6 +437,25 @@ def static_gcloud(block: Block, workdir: str) -> None:
         check_paths_exist(argv)
         if argv[0] == 'beamml':
             check_flags([w for w in argv if not w.startswith('...')])
+
+
+def convention_usage_error(block: Block, workdir: str) -> None:
+    """The one line of a refused value, as docs/conventions.md prints it."""
+    result = beamml(['beamml', 'kmeans', '--input', 'x.csv', '--model', 'm', '--k', '0'],
+                    workdir)
+    assert result.code == 2 and result.stderr == [block.text.strip()], result.stderr
+
+
+def convention_records_line(block: Block, workdir: str) -> None:
+    """The records line: a norms run over 1,000 rows, 2 of them refused, prints it."""
+    rows = ['id,x0,x1'] + [f'{i},{i},1' for i in range(998)] + ['998,a,1', '999,1']
+    os.makedirs(os.path.join(workdir, 'conv'), exist_ok=True)
+    with open(os.path.join(workdir, 'conv', 'in.csv'), 'w') as f:
+        f.write('\n'.join(rows) + '\n')
+    result = beamml(['beamml', 'norms', '--input', 'conv/in.csv', '--output', 'out/norms',
+                     '--max_refused_fraction', '1'], workdir)
+    assert result.code == 0, result.stderr[-3:]
+    assert block.text.strip() in result.stdout, result.stdout
 
 
 def static_make(block: Block, workdir: str) -> None:
@@ -519,7 +538,7 @@ def run_commands(block: Block, workdir: str, name: str | None = None) -> list[Re
     return results
 
 
-KMEANS_EXAMPLE = "beamml kmeans --input 'data/*.parquet' --k 16 --model_dir models/blobs"
+KMEANS_EXAMPLE = "beamml kmeans --input 'data/*.parquet' --k 16 --model models/blobs"
 
 
 def trained(workdir: str) -> Result:
@@ -737,7 +756,7 @@ def ranking_metrics_json(block: Block, workdir: str) -> None:
                              'model': ['a' if k < 3 else 'b' for k in q]}),
                    os.path.join(cwd, 'logs', 'ranking.parquet'))
     result = beamml(['beamml', 'evaluate', '--input', 'logs/*.parquet', '--task', 'ranking',
-                     '--k', '5', '--slice_by', 'model', '--output', 'out/eval'], cwd)
+                     '--cutoff', '5', '--slice_by', 'model', '--output', 'out/eval'], cwd)
     assert result.code == 0, result.stderr[-3:]
     with open(os.path.join(cwd, 'out', 'eval', 'metrics.json')) as f:
         got = json.load(f)
@@ -886,6 +905,12 @@ BLOCKS = {
         '"record": {"id": "4", "x1": "x", "x2": "1"}, "row": 3}': ('run', dead_letter_sample),
         '$ beamml norms --input data/a.csv --output out/norms': ('run', records_line),
     },
+    'docs/conventions.md': {
+        "beamml kmeans: error: argument --k: '0' is not an integer >= 1 (see beamml kmeans "
+        '--help)': ('run', convention_usage_error),
+        'records_read=1000 records_ok=998 records_refused=2 errors=out/norms-errors-*.jsonl':
+            ('run', convention_records_line),
+    },
     'docs/operations.md': {
         "beamml assign --input 'gs://B/incoming/{date}/*.parquet' --model gs://B/models \\":
             ('static', scheduled_command),
@@ -932,7 +957,7 @@ BLOCKS = {
     },
     'docs/pipelines/kmeans.md': {
         KMEANS_EXAMPLE + ' \\': ('run', run_kmeans_example),
-        '$ beamml kmeans --input two.csv --k 2 --model_dir models; echo $?':
+        '$ beamml kmeans --input two.csv --k 2 --model models; echo $?':
             ('run', kmeans_error),
         '<HH:MM:SS> beamml: kmeans <VERSION>: block 1 done in <S> s: 2 iteration(s) in all, '
         'inertia 9084.91, centre shift 0, stopped (converged_labels)': ('run', block_log_line),
@@ -947,7 +972,7 @@ BLOCKS = {
     'docs/pipelines/monitor.md': {
         "beamml monitor --input 'data/{date}/*.parquet' --model models/blobs \\":
             ('run', monitor_commands),
-        '$ beamml kmeans --input data/train.parquet --k 3 --random_state 0 --model_dir models':
+        '$ beamml kmeans --input data/train.parquet --k 3 --random_state 0 --model models':
             ('run', monitor_example),
     },
     'docs/reports.md': {

@@ -18,7 +18,7 @@ Pub/Sub (``--input_subscription``/``--input_topic``) or a watched file pattern
 ``--model_refresh_seconds`` (default 60): a new version saved in the model
 directory is picked up without a restart, and moving LATEST back rolls back;
 every row names its ``model_version`` and carries ``window_start``,
-``window_end`` and ``timing`` (on_time or late). See the README.
+``window_end`` and ``timing`` (on_time or late). See docs/streaming.md.
 
 Deployment (:mod:`beamml.pipelines.assign.deploy`): ``--shadow_model`` compares a
 candidate on every point (``<output>-shadow.json``; the rows stay --model's),

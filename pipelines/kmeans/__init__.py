@@ -94,7 +94,7 @@ class KMeansOptions:
         parser.add_argument('--block_size', type=int, default=BLOCK_SIZE,
                             help=f'iterations per pipeline run (default {BLOCK_SIZE}); the '
                                  'state is checkpointed after each block (on Dataflow each '
-                                 'block is a job: see the README for choosing it)')
+                                 'block is a job: see docs/pipelines/kmeans.md for choosing it)')
         parser.add_argument('--resume', nargs='?', const='latest', default=None,
                             metavar='VERSION',
                             help='continue the unfinished training VERSION (default: the '
@@ -143,7 +143,7 @@ class KMeansOptions:
         parser.add_argument('--dtype', choices=('float64', 'float32'), default='float64',
                             help='what the points are cached and the E-step computed in '
                                  '(default float64; float32 halves the bytes read per '
-                                 'iteration: centres within ~1e-9 relative, see the README)')
+                                 'iteration: centres within ~1e-9 relative, see docs/benchmarks.md)')
         parser.add_argument('--cache_dir', default=None,
                             help='where the centred points are kept between iterations and '
                                  'blocks, in a folder per version (local or gs://; deleted at '

@@ -20,7 +20,7 @@ version with ``beamml kmeans`` (LATEST is not moved).
 Streaming (``--streaming --window_size S``): the same per event-time window, from
 Pub/Sub or a watched pattern: OUTPUT/drift-<window>-pane-*.jsonl,
 OUTPUT/alarms-<window>-...jsonl and OUTPUT/decision-<window>-...jsonl (the rules
-over consecutive windows, kept in a single-key state). See the README.
+over consecutive windows, kept in a single-key state). See docs/pipelines/monitor.md.
 """
 from __future__ import annotations
 

@@ -200,7 +200,7 @@ def summary_line(alarms: list[dict], limit: int = 8) -> str:
 
 def report_data(baseline: Baseline, profile: dict, drift: dict, decision: dict,
                 windows: list[dict] | None = None) -> dict:
-    """Everything a report needs (report_data.json; fields in the README)."""
+    """Everything a report needs (report_data.json; fields in docs/pipelines/monitor.md)."""
     b = baseline.doc
     if baseline.kind == 'logs':
         return {'window_start': drift['window_start'], 'window_end': drift['window_end'],

@@ -1,7 +1,7 @@
 """The command-line reference, docs/cli.md, generated from the commands' own parsers.
 
-    python -m beamml.pipelines.cli_reference --write docs/cli.md   # make docs
-    python -m beamml.pipelines.cli_reference --check docs/cli.md   # exit 1 if stale
+    python -m beamml.pipelines._platform.cli_reference --write docs/cli.md   # make docs
+    python -m beamml.pipelines._platform.cli_reference --check docs/cli.md   # exit 1 if stale
 
 Which commands. Every command ``beamml --help`` lists (``beamml.pipelines.__main__``'s
 ``pipelines()``), in its order.
@@ -155,12 +155,14 @@ def render() -> str:
     found = commands()
     lines = [
         '# Command-line reference', '',
-        '<!-- Generated from the commands\' parsers by `python -m beamml.pipelines.cli_reference '
-        '--write docs/cli.md` (`make docs`); do not edit: tests/test_cli_reference.py fails '
+        '<!-- Generated from the commands\' parsers by `python -m '
+        'beamml.pipelines._platform.cli_reference --write docs/cli.md` (`make docs`); do not edit: tests/test_cli_reference.py fails '
         'when this page is not the generator\'s. -->', '',
         'Every command runs as `beamml <command> [flags]` or `python -m beamml <command> '
         '[flags]`; `beamml <command> --help` prints the same flags (and `-h`). What the '
-        'flags do in depth is on each pipeline\'s page ([docs](index.md)).', '',
+        'flags do in depth is on each pipeline\'s page ([docs](index.md)); the rules every '
+        'command shares (outputs, dead letters, required flags, renamed flags, exit codes) '
+        'are [the command-line convention](conventions.md).', '',
         '| command | what it does |', '|---|---|']
     lines += [f'| [`{name}`](#{anchor("beamml " + name)}) | {_escape(desc)} |'
               for name, desc in found.items()]
@@ -192,7 +194,7 @@ def _stale(path: str, expected: str) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog='python -m beamml.pipelines.cli_reference',
+        prog='python -m beamml.pipelines._platform.cli_reference',
         description=f'Write or check the command-line reference ({PAGE}).')
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument('--write', metavar='FILE', help='write the page there')
