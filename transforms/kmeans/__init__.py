@@ -8,9 +8,13 @@ gives one :class:`KMeansResult`.
 Modules
 -------
 :mod:`~beamml.transforms.kmeans.kernels`
-    numpy only: the Lloyd E-step (``lloyd_labels``) and M-step
-    (``update_centers``, empty clusters), ``kmeans_plusplus``, ``tolerance``,
-    row hashes and the label signature.
+    numpy only: the Lloyd E-step (``lloyd_labels``, the fused ``lloyd_pass``) and
+    M-step (``update_centers``, empty clusters), ``tolerance``, row hashes and the
+    label signature.
+:mod:`~beamml.transforms.kmeans.seeding_kernels`
+    numpy only: ``kmeans_plusplus`` and the per-batch random generator.
+:mod:`~beamml.transforms.kmeans.runtime`
+    how the E-step runs: its thread pool, BLAS on one thread, the dtype.
 :mod:`~beamml.transforms.kmeans.cache`
     the point cache: batches as ``.npy`` files (local or gs://) between iterations.
 :mod:`~beamml.transforms.kmeans.combiners`
@@ -29,11 +33,12 @@ from beamml.transforms.kmeans.cache import read_cached_points, write_cached_poin
 from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, LabelledPoints,
                                                 PointStats, PointStatsCombineFn, RunsCombineFn)
 from beamml.transforms.kmeans.kernels import (EMPTY_CLUSTER, INIT_METHODS, STOP_REASONS,
-                                              center_shift, kmeans_plusplus, label_signature,
-                                              lloyd_labels, lloyd_pass, lloyd_pass_runs, row_hashes,
-                                              tolerance, update_centers)
+                                              center_shift, label_signature, lloyd_labels,
+                                              lloyd_pass, lloyd_pass_runs, row_hashes, tolerance,
+                                              update_centers)
 from beamml.transforms.kmeans.lloyd import KMeansResult, KMeansRuns, KMeansState, state_from_dict
 from beamml.transforms.kmeans.seeding import read_initial_centers
+from beamml.transforms.kmeans.seeding_kernels import kmeans_plusplus
 from beamml.transforms.kmeans.training import KMeans, recursion_limit_for
 
 __all__ = [

@@ -23,8 +23,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beamml.transforms.core.combining import merge_into_first
 from beamml.transforms.io import points_matrix
-from beamml.transforms.kmeans.kernels import (MASK64, LloydPass, batch_rng, farthest_order,
-                                              label_signature, largest, row_hashes, smallest)
+from beamml.transforms.kmeans.kernels import (MASK64, LloydPass, farthest_order, label_signature,
+                                              largest, row_hashes, smallest)
+from beamml.transforms.kmeans.seeding_kernels import batch_rng
 
 __all__ = [
     'LabelledPoints', 'ClusterSums', 'CentroidCombineFn', 'RunsCombineFn', 'PointStats',

@@ -58,7 +58,8 @@ from beamml.transforms.core.documents import read_bytes
 from beamml.transforms.kmeans.cache import points_of, weights_of
 from beamml.transforms.kmeans.combiners import (OversampleCombineFn, PartialCombineFn, PointStats,
                                                 SumArraysCombineFn, merge_partials)
-from beamml.transforms.kmeans.kernels import batch_rng, kmeans_plusplus, largest, row_hashes
+from beamml.transforms.kmeans.kernels import largest, row_hashes
+from beamml.transforms.kmeans.seeding_kernels import batch_rng, kmeans_plusplus
 
 __all__ = ['read_initial_centers', 'SeedCenters']
 

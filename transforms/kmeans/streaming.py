@@ -40,7 +40,7 @@ Initial model
 As Spark: given centres with given weights (``setInitialCenters(centers,
 weights)``), or centres drawn from the data with one weight for all
 (``setRandomCenters(dim, weight, seed)``; Spark's own example uses weight 0).
-Here the drawn centres are k-means++ (:func:`~beamml.transforms.kmeans.kernels.kmeans_plusplus`,
+Here the drawn centres are k-means++ (:func:`~beamml.transforms.kmeans.seeding_kernels.kmeans_plusplus`,
 ``random_state``) on the first window's points, with ``initial_weight``,
 default 0.0: the seeds are points of that same window, so they carry no data
 of their own, and the first update makes each centre the mean of the points
@@ -102,7 +102,8 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beamml.transforms.core.errors import BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.rows import features_matrix
-from beamml.transforms.kmeans.kernels import kmeans_plusplus, lloyd_pass
+from beamml.transforms.kmeans.kernels import lloyd_pass
+from beamml.transforms.kmeans.seeding_kernels import kmeans_plusplus
 from beamml.transforms.streaming.windows import iso
 
 __all__ = [
