@@ -119,7 +119,7 @@ def runs_sums(cls):
     """n_init=3 runs side by side: per batch, a list of one ClusterSums (the fused pass)
     per run; run 2 stopped (None everywhere), run 1 in some batches only."""
     from beamml.transforms.kmeans import CentroidCombineFn, lloyd_pass_runs
-    from beamml.transforms.kmeans.combiners import ClusterSums
+    from beamml.transforms.kmeans.accumulators import ClusterSums
     rng = np.random.default_rng(13)
     X = points(13, 120, 3)
     runs = [X[[0, 10, 20, 30]], X[[1, 2, 3, 4]], X[[5, 6, 7, 8]]]

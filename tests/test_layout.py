@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_LINES = 520
 #: modules that are kernels although their file is not called kernels.py
 KERNELS = {'beamml.transforms.distances', 'beamml.transforms.metrics.parsing',
-           'beamml.transforms.kmeans.runtime', 'beamml.transforms.kmeans.seeding_kernels'}
+           'beamml.transforms.kmeans.runtime', 'beamml.transforms.kmeans.seeding_kernels',
+           'beamml.transforms.kmeans.accumulators'}
 
 
 def _modules() -> dict[str, str]:

@@ -17,9 +17,11 @@ Modules
     how the E-step runs: its thread pool, BLAS on one thread, the dtype.
 :mod:`~beamml.transforms.kmeans.cache`
     the point cache: batches as ``.npy`` files (local or gs://) between iterations.
+:mod:`~beamml.transforms.kmeans.accumulators`
+    numpy only: the accumulators (``ClusterSums``, ``PointStats``) that add and merge batches.
 :mod:`~beamml.transforms.kmeans.combiners`
-    the accumulators (``ClusterSums``, ``PointStats``), the CombineFns that
-    delegate to them, and the partial combine (one accumulator per bundle).
+    the CombineFns that delegate to them, and the partial combine (one
+    accumulator per bundle).
 :mod:`~beamml.transforms.kmeans.seeding`
     k-means++, k-means||, random and given centres (``read_initial_centers``).
 :mod:`~beamml.transforms.kmeans.lloyd`
@@ -30,8 +32,9 @@ Modules
     ``KMeans``, and ``recursion_limit_for`` for running many iterations locally.
 """
 from beamml.transforms.kmeans.cache import read_cached_points, write_cached_points
-from beamml.transforms.kmeans.combiners import (CentroidCombineFn, ClusterSums, LabelledPoints,
-                                                PointStats, PointStatsCombineFn, RunsCombineFn)
+from beamml.transforms.kmeans.accumulators import ClusterSums, LabelledPoints, PointStats
+from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PointStatsCombineFn,
+                                                RunsCombineFn)
 from beamml.transforms.kmeans.kernels import (EMPTY_CLUSTER, INIT_METHODS, STOP_REASONS,
                                               center_shift, label_signature, lloyd_labels,
                                               lloyd_pass, lloyd_pass_runs, row_hashes, tolerance,

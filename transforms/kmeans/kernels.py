@@ -1,8 +1,8 @@
 """K-means numpy kernels (no Beam): the Lloyd E- and M-steps, tolerance, row hashes.
 
 Plain functions on ``(n_samples, n_features)`` arrays, with scikit-learn's names
-and arithmetic (``sklearn/cluster/_kmeans.py``); the Beam adapters in
-:mod:`~beamml.transforms.kmeans.combiners`, the seeding graph and the
+and arithmetic (``sklearn/cluster/_kmeans.py``); the accumulators of
+:mod:`~beamml.transforms.kmeans.accumulators`, the seeding graph and the
 training composite call them. The seeding kernels (k-means++) are in
 :mod:`~beamml.transforms.kmeans.seeding_kernels`; how the E-step runs (its
 thread pool, BLAS on one thread, the dtype) in :mod:`~beamml.transforms.kmeans.runtime`.

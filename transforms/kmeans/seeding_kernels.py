@@ -4,7 +4,7 @@
 :func:`batch_rng` gives each batch its own draws from the run's seed and the
 batch's content (the sample of the statistics pass, the k-means|| rounds). The
 seeding graph (:mod:`~beamml.transforms.kmeans.seeding`), the statistics'
-sample (:class:`~beamml.transforms.kmeans.combiners.PointStats`) and
+sample (:class:`~beamml.transforms.kmeans.accumulators.PointStats`) and
 streaming K-means call them.
 """
 from __future__ import annotations

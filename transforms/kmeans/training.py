@@ -42,7 +42,8 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io import points_matrix
 from beamml.transforms.kmeans.cache import (drop_cached_points, read_cached_points,
                                             read_cached_weights, write_cached_points)
-from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn, PointStats,
+from beamml.transforms.kmeans.accumulators import PointStats
+from beamml.transforms.kmeans.combiners import (CentroidCombineFn, PartialCombineFn,
                                                 PointStatsCombineFn, RunsCombineFn, StateMarker,
                                                 batch_weights)
 from beamml.transforms.kmeans.kernels import EMPTY_CLUSTER, INIT_METHODS, lloyd_labels, row_hashes
