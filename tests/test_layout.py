@@ -27,7 +27,7 @@ MAX_LINES = 520
 #: modules that are kernels although their file is not called kernels.py
 KERNELS = {'beamml.transforms.distances', 'beamml.transforms.metrics.parsing',
            'beamml.transforms.kmeans.runtime', 'beamml.transforms.kmeans.seeding_kernels',
-           'beamml.transforms.kmeans.accumulators'}
+           'beamml.transforms.kmeans.accumulators', 'beamml.transforms.kmeans.streaming_kernels'}
 
 
 def _modules() -> dict[str, str]:
