@@ -27,9 +27,14 @@ Modules
 :mod:`~beamml.transforms.kmeans.lloyd`
     the Lloyd iteration as numpy steps: ``KMeansState``, the E-step per batch,
     the M-step with scikit-learn's stopping rule, ``KMeansResult``.
+:mod:`~beamml.transforms.kmeans.centring`
+    the points of a training: unit points, the statistics pass (and the cache),
+    centring, the labels against the final state.
+:mod:`~beamml.transforms.kmeans.iterations`
+    the DoFns that run the Lloyd steps and the unrolled iterations (``LloydBlock``).
 :mod:`~beamml.transforms.kmeans.training`
-    the graph: the DoFns that run those steps, the unrolled iterations,
-    ``KMeans``, and ``recursion_limit_for`` for running many iterations locally.
+    the graph: ``KMeans`` (its parameters checked) and ``recursion_limit_for`` for
+    running many iterations locally.
 """
 from beamml.transforms.kmeans.cache import read_cached_points, write_cached_points
 from beamml.transforms.kmeans.accumulators import ClusterSums, LabelledPoints, PointStats

@@ -45,7 +45,7 @@ points, a 64-bit mix of (hash of the point's coordinates, label) modulo 2**64
 (point, label) give equal sums, and a different labelling collides with
 probability about 2**-64.
 
-The Beam side (:mod:`~beamml.transforms.kmeans.training`) calls these once per
+The Beam side (:mod:`~beamml.transforms.kmeans.iterations`) calls these once per
 batch (the E-steps) or once per iteration (the merge, M-step and stopping test).
 """
 from __future__ import annotations
