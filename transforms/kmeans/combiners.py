@@ -22,7 +22,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from beamml.transforms.core.combining import merge_into_first
 from beamml.transforms.io import points_matrix
-from beamml.transforms.kmeans.accumulators import ClusterSums, PointStats
+from beamml.transforms.kmeans.accumulators import ClusterSums, LabelledPoints, PointStats
 from beamml.transforms.kmeans.kernels import largest
 
 __all__ = [
@@ -30,6 +30,9 @@ __all__ = [
     'OversampleCombineFn', 'SumArraysCombineFn', 'StateMarker', 'PartialCombineFn',
     'merge_partials', 'batch_weights',
 ]
+
+#: what CentroidCombineFn adds: a labelled batch (or its tuple), or a batch's ClusterSums
+_CentroidInput = LabelledPoints | ClusterSums | tuple[np.ndarray, ...]
 
 
 # ----------------------------------------------------------------------------- CombineFns
@@ -45,6 +48,9 @@ def batch_weights(batch) -> np.ndarray | None:
     return None
 
 
+# not RecordBatches: labelled points or the sums of one batch (the E-step's output)
+@beam.typehints.with_input_types(_CentroidInput)
+@beam.typehints.with_output_types(ClusterSums)
 class CentroidCombineFn(beam.CombineFn):
     """Per-cluster sums, counts and inertia of labelled batches (the K-means M-step).
 
@@ -88,6 +94,9 @@ class CentroidCombineFn(beam.CombineFn):
         return acc.sort_farthest()
 
 
+# not RecordBatches: per batch, what CentroidCombineFn adds for each run (None: stopped)
+@beam.typehints.with_input_types(list[_CentroidInput | None])
+@beam.typehints.with_output_types(list[ClusterSums | None])
 class RunsCombineFn(beam.CombineFn):
     """:class:`CentroidCombineFn` for ``n_init`` runs side by side: one accumulator per run.
 
@@ -129,6 +138,8 @@ class RunsCombineFn(beam.CombineFn):
         return [None if a is None else self.inner.extract_output(a) for a in acc]
 
 
+@beam.typehints.with_input_types(pa.RecordBatch | np.ndarray)
+@beam.typehints.with_output_types(PointStats)
 class PointStatsCombineFn(beam.CombineFn):
     """Count, mean and variance per feature, a uniform sample and a few distinct points.
 
@@ -171,6 +182,9 @@ class PointStatsCombineFn(beam.CombineFn):
         return acc.sort_sample()
 
 
+# not RecordBatches: a round's (keys, points, cost) per batch
+@beam.typehints.with_input_types(tuple[np.ndarray, np.ndarray, float])
+@beam.typehints.with_output_types(tuple[np.ndarray | None, np.ndarray | None, float])
 class OversampleCombineFn(beam.CombineFn):
     """k-means|| round: the total cost and the points with the largest keys ``d^2 / u``.
 
@@ -204,6 +218,9 @@ class OversampleCombineFn(beam.CombineFn):
         return tuple(acc)
 
 
+# not RecordBatches: equal-shape arrays (k-means|| candidate weights, histogram counts)
+@beam.typehints.with_input_types(np.ndarray)
+@beam.typehints.with_output_types(np.ndarray | None)   # None: nothing was added
 class SumArraysCombineFn(beam.CombineFn):
     """Element-wise sum of equal-shape arrays (candidate weights of k-means||)."""
 
