@@ -288,7 +288,7 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
                 input_format=args.input_format, id_column=args.id_column), points=False)['layout']
             input_format = layout.input_format
         if layout is None:
-            from beamml.transforms.streaming.pubsub import message_layout
+            from beamml.transforms.streaming.messages import message_layout
             layout = message_layout(id_column=args.id_column, points=False)
         source = streams.read_stream(p, args, layout, points=False, source_columns=True,
                                        accumulating=True)

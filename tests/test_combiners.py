@@ -16,6 +16,8 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pytest
+from apache_beam.typehints.decorators import get_type_hints
+from apache_beam.typehints.typehints import check_constraint
 
 from combiner_contract import assert_same, check_combine_fn
 from beamml.transforms.kmeans import LabelledPoints, row_hashes
@@ -119,7 +121,7 @@ def runs_sums(cls):
     """n_init=3 runs side by side: per batch, a list of one ClusterSums (the fused pass)
     per run; run 2 stopped (None everywhere), run 1 in some batches only."""
     from beamml.transforms.kmeans import CentroidCombineFn, lloyd_pass_runs
-    from beamml.transforms.kmeans.combiners import ClusterSums
+    from beamml.transforms.kmeans.accumulators import ClusterSums
     rng = np.random.default_rng(13)
     X = points(13, 120, 3)
     runs = [X[[0, 10, 20, 30]], X[[1, 2, 3, 4]], X[[5, 6, 7, 8]]]
@@ -493,6 +495,48 @@ def test_every_combine_fn_is_registered(combine_fns):
                          f'REGISTRY: {missing}')
     stale = sorted(set(REGISTRY) - set(combine_fns))
     assert not stale, f'REGISTRY names CombineFns that beamml no longer defines: {stale}'
+
+
+def test_every_combine_fn_declares_its_types(combine_fns):
+    # what it adds and what it outputs, with Beam's decorators (as TFDV's
+    # ``@beam.typehints.with_input_types(pa.RecordBatch)``): Beam checks them against the
+    # PCollection when the pipeline is built, and picks the output's coder from them
+    undeclared = {}
+    for name, classes in sorted(combine_fns.items()):
+        for cls in classes:
+            hints = get_type_hints(cls)
+            missing = [what for what, types in (('input', hints.input_types),
+                                                ('output', hints.output_types)) if not types]
+            if missing:
+                undeclared[f'{cls.__module__}.{name}'] = missing
+    assert not undeclared, (f'CombineFns without @beam.typehints.with_input_types / '
+                            f'with_output_types: {undeclared}')
+
+
+@pytest.mark.parametrize('name, case', CASES, ids=[f'{n}-{c}' for n, c in CASES])
+def test_combine_fn_takes_and_gives_its_declared_types(name, case, combine_fns):
+    # the declared types are the true ones: every input of the contract case (shaped as
+    # the pipelines feed them) and the outputs, of the inputs and of no input
+    fn, inputs, _, empty = REGISTRY[name][case](combine_fns[name][0])
+    hints = fn.get_type_hints()
+    input_type, output_type = hints.input_types[0][0], hints.simple_output_type(name)
+    for i, element in enumerate(inputs):
+        try:
+            check_constraint(input_type, element)
+        except TypeError as e:   # Beam's type hint errors
+            raise AssertionError(f'{name}: input {i} is not of its declared type: {e}') from None
+    no_input_raises = isinstance(empty, type) and issubclass(empty, BaseException)
+    fn.setup()
+    try:
+        outputs = [fn.apply(inputs)] + ([] if no_input_raises else [fn.apply([])])
+    finally:
+        fn.teardown()
+    for out in outputs:
+        try:
+            check_constraint(output_type, out)
+        except TypeError as e:   # Beam's type hint errors
+            raise AssertionError(f'{name}: the output is not of its declared type: {e}') \
+                from None
 
 
 @pytest.mark.parametrize('name, case', CASES, ids=[f'{n}-{c}' for n, c in CASES])

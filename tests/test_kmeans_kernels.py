@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-import beamml.transforms.kmeans.kernels as kernels
+import beamml.transforms.kmeans.runtime as runtime
 from beamml.transforms.kmeans import (CentroidCombineFn, ClusterSums, KMeansState, LabelledPoints,
                                       label_signature, lloyd_labels, read_cached_points, row_hashes,
                                       write_cached_points)
@@ -61,7 +61,7 @@ def test_lloyd_pass_exact_distances_and_previous_labels():
 def test_lloyd_pass_does_not_depend_on_the_scheduling(monkeypatch):
     X, C = _data(n=70_000, seed=3)
     pooled = lloyd_pass(X, C, hashes=row_hashes(X))
-    monkeypatch.setitem(kernels._POOL, os.getpid(), None)  # no pool: the tasks in turn
+    monkeypatch.setitem(runtime._POOL, os.getpid(), None)  # no pool: the tasks in turn
     serial = lloyd_pass(X, C, hashes=row_hashes(X))
     np.testing.assert_array_equal(pooled.sums, serial.sums)
     assert pooled.inertia == serial.inertia and pooled.signature == serial.signature
@@ -93,13 +93,13 @@ def test_lloyd_pass_float32_opt_in():
 
 def test_single_threaded_blas_inside_the_pass():
     threadpoolctl = pytest.importorskip('threadpoolctl')
-    controller = kernels._blas_controller()
+    controller = runtime.blas_controller()
     assert controller is not None
     blas = [lib for lib in controller.lib_controllers if lib.user_api == 'blas']
     if not blas:
         pytest.skip('no BLAS library found by threadpoolctl')
     before = [lib.num_threads for lib in blas]
-    with kernels._single_threaded_blas():
+    with runtime.single_threaded_blas():
         inside = [lib.get_num_threads() for lib in blas]
     assert inside == [1] * len(blas)
     assert [lib.get_num_threads() for lib in blas] == before

@@ -18,9 +18,10 @@ from apache_beam.transforms import window
 
 from beamml.pipelines.kmeans import streaming as ks
 from beamml.transforms.core.errors import BeammlError
-from beamml.transforms.kmeans.kernels import kmeans_plusplus
-from beamml.transforms.kmeans.streaming import (StreamingKMeans, decay_from_half_life,
-                                                empty_updates, streaming_step, streaming_update)
+from beamml.transforms.kmeans.seeding_kernels import kmeans_plusplus
+from beamml.transforms.kmeans.streaming import StreamingKMeans
+from beamml.transforms.kmeans.streaming_kernels import (decay_from_half_life, empty_updates,
+                                                        streaming_step, streaming_update)
 from beamml.transforms.model import CentroidModel, list_versions, latest_version
 
 

@@ -20,9 +20,9 @@ from beamml.transforms.io.inspection import inspect_input
 from beamml.transforms.io.sinks import to_json_lines
 from beamml.transforms.io.sources import read_file_batches
 from beamml.transforms.io.rows import to_points
+from beamml.transforms.streaming.messages import message_layout, parse_messages
 from beamml.transforms.streaming.pubsub import (BatchMessagesFn, ReadPubSubBatches,
                                                 WriteDeadLettersToPubSub, WriteJsonToPubSub,
-                                                message_layout, parse_messages,
                                                 rows_to_json_messages)
 from pubsub_emulator import cancel_run, pubsub_emulator
 

@@ -339,6 +339,8 @@ class AssignNearestCentroid(beam.PTransform):
         ).with_outputs('errors', main='batches')
 
 
+@beam.typehints.with_input_types(pa.RecordBatch)
+@beam.typehints.with_output_types(list[int])
 class ClusterSizesFn(beam.CombineFn):
     """Points per cluster over assigned batches; accumulator: int64 counts of length k."""
 

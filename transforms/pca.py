@@ -319,6 +319,8 @@ def project_batch(batch: pa.RecordBatch, model: PCAModel | None) -> pa.RecordBat
 
 # ----------------------------------------------------------------------------- Beam adapters
 
+@beam.typehints.with_input_types(pa.RecordBatch | np.ndarray)
+@beam.typehints.with_output_types(PCAStats)
 class PCACombineFn(beam.CombineFn):
     """Count, mean and centred scatter matrix of points RecordBatches (their
     ``features`` column) or (n, d) arrays; the output is the :class:`PCAStats`

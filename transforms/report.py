@@ -18,8 +18,8 @@ import datetime as _dt
 from typing import Mapping, Sequence
 
 
-from beamml.transforms.charts import (PALETTE, bars_with_thresholds, escape, fmt, histogram_pair,
-                                      lines, scatter, spans_decades)
+from beamml.transforms.charts import bars_with_thresholds, histogram_pair, lines, scatter
+from beamml.transforms.svg import PALETTE, escape, fmt, spans_decades
 
 __all__ = ['PALETTE', 'histogram_pair', 'bars_with_thresholds', 'lines', 'scatter',
            'spans_decades', 'table_html', 'Report']

@@ -171,6 +171,8 @@ class _SampleAccumulator:
                 self.priority[keep], self.keys[keep], self.ids[keep])
 
 
+@beam.typehints.with_input_types(pa.RecordBatch)
+@beam.typehints.with_output_types(SortPlan)
 class _SortSampleFn(beam.CombineFn):
     """Count the rows and keep a uniform random sample of (sort key, id) of fixed size.
 

@@ -22,6 +22,7 @@ import re
 import socket
 
 import apache_beam as beam
+import pyarrow as pa
 
 from beamml.pipelines._platform.exits import Exit
 from beamml.pipelines._platform.faults import fault_point
@@ -124,6 +125,9 @@ def release_lock(dest, run_id: str) -> None:
         if mine:
             delete_if_unchanged(dest.lock, held.version)
 
+
+@beam.typehints.with_input_types(pa.RecordBatch | pa.Table)
+@beam.typehints.with_output_types(int)
 class RowsFn(beam.CombineFn):
     """Rows in RecordBatches (or Tables)."""
 

@@ -162,7 +162,7 @@ def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '
     if dimension is None:
         raise BeammlError('--streaming from Pub/Sub (or from a pattern that matches no file '
                           f'yet) needs --dimension D{dimension_hint}')
-    from beamml.transforms.streaming.pubsub import message_layout
+    from beamml.transforms.streaming.messages import message_layout
     features = tuple(args.feature_columns.split(',')) if args.feature_columns else ('features',)
     return message_layout(id_column=args.id_column or 'id', feature_columns=features,
                           dimension=dimension,

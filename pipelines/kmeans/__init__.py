@@ -53,7 +53,8 @@ from beamml.transforms.io import OUTPUT_FORMATS, ReadPoints, WriteDeadLetters
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult, KMeansRuns,
                                       read_initial_centers, recursion_limit_for,
                                       state_from_dict)
-from beamml.transforms.kmeans.training import cached_points, centre_into_cache
+from beamml.transforms.kmeans.centring import centre_into_cache
+from beamml.transforms.kmeans.iterations import cached_points
 from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
 
 __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']

@@ -14,7 +14,7 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.core.objects import list_under
 from beamml.transforms.io import ReadPoints, WriteTable
 from beamml.transforms.kmeans import KMeansState
-from beamml.transforms.kmeans.training import training_labels
+from beamml.transforms.kmeans.centring import training_labels
 from beamml.transforms.model import CentroidModel
 from beamml.transforms.monitoring import BASELINE_FILE, MakeBaseline, column_names, write_baseline
 

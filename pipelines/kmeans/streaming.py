@@ -45,8 +45,9 @@ from beamml.pipelines.kmeans.points import read_kwargs
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.core.documents import exists, join
 from beamml.transforms.kmeans.seeding import read_initial_centers
-from beamml.transforms.kmeans.streaming import (TIME_UNITS, ModelUpdate, StreamingKMeans,
-                                                check_decay, decay_from_half_life)
+from beamml.transforms.kmeans.streaming import ModelUpdate, StreamingKMeans
+from beamml.transforms.kmeans.streaming_kernels import (TIME_UNITS, check_decay,
+                                                        decay_from_half_life)
 from beamml.transforms.kmeans import INIT_METHODS
 from beamml.transforms.model import (LATEST_FILE, CentroidModel, list_versions, new_version,
                                      set_latest)

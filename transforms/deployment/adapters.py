@@ -3,7 +3,7 @@ CombineFns, and the assignment DoFns and composites that add a second model to
 :mod:`beamml.transforms.assignment`'s (see the package docstring)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -24,6 +24,8 @@ SHADOW_TAG = 'shadow'
 
 # ----------------------------------------------------------------------------- CombineFns
 
+@beam.typehints.with_input_types(pa.RecordBatch)
+@beam.typehints.with_output_types(dict[str, Any])
 class ShadowComparisonFn(beam.CombineFn):
     """The production model against the shadow, over comparison batches.
 
@@ -88,6 +90,8 @@ def _add_counts(first: list, a: list) -> None:
         f += x   # numpy arrays: in place
 
 
+@beam.typehints.with_input_types(pa.RecordBatch)
+@beam.typehints.with_output_types(list[list[int]])
 class VersionCountsFn(beam.CombineFn):
     """Points per model version and cluster over assigned batches (``model_version``,
     ``cluster``): accumulator one int64 count array per version (of its k). Output: a

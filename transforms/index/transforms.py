@@ -54,6 +54,9 @@ class _FirstKeysFn(beam.DoFn):
         yield first_keys(batch.column(self.id_column), keys)
 
 
+# not RecordBatches: the (id, key) tables of first_keys, one per batch
+@beam.typehints.with_input_types(pa.Table)
+@beam.typehints.with_output_types(pa.Table)
 class MinKeyPerIdFn(beam.CombineFn):
     """Tables ``(id, key)`` -> one table with each distinct id once and its smallest key.
 
@@ -90,6 +93,9 @@ class MinKeyPerIdFn(beam.CombineFn):
         return merge_first_keys(acc, self.schema)
 
 
+# not RecordBatches: their schemas (schema_without_source)
+@beam.typehints.with_input_types(pa.Schema)
+@beam.typehints.with_output_types(pa.Schema)
 class UnifySchemasFn(beam.CombineFn):
     """Batch schemas -> the one schema every batch is written with
     (:func:`~beamml.transforms.index.schemas.promote_types`).

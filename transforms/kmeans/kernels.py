@@ -1,9 +1,11 @@
-"""K-means numpy kernels (no Beam): the Lloyd E- and M-steps, k-means++, tolerance, row hashes.
+"""K-means numpy kernels (no Beam): the Lloyd E- and M-steps, tolerance, row hashes.
 
 Plain functions on ``(n_samples, n_features)`` arrays, with scikit-learn's names
-and arithmetic (``sklearn/cluster/_kmeans.py``); the Beam adapters in
-:mod:`~beamml.transforms.kmeans.combiners`, the seeding graph and the
-training composite call them.
+and arithmetic (``sklearn/cluster/_kmeans.py``); the accumulators of
+:mod:`~beamml.transforms.kmeans.accumulators`, the seeding graph and the
+training composite call them. The seeding kernels (k-means++) are in
+:mod:`~beamml.transforms.kmeans.seeding_kernels`; how the E-step runs (its
+thread pool, BLAS on one thread, the dtype) in :mod:`~beamml.transforms.kmeans.runtime`.
 
 Empty clusters
 --------------
@@ -44,20 +46,17 @@ bit for bit.
 """
 from __future__ import annotations
 
-import contextlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from beamml.transforms.distances import row_sq_norms
+from beamml.transforms.kmeans.runtime import kernel_dtype, map_chunks, single_threaded_blas
 
 __all__ = [
     'INIT_METHODS', 'EMPTY_CLUSTER', 'STOP_REASONS', 'MASK64',
-    'row_hashes', 'label_signature', 'batch_rng', 'tolerance', 'lloyd_labels', 'LloydPass',
-    'lloyd_pass', 'lloyd_pass_runs', 'KERNEL_DTYPES',
-    'kmeans_plusplus', 'farthest_order', 'update_centers', 'center_shift',
+    'row_hashes', 'label_signature', 'tolerance', 'lloyd_labels', 'LloydPass',
+    'lloyd_pass', 'lloyd_pass_runs', 'farthest_order', 'update_centers', 'center_shift',
     'largest', 'smallest',
 ]
 
@@ -70,8 +69,6 @@ _GOLDEN64 = np.uint64(0x9E3779B97F4A7C15)  # SplitMix64's increment
 _FEATURE_SEED = np.uint64(0x2545F4914F6CDD1D)
 _CHUNK_ROWS = 4096  # rows per BLAS product in the E-step (the distances stay in cache)
 _TASK_CHUNKS = 4  # chunks per thread-pool task of lloyd_pass (one task: 16384 rows)
-#: the dtypes the Lloyd kernels compute in (float64 by default; float32 is an opt-in)
-KERNEL_DTYPES = (np.float64, np.float32)
 
 
 # ----------------------------------------------------------------------------- row hashes
@@ -133,16 +130,6 @@ def label_signature(hashes: np.ndarray, labels: np.ndarray) -> int:
     return int(np.add.reduce(v, dtype=np.uint64))
 
 
-def batch_rng(seed: int, stream: int, hashes: np.ndarray) -> np.random.Generator:
-    """A generator for one batch, from the run's seed and the batch's content.
-
-    The same batch gets the same draws whatever the order batches arrive in;
-    ``stream`` separates the uses (0: the sample, ``r + 1``: k-means|| round r).
-    """
-    h = int(np.add.reduce(hashes, dtype=np.uint64)) if len(hashes) else 0
-    return np.random.default_rng([seed & MASK64, stream, h & 0xFFFFFFFF, h >> 32, len(hashes)])
-
-
 def largest(keys: np.ndarray, m: int) -> np.ndarray:
     """Indices of the m largest keys (all when there are at most m), in no order."""
     if len(keys) <= m:
@@ -164,41 +151,6 @@ def tolerance(variances: np.ndarray, tol: float) -> float:
     if tol == 0:
         return 0.0
     return float(np.mean(variances) * tol)
-
-
-#: The E-step's thread pool, one per process: DoFns are created, pickled and torn
-#: down by the runner, while the threads should be started once and shared by
-#: every batch and iteration the process runs (as scikit-learn's OpenMP team).
-#: Keyed by pid because a forked worker inherits the dict but not the threads.
-_POOL: dict = {}
-#: threadpoolctl's controller of the BLAS libraries, one per process (None without it).
-_BLAS: dict = {}
-
-
-def _thread_pool():
-    """The small thread pool for the E-step of this process (None on a single core)."""
-    pid = os.getpid()
-    if pid not in _POOL:
-        try:
-            cores = len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            cores = os.cpu_count() or 1
-        _POOL.clear()
-        _POOL[pid] = (ThreadPoolExecutor(min(cores, 8), thread_name_prefix='beamml-kmeans')
-                      if cores > 1 else None)
-    return _POOL[pid]
-
-
-def _map_chunks(chunk, starts, min_parallel: int = 4) -> None:
-    """``chunk(lo)`` for every start, on the thread pool when there are ``min_parallel`` or more."""
-    starts = list(starts)
-    pool = _thread_pool() if len(starts) >= min_parallel else None
-    if pool is None:
-        for lo in starts:
-            chunk(lo)
-    else:  # numpy releases the GIL in the product and argmin: chunks run in parallel
-        for _ in pool.map(chunk, starts):
-            pass
 
 
 def lloyd_labels(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | None = None,
@@ -252,52 +204,10 @@ def lloyd_labels(X: np.ndarray, centers: np.ndarray, centers_sq: np.ndarray | No
             np.maximum(b, 0.0, out=b)
             best[lo:lo + len(lab)] = b
 
-    _map_chunks(chunk, range(0, n, _CHUNK_ROWS))
+    map_chunks(chunk, range(0, n, _CHUNK_ROWS))
     if not return_distances:
         return labels
     return labels, best
-
-
-def _blas_controller():
-    """threadpoolctl's controller, made once per process (None without threadpoolctl)."""
-    pid = os.getpid()
-    if pid not in _BLAS:
-        _BLAS.clear()
-        try:
-            from threadpoolctl import ThreadpoolController
-            _BLAS[pid] = ThreadpoolController()
-        except Exception:  # threadpoolctl is optional (scikit-learn brings it)
-            _BLAS[pid] = None
-    return _BLAS[pid]
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """BLAS on one thread within the block (as scikit-learn's Lloyd loop does).
-
-    The E-step's products are small (4096 x d by d x k): a multi-threaded BLAS
-    spends more time starting and joining its threads than computing (measured
-    with OpenBLAS, k=16, d=8: 3 to 6x slower per product, and twice the CPU),
-    and inside the E-step's own thread pool it oversubscribes the cores. The
-    results do not change: each entry of a product is computed by the same
-    kernel whatever the number of threads.
-    """
-    controller = _blas_controller()
-    if controller is None:
-        yield
-        return
-    with controller.limit(limits=1, user_api='blas'):
-        yield
-
-
-def _kernel_dtype(X, dtype):
-    """The dtype a kernel computes in: ``dtype`` if given, else float32 for float32 X, else float64."""
-    if dtype is None:
-        dtype = np.float32 if getattr(X, 'dtype', None) == np.float32 else np.float64
-    dtype = np.dtype(dtype)
-    if dtype not in KERNEL_DTYPES:
-        raise ValueError(f'dtype must be float64 or float32, got {dtype}')
-    return dtype
 
 
 class LloydPass(NamedTuple):
@@ -400,7 +310,7 @@ def lloyd_pass_runs(X: np.ndarray, centers: Sequence[np.ndarray],
     ``centers_sq`` and ``previous_labels`` are per run; the other parameters
     are :func:`lloyd_pass`'s.
     """
-    dtype = _kernel_dtype(X, dtype)
+    dtype = kernel_dtype(X, dtype)
     X = np.asarray(X, dtype=dtype)
     n, d = X.shape
     g = len(centers)
@@ -478,8 +388,8 @@ def lloyd_pass_runs(X: np.ndarray, centers: Sequence[np.ndarray],
                     labels[r, a:a + m] = lr
         out[t] = (sums, counts, inertia, signature, changed, wsums)
 
-    with _single_threaded_blas():
-        _map_chunks(task, range(len(starts)), min_parallel=2)
+    with single_threaded_blas():
+        map_chunks(task, range(len(starts)), min_parallel=2)
     sums = np.zeros((g, k, d))
     counts = np.zeros((g, k), dtype=np.int64)
     wsums = np.zeros((g, k)) if weighted else None
@@ -498,89 +408,6 @@ def lloyd_pass_runs(X: np.ndarray, centers: Sequence[np.ndarray],
                       None if labels is None else labels[r],
                       None if previous_labels is None else changed[r],
                       None if wsums is None else wsums[r]) for r in range(g)]
-
-
-# ----------------------------------------------------------------------------- k-means++
-
-def _sq_distances_sklearn(A: np.ndarray, B: np.ndarray, B_sq: np.ndarray) -> np.ndarray:
-    """scikit-learn's ``_euclidean_distances(A, B, Y_norm_squared=B_sq, squared=True)``."""
-    D = -2 * (A @ B.T)
-    D += row_sq_norms(A)[:, None]
-    D += B_sq.reshape(1, -1)
-    np.maximum(D, 0, out=D)
-    return D
-
-
-def _check_random_state(random_state) -> np.random.RandomState:
-    if random_state is None or isinstance(random_state, (int, np.integer)):
-        return np.random.RandomState(random_state)
-    if isinstance(random_state, np.random.RandomState):
-        return random_state
-    raise ValueError(f'random_state must be None, an int or a RandomState, '
-                     f'got {type(random_state).__name__}')
-
-
-def kmeans_plusplus(X: np.ndarray, n_clusters: int, *, sample_weight: np.ndarray | None = None,
-                    x_squared_norms: np.ndarray | None = None, random_state=None,
-                    n_local_trials: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy k-means++ seeding, step for step scikit-learn's ``_kmeans_plusplus``.
-
-    With the same ``random_state`` it returns the same centres and indices as
-    ``sklearn.cluster.kmeans_plusplus`` (same draws, same arithmetic).
-
-    Parameters
-    ----------
-    X : ndarray of shape (n_samples, n_features)
-    n_clusters : int
-    sample_weight : ndarray of shape (n_samples,), optional
-        Weights (default 1 each): the first centre is drawn with probability
-        ``w / sum(w)``, the next ones with probability ``w d^2 / sum(w d^2)``.
-    x_squared_norms : ndarray of shape (n_samples,), optional
-    random_state : None, int or RandomState
-    n_local_trials : int, optional
-        Candidates tried per centre; default ``2 + int(log(n_clusters))``.
-
-    Returns
-    -------
-    centers : ndarray of shape (n_clusters, n_features)
-    indices : ndarray of shape (n_clusters,)
-        ``X[indices[i]] == centers[i]``.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    n_samples, n_features = X.shape
-    if not 1 <= n_clusters <= n_samples:
-        raise ValueError(f'n_clusters={n_clusters} must be in [1, n_samples={n_samples}]')
-    random_state = _check_random_state(random_state)
-    if sample_weight is None:
-        sample_weight = np.ones(n_samples, dtype=X.dtype)
-    sample_weight = np.asarray(sample_weight, dtype=np.float64)
-    if x_squared_norms is None:
-        x_squared_norms = row_sq_norms(X)
-    centers = np.empty((n_clusters, n_features), dtype=X.dtype)
-    if n_local_trials is None:
-        n_local_trials = 2 + int(np.log(n_clusters))
-
-    center_id = random_state.choice(n_samples, p=sample_weight / sample_weight.sum())
-    indices = np.full(n_clusters, -1, dtype=int)
-    centers[0] = X[center_id]
-    indices[0] = center_id
-    closest_dist_sq = _sq_distances_sklearn(centers[0, np.newaxis], X, x_squared_norms)
-    current_pot = closest_dist_sq @ sample_weight
-
-    for c in range(1, n_clusters):  # a loop over centres, not points
-        rand_vals = random_state.uniform(size=n_local_trials) * current_pot
-        candidate_ids = np.searchsorted(np.cumsum(sample_weight * closest_dist_sq), rand_vals)
-        np.clip(candidate_ids, None, closest_dist_sq.size - 1, out=candidate_ids)
-        distance_to_candidates = _sq_distances_sklearn(X[candidate_ids], X, x_squared_norms)
-        np.minimum(closest_dist_sq, distance_to_candidates, out=distance_to_candidates)
-        candidates_pot = distance_to_candidates @ sample_weight.reshape(-1, 1)
-        best_candidate = np.argmin(candidates_pot)
-        current_pot = candidates_pot[best_candidate]
-        closest_dist_sq = distance_to_candidates[best_candidate]
-        best_candidate = candidate_ids[best_candidate]
-        centers[c] = X[best_candidate]
-        indices[c] = best_candidate
-    return centers, indices
 
 
 # ----------------------------------------------------------------------------- M-step

@@ -45,7 +45,7 @@ points, a 64-bit mix of (hash of the point's coordinates, label) modulo 2**64
 (point, label) give equal sums, and a different labelling collides with
 probability about 2**-64.
 
-The Beam side (:mod:`~beamml.transforms.kmeans.training`) calls these once per
+The Beam side (:mod:`~beamml.transforms.kmeans.iterations`) calls these once per
 batch (the E-steps) or once per iteration (the merge, M-step and stopping test).
 """
 from __future__ import annotations
@@ -58,8 +58,8 @@ import numpy as np
 from beamml.transforms.distances import row_sq_norms, unit_rows
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.kmeans.cache import points_of, weights_of
-from beamml.transforms.kmeans.combiners import (ClusterSums, LabelledPoints, PointStats,
-                                                PointStatsCombineFn, merge_partials)
+from beamml.transforms.kmeans.accumulators import ClusterSums, LabelledPoints, PointStats
+from beamml.transforms.kmeans.combiners import PointStatsCombineFn, merge_partials
 from beamml.transforms.kmeans.kernels import (center_shift, lloyd_labels, lloyd_pass,
                                               lloyd_pass_runs, tolerance, update_centers)
 
@@ -393,10 +393,10 @@ def lloyd_step(element, state, exact_distances: bool, dtype=None):
     (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass`): labels, per-cluster
     sums, counts, inertia and the labels' signature per 4096-row chunk, never
     the batch's n x k distances nor its labels; it returns a
-    :class:`~beamml.transforms.kmeans.combiners.ClusterSums`. With
+    :class:`~beamml.transforms.kmeans.accumulators.ClusterSums`. With
     ``exact_distances`` (``empty_cluster='farthest'``, whose accumulator keeps
     the points farthest from their centre) it returns the batch's
-    :class:`~beamml.transforms.kmeans.combiners.LabelledPoints`, with the direct
+    :class:`~beamml.transforms.kmeans.accumulators.LabelledPoints`, with the direct
     squared distances. ``dtype`` (None, float64 or float32): what the E-step
     computes in (None: float32 for a float32 cache, else float64; see
     ``lloyd_pass``).
@@ -443,7 +443,7 @@ def final_step(element, state, dtype=None):
     As scikit-learn: labels from the Lloyd E-step, inertia from the direct
     squared distances ``((x - c) ** 2).sum()``. Fused
     (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass`): returns the batch's
-    :class:`~beamml.transforms.kmeans.combiners.ClusterSums` (sums, sizes,
+    :class:`~beamml.transforms.kmeans.accumulators.ClusterSums` (sums, sizes,
     inertia); for :class:`KMeansRuns` a list of them, one per run, from one
     product per chunk.
     """

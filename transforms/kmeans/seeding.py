@@ -56,9 +56,11 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io import features_matrix, read_table_files
 from beamml.transforms.core.documents import read_bytes
 from beamml.transforms.kmeans.cache import points_of, weights_of
-from beamml.transforms.kmeans.combiners import (OversampleCombineFn, PartialCombineFn, PointStats,
+from beamml.transforms.kmeans.accumulators import PointStats
+from beamml.transforms.kmeans.combiners import (OversampleCombineFn, PartialCombineFn,
                                                 SumArraysCombineFn, merge_partials)
-from beamml.transforms.kmeans.kernels import batch_rng, kmeans_plusplus, largest, row_hashes
+from beamml.transforms.kmeans.kernels import largest, row_hashes
+from beamml.transforms.kmeans.seeding_kernels import batch_rng, kmeans_plusplus
 
 __all__ = ['read_initial_centers', 'SeedCenters']
 
@@ -199,7 +201,7 @@ def _seed_from_candidates(cand: _Candidates, partials, stats: PointStats, *,
 class SeedCenters(beam.PTransform):
     """Initial centres (centred), from {'stats', 'points'}: one (k, d) array.
 
-    ``stats`` is the singleton :class:`~beamml.transforms.kmeans.combiners.PointStats`
+    ``stats`` is the singleton :class:`~beamml.transforms.kmeans.accumulators.PointStats`
     of the data; ``points`` the centred training points (k-means|| reads them
     once per round and once for the candidates' weights).
     """

@@ -8,7 +8,7 @@ arithmetic on numpy columns.
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -70,6 +70,8 @@ def _check_metrics(metrics: list) -> None:
 
 # ----------------------------------------------------------------------------- CombineFns
 
+@beam.typehints.with_input_types(pa.RecordBatch)
+@beam.typehints.with_output_types(dict[str, Any])
 class MetricsCombineFn(beam.CombineFn):
     """Any list of metrics of one level, overall and per slice, over RecordBatches.
 
@@ -157,6 +159,8 @@ class MetricsCombineFn(beam.CombineFn):
                 'slices': {k: self._section(acc[k]) for k in sorted(k for k in acc if k)}}
 
 
+# the input is MetricsCombineFn's; the output is one metric's value (a float, a count...)
+@beam.typehints.with_output_types(Any)
 class MetricCombineFn(MetricsCombineFn):
     """One metric as a CombineFn (``metric.combine_fn()``); its output is the overall value."""
 

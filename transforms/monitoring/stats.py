@@ -21,6 +21,8 @@ Kernels (numpy, no Beam):
 """
 from __future__ import annotations
 
+from typing import Any
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -176,6 +178,9 @@ def _merge_stats(first: dict, a: dict) -> None:
         first['clusters'] += a['clusters']
 
 
+# not a RecordBatch: the column batches (values, labels) of monitor_columns
+@beam.typehints.with_input_types(tuple[np.ndarray, np.ndarray | None])
+@beam.typehints.with_output_types(dict[str, Any])
 class ColumnStatsFn(beam.CombineFn):
     """Statistics of column batches ``(values, labels)`` in one pass: rows, moments per
     column, with ``edges`` ((c, B + 1)) the bin counts per column, with ``k`` the points

@@ -6,9 +6,12 @@ records and counters, so everything after the source is the batch graph.
 
 Modules
 -------
-:mod:`~beamml.transforms.streaming.pubsub`
+:mod:`~beamml.transforms.streaming.messages`
     Pub/Sub messages (one JSON object, a JSON array of them, or Arrow IPC) into
-    RecordBatches; rows out to a topic as JSON objects.
+    RecordBatches and dead letters, without Beam.
+:mod:`~beamml.transforms.streaming.pubsub`
+    the Beam side: a subscription read into those RecordBatches; rows and dead
+    letters out to a topic as JSON objects.
 :mod:`~beamml.transforms.streaming.files`
     a watched file pattern: each new file read once, as it lands.
 :mod:`~beamml.transforms.streaming.windows`
