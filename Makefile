@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test fuzz bench templates clean
 
-$(STAMP): setup.py beamml/__init__.py
+$(STAMP): setup.py pyproject.toml beamml/__init__.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)

@@ -76,6 +76,23 @@ def test_python_m_beamml_outside_the_checkout(tmp_path):
     assert bare.returncode != 0, 'a top-level `pipelines` package is installed'
 
 
+def test_python_m_beamml_in_the_checkout_and_nothing_else_under_beamml():
+    """From the checkout's root, where its beamml/ folder shadows the installed package,
+    the editable install's finder still maps beamml.pipelines and beamml.transforms to
+    their folders (pyproject.toml makes pip's editable install PEP 660's); and neither
+    setup.py nor tests/ is importable as part of beamml."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+    out = subprocess.run([sys.executable, '-m', 'beamml', '--help'], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'norms' in out.stdout
+    for name in ('beamml.setup', 'beamml.tests'):
+        bare = subprocess.run([sys.executable, '-c', f'import {name}'], cwd=root, env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert bare.returncode != 0, f'{name} is importable'
+
+
 def _imports(path: str, package: str) -> set[str]:
     """The beamml modules that ``path`` imports anywhere, deferred imports inside
     functions included (they hide a cycle, they do not remove it)."""
