@@ -587,7 +587,7 @@ def test_kmeans_never_reads_what_it_writes_nor_replaces_labels(tmp_path, capsys,
     open('d/a.csv', 'w').write('id,x0,x1\n' + ''.join(f'{i},{i % 5},{i % 3}\n' for i in range(20)))
     base = ['kmeans', '--k', '2', '--max_iter', '3', '--random_state', '0']
     assert main(base + ['--input', 'd/**', '--model', 'd/models']) == 2
-    assert '--input d/** can match files of --model_dir d/models/' in capsys.readouterr().err
+    assert '--input d/** can match files of --model d/models/' in capsys.readouterr().err
     assert main(base + ['--input', 'd/*.csv', '--model', 'm', '--output', 'd/labels',
                         '--output_format', 'csv']) == 2
     assert '--input d/*.csv can match files of --output d/labels' in capsys.readouterr().err

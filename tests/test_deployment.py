@@ -537,8 +537,9 @@ def test_streaming_canary_uses_the_same_split(tmp_path):
 # ----------------------------------------------------------------------------- flags
 
 @pytest.mark.parametrize('extra,message', [
-    (['--canary_model', 'M2', '--canary_fraction', '1.5'], 'must be in [0, 1], got 1.5'),
-    (['--canary_model', 'M2', '--canary_fraction', '-0.1'], 'must be in [0, 1]'),
+    (['--canary_model', 'M2', '--canary_fraction', '1.5'],
+     "--canary_fraction: '1.5' is not a fraction between 0 and 1"),
+    (['--canary_model', 'M2', '--canary_fraction', '-0.1'], 'is not a fraction between 0 and 1'),
     (['--canary_fraction', '0.1'], '--canary_fraction needs --canary_model'),
     (['--canary_model', 'M2'], '--canary_model needs --canary_fraction'),
     (['--shadow_model', 'M2', '--canary_model', 'M2', '--canary_fraction', '0.1'],

@@ -158,7 +158,7 @@ CLI_CASES = [
      r'--output /proc/beamml-no-such/out: cannot create the folder /proc/beamml-no-such'),
     ({'p.csv': b'id,a\n1,2\n2,3\n'},
      ['kmeans', '--input', '{dir}/p.csv', '--k', '1', '--model', '{dir}/p.csv/m'], 2,
-     r'--model_dir .*p\.csv/m: .*p\.csv is a file, not a folder$'),
+     r'--model .*p\.csv/m: .*p\.csv is a file, not a folder$'),
     ({'l.csv': b'truth,prediction,q_id,predicted_rank,truth_relevance\n1,0,1,0,1\n'},
      ['evaluate', '--input', '{dir}/l.csv', '--task', 'ranking', '--query_buckets', '0'], 2,
      r'--query_buckets'),
@@ -199,7 +199,7 @@ def test_cli_table(files, argv, code, pattern, tmp_path):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     argv = [a.replace('{dir}', str(tmp_path)) for a in argv]
-    if '--output' not in argv and '--model' not in argv:
+    if '--output' not in argv and argv[0] != 'kmeans':   # kmeans writes into --model
         argv += ['--output', str(tmp_path / 'out')]
     out = subprocess.run([sys.executable, '-m', 'beamml'] + argv, capture_output=True,
                          timeout=180)
