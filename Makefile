@@ -7,16 +7,23 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test fuzz bench templates clean
 
+# --use-pep517: a re-install (setup.py changed) finds `wheel` installed (a test extra), and
+# without the flag pip would fall back to `setup.py develop`, whose path entry makes the
+# checkout's top-level `pipelines` importable (tests/test_packaging.py refuses that).
 $(STAMP): setup.py beamml/__init__.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet --use-pep517 -e '.[test]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m beamml demo --workdir demo_output
 
+# The tests run on every core (pytest-xdist). Each test file stays on one worker (its module
+# fixtures made once), and the tests that build beamml's sdist in this folder share one
+# (tests/conftest.py). `make test TEST_WORKERS=0` runs them in this process, one at a time.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -rs tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup tests
 
 # A long fuzz run (~15 min on 2 cores, plus the data-safety properties: ~100 sequences
 # of runs over random trees of files): random examples, and how many ran.
