@@ -101,3 +101,29 @@ def _enforce_generation_preconditions() -> None:
             if fn in wrapped:
                 handlers[method] = wrapped[fn]
     srv._beamml_preconditions = True
+
+
+# ----------------------------------------------------------------------------- pytest-xdist
+
+#: Tests that build beamml's sdist in the repository folder (``setup.py sdist``, or Beam's
+#: stager for ``--setup_file ./setup.py``): each rewrites ``<repo>/beamml.egg-info``, which
+#: another build at the same moment could read half-written. They share one worker.
+SDIST_BUILDERS = ('tests/test_packaging.py', 'tests/test_validate.py',
+                  'tests/test_readme_shell.py',
+                  'tests/test_cli.py::test_dataflow_translation_offline')
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'xdist_group(name): tests that share a pytest-xdist '
+                            'worker under --dist loadgroup')
+
+
+def pytest_collection_modifyitems(config, items):
+    """For ``--dist loadgroup`` (``make test``): every test in the xdist group of its file,
+    so a file's tests run on one worker and its module fixtures are made once; the sdist
+    builders in one group of their own. Without xdist the marks change nothing."""
+    for item in items:
+        if item.get_closest_marker('xdist_group') is None:
+            group = ('sdist-builders' if item.nodeid.startswith(SDIST_BUILDERS)
+                     else item.nodeid.split('::')[0])
+            item.add_marker(pytest.mark.xdist_group(group))

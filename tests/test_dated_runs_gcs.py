@@ -196,10 +196,16 @@ def test_wait_for_input_until_the_ready_marker_lands(gcs, bucket):
     n = land_day(gcs, bucket)
     proc = beamml(gcs, *daily(bucket, model, '--input_ready_marker', '_READY',
                               '--wait_for_input', '120'), popen=True)
-    time.sleep(3)
+    # the marker lands once the run says it waits for it (not after a fixed sleep, which
+    # a loaded machine can outlast before the run even looks: no wait, no such line)
+    seen = []
+    while not any('waiting for input: the marker' in line for line in seen):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], ''.join(seen)[-3000:]   # it ended (or closed stderr) before waiting
     assert proc.poll() is None   # still waiting for the marker
     put(gcs, bucket, f'incoming/{DATE}/_READY', b'')
     out, err = proc.communicate(timeout=300)
+    err = ''.join(seen) + err
     assert proc.returncode == 0, err[-3000:]
     assert 'waiting for input: the marker' in err
     assert assigned_rows(gcs, bucket) == n

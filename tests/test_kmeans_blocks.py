@@ -31,12 +31,17 @@ def _train(blobs, model_dir, *flags, env=None):
 
 
 def test_blocks_give_what_one_block_gives(blobs, tmp_path):
-    """Blocks of 2 iterations (6 pipeline runs) and one block of 300: the same training."""
+    """Blocks of 2 iterations (6 pipeline runs) and one block of the whole --max_iter: the
+    same training. (--max_iter 30, not 300: a block has a graph stage per iteration, run
+    or not; the training converges in about a dozen, asserted below, so 30 is one block.)"""
     one = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
-                      '--model', str(tmp_path / 'one'), '--block_size', '300'])
+                      '--model', str(tmp_path / 'one'), '--block_size', '30',
+                      '--max_iter', '30'])
     many = kmeans.run(['--input', blobs['path'], '--k', '4', '--random_state', '1',
-                       '--model', str(tmp_path / 'many'), '--block_size', '2'])
+                       '--model', str(tmp_path / 'many'), '--block_size', '2',
+                       '--max_iter', '30'])
     assert one.n_iter == many.n_iter > 4 and many.stop_reason == 'converged_labels'
+    assert one.stop_reason == 'converged_labels' and one.n_iter < 30
     np.testing.assert_allclose(many.centers, one.centers, rtol=1e-12, atol=1e-12)
     assert many.inertia == pytest.approx(one.inertia, rel=1e-12)
     assert many.cluster_sizes == one.cluster_sizes

@@ -154,27 +154,30 @@ def test_kmeans_cosine_is_sparks_rule_from_the_same_centres(tmp_path):
     X = directions()
     C0 = X[[0, 1, 2, 3]] * np.array([[2.0], [0.5], [30.0], [1.0]])   # not unit: normalised
     batches = [X[:317], X[317:600], X[600:]]
+    # Each iteration is a stage of the graph, run or not: a cap of M, not 300. The oracle
+    # converges here in <= 9 iterations; each reference below asserts it stopped by its rule.
+    M = 20
     cases = {
         'tol0': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=4, distance='cosine')),
-        'default_tol': (batches, dict(n_clusters=4, init=C0, max_iter=300, distance='cosine')),
-        'tol_big': (batches, dict(n_clusters=4, init=C0, tol=0.05, max_iter=300,
+        'default_tol': (batches, dict(n_clusters=4, init=C0, max_iter=M, distance='cosine')),
+        'tol_big': (batches, dict(n_clusters=4, init=C0, tol=0.05, max_iter=M,
                                   distance='cosine')),
-        'cached': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300, distance='cosine',
+        'cached': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=M, distance='cosine',
                                  cache_dir=str(tmp_path / 'cache'))),
-        'float32': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300,
+        'float32': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=M,
                                   distance='cosine', dtype='float32',
                                   cache_dir=str(tmp_path / 'cache32'))),
         'euclidean': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=4)),
     }
     res = run_kmeans(tmp_path, cases)
     assert_same_as_spark(res['tol0'], spark_cosine_lloyd(X, C0, max_iter=4), X)
-    ref = spark_cosine_lloyd(X, C0, max_iter=300, tol=1e-4)
-    assert ref['n_iter'] > 2
+    ref = spark_cosine_lloyd(X, C0, max_iter=M, tol=1e-4)
+    assert ref['n_iter'] > 2 and ref['stop_reason'] != 'max_iter'
     assert_same_as_spark(res['default_tol'], ref, X)
-    ref = spark_cosine_lloyd(X, C0, max_iter=300, tol=0.05)
+    ref = spark_cosine_lloyd(X, C0, max_iter=M, tol=0.05)
     assert ref['stop_reason'] == 'converged_tol'
     assert_same_as_spark(res['tol_big'], ref, X)
-    ref = spark_cosine_lloyd(X, C0, max_iter=300)
+    ref = spark_cosine_lloyd(X, C0, max_iter=M)
     assert ref['stop_reason'] == 'converged_labels'
     assert_same_as_spark(res['cached'], ref, X)
     np.testing.assert_allclose(np.linalg.norm(res['cached'].centers, axis=1), 1, rtol=1e-15)
@@ -196,12 +199,14 @@ def test_kmeans_cosine_with_sample_weights_is_sparks_weighted_rule(tmp_path):
     C0 = X[[0, 1, 2, 3]]
     batches = [points_batch(pa.array(np.arange(lo, min(lo + 400, len(X)))), X[lo:lo + 400],
                             weight=pa.array(w[lo:lo + 400])) for lo in range(0, len(X), 400)]
+    M = 20   # a stage per iteration: a cap the oracle stops well before (asserted), not 300
     res = run_kmeans(tmp_path, {
-        'w': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300, distance='cosine')),
-        'w_cached': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=300,
+        'w': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=M, distance='cosine')),
+        'w_cached': (batches, dict(n_clusters=4, init=C0, tol=0, max_iter=M,
                                    distance='cosine', cache_dir=str(tmp_path / 'c')))})
-    ref = spark_cosine_lloyd(X, C0, max_iter=300, w=w)
-    unweighted = spark_cosine_lloyd(X, C0, max_iter=300)
+    ref = spark_cosine_lloyd(X, C0, max_iter=M, w=w)
+    assert ref['stop_reason'] == 'converged_labels'
+    unweighted = spark_cosine_lloyd(X, C0, max_iter=M)
     assert np.abs(ref['centers'] - unweighted['centers']).max() > 1e-6   # the weights matter
     for r in res.values():
         np.testing.assert_allclose(r.centers, ref['centers'], rtol=0, atol=1e-9)
@@ -214,14 +219,17 @@ def test_kmeans_cosine_with_sample_weights_is_sparks_weighted_rule(tmp_path):
 def test_kmeans_cosine_seeding_then_sparks_rule(tmp_path, init):
     """Seeding runs on the unit points; from its centres the training is Spark's rule."""
     X = directions(seed=5)
+    M = 30   # a stage per iteration: a cap the oracle stops before (asserted), not 300
     res = run_kmeans(tmp_path, {'s': ([X[:400], X[400:]], dict(
-        n_clusters=4, init=init, random_state=3, distance='cosine'))})['s']
+        n_clusters=4, init=init, random_state=3, distance='cosine', max_iter=M))})['s']
     C0 = res.initial_centers
     np.testing.assert_allclose(np.linalg.norm(C0, axis=1), 1, rtol=1e-15)
     U = unit_rows(X)[0]
     # each seed is one of the unit points
     assert (np.abs(U[None, :, :] - C0[:, None, :]).max(-1).min(1) < 1e-15).all()
-    assert_same_as_spark(res, spark_cosine_lloyd(X, C0, max_iter=300, tol=1e-4), X)
+    ref = spark_cosine_lloyd(X, C0, max_iter=M, tol=1e-4)
+    assert ref['stop_reason'] != 'max_iter'
+    assert_same_as_spark(res, ref, X)
 
 
 def test_kmeans_cosine_empty_cluster_keep_and_farthest(tmp_path):
@@ -249,7 +257,7 @@ def test_kmeans_cosine_refuses_zero_vectors_and_bad_parameters(tmp_path):
     X = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
     with pytest.raises(Exception, match='zero vector'):
         run_kmeans(tmp_path, {'z': ([X], dict(n_clusters=2, init='random', random_state=0,
-                                               distance='cosine'))})
+                                               distance='cosine', max_iter=3))})
     with pytest.raises(BeammlError, match='distance must be one of euclidean, cosine') as e:
         KMeans(2, distance='manhattan')
     assert e.value.parameters == ('distance',)

@@ -202,26 +202,35 @@ def test_weighted_kmeans_plusplus_is_sklearns_on_the_same_sample(data, seed):
 def test_weighted_training_is_sklearns(data, tmp_path):
     X, w, C0 = data
     wi = np.random.default_rng(2).integers(0, 4, len(X)).astype(float)   # integer weights
+    # Each iteration is a stage of the graph, run or not: a cap of M, not 300. Every
+    # scikit-learn run here converges well before it (<= 19 iterations), and `converged`
+    # asserts that it did, so the stopping rule, not the cap, ends both trainings.
+    M = 30
+
+    def converged(sk):
+        assert sk.n_iter_ < M, 'scikit-learn ran to the cap: raise M'
+        return sk
     cases = {
-        'tol0': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, tol=0, max_iter=300)),
-        'tol': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0)),
-        'cache': (weighted_batches(X, w, 400), dict(n_clusters=5, init=C0, tol=0,
+        'tol0': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, tol=0, max_iter=M)),
+        'tol': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, max_iter=M)),
+        'cache': (weighted_batches(X, w, 400), dict(n_clusters=5, init=C0, tol=0, max_iter=M,
                                                     cache_dir=str(tmp_path / 'cache'))),
-        'int': (weighted_batches(X, wi, 1000), dict(n_clusters=5, init=C0, tol=0)),
+        'int': (weighted_batches(X, wi, 1000), dict(n_clusters=5, init=C0, tol=0, max_iter=M)),
         'few': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, tol=0, max_iter=2)),
-        'plusplus': (weighted_batches(X, w, 700), dict(n_clusters=5, random_state=0)),
+        'plusplus': (weighted_batches(X, w, 700), dict(n_clusters=5, random_state=0,
+                                                       max_iter=M)),
         'parallel': (weighted_batches(X, w, 700), dict(n_clusters=5, init='k-means||',
-                                                       random_state=0)),
+                                                       random_state=0, max_iter=M)),
     }
     res = run_kmeans(tmp_path, cases)
-    assert_same(res['tol0'], sk_fit(X, C0, w, tol=0))
-    assert_same(res['tol'], sk_fit(X, C0, w))
-    assert_same(res['cache'], sk_fit(X, C0, w, tol=0))
+    assert_same(res['tol0'], converged(sk_fit(X, C0, w, tol=0, max_iter=M)))
+    assert_same(res['tol'], converged(sk_fit(X, C0, w, max_iter=M)))
+    assert_same(res['cache'], converged(sk_fit(X, C0, w, tol=0, max_iter=M)))
     assert_same(res['few'], sk_fit(X, C0, w, tol=0, max_iter=2))
     # weight 2 is the row twice
     dup = np.repeat(X, wi.astype(int), axis=0)
-    assert_same(res['int'], sk_fit(dup, C0, None, tol=0))
-    assert_same(res['int'], sk_fit(X, C0, wi, tol=0))
+    assert_same(res['int'], converged(sk_fit(dup, C0, None, tol=0, max_iter=M)))
+    assert_same(res['int'], converged(sk_fit(X, C0, wi, tol=0, max_iter=M)))
     assert res['tol0'].cluster_weights == pytest.approx(
         [w[res_lab == j].sum() for res_lab in [((X[:, None] - res['tol0'].centers) ** 2)
                                                .sum(-1).argmin(1)] for j in range(5)])
@@ -229,7 +238,7 @@ def test_weighted_training_is_sklearns(data, tmp_path):
     # seeded runs: from their own initial centres, the same as scikit-learn
     for name in ('plusplus', 'parallel'):
         r = res[name]
-        assert_same(r, sk_fit(X, r.initial_centers, w))
+        assert_same(r, converged(sk_fit(X, r.initial_centers, w, max_iter=M)))
     assert not os.path.exists(tmp_path / 'cache') or os.listdir(tmp_path / 'cache') == []
 
 
@@ -238,11 +247,14 @@ def test_weighted_empty_cluster_farthest_is_sklearns(tmp_path):
     X = np.array([[0.0, 0.0], [0.5, 0.0], [0.5, 1.0], [1.0, 1.0], [3.0, 3.0], [3.1, 3.0]])
     w = np.array([1.0, 2.0, 1.0, 3.0, 0.0, 0.0])
     C0 = np.array([[0.5, 0.5], [3.0, 3.0]])
+    M = 10   # a stage per iteration: a cap both runs stop well before (asserted), not 300
     res = run_kmeans(tmp_path, {
-        'far': (weighted_batches(X, w, 4), dict(n_clusters=2, init=C0, tol=0,
+        'far': (weighted_batches(X, w, 4), dict(n_clusters=2, init=C0, tol=0, max_iter=M,
                                                 empty_cluster='farthest')),
-        'keep': (weighted_batches(X, w, 4), dict(n_clusters=2, init=C0, tol=0))})
-    assert_same(res['far'], sk_fit(X, C0, w, tol=0))
+        'keep': (weighted_batches(X, w, 4), dict(n_clusters=2, init=C0, tol=0, max_iter=M))})
+    sk = sk_fit(X, C0, w, tol=0, max_iter=M)
+    assert sk.n_iter_ < M and res['keep'].n_iter < M
+    assert_same(res['far'], sk)
     assert res['far'].n_relocated >= 1
     np.testing.assert_array_equal(res['keep'].centers[1], [3.0, 3.0])   # kept, weight 0
     assert res['keep'].cluster_weights[1] == 0.0 and res['keep'].cluster_sizes[1] == 2
