@@ -264,7 +264,8 @@ def test_weights_summing_to_zero_are_an_error():
     X = np.random.default_rng(0).normal(size=(10, 2))
     with pytest.raises(Exception, match='sample weights of the 10 points sum to 0'):
         with beam.Pipeline(runner='FnApiRunner') as p:
-            p | beam.Create(weighted_batches(X, np.zeros(10), 5)) | KMeans(2, random_state=0)
+            p | beam.Create(weighted_batches(X, np.zeros(10), 5)) | KMeans(2, random_state=0,
+                                                                           max_iter=3)
 
 
 # ----------------------------------------------------------------------------- the CLI
