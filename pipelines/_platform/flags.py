@@ -16,9 +16,8 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.io import INPUT_FORMATS, OUTPUT_FORMATS, shard_prefix
-from beamml.transforms.core.errors import first_line
 from beamml.pipelines._platform.runners import is_dry_run
 from beamml.pipelines._platform.values import fraction  # noqa: F401 (flags.fraction)
 

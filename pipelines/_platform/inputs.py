@@ -10,8 +10,7 @@ import time
 from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines._platform.exits import Exit
-from beamml.transforms.core.errors import BeammlError
-from beamml.transforms.core.errors import first_line
+from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.io.layout import as_given, check_local_input, listable
 from beamml.transforms.core.objects import missing_bucket
 

@@ -18,8 +18,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 
 from beamml.pipelines._platform.exits import Exit
-from beamml.transforms.core.errors import COUNTER_NAMESPACE, BeammlError
-from beamml.transforms.core.errors import first_line
+from beamml.transforms.core.errors import BeammlError, COUNTER_NAMESPACE, first_line
 from beamml.pipelines._platform.runners import no_results, run_pipeline
 
 LOG = logging.getLogger('beamml')

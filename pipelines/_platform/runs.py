@@ -48,9 +48,8 @@ import apache_beam as beam
 
 from beamml.pipelines._platform.exits import Exit
 from beamml.pipelines._platform.values import seconds
-from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.io import shard_prefix
-from beamml.transforms.core.errors import first_line
 from beamml.pipelines._platform.commit import (EXIT_LOCKED, CommitPlan, LockedError, RowsFn, _now,
                                                _run_entries, acquire_lock, commit_step,
                                                foreign_error, foreign_files, lock_holder,

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from beamml.transforms.core.errors import BeammlError
-from beamml.transforms.core.errors import first_line
+from beamml.transforms.core.errors import BeammlError, first_line
 
 __all__ = ['Gate', 'Threshold', 'GATE_METRICS', 'gate_metric']
 

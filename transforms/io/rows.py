@@ -10,8 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from beamml.transforms.core.errors import ZERO_VECTOR
-from beamml.transforms.core.errors import BeammlError, dead_letter
+from beamml.transforms.core.errors import BeammlError, ZERO_VECTOR, dead_letter
 from beamml.transforms.io.ids import read_ids
 from beamml.transforms.io.layout import Layout
 from beamml.transforms.core.types import (NUMBER_RE, SOURCE_COLUMNS, decoded, is_list_type,

@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import math
 
-from beamml.transforms.core.errors import BeammlError
-from beamml.transforms.core.errors import first_line
+from beamml.transforms.core.errors import BeammlError, first_line
 
 __all__ = ['FEATURE_METRICS', 'MODEL_METRICS', 'LOG_METRICS', 'METRICS', 'DEFAULT_THRESHOLDS',
            'DEFAULT_RULES', 'EPSILON', 'MonitorConfig', 'load_monitor_config']

@@ -39,8 +39,7 @@ from apache_beam.transforms.userstate import (ReadModifyWriteStateSpec, TimerSpe
                                               on_timer)
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from beamml.transforms.core.errors import BeammlError
-from beamml.transforms.core.errors import ERRORS, RecordCounters, dead_letter
+from beamml.transforms.core.errors import BeammlError, ERRORS, RecordCounters, dead_letter
 from beamml.transforms.core.types import SOURCE_COLUMNS
 
 __all__ = ['WINDOW_COLUMNS', 'ON_TIME', 'LATE', 'check_windows', 'window_fn', 'window_into',
