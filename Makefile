@@ -15,12 +15,12 @@ $(STAMP): setup.py pyproject.toml beamml/__init__.py
 demo: $(STAMP)
 	$(PY) -m beamml demo --workdir demo_output
 
-# The tests run on every core (pytest-xdist). Each test file stays on one worker (its module
-# fixtures made once), and the tests that build beamml's sdist in this folder share one
-# (tests/conftest.py). `make test TEST_WORKERS=0` runs them in this process, one at a time.
+# The tests run on every core (pytest-xdist): each test file on one worker, so its module
+# fixtures are made once (the tests that build beamml's sdist in this folder take turns:
+# tests/conftest.py). `make test TEST_WORKERS=0` runs them in this process, one at a time.
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadgroup tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
 
 # A long fuzz run (~15 min on 2 cores, plus the data-safety properties: ~100 sequences
 # of runs over random trees of files): random examples, and how many ran.

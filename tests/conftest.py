@@ -8,7 +8,11 @@ once (instead of retrying Google's default credentials for ~25 s), and yields
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
+import tempfile
 import uuid
 
 import pytest
@@ -105,25 +109,44 @@ def _enforce_generation_preconditions() -> None:
 
 # ----------------------------------------------------------------------------- pytest-xdist
 
-#: Tests that build beamml's sdist in the repository folder (``setup.py sdist``, or Beam's
-#: stager for ``--setup_file ./setup.py``): each rewrites ``<repo>/beamml.egg-info``, which
-#: another build at the same moment could read half-written. They share one worker.
-SDIST_BUILDERS = ('tests/test_packaging.py', 'tests/test_validate.py',
-                  'tests/test_readme_shell.py',
-                  'tests/test_cli.py::test_dataflow_translation_offline')
+#: Building beamml's sdist in the repository folder (``python setup.py sdist``, or Beam's
+#: stager for ``--setup_file ./setup.py``) writes ``<repo>/beamml.egg-info`` and a
+#: ``<repo>/beamml-<version>/`` tree it deletes when done: two builds at once in one checkout
+#: (two pytest-xdist workers) break each other (seen: "copying transforms/... ", then exit
+#: 1). The tests that build one take a lock of this checkout, one at a time: these test
+#: modules for the whole module (a module fixture builds it), these tests for the test.
+SDIST_MODULES = ('tests/test_packaging.py',)
+SDIST_TESTS = ('tests/test_validate.py::test_validate_every_pipeline_offline',
+               'tests/test_cli.py::test_dataflow_translation_offline',
+               'tests/test_readme_shell.py::')   # the validate runs of the Dataflow configs
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SDIST_LOCK = os.path.join(tempfile.gettempdir(), 'beamml-sdist-%s.lock'
+                           % hashlib.sha1(_ROOT.encode()).hexdigest()[:12])
 
 
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'xdist_group(name): tests that share a pytest-xdist '
-                            'worker under --dist loadgroup')
+@contextlib.contextmanager
+def _one_sdist_build_at_a_time():
+    with open(_SDIST_LOCK, 'a') as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def pytest_collection_modifyitems(config, items):
-    """For ``--dist loadgroup`` (``make test``): every test in the xdist group of its file,
-    so a file's tests run on one worker and its module fixtures are made once; the sdist
-    builders in one group of their own. Without xdist the marks change nothing."""
-    for item in items:
-        if item.get_closest_marker('xdist_group') is None:
-            group = ('sdist-builders' if item.nodeid.startswith(SDIST_BUILDERS)
-                     else item.nodeid.split('::')[0])
-            item.add_marker(pytest.mark.xdist_group(group))
+@pytest.fixture(autouse=True, scope='module')
+def _sdist_lock_for_the_module(request):
+    if request.node.nodeid.startswith(SDIST_MODULES):
+        with _one_sdist_build_at_a_time():
+            yield
+    else:
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _sdist_lock_for_the_test(request):
+    if request.node.nodeid.startswith(SDIST_TESTS):
+        with _one_sdist_build_at_a_time():
+            yield
+    else:
+        yield

@@ -420,22 +420,23 @@ def _train(cloud, model_dir, *flags, env=None):
 
 
 def test_resume_keeps_the_distance(cloud, tmp_path):
-    whole = _train(cloud, tmp_path / 'whole', '--distance', 'cosine', '--block_size', '1')
+    whole = _train(cloud, tmp_path / 'whole', '--distance', 'cosine', '--block_size', '3')
     assert whole.returncode == 0, whole.stderr[-3000:]
     assert model_doc(tmp_path / 'whole')['distance'] == 'cosine'
+    assert model_doc(tmp_path / 'whole')['n_iter'] > 3   # blocks of 3: more than one block
     models = tmp_path / 'killed'
-    killed = _train(cloud, models, '--distance', 'cosine', '--block_size', '1',
+    killed = _train(cloud, models, '--distance', 'cosine', '--block_size', '3',
                     env=kill_at('kmeans.after_first_block'))
     assert killed.returncode == -9, killed.stderr[-3000:]
     (version,) = os.listdir(models / '_runs')
     # another distance is refused, naming the flag
-    other = _train(cloud, models, '--block_size', '1', '--resume')
+    other = _train(cloud, models, '--block_size', '3', '--resume')
     assert other.returncode == 2
     assert "--distance was 'cosine', now 'euclidean'" in other.stderr.strip().splitlines()[-1]
     # the cache lost too: rebuilt from the input as unit points, the same files
     import shutil
     shutil.rmtree(models / '_runs' / version / 'cache')
-    resumed = _train(cloud, models, '--distance', 'cosine', '--block_size', '1', '--resume')
+    resumed = _train(cloud, models, '--distance', 'cosine', '--block_size', '3', '--resume')
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert 'rebuilding it from the input' in resumed.stderr
     assert model_doc(models) == model_doc(tmp_path / 'whole')   # every bit
