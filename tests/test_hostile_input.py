@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from beamml.transforms.io import read_table_files
+from inprocess import run_beamml
 
 CRASHER = b'{"id":"a","features":[1,2]}\n42\nnull\n'
 
@@ -201,34 +202,31 @@ def test_cli_table(files, argv, code, pattern, tmp_path):
     argv = [a.replace('{dir}', str(tmp_path)) for a in argv]
     if '--output' not in argv and argv[0] != 'kmeans':   # kmeans writes into --model
         argv += ['--output', str(tmp_path / 'out')]
-    out = subprocess.run([sys.executable, '-m', 'beamml'] + argv, capture_output=True,
-                         timeout=180)
-    err = out.stderr.decode('utf-8', 'backslashreplace').strip()
+    out = run_beamml(*argv)
+    err = out.stderr.strip()
     assert out.returncode == code, (out.returncode, err[-2000:])
     assert 'Traceback' not in err and 'Exception ignored' not in err, err[-2000:]
-    # nothing of the input reaches the terminal raw: no invalid UTF-8, no control bytes
-    assert not [b for b in out.stderr if b < 32 and b not in b'\n\t'], err[-2000:]
-    out.stderr.decode('utf-8')
+    # nothing of the input reaches the terminal raw: no invalid UTF-8 (a lone surrogate
+    # would not encode), no control characters
+    assert not [c for c in out.stderr if ord(c) < 32 and c not in '\n\t'], err[-2000:]
+    out.stderr.encode('utf-8')
     if code == 2:
         last = err.splitlines()[-1]
         assert re.search(pattern, last), last
         assert sum(1 for ln in err.splitlines() if 'error' in ln) == 1, err
     else:
-        assert re.search(pattern, out.stdout.decode()), (out.stdout, err[-2000:])
+        assert re.search(pattern, out.stdout), (out.stdout, err[-2000:])
 
 
-def _beamml(*argv, env=None):
-    return subprocess.run([sys.executable, '-m', 'beamml', *map(str, argv)],
-                          capture_output=True, text=True, timeout=180, env=env)
+_beamml = run_beamml
 
 
 def test_missing_output_bucket_is_one_line_before_the_run(gcs_bucket, tmp_path):
-    import os
     (tmp_path / 'p.csv').write_bytes(b'id,a\n1,2\n')
     missing = gcs_bucket + '-missing'
     for argv in (['norms', '--output', f'{missing}/out/n'],
                  ['kmeans', '--k', '1', '--model', f'{missing}/models']):
-        out = _beamml(argv[0], '--input', tmp_path / 'p.csv', *argv[1:], env=os.environ)
+        out = _beamml(argv[0], '--input', tmp_path / 'p.csv', *argv[1:])
         err = out.stderr.strip()
         assert out.returncode == 2 and 'Traceback' not in err, err[-2000:]
         assert err.splitlines()[-1].endswith(

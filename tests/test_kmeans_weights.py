@@ -202,35 +202,40 @@ def test_weighted_kmeans_plusplus_is_sklearns_on_the_same_sample(data, seed):
 def test_weighted_training_is_sklearns(data, tmp_path):
     X, w, C0 = data
     wi = np.random.default_rng(2).integers(0, 4, len(X)).astype(float)   # integer weights
-    # Each iteration is a stage of the graph, run or not: a cap of M, not 300. Every
-    # scikit-learn run here converges well before it (<= 19 iterations), and `converged`
-    # asserts that it did, so the stopping rule, not the cap, ends both trainings.
-    M = 30
+    # Each iteration is a stage of the graph, run or not: a cap per case just above the
+    # iterations scikit-learn needs from the same centres (13, 12, 19), not 300, and
+    # `converged` asserts that it stopped before its cap, so the stopping rule, not the
+    # cap, ends both trainings.
+    M = {'tol0': 15, 'tol': 14, 'int': 21, 'seeded': 16}
 
-    def converged(sk):
-        assert sk.n_iter_ < M, 'scikit-learn ran to the cap: raise M'
+    def converged(sk, cap):
+        assert sk.n_iter_ < cap, 'scikit-learn ran to the cap: raise it'
         return sk
     cases = {
-        'tol0': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, tol=0, max_iter=M)),
-        'tol': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, max_iter=M)),
-        'cache': (weighted_batches(X, w, 400), dict(n_clusters=5, init=C0, tol=0, max_iter=M,
+        'tol0': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, tol=0,
+                                                   max_iter=M['tol0'])),
+        'tol': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, max_iter=M['tol'])),
+        'cache': (weighted_batches(X, w, 400), dict(n_clusters=5, init=C0, tol=0,
+                                                    max_iter=M['tol0'],
                                                     cache_dir=str(tmp_path / 'cache'))),
-        'int': (weighted_batches(X, wi, 1000), dict(n_clusters=5, init=C0, tol=0, max_iter=M)),
+        'int': (weighted_batches(X, wi, 1000), dict(n_clusters=5, init=C0, tol=0,
+                                                    max_iter=M['int'])),
         'few': (weighted_batches(X, w, 700), dict(n_clusters=5, init=C0, tol=0, max_iter=2)),
         'plusplus': (weighted_batches(X, w, 700), dict(n_clusters=5, random_state=0,
-                                                       max_iter=M)),
+                                                       max_iter=M['seeded'])),
         'parallel': (weighted_batches(X, w, 700), dict(n_clusters=5, init='k-means||',
-                                                       random_state=0, max_iter=M)),
+                                                       random_state=0, max_iter=M['seeded'])),
     }
     res = run_kmeans(tmp_path, cases)
-    assert_same(res['tol0'], converged(sk_fit(X, C0, w, tol=0, max_iter=M)))
-    assert_same(res['tol'], converged(sk_fit(X, C0, w, max_iter=M)))
-    assert_same(res['cache'], converged(sk_fit(X, C0, w, tol=0, max_iter=M)))
+    sk_tol0 = converged(sk_fit(X, C0, w, tol=0, max_iter=M['tol0']), M['tol0'])
+    assert_same(res['tol0'], sk_tol0)
+    assert_same(res['tol'], converged(sk_fit(X, C0, w, max_iter=M['tol']), M['tol']))
+    assert_same(res['cache'], sk_tol0)
     assert_same(res['few'], sk_fit(X, C0, w, tol=0, max_iter=2))
     # weight 2 is the row twice
     dup = np.repeat(X, wi.astype(int), axis=0)
-    assert_same(res['int'], converged(sk_fit(dup, C0, None, tol=0, max_iter=M)))
-    assert_same(res['int'], converged(sk_fit(X, C0, wi, tol=0, max_iter=M)))
+    assert_same(res['int'], converged(sk_fit(dup, C0, None, tol=0, max_iter=M['int']), M['int']))
+    assert_same(res['int'], converged(sk_fit(X, C0, wi, tol=0, max_iter=M['int']), M['int']))
     assert res['tol0'].cluster_weights == pytest.approx(
         [w[res_lab == j].sum() for res_lab in [((X[:, None] - res['tol0'].centers) ** 2)
                                                .sum(-1).argmin(1)] for j in range(5)])
@@ -238,7 +243,8 @@ def test_weighted_training_is_sklearns(data, tmp_path):
     # seeded runs: from their own initial centres, the same as scikit-learn
     for name in ('plusplus', 'parallel'):
         r = res[name]
-        assert_same(r, converged(sk_fit(X, r.initial_centers, w, max_iter=M)))
+        assert_same(r, converged(sk_fit(X, r.initial_centers, w, max_iter=M['seeded']),
+                                 M['seeded']))
     assert not os.path.exists(tmp_path / 'cache') or os.listdir(tmp_path / 'cache') == []
 
 

@@ -7,8 +7,6 @@ import decimal
 import glob
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +16,7 @@ import pytest
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io import inspect_input, read_file_batches, read_table_files
 from beamml.transforms.io.rows import table_checks
+from inprocess import run_beamml
 
 BAD_A = b'id,a,b\n1,2,3\n2,\xff4,5\n3,6,7\n'
 BAD_ID = b'id,a,b\n1,2,3\n\xff2,4,5\n3,6,7\n'
@@ -54,9 +53,9 @@ def _cli(argv, tmp_path):
         argv += ['--model', str(tmp_path / 'model')]
     else:
         argv += ['--output', str(tmp_path / 'out' / 'r')]
-    out = subprocess.run([sys.executable, '-m', 'beamml'] + argv,
-                         capture_output=True, timeout=180)
-    return out.returncode, out.stdout.decode('utf-8', 'replace'), out.stderr
+    out = run_beamml(*argv)
+    # as the terminal gets it (a lone surrogate, which no terminal could get, fails here)
+    return out.returncode, out.stdout, out.stderr.encode('utf-8')
 
 
 def _one_line_error(rc, err: bytes) -> str:
@@ -648,17 +647,14 @@ def test_a_glob_with_no_folder_reads_the_current_folder(tmp_path):
             (['kmeans', '--streaming', '--k', '1', '--dimension', '1', '--watch_interval', '0.2',
               '--stop_after', '4', '--window_size', '1', '--model', 'res/m'],
              'read ./part-2.csv: 1 rows accepted')):   # (a stream lists ./: it says so)
-        out = subprocess.run([sys.executable, '-m', 'beamml', argv[0], '--input', 'part*.csv']
-                             + argv[1:], capture_output=True, timeout=180, cwd=str(tmp_path))
-        assert out.returncode == 0, out.stderr.decode()[-3000:]
-        assert says in out.stdout.decode() + out.stderr.decode(), \
-            (argv, out.stdout.decode(), out.stderr.decode()[-3000:])
+        out = run_beamml(argv[0], '--input', 'part*.csv', *argv[1:], cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert says in out.stdout + out.stderr, (argv, out.stdout, out.stderr[-3000:])
     # the files as the pattern spells them, in the run's record and in the dead letters
     _file(tmp_path, 'part-3.csv', b'id,x0\n3,nan\n')
-    out = subprocess.run([sys.executable, '-m', 'beamml', 'norms', '--input', 'part*.csv',
-                          '--output', 'res/n2', '--max_refused_fraction', '1'],
-                         capture_output=True, timeout=180, cwd=str(tmp_path))
-    assert out.returncode == 0, out.stderr.decode()[-3000:]
+    out = run_beamml('norms', '--input', 'part*.csv', '--output', 'res/n2',
+                     '--max_refused_fraction', '1', cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
     (errors,) = (tmp_path / 'res').glob('n2-errors-*.jsonl')
     assert [json.loads(ln)['file'] for ln in open(errors)] == ['part-3.csv']
     done = json.loads((tmp_path / 'res' / 'n2-_SUCCESS').read_text())
