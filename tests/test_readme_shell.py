@@ -22,8 +22,6 @@ A block that is new, changed or moved to another page (its page and fingerprint 
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -35,6 +33,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from inprocess import run_beamml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -270,19 +270,8 @@ class Result:
 def beamml(argv: list[str], cwd: str) -> Result:
     """``beamml ...`` as its console script runs it (``main``: the exit code it returns,
     what it prints), in this process, in ``cwd``."""
-    from beamml.pipelines.__main__ import main
-    out, err = io.StringIO(), io.StringIO()
-    before = os.getcwd()
-    os.chdir(cwd)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main(argv[1:])
-            except SystemExit as e:   # argparse's own usage errors
-                code = e.code if isinstance(e.code, int) else 2
-    finally:
-        os.chdir(before)
-    return Result(code, out.getvalue().splitlines(), err.getvalue().splitlines())
+    done = run_beamml(*argv[1:], cwd=cwd)
+    return Result(done.returncode, done.stdout.splitlines(), done.stderr.splitlines())
 
 
 def run_step(step: Step, cwd: str, *, same_flags: list[str] | None = None,
