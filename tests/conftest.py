@@ -104,6 +104,12 @@ def _enforce_generation_preconditions() -> None:
         for method, fn in list(handlers.items()):
             if fn in wrapped:
                 handlers[method] = wrapped[fn]
+    # The emulator serves one request at a time. A run that fails while one of its uploads
+    # is half sent (the upload thread waits for bytes its failed writer never gives) held
+    # the server in that request's read for good, and the next run's requests timed out
+    # after 120 s (seen once in make test). Cloud Storage drops a stalled request: so does
+    # the emulator now, after 10 s without a byte.
+    srv.RequestHandler.timeout = 10
     srv._beamml_preconditions = True
 
 
