@@ -29,7 +29,12 @@ fuzz: $(STAMP)
 	BEAMML_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/test_fuzz.py \
 		tests/test_data_safety.py -k 'fuzz or survive' --hypothesis-show-statistics
 
-bench: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
 
 # Regenerate the Flex Template metadata (configs/templates/*.json) from the pipelines' flags.

@@ -52,6 +52,9 @@ setuptools.setup(
             'gcp-storage-emulator>=2024.0',
             'wheel',  # tests/test_packaging.py builds the wheel offline
         ],
+        # `make bench`: Beam's own RunInference with its scikit-learn handler (the peer of
+        # assign --streaming in benchmarks/bench_streaming.py) imports pandas
+        'bench': ['pandas'],
     },
     entry_points={'console_scripts': ['beamml=beamml.pipelines.__main__:main']},
 )

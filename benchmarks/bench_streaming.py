@@ -1,7 +1,7 @@
 """Streaming: points through Pub/Sub (the emulator) -> ``beamml assign --streaming`` -> Pub/Sub.
 
 The real Pub/Sub emulator (tests/pubsub_emulator.py) is started once. For each
-case a fresh input topic + subscription and output topic + subscription are
+case a fresh input, output and dead-letter topic, each with a subscription, are
 made, and ``beamml assign --streaming`` runs as a whole process
 (``python -m beamml assign --streaming --input_subscription S --output_topic T
 --model DIR --stop_after S``, the BundleBasedDirectRunner) on a model of k
@@ -14,8 +14,7 @@ settings takes them, and a subscriber thread pulls (synchronous pull, up to
 Cases:
 
 * ``single``: one JSON object per message (``{"id": 7, "features": [...]}``),
-  ``--single_points`` of them (default 10,000: the local runner reads at most 10
-  messages per bundle, so this case is slow; its rate is printed as measured,
+  ``--single_points`` of them (default 10,000; its rate is printed as measured,
   with the time ``--points`` would take at that rate);
 * ``json``: JSON arrays of ``--batch_points`` objects (default 1000), ``--points``
   in all (default 200,000);
@@ -40,17 +39,30 @@ batch messages; ``--profile_points``) with the pipeline process under cProfile
 and by cumulative time (the profiler slows the run down: its figures are not
 the benchmark's).
 
-A run that receives nothing for ``--stall_seconds`` is ended and reported as
-INCOMPLETE (STALLED): seen on the local runner, whose Pub/Sub read now and then
-stops receiving the rest of a backlog.
+Every point is accounted for: the run passes ``--dead_letter_topic`` and a second
+subscriber counts the dead letters by the id of the row they hold and by reason
+(``late``, ...); a point neither out nor a dead letter is **missing**. A run ends when
+every point is accounted for, after ``--timeout``, or when nothing at all (no row, no
+dead letter) came out for ``--stall_seconds``; the case line then says how many points
+came out, how many are dead letters (how many late) and how many are missing: a silence
+is never reported as a stall of the pipeline.
 
-Best of ``--repeat`` runs per case (default 1). Targets (the issue's): >=
-10,000 points/s with one-point messages, >= 100,000 points/s with batch
-messages. A full default run takes about 5 minutes.
+Peers (``--peer``, default both): ``beamml assign --streaming`` and Beam's own
+``RunInference`` with the scikit-learn handler on the same runner and the same emulator
+path (benchmarks/runinference_streaming.py: no windows, checks or dead letters; a
+pickled scikit-learn KMeans with the same centres). ``--paced`` runs each case once more
+paced at half its target rate, for the latency target. ``--kill`` runs the json case
+once more with a SIGKILL of beamml once a third of the points came out and a restart on
+the same subscription: ids lost and duplicated.
+
+Best of ``--repeat`` runs per case (default 1). Targets (the issue's, 2 cores): >=
+5,000 points/s with one-point messages, >= 100,000 points/s with batch messages, p99
+publish-to-output latency <= 2 s when paced at half that rate.
 
     python benchmarks/bench_streaming.py [--points 200000] [--single_points 10000]
         [--batch_points 1000] [--dim 3] [--k 16] [--repeat 1] [--case json ...]
         [--profile single --profile json] [--no_emulator_alone] [--rate 0]
+        [--peer beamml --peer runinference] [--paced] [--kill]
 """
 from __future__ import annotations
 
@@ -73,7 +85,11 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-TARGETS = {'single': 10_000, 'json': 100_000, 'arrow': 100_000}
+#: the issue's targets on a 2-core machine: points/s, and the p99 publish-to-output
+#: latency when paced at half that rate
+TARGETS = {'single': 5_000, 'json': 100_000, 'arrow': 100_000}
+LATENCY_TARGET_S = 2.0
+PEERS = ('beamml', 'runinference')
 CASES = ('single', 'json', 'arrow')
 WARMUP_ID = -1
 
@@ -294,29 +310,68 @@ def _stop_process(proc: subprocess.Popen, sig=signal.SIGINT, wait: float = 15.0)
         proc.wait(timeout=10)
 
 
-def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_out=None):
-    """One run of a case through ``beamml assign --streaming``; a dict of figures."""
-    t_in, t_out = emu.topic(), emu.topic()
-    s_in, s_out = emu.subscription(t_in), emu.subscription(t_out)
+def dead_letter_ids(reasons: dict):
+    """ids_of for the dead-letter topic: the id of the refused row when the letter holds
+    one (a row refused by the checks, a row too late for its window), tallying each
+    letter's reason (its first word: ``late``, ...) in ``reasons``."""
+    def ids_of(message):
+        letter = json.loads(message.data)
+        reason = str(letter.get('reason', '')).split(':')[0].split(' ')[0] or '?'
+        reasons[reason] = reasons.get(reason, 0) + 1
+        record = letter.get('record')
+        if isinstance(record, dict) and isinstance(record.get('id'), int):
+            return (record['id'],)
+        return ()
+    return ids_of
+
+
+def pipeline_command(peer: str, s_in: str, t_out: str, t_dead: str, model_dir: str,
+                     args, stop_after: float) -> list[str]:
+    """The pipeline process: ``beamml assign --streaming`` or Beam's RunInference."""
+    if peer == 'runinference':
+        return [os.path.join(HERE, 'runinference_streaming.py'), '--input_subscription', s_in,
+                '--output_topic', t_out, '--model_pickle',
+                os.path.join(model_dir, 'sklearn.pickle'), '--stop_after', str(stop_after)]
+    return ['-m', 'beamml', 'assign', '--streaming', '--input_subscription', s_in,
+            '--output_topic', t_out, '--dead_letter_topic', t_dead, '--model', model_dir,
+            '--window_size', str(args.window_size), '--stop_after', str(stop_after),
+            '--model_refresh_seconds', '3600'] + args.beam_flag
+
+
+def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_out=None,
+                      peer='beamml', kill_at=None):
+    """One run of a case through the pipeline process (``peer``: ``beamml`` or
+    ``runinference``); a dict of figures. Every point is accounted for: an output row
+    or a dead letter (``--dead_letter_topic``, counted by reason), else missing.
+    ``kill_at`` (a fraction): SIGKILL the process once that fraction of the points came
+    out, then start it again on the same subscription and count what is lost and what
+    comes out twice."""
+    t_in, t_out, t_dead = emu.topic(), emu.topic(), emu.topic()
+    s_in, s_out, s_dead = emu.subscription(t_in), emu.subscription(t_out), \
+        emu.subscription(t_dead)
     budget = args.timeout
-    beam_args = ['assign', '--streaming', '--input_subscription', s_in,
-                 '--output_topic', t_out, '--model', model_dir,
-                 '--window_size', str(args.window_size), '--stop_after', str(budget + 120),
-                 '--model_refresh_seconds', '3600'] + args.beam_flag
+    argv = pipeline_command(peer, s_in, t_out, t_dead, model_dir, args, budget + 120)
     env = _env()
     if profile_out:
         env['BENCH_PROFILE_OUT'] = profile_out
-        cmd = [sys.executable, '-c', PROFILE_SCRIPT] + beam_args
+        cmd = [sys.executable, '-c', PROFILE_SCRIPT] + argv[2:]
     else:
-        cmd = [sys.executable, '-m', 'beamml'] + beam_args
-    log_path = os.path.join(workdir, f'pipeline-{case}.log')
+        cmd = [sys.executable] + argv
+    log_path = os.path.join(workdir, f'pipeline-{peer}-{case}.log')
     receiver = Receiver(s_out, n, output_row_id, deadline=time.time() + budget + 120)
+    reasons: dict = {}
+    dead = Receiver(s_dead, n, dead_letter_ids(reasons), deadline=time.time() + budget + 120)
     receiver.start()
+    dead.start()
     publisher = publisher_client()
-    with open(log_path, 'w') as log:
-        t_start = time.time()
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+    log = open(log_path, 'w')
+
+    def start():
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, cwd=workdir)
+    t_start = time.time()
+    proc = start()
+    killed_at = restarted = None
     try:
         # warm-up: one point, until it comes out (start-up, imports, graph, first pull)
         warm = json_object(WARMUP_ID, np.zeros(args.dim))
@@ -328,39 +383,63 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
             publisher.publish(t_in, warm).result(timeout=30)
         startup = time.time() - t_start
         pub_time = np.full(n, np.nan)
-        stalled = False
+        silent = False
         t0, t_published = publish_all(publisher, t_in, messages, pub_time, args.rate)
         deadline = t0 + budget
         seen, progress = -1, time.time()
-        while receiver.is_alive() and receiver.got < n and time.time() < deadline:
+        while receiver.is_alive() and time.time() < deadline:
+            accounted = accounted_ids(receiver, dead)
+            if accounted >= n:
+                break
+            if kill_at is not None and killed_at is None and receiver.got >= kill_at * n:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+                killed_at = receiver.got
+                proc = start()
+                restarted = time.time()
+                seen, progress = -1, time.time()
             if proc.poll() is not None:
                 break
-            if receiver.got != seen:
-                seen, progress = receiver.got, time.time()
+            if accounted != seen:
+                seen, progress = accounted, time.time()
             elif time.time() - progress > args.stall_seconds:
-                stalled = True
+                silent = True   # nothing came out, neither a row nor a dead letter
                 break
             time.sleep(0.1)
-        receiver.stop.set()
-        receiver.join(10)
+        time.sleep(1.0)   # the dead letters of the last window, in flight
         t_last = np.nanmax(receiver.recv_time) if receiver.got else float('nan')
     finally:
         receiver.stop.set()
+        dead.stop.set()
+        receiver.join(10)
+        dead.join(10)
         t_stop = time.time()
         _stop_process(proc, signal.SIGTERM if profile_out else signal.SIGINT)
         stop_s = time.time() - t_stop
+        log.close()
         with contextlib.suppress(Exception):
             publisher.stop()
-    if receiver.error is not None:
-        raise receiver.error
+    for r in (receiver, dead):
+        if r.error is not None:
+            raise r.error
     p50, p99 = percentiles(pub_time, receiver.recv_time)
     got = receiver.got
     elapsed = (t_last - t0) if got else float('nan')
-    return {'case': case, 'points': n, 'messages': len(messages), 'received': got,
-            'duplicates': receiver.duplicates, 'startup_s': startup,
-            'publish_s': t_published - t0, 'elapsed_s': elapsed,
+    dead_only = int((np.isnan(receiver.recv_time[:n]) & ~np.isnan(dead.recv_time[:n])).sum())
+    missing = n - got - dead_only
+    return {'case': case, 'peer': peer, 'points': n, 'messages': len(messages),
+            'received': got, 'duplicates': receiver.duplicates, 'dead_letters': dead.messages,
+            'dead_ids': dead_only, 'reasons': reasons, 'missing': missing,
+            'startup_s': startup, 'publish_s': t_published - t0, 'elapsed_s': elapsed,
             'points_per_s': got / elapsed if got else 0.0, 'p50_s': p50, 'p99_s': p99,
-            'complete': got == n, 'stalled': stalled, 'log': log_path, 'stop_s': stop_s}
+            'complete': got == n, 'silent': silent, 'log': log_path, 'stop_s': stop_s,
+            'killed_at': killed_at, 'restart_s': (None if restarted is None else
+                                                  restarted - t0)}
+
+
+def accounted_ids(out: 'Receiver', dead: 'Receiver') -> int:
+    """Points that came out as a row or as a dead letter (each once)."""
+    return int((~np.isnan(out.recv_time) | ~np.isnan(dead.recv_time)).sum())
 
 
 def run_emulator_alone(emu, label, messages, n, ids_of, timeout):
@@ -433,9 +512,19 @@ def print_profile(path: str, top: int = 15) -> None:
 
 
 def fmt_case(r: dict) -> str:
-    extra = '' if r['complete'] else f'  INCOMPLETE: {r["received"]:,} of {r["points"]:,}'
-    if r.get('stalled'):
-        extra += ' (STALLED: no output for --stall_seconds)'
+    extra = ''
+    if not r['complete']:
+        extra = f'  INCOMPLETE: {r["received"]:,} of {r["points"]:,} out'
+        if 'dead_ids' in r:
+            late = r['reasons'].get('late', 0)
+            extra += (f', {r["dead_ids"]:,} as dead letters ({late:,} late), '
+                      f'{r["missing"]:,} missing')
+        if r.get('silent'):
+            extra += ' (then nothing came out for --stall_seconds)'
+    if r.get('dead_letters') and r['complete']:
+        extra += f'; {r["dead_letters"]:,} dead letters {r["reasons"]}'
+    if r.get('duplicates'):
+        extra += f'; {r["duplicates"]:,} duplicate rows'
     return (f'{r["points"]:>9,} points in {r["messages"]:>7,} messages: '
             f'{r["elapsed_s"]:7.2f} s, {r["points_per_s"]:>10,.0f} points/s, latency p50 '
             f'{r["p50_s"]:6.2f} s p99 {r["p99_s"]:6.2f} s (publishing took '
@@ -477,11 +566,23 @@ def main(argv=None):
     ap.add_argument('--profile_points', type=int, default=None,
                     help='points of a profiled run (default: 1000 one-point messages, '
                          '--points / 4 in batch messages)')
+    ap.add_argument('--peer', action='append', choices=PEERS, default=None,
+                    help="the pipelines measured (repeatable; default both: beamml assign "
+                         "--streaming and Beam's RunInference with the scikit-learn handler, "
+                         "benchmarks/runinference_streaming.py)")
+    ap.add_argument('--paced', action='store_true',
+                    help='also run each case paced at half its target rate, for the p99 '
+                         'latency target (<= 2 s)')
+    ap.add_argument('--kill', action='store_true',
+                    help='also run the json case with a SIGKILL of the pipeline once a third '
+                         'of the points came out and a restart on the same subscription: ids '
+                         'lost and duplicated (beamml only)')
     ap.add_argument('--beam_flag', action='append', default=[],
                     help='extra flag for beamml assign (repeatable)')
     ap.add_argument('--workdir', default=os.path.join(ROOT, 'bench_output', 'streaming'))
     args, _ = ap.parse_known_args(argv)   # run_all.py may pass flags meant for others
     cases = [c for c in CASES if c in (args.case or CASES)]
+    peers = [p for p in PEERS if p in (args.peer or PEERS)]
 
     from pubsub_emulator import launcher, pubsub_emulator
     if launcher() is None or shutil.which('java') is None:
@@ -495,27 +596,47 @@ def main(argv=None):
     model_dir = os.path.join(args.workdir, f'model-k{args.k}-d{args.dim}')
     shutil.rmtree(model_dir, ignore_errors=True)
     CentroidModel(centres, version='bench').save(model_dir)
+    save_sklearn_model(centres, os.path.join(model_dir, 'sklearn.pickle'))
 
     sizes = {'single': args.single_points, 'json': args.points, 'arrow': args.points}
     t = time.perf_counter()
     data = {c: make_messages(c, make_points(sizes[c], args.dim, centres, seed=1), args.batch_points)
             for c in set(cases) | set(args.profile)}
-    print(f'streaming: assign --streaming on the BundleBasedDirectRunner, Pub/Sub emulator in '
+    print(f'streaming: {" and ".join(peers)} on the BundleBasedDirectRunner, Pub/Sub emulator in '
           f'and out; d={args.dim}, k={args.k}, {args.batch_points} points per batch message; '
           f'messages made in {time.perf_counter() - t:.1f} s', flush=True)
 
-    best = {}
+    best, paced, faults = {}, {}, {}
     alone = {}
     with pubsub_emulator() as emu:
         for case in cases:
-            runs = []
-            for r in range(args.repeat):
-                res = run_pipeline_case(emu, case, data[case], sizes[case], model_dir, args,
-                                        args.workdir)
-                runs.append(res)
-                print(f'  {case:6s} run {r + 1}: {fmt_case(res)}; start-up '
-                      f'{res["startup_s"]:.1f} s, stop {res["stop_s"]:.1f} s', flush=True)
-            best[case] = max(runs, key=lambda x: (x['complete'], x['points_per_s']))
+            for peer in peers:
+                runs = []
+                for r in range(args.repeat):
+                    res = run_pipeline_case(emu, case, data[case], sizes[case], model_dir,
+                                            args, args.workdir, peer=peer)
+                    runs.append(res)
+                    print(f'  {peer:12s} {case:6s} run {r + 1}: {fmt_case(res)}; start-up '
+                          f'{res["startup_s"]:.1f} s, stop {res["stop_s"]:.1f} s', flush=True)
+                best[peer, case] = max(runs, key=lambda x: (x['complete'], x['points_per_s']))
+                if args.paced:
+                    rate = args.rate
+                    args.rate = TARGETS[case] / 2
+                    res = run_pipeline_case(emu, case, data[case], sizes[case], model_dir,
+                                            args, args.workdir, peer=peer)
+                    args.rate = rate
+                    paced[peer, case] = res
+                    print(f'  {peer:12s} {case:6s} paced at {TARGETS[case] / 2:,.0f} points/s: '
+                          f'{fmt_case(res)}', flush=True)
+        if args.kill and 'beamml' in peers:
+            case = 'json'
+            msgs = data.get(case) or make_messages(case, make_points(
+                sizes[case], args.dim, centres, seed=1), args.batch_points)
+            res = run_pipeline_case(emu, case, msgs, sizes[case], model_dir, args,
+                                    args.workdir, kill_at=1 / 3)
+            faults['SIGKILL + restart'] = res
+            print(f'  SIGKILL at {res["killed_at"]:,} points out, restarted: {fmt_case(res)}',
+                  flush=True)
 
         if args.emulator_alone:
             print('emulator alone (pubsub_v1 publisher, batching 1000 messages / 10 ms; '
@@ -562,20 +683,43 @@ def main(argv=None):
             else:
                 print(f'  no profile written; see {res["log"]}')
 
-    print(f'best of {args.repeat} run(s) per case:')
+    print(f'best of {args.repeat} run(s) per case (points/s; p50 / p99 latency; ids in / '
+          'out / dead letters / missing / duplicated):')
     for case in cases:
-        r = best[case]
         target = TARGETS[case]
-        verdict = 'met' if r['complete'] and r['points_per_s'] >= target else 'NOT met'
-        line = (f'  {case:6s}: {r["points_per_s"]:>10,.0f} points/s, p50 {r["p50_s"]:.2f} s, '
-                f'p99 {r["p99_s"]:.2f} s over {r["received"]:,} of {r["points"]:,} points '
-                f'received{"" if r["complete"] else " (INCOMPLETE)"} (target >= {target:,} '
-                f'points/s: {verdict})')
-        if case == 'single' and r['points_per_s'] > 0 and sizes[case] < args.points:
-            line += (f'; measured on {r["received"]:,} points: {args.points:,} at this rate '
-                     f'would take {args.points / r["points_per_s"]:,.0f} s')
-        print(line)
+        for peer in peers:
+            r = best[peer, case]
+            verdict = 'met' if r['complete'] and r['points_per_s'] >= target else 'NOT met'
+            line = (f'  {peer:12s} {case:6s}: {r["points_per_s"]:>10,.0f} points/s, p50 '
+                    f'{r["p50_s"]:.2f} s, p99 {r["p99_s"]:.2f} s; ids {r["points"]:,} / '
+                    f'{r["received"]:,} / {r["dead_ids"]:,} / {r["missing"]:,} / '
+                    f'{r["duplicates"]:,}')
+            if peer == 'beamml':
+                line += f' (target >= {target:,} points/s: {verdict})'
+            if (peer, case) in paced:
+                q = paced[peer, case]
+                ok = q['complete'] and q['p99_s'] <= LATENCY_TARGET_S
+                line += (f'; paced at {target / 2:,.0f}/s: p99 {q["p99_s"]:.2f} s (target <= '
+                         f'{LATENCY_TARGET_S:g} s: {"met" if ok else "NOT met"})')
+            print(line)
+    for name, r in faults.items():
+        print(f'  fault {name}: ids {r["points"]:,} in, {r["received"]:,} out, '
+              f'{r["dead_ids"]:,} dead letters, {r["missing"]:,} lost, {r["duplicates"]:,} '
+              'duplicated')
     return 0
+
+
+def save_sklearn_model(centres: np.ndarray, path: str) -> None:
+    """A pickled scikit-learn KMeans whose ``predict`` is the nearest of ``centres``
+    (fitted on the centres themselves, then given them exactly: the fit's centring
+    moves them by rounding)."""
+    import pickle
+    from sklearn.cluster import KMeans
+    km = KMeans(len(centres), init=centres, n_init=1, max_iter=1).fit(centres)
+    np.testing.assert_allclose(km.cluster_centers_, centres, rtol=0, atol=1e-12)
+    km.cluster_centers_ = centres.copy()
+    with open(path, 'wb') as f:
+        pickle.dump(km, f)
 
 
 def _ids_of_batch(case):
