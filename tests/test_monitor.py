@@ -445,6 +445,7 @@ def test_missing_baseline_and_flags(tmp_path, trained, capsys):
     code, _, err = cli(['--input', trained['train'], '--baseline', str(tmp_path),
                         '--output', str(tmp_path / 'o')], capsys)
     assert code == 2 and 'no baseline at' in err
+    assert err.rstrip().endswith('or make one with beamml monitor --make_baseline)'), err
     code, _, err = cli(['--input', trained['train'], '--baseline', str(tmp_path),
                         '--output', str(tmp_path / 'o'), '--retrain'], capsys)
     assert code == 2 and '--retrain needs --model' in err

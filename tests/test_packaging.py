@@ -1,7 +1,6 @@
 """The distribution: one import package, ``beamml``, from the sdist that Dataflow builds to the wheel."""
 from __future__ import annotations
 
-import ast
 import glob
 import importlib
 import os
@@ -91,54 +90,3 @@ def test_python_m_beamml_in_the_checkout_and_nothing_else_under_beamml():
         bare = subprocess.run([sys.executable, '-c', f'import {name}'], cwd=root, env=env,
                               capture_output=True, text=True, timeout=60)
         assert bare.returncode != 0, f'{name} is importable'
-
-
-def _imports(path: str, package: str) -> set[str]:
-    """The beamml modules that ``path`` imports anywhere, deferred imports inside
-    functions included (they hide a cycle, they do not remove it)."""
-    tree = ast.parse(open(path, encoding='utf-8').read())
-    found = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.rsplit('.', node.level - 1)[0] if node.level > 1 else package
-                mod = f'{base}.{node.module}' if node.module else base
-            else:
-                mod = node.module or ''
-            found.add(mod)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names)
-    return {m for m in found if m.startswith('beamml.')}
-
-
-def _module_graph() -> dict[str, set[str]]:
-    graph = {}
-    for folder in ('pipelines', 'transforms'):
-        for path in glob.glob(os.path.join(ROOT, folder, '**', '*.py'), recursive=True):
-            rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
-            name = 'beamml.' + rel.removesuffix('.__init__')
-            package = name if path.endswith('__init__.py') else name.rsplit('.', 1)[0]
-            graph[name] = _imports(path, package)
-    return graph
-
-
-def test_no_import_cycle():
-    graph = _module_graph()
-    state: dict[str, int] = {}
-
-    def visit(node, stack):
-        state[node] = 1
-        for nxt in sorted(graph.get(node, ())):
-            nxt = nxt if nxt in graph else nxt.rsplit('.', 1)[0]   # `from pkg import name`
-            if nxt == node or nxt not in graph:
-                continue
-            if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
-                pytest.fail('import cycle: ' + ' -> '.join(cycle))
-            if not state.get(nxt):
-                visit(nxt, stack + [nxt])
-        state[node] = 2
-
-    for node in sorted(graph):
-        if not state.get(node):
-            visit(node, [node])

@@ -120,7 +120,13 @@ def load_inputs(args) -> dict:
         if not where:
             raise BeammlError('monitor needs --model (its version holds baseline.json) or '
                               '--baseline PATH')
-        baseline = load_baseline(where)
+        try:
+            baseline = load_baseline(where)
+        except BeammlError as e:
+            if not str(e).startswith('no baseline at '):
+                raise
+            raise BeammlError(f'{e} (train with beamml kmeans, which writes one, or make one '
+                              'with beamml monitor --make_baseline)') from e
         if model is not None and baseline.with_model:
             bm = baseline.doc['model']
             if bm['k'] != model.k or bm['d'] != model.d:

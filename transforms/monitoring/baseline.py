@@ -192,8 +192,9 @@ class Baseline:
 
 
 def load_baseline(path: str) -> Baseline:
-    """A baseline.json, or a folder (a model version, a --make_baseline output) holding
-    one, or a model directory (its LATEST version's)."""
+    """A baseline.json, or a folder (a model version, a baseline's own folder) holding
+    one, or a model directory (its LATEST version's). None found: a BeammlError naming
+    the places looked at (the caller says how to make one)."""
     from beamml.transforms.model import latest_version
     candidates = [path] if path.endswith('.json') else [join(path, BASELINE_FILE)]
     if not path.endswith('.json'):
@@ -209,9 +210,8 @@ def load_baseline(path: str) -> Baseline:
                 if isinstance(e, BeammlError):
                     raise
                 raise BeammlError(f'baseline {c} is corrupt or incomplete: {e}') from e
-    raise BeammlError(f'no baseline at {path}: looked for {", ".join(candidates)} (train with '
-                      'beamml kmeans, which writes one, or make one with beamml monitor '
-                      '--make_baseline)', parameters=())
+    raise BeammlError(f'no baseline at {path}: looked for {", ".join(candidates)}',
+                      parameters=())
 
 
 def write_baseline(path: str, doc: dict) -> str:
