@@ -1,8 +1,9 @@
 """transforms/streaming/files: a watched pattern read file by file, as the batch readers read.
 
-Every run is on the FnApiRunner (the BundleBasedDirectRunner cannot expand the
-polling SDF), polls every fraction of a second and stops by itself after a few
-seconds. The oracles are the batch reader (ReadPoints on the same files, or the
+The runs are on the FnApiRunner (the polls as a splittable DoFn, as Dataflow runs them)
+and, where marked, on the BundleBasedDirectRunner (the local streaming runner: the polls
+as local_files.py's step); each polls every fraction of a second and stops by itself
+after a few seconds. The oracles are the batch reader (ReadPoints on the same files, or the
 batch reader's own error for a file it refuses) and numpy on the generated values.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ from beamml.transforms.streaming.files import (ReadWatchedPoints, ReadWatchedTab
                                                layout_from_parameters)
 
 FN_API = 'apache_beam.runners.portability.fn_api_runner.FnApiRunner'
+BUNDLE_BASED = 'BundleBasedDirectRunner'
 INTERVAL = 0.25
 STOP = 3.0
 
@@ -57,16 +59,16 @@ class _CountBundles(beam.DoFn):
         _SEEN[self.key].append(('poll', ts, time.time(), x))
 
 
-def _options(streaming=False):
-    return PipelineOptions([], runner=FN_API, streaming=streaming)
+def _options(streaming=False, runner=FN_API):
+    return PipelineOptions([], runner=runner, streaming=streaming)
 
 
-def _run(make_read, writes=()):
+def _run(make_read, writes=(), runner=FN_API):
     """Run a watched read; ``writes``: (seconds after the start, function) run from a
     thread. Returns (batches, errors, counts, start, seconds the run took), each
     output item as (event time, wall time, element)."""
     key = uuid.uuid4().hex
-    p = beam.Pipeline(options=_options(streaming=True))   # as --streaming runs it
+    p = beam.Pipeline(options=_options(streaming=True, runner=runner))   # as --streaming
     res = p | 'Watch' >> make_read()
     res.batches | 'CollectBatches' >> beam.ParDo(_Collect(key, 'batch'))
     res.errors | 'CollectErrors' >> beam.ParDo(_Collect(key, 'error'))
@@ -170,8 +172,10 @@ def _features(rows):
 
 # ----------------------------------------------------------------------------- tests
 
-@pytest.mark.parametrize('fmt', ['parquet', 'csv', 'jsonl', 'npy'])
-def test_new_files_read_once_as_the_batch_reader_reads_them(tmp_path, fmt):
+@pytest.mark.parametrize('fmt,runner', [('parquet', FN_API), ('csv', FN_API), ('jsonl', FN_API),
+                                        ('npy', FN_API), ('csv', BUNDLE_BASED),
+                                        ('npy', BUNDLE_BASED)])
+def test_new_files_read_once_as_the_batch_reader_reads_them(tmp_path, fmt, runner):
     (tmp_path / 'in').mkdir()
     Xa, Xb = _values(1), _values(2)
     ids_a, ids_b = list(range(0, 20)), list(range(100, 120))
@@ -181,7 +185,7 @@ def test_new_files_read_once_as_the_batch_reader_reads_them(tmp_path, fmt):
 
     batches, errors, counts, start, took = _run(
         lambda: ReadWatchedPoints(pattern, interval=INTERVAL, stop_after=STOP),
-        writes=[(1.2, late)])
+        writes=[(1.2, late)], runner=runner)
 
     # it ends by itself at stop_after (plus the start of the runner and the last read)
     assert STOP - INTERVAL <= took < STOP + 6
@@ -222,7 +226,8 @@ def test_new_files_read_once_as_the_batch_reader_reads_them(tmp_path, fmt):
     assert wall_b < start + STOP + 1  # ... and while the watch was running
 
 
-def test_malformed_files_mid_stream_are_dead_letters_and_the_stream_goes_on(tmp_path):
+@pytest.mark.parametrize('runner', [FN_API, BUNDLE_BASED])
+def test_malformed_files_mid_stream_are_dead_letters_and_the_stream_goes_on(tmp_path, runner):
     (tmp_path / 'in').mkdir()
     X = _values(3)
     good = str(tmp_path / 'in' / 'a.csv')
@@ -251,7 +256,8 @@ def test_malformed_files_mid_stream_are_dead_letters_and_the_stream_goes_on(tmp_
               (1.3, _replace_into(tmp_path, 'z.csv',
                                   lambda p: _write(p, 'csv', list(range(200, 220)), Xc)))]
     batches, errors, counts, _, _ = _run(
-        lambda: ReadWatchedPoints(pattern, interval=INTERVAL, stop_after=STOP), writes)
+        lambda: ReadWatchedPoints(pattern, interval=INTERVAL, stop_after=STOP), writes,
+        runner=runner)
 
     want_z, dead_z, _ = _batch_read(str(tmp_path / 'in' / 'z.csv'))
     assert _rows([b for _, _, b in batches]) == sorted(want_a + want_z, key=repr)
@@ -414,6 +420,40 @@ def test_a_local_file_still_growing_is_read_once_it_stops_changing(tmp_path):
     assert ids == list(range(40))
     np.testing.assert_array_equal(feats, X)
     assert counts['records_read'] == counts['records_ok'] == 40
+
+
+@pytest.mark.parametrize('runner', [FN_API, BUNDLE_BASED])
+def test_a_writer_that_pauses_longer_than_the_polls_is_named_not_silently_half_read(
+        tmp_path, caplog, runner):
+    """A local file written in place by a writer that pauses for several polls: the polls
+    see it settled and it is read half way (nothing can tell a pause from the end). The
+    rest is never read, so the run says so: one WARNING naming the file and both sizes,
+    and a counter. (A writer must write elsewhere and rename: the test above.)"""
+    import logging
+    (tmp_path / 'in').mkdir()
+    path = str(tmp_path / 'in' / 'slow.csv')
+    head = b'id,x0,x1\n' + b''.join(f'{i},{i}.5,{i}.25\n'.encode() for i in range(10))
+    tail = b''.join(f'{i},{i}.5,{i}.25\n'.encode() for i in range(10, 20))
+
+    def append(piece):
+        def go():
+            with open(path, 'ab') as f:
+                f.write(piece)
+        return go
+    logging.getLogger('beamml').propagate = True   # (the CLI's main turns it off)
+    with caplog.at_level(logging.WARNING, logger='beamml'):
+        batches, errors, counts, _, _ = _run(
+            lambda: ReadWatchedPoints(str(tmp_path / 'in' / '*.csv'), id_column='id',
+                                      feature_columns=['x0', 'x1'], id_type='int64',
+                                      interval=INTERVAL, stop_after=3.0),
+            writes=[(0.2, append(head)), (1.8, append(tail))], runner=runner)
+    ids, _ = _features(_rows([b for _, _, b in batches]))
+    assert ids == list(range(10)) and errors == []   # the half read before the pause
+    assert counts['records_read'] == counts['records_ok'] == 10
+    warned = [r.getMessage() for r in caplog.records if path in r.getMessage()]
+    assert len(warned) == 1, [r.getMessage() for r in caplog.records]
+    assert (f'{len(head)} bytes' in warned[0] and f'now {len(head) + len(tail)} bytes'
+            in warned[0] and 'rename' in warned[0]), warned[0]
 
 
 def test_watched_table_reads_prediction_logs_as_read_table(tmp_path):

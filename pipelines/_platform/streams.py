@@ -13,8 +13,7 @@ give, then the batch steps run per window. This module holds what they share:
 * :func:`read_stream`: the source, windowed, through the
   :class:`~beamml.transforms.streaming.windows.LateGate`;
 * :func:`write_rows` and :func:`write_dead_letters`: per-window files and topics;
-* :func:`streaming_options` picks the local runner (the BundleBasedDirectRunner for
-  Pub/Sub and TestStream, the FnApiRunner for a watched pattern) and
+* :func:`streaming_options` picks the local runner (the BundleBasedDirectRunner) and
   :func:`run_stream` runs the pipeline, cancelling it after ``--stop_after``.
 """
 from __future__ import annotations
@@ -40,7 +39,7 @@ __all__ = ['add_streaming_args', 'check_streaming_args', 'is_streaming', 'read_s
            'window_fields', 'WritePanes', 'pane_file_name']
 
 LOG = logging.getLogger('beamml')
-#: the local runner of Pub/Sub and TestStream streams (a watched pattern runs on the FnApiRunner)
+#: the local runner of every stream (Pub/Sub, TestStream, a watched pattern)
 LOCAL_STREAMING_RUNNER = 'BundleBasedDirectRunner'
 
 
@@ -330,15 +329,15 @@ def write_dead_letters(errors, args, prefix: str | None = None) -> None:
 # ----------------------------------------------------------------------------- running
 
 def streaming_options(options, args=None):
-    """The runner for a local stream: the BundleBasedDirectRunner for Pub/Sub (it runs
-    Beam's Pub/Sub source and TestStream), the FnApiRunner for a watched pattern (the
-    BundleBasedDirectRunner cannot run its polling, a splittable DoFn); Dataflow stays
-    Dataflow."""
+    """The runner for a local stream: the BundleBasedDirectRunner (it runs Beam's Pub/Sub
+    source, TestStream, and a watched pattern's polls as a step that moves the watermark:
+    transforms/streaming/local_files.py), so each window is written when it closes;
+    Dataflow stays Dataflow."""
+    del args   # (every local stream runs there)
     std = options.view_as(StandardOptions)
     if std.runner in (None, 'FnApiRunner', 'DirectRunner', 'SwitchingDirectRunner',
                       LOCAL_STREAMING_RUNNER):
-        watching = args is not None and getattr(args, 'watch_interval', None) is not None
-        std.runner = 'FnApiRunner' if watching else LOCAL_STREAMING_RUNNER
+        std.runner = LOCAL_STREAMING_RUNNER
     return options
 
 
@@ -347,8 +346,8 @@ def run_stream(p, args):
     (a watched-files source ends by itself then). Returns the PipelineResult."""
     result = p.run()
     stop_after = getattr(args, 'stop_after', None)
-    if stop_after is None:
-        result.wait_until_finish()
+    if stop_after is None or getattr(args, 'watch_interval', None) is not None:
+        result.wait_until_finish()   # (a watched pattern ends by itself at --stop_after)
         return result
     deadline = time.monotonic() + stop_after
     from apache_beam.runners.runner import PipelineState

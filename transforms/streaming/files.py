@@ -77,23 +77,21 @@ import pyarrow as pa
 from apache_beam.coders import FloatCoder, TupleCoder, VarIntCoder
 from apache_beam.io import fileio
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
-from apache_beam.transforms.periodicsequence import ImpulseSeqGenRestrictionProvider
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
-from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import MAX_TIMESTAMP, Timestamp
+from apache_beam.utils.timestamp import Timestamp
 
 from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters, dead_letter
 from beamml.transforms.io.inspection import check_feature_roles, check_weight_column, inspect_input
 from beamml.transforms.io.layout import INPUT_FORMATS, Layout, format_of, listable, printable
 from beamml.transforms.io.rows import BATCH_ROWS
 from beamml.transforms.io.sources import _ReadFileFn, plan_reads
+from beamml.transforms.streaming.local_files import _PollFn, poll_schedule, register_direct_runner
+from beamml.transforms.streaming.windows import iso
 
 __all__ = ['ReadWatchedPoints', 'ReadWatchedTable', 'layout_from_parameters', 'watched_layout']
 
 _LOG = logging.getLogger('beamml')
-
-_DONE = (-1, -1.0)   # the state of a path already taken for reading
 
 
 # ----------------------------------------------------------------------------- layout
@@ -207,48 +205,6 @@ def watched_layout(file_pattern: str, *, points: bool = True, id_type: str | Non
 
 # ----------------------------------------------------------------------------- steps
 
-class _PollFn(beam.DoFn):
-    """The poll times of ``(start, stop, interval)``, each element the time itself.
-
-    ``PeriodicImpulse``'s generator, except that a call whose next poll is at most
-    one interval ahead sleeps until it instead of returning at once: the local
-    FnApiRunner resumes a deferred restriction immediately, so ``PeriodicImpulse``
-    there runs a bundle every few milliseconds (a core busy, and after about a
-    thousand bundles ``result.metrics()`` fails with a RecursionError in Beam's
-    metric consolidation). Dataflow resumes it at the time asked, so it rarely
-    sleeps at all.
-    """
-
-    @beam.DoFn.unbounded_per_element()
-    def process(self, element,
-                tracker=beam.DoFn.RestrictionParam(ImpulseSeqGenRestrictionProvider()),
-                watermark=beam.DoFn.WatermarkEstimatorParam(
-                    ManualWatermarkEstimator.default_provider())):
-        start, _, interval = element
-        start = start.micros / 1e6 if isinstance(start, Timestamp) else float(start)
-        index = tracker.current_restriction().start
-        wait = start + interval * index - time.time()
-        if 0 < wait <= interval:
-            time.sleep(wait)
-        while True:
-            at = start + interval * index
-            if at > time.time():   # ahead of time: no element before ``at``
-                _advance(watermark, Timestamp.of(at))
-                tracker.defer_remainder(Timestamp.of(at))
-                return
-            if not tracker.try_claim(index):
-                return
-            _advance(watermark, Timestamp.of(at))
-            yield TimestampedValue(Timestamp.of(at), Timestamp.of(at))
-            index += 1
-
-
-def _advance(watermark, at: Timestamp) -> None:
-    current = watermark.current_watermark()
-    if current is None or at > current:   # monotonic
-        watermark.set_watermark(at)
-
-
 def _signature(m) -> Tuple[str, Tuple[int, float]]:
     mtime = m.last_updated_in_seconds
     return m.path, (int(m.size_in_bytes), -1.0 if mtime is None else float(mtime))
@@ -256,23 +212,51 @@ def _signature(m) -> Tuple[str, Tuple[int, float]]:
 
 class _NewFilesFn(beam.DoFn):
     """Keyed by path: ``(path, size)`` once per path, at the first poll that sees it
-    (``wait_stable=False``) or that sees the size and modification time of the poll
-    before it (``wait_stable=True``)."""
+    (``wait_stable=False``) or, with ``wait_stable=True``, at the first poll that sees
+    the size and modification time of the poll before it, the modification time at
+    least ``quiet`` seconds old (two polls run close together after the runner was
+    busy must not take a file still being written as whole).
+
+    A path taken whose size or modification time changes later (a writer that paused
+    longer than the polls, or a file rewritten in place) is not read again; that is
+    logged once, naming the file (WARNING), and counted (``files_changed_after_read``):
+    what changed may not have been read.
+
+    The state of a path is ``(size, mtime)`` while it waits, ``(-2 - size, mtime)`` once
+    taken, ``(-1, mtime)`` once its change was logged (and ``(-1, -1.0)``, a path
+    taken by an earlier version of this step: the coder is the one it had, so a running
+    Dataflow job can be updated).
+    """
     SEEN = ReadModifyWriteStateSpec('seen', TupleCoder([VarIntCoder(), FloatCoder()]))
 
-    def __init__(self, wait_stable: bool):
-        self.wait_stable = wait_stable
+    def __init__(self, wait_stable: bool, quiet: float = 0.0):
+        self.wait_stable, self.quiet = wait_stable, quiet
+        self.changed = Metrics.counter('beamml', 'files_changed_after_read')
 
     def process(self, element, seen=beam.DoFn.StateParam(SEEN)):
-        path, signature = element
+        path, (size, mtime) = element
         before = seen.read()
-        if before is not None and tuple(before) == _DONE:
+        if before is not None and before[0] < 0:   # taken already
+            if before[0] <= -2 and (-2 - before[0], before[1]) != (size, mtime):
+                seen.write((-1, before[1]))
+                self.changed.inc()
+                _LOG.warning(
+                    'watch: %s changed after it was taken for reading (%d bytes, modified '
+                    '%s; now %d bytes, modified %s): it is not read again, so what changed '
+                    'may not have been read; a writer must write the file elsewhere and '
+                    'rename it into the watched folder', path, -2 - before[0],
+                    _when(before[1]), size, _when(mtime))
             return
-        if self.wait_stable and (before is None or tuple(before) != tuple(signature)):
-            seen.write(signature)   # new or still changing: look again next poll
+        if self.wait_stable and (before is None or tuple(before) != (size, mtime)
+                                 or 0 <= time.time() - mtime < self.quiet):
+            seen.write((size, mtime))   # new or still changing: look again next poll
             return
-        seen.write(_DONE)
-        yield path, signature[0]
+        seen.write((-2 - size, mtime))
+        yield path, size
+
+
+def _when(mtime: float) -> str:
+    return 'unknown' if mtime < 0 else iso(Timestamp.of(mtime))
 
 
 def _file_refused(path: str, e: Exception, rows_before: int = 0) -> dict:
@@ -394,16 +378,13 @@ class _WatchBase(beam.PTransform):
 
     def _poll_times(self, pbegin):
         """One element per poll, timestamped with its scheduled time, from the start of
-        the run (as ``PeriodicImpulse`` with ``RebaseMode.REBASE_ALL``)."""
-        interval, stop_after = self.interval, self.stop_after
-
-        def schedule(_):
-            now = Timestamp.now()
-            stop = MAX_TIMESTAMP if stop_after is None else now + stop_after
-            return now, stop, interval
+        the run (as ``PeriodicImpulse`` with ``RebaseMode.REBASE_ALL``); on the local
+        streaming runner the polls are a step of their own that moves the watermark
+        (local_files.py)."""
+        register_direct_runner()   # (once) should the pipeline run there
         return (pbegin
                 | 'StartWatch' >> beam.Impulse()
-                | 'Schedule' >> beam.Map(schedule)
+                | 'Schedule' >> beam.Map(poll_schedule, self.interval, self.stop_after)
                 | 'Polls' >> beam.ParDo(_PollFn()))
 
     def expand(self, pbegin):
@@ -413,7 +394,7 @@ class _WatchBase(beam.PTransform):
                | 'MatchFiles' >> fileio.MatchAll()
                | 'KeyByPath' >> beam.Map(_signature).with_output_types(
                    Tuple[str, Tuple[int, float]])
-               | 'NewFiles' >> beam.ParDo(_NewFilesFn(self.wait_stable)))
+               | 'NewFiles' >> beam.ParDo(_NewFilesFn(self.wait_stable, self.interval)))
         planned = new | 'PlanReads' >> beam.ParDo(_PlanFn(self.layout, self.format_given))
         return planned | 'ParseFiles' >> beam.ParDo(
             _WatchedReadFn(self.layout, self._points, self.allow_nan, self.batch_rows,
