@@ -15,8 +15,10 @@ import os
 import threading
 import time
 
+import apache_beam as beam
 import numpy as np
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.timestamp import Timestamp
 
 from beamml.pipelines.__main__ import main
@@ -95,6 +97,55 @@ def models(tmp_path):
     d = str(tmp_path / 'models')
     CentroidModel(np.array([[0.0, 0.0], [10.0, 10.0]])).save(d)
     return d
+
+
+class _Note(beam.DoFn):
+    """Notes (kind, element, its timestamp, the wall time) in ``_NOTES[key]``."""
+
+    def __init__(self, key: str, kind: str):
+        self.key, self.kind = key, kind
+
+    def process(self, x, ts=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam):
+        _NOTES.setdefault(self.key, []).append((self.kind, x, ts, window, time.time()))
+        yield x
+
+
+_NOTES: dict = {}
+
+
+def test_polls_on_the_local_streaming_runner_move_the_watermark():
+    """The polls alone on the BundleBasedDirectRunner (local_files.py's evaluator): as many
+    as PeriodicImpulse's schedule has, one interval apart, none before its time; and a
+    window downstream fires while the polls go on, one interval after its end at most
+    (plus the runner's own time), not when they stop."""
+    from beamml.transforms.streaming.local_files import _PollFn, poll_schedule, \
+        register_direct_runner
+    register_direct_runner()
+    key, interval, stop = str(time.time()), 0.2, 3.0
+    p = beam.Pipeline(options=PipelineOptions([], runner='BundleBasedDirectRunner',
+                                              streaming=True))
+    polls = (p | beam.Impulse() | beam.Map(poll_schedule, interval, stop)
+               | beam.ParDo(_PollFn()) | 'NotePolls' >> beam.ParDo(_Note(key, 'poll')))
+    (polls
+     | beam.WindowInto(beam.window.FixedWindows(1))
+     | beam.Map(lambda t: (0, t)) | beam.GroupByKey()
+     | 'NotePanes' >> beam.ParDo(_Note(key, 'pane')))
+    started = time.time()
+    p.run().wait_until_finish()
+    ended = time.time()
+    notes = _NOTES.pop(key)
+    times = np.array([ts.micros / 1e6 for kind, _, ts, _, _ in notes if kind == 'poll'])
+    assert len(times) == 15   # ceil(3.0 / 0.2), as PeriodicImpulse counts them
+    np.testing.assert_allclose(np.diff(times), interval, atol=2e-6)
+    assert started - 1 < times[0] < started + 1
+    assert all(wall >= ts.micros / 1e6 for kind, _, ts, _, wall in notes if kind == 'poll')
+    panes = [(w.end.micros / 1e6, wall, sorted(x[1])) for kind, x, _, w, wall in notes
+             if kind == 'pane']
+    assert sum(len(polls) for _, _, polls in panes) == 15
+    early = [(end, wall, ts) for end, wall, ts in panes if end < times[-1]]
+    assert early, panes   # windows that closed while the polls went on
+    for end, wall, ts in early:   # (a window closes once the next poll is past its end)
+        assert ts[-1].micros / 1e6 <= wall <= end + interval + 1.0, (end, wall, ended)
 
 
 def test_assign_writes_each_pane_soon_after_its_window_closes(tmp_path, models, capsys):

@@ -18,17 +18,21 @@ after another by the worker that took the file.
 
 What "new" means
     A path is read once. A file rewritten (or deleted and written again) under a
-    path already read is not read again; give each file a new name. The state
+    path already read is not read again (a WARNING names it, see below); give each
+    file a new name. The state
     holds one small cell per path ever seen.
 
 Files still being written
     On a local file system a file is read at the first poll that sees the same size
-    and modification time as the poll before it (so at the earliest one interval
-    after it appears, and never if the watch stops first). Object stores (``gs://``
-    and every other scheme) show an object only once it is whole, so there a file
-    is read at the first poll that sees it. ``wait_stable`` overrides the choice.
-    A local writer should still write elsewhere and rename into the directory: a
-    writer pausing for longer than ``interval`` would otherwise be read half way.
+    and modification time as the poll before it, that time at least one interval old
+    (so at the earliest one interval after it appears, and never if the watch stops
+    first). Object stores (``gs://`` and every other scheme) show an object only once
+    it is whole, so there a file is read at the first poll that sees it.
+    ``wait_stable`` overrides the choice. Nothing tells a writer's pause from its end:
+    a local writer must write elsewhere and rename into the directory (a rename is
+    atomic), or a writer pausing for longer than ``interval`` is read half way. A file
+    whose size or time changes after it was taken is not read again; the run logs one
+    WARNING naming it (both sizes) and counts it (``files_changed_after_read``).
 
 Event times
     Every batch and dead letter of a file carries, as its element timestamp, the
@@ -60,11 +64,13 @@ A file that cannot be read
     value that is not a number, etc. are the batch readers' per-row dead letters.
 
 Runners
-    Locally this runs on the ``FnApiRunner`` (with or without ``streaming``): the
-    ``BundleBasedDirectRunner`` with ``streaming`` cannot run an unbounded
-    splittable DoFn such as the polls here or ``PeriodicImpulse`` (Beam 2.77:
-    "Transform node ... ProcessKeyedElements/GroupByKey ... was not replaced as
-    expected"). Dataflow runs it in streaming mode (its dry run builds the graph).
+    Dataflow (and the ``FnApiRunner``) run the polls as a splittable DoFn
+    (``_PollFn``, with a manual watermark estimator). On the ``BundleBasedDirectRunner``,
+    the local streaming runner, they run as a step of their own that moves the
+    watermark with the polls (:mod:`~beamml.transforms.streaming.local_files`), so a
+    window downstream closes, and its pane is written, about one interval after its
+    end. The FnApiRunner runs stage by stage: there every window after a GroupByKey is
+    written only when the watch ends.
 """
 from __future__ import annotations
 

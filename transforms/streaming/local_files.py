@@ -26,9 +26,9 @@ worker thread and hands a waiting step work only when nothing else can run), sle
 until the next poll is due (at most ``MAX_WAIT``, so a cancel is quick), emits one
 element for the latest poll due (polls missed while the runner was busy are skipped:
 two polls run back to back would take a file still being written as settled), and
-holds the watermark at the next poll's time. A window ``[s, e)`` therefore closes with
-the first poll scheduled at or after ``e``, and its pane is written once that poll's
-files are read: about one ``interval`` after ``e``. :func:`register_direct_runner` adds
+holds the watermark at the next poll's time. A window ``[s, e)`` therefore closes as
+soon as the last poll scheduled before ``e`` has run and its files are read: within one
+``interval`` of ``e``, plus the reading. :func:`register_direct_runner` adds
 the override and the evaluator to Beam's lists (never replaces them), so another local
 source added the same way keeps working.
 """
