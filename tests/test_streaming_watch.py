@@ -26,7 +26,7 @@ from beamml.transforms.model import CentroidModel, list_versions
 
 INTERVAL = 0.5
 WINDOW = 1.0
-STOP = 9.0
+STOP = 7.0
 SLACK = 5.0   # the target: a pane within --watch_interval + 5 s of its window's end
 
 
