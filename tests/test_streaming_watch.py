@@ -148,6 +148,19 @@ def test_polls_on_the_local_streaming_runner_move_the_watermark():
         assert ts[-1].micros / 1e6 <= wall <= end + interval + 1.0, (end, wall, ended)
 
 
+def test_the_local_polls_skip_missed_polls_and_count_as_periodic_impulse():
+    from beamml.transforms.streaming.local_files import _schedule_micros, due_poll
+    start = Timestamp(1796525975)
+    # 1.6 s of polls every 0.2 s: 8 (0.0 ... 1.4), as PeriodicImpulse's restriction has
+    assert _schedule_micros((start, start + 1.6, 0.2)) == (start.micros, 200_000, 8, 0)
+    assert _schedule_micros((start, start + 1.7, 0.2))[2] == 9
+    s, iv = start.micros, 200_000
+    assert due_poll(s, iv, 0, s, 8) == 0                 # on time: the next one
+    assert due_poll(s, iv, 2, s + 1_050_000, 8) == 5     # busy for a while: 2-4 skipped
+    assert due_poll(s, iv, 6, s + 1_050_000, 8) == 6     # never back
+    assert due_poll(s, iv, 2, s + 9_000_000, 8) == 7     # never past the last
+
+
 def test_assign_writes_each_pane_soon_after_its_window_closes(tmp_path, models, capsys):
     incoming = tmp_path / 'in'
     incoming.mkdir()

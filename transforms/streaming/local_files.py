@@ -155,9 +155,9 @@ def _evaluator_class():
             for schedule in self.schedules:   # (one, but a Map may give more)
                 nxt = self._poll(schedule, out, wait=len(self.schedules) == 1)
                 if nxt is not None:
-                    again.add(GlobalWindows.windowed_value(nxt, timestamp=Timestamp(
-                        micros=nxt[0] + nxt[3] * nxt[1])))
-                    holds.append(Timestamp(micros=nxt[0] + nxt[3] * nxt[1]))
+                    at = Timestamp(micros=nxt[0] + nxt[3] * nxt[1])
+                    again.add(GlobalWindows.windowed_value(nxt, timestamp=at))
+                    holds.append(at)
             return TransformResult(self, [out], [again] if holds else [], None,
                                    {None: min(holds) if holds else MAX_TIMESTAMP})
 
