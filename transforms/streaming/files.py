@@ -19,8 +19,7 @@ after another by the worker that took the file.
 What "new" means
     A path is read once. A file rewritten (or deleted and written again) under a
     path already read is not read again (a WARNING names it, see below); give each
-    file a new name. The state
-    holds one small cell per path ever seen.
+    file a new name. The state holds one small cell per path ever seen.
 
 Files still being written
     On a local file system a file is read at the first poll that sees the same size
@@ -68,9 +67,9 @@ Runners
     (``_PollFn``, with a manual watermark estimator). On the ``BundleBasedDirectRunner``,
     the local streaming runner, they run as a step of their own that moves the
     watermark with the polls (:mod:`~beamml.transforms.streaming.local_files`), so a
-    window downstream closes, and its pane is written, about one interval after its
-    end. The FnApiRunner runs stage by stage: there every window after a GroupByKey is
-    written only when the watch ends.
+    window downstream closes, and its pane is written, within about one interval of
+    its end. The FnApiRunner runs stage by stage: there every window after a GroupByKey
+    is written only when the watch ends.
 """
 from __future__ import annotations
 
