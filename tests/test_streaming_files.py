@@ -424,7 +424,7 @@ def test_a_local_file_still_growing_is_read_once_it_stops_changing(tmp_path):
 
 @pytest.mark.parametrize('runner', [FN_API, BUNDLE_BASED])
 def test_a_writer_that_pauses_longer_than_the_polls_is_named_not_silently_half_read(
-        tmp_path, caplog, runner):
+        tmp_path, caplog, monkeypatch, runner):
     """A local file written in place by a writer that pauses for several polls: the polls
     see it settled and it is read half way (nothing can tell a pause from the end). The
     rest is never read, so the run says so: one WARNING naming the file and both sizes,
@@ -440,7 +440,7 @@ def test_a_writer_that_pauses_longer_than_the_polls_is_named_not_silently_half_r
             with open(path, 'ab') as f:
                 f.write(piece)
         return go
-    logging.getLogger('beamml').propagate = True   # (the CLI's main turns it off)
+    monkeypatch.setattr(logging.getLogger('beamml'), 'propagate', True)   # (the CLI's off)
     with caplog.at_level(logging.WARNING, logger='beamml'):
         batches, errors, counts, _, _ = _run(
             lambda: ReadWatchedPoints(str(tmp_path / 'in' / '*.csv'), id_column='id',
