@@ -458,6 +458,7 @@ def test_a_writer_that_pauses_longer_than_the_polls_is_named_not_silently_half_r
     ids, _ = _features(_rows([b for _, _, b in batches]))
     assert ids == list(range(10)) and errors == []   # the half read before the pause
     assert counts['records_read'] == counts['records_ok'] == 10
+    assert counts['files_changed_after_read'] == 1
     warned = [w for w in warnings if path in w]
     assert len(warned) == 1, warnings
     assert (f'{len(head)} bytes' in warned[0] and f'now {len(head) + len(tail)} bytes'

@@ -86,7 +86,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.utils.timestamp import Timestamp
 
-from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters, dead_letter
+from beamml.transforms.core.errors import (COUNTER_NAMESPACE, ERRORS, BeammlError, RecordCounters,
+                                           dead_letter)
 from beamml.transforms.io.inspection import check_feature_roles, check_weight_column, inspect_input
 from beamml.transforms.io.layout import INPUT_FORMATS, Layout, format_of, listable, printable
 from beamml.transforms.io.rows import BATCH_ROWS
@@ -236,7 +237,7 @@ class _NewFilesFn(beam.DoFn):
 
     def __init__(self, wait_stable: bool, quiet: float = 0.0):
         self.wait_stable, self.quiet = wait_stable, quiet
-        self.changed = Metrics.counter('beamml', 'files_changed_after_read')
+        self.changed = Metrics.counter(COUNTER_NAMESPACE, 'files_changed_after_read')
 
     def process(self, element, seen=beam.DoFn.StateParam(SEEN)):
         path, (size, mtime) = element
