@@ -465,6 +465,45 @@ def test_a_writer_that_pauses_longer_than_the_polls_is_named_not_silently_half_r
             in warned[0] and 'rename' in warned[0]), warned[0]
 
 
+class _Cell:
+    """A ReadModifyWriteState stand-in for calling _NewFilesFn.process directly."""
+
+    def __init__(self, value=None):
+        self.value = value
+
+    def read(self):
+        return self.value
+
+    def write(self, value):
+        self.value = value
+
+
+def test_two_polls_close_together_do_not_take_a_file_written_a_moment_ago():
+    """After the runner was busy, two polls can run a moment apart (the FnApiRunner claims
+    every poll due at once): the same size and time on both must not be enough when
+    the file was modified less than an interval ago (a writer between two pieces);
+    once that time is an interval old, the file is taken, once."""
+    from beamml.transforms.streaming.files import _NewFilesFn
+    fn, cell, now = _NewFilesFn(wait_stable=True, quiet=0.25), _Cell(), time.time()
+    fresh = ('in/a.csv', (100, now - 0.05))
+    assert list(fn.process(fresh, seen=cell)) == []   # first seen
+    assert list(fn.process(fresh, seen=cell)) == []   # unchanged, but written 0.05 s ago
+    settled = ('in/a.csv', (100, now - 0.3))
+    assert list(fn.process(settled, seen=cell)) == []   # (its time changed: look again)
+    assert list(fn.process(settled, seen=cell)) == [('in/a.csv', 100)]
+    assert list(fn.process(settled, seen=cell)) == []   # once
+    # a file whose time is ahead of this clock is not held back for ever
+    ahead = ('in/b.csv', (7, now + 60))
+    cell = _Cell()
+    assert list(fn.process(ahead, seen=cell)) == []
+    assert list(fn.process(ahead, seen=cell)) == [('in/b.csv', 7)]
+    # a path an earlier version of the step took, (-1, -1.0), stays taken, silently
+    assert list(fn.process(settled, seen=_Cell((-1, -1.0)))) == []
+    # objects (wait_stable=False): taken at the first poll that sees them
+    assert list(_NewFilesFn(wait_stable=False).process(fresh, seen=_Cell())) == [
+        ('in/a.csv', 100)]
+
+
 def test_watched_table_reads_prediction_logs_as_read_table(tmp_path):
     (tmp_path / 'in').mkdir()
 
