@@ -451,8 +451,8 @@ def test_a_writer_that_pauses_longer_than_the_polls_is_named_not_silently_half_r
         batches, errors, counts, _, _ = _run(
             lambda: ReadWatchedPoints(str(tmp_path / 'in' / '*.csv'), id_column='id',
                                       feature_columns=['x0', 'x1'], id_type='int64',
-                                      interval=INTERVAL, stop_after=3.0),
-            writes=[(0.2, append(head)), (1.8, append(tail))], runner=runner)
+                                      interval=INTERVAL, stop_after=3.4),
+            writes=[(0.2, append(head)), (2.4, append(tail))], runner=runner)
     finally:
         log.removeHandler(keep)
     ids, _ = _features(_rows([b for _, _, b in batches]))
