@@ -71,10 +71,13 @@ class Emulator:
         self.publisher.create_topic(name=path)
         return path
 
-    def subscription(self, topic: str, name: str | None = None) -> str:
-        """Create a subscription to ``topic``; its full path ``projects/P/subscriptions/S``."""
+    def subscription(self, topic: str, name: str | None = None, ack_deadline: int = 60) -> str:
+        """Create a subscription to ``topic`` (a message not acknowledged within
+        ``ack_deadline`` seconds is delivered again); its full path
+        ``projects/P/subscriptions/S``."""
         path = self.subscriber.subscription_path(PROJECT, name or f'sub-{uuid.uuid4().hex[:10]}')
-        self.subscriber.create_subscription(name=path, topic=topic, ack_deadline_seconds=60)
+        self.subscriber.create_subscription(name=path, topic=topic,
+                                            ack_deadline_seconds=ack_deadline)
         return path
 
     # messages ----------------------------------------------------------

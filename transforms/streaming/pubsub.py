@@ -67,10 +67,11 @@ class ParseMessagesFn(beam.DoFn):
 
     def __init__(self, layout: Layout, source: str, *, points: bool = True,
                  allow_nan: bool = False, refuse_zero: bool = False,
-                 source_columns: bool = False):
+                 source_columns: bool = False, message_id_column: str | None = None):
         self.layout, self.source, self.points = layout, source, points
         self.allow_nan, self.refuse_zero = allow_nan, refuse_zero
         self.source_columns = source_columns
+        self.message_id_column = message_id_column
         counters = RecordCounters()
         self.read, self.ok, self.refused = counters.read, counters.ok, counters.refused
 
@@ -78,7 +79,7 @@ class ParseMessagesFn(beam.DoFn):
         batches, dead = parse_messages(
             list(messages), self.layout, source=self.source, points=self.points,
             allow_nan=self.allow_nan, refuse_zero=self.refuse_zero,
-            source_columns=self.source_columns)
+            source_columns=self.source_columns, message_id_column=self.message_id_column)
         n_ok = sum(b.num_rows for b in batches)
         self.read.inc(n_ok + len(dead))
         if n_ok:
@@ -143,7 +144,8 @@ class ReadPubSubBatches(beam.PTransform):
                  windowing: beam.PTransform | None = None, max_batch_size: int = 1000,
                  max_batch_duration_secs: float | None = None, points: bool = True,
                  allow_nan: bool = False, refuse_zero: bool = False,
-                 source_columns: bool = False, label: str | None = None):
+                 source_columns: bool = False, message_id_column: str | None = None,
+                 label: str | None = None):
         super().__init__(label)
         if (subscription is None) == (topic is None):
             raise BeammlError('give exactly one of subscription and topic',
@@ -180,17 +182,29 @@ class ReadPubSubBatches(beam.PTransform):
         self.max_batch_duration_secs = max_batch_duration_secs
         self.allow_nan, self.refuse_zero = allow_nan, refuse_zero
         self.source_columns = source_columns
+        if message_id_column is not None and message_id_column in layout.columns:
+            raise BeammlError(f'message_id_column {message_id_column!r} is a column of the '
+                              'messages; name another', parameters=('message_id_column',))
+        self.message_id_column = message_id_column
 
     def expand(self, pbegin):
-        messages = pbegin | 'ReadMessages' >> beam.io.ReadFromPubSub(
-            topic=self.topic, subscription=self.subscription, with_attributes=True,
-            timestamp_attribute=self.timestamp_attribute)
+        from beamml.transforms.streaming.local_pubsub import LocalPubSubRead, runs_locally
+        if runs_locally(pbegin.pipeline):   # acks after the output, publish-time watermark
+            messages = pbegin | 'ReadMessages' >> LocalPubSubRead(
+                self.subscription, self.topic, timestamp_attribute=self.timestamp_attribute,
+                max_batch_size=self.max_batch_size,
+                windowfn=None if self.windowing is None else self.windowing.windowing.windowfn)
+        else:   # Dataflow: Beam's native read (acks after a durable commit)
+            messages = pbegin | 'ReadMessages' >> beam.io.ReadFromPubSub(
+                topic=self.topic, subscription=self.subscription, with_attributes=True,
+                timestamp_attribute=self.timestamp_attribute)
         if self.windowing is not None:
             messages = messages | 'WindowMessages' >> self.windowing
         lists = messages | 'BatchMessages' >> beam.ParDo(BatchMessagesFn(self.max_batch_size))
         return lists | 'ParseMessages' >> beam.ParDo(ParseMessagesFn(
             self.layout, self.source, points=self.points, allow_nan=self.allow_nan,
-            refuse_zero=self.refuse_zero, source_columns=self.source_columns)
+            refuse_zero=self.refuse_zero, source_columns=self.source_columns,
+            message_id_column=self.message_id_column)
         ).with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='batches')
 
 
