@@ -16,7 +16,6 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.timestamp import Timestamp
 
-from beamml.transforms.streaming.local_pubsub import event_time
 from beamml.transforms.streaming.messages import message_layout
 from beamml.transforms.streaming.pubsub import (ReadPubSubBatches, WriteDeadLettersToPubSub,
                                                 WriteJsonToPubSub)
@@ -56,6 +55,7 @@ class _Received:
 
 
 def test_event_time_reads_milliseconds_and_rfc3339_and_refuses_the_rest():
+    from beamml.transforms.streaming.local_pubsub import event_time
     publish = Timestamp(1_700_000_000)
     assert event_time(_Received({}), 'ts') == (publish, None)
     assert event_time(_Received({'ts': '1700000001500'}), 'ts') == (Timestamp(1_700_000_001.5),

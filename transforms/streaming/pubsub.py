@@ -1,6 +1,7 @@
 """Pub/Sub on Beam: a subscription read into RecordBatches; rows and dead letters out to topics.
 
-:class:`ReadPubSubBatches` reads the messages, batches them per window
+:class:`ReadPubSubBatches` reads the messages (locally with
+:mod:`~beamml.transforms.streaming.local_pubsub`, elsewhere with Beam's read), batches them per window
 (:class:`BatchMessagesFn`) and parses each list (:class:`ParseMessagesFn`, which
 delegates to :func:`~beamml.transforms.streaming.messages.parse_messages`: one
 JSON object, a JSON array of them, or Arrow IPC; every problem a dead letter).
@@ -61,8 +62,8 @@ def check_topic(name: str, parameter: str = 'topic') -> str:
 # ----------------------------------------------------------------------------- Beam
 
 class ParseMessagesFn(beam.DoFn):
-    """A list of PubsubMessages -> RecordBatches (main) and dead letters (``errors``),
-    counted with :class:`~beamml.transforms.core.errors.RecordCounters`. Outputs keep
+    """A list of PubsubMessages -> RecordBatches (main; with ``message_id_column``, each
+    row's message id in it) and dead letters (``errors``), counted with :class:`~beamml.transforms.core.errors.RecordCounters`. Outputs keep
     the input element's timestamp and window."""
 
     def __init__(self, layout: Layout, source: str, *, points: bool = True,
@@ -126,15 +127,22 @@ class BatchMessagesFn(beam.DoFn):
 class ReadPubSubBatches(beam.PTransform):
     """Read a Pub/Sub subscription (or topic) into RecordBatches plus dead letters.
 
-    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)`` (element
-    timestamps: the attribute, else the publish time), then ``windowing`` (a
+    The messages with their event times (the attribute, else the publish time): on
+    the BundleBasedDirectRunner beamml's own read,
+    :class:`~beamml.transforms.streaming.local_pubsub.LocalPubSubRead` (pulls of up to
+    ``max_batch_size``, each message acknowledged once the output it led to is
+    written, a watermark from the messages' times, a bad event-time attribute a dead
+    letter); on any other runner Beam's
+    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)``. Then ``windowing`` (a
     PTransform such as ``beam.WindowInto(...)``; None leaves the global window),
     then lists of at most ``max_batch_size`` messages of one bundle and window
     (:class:`BatchMessagesFn`: ``beam.BatchElements`` would stamp each list with
     the end of its window, and its ``max_batch_duration_secs`` variant with a
     processing time), then :class:`ParseMessagesFn`. ``max_batch_duration_secs``
     is refused (a BeammlError): on the local runner its timer fires only when the
-    next pull returns. Returns a result with ``.batches`` and ``.errors``.
+    next pull returns. With ``message_id_column`` every batch carries each row's
+    message id in that column (what lets a reader drop the rows of a message delivered
+    twice). Returns a result with ``.batches`` and ``.errors``.
     Exactly one of ``subscription`` / ``topic``. A topic read makes a temporary
     subscription when the pipeline starts.
     """
