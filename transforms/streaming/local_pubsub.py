@@ -8,11 +8,14 @@ is a primitive transform with its own evaluator on the same runner, registered i
 Beam's ``TransformEvaluatorRegistry`` (added to its table, not replacing it):
 
 * **Pulls** of up to ``max_batch_size`` messages per bundle (several pulls when the
-  service returns fewer, as the emulator does: 100 at most); an empty pull sleeps
-  ``IDLE_PAUSE`` seconds and returns, so a cancel takes well under a second.
+  service returns fewer, as the emulator does: 100 at most), each asking for about
+  ``PULL_BYTES`` of data by the sizes seen so far (half as many messages when a reply
+  is still too big: the emulator refuses replies over 4 MB); an empty pull sleeps
+  ``IDLE_PAUSE`` seconds and returns, so a cancel takes about a second at most.
 * **Watermark**: the oldest event time of the messages just pulled (publish time, or
   ``timestamp_attribute``), never lower than before; the wall clock once a pull comes
-  back empty. A backlog is read at its own times, so it is not late because the runner
+  back empty (not within an ack deadline after a failed pull, whose messages the service
+  delivers again then). A backlog is read at its own times, so it is not late because the runner
   was slow. A message older than the watermark when it arrives (the service does not
   promise order) is late data, as on any runner.
 * **Acknowledgement after the output**: a message is held (its ack deadline extended
@@ -68,10 +71,16 @@ LOG = logging.getLogger('beamml')
 IDLE_PAUSE = 0.1
 #: pulls per bundle at most, and seconds spent pulling per bundle at most
 MAX_PULLS, PULL_BUDGET = 20, 0.5
+#: seconds a pull waits for messages (an idle subscription: then the watermark is now)
+PULL_TIMEOUT = 2.0
+#: bytes of message data asked for per pull (the emulator refuses replies over 4 MB)
+PULL_BYTES = 3 << 20
 #: downstream bundles in flight above which the read waits instead of pulling
 MAX_IN_FLIGHT = 64
 #: ids per acknowledge / modify_ack_deadline request
 ACK_CHUNK = 1000
+#: bytes of message data per output bundle (a pull of big messages is several bundles)
+BUNDLE_BYTES = 1 << 20
 
 
 class RefusedMessage(PubsubMessage):
@@ -207,6 +216,8 @@ class _ReadState:
         self.snapshot = None
         self.extended_at = time.monotonic()
         self.failing_since = None
+        self.cap = read.max_batch_size   # halved when a reply is too big
+        self.message_bytes, self.failed_at = 262144.0, -1e9   # a guess until a pull
         self.depth = self._depth()
         self.size = self._largest_window()
         self.lock = threading.Lock()
@@ -322,33 +333,53 @@ class _ReadState:
                             'again', method, self.subscription, str(e).splitlines()[0][:200])
 
     # pulls -------------------------------------------------------------------
-    def pull(self) -> list:
-        """Up to max_batch_size received messages (several pulls when the service
-        returns fewer), the read's watermark advanced."""
+    def pull(self) -> tuple[list, bool]:
+        """``(received, idle)``: up to max_batch_size received messages (several pulls
+        when the service returns fewer; about PULL_BYTES per pull by the largest message
+        seen lately),
+        and whether the subscription had nothing to give (a pull came back empty, and
+        no pull failed within an ack deadline: a failed pull's messages come back then)."""
         from google.api_core import exceptions
-        got, start = [], time.monotonic()
+        got, start, idle = [], time.monotonic(), False
         for _ in range(MAX_PULLS):
-            want = self.read.max_batch_size - len(got)
+            want = max(1, min(self.read.max_batch_size - len(got), self.cap,
+                              int(PULL_BYTES / self.message_bytes)))
             try:
                 resp = self.client.pull(subscription=self.subscription, max_messages=want,
-                                        timeout=PULL_BUDGET)
+                                        timeout=PULL_TIMEOUT)
                 self.failing_since = None
-            except (exceptions.DeadlineExceeded, exceptions.ServiceUnavailable,
-                    exceptions.InternalServerError) as e:
+            except exceptions.DeadlineExceeded:   # an idle long poll
+                idle = True
+                break
+            except exceptions.ResourceExhausted as e:   # the reply was too big
+                self.failed_at = time.monotonic()
+                if want == 1:
+                    raise RuntimeError(f'Pub/Sub pull from {self.subscription} failed: '
+                                       f'{str(e).splitlines()[0][:300]}') from None
+                self.cap = max(1, want // 2)
+                LOG.info('stream: a pull of %d messages was too big; pulling %d at a time',
+                         want, self.cap)
+                continue
+            except (exceptions.ServiceUnavailable, exceptions.InternalServerError) as e:
+                self.failed_at = time.monotonic()
                 self._failing(e)
                 break
             except Exception as e:   # not found, no permission: the stream fails, one line
                 raise RuntimeError(f'Pub/Sub pull from {self.subscription} failed: '
                                    f'{str(e).splitlines()[0][:300]}') from None
-            got.extend(resp.received_messages)
-            if not resp.received_messages or len(got) >= self.read.max_batch_size \
-                    or time.monotonic() - start > PULL_BUDGET:
+            received = resp.received_messages
+            if not received:
+                idle = True
                 break
-        return got
+            got.extend(received)
+            largest = max(len(r.message.data) for r in received)
+            self.message_bytes = max(0.9 * self.message_bytes, largest, 1.0)
+            if len(got) >= self.read.max_batch_size or time.monotonic() - start > PULL_BUDGET:
+                break
+        recovering = time.monotonic() - self.failed_at < self.deadline + 1
+        return got, idle and not got and not recovering
 
     def _failing(self, e) -> None:
-        if type(e).__name__ == 'DeadlineExceeded':
-            return   # an idle long poll
         if self.failing_since is None:
             self.failing_since = time.monotonic()
         elif time.monotonic() - self.failing_since > 30:
@@ -398,24 +429,24 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
         bundles = []
         with st.lock:
             in_flight = st.maintain()
-            if in_flight >= MAX_IN_FLIGHT:
-                received = None
-            else:
-                received = st.pull()
+            received, idle = ([], False) if in_flight >= MAX_IN_FLIGHT else st.pull()
             if received:
-                bundles.append(self._emit(received))
-            elif received is not None:
+                bundles = self._emit(received)
+            elif idle:   # nothing left to read: the present is the watermark
                 st.watermark = max(st.watermark, Timestamp.now())
             watermark = st.watermark
         if not received:
-            time.sleep(IDLE_PAUSE if received is not None else IDLE_PAUSE / 5)
+            time.sleep(IDLE_PAUSE if idle else IDLE_PAUSE / 5)
         again = self._evaluation_context.create_bundle(
             pvalue.PBegin(self._applied_ptransform.transform.pipeline))
         return TransformResult(self, bundles, [again], None, {None: watermark})
 
-    def _emit(self, received):
+    def _emit(self, received) -> list:
+        """The received messages as bundles of at most BUNDLE_BYTES of data each (the
+        steps after the read then work on one bundle while the next is parsed)."""
         st, read = self.state, self.state.read
-        out = self._evaluation_context.create_bundle(list(self._outputs)[0])
+        output = list(self._outputs)[0]
+        bundles, size = [], BUNDLE_BYTES
         acks, times = [], []
         for rm in received:
             mid = rm.message.message_id
@@ -431,7 +462,11 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
             ts, refusal = event_time(message, read.timestamp_attribute)
             if refusal is not None:
                 message = RefusedMessage(message, refusal)
-            out.output(beam_window.GlobalWindows.windowed_value(message, timestamp=ts))
+            if size >= BUNDLE_BYTES:
+                bundles.append(self._evaluation_context.create_bundle(output))
+                size = 0
+            size += len(message.data or b'')
+            bundles[-1].output(beam_window.GlobalWindows.windowed_value(message, timestamp=ts))
             st.by_id[mid] = rm.ack_id
             st.ack_of[rm.ack_id] = mid
             acks.append(rm.ack_id)
@@ -440,7 +475,7 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
             t = np.asarray(times, dtype=np.int64)
             st.held.append(_Held(acks, _last_window_ends(read.windowfn, t), st.drains_started))
             st.watermark = max(st.watermark, Timestamp(micros=int(t.min())))
-        return out
+        return bundles
 
 
 TransformEvaluatorRegistry._test_evaluators_overrides[LocalPubSubRead] = \
