@@ -14,13 +14,14 @@ Beam's ``TransformEvaluatorRegistry`` (added to its table, not replacing it):
   ``IDLE_PAUSE`` seconds and returns, so a cancel takes about a second at most.
 * **Watermark**: the oldest event time of the messages just pulled (publish time, or
   ``timestamp_attribute``), never lower than before; the wall clock once a pull comes
-  back empty (not within an ack deadline after a failed pull, whose messages the service
-  delivers again then). A backlog is read at its own times, so it is not late because the runner
+  back empty, but not in the first ``HOLD_SECONDS`` of a run (what a crashed run held
+  comes back then, and is then not late) nor within an ack deadline after a failed pull
+  (whose messages the service delivers again then). A backlog is read at its own times, so it is not late because the runner
   was slow. A message older than the watermark when it arrives (the service does not
   promise order) is late data, as on any runner.
-* **Acknowledgement after the output**: a message is held (its ack deadline extended
-  by the subscription's own deadline, every third of it) until all it can have produced
-  is written. The evaluator sees the runner's watermarks and pending bundles
+* **Acknowledgement after the output**: a message is held (its ack deadline set to
+  ``HOLD_SECONDS`` when it is pulled and every third of that since) until all it can
+  have produced is written. The evaluator sees the runner's watermarks and pending bundles
   (``_evaluation_context``); ``P``, the pipeline's output watermark, is the lowest output
   watermark of every step but this one. A message of event time ``t`` is acknowledged
   when (1) ``P`` has passed the end ``H`` of its last window (its on-time panes are
@@ -38,8 +39,9 @@ Beam's ``TransformEvaluatorRegistry`` (added to its table, not replacing it):
   dead letter by :func:`~beamml.transforms.streaming.messages.parse_messages`).
 
 What a crash leaves: every message not yet acknowledged is delivered again (to the
-next run on the subscription); the output of those among them whose output was already
-written is then written twice. Rows and dead letters carry the ``message_id`` to drop
+next run on the subscription, within ``HOLD_SECONDS``, while that run's watermark waits
+for them); the output of those among them whose output was already written is then
+written twice. Rows and dead letters carry the ``message_id`` to drop
 those duplicates. Dataflow keeps Beam's native ``ReadFromPubSub`` (it acknowledges
 after a durable commit and deduplicates by message id).
 """
@@ -77,6 +79,9 @@ PULL_TIMEOUT = 2.0
 PULL_BYTES = 3 << 20
 #: downstream bundles in flight above which the read waits instead of pulling
 MAX_IN_FLIGHT = 64
+#: seconds of ack deadline a held message gets, renewed every third of it (and at
+#: once when pulled): after a crash the service delivers it again within that
+HOLD_SECONDS = 10
 #: ids per acknowledge / modify_ack_deadline request
 ACK_CHUNK = 1000
 #: bytes of message data per output bundle (a pull of big messages is several bundles)
@@ -218,6 +223,7 @@ class _ReadState:
         self.failing_since = None
         self.cap = read.max_batch_size   # halved when a reply is too big
         self.message_bytes, self.failed_at = 262144.0, -1e9   # a guess until a pull
+        self.started = time.monotonic()
         self.depth = self._depth()
         self.size = self._largest_window()
         self.lock = threading.Lock()
@@ -317,9 +323,9 @@ class _ReadState:
             self._call('acknowledge', done)
             for a in done:
                 self.by_id.pop(self.ack_of.pop(a, None), None)
-        if self.held and time.monotonic() - self.extended_at >= self.deadline / 3:
+        if self.held and time.monotonic() - self.extended_at >= HOLD_SECONDS / 3:
             self._call('modify_ack_deadline', [a for h in self.held for a in h.ack_ids.tolist()],
-                       ack_deadline_seconds=self.deadline)
+                       ack_deadline_seconds=HOLD_SECONDS)
             self.extended_at = time.monotonic()
         return sum(1 for i in items if not isinstance(i, tuple))
 
@@ -337,8 +343,10 @@ class _ReadState:
         """``(received, idle)``: up to max_batch_size received messages (several pulls
         when the service returns fewer; about PULL_BYTES per pull by the largest message
         seen lately),
-        and whether the subscription had nothing to give (a pull came back empty, and
-        no pull failed within an ack deadline: a failed pull's messages come back then)."""
+        and whether the subscription had nothing to give: a pull came back empty, no
+        pull failed within an ack deadline (a failed pull's messages come back then),
+        and the read started over HOLD_SECONDS ago (what a crashed run held comes back
+        within that)."""
         from google.api_core import exceptions
         got, start, idle = [], time.monotonic(), False
         for _ in range(MAX_PULLS):
@@ -376,7 +384,9 @@ class _ReadState:
             self.message_bytes = max(0.9 * self.message_bytes, largest, 1.0)
             if len(got) >= self.read.max_batch_size or time.monotonic() - start > PULL_BUDGET:
                 break
-        recovering = time.monotonic() - self.failed_at < self.deadline + 1
+        now = time.monotonic()
+        recovering = (now - self.failed_at < self.deadline + 1
+                      or now - self.started < HOLD_SECONDS + 1)
         return got, idle and not got and not recovering
 
     def _failing(self, e) -> None:
@@ -471,6 +481,8 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
             st.ack_of[rm.ack_id] = mid
             acks.append(rm.ack_id)
             times.append(ts.micros)
+        if acks:   # held from now on, a crash gives them back within HOLD_SECONDS
+            st._call('modify_ack_deadline', acks, ack_deadline_seconds=HOLD_SECONDS)
         if times:
             t = np.asarray(times, dtype=np.int64)
             st.held.append(_Held(acks, _last_window_ends(read.windowfn, t), st.drains_started))
