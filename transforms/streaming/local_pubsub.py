@@ -33,7 +33,8 @@ Beam's ``TransformEvaluatorRegistry`` (added to its table, not replacing it):
   and a drain that finds nothing in flight settles everything before it), at time
   ``T``, and (3) ``P`` has passed ``T + S``, ``S`` the largest window of the pipeline
   (dead letters are stamped with the wall clock when they are made, before ``T``, and
-  wait in windows of at most ``S``).
+  wait in windows of at most ``S``); and no other message of its window waits (a
+  window's messages are acknowledged together, in as few requests as they fit).
 * A bad ``timestamp_attribute`` value is not an exception: the message keeps its
   publish time and becomes one dead letter (:class:`RefusedMessage`, turned into a
   dead letter by :func:`~beamml.transforms.streaming.messages.parse_messages`).
@@ -312,12 +313,14 @@ class _ReadState:
         items, p = self._in_flight()
         now = Timestamp.now().micros
         self._drain(items, now)
-        done = []
-        for h in self.held:
-            ready = h.ready(p, now, self.size)
-            if ready.any():
-                done.extend(h.ack_ids[ready].tolist())
-                h.keep(~ready)
+        done, ready = [], [h.ready(p, now, self.size) for h in self.held]
+        if self.held:   # a window's messages together: none while one of them waits
+            waiting = np.unique(np.concatenate([h.ends[~r] for h, r in zip(self.held, ready)]))
+        for h, r in zip(self.held, ready):
+            r &= ~np.isin(h.ends, waiting)
+            if r.any():
+                done.extend(h.ack_ids[r].tolist())
+                h.keep(~r)
         self.held = [h for h in self.held if len(h.ack_ids)]
         if done:
             self._call('acknowledge', done)
