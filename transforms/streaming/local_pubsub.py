@@ -1,4 +1,4 @@
-"""The local runner's Pub/Sub read: big pulls, an ack after the output, a watermark from the messages.
+"""The local runner's Pub/Sub read: big pulls, acks after the output, the messages' watermark.
 
 Beam's own local read (``_PubSubReadEvaluator``, BundleBasedDirectRunner) pulls at most
 10 messages per bundle with a 30 s timeout, acknowledges them *before* they are
@@ -16,9 +16,10 @@ Beam's ``TransformEvaluatorRegistry`` (added to its table, not replacing it):
   ``timestamp_attribute``), never lower than before; the wall clock once a pull comes
   back empty, but not in the first ``HOLD_SECONDS`` of a run (what a crashed run held
   comes back then, and is then not late) nor within an ack deadline after a failed pull
-  (whose messages the service delivers again then). A backlog is read at its own times, so it is not late because the runner
-  was slow. A message older than the watermark when it arrives (the service does not
-  promise order) is late data, as on any runner.
+  (whose messages the service delivers again then). A backlog is read at its own
+  times, so it is not late because the runner was slow. A message older than the
+  watermark when it arrives (the service does not promise order) is late data, as on
+  any runner.
 * **Acknowledgement after the output**: a message is held (its ack deadline set to
   ``HOLD_SECONDS`` when it is pulled and every third of that since) until all it can
   have produced is written. The evaluator sees the runner's watermarks and pending bundles
@@ -52,6 +53,7 @@ import logging
 import random
 import threading
 import time
+import types
 import weakref
 
 import apache_beam as beam
@@ -209,7 +211,12 @@ class _ReadState:
 
     def __init__(self, read: LocalPubSubRead, applied, context):
         from google.cloud import pubsub_v1
-        self.read, self.applied, self.context = read, applied, context
+        # the parameters only, and weak references to the graph and the runner: the
+        # state must not keep a finished pipeline (and its client) alive
+        self.read = types.SimpleNamespace(
+            subscription=read.subscription, topic=read.topic, windowfn=read.windowfn,
+            timestamp_attribute=read.timestamp_attribute, max_batch_size=read.max_batch_size)
+        self.applied, self._context = weakref.ref(applied), weakref.ref(context)
         self.client = pubsub_v1.SubscriberClient()
         self.subscription = read.subscription or self._temporary(read.topic)
         self.deadline = self._ack_deadline()
@@ -251,6 +258,10 @@ class _ReadState:
         for pc in outs:
             yield from self.context._value_to_consumers.get(pc, ())
 
+    @property
+    def context(self):
+        return self._context()
+
     def _depth(self) -> int:
         """The longest path of steps after the read (how many drains a message waits)."""
         memo: dict = {}
@@ -260,7 +271,7 @@ class _ReadState:
                 return memo[node]
             memo[node] = 1 + max((longest(c) for c in self._consumers(node)), default=0)
             return memo[node]
-        return longest(self.applied)
+        return longest(self.applied())
 
     def _largest_window(self) -> int:
         """Micros of the largest fixed or sliding window of any collection (0: none)."""
@@ -277,11 +288,14 @@ class _ReadState:
     # the runner's view -------------------------------------------------------
     def _in_flight(self):
         """(bundles with elements and fired timers pending at every other step, P)."""
-        manager = self.context._watermark_manager
+        context, me = self.context, self.applied()
+        if context is None:   # the run is over
+            return set(), self.watermark.micros
+        manager = context._watermark_manager
         items, low = set(), None
-        with self.context._lock:
+        with context._lock:
             for applied, tw in manager._transform_to_watermarks.items():
-                if applied is self.applied:
+                if applied is me:
                     continue
                 with tw._lock:
                     items.update(b for b in tw._pending if b.has_elements())

@@ -1,10 +1,11 @@
 """Pub/Sub on Beam: a subscription read into RecordBatches; rows and dead letters out to topics.
 
 :class:`ReadPubSubBatches` reads the messages (locally with
-:mod:`~beamml.transforms.streaming.local_pubsub`, elsewhere with Beam's read), batches them per window
-(:class:`BatchMessagesFn`) and parses each list (:class:`ParseMessagesFn`, which
-delegates to :func:`~beamml.transforms.streaming.messages.parse_messages`: one
-JSON object, a JSON array of them, or Arrow IPC; every problem a dead letter).
+:mod:`~beamml.transforms.streaming.local_pubsub`, elsewhere with Beam's read),
+batches them per window (:class:`BatchMessagesFn`) and parses each list
+(:class:`ParseMessagesFn`, which delegates to
+:func:`~beamml.transforms.streaming.messages.parse_messages`: one JSON object, a JSON
+array of them, or Arrow IPC; every problem a dead letter).
 :class:`WriteJsonToPubSub` and :class:`WriteDeadLettersToPubSub` publish one
 JSON message per row or dead letter. Topic and subscription names are checked
 where they are given (:func:`check_topic`, :func:`check_subscription`).
@@ -63,8 +64,9 @@ def check_topic(name: str, parameter: str = 'topic') -> str:
 
 class ParseMessagesFn(beam.DoFn):
     """A list of PubsubMessages -> RecordBatches (main; with ``message_id_column``, each
-    row's message id in it) and dead letters (``errors``), counted with :class:`~beamml.transforms.core.errors.RecordCounters`. Outputs keep
-    the input element's timestamp and window."""
+    row's message id in it) and dead letters (``errors``), counted with
+    :class:`~beamml.transforms.core.errors.RecordCounters`. Outputs keep the input
+    element's timestamp and window."""
 
     def __init__(self, layout: Layout, source: str, *, points: bool = True,
                  allow_nan: bool = False, refuse_zero: bool = False,
@@ -133,8 +135,8 @@ class ReadPubSubBatches(beam.PTransform):
     ``max_batch_size``, each message acknowledged once the output it led to is
     written, a watermark from the messages' times, a bad event-time attribute a dead
     letter); on any other runner Beam's
-    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)``. Then ``windowing`` (a
-    PTransform such as ``beam.WindowInto(...)``; None leaves the global window),
+    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)``. Then
+    ``windowing`` (a PTransform such as ``beam.WindowInto(...)``; None leaves the global window),
     then lists of at most ``max_batch_size`` messages of one bundle and window
     (:class:`BatchMessagesFn`: ``beam.BatchElements`` would stamp each list with
     the end of its window, and its ``max_batch_duration_secs`` variant with a
