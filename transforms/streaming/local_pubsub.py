@@ -10,8 +10,9 @@ Beam's ``TransformEvaluatorRegistry`` (added to its table, not replacing it):
 * **Pulls** of up to ``max_batch_size`` messages per bundle (several pulls when the
   service returns fewer, as the emulator does: 100 at most), each asking for about
   ``PULL_BYTES`` of data by the sizes seen so far (half as many messages when a reply
-  is still too big: the emulator refuses replies over 4 MB); an empty pull sleeps
-  ``IDLE_PAUSE`` seconds and returns, so a cancel takes about a second at most.
+  is still too big: the emulator refuses replies over 4 MB). A pull waits at most
+  ``PULL_TIMEOUT`` seconds; an empty one sleeps ``IDLE_PAUSE`` seconds and returns, so
+  a cancel takes a few seconds at most (Beam's waits up to 30 s).
 * **Watermark**: the oldest event time of the messages just pulled (publish time, or
   ``timestamp_attribute``), never lower than before; the wall clock once a pull comes
   back empty, but not in the first ``HOLD_SECONDS`` of a run (what a crashed run held
