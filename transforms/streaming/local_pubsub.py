@@ -1,52 +1,44 @@
 """The local runner's Pub/Sub read: big pulls, acks after the output, the messages' watermark.
 
-Beam's own local read (``_PubSubReadEvaluator``, BundleBasedDirectRunner) pulls at most
-10 messages per bundle with a 30 s timeout, acknowledges them *before* they are
-processed (a crash loses what is in flight) and sets the watermark to the wall clock
-after every bundle (a backlog older than its window turns late). :class:`LocalPubSubRead`
-is a primitive transform with its own evaluator on the same runner, registered in
-Beam's ``TransformEvaluatorRegistry`` (added to its table, not replacing it):
+Beam's own local read (``_PubSubReadEvaluator``) pulls 10 messages per bundle with a 30 s
+timeout, acknowledges them before they are processed and sets the watermark to the wall
+clock after every bundle. :class:`LocalPubSubRead` is a primitive transform with its own
+evaluator on the BundleBasedDirectRunner, added to Beam's ``TransformEvaluatorRegistry``:
 
 * **Pulls** of up to ``max_batch_size`` messages per bundle (several pulls when the
-  service returns fewer, as the emulator does: 100 at most), each asking for about
-  ``PULL_BYTES`` of data by the sizes seen so far (half as many messages when a reply
-  is still too big: the emulator refuses replies over 4 MB). A pull waits at most
-  ``PULL_TIMEOUT`` seconds; an empty one sleeps ``IDLE_PAUSE`` seconds and returns, so
-  a cancel takes a few seconds at most (Beam's waits up to 30 s).
+  service returns fewer), each asking for about ``PULL_BYTES`` by the largest message
+  seen (half as many when a reply is still too big: the emulator refuses over 4 MB). A
+  pull waits at most ``PULL_TIMEOUT`` s; an empty one sleeps ``IDLE_PAUSE`` s, so a
+  cancel takes a few seconds at most.
 * **Watermark**: the oldest event time of the messages just pulled (publish time, or
   ``timestamp_attribute``), never lower than before; the wall clock once a pull comes
   back empty, but not in the first ``HOLD_SECONDS`` of a run (what a crashed run held
-  comes back then, and is then not late) nor within an ack deadline after a failed pull
-  (whose messages the service delivers again then). A backlog is read at its own
-  times, so it is not late because the runner was slow. A message older than the
-  watermark when it arrives (the service does not promise order) is late data, as on
-  any runner.
-* **Acknowledgement after the output**: a message is held (its ack deadline set to
-  ``HOLD_SECONDS`` when it is pulled and every third of that since) until all it can
-  have produced is written. The evaluator sees the runner's watermarks and pending bundles
-  (``_evaluation_context``); ``P``, the pipeline's output watermark, is the lowest output
-  watermark of every step but this one. A message of event time ``t`` is acknowledged
-  when (1) ``P`` has passed the end ``H`` of its last window (its on-time panes are
-  written: a pane is an element stamped before ``H`` that holds every later step's
-  watermark until it is processed), (2) ``L`` successive *drains* have completed since it
-  was emitted, ``L`` the longest path of steps after the read (a drain: every bundle and
-  timer in flight at its start has been processed; after ``L`` of them everything the
-  message produced without waiting for a watermark, such as a late pane, is processed,
-  and a drain that finds nothing in flight settles everything before it), at time
-  ``T``, and (3) ``P`` has passed ``T + S``, ``S`` the largest window of the pipeline
-  (dead letters are stamped with the wall clock when they are made, before ``T``, and
-  wait in windows of at most ``S``); and no other message of its window waits (a
-  window's messages are acknowledged together, in as few requests as they fit).
+  comes back then) nor within an ack deadline of a failed pull (whose messages come
+  back then). A backlog is read at its own times; a message older than the watermark
+  when it arrives (Pub/Sub does not promise order) is late data, as on any runner.
+* **Acknowledgement after the output**: a message is held (ack deadline
+  ``HOLD_SECONDS``, set when pulled, renewed every third of it) until all it can have
+  led to is written. ``P``, the pipeline's output watermark, is the lowest output
+  watermark of every step but this one (``_evaluation_context``). A message of event
+  time ``t`` is acknowledged when (1) ``P`` has passed the end ``H`` of its last window
+  (its on-time panes, stamped before ``H``, hold every later step's watermark until
+  processed), (2) ``L`` successive *drains* have completed since it was emitted, ``L``
+  the longest path of steps after the read (a drain: every bundle, and every event-time
+  timer the watermark passed, in flight at its start is processed; after ``L`` of them
+  whatever the message led to without waiting for a watermark, such as a late pane, is
+  processed; a drain that finds nothing in flight settles everything before it), at
+  time ``T``, (3) ``P`` has passed ``T + S``, ``S`` the largest window of the pipeline
+  (dead letters, stamped with the wall clock before ``T``, wait in windows of at most
+  ``S``), and (4) no other message of its window waits (a window's messages are
+  acknowledged together).
 * A bad ``timestamp_attribute`` value is not an exception: the message keeps its
   publish time and becomes one dead letter (:class:`RefusedMessage`, turned into a
   dead letter by :func:`~beamml.transforms.streaming.messages.parse_messages`).
 
-What a crash leaves: every message not yet acknowledged is delivered again (to the
-next run on the subscription, within ``HOLD_SECONDS``, while that run's watermark waits
-for them); the output of those among them whose output was already written is then
-written twice. Rows and dead letters carry the ``message_id`` to drop
-those duplicates. Dataflow keeps Beam's native ``ReadFromPubSub`` (it acknowledges
-after a durable commit and deduplicates by message id).
+After a crash every message not acknowledged is delivered again, within
+``HOLD_SECONDS``, to the next run on the subscription; those whose output was already
+written are written twice (rows and dead letters carry their ``message_id``). Dataflow
+keeps Beam's native ``ReadFromPubSub`` (acknowledged after a durable commit).
 """
 from __future__ import annotations
 
@@ -65,6 +57,7 @@ from apache_beam.runners.direct.transform_evaluator import (TransformEvaluatorRe
                                                             _TransformEvaluator)
 from apache_beam.runners.direct.util import TransformResult
 from apache_beam.transforms import window as beam_window
+from apache_beam.transforms.trigger import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
 from beamml.transforms.io.layout import printable
@@ -83,8 +76,7 @@ PULL_TIMEOUT = 2.0
 PULL_BYTES = 3 << 20
 #: downstream bundles in flight above which the read waits instead of pulling
 MAX_IN_FLIGHT = 64
-#: seconds of ack deadline a held message gets, renewed every third of it (and at
-#: once when pulled): after a crash the service delivers it again within that
+#: ack deadline of a held message (set when pulled, renewed every third of it)
 HOLD_SECONDS = 10
 #: ids per acknowledge / modify_ack_deadline request
 ACK_CHUNK = 1000
@@ -102,12 +94,9 @@ class RefusedMessage(PubsubMessage):
         self.refusal = refusal
 
     def __reduce__(self):
-        return _refused, (PubsubMessage(self.data, self.attributes, self.message_id,
-                                        self.publish_time, self.ordering_key), self.refusal)
-
-
-def _refused(message, refusal):
-    return RefusedMessage(message, refusal)
+        return RefusedMessage, (PubsubMessage(self.data, self.attributes, self.message_id,
+                                              self.publish_time, self.ordering_key),
+                                self.refusal)
 
 
 def event_time(message, attribute: str | None) -> tuple[Timestamp, str | None]:
@@ -301,7 +290,9 @@ class _ReadState:
                 with tw._lock:
                     items.update(b for b in tw._pending if b.has_elements())
                     items.update((applied, t) for t in tw._fired_timers)
-                    w = tw._output_watermark
+                    w, due = tw._output_watermark, tw._input_watermark
+                    states = list(tw._keyed_states.items())
+                items.update(_due_timers(applied, states, due))
                 low = w if low is None or w < low else low
         return items, (low.micros if low is not None else self.watermark.micros)
 
@@ -413,6 +404,18 @@ class _ReadState:
         elif time.monotonic() - self.failing_since > 30:
             raise RuntimeError(f'Pub/Sub pull from {self.subscription} failed for 30 s: '
                                f'{str(e).splitlines()[0][:300]}') from None
+
+
+def _due_timers(applied, states, watermark):
+    """The event-time timers of a step that its input watermark has passed, fired or
+    not yet (a timer stays in its key's state until it is processed): what a drain
+    waits for, since their output (a window's pane, a K-means update) is not held by
+    any watermark."""
+    for key, state in states:
+        for window, timers in list(getattr(state, 'timers', {}).items()):
+            for (name, domain, tag), ts in list(timers.items()):
+                if domain == TimeDomain.WATERMARK and ts <= watermark:
+                    yield (applied, key, window, name, tag, ts)
 
 
 _STATES: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
