@@ -196,8 +196,9 @@ def pubsub_emulator(timeout: float = 60.0):
 
 
 def cancel_run(result, emu, wake_topic):
-    """Cancel a local streaming run. The runner joins its worker, which may be blocked
-    for up to 30 s in a Pub/Sub pull: publish to the input until the join returns."""
+    """Cancel a local streaming run. The runner joins its workers; Beam's own local read
+    may be blocked for up to 30 s in a pull (beamml's returns within 2 s): publish to the
+    input until the join returns."""
     t = threading.Thread(target=result.cancel, daemon=True)
     t.start()
     for _ in range(120):
