@@ -351,11 +351,10 @@ class _ReadState:
     def pull(self) -> tuple[list, bool]:
         """``(received, idle)``: up to max_batch_size received messages (several pulls
         when the service returns fewer; about PULL_BYTES per pull by the largest message
-        seen lately),
-        and whether the subscription had nothing to give: a pull came back empty, no
-        pull failed within an ack deadline (a failed pull's messages come back then),
-        and the read started over HOLD_SECONDS ago (what a crashed run held comes back
-        within that)."""
+        seen lately), and whether the subscription had nothing to give: a pull came back
+        empty, no pull failed within an ack deadline (a failed pull's messages come back
+        then), and the read started over HOLD_SECONDS ago (what a crashed run held comes
+        back within that)."""
         from google.api_core import exceptions
         got, start, idle = [], time.monotonic(), False
         for _ in range(MAX_PULLS):
@@ -478,7 +477,7 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
         st, read = self.state, self.state.read
         output = list(self._outputs)[0]
         bundles, size = [], BUNDLE_BYTES
-        acks, times = [], []
+        acks, times, renew = [], [], []
         for rm in received:
             mid = rm.message.message_id
             if mid in st.by_id:   # delivered again while held: keep the newest ack id
@@ -488,6 +487,7 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
                 st.ack_of[rm.ack_id] = mid
                 for h in st.held:
                     h.ack_ids[h.ack_ids == old] = rm.ack_id
+                renew.append(rm.ack_id)
                 continue
             message = PubsubMessage._from_message(rm.message)
             ts, refusal = event_time(message, read.timestamp_attribute)
@@ -502,8 +502,8 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
             st.ack_of[rm.ack_id] = mid
             acks.append(rm.ack_id)
             times.append(ts.micros)
-        if acks:   # held from now on, a crash gives them back within HOLD_SECONDS
-            st._call('modify_ack_deadline', acks, ack_deadline_seconds=HOLD_SECONDS)
+        if acks or renew:   # held from now on: a crash gives them back within HOLD_SECONDS
+            st._call('modify_ack_deadline', acks + renew, ack_deadline_seconds=HOLD_SECONDS)
         if times:
             t = np.asarray(times, dtype=np.int64)
             st.held.append(_Held(acks, _last_window_ends(read.windowfn, t), st.drains_started))
