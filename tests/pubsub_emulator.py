@@ -71,10 +71,13 @@ class Emulator:
         self.publisher.create_topic(name=path)
         return path
 
-    def subscription(self, topic: str, name: str | None = None) -> str:
-        """Create a subscription to ``topic``; its full path ``projects/P/subscriptions/S``."""
+    def subscription(self, topic: str, name: str | None = None, ack_deadline: int = 60) -> str:
+        """Create a subscription to ``topic`` (a message not acknowledged within
+        ``ack_deadline`` seconds is delivered again); its full path
+        ``projects/P/subscriptions/S``."""
         path = self.subscriber.subscription_path(PROJECT, name or f'sub-{uuid.uuid4().hex[:10]}')
-        self.subscriber.create_subscription(name=path, topic=topic, ack_deadline_seconds=60)
+        self.subscriber.create_subscription(name=path, topic=topic,
+                                            ack_deadline_seconds=ack_deadline)
         return path
 
     # messages ----------------------------------------------------------
@@ -193,8 +196,9 @@ def pubsub_emulator(timeout: float = 60.0):
 
 
 def cancel_run(result, emu, wake_topic):
-    """Cancel a local streaming run. The runner joins its worker, which may be blocked
-    for up to 30 s in a Pub/Sub pull: publish to the input until the join returns."""
+    """Cancel a local streaming run. The runner joins its workers; Beam's own local read
+    may be blocked for up to 30 s in a pull (beamml's returns within 2 s): publish to the
+    input until the join returns."""
     t = threading.Thread(target=result.cancel, daemon=True)
     t.start()
     for _ in range(120):

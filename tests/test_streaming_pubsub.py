@@ -471,3 +471,38 @@ def test_a_bad_pubsub_name_on_the_command_line_names_its_flag(flag, value, kind,
     assert err == [f'beamml assign: error: {flag} {value!r} is not a Pub/Sub {kind} name: '
                    f'write projects/<project>/{kind}s/<id> (project: 6-30 lowercase letters, '
                    'digits, dashes; id: 3-255 characters, a letter first)'], err
+
+
+def test_message_ids_name_the_message_of_every_row_and_a_refused_message_is_a_dead_letter():
+    """message_id_column: each row's message id (JSON singles, arrays, Arrow), with or
+    without source columns; a message the read refused (bad event time) is one dead letter."""
+    from beamml.transforms.streaming.local_pubsub import RefusedMessage
+    messages = [msg(b'[{"id": 1, "features": [1, 2]}, {"id": 2, "features": [1]},'
+                    b' {"id": 3, "features": [3, 4]}]', 'arr'),
+                msg(b'{"id": 4, "features": [5, 6]}', 'one'),
+                msg(arrow_bytes(pa.table({'id': [5, 6], 'features': [[1.0, 2.0], [3.0, 4.0]]})),
+                    'arrow', format='arrow'),
+                RefusedMessage(msg(b'{"id": 7, "features": [7, 8]}', 'late'), 'invalid event '
+                               "time: attribute 'ts' is 'x', not RFC 3339 or milliseconds "
+                               'since the epoch')]
+    layout = message_layout(dimension=2)
+    for source_columns in (False, True):
+        batches, dead = parse_messages(messages, layout, source=SOURCE,
+                                       source_columns=source_columns,
+                                       message_id_column='message_id')
+        got = concat(batches)
+        assert got.column('id').to_pylist() == [1, 3, 4, 5, 6]
+        assert got.column('message_id').to_pylist() == ['arr', 'arr', 'one', 'arrow', 'arrow']
+        assert got.schema.names[-1] == 'message_id'
+        assert ('_row' in got.schema.names) == source_columns
+        if source_columns:
+            assert got.column('_row').to_pylist() == [0, 2, 0, 0, 1]
+        assert sorted((d['message_id'], d['row']) for d in dead) == [('arr', 1), ('late', None)]
+        refused = [d for d in dead if d['message_id'] == 'late'][0]
+        assert refused['reason'].startswith("invalid event time: attribute 'ts' is 'x'")
+        assert refused['record'] == '{"id": 7, "features": [7, 8]}'
+    plain, _ = parse_messages(messages, layout, source=SOURCE)
+    assert concat(plain).schema == layout.points_schema()   # no message_id unless asked
+    with pytest.raises(BeammlError):
+        ReadPubSubBatches(SOURCE, layout=message_layout(id_column='message_id', dimension=2),
+                          message_id_column='message_id')

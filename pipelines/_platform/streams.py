@@ -185,14 +185,15 @@ def source_name(args) -> str:
 
 def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = False,
                 accumulating: bool = True, refuse_zero: bool = False,
-                weight_column: str | None = None) -> dict:
+                weight_column: str | None = None, message_ids: bool = False) -> dict:
     """The streaming source, windowed and gated: ``{'batches', 'errors', 'layout'}``.
 
     ``batches`` are RecordBatches as the file readers make them, in event-time
     windows (``--window_size``/``--window_period``, ``--allowed_lateness``), with
     ``window_start``, ``window_end`` and ``timing`` columns; ``errors`` the source's
     dead letters and the rows too late for their window; ``layout`` the watched files'
-    (None for Pub/Sub, whose messages cannot be read again).
+    (None for Pub/Sub, whose messages cannot be read again). With ``message_ids`` a
+    Pub/Sub stream's batches carry each row's ``message_id``.
     """
     windowing = window_into(args.window_size, getattr(args, 'window_period', None),
                             args.allowed_lateness)
@@ -203,7 +204,8 @@ def read_stream(p, args, layout, *, points: bool = True, source_columns: bool = 
             timestamp_attribute=args.timestamp_attribute, windowing=windowing,
             max_batch_size=args.max_batch_size, points=points,
             source_columns=source_columns, refuse_zero=refuse_zero,
-            allow_nan=getattr(args, 'allow_nan', False))
+            allow_nan=getattr(args, 'allow_nan', False),
+            message_id_column='message_id' if message_ids else None)
         batches = read.batches
     else:
         from beamml.transforms.streaming.files import ReadWatchedPoints, ReadWatchedTable

@@ -106,7 +106,7 @@ _BATCH_ONLY = {'promote_on_pass': False}
 
 
 def assign_schema(id_type: pa.DataType, k: int, all_distances: bool,
-                  windowed: bool = False) -> pa.Schema:
+                  windowed: bool = False, message_id: bool = False) -> pa.Schema:
     fields = [('id', id_type), ('cluster', pa.int64()), ('distance', pa.float64())]
     if all_distances:
         fields.append(('distances', pa.list_(pa.float64(), k)))
@@ -114,6 +114,8 @@ def assign_schema(id_type: pa.DataType, k: int, all_distances: bool,
     if windowed:   # the streaming rows: their window and whether it was on time
         fields += [('window_start', pa.timestamp('us', tz='UTC')),
                    ('window_end', pa.timestamp('us', tz='UTC')), ('timing', pa.string())]
+    if message_id:   # a Pub/Sub stream: the message each row came from (duplicates)
+        fields.append(('message_id', pa.string()))
     return pa.schema(fields)
 
 
@@ -214,10 +216,13 @@ def build_streaming(p, args, model: CentroidModel, source: dict | None = None,
         id_type = layout.id_arrow_type
     if args.dimension is not None:
         model.check_dimension(args.dimension, '--dimension')
-    schema = assign_schema(id_type, model.k, args.all_distances, windowed=True)
+    pubsub = source is None and bool(args.input_subscription or args.input_topic)
+    schema = assign_schema(id_type, model.k, args.all_distances, windowed=True,
+                           message_id=pubsub)
     if source is None:
         source = streams.read_stream(p, args, layout, points=True, accumulating=False,
-                                       refuse_zero=model.distance == 'cosine')
+                                       refuse_zero=model.distance == 'cosine',
+                                       message_ids=pubsub)
     deploy = assign_deploy.deployment_plan(args, model, args.dimension or model.d)
     if deploy is None:
         assigned = source['batches'] | 'AssignNearestCentroid' >> AssignLatest(

@@ -12,6 +12,9 @@ Modules
 :mod:`~beamml.transforms.streaming.pubsub`
     the Beam side: a subscription read into those RecordBatches; rows and dead
     letters out to a topic as JSON objects.
+:mod:`~beamml.transforms.streaming.local_pubsub`
+    the local runner's Pub/Sub read: pulls of up to ``max_batch_size``, each message
+    acknowledged after the output it led to is written, a watermark from the messages.
 :mod:`~beamml.transforms.streaming.files`
     a watched file pattern: each new file read once, as it lands.
 :mod:`~beamml.transforms.streaming.windows`

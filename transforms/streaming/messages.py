@@ -241,7 +241,8 @@ def _first_line(e: BaseException) -> str:
 
 def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: bool = True,
                    allow_nan: bool = False, refuse_zero: bool = False,
-                   source_columns: bool = False) -> tuple[list[pa.RecordBatch], list[dict]]:
+                   source_columns: bool = False, message_id_column: str | None = None
+                   ) -> tuple[list[pa.RecordBatch], list[dict]]:
     """RecordBatches and dead letters of a list of Pub/Sub messages (no Beam).
 
     ``messages`` have ``.data`` (bytes), ``.attributes`` (dict) and
@@ -251,8 +252,12 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
     ``pa.ipc.open_stream`` and checked the same way. The batches hold the rows of
     the JSON messages in their order, then those of each Arrow message. With
     ``source_columns`` a batch carries ``_file`` (``source``), ``_row`` (the
-    object's index in its message) and ``_line`` (null). Every object is one
-    record: in a batch or a dead letter.
+    object's index in its message) and ``_line`` (null). With ``message_id_column`` a
+    batch also carries each row's message id in that column (string), last: what lets a
+    reader drop the rows of a message delivered twice. A message the read refused
+    (a :class:`~beamml.transforms.streaming.local_pubsub.RefusedMessage`: a bad event
+    time) is one dead letter with the read's reason. Every object is one record: in a
+    batch or a dead letter.
     """
     batches: list[pa.RecordBatch] = []
     dead: list[dict] = []
@@ -260,13 +265,19 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
     part_ids: list = []
     counts: list[int] = []
     arrow_batches: list[pa.RecordBatch] = []
+    with_rows = source_columns or message_id_column is not None
     for m in messages:   # per message: decode, first byte, array split
         mid = getattr(m, 'message_id', None)
         data = getattr(m, 'data', None) or b''
+        refusal = getattr(m, 'refusal', None)
+        if refusal is not None:
+            dead.append(_with_message(dead_letter(source, None, None, refusal,
+                                                  _raw_text(data)), mid, None))
+            continue
         if _is_arrow(m):
-            b, d = _parse_arrow(m, layout, source, points, allow_nan, refuse_zero,
-                                source_columns)
-            arrow_batches.extend(b)
+            b, d = _parse_arrow(m, layout, source, points, allow_nan, refuse_zero, with_rows)
+            arrow_batches.extend(_finish(x, np.full(x.num_rows, mid, dtype=object),
+                                         source_columns, message_id_column) for x in b)
             dead.extend(d)
             continue
         try:
@@ -291,18 +302,20 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
     msg_of = np.repeat(np.arange(len(parts)), counts_a)   # payload row -> message
     elem_of = np.arange(int(counts_a.sum())) - starts[msg_of]  # -> index in the message
     payload = b''.join(parts)
+    ids_of = np.asarray(part_ids, dtype=object)
     found = []
     for item in read_jsonl(io.BytesIO(payload), source, layout):
         if isinstance(item, dict):
             found.append(item)
             continue
         rb = RowBatch(item.table, item.rows, None, item.raw)   # refused rows quoted as sent
-        out, bad = _check(rb, layout, source, points, allow_nan, refuse_zero, source_columns)
+        out, bad = _check(rb, layout, source, points, allow_nan, refuse_zero, with_rows)
         found.extend(bad)
         if out is not None and out.num_rows:
-            if source_columns:
-                out = _set_rows(out, elem_of[out.column(SOURCE_COLUMNS[1])
-                                             .to_numpy(zero_copy_only=False)])
+            if with_rows:
+                g = out.column(SOURCE_COLUMNS[1]).to_numpy(zero_copy_only=False)
+                out = _set_rows(out, elem_of[g])
+                out = _finish(out, ids_of[msg_of[g]], source_columns, message_id_column)
             batches.append(out)
     for dl in found:   # dead letters only: payload row -> message and object
         g = dl['row']
@@ -310,6 +323,17 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
             dl['record'] = dl['record'].strip(' \t')
         dead.append(_with_message(dl, part_ids[msg_of[g]], elem_of[g]))
     return batches + arrow_batches, dead
+
+
+def _finish(batch: pa.RecordBatch, message_ids: np.ndarray, source_columns: bool,
+            message_id_column: str | None) -> pa.RecordBatch:
+    """A parsed batch read with its source columns: the message ids appended in
+    ``message_id_column`` (when named), the source columns dropped unless asked for."""
+    if message_id_column is not None:
+        batch = batch.append_column(message_id_column, pa.array(message_ids, pa.string()))
+    if not source_columns and SOURCE_COLUMNS[0] in batch.schema.names:
+        batch = batch.drop_columns(list(SOURCE_COLUMNS))
+    return batch
 
 
 def _parse_arrow(m, layout, source, points, allow_nan, refuse_zero, source_columns):

@@ -1,9 +1,11 @@
 """Pub/Sub on Beam: a subscription read into RecordBatches; rows and dead letters out to topics.
 
-:class:`ReadPubSubBatches` reads the messages, batches them per window
-(:class:`BatchMessagesFn`) and parses each list (:class:`ParseMessagesFn`, which
-delegates to :func:`~beamml.transforms.streaming.messages.parse_messages`: one
-JSON object, a JSON array of them, or Arrow IPC; every problem a dead letter).
+:class:`ReadPubSubBatches` reads the messages (locally with
+:mod:`~beamml.transforms.streaming.local_pubsub`, elsewhere with Beam's read),
+batches them per window (:class:`BatchMessagesFn`) and parses each list
+(:class:`ParseMessagesFn`, which delegates to
+:func:`~beamml.transforms.streaming.messages.parse_messages`: one JSON object, a JSON
+array of them, or Arrow IPC; every problem a dead letter).
 :class:`WriteJsonToPubSub` and :class:`WriteDeadLettersToPubSub` publish one
 JSON message per row or dead letter. Topic and subscription names are checked
 where they are given (:func:`check_topic`, :func:`check_subscription`).
@@ -61,16 +63,18 @@ def check_topic(name: str, parameter: str = 'topic') -> str:
 # ----------------------------------------------------------------------------- Beam
 
 class ParseMessagesFn(beam.DoFn):
-    """A list of PubsubMessages -> RecordBatches (main) and dead letters (``errors``),
-    counted with :class:`~beamml.transforms.core.errors.RecordCounters`. Outputs keep
-    the input element's timestamp and window."""
+    """A list of PubsubMessages -> RecordBatches (main; with ``message_id_column``, each
+    row's message id in it) and dead letters (``errors``), counted with
+    :class:`~beamml.transforms.core.errors.RecordCounters`. Outputs keep the input
+    element's timestamp and window."""
 
     def __init__(self, layout: Layout, source: str, *, points: bool = True,
                  allow_nan: bool = False, refuse_zero: bool = False,
-                 source_columns: bool = False):
+                 source_columns: bool = False, message_id_column: str | None = None):
         self.layout, self.source, self.points = layout, source, points
         self.allow_nan, self.refuse_zero = allow_nan, refuse_zero
         self.source_columns = source_columns
+        self.message_id_column = message_id_column
         counters = RecordCounters()
         self.read, self.ok, self.refused = counters.read, counters.ok, counters.refused
 
@@ -78,7 +82,7 @@ class ParseMessagesFn(beam.DoFn):
         batches, dead = parse_messages(
             list(messages), self.layout, source=self.source, points=self.points,
             allow_nan=self.allow_nan, refuse_zero=self.refuse_zero,
-            source_columns=self.source_columns)
+            source_columns=self.source_columns, message_id_column=self.message_id_column)
         n_ok = sum(b.num_rows for b in batches)
         self.read.inc(n_ok + len(dead))
         if n_ok:
@@ -125,15 +129,22 @@ class BatchMessagesFn(beam.DoFn):
 class ReadPubSubBatches(beam.PTransform):
     """Read a Pub/Sub subscription (or topic) into RecordBatches plus dead letters.
 
-    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)`` (element
-    timestamps: the attribute, else the publish time), then ``windowing`` (a
-    PTransform such as ``beam.WindowInto(...)``; None leaves the global window),
+    The messages with their event times (the attribute, else the publish time): on
+    the BundleBasedDirectRunner beamml's own read,
+    :class:`~beamml.transforms.streaming.local_pubsub.LocalPubSubRead` (pulls of up to
+    ``max_batch_size``, each message acknowledged once the output it led to is
+    written, a watermark from the messages' times, a bad event-time attribute a dead
+    letter); on any other runner Beam's
+    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)``. Then
+    ``windowing`` (a PTransform such as ``beam.WindowInto(...)``; None leaves the global window),
     then lists of at most ``max_batch_size`` messages of one bundle and window
     (:class:`BatchMessagesFn`: ``beam.BatchElements`` would stamp each list with
     the end of its window, and its ``max_batch_duration_secs`` variant with a
     processing time), then :class:`ParseMessagesFn`. ``max_batch_duration_secs``
     is refused (a BeammlError): on the local runner its timer fires only when the
-    next pull returns. Returns a result with ``.batches`` and ``.errors``.
+    next pull returns. With ``message_id_column`` every batch carries each row's
+    message id in that column (what lets a reader drop the rows of a message delivered
+    twice). Returns a result with ``.batches`` and ``.errors``.
     Exactly one of ``subscription`` / ``topic``. A topic read makes a temporary
     subscription when the pipeline starts.
     """
@@ -143,7 +154,8 @@ class ReadPubSubBatches(beam.PTransform):
                  windowing: beam.PTransform | None = None, max_batch_size: int = 1000,
                  max_batch_duration_secs: float | None = None, points: bool = True,
                  allow_nan: bool = False, refuse_zero: bool = False,
-                 source_columns: bool = False, label: str | None = None):
+                 source_columns: bool = False, message_id_column: str | None = None,
+                 label: str | None = None):
         super().__init__(label)
         if (subscription is None) == (topic is None):
             raise BeammlError('give exactly one of subscription and topic',
@@ -180,17 +192,29 @@ class ReadPubSubBatches(beam.PTransform):
         self.max_batch_duration_secs = max_batch_duration_secs
         self.allow_nan, self.refuse_zero = allow_nan, refuse_zero
         self.source_columns = source_columns
+        if message_id_column is not None and message_id_column in layout.columns:
+            raise BeammlError(f'message_id_column {message_id_column!r} is a column of the '
+                              'messages; name another', parameters=('message_id_column',))
+        self.message_id_column = message_id_column
 
     def expand(self, pbegin):
-        messages = pbegin | 'ReadMessages' >> beam.io.ReadFromPubSub(
-            topic=self.topic, subscription=self.subscription, with_attributes=True,
-            timestamp_attribute=self.timestamp_attribute)
+        from beamml.transforms.streaming.local_pubsub import LocalPubSubRead, runs_locally
+        if runs_locally(pbegin.pipeline):   # acks after the output, publish-time watermark
+            messages = pbegin | 'ReadMessages' >> LocalPubSubRead(
+                self.subscription, self.topic, timestamp_attribute=self.timestamp_attribute,
+                max_batch_size=self.max_batch_size,
+                windowfn=None if self.windowing is None else self.windowing.windowing.windowfn)
+        else:   # Dataflow: Beam's native read (acks after a durable commit)
+            messages = pbegin | 'ReadMessages' >> beam.io.ReadFromPubSub(
+                topic=self.topic, subscription=self.subscription, with_attributes=True,
+                timestamp_attribute=self.timestamp_attribute)
         if self.windowing is not None:
             messages = messages | 'WindowMessages' >> self.windowing
         lists = messages | 'BatchMessages' >> beam.ParDo(BatchMessagesFn(self.max_batch_size))
         return lists | 'ParseMessages' >> beam.ParDo(ParseMessagesFn(
             self.layout, self.source, points=self.points, allow_nan=self.allow_nan,
-            refuse_zero=self.refuse_zero, source_columns=self.source_columns)
+            refuse_zero=self.refuse_zero, source_columns=self.source_columns,
+            message_id_column=self.message_id_column)
         ).with_output_types(pa.RecordBatch).with_outputs(ERRORS, main='batches')
 
 
