@@ -111,7 +111,15 @@ def test_counts_equal_what_is_written_on_a_teststream_with_late_rows_and_bad_mes
     assign.build_streaming(p, args, CentroidModel.load(model), source=source,
                            id_type=pa.int64())
     args.input_subscription = None   # a TestStream: no Pub/Sub to look at before the start
-    streams.run_and_count(p, args)
+    lines, log = _Lines(), logging.getLogger('beamml')
+    level = log.level
+    log.addHandler(lines)
+    log.setLevel(logging.INFO)
+    try:
+        streams.run_and_count(p, args)
+    finally:
+        log.removeHandler(lines)
+        log.setLevel(level)
     read, ok, refused = counts_of(capsys.readouterr().out)
     rows = read_jsonl(out + '-1970*.jsonl')
     letters = read_jsonl(out + '-errors-*.jsonl')
@@ -119,6 +127,20 @@ def test_counts_equal_what_is_written_on_a_teststream_with_late_rows_and_bad_mes
     assert sorted(d['reason'].split(':')[0] for d in letters) == [
         'dimension 1, expected 2', 'invalid message', 'late', 'late']
     assert (read, ok, refused) == (5 + 5 + 1 + 1 + 2 + 1, len(rows), len(letters))
+    # each pane's log line says what it holds (per window: rows; dead letters, late ones)
+    assert sum(int(m) for m in re.findall(r': (\d+) rows -> ', '\n'.join(lines.got))) == ok
+    dead = [tuple(map(int, m)) for m in re.findall(
+        rf': (\d+) dead letters \(late: (\d+)\) -> {re.escape(out)}-errors-', '\n'.join(lines.got))]
+    assert (sum(n for n, _ in dead), sum(late for _, late in dead)) == (refused, 2), lines.got
+
+
+class _Lines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.got = []
+
+    def emit(self, record):
+        self.got.append(record.getMessage())
 
 
 # ----------------------------------------------------------------------------- flags
