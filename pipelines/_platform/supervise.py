@@ -226,7 +226,9 @@ def supervise(result, stop_after: float | None, resources=()):
                     _cancel(result, FAILED_CANCEL_WAIT)
                     raise BeammlError(problem)
             if deadline is not None and time.monotonic() >= deadline:
-                LOG.info('stream: --stop_after %g s reached, cancelling', stop_after)
+                LOG.info('stream: --stop_after %g s reached, cancelling%s', stop_after,
+                         ': what is in flight (rows of windows still open, messages of the '
+                         'last pull) is not written' if resources else '')
                 if not _cancel(result, STOP_CANCEL_WAIT):
                     LOG.info('stream: the runner did not stop within %g s', STOP_CANCEL_WAIT)
                 waiter.join(0.5)
