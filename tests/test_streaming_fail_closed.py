@@ -35,7 +35,8 @@ from beamml.pipelines import assign
 from beamml.pipelines._platform import streams
 from beamml.pipelines.kmeans.streaming import STREAM_ERRORS
 from beamml.pipelines.__main__ import main
-from beamml.transforms.core.errors import ERRORS
+from beamml.transforms.core.errors import ERRORS, BeammlError
+from beamml.transforms.io.rows import points_batch
 from beamml.transforms.model import CentroidModel
 from beamml.transforms.streaming.messages import message_layout
 from beamml.transforms.streaming.pubsub import BatchMessagesFn, ParseMessagesFn
@@ -132,6 +133,36 @@ def test_counts_equal_what_is_written_on_a_teststream_with_late_rows_and_bad_mes
     dead = [tuple(map(int, m)) for m in re.findall(
         rf': (\d+) dead letters \(late: (\d+)\) -> {re.escape(out)}-errors-', '\n'.join(lines.got))]
     assert (sum(n for n, _ in dead), sum(late for _, late in dead)) == (refused, 2), lines.got
+
+
+def test_a_step_that_fails_ends_the_stream_at_once_with_one_line(tmp_path, model):
+    """A pane that cannot be written (its folder is a file): the first failed bundle ends
+    the run with one BeammlError (exit 2: storage), not after Beam's 4 retries and their
+    4 logged tracebacks."""
+    (tmp_path / 'out').write_text('a file where the output folder should be')
+    ap = argparse.ArgumentParser()
+    assign.AssignOptions._add_argparse_args(ap)
+    args = ap.parse_args(['--model', model, '--output', str(tmp_path / 'out' / 'a'),
+                          '--output_format', 'jsonl', '--window_size', '10',
+                          '--input_subscription', SUB])
+    options = PipelineOptions(runner='BundleBasedDirectRunner')
+    options.view_as(StandardOptions).streaming = True
+    p = beam.Pipeline(options=options)
+    events = (_TestStream().advance_watermark_to(0)
+              .add_elements([TimestampedValue(points_batch(pa.array([1]), np.array([[1.0, 1.0]])),
+                                              1)])
+              .advance_watermark_to_infinity())
+    source = streams.window_and_gate(p | events, args, accumulating=False)
+    assign.build_streaming(p, args, CentroidModel.load(model), source=source,
+                           id_type=pa.int64())
+    args.input_subscription = None
+    started = time.monotonic()
+    with pytest.raises(BeammlError) as e:
+        streams.run_and_count(p, args)
+    assert time.monotonic() - started < 10
+    assert str(e.value).startswith('the stream failed: FileExistsError: ')
+    assert str(e.value).endswith("[while running 'WriteAssignmentsFiles/WriteFile']")
+    assert '\n' not in str(e.value) and e.value.exit_code == 2
 
 
 class _Lines(logging.Handler):

@@ -388,12 +388,12 @@ def run_stream(p, args):
     watched-files source ends by itself then). Returns the PipelineResult."""
     from beamml.pipelines._platform import supervise
     supervise.preflight(args)
-    local = _local(p.options)
-    if local:   # its retries of a failed bundle log 4 tracebacks: the run says it in one line
-        logging.getLogger('apache_beam.runners.direct.executor').setLevel(logging.CRITICAL)
-    result = p.run()
-    return supervise.supervise(result, getattr(args, 'stop_after', None),
-                               supervise.pubsub_resources(args) if local else ())
+    stop_after = getattr(args, 'stop_after', None)
+    if not _local(p.options):
+        return supervise.supervise(p.run(), stop_after)
+    with supervise.BundleFailures() as failures:   # the first failed bundle, as one line
+        return supervise.supervise(p.run(), stop_after, supervise.pubsub_resources(args),
+                                   failures)
 
 
 def run_and_count(p, args, errors_glob: str | None = None):

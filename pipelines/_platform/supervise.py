@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 
@@ -168,20 +169,74 @@ class _Watch:
 
 # ----------------------------------------------------------------------------- while
 
+class BundleFailures(logging.Handler):
+    """Takes the log of Beam's local executor while a stream runs: its first failed
+    bundle (``Exception at bundle ...`` with the traceback as text) is kept as one line
+    and nothing is printed. The local runner retries a failed bundle 4 times before the
+    pipeline fails, and a retry of its Pub/Sub read pulls (and acknowledges) new messages,
+    each pull waiting up to 30 s: the first failure ends the stream instead (seconds, not
+    minutes, and no more messages pulled to be lost)."""
+    LOGGER = 'apache_beam.runners.direct.executor'
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.first: BeammlError | None = None
+
+    def emit(self, record):
+        if self.first is not None or 'Exception at bundle' not in str(record.msg):
+            return
+        lines = [ln.strip() for ln in record.getMessage().splitlines() if ln.strip()]
+        last = lines[-1] if lines else 'an error'
+        kind, _, message = last.partition(': ')
+        self.first = _failed(kind, message)
+
+    def __enter__(self):
+        log = logging.getLogger(self.LOGGER)
+        self._saved = log.level, log.propagate
+        log.addHandler(self)
+        log.setLevel(logging.ERROR)
+        log.propagate = False
+        return self
+
+    def __exit__(self, *exc):
+        log = logging.getLogger(self.LOGGER)
+        log.removeHandler(self)
+        log.setLevel(self._saved[0])
+        log.propagate = self._saved[1]
+
+
+def _failed(kind: str, message: str) -> BeammlError:
+    """``the stream failed: <exception name>: <message>`` (one line), Beam's wrapping of
+    a DoFn's error (``RuntimeError: FileExistsError: ... [while running 'step']``) undone;
+    exit 2 for an error of the run's surroundings, else 1."""
+    inner = re.match(r'([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.*)', message, re.S)
+    if kind.split('.')[-1] == 'RuntimeError' and inner:
+        kind, message = inner.groups()
+    err = BeammlError(f'the stream failed: {kind.split(".")[-1]}: '
+                      f'{" ".join(message.split())[:300]}')
+    err.exit_code = Exit.USAGE if _external(kind) else Exit.FAILED
+    return err
+
+
+def _external(kind: str) -> bool:
+    """Whether an exception named as a traceback ends (``google.api_core.exceptions.
+    NotFound``, ``FileExistsError``) is of the run's surroundings (a cloud service, storage,
+    the user's input: exit 2) rather than unexpected (exit 1)."""
+    import builtins
+    name = kind.split('.')[-1]
+    cls = getattr(builtins, name, None)
+    return (kind.startswith('google.') or name in ('BeamIOError', 'BeammlError')
+            or (isinstance(cls, type) and issubclass(cls, OSError)))
+
+
 def stream_failure(e: BaseException) -> BeammlError:
     """The one line of a pipeline that failed: a BeammlError as it is; an error of a
     cloud service or of storage exit 2 (the run's surroundings); anything else exit 1
     (``FAILED``: unexpected), still one line (Beam has logged where it happened)."""
     if isinstance(e, BeammlError):
         return e
-    try:
-        from google.api_core.exceptions import GoogleAPIError
-    except ImportError:   # pragma: no cover - Beam's gcp extra is installed
-        GoogleAPIError = OSError
-    err = BeammlError(f'the stream failed: {type(e).__name__}: '
-                      f'{" ".join(first_line(e).split())[:300]}')
-    err.exit_code = Exit.USAGE if isinstance(e, (GoogleAPIError, OSError)) else Exit.FAILED
-    return err
+    kind = f'{type(e).__module__}.{type(e).__name__}'.removeprefix('builtins.')
+    return _failed(kind, str(e) or type(e).__name__)
 
 
 def _cancel(result, wait: float) -> bool:
@@ -199,10 +254,12 @@ def _cancel(result, wait: float) -> bool:
     return not t.is_alive()
 
 
-def supervise(result, stop_after: float | None, resources=()):
-    """Wait for a running stream: until it ends by itself, fails (one BeammlError), a
-    watched Pub/Sub resource goes (one BeammlError), or ``stop_after`` seconds pass (it
-    is cancelled). SIGINT/SIGTERM (KeyboardInterrupt here) cancel it and propagate."""
+def supervise(result, stop_after: float | None, resources=(), failures=None):
+    """Wait for a running stream: until it ends by itself, fails (one BeammlError: as
+    ``failures``, a :class:`BundleFailures`, sees its first failed bundle, or as
+    ``wait_until_finish`` raises), a watched Pub/Sub resource goes (one BeammlError), or
+    ``stop_after`` seconds pass (it is cancelled). SIGINT/SIGTERM (KeyboardInterrupt
+    here) cancel it and propagate."""
     outcome: dict = {}
 
     def wait():
@@ -220,6 +277,9 @@ def supervise(result, stop_after: float | None, resources=()):
             waiter.join(0.2)
             if 'done' in outcome:
                 break
+            if failures is not None and failures.first is not None:
+                _cancel(result, FAILED_CANCEL_WAIT)
+                raise failures.first
             if watch is not None:
                 problem = watch()
                 if problem:
