@@ -180,16 +180,6 @@ def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '
                           weight_column=getattr(args, 'weight_column', None))
 
 
-def run_and_count(p, args):
-    """:func:`run_stream`, then the record counts line (when the runner reports them)."""
-    from beamml.pipelines._platform.main import record_counts, records_line
-    result = run_stream(p, args)
-    counts = record_counts(result)
-    if counts:
-        print(records_line(counts))
-    return result
-
-
 def source_name(args) -> str:
     """What the dead letters of a stream name as their ``file``."""
     return args.input_subscription or args.input_topic or args.input
@@ -389,11 +379,22 @@ def run_stream(p, args):
     from beamml.pipelines._platform import supervise
     supervise.preflight(args)
     stop_after = getattr(args, 'stop_after', None)
-    if not _local(p.options):
-        return supervise.supervise(p.run(), stop_after)
+    if not _local(p.options):   # the FnApiRunner runs a watched pattern inside p.run()
+        return supervise.supervise(_start(p, supervise), stop_after)
     with supervise.BundleFailures() as failures:   # the first failed bundle, as one line
-        return supervise.supervise(p.run(), stop_after, supervise.pubsub_resources(args),
-                                   failures)
+        return supervise.supervise(_start(p, supervise), stop_after,
+                                   supervise.pubsub_resources(args), failures)
+
+
+def _start(p, supervise):
+    """``p.run()``, an error of it as one line (a runner that runs the whole stream
+    inside ``run()``, as the FnApiRunner does, fails there)."""
+    try:
+        return p.run()
+    except BeammlError:
+        raise
+    except Exception as e:
+        raise supervise.stream_failure(e) from e
 
 
 def run_and_count(p, args, errors_glob: str | None = None):
