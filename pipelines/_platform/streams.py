@@ -379,22 +379,11 @@ def run_stream(p, args):
     from beamml.pipelines._platform import supervise
     supervise.preflight(args)
     stop_after = getattr(args, 'stop_after', None)
-    if not _local(p.options):   # the FnApiRunner runs a watched pattern inside p.run()
-        return supervise.supervise(_start(p, supervise), stop_after)
+    if not _local(p.options):   # (the FnApiRunner runs a watched pattern inside p.run())
+        return supervise.supervise(p.run(), stop_after)
     with supervise.BundleFailures() as failures:   # the first failed bundle, as one line
-        return supervise.supervise(_start(p, supervise), stop_after,
-                                   supervise.pubsub_resources(args), failures)
-
-
-def _start(p, supervise):
-    """``p.run()``, an error of it as one line (a runner that runs the whole stream
-    inside ``run()``, as the FnApiRunner does, fails there)."""
-    try:
-        return p.run()
-    except BeammlError:
-        raise
-    except Exception as e:
-        raise supervise.stream_failure(e) from e
+        return supervise.supervise(p.run(), stop_after, supervise.pubsub_resources(args),
+                                   failures)
 
 
 def run_and_count(p, args, errors_glob: str | None = None):
