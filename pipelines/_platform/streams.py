@@ -379,8 +379,8 @@ def run_stream(p, args):
     from beamml.pipelines._platform import supervise
     supervise.preflight(args)
     stop_after = getattr(args, 'stop_after', None)
-    if not _local(p.options):   # (the FnApiRunner runs a watched pattern inside p.run())
-        return supervise.supervise(p.run(), stop_after)
+    if not _local(p.options):   # Dataflow (the FnApiRunner runs a watched pattern inside run())
+        return supervise.supervise(p.run(), stop_after, local=False)
     with supervise.BundleFailures() as failures:   # the first failed bundle, as one line
         return supervise.supervise(p.run(), stop_after, supervise.pubsub_resources(args),
                                    failures)

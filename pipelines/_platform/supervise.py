@@ -254,12 +254,15 @@ def _cancel(result, wait: float) -> bool:
     return not t.is_alive()
 
 
-def supervise(result, stop_after: float | None, resources=(), failures=None):
+def supervise(result, stop_after: float | None, resources=(), failures=None, *,
+              local: bool = True):
     """Wait for a running stream: until it ends by itself, fails (one BeammlError: as
     ``failures``, a :class:`BundleFailures`, sees its first failed bundle, or as
     ``wait_until_finish`` raises), a watched Pub/Sub resource goes (one BeammlError), or
     ``stop_after`` seconds pass (it is cancelled). SIGINT/SIGTERM (KeyboardInterrupt
-    here) cancel it and propagate."""
+    here) propagate, cancelling a ``local`` run (a job on Dataflow goes on: Ctrl-C in the
+    shell that submitted it must not cancel a production job; ``gcloud dataflow jobs
+    drain`` or ``cancel`` does)."""
     outcome: dict = {}
 
     def wait():
@@ -293,9 +296,11 @@ def supervise(result, stop_after: float | None, resources=(), failures=None):
                     LOG.info('stream: the runner did not stop within %g s', STOP_CANCEL_WAIT)
                 waiter.join(0.5)
                 break
+    except BeammlError:
+        raise   # cancelled already
     except BaseException:
-        if 'done' not in outcome:
-            _cancel(result, 0.0)   # a signal or a failure: do not wait on the runner
+        if 'done' not in outcome and local:
+            _cancel(result, 0.0)   # a signal: do not wait on the runner
         raise
     finally:
         if watch is not None:
