@@ -381,7 +381,8 @@ def _run_streaming(args, options):
     build_streaming(p, args)
     if no_results(options):
         return run_pipeline(p)
-    result = streams.run_and_count(p, args)
+    result = streams.run_and_count(p, args, streams.dead_letter_glob(
+        args, args.output and FileSystems.join(args.output, 'evaluate-errors')))
     if args.output:
         print(f'metrics: {FileSystems.join(args.output, "metrics")}-<window start>-<window '
               f'end>-pane-<i>-<timing>.jsonl; dead letters: '

@@ -49,6 +49,14 @@ def records_line(counts: dict[str, int], errors_glob: str | None = None) -> str:
     return line + (f' errors={errors_glob}' if errors_glob else '')
 
 
+def check_counts(counts: dict[str, int]) -> None:
+    """``records_read = records_ok + records_refused``, or a BeammlError (a bug)."""
+    read, ok, refused = counts['records_read'], counts['records_ok'], counts['records_refused']
+    if read != ok + refused:
+        raise BeammlError(f'record accounting is off: read {read} != ok {ok} + refused '
+                          f'{refused}; this is a bug in beamml, please report it')
+
+
 def report(result, *, errors_glob: str, max_refused_fraction: float | None,
            out=None) -> dict[str, int] | None:
     """Print the one-line record summary; exit non-zero above --max_refused_fraction."""
@@ -57,11 +65,9 @@ def report(result, *, errors_glob: str, max_refused_fraction: float | None,
     if counts is None:
         print('records: counts not reported by this runner', file=out)
         return None
-    read, ok, refused = counts['records_read'], counts['records_ok'], counts['records_refused']
+    read, refused = counts['records_read'], counts['records_refused']
     print(records_line(counts, errors_glob), file=out)
-    if read != ok + refused:
-        raise BeammlError(f'record accounting is off: read {read} != ok {ok} + refused '
-                          f'{refused}; this is a bug in beamml, please report it')
+    check_counts(counts)
     if max_refused_fraction is not None and read and refused / read > max_refused_fraction:
         raise BeammlError(
             f'{refused} of {read} records ({refused / read:.2%}) were refused, above '

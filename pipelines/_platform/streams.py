@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 
 import apache_beam as beam
 import pyarrow as pa
@@ -30,12 +29,14 @@ from beamml.pipelines._platform.flags import STREAMING_GROUP
 from beamml.pipelines._platform.values import positive_int, positive_seconds, seconds
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.streaming.panes import (WritePanes, pane_file_name,  # noqa: F401
-                                               window_fields, write_json_lines, write_tables)
+                                               window_fields, write_dead_letter_lines,
+                                               write_json_lines, write_tables)
 from beamml.transforms.streaming.windows import (LateGate, check_windows, discarding_panes, window_into)
 
 __all__ = ['add_streaming_args', 'check_streaming_args', 'is_streaming', 'read_stream',
            'window_and_gate', 'gate', 'write_records', 'stream_layout', 'run_and_count',
            'write_rows', 'write_dead_letters', 'all_errors', 'run_stream', 'source_name',
+           'dead_letter_glob',
            'window_fields', 'WritePanes', 'pane_file_name']
 
 LOG = logging.getLogger('beamml')
@@ -125,6 +126,16 @@ def check_streaming_args(args, options, *, needs_output: bool = True) -> None:
         check_input_overlap([('--input', args.input)], [output_namespace(
             '--output', getattr(args, 'output_given', None) or args.output)])
     _check_pubsub_names(args)
+    if needs_output and not getattr(args, 'output', None) and not args.dead_letter_topic:
+        raise BeammlError('--streaming with --output_topic alone has nowhere to keep its dead '
+                          'letters (refused and late records): give --dead_letter_topic '
+                          'projects/P/topics/T, or --output PREFIX for files beside the rows')
+
+
+def dead_letter_glob(args, prefix: str | None) -> str | None:
+    """Where a stream's dead letters go, for the records line: ``PREFIX-*.jsonl`` (files),
+    else the dead-letter topic."""
+    return f'{prefix}-*.jsonl' if prefix else getattr(args, 'dead_letter_topic', None)
 
 
 def _check_pubsub_names(args) -> None:
@@ -166,16 +177,6 @@ def stream_layout(args, read_kwargs: dict, dimension_of, dimension_hint: str = '
     return message_layout(id_column=args.id_column or 'id', feature_columns=features,
                           dimension=dimension,
                           weight_column=getattr(args, 'weight_column', None))
-
-
-def run_and_count(p, args):
-    """:func:`run_stream`, then the record counts line (when the runner reports them)."""
-    from beamml.pipelines._platform.main import record_counts, records_line
-    result = run_stream(p, args)
-    counts = record_counts(result)
-    if counts:
-        print(records_line(counts))
-    return result
 
 
 def source_name(args) -> str:
@@ -269,7 +270,7 @@ def write_rows(rows, args, schema: pa.Schema, *, label: str = 'Write') -> None:
     fmt = getattr(args, 'output_format', 'jsonl')
     if getattr(args, 'output', None):
         rows | f'{label}Files' >> WritePanes(args.output, '.' + fmt,
-                                             write_tables(fmt, schema))
+                                             write_tables(fmt, schema), what='rows')
     if args.output_topic:
         from beamml.transforms.streaming.pubsub import WriteJsonToPubSub
         rows | f'{label}Topic' >> WriteJsonToPubSub(args.output_topic)
@@ -322,10 +323,32 @@ def write_dead_letters(errors, args, prefix: str | None = None) -> None:
              accumulation_mode=trigger.AccumulationMode.DISCARDING,
              allowed_lateness=Duration.of(24 * 3600))
          | 'WriteErrorFiles' >> WritePanes(prefix or f'{args.output}-errors', '.jsonl',
-                                           write_json_lines))
+                                           write_dead_letter_lines, what='dead letters'))
     if args.dead_letter_topic:
         from beamml.transforms.streaming.pubsub import WriteDeadLettersToPubSub
-        errors | 'WriteErrorTopic' >> WriteDeadLettersToPubSub(args.dead_letter_topic)
+        (errors
+         | 'CountErrorsForTopic' >> beam.ParDo(_CountDeadLetters(args.dead_letter_topic))
+         | 'WriteErrorTopic' >> WriteDeadLettersToPubSub(args.dead_letter_topic))
+
+
+class _CountDeadLetters(beam.DoFn):
+    """Passes dead letters on to their topic and logs how many (and how many late) each
+    bundle publishes: the count is taken as they pass, no pass of its own."""
+
+    def __init__(self, topic: str):
+        self.topic = topic
+
+    def start_bundle(self):
+        self.n = self.late = 0
+
+    def process(self, letter):
+        self.n += 1
+        self.late += str(letter.get('reason', '')).startswith('late')
+        yield letter
+
+    def finish_bundle(self):
+        if self.n:
+            LOG.info('stream: %d dead letters (late: %d) -> %s', self.n, self.late, self.topic)
 
 
 # ----------------------------------------------------------------------------- running
@@ -343,24 +366,54 @@ def streaming_options(options, args=None):
     return options
 
 
+def _local(options) -> bool:
+    """Whether the stream runs on Beam's BundleBasedDirectRunner, in this process."""
+    return options.view_as(StandardOptions).runner == LOCAL_STREAMING_RUNNER
+
+
 def run_stream(p, args):
-    """Run a streaming pipeline; with ``--stop_after`` cancel it after that many seconds
-    (a watched-files source ends by itself then). Returns the PipelineResult."""
-    result = p.run()
+    """Run a streaming pipeline and watch it (:mod:`~beamml.pipelines._platform.supervise`):
+    credentials and the Pub/Sub resources are checked first (one line, exit 2); a
+    pipeline that fails, or whose Pub/Sub resources go, ends the run with one line within
+    seconds; with ``--stop_after`` it is cancelled after that many seconds (a
+    watched-files source ends by itself then). Returns the PipelineResult."""
+    from beamml.pipelines._platform import supervise
+    supervise.preflight(args)
     stop_after = getattr(args, 'stop_after', None)
-    if stop_after is None or getattr(args, 'watch_interval', None) is not None:
-        result.wait_until_finish()   # (a watched pattern ends by itself at --stop_after)
+    if getattr(args, 'watch_interval', None) is not None:
+        stop_after = None   # a watched pattern stops polling at --stop_after by itself, then
+        #                     writes its last windows: a cancel would drop them
+    if not _local(p.options):   # Dataflow: it reports a failed job itself
+        return supervise.supervise(p.run(), stop_after, local=False)
+    with supervise.BundleFailures() as failures:   # the first failed bundle, as one line
+        return supervise.supervise(p.run(), stop_after, supervise.pubsub_resources(args),
+                                   failures)
+
+
+def run_and_count(p, args, errors_glob: str | None = None):
+    """:func:`run_stream`, then the one records line, ``records_read = records_ok +
+    records_refused`` checked (a BeammlError when it is off). On Beam's local streaming
+    runner the counts are this process's tally (:mod:`beamml.transforms.core.tally`:
+    that runner reports a step's first bundle only), elsewhere Beam's counters."""
+    from beamml.pipelines._platform.main import check_counts, record_counts, records_line
+    from beamml.transforms.core import tally
+    local = _local(p.options)
+    if local:
+        tally.open_tally()
+    try:
+        result = run_stream(p, args)
+    finally:
+        counted = tally.close_tally() if local else None
+    counts = _with_zeros(counted) if local else record_counts(result)
+    if counts is None:
+        print('records: counts not reported by this runner')
         return result
-    deadline = time.monotonic() + stop_after
-    from apache_beam.runners.runner import PipelineState
-    while time.monotonic() < deadline:
-        if PipelineState.is_terminal(result.state):
-            return result
-        time.sleep(0.2)
-    if not PipelineState.is_terminal(result.state):
-        LOG.info('stream: --stop_after %g s reached, cancelling', stop_after)
-        try:
-            result.cancel()
-        except Exception as e:   # already done
-            LOG.debug('cancel: %s', e)
+    print(records_line(counts, errors_glob))
+    check_counts(counts)
     return result
+
+
+def _with_zeros(counts: dict) -> dict:
+    for name in ('records_read', 'records_ok', 'records_refused'):
+        counts.setdefault(name, 0)
+    return counts

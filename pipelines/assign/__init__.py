@@ -328,7 +328,8 @@ def _run_streaming(args, options):
              model.version, model.k, model.d, args.model, args.model_refresh_seconds)
     if no_results(options):
         return run_pipeline(p)
-    result = streams.run_and_count(p, args)
+    result = streams.run_and_count(p, args, streams.dead_letter_glob(
+        args, args.output and f'{args.output}-errors'))
     if args.output:
         print(f'assignments: {args.output}-<window start>-<window end>-pane-<i>-<timing>.'
               f'{args.output_format}; dead letters: {args.output}-errors-*.jsonl')

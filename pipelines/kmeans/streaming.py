@@ -293,12 +293,12 @@ def run_streaming(args, options):
     LOG.info('kmeans --streaming: k=%s, windows of %g s, a version every %d window(s) in %s',
              args.k or 'from --init', args.window_size, args.checkpoint_windows,
              args.model)
-    result = streams.run_stream(p, args)
+    errors_prefix = FileSystems.join(args.model, STREAM_ERRORS, out['run_id'])
+    result = streams.run_and_count(p, args, streams.dead_letter_glob(args, errors_prefix))
     versions = list_versions(args.model)
     print(f'kmeans --streaming: {len(versions)} version(s) in {args.model}'
           + (f'; LATEST {versions[-1]}' if versions else ''))
-    print(f'dead letters: {FileSystems.join(args.model, STREAM_ERRORS, out["run_id"])}'
-          '-*-pane-*.jsonl')   # <run>-<window start>-<window end>-pane-<i>-<timing>.jsonl
+    print(f'dead letters: {errors_prefix}-*-pane-*.jsonl')   # <run>-<window start>-<window end>-pane-<i>-<timing>.jsonl
     return result
 
 

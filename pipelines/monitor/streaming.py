@@ -135,7 +135,8 @@ def run_streaming(args, options, ctx: dict):
     build_streaming(p, args, ctx)
     if no_results(options):
         return run_pipeline(p)
-    result = streams.run_and_count(p, args)
+    result = streams.run_and_count(p, args, streams.dead_letter_glob(
+        args, args.output and FileSystems.join(args.output, 'monitor-errors')))
     if args.output:
         print(f'monitor: per window under {args.output}: statistics-, drift-, alarms-, '
               'decision-, report_data-<window start>-<window end>-pane-<i>-<timing>.jsonl')

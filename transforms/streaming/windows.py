@@ -25,8 +25,6 @@ this does not happen; ``assign`` (no aggregation) keeps and labels it.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -250,7 +248,7 @@ class LateGate(beam.PTransform):
         self.allowed_lateness, self.source = float(allowed_lateness), source
         self.accumulating = accumulating
 
-    def expand(self, batches) -> dict[str, Any]:
+    def expand(self, batches):   # a dict of PCollections (a return hint would make Beam warn)
         outs = (batches
                 | 'WithWindow' >> beam.FlatMap(_with_window).with_output_types(
                     beam.typehints.KV[str, beam.typehints.Any])
