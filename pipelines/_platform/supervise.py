@@ -212,6 +212,8 @@ def _failed(kind: str, message: str) -> BeammlError:
     inner = re.match(r'([A-Za-z_][\w.]*(?:Error|Exception|Exit)): (.*)', message, re.S)
     if kind.split('.')[-1] == 'RuntimeError' and inner:
         kind, message = inner.groups()
+    if kind.split('.')[-1] == 'BeammlError':   # a step's own one line (exit 2)
+        return BeammlError(' '.join(message.split())[:500])
     err = BeammlError(f'the stream failed: {kind.split(".")[-1]}: '
                       f'{" ".join(message.split())[:300]}')
     err.exit_code = Exit.USAGE if _external(kind) else Exit.FAILED

@@ -60,6 +60,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.transforms.trigger import TimeDomain
 from apache_beam.utils.timestamp import MIN_TIMESTAMP, Timestamp
 
+from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.layout import printable
 
 __all__ = ['LocalPubSubRead', 'RefusedMessage', 'event_time', 'runs_locally']
@@ -380,7 +381,10 @@ class _ReadState:
                 self.failed_at = time.monotonic()
                 self._failing(e)
                 break
-            except Exception as e:   # not found, no permission: the stream fails, one line
+            except exceptions.NotFound:   # deleted while the stream ran: one line, exit 2
+                raise BeammlError(f'{self.subscription}: the subscription does not exist any '
+                                  'more (deleted while the stream ran)') from None
+            except Exception as e:   # no permission...: the stream fails, one line
                 raise RuntimeError(f'Pub/Sub pull from {self.subscription} failed: '
                                    f'{str(e).splitlines()[0][:300]}') from None
             received = resp.received_messages
