@@ -371,7 +371,7 @@ class _ReadState:
             except exceptions.ResourceExhausted as e:   # the reply was too big
                 self.failed_at = time.monotonic()
                 if want == 1:
-                    raise RuntimeError(f'Pub/Sub pull from {self.subscription} failed: '
+                    raise BeammlError(f'Pub/Sub pull from {self.subscription} failed: '
                                        f'{str(e).splitlines()[0][:300]}') from None
                 self.cap = max(1, want // 2)
                 LOG.info('stream: a pull of %d messages was too big; pulling %d at a time',
@@ -384,9 +384,9 @@ class _ReadState:
             except exceptions.NotFound:   # deleted while the stream ran: one line, exit 2
                 raise BeammlError(f'{self.subscription}: the subscription does not exist any '
                                   'more (deleted while the stream ran)') from None
-            except Exception as e:   # no permission...: the stream fails, one line
-                raise RuntimeError(f'Pub/Sub pull from {self.subscription} failed: '
-                                   f'{str(e).splitlines()[0][:300]}') from None
+            except Exception as e:   # no permission...: the service's answer, one line
+                raise BeammlError(f'Pub/Sub pull from {self.subscription} failed: '
+                                  f'{str(e).splitlines()[0][:300]}') from None
             received = resp.received_messages
             if not received:
                 idle = True
@@ -405,7 +405,7 @@ class _ReadState:
         if self.failing_since is None:
             self.failing_since = time.monotonic()
         elif time.monotonic() - self.failing_since > 30:
-            raise RuntimeError(f'Pub/Sub pull from {self.subscription} failed for 30 s: '
+            raise BeammlError(f'Pub/Sub pull from {self.subscription} failed for 30 s: '
                                f'{str(e).splitlines()[0][:300]}') from None
 
 
