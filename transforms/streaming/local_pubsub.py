@@ -372,7 +372,7 @@ class _ReadState:
                 self.failed_at = time.monotonic()
                 if want == 1:
                     raise BeammlError(f'Pub/Sub pull from {self.subscription} failed: '
-                                       f'{str(e).splitlines()[0][:300]}') from None
+                                      f'{str(e).splitlines()[0][:300]}') from None
                 self.cap = max(1, want // 2)
                 LOG.info('stream: a pull of %d messages was too big; pulling %d at a time',
                          want, self.cap)
@@ -406,7 +406,7 @@ class _ReadState:
             self.failing_since = time.monotonic()
         elif time.monotonic() - self.failing_since > 30:
             raise BeammlError(f'Pub/Sub pull from {self.subscription} failed for 30 s: '
-                               f'{str(e).splitlines()[0][:300]}') from None
+                              f'{str(e).splitlines()[0][:300]}') from None
 
 
 def _due_timers(applied, states, watermark):
