@@ -115,15 +115,16 @@ def _enforce_generation_preconditions() -> None:
 
 # ----------------------------------------------------------------------------- pytest-xdist
 
+
 #: Building beamml's sdist in the repository folder (``python setup.py sdist``, or Beam's
 #: stager for ``--setup_file ./setup.py``) writes ``<repo>/beamml.egg-info`` and a
 #: ``<repo>/beamml-<version>/`` tree it deletes when done: two builds at once in one checkout
 #: (two pytest-xdist workers) break each other (seen: "copying transforms/... ", then exit
 #: 1). The tests that build one take a lock of this checkout, one at a time: these test
-#: modules for the whole module (a module fixture builds it), these tests for the test.
+#: modules for the whole module (a module fixture builds it), these tests for the test
+#: (and tests/test_validate.py's ``offline`` fixture around its one build).
 SDIST_MODULES = ('tests/test_packaging.py',)
-SDIST_TESTS = ('tests/test_validate.py::test_validate_every_pipeline_offline',
-               'tests/test_cli.py::test_dataflow_translation_offline',
+SDIST_TESTS = ('tests/test_cli.py::test_dataflow_translation_offline',
                'tests/test_readme_shell.py::')   # the validate runs of the Dataflow configs
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SDIST_LOCK = os.path.join(tempfile.gettempdir(), 'beamml-sdist-%s.lock'
@@ -131,7 +132,7 @@ _SDIST_LOCK = os.path.join(tempfile.gettempdir(), 'beamml-sdist-%s.lock'
 
 
 @contextlib.contextmanager
-def _one_sdist_build_at_a_time():
+def one_sdist_build_at_a_time():
     with open(_SDIST_LOCK, 'a') as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -143,7 +144,7 @@ def _one_sdist_build_at_a_time():
 @pytest.fixture(autouse=True, scope='module')
 def _sdist_lock_for_the_module(request):
     if request.node.nodeid.startswith(SDIST_MODULES):
-        with _one_sdist_build_at_a_time():
+        with one_sdist_build_at_a_time():
             yield
     else:
         yield
@@ -152,7 +153,7 @@ def _sdist_lock_for_the_module(request):
 @pytest.fixture(autouse=True)
 def _sdist_lock_for_the_test(request):
     if request.node.nodeid.startswith(SDIST_TESTS):
-        with _one_sdist_build_at_a_time():
+        with one_sdist_build_at_a_time():
             yield
     else:
         yield

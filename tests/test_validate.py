@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import one_sdist_build_at_a_time
+from offline import no_network_reason, run_offline
 
 from beamml.pipelines import validate
 from beamml.transforms.core.errors import BeammlError
@@ -17,18 +16,6 @@ from beamml.transforms.model import CentroidModel
 
 DATAFLOW = ['--project', 'my-project', '--region', 'us-central1',
             '--temp_location', 'gs://beamml-bkt/tmp']
-
-
-def _offline(cmd, tmpdir, **kw):
-    """Run ``cmd`` in a network namespace with no network (loopback down), where possible,
-    with ``tmpdir`` as its system temp folder."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ('STORAGE_EMULATOR_HOST', 'GOOGLE_APPLICATION_CREDENTIALS')}
-    env['TMPDIR'] = str(tmpdir)
-    if shutil.which('unshare') and subprocess.run(['unshare', '-n', 'true'],
-                                                  capture_output=True).returncode == 0:
-        cmd = ['unshare', '-n'] + cmd
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, **kw)
 
 
 @pytest.fixture(scope='module')
@@ -58,17 +45,41 @@ def _cases(d):
     }
 
 
-@pytest.mark.parametrize('name', ['norms', 'index_ids', 'assign', 'kmeans', 'evaluate'])
-def test_validate_every_pipeline_offline(name, inputs, tmp_path):
-    cmd = [sys.executable, '-m', 'beamml', 'validate', name] + _cases(inputs)[name] + DATAFLOW
-    cmd += ['--setup_file', './setup.py']   # staged as an sdist in a temporary folder
-    out = _offline(cmd, tmp_path, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert 'type=batch' in out.stdout
-    assert 'sdk_image: ' in out.stdout and 'beam_python' in out.stdout
-    assert 'steps:' in out.stdout
-    assert 'Traceback' not in out.stderr
-    assert os.listdir(tmp_path) == []   # no temporary folder left behind
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BATCH = ['norms', 'index_ids', 'assign', 'kmeans', 'evaluate']
+STREAMING = ['assign', 'evaluate', 'kmeans']
+
+
+@pytest.fixture(scope='module')
+def offline(inputs, tmp_path_factory):
+    """Every pipeline's ``validate`` (batch, one staging ``--setup_file`` as an sdist, and
+    streaming), run with no network in one process (tests/offline.py), each case with a
+    temporary folder of its own."""
+    cases = {}
+    for name in BATCH:
+        # norms also stages beamml as an sdist (--setup_file) in a temporary folder
+        staged = ['--setup_file', './setup.py'] if name == 'norms' else []
+        cases[f'batch:{name}'] = {
+            'argv': ['validate', name, *_cases(inputs)[name], *DATAFLOW, *staged],
+            'cwd': ROOT, 'tmpdir': str(tmp_path_factory.mktemp(f'tmp-{name}'))}
+    for name in STREAMING:
+        cases[f'streaming:{name}'] = {
+            'argv': ['validate', name, *_streaming_cases(inputs)[name], *DATAFLOW],
+            'cwd': None, 'tmpdir': str(tmp_path_factory.mktemp(f'tmp-s-{name}'))}
+    with one_sdist_build_at_a_time():   # the sdist is built in this checkout (conftest)
+        return cases, run_offline(cases, tmp_path_factory.mktemp('offline'))
+
+
+@pytest.mark.parametrize('name', BATCH)
+def test_validate_every_pipeline_offline(name, offline):
+    cases, results = offline
+    out = results[f'batch:{name}']
+    assert out['returncode'] == 0, out['stderr'][-2000:]
+    assert 'type=batch' in out['stdout']
+    assert 'sdk_image: ' in out['stdout'] and 'beam_python' in out['stdout']
+    assert 'steps:' in out['stdout']
+    assert 'Traceback' not in out['stderr']
+    assert os.listdir(cases[f'batch:{name}']['tmpdir']) == []   # no temporary folder left
 
 
 @pytest.mark.parametrize('flags, message', [
@@ -111,14 +122,12 @@ def _streaming_cases(d):
     }
 
 
-@pytest.mark.parametrize('name', ['assign', 'evaluate', 'kmeans'])
-def test_streaming_pipelines_translate_offline_to_streaming_jobs(name, inputs, tmp_path):
-    cmd = [sys.executable, '-m', 'beamml', 'validate', name] + \
-        _streaming_cases(inputs)[name] + DATAFLOW
-    out = _offline(cmd, tmp_path)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert 'type=streaming' in out.stdout and 'Traceback' not in out.stderr
-    assert 'ReadPubSub' in out.stdout
+@pytest.mark.parametrize('name', STREAMING)
+def test_streaming_pipelines_translate_offline_to_streaming_jobs(name, offline):
+    out = offline[1][f'streaming:{name}']
+    assert out['returncode'] == 0, out['stderr'][-2000:]
+    assert 'type=streaming' in out['stdout'] and 'Traceback' not in out['stderr']
+    assert 'ReadPubSub' in out['stdout']
 
 
 @pytest.mark.parametrize('name', ['assign', 'evaluate', 'kmeans'])
@@ -151,16 +160,6 @@ def test_streaming_jobs_are_unbounded_with_no_default_trigger_global_group(name,
 
 
 # ----------------------------------------------------------------------------- no storage
-
-def _no_network() -> str | None:
-    """Why `unshare -n` cannot run here, or None when it can."""
-    if not shutil.which('unshare'):
-        return 'unshare is not installed'
-    probe = subprocess.run(['unshare', '-n', 'true'], capture_output=True, text=True)
-    if probe.returncode:
-        return f'unshare -n is not permitted here: {probe.stderr.strip()}'
-    return None
-
 
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
@@ -230,27 +229,30 @@ EVERY = ['norms', 'index_ids', 'assign', 'evaluate', 'kmeans', 'pca', 'monitor',
          'monitor_streaming']
 
 
+@pytest.fixture(scope='module')
+def dry_runs_of_gs_input(trained, tmp_path_factory):
+    """Every pipeline's dry run on a gs:// input, with no network at all (one process
+    under ``unshare -n``, tests/offline.py)."""
+    why = no_network_reason()
+    if why:
+        pytest.skip(why)
+    argv = _every_pipeline(trained, lambda name: f'gs://bkt-in/data/*{os.path.splitext(name)[1]}')
+    cases = {case: {'argv': ['validate', *argv[case], *DATAFLOW], 'cwd': None,
+                    'tmpdir': str(tmp_path_factory.mktemp(f'tmp-{case}'))} for case in EVERY}
+    return run_offline(cases, tmp_path_factory.mktemp('offline-gs'), require_unshare=True)
+
+
 @pytest.mark.parametrize('case', EVERY)
-def test_a_dry_run_of_gs_input_touches_no_storage(case, trained, tmp_path):
+def test_a_dry_run_of_gs_input_touches_no_storage(case, dry_runs_of_gs_input):
     """With no network at all (``unshare -n``), every pipeline's dry run on a gs:// input
     ends in seconds with the job: the input is neither listed nor read (its layout comes
     from the flags), and no other object is touched (before: 145-232 s of retries)."""
-    why = _no_network()
-    if why:
-        pytest.skip(why)
-    import time
-    argv = _every_pipeline(trained, lambda name: f'gs://bkt-in/data/*{os.path.splitext(name)[1]}')
-    cmd = ['unshare', '-n', sys.executable, '-m', 'beamml', 'validate'] + argv[case] + DATAFLOW
-    env = {k: v for k, v in os.environ.items()
-           if k not in ('STORAGE_EMULATOR_HOST', 'GOOGLE_APPLICATION_CREDENTIALS')}
-    started = time.monotonic()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                         env=dict(env, TMPDIR=str(tmp_path)))
-    took = time.monotonic() - started
-    assert out.returncode == 0, out.stderr[-2000:]
+    out = dry_runs_of_gs_input[case]
+    assert out['returncode'] == 0, out['stderr'][-2000:]
     kind = 'streaming' if case.endswith('_streaming') else 'batch'
-    assert re.search(rf'^job: \S+ type={kind} steps=\d+$', out.stdout, re.M), out.stdout
-    assert 'Traceback' not in out.stderr and took < 30, (took, out.stderr[-2000:])
+    assert re.search(rf'^job: \S+ type={kind} steps=\d+$', out['stdout'], re.M), out['stdout']
+    assert 'Traceback' not in out['stderr'] and out['seconds'] < 30, (
+        out['seconds'], out['stderr'][-2000:])
 
 
 class _Built(Exception):
