@@ -1,5 +1,5 @@
 """Helpers for the K-means tests: several KMeans graphs in one pipeline (``run_kmeans``), and
-`beamml kmeans` as a process (kill, resume, compare)."""
+`beamml kmeans` as a process to kill, or in this process (resume, compare)."""
 from __future__ import annotations
 
 import json
@@ -13,12 +13,16 @@ from beamml.transforms.model import list_versions
 
 
 def kmeans_process(input_path: str, model_dir, *flags, env: dict | None = None):
-    """``python -m beamml kmeans --input INPUT --model_dir DIR FLAGS`` in a new process,
-    with ``env`` added to this one's environment (e.g. the test kill switch)."""
-    argv = [sys.executable, '-m', 'beamml', 'kmeans', '--input', str(input_path),
-            '--model', str(model_dir), *map(str, flags)]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, **(env or {})})
+    """``beamml kmeans --input INPUT --model DIR FLAGS``: in a new process when ``env`` is
+    given (added to this one's environment: e.g. the kill switch, which needs a process
+    to kill), otherwise in this process (tests/inprocess.py: the exit code and what it
+    prints, without the 2-3 s a new Python spends importing Beam)."""
+    argv = ['kmeans', '--input', str(input_path), '--model', str(model_dir), *map(str, flags)]
+    if env is None:
+        from inprocess import run_beamml
+        return run_beamml(*argv)
+    return subprocess.run([sys.executable, '-m', 'beamml', *argv], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, **env})
 
 
 def model_doc(model_dir) -> dict:

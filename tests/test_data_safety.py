@@ -34,6 +34,7 @@ from beamml.pipelines._platform import commit, runs
 from beamml.pipelines.__main__ import main
 from beamml.pipelines._platform.overlap import glob_matches, may_match_under
 from faults import COMMIT_STAGES, kill_at
+from inprocess import run_beamml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +56,11 @@ def snapshot(folder) -> dict[str, bytes]:
 
 
 def _cli(args, env=None, cwd=None):
-    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    """``beamml ARGS``: a process of its own when ``env`` is given (a fault point: the
+    kill needs a process to kill), in this process otherwise (tests/inprocess.py)."""
+    if env is None:
+        return run_beamml(*args, cwd=cwd)
+    e = dict(os.environ, PYTHONPATH=ROOT, **env)
     return subprocess.run([sys.executable, '-m', 'beamml', *args], capture_output=True,
                           text=True, env=e, timeout=300, cwd=cwd)
 

@@ -28,6 +28,7 @@ from beamml.pipelines.__main__ import main
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import CentroidModel
 from faults import COMMIT_STAGES, kill_at, pause_at
+from inprocess import run_beamml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -274,7 +275,11 @@ def test_worker_exception_leaves_nothing_and_a_rerun_completes(tmp_path, model_d
 
 
 def _cli(args, env=None):
-    e = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    """``beamml ARGS``: a process of its own when ``env`` is given (a fault point: the
+    kill needs a process to kill), in this process otherwise (tests/inprocess.py)."""
+    if env is None:
+        return run_beamml(*args)
+    e = dict(os.environ, PYTHONPATH=ROOT, **env)
     return subprocess.run([sys.executable, '-m', 'beamml', *args], capture_output=True,
                           text=True, env=e, timeout=300)
 

@@ -1,13 +1,15 @@
 """Daily inference over Cloud Storage, end to end against the storage emulator.
 
-Each test runs ``beamml`` as a process, as a scheduler would, on a storage emulator of
-this module's own (it is stopped and started again by the outage test), which honours
-``ifGenerationMatch`` like Cloud Storage (conftest). What is checked is what a reader
+Each test runs ``beamml`` (as a process where it runs beside the test or is given a
+fault point, in this process otherwise) on a storage emulator of this module's own (it
+is stopped and started again by the outage test), which honours ``ifGenerationMatch``
+like Cloud Storage (conftest). What is checked is what a reader
 of the bucket sees: the objects under the destination, ``_SUCCESS``, and what is left
 beside it.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -23,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from faults import pause_at
+from inprocess import run_beamml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATE = '2026-11-22'
@@ -98,17 +101,39 @@ def land_day(gcs, bucket, date=DATE, files=3, rows=5):
     return files * rows
 
 
+@contextlib.contextmanager
+def on_emulator(gcs):
+    """``STORAGE_EMULATOR_HOST`` pointing at this module's server, for code run in this
+    process."""
+    saved = os.environ.get('STORAGE_EMULATOR_HOST')
+    os.environ['STORAGE_EMULATOR_HOST'] = gcs.url
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop('STORAGE_EMULATOR_HOST', None)
+        else:
+            os.environ['STORAGE_EMULATOR_HOST'] = saved
+
+
 def save_model(gcs, bucket):
-    env = dict(os.environ, STORAGE_EMULATOR_HOST=gcs.url, PYTHONPATH=ROOT)
-    code = ('import numpy as np, sys; from beamml.pipelines._platform.runners import use_anonymous_storage;'
-            'use_anonymous_storage(); from beamml.transforms.model import CentroidModel;'
-            'CentroidModel(np.array([[0., 0.], [2., 2.]]), version="v7").save(sys.argv[1])')
-    subprocess.run([sys.executable, '-c', code, f'gs://{bucket}/models'], check=True, env=env,
-                   timeout=120)
+    from beamml.pipelines._platform.runners import use_anonymous_storage
+    from beamml.transforms.model import CentroidModel
+    with on_emulator(gcs):
+        use_anonymous_storage()
+        CentroidModel(np.array([[0., 0.], [2., 2.]]), version='v7').save(
+            f'gs://{bucket}/models')
     return f'gs://{bucket}/models'
 
 
 def beamml(gcs, *args, env=None, popen=False):
+    """``beamml ARGS`` on this module's storage server: as a process of its own when it
+    runs beside the test (``popen``) or needs environment variables read at start-up
+    (``env``: fault points, retry budgets); otherwise in this process (tests/inprocess.py),
+    which spares the 2-3 s a new Python spends importing Beam."""
+    if env is None and not popen:
+        with on_emulator(gcs):
+            return run_beamml(*args)
     e = dict(os.environ, STORAGE_EMULATOR_HOST=gcs.url, PYTHONPATH=ROOT, **(env or {}))
     cmd = [sys.executable, '-m', 'beamml', *map(str, args)]
     if popen:
