@@ -16,11 +16,12 @@ demo: $(STAMP)
 	$(PY) -m beamml demo --workdir demo_output
 
 # The tests run on every core (pytest-xdist): each test file on one worker, so its module
-# fixtures are made once (the tests that build beamml's sdist in this folder take turns:
-# tests/conftest.py). `make test TEST_WORKERS=0` runs them in this process, one at a time.
+# fixtures are made once, the slowest files first (the tests that build beamml's sdist in
+# this folder take turns: tests/conftest.py). `make test TEST_WORKERS=0` runs them in this
+# process, one at a time.
 TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -rs -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 # A long fuzz run (~15 min on 2 cores, plus the data-safety properties: ~100 sequences
 # of runs over random trees of files): random examples, and how many ran.

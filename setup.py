@@ -46,7 +46,7 @@ setuptools.setup(
     extras_require={
         'test': [
             'pytest>=7',
-            'pytest-xdist>=3.2',  # `make test` runs on every core (--dist loadfile)
+            'pytest-xdist>=3.7',  # `make test`: every core, --dist loadfile --no-loadscope-reorder
             'hypothesis>=6',  # tests/test_fuzz.py
             'scikit-learn>=1.3',
             'gcp-storage-emulator>=2024.0',
