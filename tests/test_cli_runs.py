@@ -51,6 +51,49 @@ def test_private_tempdir_is_scoped_and_nests(own_tmp):
     assert tempfile.gettempdir() == str(own_tmp) and not os.path.exists(outer)
 
 
+def test_the_folder_of_a_killed_run_is_removed_by_the_next_run_and_nothing_else(
+        points_csv, tmp_path, own_tmp, capsys):
+    """SIGKILL leaves a run's temporary folder behind; the next run removes it (its lock
+    is free, its run dead) and keeps a live run's folder, a young one, one with no lock
+    file and one whose lock file is a symbolic link."""
+    import fcntl
+    import signal
+    import time
+    code = ('import os, signal; from beamml.pipelines._platform.runners import '
+            'private_tempdir\nwith private_tempdir() as f:\n'
+            '    open(os.path.join(f, "x.bin"), "wb").write(b"0" * 1000)\n'
+            '    print(f, flush=True); os.kill(os.getpid(), signal.SIGKILL)')
+    killed = []
+    for _ in range(2):
+        out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                             env=dict(os.environ, TMPDIR=str(own_tmp)), timeout=120)
+        assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+        killed.append(out.stdout.strip())
+    old, young = killed
+    lock = '.beamml-run.lock'
+    os.utime(os.path.join(old, lock), (time.time() - 120,) * 2)
+    live = own_tmp / 'beamml-run-live'
+    live.mkdir()
+    (live / lock).write_text('')
+    os.utime(live / lock, (time.time() - 120,) * 2)
+    held = os.open(live / lock, os.O_RDWR)
+    fcntl.flock(held, fcntl.LOCK_EX)   # as its run does while it lives
+    (own_tmp / 'beamml-run-nolock').mkdir()
+    linked = own_tmp / 'beamml-run-linked'
+    linked.mkdir()
+    (linked / lock).symlink_to(tmp_path / 'elsewhere')
+    (tmp_path / 'elsewhere').write_text('')
+    os.utime(tmp_path / 'elsewhere', (time.time() - 120,) * 2)
+    try:
+        assert main(['norms', '--input', points_csv, '--output', str(tmp_path / 'n')]) == 0
+    finally:
+        os.close(held)
+    assert sorted(os.listdir(own_tmp)) == sorted([
+        os.path.basename(young), 'beamml-run-live', 'beamml-run-nolock', 'beamml-run-linked'])
+    assert (f'removed 1 temporary folder(s) that killed runs left in {own_tmp}'
+            in capsys.readouterr().err)
+
+
 def test_output_ending_in_slash_is_a_folder_of_part_shards(points_csv, tmp_path, capsys):
     out = str(tmp_path / 'out') + '/'
     assert main(['norms', '--input', points_csv, '--output', out]) == 0

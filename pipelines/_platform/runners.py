@@ -164,6 +164,62 @@ def run_pipeline(p: beam.Pipeline):
 
 
 _RUN_PREFIX = 'beamml-run-'
+#: in a run's folder, held locked (``flock``) by the run for as long as it lives
+_RUN_LOCK = '.beamml-run.lock'
+#: a folder whose lock file is younger than this is never swept (its run may be
+#: between making the file and locking it)
+_SWEEP_AFTER_SECONDS = 60
+
+
+def _hold_run_lock(folder: str):
+    """Create and lock the run's lock file; the open descriptor (None where ``fcntl`` is
+    missing). The lock ends with the process, however it ends: a SIGKILL too."""
+    try:
+        import fcntl
+    except ImportError:   # not a POSIX system: no sweeping either
+        return None
+    fd = os.open(os.path.join(folder, _RUN_LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def sweep_killed_runs(parent: str) -> list[str]:
+    """Remove the folders that killed runs left in ``parent``; the folders removed.
+
+    A run killed with no chance to clean up (SIGKILL, the machine's out-of-memory killer)
+    leaves its ``beamml-run-*`` folder. Its lock file tells: a run holds an ``flock`` on
+    it while it lives, and the kernel drops the lock when the process dies. A folder is
+    removed only when its lock file exists, is older than a minute, and can be locked
+    now; anything else (a live run, in this or another container on the same kernel; a
+    folder with no lock file; a name merely like ours) is left alone.
+    """
+    try:
+        import fcntl
+        import time
+        names = [n for n in os.listdir(parent) if n.startswith(_RUN_PREFIX)]
+    except (ImportError, OSError):
+        return []
+    removed = []
+    for name in names:
+        folder = os.path.join(parent, name)
+        lock = os.path.join(folder, _RUN_LOCK)
+        try:
+            if time.time() - os.lstat(lock).st_mtime < _SWEEP_AFTER_SECONDS:
+                continue
+            fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:   # its run is alive
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager
@@ -175,20 +231,30 @@ def private_tempdir():
     refused while its graph is built leaves one), and a Dataflow submission or dry
     run stages the sdist of ``--setup_file`` in a ``tmp*`` folder it keeps. Inside
     this scope they all land in one folder, removed when the scope ends, however
-    it ends. Nested scopes share the outer folder.
+    it ends. Nested scopes share the outer folder. A killed run cannot remove its
+    folder: the next run does (:func:`sweep_killed_runs`), and says so.
     """
     if isinstance(tempfile.tempdir, str) and os.path.basename(
             tempfile.tempdir).startswith(_RUN_PREFIX):
         yield tempfile.tempdir
         return
     saved = tempfile.tempdir
+    parent = tempfile.gettempdir()
+    swept = sweep_killed_runs(parent)
+    if swept:
+        import logging
+        logging.getLogger('beamml').info(
+            'removed %d temporary folder(s) that killed runs left in %s', len(swept), parent)
     folder = tempfile.mkdtemp(prefix=_RUN_PREFIX)
+    lock = _hold_run_lock(folder)
     tempfile.tempdir = folder
     try:
         yield folder
     finally:
         tempfile.tempdir = saved
         shutil.rmtree(folder, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
 
 
 def outer_tempdir() -> str:
