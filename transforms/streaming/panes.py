@@ -152,15 +152,19 @@ def _rename_if_absent(temp: str, path: str) -> bool:
 
 
 def _remove_quietly(temp: str) -> None:
-    """The temporary file, if still there (linked or renamed already: nothing to do)."""
+    """The temporary file, if still there (renamed already, or never made: nothing to do).
+    Never raises: the error of a write that failed is the one to report, and a pane
+    written is written (a temporary file left is named in a WARNING)."""
     from apache_beam.io.filesystems import FileSystems
     try:
         if '://' not in temp:
             os.remove(temp)
         elif FileSystems.exists(temp):
             FileSystems.delete([temp])
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         pass
+    except Exception as e:   # noqa: BLE001 - see above
+        LOG.warning('stream: could not remove the temporary file %s: %s', temp, e)
 
 
 def _one_shard(element):
