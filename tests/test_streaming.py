@@ -6,7 +6,6 @@ import glob
 import io
 import json
 import os
-import threading
 import time
 
 import apache_beam as beam
@@ -25,6 +24,7 @@ from beamml.transforms.assignment import _LatestModel
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.io.rows import points_batch
 from beamml.transforms.model import CentroidModel, set_latest
+from streaming_helpers import land_later
 
 W = 10.0   # window size (s)
 L = 5.0    # allowed lateness (s)
@@ -269,18 +269,6 @@ def test_assign_streaming_on_the_emulator_hot_swaps_the_model(tmp_path, models):
 
 # ----------------------------------------------------------------------------- watched files
 
-def _write_later(path, text, delay):
-    def write():
-        time.sleep(delay)
-        tmp = str(path) + '.tmp'
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.rename(tmp, path)
-    t = threading.Thread(target=write, daemon=True)
-    t.start()
-    return t
-
-
 def test_cli_assign_and_kmeans_stream_from_a_watched_folder(tmp_path, models):
     """A file present at the start and one landing later are each read once; a bad row is a
     dead letter; the run ends at --stop_after. Streaming K-means on the same folder writes
@@ -288,7 +276,7 @@ def test_cli_assign_and_kmeans_stream_from_a_watched_folder(tmp_path, models):
     incoming = tmp_path / 'in'
     incoming.mkdir()
     (incoming / 'a.csv').write_text('id,a,b\n1,0.5,0.2\n2,9,9.5\n3,x,1\n')
-    writer = _write_later(incoming / 'b.csv', 'id,a,b\n4,1,1\n5,8,8\n', 2.0)
+    writer = land_later(incoming / 'b.csv', 'id,a,b\n4,1,1\n5,8,8\n', 2.0)
     out = tmp_path / 'out' / 'assigned'
     rc = main(['assign', '--streaming', '--input', f'{incoming}/*.csv', '--watch_interval',
                '0.5', '--stop_after', '6', '--model', models, '--output', str(out),
@@ -430,14 +418,12 @@ def test_cli_watched_pattern_with_no_file_yet(tmp_path, capsys):
     (tmp_path / 'in').mkdir()
     out = str(tmp_path / 'out' / 'a')
 
-    def land():
-        time.sleep(1.0)
-        (tmp_path / 'in' / 'a.jsonl').write_text(
-            '{"id": 7, "features": [0.1, 0.2]}\n{"id": 8, "features": [5, 5]}\n')
-    threading.Thread(target=land, daemon=True).start()
+    writer = land_later(tmp_path / 'in' / 'a.jsonl',
+                        '{"id": 7, "features": [0.1, 0.2]}\n{"id": 8, "features": [5, 5]}\n', 1.0)
     assert main(['assign', '--streaming', '--model', models, '--input',
                  str(tmp_path / 'in' / '*.jsonl'), '--watch_interval', '0.5', '--window_size',
                  '5', '--output', out, '--output_format', 'jsonl', '--stop_after', '4']) == 0
+    writer.join()
     assert 'records_read=2 records_ok=2 records_refused=0' in capsys.readouterr().out
     rows = [json.loads(x) for f in glob.glob(out + '-2*.jsonl') for x in open(f)]
     assert sorted((r['id'], r['cluster']) for r in rows) == [(7, 0), (8, 1)]

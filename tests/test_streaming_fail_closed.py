@@ -135,6 +135,42 @@ def test_counts_equal_what_is_written_on_a_teststream_with_late_rows_and_bad_mes
     assert (sum(n for n, _ in dead), sum(late for _, late in dead)) == (refused, 2), lines.got
 
 
+class _CountRows(beam.DoFn):
+    """Counts each batch's rows as a source does (read, and ok or refused)."""
+
+    def setup(self):
+        from beamml.transforms.core.errors import RecordCounters
+        self.counters = RecordCounters()
+
+    def process(self, n):
+        self.counters.read.inc(n)
+        self.counters.ok.inc(n - 1)
+        self.counters.refused.inc(1)
+        yield n
+
+
+def test_a_local_stream_counts_every_bundle_not_the_first_only(monkeypatch):
+    """The options of every local stream (``streaming_options``) make Beam's committed
+    counters count every bundle: the local streaming runner, as Beam ships it, reports a
+    step's first bundle only. Beam's own executor is put back for the test, as a fresh
+    process has it."""
+    from apache_beam.runners.direct import executor
+    from beamml.pipelines._platform.main import record_counts
+    beams_own = executor.TransformExecutor.call
+    beams_own = getattr(beams_own, '__wrapped__', beams_own)
+    monkeypatch.setattr(executor.TransformExecutor, 'call', beams_own)
+    events = _TestStream().advance_watermark_to(0)
+    for i in range(6):   # a bundle each
+        events = events.add_elements([TimestampedValue(i + 2, i)]).advance_watermark_to(i + 1)
+    p = beam.Pipeline(options=streams.streaming_options(PipelineOptions(streaming=True)))
+    _ = (p | events.advance_watermark_to_infinity() | 'Count' >> beam.ParDo(_CountRows()))
+    result = p.run()
+    result.wait_until_finish()
+    counts = record_counts(result)
+    n = sum(range(2, 8))
+    assert counts == {'records_read': n, 'records_ok': n - 6, 'records_refused': 6}
+
+
 def test_a_step_that_fails_ends_the_stream_at_once_with_one_line(tmp_path, model):
     """A pane that cannot be written (its folder is a file): the first failed bundle ends
     the run with one BeammlError (exit 2: storage), not after Beam's 4 retries and their

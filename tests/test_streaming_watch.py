@@ -23,6 +23,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from beamml.pipelines.__main__ import main
 from beamml.transforms.model import CentroidModel, list_versions
+from streaming_helpers import land_later
 
 INTERVAL = 0.5
 WINDOW = 1.0
@@ -55,19 +56,6 @@ class _Watcher:
         self._stop.set()
         self._thread.join(2)
         self._scan()   # what appeared in the last moments
-
-
-def _land(path, text: str, delay: float) -> threading.Thread:
-    """Write ``text`` beside ``path`` and rename it in after ``delay`` seconds."""
-    def go():
-        time.sleep(delay)
-        tmp = f'{path}.partial'
-        with open(tmp, 'w') as f:
-            f.write(text)
-        os.rename(tmp, path)
-    t = threading.Thread(target=go, daemon=True)
-    t.start()
-    return t
 
 
 def _epoch(rfc3339: str) -> float:
@@ -165,7 +153,7 @@ def test_assign_writes_each_pane_soon_after_its_window_closes(tmp_path, models, 
     incoming = tmp_path / 'in'
     incoming.mkdir()
     out = str(tmp_path / 'out' / 'assigned')
-    writer = _land(incoming / 'a.csv', 'id,a,b\n1,0.5,0.2\n2,9,9.5\n3,x,1\n', 1.0)
+    writer = land_later(incoming / 'a.csv', 'id,a,b\n1,0.5,0.2\n2,9,9.5\n3,x,1\n', 1.0)
     with _Watcher(out + '-*.jsonl') as seen:
         rc = main(['assign', '--streaming', '--input', f'{incoming}/*.csv',
                    '--watch_interval', str(INTERVAL), '--stop_after', str(STOP),
@@ -198,7 +186,7 @@ def test_kmeans_writes_each_version_soon_after_its_window_closes(tmp_path):
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(0, 0.1, (10, 2)), rng.normal(20, 0.1, (10, 2))])
     text = 'id,a,b\n' + ''.join(f'{i},{a!r},{b!r}\n' for i, (a, b) in enumerate(X.tolist()))
-    writer = _land(incoming / 'a.csv', text + '99,x,1\n', 1.0)
+    writer = land_later(incoming / 'a.csv', text + '99,x,1\n', 1.0)
     with _Watcher(os.path.join(model_dir, '*', 'model.json')) as seen, \
             _Watcher(os.path.join(model_dir, '_streaming', '*.jsonl')) as dead:
         rc = main(['kmeans', '--streaming', '--input', f'{incoming}/*.csv',

@@ -28,6 +28,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 from beamml.pipelines._platform.flags import STREAMING_GROUP
 from beamml.pipelines._platform.values import positive_int, positive_seconds, seconds
 from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.streaming.direct_counts import count_every_bundle
 from beamml.transforms.streaming.panes import (WritePanes, pane_file_name,  # noqa: F401
                                                window_fields, write_dead_letter_lines,
                                                write_json_lines, write_tables)
@@ -354,15 +355,18 @@ class _CountDeadLetters(beam.DoFn):
 # ----------------------------------------------------------------------------- running
 
 def streaming_options(options, args=None):
-    """The runner for a local stream: the BundleBasedDirectRunner (it runs Beam's Pub/Sub
-    source, TestStream, and a watched pattern's polls as a step that moves the watermark:
-    transforms/streaming/local_files.py), so each window is written when it closes;
+    """The runner for a local stream: the BundleBasedDirectRunner (it runs beamml's local
+    Pub/Sub read, TestStream, and a watched pattern's polls as a step that moves the
+    watermark: transforms/streaming/local_files.py), so each window is written when it
+    closes, with its counters of every bundle (:func:`~beamml.transforms.streaming.
+    direct_counts.count_every_bundle`: that runner reports a step's first bundle only);
     Dataflow stays Dataflow."""
     del args   # (every local stream runs there)
     std = options.view_as(StandardOptions)
     if std.runner in (None, 'FnApiRunner', 'DirectRunner', 'SwitchingDirectRunner',
                       LOCAL_STREAMING_RUNNER):
         std.runner = LOCAL_STREAMING_RUNNER
+        count_every_bundle()
     return options
 
 
@@ -385,6 +389,7 @@ def run_stream(p, args):
         #                     writes its last windows: a cancel would drop them
     if not _local(p.options):   # Dataflow: it reports a failed job itself
         return supervise.supervise(p.run(), stop_after, local=False)
+    count_every_bundle()   # (once: a local stream built without streaming_options counts too)
     with supervise.BundleFailures() as failures:   # the first failed bundle, as one line
         return supervise.supervise(p.run(), stop_after, supervise.pubsub_resources(args),
                                    failures)
@@ -392,28 +397,15 @@ def run_stream(p, args):
 
 def run_and_count(p, args, errors_glob: str | None = None):
     """:func:`run_stream`, then the one records line, ``records_read = records_ok +
-    records_refused`` checked (a BeammlError when it is off). On Beam's local streaming
-    runner the counts are this process's tally (:mod:`beamml.transforms.core.tally`:
-    that runner reports a step's first bundle only), elsewhere Beam's counters."""
+    records_refused`` checked (a BeammlError when it is off). The counts are Beam's
+    committed counters on every runner (on the local one, of every bundle:
+    :func:`streaming_options`); a bundle that failed and was retried counts once."""
     from beamml.pipelines._platform.main import check_counts, record_counts, records_line
-    from beamml.transforms.core import tally
-    local = _local(p.options)
-    if local:
-        tally.open_tally()
-    try:
-        result = run_stream(p, args)
-    finally:
-        counted = tally.close_tally() if local else None
-    counts = _with_zeros(counted) if local else record_counts(result)
+    result = run_stream(p, args)
+    counts = record_counts(result)
     if counts is None:
         print('records: counts not reported by this runner')
         return result
     print(records_line(counts, errors_glob))
     check_counts(counts)
     return result
-
-
-def _with_zeros(counts: dict) -> dict:
-    for name in ('records_read', 'records_ok', 'records_refused'):
-        counts.setdefault(name, 0)
-    return counts

@@ -6,7 +6,6 @@ from typing import Any, Sequence
 
 from apache_beam.metrics import Metrics
 
-from beamml.transforms.core import tally
 from beamml.transforms.core.jsonable import to_jsonable
 
 __all__ = ['BeammlError', 'COUNTER_NAMESPACE', 'ERRORS', 'RecordCounters', 'dead_letter',
@@ -69,22 +68,6 @@ def dead_letter(path: str | None, row: int | None, line: int | None, reason: str
             'record': to_jsonable(record)}
 
 
-class _Counter:
-    """A Beam counter that also adds to a local stream's tally (:mod:`.tally`: Beam's
-    local streaming runner reports a step's first bundle only)."""
-
-    def __init__(self, name: str):
-        self.name, self._beam = name, Metrics.counter(COUNTER_NAMESPACE, name)
-
-    def inc(self, n: int = 1) -> None:
-        self._beam.inc(n)
-        tally.add(self.name, n)
-
-    def dec(self, n: int = 1) -> None:
-        self._beam.dec(n)
-        tally.add(self.name, -n)
-
-
 class RecordCounters:
     """The Beam counters behind ``records_read == records_ok + records_refused``.
 
@@ -94,9 +77,9 @@ class RecordCounters:
     """
 
     def __init__(self):
-        self.read = _Counter('records_read')
-        self.ok = _Counter('records_ok')
-        self.refused = _Counter('records_refused')
+        self.read = Metrics.counter(COUNTER_NAMESPACE, 'records_read')
+        self.ok = Metrics.counter(COUNTER_NAMESPACE, 'records_ok')
+        self.refused = Metrics.counter(COUNTER_NAMESPACE, 'records_refused')
 
     def refuse_accepted(self, n: int) -> None:
         if n:

@@ -128,12 +128,13 @@ def _not_found():
     return (exceptions.NotFound,)
 
 
-def create_exclusive(path: str, data: bytes) -> bool:
+def create_exclusive(path: str, data: bytes, *,
+                     content_type: str = 'application/json') -> bool:
     """Write ``path`` only if it does not exist; True if this call created it."""
     if path.startswith('gs://'):
         try:
             with _storage(path):
-                _gcs(path).upload_from_string(data, content_type='application/json',
+                _gcs(path).upload_from_string(data, content_type=content_type,
                                               if_generation_match=0, retry=_retry())
         except _precondition_failed():
             return False

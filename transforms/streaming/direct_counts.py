@@ -8,6 +8,9 @@ counters go to the container of its first bundle, which was already committed, a
 lost. A stream, whose steps run many bundles, reported ``records_read=1`` after
 thousands of records. :func:`count_every_bundle` gives each bundle a sampler of its
 own (about 2 us a bundle), so each bundle's container is the one its counters reach.
+Every local stream installs it (``streaming_options`` and ``run_stream`` in
+``pipelines/_platform/streams.py``, and the watched read on that runner), and its records
+line is then Beam's committed counters, as on Dataflow.
 """
 from __future__ import annotations
 
@@ -39,4 +42,5 @@ def count_every_bundle() -> None:
 
         call_with_own_sampler.beamml_fresh_sampler = True
         call_with_own_sampler.__doc__ = call.__doc__
+        call_with_own_sampler.__wrapped__ = call   # Beam's own
         executor.TransformExecutor.call = call_with_own_sampler
