@@ -57,6 +57,7 @@ from beamml.transforms.io import OUTPUT_FORMATS, ReadPoints, WriteDeadLetters
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult, KMeansRuns,
                                       read_initial_centers, recursion_limit_for,
                                       state_from_dict)
+from beamml.transforms.kmeans.cache import has_ids
 from beamml.transforms.kmeans.centring import cache_again
 from beamml.transforms.kmeans.iterations import cached_points
 from beamml.transforms.model import LATEST_FILE, new_version
@@ -240,7 +241,10 @@ def _write_block(state, results, path: str) -> str:
 
 def _write_block_outputs(block, run: TrainingRun, index: int) -> None:
     state = block['state']
-    result = block.get('result') or (state | 'NoResult' >> beam.FlatMap(lambda _: ()))
+    if 'result' in block:
+        result = block['result']
+    else:   # no final E-step in the block: the final pass makes it
+        result = state | 'NoResult' >> beam.FlatMap(lambda _: ())
     state | 'WriteCheckpoint' >> beam.Map(_write_block, beam.pvalue.AsList(result),
                                           run.block_path(index))
 
@@ -455,7 +459,9 @@ def _ensure_cache(args, options, training: TrainingRun, state) -> None:
     except Exception:   # no manifest, or one of an earlier beamml (no raw files)
         manifest = None
     if (manifest is None or not training.cache_complete(manifest)
-            or training.ranges() is None):
+            or training.ranges() is None
+            or (args.output and not all(map(has_ids, training.raw_manifest())))):
+        # (--output given to a resumed run that started without it: the ids are needed)
         _rebuild_cache(args, options, training, state)
 
 

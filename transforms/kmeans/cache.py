@@ -33,7 +33,7 @@ from apache_beam.metrics import Metrics
 from beamml.transforms.core.documents import is_remote, read_bytes, write_bytes
 
 __all__ = ['CACHE_COUNTERS', 'CACHE_ROWS_READ', 'write_cached_points', 'read_cached_points',
-           'read_cached_weights', 'read_cached_ids', 'points_of', 'weights_of',
+           'read_cached_weights', 'read_cached_ids', 'has_ids', 'points_of', 'weights_of',
            'drop_cached_points']
 
 #: the name of a cache file of weighted points: ...-w<hash of the weights>[-f32].npy
@@ -176,6 +176,11 @@ def read_cached_points(path: str) -> tuple[np.ndarray, np.ndarray]:
     X = _load_npy(path)
     Metrics.counter(CACHE_COUNTERS, CACHE_ROWS_READ).inc(len(X))
     return X, _load_npy(_hash_path(path))
+
+
+def has_ids(path: str) -> bool:
+    """Whether the cache file ``path`` was written with its ids (its name says so)."""
+    return _has_ids(path)
 
 
 def read_cached_ids(path: str):
