@@ -26,9 +26,7 @@ from beamml.pipelines.kmeans import report as kmeans_report
 from beamml.pipelines.monitor import report as monitor_report
 from beamml.pipelines._platform.main import main_wrapper
 from beamml.transforms import report as rp
-from beamml.transforms.io import ReadPoints
 from beamml.transforms.core.documents import read_text
-from beamml.transforms.kmeans.cache import write_cached_points
 from beamml.transforms.model import list_versions
 
 HOSTILE = '<script>alert("x")</script> & \'q\''
@@ -240,38 +238,19 @@ def test_kmeans_projection_is_the_samples_pca():
     assert not kmeans_report.projection(X[:1], C)[0].any()
 
 
-def test_cache_sample_takes_evenly_spaced_rows_of_the_cache(tmp_path):
-    rng = np.random.default_rng(5)
-    parts = [rng.normal(size=(n, 3)) for n in (700, 50, 1300)]
-    paths = [write_cached_points(str(tmp_path), X, np.arange(len(X), dtype=np.uint64) + 1000 * i)
-             for i, X in enumerate(parts)]
-    X, how = kmeans_report._cache_sample(paths, 500)
-    whole = np.concatenate([parts[paths.index(p)] for p in sorted(paths)])
-    np.testing.assert_array_equal(X, whole[np.linspace(0, 2050, 500, endpoint=False)
-                                           .astype(int)])
-    assert how == '500 evenly spaced points of 2,050 in 3 of the 3 batch(es) of the point cache'
-    small, _ = kmeans_report._cache_sample(paths, 10_000)   # fewer points than asked: all
-    np.testing.assert_array_equal(small, whole)
-    assert kmeans_report._cache_sample([], 10) is None
-    assert kmeans_report._cache_sample(['gs://b/points-1.npy'], 10) is None
-
-
-def test_training_sample_without_a_cache_reads_the_head_of_the_input(tmp_path):
-    X = np.arange(30.0).reshape(10, 3)
-    path = tmp_path / 'p.csv'
-    path.write_text('id,a,b,c\n' + ''.join(f'{i},{r[0]},{r[1]},{r[2]}\n'
-                                           for i, r in enumerate(X)))
-
-    class State:
-        distance, mean = 'euclidean', np.array([1.0, 2.0, 3.0])
-
-    got, how = kmeans_report.training_sample(State, None, lambda: ReadPoints(str(path)), n=4)
-    np.testing.assert_array_equal(got, X[:4] - State.mean)
-    assert how == 'the first 4 rows of the input'
-    State.distance = 'cosine'
-    got, _ = kmeans_report.training_sample(State, ['/gone/points-1.npy'],
-                                           lambda: ReadPoints(str(path)), n=100)
-    np.testing.assert_allclose(got, X / np.linalg.norm(X, axis=1, keepdims=True))
+def test_final_pass_samples_evenly_spaced_rows_of_the_whole_cache():
+    """The report's sample comes from the final pass (it reads neither the cache nor the
+    input for itself): evenly spaced rows of the cache files taken in order."""
+    from beamml.pipelines.kmeans.final import sample_rows
+    sizes = (700, 50, 1300)
+    rows, n = sample_rows(sizes, 500)
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    got = np.concatenate([r + lo for r, lo in zip(rows, offsets)])
+    np.testing.assert_array_equal(got, np.linspace(0, 2050, 500, endpoint=False).astype(int))
+    assert n == 500 and all(len(r) <= s for r, s in zip(rows, sizes))
+    rows, n = sample_rows(sizes, 10_000)   # fewer points than asked: all
+    assert n == 2050 and [r.tolist() for r in rows] == [list(range(s)) for s in sizes]
+    assert sample_rows([], 10) == ([], 0)
 
 
 # ---------------------------------------------------------------- a kmeans run

@@ -8,8 +8,15 @@
 The run writes ``<model>/<version>/model.json`` (then ``LATEST``), the
 training summary ``<model>/<version>/training.json`` (initial centres,
 centre shifts per iteration), the dead letters of the input,
-``<model>/<version>/training-errors-*.jsonl``, and an HTML report,
-``<model>/<version>/report.html`` (pipelines/kmeans/report.py).
+``<model>/<version>/training-errors-*.jsonl``, the monitoring baseline
+``baseline.json``, and an HTML report, ``<model>/<version>/report.html``
+(pipelines/kmeans/report.py).
+
+The cost model (docs/pipelines/kmeans.md): one read of the input, into the point
+cache (raw and centred); one pass over the raw cache to centre it; the seeding's
+passes (k-means||); one pass over the centred cache per iteration; and one final
+pass over the raw cache (pipelines/kmeans/final.py) that makes the final sizes and
+inertia, the baseline, the --output labels and the report's sample together.
 
 A run that fails leaves no version folder: its dead letters and summary are
 moved to ``<model>/_failed/<version>/`` (never taken for a version: a
@@ -17,10 +24,6 @@ version holds a ``model.json``), and the error names them. Iterations run in
 blocks of --block_size, one pipeline run each, checkpointed under
 ``<model>/_runs/<version>/``; --resume continues a killed run.
 
-Speed, measured with ``python benchmarks/bench_kmeans.py --repeat 2`` (whole
-processes, 8 features, k=16, 10 iterations from the same centres, 2 cores):
-scikit-learn 1.35 s / beamml 2.55 s at 1M points, 3.80 s / 5.74 s at 4M
-(ratio 1.51); per extra point-iteration 81.6 ns vs 106.2 ns (ratio 1.30).
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from beamml.pipelines._platform import cli, flags, main as process, runners, runs, streams
-from beamml.pipelines.kmeans import points as kmeans_points, report as kmeans_report
+from beamml.pipelines.kmeans import points as kmeans_points
+from beamml.pipelines.kmeans.final import checkpoint_state, finish, run_counted
 from beamml.pipelines.kmeans import streaming as kmeans_streaming
 from beamml.pipelines.kmeans.checkpoint import (FAILED_DIR, RESULT_FILE, TrainingRun,
                                                 input_fingerprints)
@@ -53,9 +57,11 @@ from beamml.transforms.io import OUTPUT_FORMATS, ReadPoints, WriteDeadLetters
 from beamml.transforms.kmeans import (EMPTY_CLUSTER, INIT_METHODS, KMeans, KMeansResult, KMeansRuns,
                                       read_initial_centers, recursion_limit_for,
                                       state_from_dict)
-from beamml.transforms.kmeans.centring import centre_into_cache
+from beamml.transforms.kmeans.cache import has_ids
+from beamml.transforms.kmeans.centring import cache_again
 from beamml.transforms.kmeans.iterations import cached_points
-from beamml.transforms.model import LATEST_FILE, CentroidModel, new_version
+from beamml.transforms.model import LATEST_FILE, new_version
+from beamml.transforms.monitoring import column_names
 
 __all__ = ['KMeansOptions', 'build', 'run', 'RESULT_FILE', 'FAILED_DIR', 'BLOCK_SIZE']
 
@@ -154,7 +160,8 @@ class KMeansOptions:
         parser.add_argument('--output', type=flags.output_prefix, default=None,
                             help='also write the training points\' labels (scikit-learn\'s '
                                  'labels_): PREFIX-SSSSS-of-NNNNN.<format> with id, cluster, '
-                                 'distance, model_version, from one more pass over the input')
+                                 'distance, model_version, from the final pass over the '
+                                 'point cache (which then keeps the ids)')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of --output (default parquet)')
         parser.add_argument('--model', required=True, metavar='DIR',
@@ -233,18 +240,28 @@ def _write_block(state, results, path: str) -> str:
 
 
 def _write_block_outputs(block, run: TrainingRun, index: int) -> None:
-    state, result = block['state'], block['result']
+    state = block['state']
+    if 'result' in block:
+        result = block['result']
+    else:   # no final E-step in the block: the final pass makes it
+        result = state | 'NoResult' >> beam.FlatMap(lambda _: ())
     state | 'WriteCheckpoint' >> beam.Map(_write_block, beam.pvalue.AsList(result),
                                           run.block_path(index))
+
+
+def _block(kmeans: KMeans, iterations: int):
+    """A block of ``beamml kmeans``: without the final E-step (the final pass makes it),
+    but with it for --n_init > 1, where it chooses the run the final pass labels with."""
+    return kmeans.block(iterations, final=kmeans.n_init > 1)
 
 
 def build(p, args, *, run: TrainingRun | None = None, cache_dir: str | None = None):
     """The first pipeline of a training: read, check, cache, seed, the first block.
 
-    Returns {'kmeans', 'read', 'errors', 'state', 'result'}. With ``run`` (a
-    :class:`~beamml.pipelines.kmeans.checkpoint.TrainingRun`) it writes the dead
-    letters, the cache manifest and the block's checkpoint into the run's folder;
-    without, nothing is written (tests drive the graph directly).
+    Returns {'kmeans', 'read', 'errors', 'state'[, 'result' with --n_init > 1]}. With
+    ``run`` (a :class:`~beamml.pipelines.kmeans.checkpoint.TrainingRun`) it writes the
+    dead letters, the cache manifest, the raw columns' ranges and the block's checkpoint
+    into the run's folder; without, nothing is written (tests drive the graph directly).
     """
     dry_run = runners.is_dry_run(p.options)
     read = ReadPoints(args.input, **kmeans_points.read_kwargs(
@@ -255,11 +272,15 @@ def build(p, args, *, run: TrainingRun | None = None, cache_dir: str | None = No
     init = validate(args, read.layout.dimension)
     kmeans = make_kmeans(args, init, cache_dir)
     points = p | 'ReadPoints' >> read
-    prepared = points.batches | 'KMeansPrepare' >> kmeans.prepare()
-    block = prepared | 'KMeans' >> kmeans.block(min(args.block_size, args.max_iter))
+    prepared = points.batches | 'KMeansPrepare' >> kmeans.prepare(
+        keep_ids=bool(args.output), ranges=run is not None)
+    block = prepared | 'KMeans' >> _block(kmeans, min(args.block_size, args.max_iter))
     if run is not None:
         points.errors | 'WriteErrors' >> WriteDeadLetters(run.errors_prefix)
         _write_block_outputs(block, run, 1)
+        (p | 'RangesOnce' >> beam.Create([None])
+         | 'WriteRanges' >> beam.Map(lambda _, parts: run.write_ranges(
+             parts, column_names(read.layout)), beam.pvalue.AsList(prepared['ranges'])))
         (prepared['centred'], prepared['raw']) | 'CachePaths' >> beam.Flatten() \
             | 'ListCache' >> beam.combiners.ToList() \
             | 'WriteManifest' >> beam.Map(run.write_manifest)
@@ -318,6 +339,8 @@ def run(argv=None):
         if dry_run:
             raise BeammlError('--resume continues a training: it cannot be a dry run')
         training = TrainingRun.find(args.model, args.resume)
+        if args.output:   # the final pass writes them: never over files already there
+            kmeans_points.refuse_existing_labels(args)
     else:
         training = TrainingRun(args.model, new_version())
     cache_dir = default_cache_dir(args, options, training)
@@ -338,9 +361,10 @@ def run(argv=None):
             training.start(vars(args), model_config(args, kmeans), cache_dir,
                            input_fingerprints(built['read'].paths))
             checkpoint = _first_block(p, args, training)
-        while checkpoint['result'] is None:
+        while not state_from_dict(checkpoint['state']).stopped:
             checkpoint = _next_block(args, options, training, kmeans, checkpoint)
-    return _finish(args, options, training, kmeans, checkpoint)
+    _ensure_cache(args, options, training, checkpoint_state(checkpoint))
+    return finish(args, options, training, checkpoint)
 
 
 def _block_log(training: TrainingRun, index: int, checkpoint: dict, seconds: float) -> None:
@@ -358,7 +382,7 @@ def _block_log(training: TrainingRun, index: int, checkpoint: dict, seconds: flo
 def _first_block(p, args, training: TrainingRun) -> dict:
     started = time.monotonic()
     try:
-        result = runners.run_pipeline(p)
+        result = run_counted(p, training, 'block 1 (read, cache, seeding)')
     except BeammlError as e:   # a worker refused the training (no point, k too big)
         raise _training_failed(e, args, p.options, training) from e
     try:
@@ -370,7 +394,6 @@ def _first_block(p, args, training: TrainingRun) -> dict:
         raise BeammlError(str(e).replace(training.errors_glob, failed.errors_glob) +
                           '; no model version was written') from e
     training.write_counts(counts)
-    training.drop_raw_cache()
     checkpoint = training.read_block(1)
     if counts:
         LOG.info('kmeans %s: %s', training.version, process.records_line(counts))
@@ -384,16 +407,14 @@ def _next_block(args, options, training: TrainingRun, kmeans: KMeans, checkpoint
     state = state_from_dict(checkpoint['state'])
     remaining = args.max_iter - state.n_iter
     started = time.monotonic()
-    manifest = training.manifest()
-    if not training.cache_complete(manifest):
-        manifest = _rebuild_cache(args, options, training, state)
+    _ensure_cache(args, options, training, state)
     p = beam.Pipeline(options=options)
-    points = cached_points(p, manifest)
+    points = cached_points(p, training.manifest())
     states = p | 'CheckpointState' >> beam.Create([state])
-    block = {'points': points, 'state': states} | 'KMeans' >> kmeans.block(
-        min(args.block_size, remaining))
+    block = {'points': points, 'state': states} | 'KMeans' >> _block(
+        kmeans, min(args.block_size, remaining))
     _write_block_outputs(block, training, index)
-    runners.run_pipeline(p)
+    run_counted(p, training, f'block {index}')
     checkpoint = training.read_block(index)
     _block_log(training, index, checkpoint, time.monotonic() - started)
     return checkpoint
@@ -431,59 +452,37 @@ def _resume(args, options, training: TrainingRun) -> tuple[dict, KMeans]:
     return checkpoint, kmeans
 
 
-def _rebuild_cache(args, options, training: TrainingRun, state) -> list[str]:
-    """Centre the input again into the cache (it was lost with the process that made it):
-    the same batches, the same mean, so the same files."""
-    LOG.info('kmeans %s: the point cache is gone; rebuilding it from the input',
-             training.version)
+def _ensure_cache(args, options, training: TrainingRun, state) -> None:
+    """The point cache (centred and raw) and the ranges are there, or are made again."""
+    try:
+        manifest = training.manifest() + training.raw_manifest()
+    except Exception:   # no manifest, or one of an earlier beamml (no raw files)
+        manifest = None
+    if (manifest is None or not training.cache_complete(manifest)
+            or training.ranges() is None
+            or (args.output and not all(map(has_ids, training.raw_manifest())))):
+        # (--output given to a resumed run that started without it: the ids are needed)
+        _rebuild_cache(args, options, training, state)
+
+
+def _rebuild_cache(args, options, training: TrainingRun, state) -> None:
+    """Write the cache again from the input (it was lost with the process that made it):
+    the same batches, the same mean, so the same files; and the ranges. One more read of
+    the input, which a resumed run whose cache is gone pays (the docs say so)."""
+    LOG.info('kmeans %s: the point cache is gone; rebuilding it from the input (one more '
+             'read of the input)', training.version)
     p = beam.Pipeline(options=options)
-    points = p | 'ReadPoints' >> ReadPoints(args.input, **kmeans_points.read_kwargs(args))
-    (points.batches
-     | 'KMeansCentrePoints' >> centre_into_cache(training.cache_dir, state.mean, args.dtype,
-                                                 state.distance)
+    read = ReadPoints(args.input, **kmeans_points.read_kwargs(args))
+    points = p | 'ReadPoints' >> read
+    cached = points.batches | 'KMeansCacheAgain' >> cache_again(
+        training.cache_dir, state.mean, args.dtype, state.distance, keep_ids=bool(args.output))
+    (cached.paths
      | 'ListCache' >> beam.combiners.ToList()
      | 'WriteManifest' >> beam.Map(training.write_manifest))
-    runners.run_pipeline(p)
-    return training.manifest()
-
-
-def _finish(args, options, training: TrainingRun, kmeans: KMeans, checkpoint: dict):
-    res = KMeansResult.from_dict(checkpoint['result'])
-    counts = training.counts()
-    print(process.records_line(
-        counts, WriteDeadLetters.glob(training.version_prefix('training'))))
-    training.complete(res.to_dict())   # the version's files, before its model.json
-    final = state_from_dict(checkpoint['state'])
-    if isinstance(final, KMeansRuns):
-        final = final.runs[res.best_init]
-    report = kmeans_report.write_report(args.model, training, res, final, counts,
-                                        args.input,
-                                        lambda: ReadPoints(args.input, **kmeans_points.read_kwargs(args)))
-    model = CentroidModel(
-        res.centers, version=training.version, input_pattern=args.input, n_iter=res.n_iter,
-        inertia=res.inertia, inertia_history=res.inertia_history,
-        stop_reason=res.stop_reason, cluster_sizes=res.cluster_sizes,
-        config=training.config(), distance=args.distance,
-        init_inertias=[run['inertia'] for run in res.inits] if res.inits else None)
-    kmeans_points.write_baseline_pass(args, options, model, training.version)
-    saved = model.save(args.model, make_latest=not args.no_latest)
-    training.remove()
-    if res.n_distinct is not None:
-        print(f'warning: the input has only {res.n_distinct} distinct point(s) for k={model.k}: '
-              'some centres are duplicates or empty (as scikit-learn, which warns too)',
-              file=sys.stderr)
-    print(f'kmeans: k={model.k} d={model.d} n_iter={res.n_iter} stop_reason={res.stop_reason} '
-          f'inertia={res.inertia:.10g} n_samples={res.n_samples}')
-    if res.inits:
-        print(f'n_init={res.n_init}: kept run {res.best_init} of inertias ' +
-              ' '.join(f'{run["inertia"]:.10g}' for run in res.inits))
-    print(f'model: {saved} (version {training.version}; '
-          f'{"LATEST not moved" if args.no_latest else "LATEST updated"})')
-    if report:
-        print(f'report: {report}')
-    if args.output:
-        kmeans_points.write_labels(args, options, final, model)
-    return model
+    (p | 'RangesOnce' >> beam.Create([None])
+     | 'WriteRanges' >> beam.Map(lambda _, parts: training.write_ranges(
+         parts, column_names(read.layout)), beam.pvalue.AsList(cached.ranges)))
+    run_counted(p, training, 'cache rebuild')
 
 
 def _training_failed(error: BeammlError, args, options, training: TrainingRun) -> BeammlError:

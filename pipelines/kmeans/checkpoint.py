@@ -8,7 +8,11 @@ last block ended::
     <model_dir>/_runs/<version>/run.json           flags, model config, cache folder
     <model_dir>/_runs/<version>/block-NNNN.json    the state after block N (and the
                                                    result, when the training stopped)
-    <model_dir>/_runs/<version>/manifest.json      the point cache's files
+    <model_dir>/_runs/<version>/manifest.json      the point cache's files (centred, raw)
+    <model_dir>/_runs/<version>/ranges.json        the raw features' and norms' min and max
+                                                   (the baseline's histogram edges)
+    <model_dir>/_runs/<version>/final.json         the final pass's result, sample.npy its
+                                                   report sample (read back at once)
     <model_dir>/_runs/<version>/counts.json        records read / ok / refused
     <model_dir>/_runs/<version>/training-errors-*  the input's dead letters
     <model_dir>/_runs/<version>/cache/             the point cache (local model dirs)
@@ -30,7 +34,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.core.documents import exists, is_remote, read_json, write_json
-from beamml.transforms.kmeans.cache import drop_cached_points
+from beamml.transforms.kmeans.centring import merge_ranges
 
 __all__ = ['RUNS_DIR', 'FAILED_DIR', 'RESULT_FILE', 'TRAINING_FLAGS', 'TrainingRun',
            'input_fingerprints']
@@ -83,6 +87,8 @@ class TrainingRun:
         self.model_dir, self.version, self.parent = model_dir, version, parent
         self.folder = FileSystems.join(model_dir, parent, version)
         self._run: dict | None = None
+        #: what this process's pipelines read (pipelines.kmeans.final.run_counted)
+        self.cost: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ finding a run
     @classmethod
@@ -177,7 +183,8 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ the point cache
     def write_manifest(self, paths) -> str:
-        """(A Beam step.) The cache's centred point files, and the raw ones to drop."""
+        """(A Beam step.) The cache's centred point files, and the raw ones (the points
+        as read, which the final pass reads)."""
         paths = sorted(paths)   # two identical batches share a file: it is listed twice
         is_raw = [posixpath.basename(p.replace(os.sep, '/')).startswith('raw-') for p in paths]
         return write_json(FileSystems.join(self.folder, 'manifest.json'), {
@@ -187,12 +194,22 @@ class TrainingRun:
     def manifest(self) -> list[str]:
         return read_json(FileSystems.join(self.folder, 'manifest.json'))['points']
 
+    def raw_manifest(self) -> list[str]:
+        return read_json(FileSystems.join(self.folder, 'manifest.json'))['raw']
+
     def cache_complete(self, paths: list[str]) -> bool:
         return all(exists(p) for p in paths)
 
-    def drop_raw_cache(self) -> None:
-        """The raw copies are only read to centre the points, in the first block."""
-        drop_cached_points(read_json(FileSystems.join(self.folder, 'manifest.json'))['raw'])
+    def write_ranges(self, parts, names: list[str]) -> str:
+        """(A Beam step.) ``ranges.json``: the min and max of each raw feature and of the
+        L2 norms (``parts``: the per-bundle (min, max) pairs) and the features' names."""
+        return write_json(FileSystems.join(self.folder, 'ranges.json'),
+                          {**(merge_ranges(parts) or {}), 'names': list(names)})
+
+    def ranges(self) -> dict | None:
+        """``ranges.json`` (None: not written, as by a run of an earlier beamml)."""
+        path = FileSystems.join(self.folder, 'ranges.json')
+        return read_json(path) if exists(path) else None
 
     # ------------------------------------------------------------------ counts
     def write_counts(self, counts: dict[str, int] | None) -> None:

@@ -3,11 +3,11 @@
 One self-contained HTML file (:mod:`beamml.transforms.report`): the training
 summary, the inertia per iteration, the cluster sizes, and a 2-D principal-axes
 projection of a sample of the training points coloured by cluster, the centres
-marked. The sample is read in the launcher, bounded and deterministic: from the
-point cache when it is on this machine (evenly spaced rows of up to
-:data:`MAX_CACHE_FILES` of its files, memory-mapped, so only those rows are
-read), else the first :data:`SAMPLE_POINTS` rows of the input. Labels are the
-final E-step's (the Lloyd kernel against the final centres, as ``--output``).
+marked. The sample comes from the final pass over the point cache
+(pipelines/kmeans/final.py): up to :data:`SAMPLE_POINTS` evenly spaced rows of
+the whole cache, bounded and deterministic; nothing is read for the report
+itself. Labels are the final E-step's (the Lloyd kernel against the final
+centres, as ``--output``).
 
 A report that cannot be made never fails the training: :func:`write_report`
 logs one warning line and returns None.
@@ -18,92 +18,18 @@ import logging
 
 import numpy as np
 
-from beamml.transforms.distances import unit_rows
-from beamml.transforms.io import ReadPoints, read_file_batches, to_points
-from beamml.transforms.core.documents import is_remote, join
-from beamml.transforms.kmeans.cache import read_cached_points
+from beamml.transforms.core.documents import join
 from beamml.transforms.kmeans.kernels import lloyd_labels
 from beamml.transforms.pca import PCAModel
 from beamml.transforms.report import (PALETTE, Report, bars_with_thresholds, lines, scatter,
                                       spans_decades)
 
-__all__ = ['REPORT_FILE', 'SAMPLE_POINTS', 'training_sample', 'projection', 'kmeans_report',
-           'write_report']
+__all__ = ['REPORT_FILE', 'SAMPLE_POINTS', 'projection', 'kmeans_report', 'write_report']
 
 LOG = logging.getLogger('beamml')
 REPORT_FILE = 'report.html'
-#: points sampled for the projection
+#: points sampled for the projection (by the final pass, pipelines/kmeans/final.py)
 SAMPLE_POINTS = 5000
-#: cache files the sample is taken from (evenly spread over the sorted manifest)
-MAX_CACHE_FILES = 64
-
-
-def _cache_sample(paths: list[str], n: int) -> tuple[np.ndarray, str] | None:
-    """Evenly spaced rows of up to MAX_CACHE_FILES local cache files (None: none usable)."""
-    paths = sorted(paths)
-    if not paths or any(is_remote(p) for p in paths):
-        return None
-    pick = sorted(set(np.linspace(0, len(paths) - 1, min(len(paths), MAX_CACHE_FILES))
-                      .round().astype(int).tolist()))
-    arrays = [read_cached_points(paths[i])[0] for i in pick]   # memory-mapped
-    sizes = np.array([len(a) for a in arrays])
-    total = int(sizes.sum())
-    if total == 0:
-        return None
-    rows = np.unique(np.linspace(0, total, min(n, total), endpoint=False).astype(np.int64))
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
-    parts = [np.asarray(a[rows[(rows >= lo) & (rows < hi)] - lo], dtype=np.float64)
-             for a, lo, hi in zip(arrays, offsets[:-1], offsets[1:])]
-    how = (f'{len(rows):,} evenly spaced points of {total:,} in {len(pick)} of the '
-           f'{len(paths)} batch(es) of the point cache')
-    return np.concatenate(parts), how
-
-
-def _input_head(read: ReadPoints, n: int, refuse_zero: bool) -> tuple[np.ndarray, str]:
-    """The first ``n`` accepted rows of the input, in file order."""
-    got, count = [], 0
-    for path in read.paths:
-        for item in read_file_batches(path, read.layout):
-            if isinstance(item, dict):
-                continue
-            batch, _ = to_points(item, read.layout, path, refuse_zero=refuse_zero)
-            if batch is None or not batch.num_rows:
-                continue
-            X = batch.column('features').flatten().to_numpy(zero_copy_only=False)
-            X = X.reshape(batch.num_rows, read.layout.dimension)[:n - count]
-            got.append(X)
-            count += len(X)
-            if count >= n:
-                break
-        if count >= n:
-            break
-    X = np.concatenate(got) if got else np.empty((0, read.layout.dimension))
-    return X, f'the first {len(X):,} rows of the input'
-
-
-def training_sample(state, manifest: list[str] | None, read_input, n: int = SAMPLE_POINTS
-                    ) -> tuple[np.ndarray, str]:
-    """(sample in the training's coordinates, where it came from): centred points
-    (cosine: unit points), as the point cache holds them.
-
-    ``manifest``: the point cache's files (None: unknown); ``read_input``: a
-    callable giving the input's :class:`ReadPoints`, used when the cache is not
-    on this machine or is gone.
-    """
-    found = None
-    if manifest:
-        try:
-            found = _cache_sample(manifest, n)
-        except OSError:   # the cache is gone (a resumed run on another machine)
-            found = None
-    if found is not None:
-        return found
-    X, how = _input_head(read_input(), n, refuse_zero=state.distance == 'cosine')
-    if state.distance == 'cosine':
-        X = unit_rows(X)[0]
-    else:
-        X = X - state.mean
-    return X, how
 
 
 def projection(X: np.ndarray, centres: np.ndarray):
@@ -174,20 +100,16 @@ def kmeans_report(res, state, *, version: str, counts: dict, config: dict,
 
 
 def write_report(model_dir: str, training, res, state, counts: dict, input_pattern: str,
-                 read_input) -> str | None:
+                 sample: tuple[np.ndarray, str]) -> str | None:
     """Write ``<model_dir>/<version>/report.html`` (``training``: the
-    :class:`~beamml.pipelines.kmeans.checkpoint.TrainingRun`, before its folder and
-    cache are removed; ``read_input``: a callable giving the input's ReadPoints); on
-    any error log one warning line and return None (the training goes on)."""
+    :class:`~beamml.pipelines.kmeans.checkpoint.TrainingRun`; ``sample``: (points in the
+    training's coordinates, where they came from), the final pass's); on any error log
+    one warning line and return None (the training goes on)."""
     path = join(model_dir, training.version, REPORT_FILE)
     try:
-        try:
-            manifest = training.manifest()
-        except Exception:   # no manifest (a resumed run whose folder lost it)
-            manifest = None
-        sample, how = training_sample(state, manifest, read_input)
+        X, how = sample
         kmeans_report(res, state, version=training.version, counts=counts,
-                      config=training.config(), input_pattern=input_pattern, sample=sample,
+                      config=training.config(), input_pattern=input_pattern, sample=X,
                       sample_source=how).write(path)
         return path
     except Exception as e:   # never fail the training for its report

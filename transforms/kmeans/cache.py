@@ -8,25 +8,41 @@ when local) and the last step drops them.
 Weighted points (sample weights) also keep their weights, in a third file
 ``<stem>.weight.npy``; such a batch's name carries a hash of its weights
 (``-w<16 hex>``), so two batches of the same points but other weights never
-share a file, and :func:`weights_of` knows a weighted file by its name.
+share a file, and :func:`weights_of` knows a weighted file by its name. A raw
+batch written with its ids (``beamml kmeans --output`` labels them in the final
+pass) keeps them in ``<stem>.ids.arrow`` (an Arrow IPC file, memory-mapped when
+local), and its name carries a hash of them (``-i<16 hex>``) for the same reason.
+
+Every read of a points file adds its rows to the Beam counter
+``beamml.kmeans/cache_rows_read`` (:data:`CACHE_ROWS_READ`; a no-op outside a
+pipeline), so a run can report its passes over the cache.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
 import uuid
 
 import numpy as np
+import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 
 from beamml.transforms.core.documents import is_remote, read_bytes, write_bytes
 
-__all__ = ['write_cached_points', 'read_cached_points', 'read_cached_weights', 'points_of',
-           'weights_of', 'drop_cached_points']
+__all__ = ['CACHE_COUNTERS', 'CACHE_ROWS_READ', 'write_cached_points', 'read_cached_points',
+           'read_cached_weights', 'read_cached_ids', 'has_ids', 'points_of', 'weights_of',
+           'drop_cached_points']
 
 #: the name of a cache file of weighted points: ...-w<hash of the weights>[-f32].npy
 _WEIGHTED_NAME = re.compile(r'-w[0-9a-f]{16}(-f32)?\.npy$')
+#: the name of a cache file holding its ids: ...-i<hash of the ids>[-w...][-f32].npy
+_IDS_NAME = re.compile(r'-i[0-9a-f]{16}(-w[0-9a-f]{16})?(-f32)?\.npy$')
+#: the Beam counter of the rows read from the point cache (namespace, name)
+CACHE_COUNTERS = 'beamml.kmeans'
+CACHE_ROWS_READ = 'cache_rows_read'
 
 
 def _save_npy(path: str, arr: np.ndarray) -> None:
@@ -51,6 +67,17 @@ _MAPPED: dict = {}
 _MAX_MAPPED = 128  # each map holds a file descriptor
 
 
+def _save_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` whole (local: a temporary name, then renamed)."""
+    if is_remote(path):
+        write_bytes(path, data)
+        return
+    tmp = f'{path}.{uuid.uuid4().hex}.tmp'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def _load_npy(path: str) -> np.ndarray:
     if is_remote(path):
         return np.load(io.BytesIO(read_bytes(path)))
@@ -73,8 +100,26 @@ def _weight_path(path: str) -> str:
     return path[:-len('.npy')] + '.weight.npy'
 
 
+def _ids_path(path: str) -> str:
+    return path[:-len('.npy')] + '.ids.arrow'
+
+
 def _is_weighted(path: str) -> bool:
     return bool(_WEIGHTED_NAME.search(path))
+
+
+def _has_ids(path: str) -> bool:
+    return bool(_IDS_NAME.search(path))
+
+
+def _ids_bytes(ids) -> bytes:
+    """One Arrow IPC file holding the ids (column ``id``)."""
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    sink = pa.BufferOutputStream()
+    batch = pa.record_batch([ids], names=['id'])
+    with pa.ipc.new_file(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
 
 
 def _weights_hash(weights: np.ndarray, hashes: np.ndarray) -> int:
@@ -89,7 +134,7 @@ def _weights_hash(weights: np.ndarray, hashes: np.ndarray) -> int:
 
 def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
                         prefix: str = 'points', dtype=np.float64,
-                        weights: np.ndarray | None = None) -> str:
+                        weights: np.ndarray | None = None, ids=None) -> str:
     """Write a batch of (centred) points and their row hashes as ``.npy`` files; X's path.
 
     The file names come from the batch's content, so a retried write rewrites
@@ -99,7 +144,8 @@ def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
     (:func:`~beamml.transforms.kmeans.kernels.lloyd_pass`) then computes in
     float32; the row hashes stay those of the points given (float64).
     ``weights`` (sample weights, float64) are written beside them
-    (:func:`weights_of` reads them).
+    (:func:`weights_of` reads them); ``ids`` (a pyarrow array, one per row) in an
+    Arrow IPC file beside them (:func:`read_cached_ids`).
     """
     dtype = np.dtype(dtype)
     if dtype not in (np.float64, np.float32):
@@ -110,7 +156,13 @@ def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
     tag = '' if dtype == np.float64 else '-f32'  # a float32 copy never replaces a float64 one
     if weights is not None:
         tag = f'-w{_weights_hash(weights, hashes):016x}{tag}'
+    id_bytes = None
+    if ids is not None:
+        id_bytes = _ids_bytes(ids)
+        tag = f'-i{hashlib.blake2b(id_bytes, digest_size=8).hexdigest()}{tag}'
     path = FileSystems.join(cache_dir, f'{prefix}-{h:016x}-{len(hashes)}{tag}.npy')
+    if id_bytes is not None:
+        _save_bytes(_ids_path(path), id_bytes)
     if weights is not None:
         _save_npy(_weight_path(path), np.ascontiguousarray(weights, dtype=np.float64))
     _save_npy(_hash_path(path), np.asarray(hashes, dtype=np.uint64))
@@ -119,8 +171,29 @@ def write_cached_points(cache_dir: str, X: np.ndarray, hashes: np.ndarray, *,
 
 
 def read_cached_points(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(X, row hashes) written by :func:`write_cached_points` (local files: memory-mapped)."""
-    return _load_npy(path), _load_npy(_hash_path(path))
+    """(X, row hashes) written by :func:`write_cached_points` (local files: memory-mapped);
+    counted in :data:`CACHE_ROWS_READ` (in a pipeline)."""
+    X = _load_npy(path)
+    Metrics.counter(CACHE_COUNTERS, CACHE_ROWS_READ).inc(len(X))
+    return X, _load_npy(_hash_path(path))
+
+
+def has_ids(path: str) -> bool:
+    """Whether the cache file ``path`` was written with its ids (its name says so)."""
+    return _has_ids(path)
+
+
+def read_cached_ids(path: str):
+    """The ids written with the points of ``path`` (a pyarrow array; None: none kept).
+    Local files are memory-mapped (the ids are not copied)."""
+    if not _has_ids(path):
+        return None
+    ids_path = _ids_path(path)
+    if is_remote(ids_path):
+        source = pa.BufferReader(read_bytes(ids_path))
+    else:
+        source = pa.memory_map(ids_path)
+    return pa.ipc.open_file(source).get_batch(0).column(0)
 
 
 def read_cached_weights(path: str) -> np.ndarray | None:
@@ -149,7 +222,8 @@ def drop_cached_points(paths) -> None:
     Elements that are not paths (points that travelled without a cache) are ignored.
     """
     paths = sorted({q for p in paths if isinstance(p, str)
-                    for q in (p, _hash_path(p)) + ((_weight_path(p),) if _is_weighted(p) else ())})
+                    for q in (p, _hash_path(p)) + ((_weight_path(p),) if _is_weighted(p) else ())
+                    + ((_ids_path(p),) if _has_ids(p) else ())})
     for path in paths:
         _MAPPED.pop((os.getpid(), path), None)
     if paths:

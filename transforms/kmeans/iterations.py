@@ -145,15 +145,19 @@ class LloydBlock(beam.PTransform):
     state between them. The block's start state is used as it is (its M-step
     was done at the end of the block before), so a run split into blocks
     computes exactly what one long block computes. Once stopped, the remaining
-    iterations and the final pass read no point (their input is cache paths).
+    iterations read no point (their input is cache paths).
+
+    ``final=False`` leaves out ``KMeansFinal`` and ``KMeansResult`` (no
+    ``'result'``): the caller makes the final E-step itself, in a pass that also
+    does other work with the final centres (``beamml kmeans``' final pass).
     """
 
     def __init__(self, n_clusters: int, iterations: int, max_iter: int, empty_cluster: str,
-                 label: str | None = None, *, n_init: int = 1):
+                 label: str | None = None, *, n_init: int = 1, final: bool = True):
         super().__init__(label)
         self.n_clusters, self.iterations = n_clusters, iterations
         self.max_iter, self.empty_cluster = max_iter, empty_cluster
-        self.n_init = n_init
+        self.n_init, self.final = n_init, final
 
     def expand(self, inputs):
         points, state = inputs['points'], inputs['state']
@@ -166,6 +170,8 @@ class LloydBlock(beam.PTransform):
         end = step['state'] | 'KMeansBlockEnd' >> beam.Map(
             next_state, beam.pvalue.AsList(step['partials']), combine_fn=update_fn,
             max_iter=self.max_iter, empty_cluster=self.empty_cluster)
+        if not self.final:
+            return {'state': end}
         combine_fn = _sums_fn(k, self.n_init)
         final = points | 'KMeansFinal' >> beam.ParDo(
             PartialCombineFn(_final_step_if_stopped, combine_fn), beam.pvalue.AsSingleton(end))

@@ -237,19 +237,21 @@ class KMeans(beam.PTransform):
                 beam.pvalue.AsList(prepared['raw']))
         return result
 
-    def prepare(self) -> 'PrepareKMeans':
+    def prepare(self, *, keep_ids: bool = False, ranges: bool = False) -> 'PrepareKMeans':
         """The steps before the iterations, as a transform of their own (see
         :class:`PrepareKMeans`)."""
-        return PrepareKMeans(self)
+        return PrepareKMeans(self, keep_ids=keep_ids, ranges=ranges)
 
-    def block(self, iterations: int) -> LloydBlock:
-        """A :class:`LloydBlock` of ``iterations`` iterations of this training."""
+    def block(self, iterations: int, *, final: bool = True) -> LloydBlock:
+        """A :class:`LloydBlock` of ``iterations`` iterations of this training (``final``:
+        with its final E-step once stopped, see :class:`LloydBlock`)."""
         return LloydBlock(self.n_clusters, iterations, self.max_iter, self.empty_cluster,
-                          n_init=self.n_init)
+                          n_init=self.n_init, final=final)
 
 
 class PrepareKMeans(beam.PTransform):
-    """Batches -> what the iterations need: ``{'points', 'state', 'stats', 'centred', 'raw'}``.
+    """Batches -> what the iterations need: ``{'points', 'state', 'stats', 'centred', 'raw',
+    'ranges'}``.
 
     ``KMeansStats`` and ``KMeansCheckInput`` (statistics, sample, checks; with a
     cache directory the same pass writes each batch to the cache),
@@ -259,11 +261,19 @@ class PrepareKMeans(beam.PTransform):
     centred points plus the marker (the input of
     :class:`~beamml.transforms.kmeans.iterations.LloydBlock`), ``state`` the
     initial state, ``centred`` and ``raw`` the cache paths (for dropping the cache).
+
+    With a cache directory the raw files hold the points as read (a cosine training
+    scales them to unit norm in ``KMeansStats`` and ``KMeansCentrePoints``, not
+    before), so a pass after the training can compute on the very points read
+    (``beamml kmeans``' final pass); ``keep_ids`` keeps their ids too, and
+    ``ranges`` adds ``ranges``: the per-bundle (min, max) of each raw feature and of
+    the L2 norms (:func:`~beamml.transforms.kmeans.centring.column_ranges`).
     """
 
-    def __init__(self, kmeans: KMeans):
+    def __init__(self, kmeans: KMeans, *, keep_ids: bool = False, ranges: bool = False):
         super().__init__()
         self.kmeans = kmeans
+        self.keep_ids, self.ranges = keep_ids, ranges
 
     def expand(self, batches):
         km = self.kmeans
@@ -272,9 +282,14 @@ class PrepareKMeans(beam.PTransform):
         if km.init_name == 'k-means||':
             sample_size = 1
         stats_fn = PointStatsCombineFn(sample_size, k, km.random_state)
-        if km.distance == 'cosine':   # unit points from here on: statistics, cache, seeding
+        # cosine: unit points from here on (statistics, centred points, seeding); with a
+        # cache the raw files keep the points as read, normalised in the steps that use them
+        normalise = km.distance == 'cosine' and km.cache_dir is not None
+        if km.distance == 'cosine' and not normalise:
             batches = batches | 'KMeansNormalise' >> beam.Map(unit_points)
-        partial_stats, raw = stats_pass(batches, stats_fn, km.cache_dir)
+        partial_stats, raw, ranges = stats_pass(batches, stats_fn, km.cache_dir,
+                                                normalise=normalise, keep_ids=self.keep_ids,
+                                                ranges=self.ranges)
         stats = (batches.pipeline
                  | 'KMeansStatsOnce' >> beam.Create([None])
                  | 'KMeansCheckInput' >> beam.Map(
@@ -283,8 +298,8 @@ class PrepareKMeans(beam.PTransform):
         if km.distance == 'cosine':
             stats = stats | 'KMeansUncentred' >> beam.Map(uncentred)
         stats_si = beam.pvalue.AsSingleton(stats)
-        centred = raw | 'KMeansCentrePoints' >> beam.ParDo(CentreFn(km.cache_dir, km.dtype),
-                                                           stats_si)
+        centred = raw | 'KMeansCentrePoints' >> beam.ParDo(
+            CentreFn(km.cache_dir, km.dtype, normalise=normalise), stats_si)
         # one more element, where each iteration emits its state (see iterations._IterationFn)
         marker = stats | 'KMeansStateMarker' >> beam.Map(state_marker)
         points = (centred, marker) | 'KMeansPoints' >> beam.Flatten()
@@ -300,8 +315,9 @@ class PrepareKMeans(beam.PTransform):
             state = stats | 'KMeansInitialState' >> beam.Map(
                 _initial_runs, stats_si, *[beam.pvalue.AsSingleton(c) for c in inits],
                 seeds=seeds, n_clusters=k, tol=km.tol, distance=km.distance)
-        return {'points': points, 'state': state, 'stats': stats, 'centred': centred,
-                'raw': raw}
+        out = {'points': points, 'state': state, 'stats': stats, 'centred': centred,
+               'raw': raw}
+        return out if ranges is None else {**out, 'ranges': ranges}
 
 
 def _initial_runs(_, stats, *centers, seeds, n_clusters, tol, distance) -> KMeansRuns:
