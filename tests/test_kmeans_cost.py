@@ -81,3 +81,39 @@ def test_kmeans_parallel_seeding_costs_its_rounds_and_no_more(data, tmp_path, ca
     assert sum(records for _, records, _ in runs) == N
     assert sum(rows for _, _, rows in runs) == N * (1 + (2 + 1) + model.n_iter + 1)
     assert runs[-1] == ('final pass', 0, N)
+
+
+def test_the_final_pass_on_the_pool_is_bit_for_bit_the_final_pass_on_one_thread(
+        tmp_path, monkeypatch):
+    """The final pass works on several cache files at once (the E-step's thread pool)
+    and adds their parts in file order: the baseline, the result and the labels are
+    those of one thread, bit for bit."""
+    import json
+    import os
+    import beamml.transforms.kmeans.runtime as runtime
+    from kmeans_cli import kmeans_process, model_doc
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(6000, 4)) * 3
+    path = str(tmp_path / 'x.parquet')
+    pq.write_table(pa.table({'id': pa.array(np.arange(6000)),
+                             **{f'x{c}': X[:, c] for c in range(4)}}), path,
+                   row_group_size=700)   # 9 batches: 9 cache files
+    docs = {}
+    for how in ('pool', 'one thread'):
+        if how == 'one thread':
+            monkeypatch.setitem(runtime._POOL, os.getpid(), None)
+        model, out = tmp_path / f'm-{how}', tmp_path / f'labels-{how}'
+        done = kmeans_process(path, model, '--k', 5, '--random_state', 1, '--max_iter', 4,
+                              '--output', f'{out}/l')
+        assert done.returncode == 0, done.stderr
+        (version,) = [v for v in os.listdir(model) if v[0].isdigit()]
+        with open(model / version / 'baseline.json') as f:
+            base = json.load(f)
+        labels = pq.read_table(str(out)).select(['id', 'cluster', 'distance']).sort_by('id')
+        base['model'].pop('version')   # the rest of the baseline names no run
+        docs[how] = ({k: v for k, v in base.items() if k not in ('created', 'source')},
+                     model_doc(model), labels)
+    assert docs['pool'][0] == docs['one thread'][0]
+    assert {k: v for k, v in docs['pool'][1].items() if k != 'config'} == \
+        {k: v for k, v in docs['one thread'][1].items() if k != 'config'}
+    assert docs['pool'][2].equals(docs['one thread'][2])

@@ -164,3 +164,20 @@ def test_float32_cache(tmp_path):
     np.testing.assert_array_equal(step.sums, ref.sums)
     with pytest.raises(ValueError, match='float64 or float32'):
         write_cached_points(str(tmp_path), X, h, dtype=np.float16)
+
+
+def test_lloyd_pass_inside_a_pool_thread_runs_its_chunks_itself():
+    """The final pass runs whole files on the E-step's pool, and a file's E-step
+    (lloyd_pass) would wait for the very threads that run it: inside a pool thread it
+    runs its chunks itself, with the same result."""
+    X, C = _data(n=70_000, seed=4)
+    pool = runtime.thread_pool()
+    if pool is None:
+        pytest.skip('one core: no pool')
+    expected = lloyd_pass(X, C, hashes=row_hashes(X))
+    futures = [pool.submit(lloyd_pass, X, C, hashes=row_hashes(X))
+               for _ in range(2 * pool._max_workers)]   # every pool thread busy at once
+    for f in futures:
+        got = f.result(timeout=60)
+        np.testing.assert_array_equal(got.sums, expected.sums)
+        assert got.inertia == expected.inertia and got.signature == expected.signature

@@ -31,6 +31,7 @@ counters), and :func:`log_cost` sums them for the run.
 """
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import sys
@@ -57,6 +58,7 @@ from beamml.transforms.kmeans.cache import (CACHE_COUNTERS, CACHE_ROWS_READ, rea
 from beamml.transforms.kmeans.centring import labels_batch, unit_points
 from beamml.transforms.kmeans.combiners import SumArraysCombineFn
 from beamml.transforms.kmeans.lloyd import final_result, final_step
+from beamml.transforms.kmeans.runtime import thread_pool
 from beamml.transforms.model import CentroidModel
 from beamml.transforms.monitoring import BASELINE_FILE, write_baseline
 from beamml.transforms.monitoring.baseline import FINE_BINS, fine_edges, make_baseline
@@ -93,7 +95,16 @@ class _FinalPassFn(beam.DoFn):
     (with ``sums``); ``'stats'``: the bundle's baseline accumulators (features and
     norm, binned on ``edges``; distance and clusters); ``'distances'``: each batch's
     distances to the nearest centre; ``'labels'``: each batch's labels (with
-    ``version``); ``'sample'``: (index, the batch's sampled rows)."""
+    ``version``); ``'sample'``: (index, the batch's sampled rows).
+
+    On both cores: the work on a file (:meth:`_part`: the E-step, the nearest
+    centres, the statistics, the labels) runs on the E-step's thread pool, up to
+    :data:`_IN_FLIGHT` files at once, while this thread reads the next file and
+    adds the finished parts into the bundle's accumulators, in the order of the
+    files (so the result is bit for bit that of one thread). Each part is large
+    numpy work (a whole file), during which numpy releases the GIL. A file is read
+    here, not in the pool, so its rows are counted (Beam's counters are per thread).
+    """
 
     def __init__(self, state, model: CentroidModel, *, dtype: str, sums: bool,
                  version: str | None, edges: np.ndarray, rows: list):
@@ -101,53 +112,92 @@ class _FinalPassFn(beam.DoFn):
         self.sums, self.version, self.edges, self.rows = sums, version, edges, rows
         self.k = state.centers.shape[0]
 
+    def setup(self):
+        self.sums_fn, self.features_fn, self.distance_fn = (
+            CentroidCombineFn(self.k), ColumnStatsFn(len(self.edges), None, self.edges),
+            ColumnStatsFn(1, self.k))
+
     def start_bundle(self):
         self.sums_acc = self.features_acc = self.distance_acc = None
+        self.pending = collections.deque()
 
-    def _fns(self):
-        return (CentroidCombineFn(self.k), ColumnStatsFn(len(self.edges), None, self.edges),
-                ColumnStatsFn(1, self.k))
-
-    def process(self, element):
-        index, path = element
-        X, _ = read_cached_points(path)   # the raw points, memory-mapped when local
+    def _part(self, index: int, path: str, X, weights) -> tuple:
+        """Everything the final pass computes on one file (no accumulator touched)."""
         X = np.asarray(X, dtype=np.float64)
-        weights = read_cached_weights(path)
-        sums_fn, features_fn, distance_fn = self._fns()
         # the training's coordinates, exactly as KMeansCentrePoints made them
         Xc = unit_points(X) if self.state.distance == 'cosine' else X
         Xc = (Xc - self.state.mean).astype(self.dtype, copy=False)
+        sums = None
         if self.sums:
-            part = final_step((Xc, None) if weights is None else (Xc, None, weights),
+            sums = final_step((Xc, None) if weights is None else (Xc, None, weights),
                               self.state)
-            self.sums_acc = sums_fn.add_input(self.sums_acc or sums_fn.create_accumulator(),
-                                              part)
         # the baseline's columns (monitoring's monitor_columns): features, L2 norm, distance
         labels, distances = self.model.nearest(X)
         distances = np.asarray(distances, dtype=np.float64)
         V = np.hstack([X, row_norms(X, 'l2')[:, None]])
-        self.features_acc = features_fn.add_input(
-            self.features_acc or features_fn.create_accumulator(), (V, None))
-        self.distance_acc = distance_fn.add_input(
-            self.distance_acc or distance_fn.create_accumulator(),
-            (distances[:, None], np.asarray(labels, dtype=np.int64)))
-        yield beam.pvalue.TaggedOutput('distances', distances)
+        features = self.features_fn.part((V, None))
+        distance = self.distance_fn.part((distances[:, None], np.asarray(labels, np.int64)))
+        outs = [('distances', distances)]
         if self.version is not None:
-            yield beam.pvalue.TaggedOutput('labels', labels_batch(
-                read_cached_ids(path), X, self.state, self.version))
+            outs.append(('labels', labels_batch(read_cached_ids(path), X, self.state,
+                                                self.version)))
         rows = self.rows[index]
         if len(rows):
-            yield beam.pvalue.TaggedOutput('sample', (index, np.asarray(Xc[rows], np.float64)))
+            outs.append(('sample', (index, np.asarray(Xc[rows], np.float64))))
+        return sums, features, distance, outs
+
+    def _add(self, part) -> list:
+        """Add a finished part into the accumulators (in file order); its outputs."""
+        sums, features, distance, outs = part
+        if sums is not None:
+            self.sums_acc = self.sums_fn.add_input(
+                self.sums_acc or self.sums_fn.create_accumulator(), sums)
+        self.features_acc = self.features_fn.add_part(
+            self.features_acc or self.features_fn.create_accumulator(), features)
+        self.distance_acc = self.distance_fn.add_part(
+            self.distance_acc or self.distance_fn.create_accumulator(), distance)
+        return outs
+
+    def process(self, element):
+        index, path = element
+        X, _ = read_cached_points(path)   # the raw points, memory-mapped when local
+        args = (index, path, X, read_cached_weights(path))
+        pool = thread_pool()
+        if pool is None:
+            self.pending.append(_Done(self._part(*args)))
+        else:
+            self.pending.append(pool.submit(self._part, *args))
+        while len(self.pending) >= _IN_FLIGHT:
+            for tag, value in self._add(self.pending.popleft().result()):
+                yield beam.pvalue.TaggedOutput(tag, value)
 
     def finish_bundle(self):
         def out(tag, value):
             return beam.pvalue.TaggedOutput(tag, WindowedValue(
                 value, GlobalWindow().max_timestamp(), [GlobalWindow()]))
+        while self.pending:
+            for tag, value in self._add(self.pending.popleft().result()):
+                yield out(tag, value)
         if self.sums_acc is not None:   # the main output
             yield WindowedValue(self.sums_acc, GlobalWindow().max_timestamp(), [GlobalWindow()])
         if self.features_acc is not None:
             yield out('stats', (self.features_acc, self.distance_acc))
         self.sums_acc = self.features_acc = self.distance_acc = None
+
+
+class _Done:
+    """A part computed on this thread (no pool: one core), as a finished future."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+#: files of the final pass worked on at once (the pool's two threads, and one more
+#: so that a thread is never idle while this one adds a finished part)
+_IN_FLIGHT = 3
 
 
 def _merged_stats(_, parts, edges: np.ndarray, k: int):

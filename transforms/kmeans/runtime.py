@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-__all__ = ['KERNEL_DTYPES', 'thread_pool', 'map_chunks', 'blas_controller',
-           'single_threaded_blas', 'kernel_dtype']
+__all__ = ['KERNEL_DTYPES', 'thread_pool', 'map_chunks', 'in_pool',
+           'blas_controller', 'single_threaded_blas', 'kernel_dtype']
 
 
 #: the dtypes the Lloyd kernels compute in (float64 by default; float32 is an opt-in)
@@ -41,15 +42,31 @@ def thread_pool():
         except AttributeError:  # not Linux
             cores = os.cpu_count() or 1
         _POOL.clear()
-        _POOL[pid] = (ThreadPoolExecutor(min(cores, 8), thread_name_prefix='beamml-kmeans')
+        _POOL[pid] = (ThreadPoolExecutor(min(cores, 8), thread_name_prefix='beamml-kmeans',
+                                         initializer=_mark_pool_thread)
                       if cores > 1 else None)
     return _POOL[pid]
 
 
+#: whether this thread is one of the pool's
+_LOCAL = threading.local()
+
+
+def in_pool() -> bool:
+    """Whether the calling thread is one of the pool's (work it submits would wait for
+    the very threads that are busy running it: it runs its chunks itself)."""
+    return getattr(_LOCAL, 'pool_thread', False)
+
+
+def _mark_pool_thread():
+    _LOCAL.pool_thread = True
+
+
 def map_chunks(chunk, starts, min_parallel: int = 4) -> None:
-    """``chunk(lo)`` for every start, on the thread pool when there are ``min_parallel`` or more."""
+    """``chunk(lo)`` for every start, on the thread pool when there are ``min_parallel`` or
+    more (in order on the calling thread when it is a pool thread itself)."""
     starts = list(starts)
-    pool = thread_pool() if len(starts) >= min_parallel else None
+    pool = thread_pool() if len(starts) >= min_parallel and not in_pool() else None
     if pool is None:
         for lo in starts:
             chunk(lo)

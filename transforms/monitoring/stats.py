@@ -206,14 +206,29 @@ class ColumnStatsFn(beam.CombineFn):
         return acc
 
     def add_input(self, acc, element):
+        return self.add_part(acc, self.part(element))
+
+    def part(self, element) -> dict:
+        """The statistics of one column batch alone (the costly half of :meth:`add_input`,
+        which needs no accumulator: a caller may compute parts on other threads and add
+        them with :meth:`add_part` in order, bit for bit what ``add_input`` gives)."""
         V, labels = element
-        acc['rows'] += len(V)
-        acc['moments'] = merge_moments(acc['moments'], moments_of(V))
+        part = {'rows': len(V), 'moments': moments_of(V)}
         if self.edges is not None:
-            acc['counts'] += bin_counts(V, self.edges)
+            part['counts'] = bin_counts(V, self.edges)
         if self.k is not None and labels is not None:
             ok = labels >= 0
-            acc['clusters'] += np.bincount(labels[ok], minlength=self.k)[:self.k]
+            part['clusters'] = np.bincount(labels[ok], minlength=self.k)[:self.k]
+        return part
+
+    def add_part(self, acc, part: dict):
+        """Add a :meth:`part` into ``acc`` (returns it)."""
+        acc['rows'] += part['rows']
+        acc['moments'] = merge_moments(acc['moments'], part['moments'])
+        if 'counts' in part:
+            acc['counts'] += part['counts']
+        if 'clusters' in part:
+            acc['clusters'] += part['clusters']
         return acc
 
     def merge_accumulators(self, accumulators):
