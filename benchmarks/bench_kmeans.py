@@ -170,7 +170,8 @@ def main(argv=None):
             bm_times.append(t_bm)
             line, ok = agreement(bm, sk)
             all_ok &= ok
-            last_line = line
+            if all_ok:  # else it stays the first disagreement
+                last_line = line
             print(f'  run {r + 1}: scikit-learn {t_sk:.2f} s, beamml {t_bm:.2f} s; '
                   f'agreement: {line}{"" if ok else "  DISAGREE"}', flush=True)
         best[rows] = (min(sk_times), min(bm_times))

@@ -167,7 +167,8 @@ def main(argv=None):
             worst = max(abs(psi_bm[n] - v) / max(abs(v), 1e-300) for n, v in psi_np.items())
             ok = worst <= 1e-9
             all_ok &= ok
-            last_line = f'PSI of {len(psi_np)} features agree to {worst:.1e} relative'
+            if all_ok:  # else it stays the first disagreement
+                last_line = f'PSI of {len(psi_np)} features agree to {worst:.1e} relative'
             print(f'  run {r + 1}: numpy {t_np:.2f} s, beamml {t_bm:.2f} s; PSI agree to '
                   f'{worst:.1e} relative{"" if ok else "  DISAGREE"} (x0: {psi_np["x0"]:.4f})',
                   flush=True)
