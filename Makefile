@@ -35,8 +35,13 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(BENCH_STAMP)
 
+# Every pipeline against its plain baseline (issue 21's sizes, best of 3: the table took
+# 10 min 44 s on 2 shared cores), then the streaming benchmarks; prints one table and
+# rewrites benchmarks/results.json and the table's block in README.md and docs/benchmarks.md.
+# `make bench BENCH_ARGS=--quick`: small sizes, one run each (1 min 45 s); `--no_streaming`.
+BENCH_ARGS ?=
 bench: $(BENCH_STAMP)
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 # Regenerate the Flex Template metadata (configs/templates/*.json) from the pipelines' flags.
 templates: $(STAMP)

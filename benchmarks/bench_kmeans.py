@@ -18,7 +18,10 @@ marginal cost per point-iteration (time(largest) - time(smallest)) <= 2 x
 scikit-learn's.
 
     python benchmarks/bench_kmeans.py [--rows 1000000 --rows 4000000] [--repeat 1]
-        [--beam_flag=--dtype=float32]
+        [--beam_flag=--dtype=float32] [--json PATH]
+
+With ``--json PATH`` it also writes its result for ``benchmarks/run_all.py`` (the table
+of ``make bench``; benchmarks/_harness.py).
 """
 from __future__ import annotations
 
@@ -37,6 +40,8 @@ import pyarrow.parquet as pq
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+import _harness as h  # noqa: E402
 
 TARGET = 2.0
 DEFAULT_ROWS = (1_000_000, 4_000_000)
@@ -133,7 +138,12 @@ def main(argv=None):
     parser.add_argument('--beam_flag', action='append', default=[],
                         help='extra flag for beamml kmeans (repeatable), e.g. '
                              '--beam_flag=--direct_num_workers=2')
+    parser.add_argument('--json', default=None, metavar='PATH',
+                        help='also write the result as JSON to PATH (run_all.py gathers it)')
+    argv = sys.argv[1:] if argv is None else argv
     args, _ = parser.parse_known_args(argv)  # run_all.py may pass flags meant for others
+    load = os.getloadavg()
+    last_line = ''
     sizes = sorted(set(args.rows or DEFAULT_ROWS))
 
     os.makedirs(args.workdir, exist_ok=True)
@@ -160,6 +170,8 @@ def main(argv=None):
             bm_times.append(t_bm)
             line, ok = agreement(bm, sk)
             all_ok &= ok
+            if all_ok:  # else it stays the first disagreement
+                last_line = line
             print(f'  run {r + 1}: scikit-learn {t_sk:.2f} s, beamml {t_bm:.2f} s; '
                   f'agreement: {line}{"" if ok else "  DISAGREE"}', flush=True)
         best[rows] = (min(sk_times), min(bm_times))
@@ -179,6 +191,9 @@ def main(argv=None):
               f'({d_sk / per * 1e9:.1f} ns per point-iteration), beamml {d_bm:.2f} s '
               f'({d_bm / per * 1e9:.1f} ns); ratio {marginal:.2f} (target <= {TARGET:g}): '
               f'{"OK" if marginal <= TARGET else "ABOVE TARGET"}')
+    h.write_result(args.json, h.result(
+        'kmeans', 'scikit-learn KMeans script', best, args.repeat, all_ok, last_line, load,
+        [a for a in argv if not a.startswith('--json') and a != args.json]))
     if not all_ok:
         print('the results DISAGREE')
         return 1

@@ -21,6 +21,10 @@ PSI values agree (to 1e-9 relative), and prints the whole ratio at the largest s
 the marginal one ((time(largest) - time(smallest)) per point, both sides).
 
     python benchmarks/bench_monitor.py [--rows 1000000 --rows 4000000] [--repeat 2]
+        [--json PATH]
+
+With ``--json PATH`` it also writes its result for ``benchmarks/run_all.py`` (the table
+of ``make bench``; benchmarks/_harness.py).
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ import pyarrow.parquet as pq
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+import _harness as h  # noqa: E402
 
 DEFAULT_ROWS = (1_000_000, 4_000_000)
 BASELINE_ROWS = 200_000
@@ -123,7 +129,12 @@ def main(argv=None):
     parser.add_argument('--repeat', type=int, default=2,
                         help='time each side this many times per size, keep the best')
     parser.add_argument('--workdir', default=os.path.join(ROOT, 'bench_output', 'monitor'))
+    parser.add_argument('--json', default=None, metavar='PATH',
+                        help='also write the result as JSON to PATH (run_all.py gathers it)')
+    argv = sys.argv[1:] if argv is None else argv
     args, _ = parser.parse_known_args(argv)
+    load = os.getloadavg()
+    last_line = ''
     sizes = sorted(set(args.rows or DEFAULT_ROWS))
     os.makedirs(args.workdir, exist_ok=True)
 
@@ -156,6 +167,8 @@ def main(argv=None):
             worst = max(abs(psi_bm[n] - v) / max(abs(v), 1e-300) for n, v in psi_np.items())
             ok = worst <= 1e-9
             all_ok &= ok
+            if all_ok:  # else it stays the first disagreement
+                last_line = f'PSI of {len(psi_np)} features agree to {worst:.1e} relative'
             print(f'  run {r + 1}: numpy {t_np:.2f} s, beamml {t_bm:.2f} s; PSI agree to '
                   f'{worst:.1e} relative{"" if ok else "  DISAGREE"} (x0: {psi_np["x0"]:.4f})',
                   flush=True)
@@ -174,6 +187,9 @@ def main(argv=None):
               f'per point), beamml {d_bm:.2f} s ({d_bm / per * 1e9:.1f} ns); ratio '
               f'{marginal:.2f}')
     shutil.rmtree(os.path.join(args.workdir, 'out'), ignore_errors=True)
+    h.write_result(args.json, h.result(
+        'monitor', 'numpy histogram + PSI script', best, args.repeat, all_ok, last_line, load,
+        [a for a in argv if not a.startswith('--json') and a != args.json]))
     if not all_ok:
         print('the results DISAGREE')
         return 1
