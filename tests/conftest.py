@@ -116,19 +116,19 @@ def _enforce_generation_preconditions() -> None:
 # ----------------------------------------------------------------------------- pytest-xdist
 
 #: The test modules that take longest, longest first (summed test time, ``pytest -n 2
-#: --dist loadfile --durations=0``, Dec 2026). ``make test`` gives a pytest-xdist worker a
+#: --dist loadfile --durations=0``, 2026-12-07). ``make test`` gives a pytest-xdist worker a
 #: whole module at a time, in collection order (``--no-loadscope-reorder``: not by the
 #: number of tests in it), so the long modules start first and the short ones fill in
 #: at the end; a long module dispatched last would leave the other worker idle while
 #: it runs. A module not listed keeps its place after these.
 SLOW_MODULES_FIRST = (
-    'test_validate.py', 'test_dated_runs_gcs.py', 'test_readme_shell.py',
-    'test_streaming_fail_closed.py', 'test_local_pubsub.py', 'test_kmeans_blocks.py',
-    'test_data_safety.py', 'test_norms.py', 'test_hostile_input.py', 'test_fuzz.py',
-    'test_readers_hostile.py', 'test_index.py', 'test_kmeans.py', 'test_deployment.py',
-    'test_dated_runs.py', 'test_kmeans_cosine.py', 'test_evaluate.py', 'test_streaming.py',
-    'test_kmeans_ninit.py', 'test_monitor.py', 'test_report.py', 'test_streaming_files.py',
-    'test_evaluate_hostile.py')
+    'test_fuzz.py', 'test_hostile_input.py', 'test_data_safety.py', 'test_kmeans_blocks.py',
+    'test_validate.py', 'test_monitor.py', 'test_dated_runs_gcs.py',
+    'test_streaming_fail_closed.py', 'test_readme_shell.py', 'test_streaming.py',
+    'test_report.py', 'test_index.py', 'test_streaming_files.py', 'test_readers_hostile.py',
+    'test_local_pubsub.py', 'test_dated_runs.py', 'test_kmeans_ninit.py', 'test_evaluate.py',
+    'test_norms.py', 'test_cli_runs.py', 'test_evaluate_hostile.py', 'test_deployment.py',
+    'test_kmeans_cosine.py', 'test_kmeans_weights.py', 'test_cli.py', 'test_kmeans.py')
 
 
 def pytest_collection_modifyitems(config, items):
