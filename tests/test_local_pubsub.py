@@ -139,6 +139,43 @@ def test_a_bad_event_time_attribute_is_one_dead_letter_and_the_stream_goes_on(em
     assert json.loads(dead[0]['record']) == {'id': 3, 'features': [3.0, 1.0]}
 
 
+def test_a_publish_that_fails_fails_the_stream_and_acknowledges_nothing(emulator,
+                                                                        monkeypatch):
+    """The local sink waits for every publish of a bundle: a topic that refuses (here it
+    does not exist) fails the bundle and the pipeline with one line naming the topic,
+    and the messages whose rows were not published are not acknowledged: they come
+    again on the subscription (within the read's hold, 2 s here)."""
+    import beamml.transforms.streaming.local_pubsub as local
+    import beamml.transforms.streaming.local_pubsub_state as state
+    from beamml.transforms.core.errors import BeammlError
+    monkeypatch.setattr(local, 'HOLD_SECONDS', 2)
+    monkeypatch.setattr(state, 'HOLD_SECONDS', 2)
+    emu = emulator
+    t_in = emu.topic()
+    sub = emu.subscription(t_in, ack_deadline=10)
+    missing = emu.publisher.topic_path('beamml-test', 'no-such-topic')
+    ids = emu.publish(t_in, [point(i) for i in range(20)])
+    p = local_pipeline()
+    read = p | 'Read' >> ReadPubSubBatches(sub, layout=message_layout(dimension=2),
+                                           message_id_column='message_id')
+    read.batches | 'Rows' >> WriteJsonToPubSub(missing, 'json_array')
+    result = p.run()
+    failed = None
+    t0 = time.monotonic()
+    try:
+        result.wait_until_finish()
+    except Exception as e:   # the DirectRunner re-raises the step's exception
+        failed = e
+    finally:
+        cancel_seconds(result, 10)
+    assert time.monotonic() - t0 < 20
+    assert isinstance(failed, BeammlError), repr(failed)
+    line = str(failed)
+    assert '\n' not in line and line.startswith(f'publishing to {missing} failed: NotFound'), line
+    again = emu.pull(sub, 20, timeout=20)
+    assert sorted(m.message_id for m in again) == sorted(ids)
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 @pytest.fixture(scope='module')
