@@ -298,6 +298,39 @@ def test_the_same_rows_in_a_jsonl_file_and_in_a_message_give_the_same_batch_and_
         assert len(rows) >= 8
 
 
+def test_the_json_split_of_many_messages_is_each_messages_own():
+    """_json_lines_many over a list: each message's lines and refusal as if it were alone
+    (a bad message never shifts its neighbours' strings or brackets), and against
+    json.loads: a message it parses to an object or a non-empty array is accepted with
+    one line per object."""
+    from beamml.transforms.streaming.messages import _json_lines_many
+    rng = random.Random(7)
+    pieces = ['{"id": 1, "features": [1, 2]}', '[{"id": 2}, {"id": 3}]', '[]', '[ ]', '{',
+              '}', '"', '\\"', '\\', '[{"a": "x,y]"}, {"b": "\\"}"}]', '\n', ' ', ',',
+              '{"s": "a\nb"}', '[{},]', '{"a": 1}{"b": 2}', '[1, 2]', '', 'null', '\r\n',
+              '{"k": "\\\\"}', '[{"id": 4},\n {"id": 5}]', '{"\u00e9": "é"}']
+    datas = [''.join(rng.choice(pieces) for _ in range(rng.randint(0, 4))).encode()
+             for _ in range(400)] + [b'', b'{"id": 9}']
+    payload, counts, reasons = _json_lines_many(datas)
+    alone = [_json_lines_many([d]) for d in datas]
+    assert reasons == [r[2][0] for r in alone]
+    assert counts.tolist() == [int(r[1][0]) for r in alone]
+    assert payload == b''.join(r[0] for r in alone)
+    assert payload.count(b'\n') == counts.sum()
+    accepted = 0
+    for d, n, reason in zip(datas, counts.tolist(), reasons):
+        try:
+            value = json.loads(d)
+        except ValueError:
+            continue
+        if isinstance(value, dict) or (isinstance(value, list) and value):
+            assert reason is None and n == (1 if isinstance(value, dict) else len(value)), d
+            accepted += 1
+        else:
+            assert reason is not None, d
+    assert accepted > 20 and sum(r is not None for r in reasons) > 100
+
+
 # ----------------------------------------------------------------------------- sinks
 
 def test_rows_to_json_messages_are_the_jsonl_sinks_lines():

@@ -31,7 +31,7 @@ LOG = logging.getLogger('beamml')
 
 #: seconds the read waits for the pull thread when it has nothing; seconds between
 #: pulls of an idle subscription; seconds without a take after which the thread ends
-WAIT, IDLE_PULL, THREAD_IDLE = 0.1, 0.1, 30.0
+WAIT, IDLE_PULL, THREAD_IDLE = 0.1, 0.1, 5.0
 #: bytes of message data the pull thread holds, not yet taken, at most (and
 #: max_batch_size messages)
 BUFFER_BYTES = 8 << 20
@@ -299,8 +299,9 @@ class ReadState:
 
     def _pull_loop(self) -> None:
         """The pull thread: pulls while there is room in the buffer; ends when nobody took
-        messages for ``THREAD_IDLE`` s (the run is over or cancelled: what it holds is
-        not acknowledged, so it comes again) or the read is closed."""
+        messages for ``THREAD_IDLE`` s (the run is over, failed or cancelled; a later
+        take starts it again) or the read is closed, and gives what it holds back to
+        the subscription (a zero ack deadline: delivered again at once)."""
         extended = time.monotonic()
         while True:
             with self.cond:
@@ -310,9 +311,11 @@ class ReadState:
                     if time.monotonic() - extended >= HOLD_SECONDS / 3:
                         break
                 if self.closed or time.monotonic() - self.last_take >= THREAD_IDLE \
-                        or self.context is None:
-                    self.thread = None
-                    return
+                        or self.context is None:   # the run is over: give the rest back
+                    left = [r.ack_id for r in self.buffer]
+                    self.buffer.clear()
+                    self.buffered_bytes, self.empty, self.thread = 0, False, None
+                    break
                 waiting = [r.ack_id for r in self.buffer] \
                     if time.monotonic() - extended >= HOLD_SECONDS / 3 else []
             if waiting:   # not taken yet: held on, as the read holds what it emitted
@@ -337,6 +340,8 @@ class ReadState:
                 self.cond.notify_all()
                 if not received:   # an idle subscription: pulled every IDLE_PULL s
                     self.cond.wait(IDLE_PULL)
+        if left:   # at once to the next pull (this run's, or the next run's)
+            self._call('modify_ack_deadline', left, ack_deadline_seconds=0)
 
     def _pull_once(self) -> tuple[list, bool]:
         """``(received, empty)`` of one pull of about PULL_BYTES by the largest message
