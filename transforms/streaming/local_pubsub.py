@@ -5,12 +5,14 @@ timeout, acknowledges them before they are processed and sets the watermark to t
 clock after every bundle. :class:`LocalPubSubRead` is a primitive transform with its own
 evaluator on the BundleBasedDirectRunner, added to Beam's ``TransformEvaluatorRegistry``:
 
-* **Pulls** of up to ``max_batch_size`` messages per bundle (several pulls when the
-  service returns fewer), each asking for about ``PULL_BYTES`` by the largest message
-  seen (half as many when a reply is still too big: the emulator refuses over 4 MB). A
-  pull waits at most ``PULL_TIMEOUT`` s; an empty one sleeps ``IDLE_PAUSE`` s, so a
-  cancel takes a few seconds at most. The messages come out as **lists**, one element
-  per window of a pull (and per ``BUNDLE_BYTES`` of data), at the list's earliest
+* **Pulls** run ahead of the runner in threads of their own (``PULL_THREADS``; Beam's
+  local executor has one worker and asks a root step for more only when every other
+  step is idle: a pull made in the evaluator left the pipeline idle for its round
+  trip), each asking for about ``PULL_BYTES`` by the largest message seen lately (half
+  as many after a reply too big: the emulator refuses over 4 MB) and waiting at most
+  ``PULL_TIMEOUT`` s, so a cancel takes a few seconds at most. A bundle takes what was
+  pulled, up to ``max_batch_size`` messages, and gives it out as **lists**, one element
+  per event-time window (and per ``BUNDLE_BYTES`` of data), at the list's earliest
   event time: the runner's cost is per element and per bundle, not per message.
 * **Watermark**: the oldest event time of the messages just pulled (publish time, or
   ``timestamp_attribute``), never lower than before; the wall clock once a pull comes
@@ -226,7 +228,7 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
             st.ack_of[ack] = mid
             acks.append(ack)
             times.append(micros)
-        if renew:   # (the pull thread held the others from the moment they were pulled)
+        if renew:   # (the pull threads gave the others the hold when they pulled them)
             st._call('modify_ack_deadline', renew, ack_deadline_seconds=HOLD_SECONDS)
         if not times:
             return []

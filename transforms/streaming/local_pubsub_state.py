@@ -32,7 +32,10 @@ LOG = logging.getLogger('beamml')
 #: seconds the read waits for the pull thread when it has nothing; seconds between
 #: pulls of an idle subscription; seconds without a take after which the thread ends
 WAIT, IDLE_PULL, THREAD_IDLE = 0.1, 0.1, 5.0
-#: bytes of message data the pull thread holds, not yet taken, at most (and
+#: pull threads (the emulator gives at most 100 messages a pull; two overlap their round
+#: trips); seconds at most between a pull and the request that gives its messages the hold
+PULL_THREADS, HOLD_BATCH = 2, 0.2
+#: bytes of message data the pull threads hold, not yet taken, at most (and
 #: max_batch_size messages)
 BUFFER_BYTES = 8 << 20
 #: seconds a pull waits for messages (an idle subscription: then the watermark is now)
@@ -134,8 +137,11 @@ class ReadState:
         # the pull thread's buffer (see pull())
         self.cond = threading.Condition()
         self.buffer: collections.deque = collections.deque()
-        self.buffered_bytes, self.empty, self.error = 0, False, None
-        self.thread, self.closed, self.last_take = None, False, time.monotonic()
+        self.buffered_bytes, self.error = 0, None
+        self.empty = [False] * PULL_THREADS   # each thread's latest pull came back empty
+        self.threads = [None] * PULL_THREADS
+        self.closed, self.last_take = False, time.monotonic()
+        self.to_hold, self.hold_since = [], None   # pulled, not yet given the hold
 
     # setup -----------------------------------------------------------------
     def _temporary(self, topic: str) -> str:
@@ -260,25 +266,28 @@ class ReadState:
 
     # pulls -------------------------------------------------------------------
     def pull(self) -> tuple[list, bool]:
-        """``(received, idle)``: the messages the pull thread has received since the last
-        call, up to max_batch_size (waiting up to ``WAIT`` s when it has none), and
-        whether the subscription had nothing to give: nothing is buffered, the latest
-        pull came back empty, no pull failed within an ack deadline (a failed pull's
+        """``(received, idle)``: the messages the pull threads have received since the
+        last call, up to max_batch_size (waiting up to ``WAIT`` s when there are none),
+        and whether the subscription had nothing to give: nothing is buffered, each
+        thread's latest pull came back empty, no pull failed within an ack deadline (a failed pull's
         messages come back then), and the read started over HOLD_SECONDS ago (what a
         crashed run held comes back within that). A pull's failure (a BeammlError: a
         deleted subscription, no permission, the service gone for 30 s) is raised here.
 
-        The pulls run in a thread of their own (:meth:`_pull_loop`), ahead of the runner:
+        The pulls run in ``PULL_THREADS`` threads of their own (:meth:`_pull_loop`),
+        ahead of the runner:
         Beam's local runner processes one bundle at a time and asks a root step for more
         only when every other step is idle, so a pull made here would leave the
         pipeline idle for its round trip; made ahead, it overlaps the processing of what
         came before. At most max_batch_size messages (and ``BUFFER_BYTES``) wait."""
         with self.cond:
             self.last_take = time.monotonic()
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(target=self._pull_loop, daemon=True,
-                                               name=f'beamml pull {self.subscription}')
-                self.thread.start()
+            for i, t in enumerate(self.threads):
+                if t is None or not t.is_alive():
+                    self.threads[i] = threading.Thread(
+                        target=self._pull_loop, args=(i,), daemon=True,
+                        name=f'beamml pull {i} {self.subscription}')
+                    self.threads[i].start()
             if not self.buffer and self.error is None:
                 self.cond.wait(WAIT)
             if self.error is not None:
@@ -287,7 +296,7 @@ class ReadState:
             while self.buffer and len(got) < self.read.max_batch_size:
                 got.append(self.buffer.popleft())
             self.buffered_bytes -= sum(len(r.message.data) for r in got)
-            idle = not got and not self.buffer and self.empty
+            idle = not got and not self.buffer and all(self.empty)
             self.cond.notify_all()   # room for the pull thread
         now = time.monotonic()
         recovering = (now - self.failed_at < self.deadline + 1
@@ -297,7 +306,7 @@ class ReadState:
     def _full(self) -> bool:
         return len(self.buffer) >= self.read.max_batch_size or self.buffered_bytes >= BUFFER_BYTES
 
-    def _pull_loop(self) -> None:
+    def _pull_loop(self, me: int) -> None:
         """The pull thread: pulls while there is room in the buffer; ends when nobody took
         messages for ``THREAD_IDLE`` s (the run is over, failed or cancelled; a later
         take starts it again) or the read is closed, and gives what it holds back to
@@ -314,10 +323,13 @@ class ReadState:
                         or self.context is None:   # the run is over: give the rest back
                     left = [r.ack_id for r in self.buffer]
                     self.buffer.clear()
-                    self.buffered_bytes, self.empty, self.thread = 0, False, None
+                    gone = set(left)
+                    self.to_hold = [a for a in self.to_hold if a not in gone]
+                    self.buffered_bytes, self.empty[me], self.threads[me] = 0, False, None
                     break
                 waiting = [r.ack_id for r in self.buffer] \
                     if time.monotonic() - extended >= HOLD_SECONDS / 3 else []
+            self._hold([])   # what waits for its hold longer than HOLD_BATCH
             if waiting:   # not taken yet: held on, as the read holds what it emitted
                 self._call('modify_ack_deadline', waiting, ack_deadline_seconds=HOLD_SECONDS)
                 extended = time.monotonic()
@@ -327,21 +339,37 @@ class ReadState:
                 received, empty = self._pull_once()
             except BeammlError as e:
                 with self.cond:
-                    self.error, self.thread = e, None
+                    self.error, self.threads[me] = e, None
                     self.cond.notify_all()
                 return
-            if received:   # held from now on: a crash gives them back within HOLD_SECONDS
-                self._call('modify_ack_deadline', [r.ack_id for r in received],
-                           ack_deadline_seconds=HOLD_SECONDS)
+            self._hold([r.ack_id for r in received])
             with self.cond:
                 self.buffer.extend(received)
                 self.buffered_bytes += sum(len(r.message.data) for r in received)
-                self.empty = empty
+                self.empty[me] = empty
                 self.cond.notify_all()
                 if not received:   # an idle subscription: pulled every IDLE_PULL s
                     self.cond.wait(IDLE_PULL)
         if left:   # at once to the next pull (this run's, or the next run's)
             self._call('modify_ack_deadline', left, ack_deadline_seconds=0)
+
+    def _hold(self, ack_ids: list) -> None:
+        """Give pulled messages the hold (ack deadline HOLD_SECONDS: a crash gives them
+        back within it), in one request per HOLD_BATCH s or 1,000 messages: a request
+        per pull of 100 cost the pull threads a third of their time. A subscription whose
+        own ack deadline is no longer needs none."""
+        if self.deadline <= HOLD_SECONDS:
+            return
+        with self.cond:
+            if ack_ids and self.hold_since is None:
+                self.hold_since = time.monotonic()
+            self.to_hold.extend(ack_ids)
+            due = self.to_hold and (len(self.to_hold) >= ACK_CHUNK
+                                    or time.monotonic() - self.hold_since >= HOLD_BATCH)
+            if not due:
+                return
+            ack_ids, self.to_hold, self.hold_since = self.to_hold, [], None
+        self._call('modify_ack_deadline', ack_ids, ack_deadline_seconds=HOLD_SECONDS)
 
     def _pull_once(self) -> tuple[list, bool]:
         """``(received, empty)`` of one pull of about PULL_BYTES by the largest message
@@ -410,7 +438,7 @@ STATES_LOCK = threading.Lock()
 
 
 def close_state(state: ReadState) -> None:
-    """End the pull thread, delete a temporary subscription, close the client."""
+    """End the pull threads, delete a temporary subscription, close the client."""
     with state.cond:
         state.closed = True
         state.cond.notify_all()
