@@ -386,7 +386,9 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
     out, then start it again on the same subscription and count what is lost and what
     comes out twice."""
     t_in, t_out, t_dead = emu.topic(), emu.topic(), emu.topic()
-    s_in, s_out, s_dead = emu.subscription(t_in), emu.subscription(t_out), \
+    # the input subscription: Pub/Sub's default ack deadline, 10 s (what the docs ask
+    # for locally: a message in a pull's answer at a SIGKILL comes back after it)
+    s_in, s_out, s_dead = emu.subscription(t_in, ack_deadline=10), emu.subscription(t_out), \
         emu.subscription(t_dead)
     budget = args.timeout
     argv = pipeline_command(peer, s_in, t_out, t_dead, model_dir, args, budget + 120, case)

@@ -33,8 +33,8 @@ LOG = logging.getLogger('beamml')
 #: pulls of an idle subscription; seconds without a take after which the thread ends
 WAIT, IDLE_PULL, THREAD_IDLE = 0.1, 0.1, 5.0
 #: pull threads (the emulator gives at most 100 messages a pull; two overlap their round
-#: trips); seconds at most between a pull and the request that gives its messages the hold
-PULL_THREADS, HOLD_BATCH = 2, 0.2
+#: trips)
+PULL_THREADS = 2
 #: bytes of message data the pull threads hold, not yet taken, at most (and
 #: max_batch_size messages)
 BUFFER_BYTES = 8 << 20
@@ -141,7 +141,6 @@ class ReadState:
         self.empty = [False] * PULL_THREADS   # each thread's latest pull came back empty
         self.threads = [None] * PULL_THREADS
         self.closed, self.last_take = False, time.monotonic()
-        self.to_hold, self.hold_since = [], None   # pulled, not yet given the hold
 
     # setup -----------------------------------------------------------------
     def _temporary(self, topic: str) -> str:
@@ -323,13 +322,10 @@ class ReadState:
                         or self.context is None:   # the run is over: give the rest back
                     left = [r.ack_id for r in self.buffer]
                     self.buffer.clear()
-                    gone = set(left)
-                    self.to_hold = [a for a in self.to_hold if a not in gone]
                     self.buffered_bytes, self.empty[me], self.threads[me] = 0, False, None
                     break
                 waiting = [r.ack_id for r in self.buffer] \
                     if time.monotonic() - extended >= HOLD_SECONDS / 3 else []
-            self._hold([])   # what waits for its hold longer than HOLD_BATCH
             if waiting:   # not taken yet: held on, as the read holds what it emitted
                 self._call('modify_ack_deadline', waiting, ack_deadline_seconds=HOLD_SECONDS)
                 extended = time.monotonic()
@@ -355,21 +351,12 @@ class ReadState:
 
     def _hold(self, ack_ids: list) -> None:
         """Give pulled messages the hold (ack deadline HOLD_SECONDS: a crash gives them
-        back within it), in one request per HOLD_BATCH s or 1,000 messages: a request
-        per pull of 100 cost the pull threads a third of their time. A subscription whose
-        own ack deadline is no longer needs none."""
-        if self.deadline <= HOLD_SECONDS:
-            return
-        with self.cond:
-            if ack_ids and self.hold_since is None:
-                self.hold_since = time.monotonic()
-            self.to_hold.extend(ack_ids)
-            due = self.to_hold and (len(self.to_hold) >= ACK_CHUNK
-                                    or time.monotonic() - self.hold_since >= HOLD_BATCH)
-            if not due:
-                return
-            ack_ids, self.to_hold, self.hold_since = self.to_hold, [], None
-        self._call('modify_ack_deadline', ack_ids, ack_deadline_seconds=HOLD_SECONDS)
+        back within it, while the next run's watermark waits), at once: a message a
+        crashed run had pulled without it comes back only after the subscription's ack
+        deadline, late for the next run. A subscription whose own ack deadline is no
+        longer needs no request (one per pull of 100 took a third of the pulling time)."""
+        if ack_ids and self.deadline > HOLD_SECONDS:
+            self._call('modify_ack_deadline', ack_ids, ack_deadline_seconds=HOLD_SECONDS)
 
     def _pull_once(self) -> tuple[list, bool]:
         """``(received, empty)`` of one pull of about PULL_BYTES by the largest message
