@@ -16,10 +16,9 @@ evaluator on the BundleBasedDirectRunner, added to Beam's ``TransformEvaluatorRe
   event time: the runner's cost is per element and per bundle, not per message.
 * **Watermark**: the oldest event time of the messages just taken (publish time, or
   ``timestamp_attribute``), never lower than before; the wall clock once a pull comes
-  back empty, but not within an ack deadline of a failed pull (whose messages come back
-  then). In the first ``HOLD_SECONDS`` + 1 s of a run it does not move at all: what a
-  crashed run held comes back within ``HOLD_SECONDS``, and a backlog read meanwhile
-  (messages the crashed run never pulled, as old) must not make it late. A backlog is read at its own times; a message older than the watermark
+  back empty, but not in the first ``HOLD_SECONDS`` of a run (what a crashed run held
+  comes back then) nor within an ack deadline of a failed pull (whose messages come
+  back then). A backlog is read at its own times; a message older than the watermark
   when it arrives (Pub/Sub does not promise order) is late data, as on any runner.
 * **Acknowledgement after the output**: a message is held (ack deadline
   ``HOLD_SECONDS``, set when pulled, renewed every third of it) until all it can have
@@ -50,7 +49,6 @@ between bundles (pulls, held messages, drains) is
 from __future__ import annotations
 
 import logging
-import time
 import weakref
 from datetime import timezone
 
@@ -236,8 +234,7 @@ class _LocalPubSubReadEvaluator(_TransformEvaluator):
             return []
         t = np.asarray(times, dtype=np.int64)
         st.held.append(Held(acks, last_window_ends(read.windowfn, t), st.drains_started))
-        if time.monotonic() - st.started > HOLD_SECONDS + 1:   # (see the module docstring)
-            st.watermark = max(st.watermark, Timestamp(micros=int(t.min())))
+        st.watermark = max(st.watermark, Timestamp(micros=int(t.min())))
         output = list(self._outputs)[0]
         keys = window_keys(read.windowfn, t)
         sizes = np.fromiter((len(m.data or b'') for m in messages), dtype=np.int64,

@@ -87,7 +87,7 @@ def _column_json(col: pa.Array) -> pa.Array:
             values = enc.dictionary
             if pa.types.is_timestamp(col.type):
                 values = iso_times(pa.record_batch([values], names=['t'])).column(0)
-            return pc.fill_null(_json_values(values).take(enc.indices), "null")
+            return pc.fill_null(_json_values(values).take(enc.indices), 'null')
     if pa.types.is_timestamp(col.type):
         col = iso_times(pa.record_batch([col], names=['t'])).column(0)
     return _json_values(col)
@@ -217,6 +217,9 @@ class Encode:
     """A picklable ``element -> [(data, attributes)]`` of rows or of one record."""
 
     def __init__(self, what: str, message_format: str):
+        if message_format not in MESSAGE_FORMATS:
+            raise BeammlError(f'message_format must be one of {", ".join(MESSAGE_FORMATS)}, '
+                              f'got {message_format!r}', parameters=('message_format',))
         self.what, self.message_format = what, message_format
 
     def __call__(self, element):

@@ -261,8 +261,7 @@ class WriteJsonToPubSub(beam.PTransform):
                  label: str | None = None):
         super().__init__(label)
         self.topic = check_topic(topic)
-        self.encode = Encode('rows', message_format)
-        encode_rows(pa.record_batch({'x': [1]}), message_format)   # a bad format: refused here
+        self.encode = Encode('rows', message_format)   # a bad format: refused here
 
     def expand(self, batches):
         return _publish(batches, self.topic, self.encode, 'RowsToJson', 'PublishRows')
