@@ -6,10 +6,15 @@ made, and ``beamml assign --streaming`` runs as a whole process
 (``python -m beamml assign --streaming --input_subscription S --output_topic T
 --model DIR --stop_after S``, the BundleBasedDirectRunner) on a model of k
 centres in d dimensions. Once a warm-up point has come out the other end (so
-interpreter start, imports and graph building are not counted), the points
+interpreter start, imports and graph building are not counted) and 12 s after the
+process started (beamml's local read holds its watermark for its first 11 s, so that
+what a crashed run held comes back on time: a start-up cost too), the points
 are published as fast as a ``pubsub_v1.PublisherClient`` with batching
-settings takes them, and a subscriber thread pulls (synchronous pull, up to
-1000 messages a call) and acknowledges the output rows, one message per row.
+settings takes them, and a subscriber thread pulls (synchronous pull, about 3 MB a
+call) and acknowledges the output messages: beamml's with ``--output_topic_format``
+(default here ``auto``: Arrow tables for Arrow input, JSON arrays otherwise, up to
+1,000 rows per message; ``json``, one row per message, is beamml's default),
+RunInference's one row per message.
 
 Cases:
 
@@ -92,22 +97,27 @@ LATENCY_TARGET_S = 2.0
 PEERS = ('beamml', 'runinference')
 CASES = ('single', 'json', 'arrow')
 WARMUP_ID = -1
+#: seconds after the pipeline process starts before the points are published: past the
+#: start-up and past beamml's local read's start hold (HOLD_SECONDS + 1)
+START_HOLD_S = 12.0
 
 #: runs ``python -m beamml ARGS`` with a cProfile profiler in every thread; on SIGTERM
 #: (or at exit) the merged stats go to the file named by BENCH_PROFILE_OUT
 PROFILE_SCRIPT = r'''
-import cProfile, os, pstats, signal, sys, threading, runpy
+import cProfile, os, pstats, signal, sys, threading, runpy, time
 out = os.environ['BENCH_PROFILE_OUT']
+# CPU time of each thread by default (what it computes); wall time shows what it waits on
+clock = time.perf_counter if os.environ.get('BENCH_PROFILE_CLOCK') == 'wall' else time.thread_time
 profilers = []
 lock = threading.Lock()
 def start_profiler(frame, event, arg):
     # the first event in a new thread: its own profiler, which replaces this hook
-    p = cProfile.Profile()
+    p = cProfile.Profile(clock)
     with lock:
         profilers.append(p)
     p.enable()
 threading.setprofile(start_profiler)
-main = cProfile.Profile()
+main = cProfile.Profile(clock)
 profilers.append(main)
 done = []
 def dump(*_):
@@ -217,14 +227,19 @@ def pull_size(messages) -> int:
 
 
 class Receiver(threading.Thread):
-    """Pulls (synchronous pull, up to ``max_messages`` a call) and acknowledges
+    """Pulls (synchronous pull, up to ``max_messages`` a call, by default about 3 MB by
+    the largest message seen) and acknowledges
     ``subscription`` until ``expected`` distinct ids arrived or it is stopped;
     ``ids_of(message)`` gives the ids of a message. Keeps each id's first receive time."""
 
     def __init__(self, subscription: str, expected: int, ids_of, deadline: float,
-                 max_messages: int = 1000):
+                 max_messages: int | None = None):
         super().__init__(daemon=True)
-        self.max_messages = max_messages
+        # messages of unknown size (a pipeline's output): start at 10 a pull and adapt
+        # (a reply over 4 MiB fails, and its messages stay leased for an ack deadline)
+        self.adapt = max_messages is None
+        self.max_messages = 10 if max_messages is None else max_messages
+        self.largest = 1
         from google.cloud import pubsub_v1
         self.client = pubsub_v1.SubscriberClient()
         self.subscription, self.expected, self.ids_of = subscription, expected, ids_of
@@ -256,11 +271,18 @@ class Receiver(threading.Thread):
             except Exception as e:
                 if type(e).__name__ in ('DeadlineExceeded', 'RetryError'):
                     continue
+                if type(e).__name__ == 'ResourceExhausted' and self.max_messages > 1:
+                    self.max_messages //= 2   # a reply over 4 MiB: batch messages
+                    continue
                 raise
             now = time.time()
             received = resp.received_messages
             if not received:
                 continue
+            if self.adapt:   # the next pull asks for about 3 MB by the largest message
+                largest = max(len(r.message.data) for r in received)
+                self.largest = max(self.largest, largest)
+                self.max_messages = int(max(1, min(1000, 3_000_000 // self.largest)))
             self.client.acknowledge(subscription=self.subscription,
                                     ack_ids=[r.ack_id for r in received])
             self.messages += len(received)
@@ -276,7 +298,14 @@ class Receiver(threading.Thread):
 
 
 def output_row_id(message):
-    return (json.loads(message.data)['id'],)
+    """The ids of the rows of an output message: one JSON object, a JSON array of them
+    (beamml's default, ``--output_topic_format json_array``) or Arrow IPC
+    (attribute ``format=arrow``)."""
+    if message.attributes.get('format') == 'arrow':
+        return pa.ipc.open_stream(pa.py_buffer(message.data)).read_all().column('id') \
+            .to_pylist()
+    obj = json.loads(message.data)
+    return [o['id'] for o in obj] if isinstance(obj, list) else (obj['id'],)
 
 
 # ----------------------------------------------------------------------------- runs
@@ -325,8 +354,16 @@ def dead_letter_ids(reasons: dict):
     return ids_of
 
 
+def output_format(choice: str, case: str) -> str:
+    """beamml's ``--output_topic_format``: ``auto`` is the input's batch layout (Arrow
+    for Arrow tables, JSON arrays otherwise)."""
+    if choice != 'auto':
+        return choice
+    return 'arrow' if case == 'arrow' else 'json_array'
+
+
 def pipeline_command(peer: str, s_in: str, t_out: str, t_dead: str, model_dir: str,
-                     args, stop_after: float) -> list[str]:
+                     args, stop_after: float, case: str = 'json') -> list[str]:
     """The pipeline process: ``beamml assign --streaming`` or Beam's RunInference."""
     if peer == 'runinference':
         return [os.path.join(HERE, 'runinference_streaming.py'), '--input_subscription', s_in,
@@ -335,7 +372,9 @@ def pipeline_command(peer: str, s_in: str, t_out: str, t_dead: str, model_dir: s
     return ['-m', 'beamml', 'assign', '--streaming', '--input_subscription', s_in,
             '--output_topic', t_out, '--dead_letter_topic', t_dead, '--model', model_dir,
             '--window_size', str(args.window_size), '--stop_after', str(stop_after),
-            '--model_refresh_seconds', '3600'] + args.beam_flag
+            '--model_refresh_seconds', '3600',
+            '--output_topic_format', output_format(args.output_topic_format, case)
+            ] + args.beam_flag
 
 
 def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_out=None,
@@ -347,10 +386,12 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
     out, then start it again on the same subscription and count what is lost and what
     comes out twice."""
     t_in, t_out, t_dead = emu.topic(), emu.topic(), emu.topic()
-    s_in, s_out, s_dead = emu.subscription(t_in), emu.subscription(t_out), \
+    # the input subscription: Pub/Sub's default ack deadline, 10 s (what the docs ask
+    # for locally: a message in a pull's answer at a SIGKILL comes back after it)
+    s_in, s_out, s_dead = emu.subscription(t_in, ack_deadline=10), emu.subscription(t_out), \
         emu.subscription(t_dead)
     budget = args.timeout
-    argv = pipeline_command(peer, s_in, t_out, t_dead, model_dir, args, budget + 120)
+    argv = pipeline_command(peer, s_in, t_out, t_dead, model_dir, args, budget + 120, case)
     env = _env()
     if profile_out:
         env['BENCH_PROFILE_OUT'] = profile_out
@@ -382,8 +423,12 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
                 raise SystemExit(f'no warm-up output after 120 s; see {log_path}')
             publisher.publish(t_in, warm).result(timeout=30)
         startup = time.time() - t_start
+        # beamml's local read holds its watermark for its first 11 s (what a crashed run
+        # held comes back within 10 s); a start-up effect too: the points go out after it
+        time.sleep(max(0.0, t_start + START_HOLD_S - time.time()))
         pub_time = np.full(n, np.nan)
         silent = False
+        cpu0 = cpu_now(proc, emu)
         t0, t_published = publish_all(publisher, t_in, messages, pub_time, args.rate)
         deadline = t0 + budget
         seen, progress = -1, time.time()
@@ -406,8 +451,10 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
                 silent = True   # nothing came out, neither a row nor a dead letter
                 break
             time.sleep(0.1)
-        time.sleep(1.0)   # the dead letters of the last window, in flight
         t_last = np.nanmax(receiver.recv_time) if receiver.got else float('nan')
+        cpu = [b - a for a, b in zip(cpu0, cpu_now(proc, emu))] if killed_at is None \
+            else [float('nan')] * 3
+        time.sleep(1.0)   # the dead letters of the last window, in flight
     finally:
         receiver.stop.set()
         dead.stop.set()
@@ -434,7 +481,33 @@ def run_pipeline_case(emu, case, messages, n, model_dir, args, workdir, profile_
             'points_per_s': got / elapsed if got else 0.0, 'p50_s': p50, 'p99_s': p99,
             'complete': got == n, 'silent': silent, 'log': log_path, 'stop_s': stop_s,
             'killed_at': killed_at, 'restart_s': (None if restarted is None else
-                                                  restarted - t0)}
+                                                  restarted - t0),
+            'cpu_s': dict(zip(('pipeline', 'emulator', 'benchmark'), cpu))}
+
+
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by the live processes of process group
+    ``pgid`` (the pipeline, started in its own session; the emulator's launcher and its
+    java), from /proc; 0.0 where /proc is not there."""
+    tick = os.sysconf('SC_CLK_TCK') if hasattr(os, 'sysconf') else 100
+    total = 0
+    for entry in os.listdir('/proc') if os.path.isdir('/proc') else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                fields = f.read().rsplit(')', 1)[1].split()
+        except OSError:   # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:   # pgrp; utime and stime are fields 14 and 15 of stat
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def cpu_now(proc, emu) -> tuple[float, float, float]:
+    """(pipeline, emulator, this benchmark process) CPU seconds so far."""
+    t = os.times()
+    return group_cpu(proc.pid), group_cpu(emu.proc.pid), t.user + t.system
 
 
 def accounted_ids(out: 'Receiver', dead: 'Receiver') -> int:
@@ -511,6 +584,14 @@ def print_profile(path: str, top: int = 15) -> None:
          lambda k: k in IDLE or any(o in name(k) or o in k[0] for o in OUTER))
 
 
+def fmt_cpu(r: dict) -> str:
+    """CPU seconds from the first publish to the last row, per process (2 cores: 2 s of
+    CPU per second of wall time at most)."""
+    c = r['cpu_s']
+    return (f'CPU s pipeline {c["pipeline"]:.1f}, emulator {c["emulator"]:.1f}, publisher and '
+            f'subscribers {c["benchmark"]:.1f}')
+
+
 def fmt_case(r: dict) -> str:
     extra = ''
     if not r['complete']:
@@ -577,6 +658,11 @@ def main(argv=None):
                     help='also run the json case with a SIGKILL of the pipeline once a third '
                          'of the points came out and a restart on the same subscription: ids '
                          'lost and duplicated (beamml only)')
+    ap.add_argument('--output_topic_format', choices=('auto', 'json', 'json_array', 'arrow'),
+                    default='auto',
+                    help="beamml's output messages (default auto: arrow for Arrow input, "
+                         'json_array otherwise, up to 1000 rows per message; json: one '
+                         "message per row, beamml's default)")
     ap.add_argument('--beam_flag', action='append', default=[],
                     help='extra flag for beamml assign (repeatable)')
     ap.add_argument('--workdir', default=os.path.join(ROOT, 'bench_output', 'streaming'))
@@ -617,7 +703,10 @@ def main(argv=None):
                                             args, args.workdir, peer=peer)
                     runs.append(res)
                     print(f'  {peer:12s} {case:6s} run {r + 1}: {fmt_case(res)}; start-up '
-                          f'{res["startup_s"]:.1f} s, stop {res["stop_s"]:.1f} s', flush=True)
+                          f'{res["startup_s"]:.1f} s, stop {res["stop_s"]:.1f} s; '
+                          f'{fmt_cpu(res)}', flush=True)
+                if not runs:   # --repeat 0: the profiles (or the emulator) only
+                    continue
                 best[peer, case] = max(runs, key=lambda x: (x['complete'], x['points_per_s']))
                 if args.paced:
                     rate = args.rate
@@ -688,6 +777,8 @@ def main(argv=None):
     for case in cases:
         target = TARGETS[case]
         for peer in peers:
+            if (peer, case) not in best:
+                continue
             r = best[peer, case]
             verdict = 'met' if r['complete'] and r['points_per_s'] >= target else 'NOT met'
             line = (f'  {peer:12s} {case:6s}: {r["points_per_s"]:>10,.0f} points/s, p50 '

@@ -139,6 +139,43 @@ def test_a_bad_event_time_attribute_is_one_dead_letter_and_the_stream_goes_on(em
     assert json.loads(dead[0]['record']) == {'id': 3, 'features': [3.0, 1.0]}
 
 
+def test_a_publish_that_fails_fails_the_stream_and_acknowledges_nothing(emulator,
+                                                                        monkeypatch):
+    """The local sink waits for every publish of a bundle: a topic that refuses (here it
+    does not exist) fails the bundle and the pipeline with one line naming the topic,
+    and the messages whose rows were not published are not acknowledged: they come
+    again on the subscription (within the read's hold, 2 s here)."""
+    import beamml.transforms.streaming.local_pubsub as local
+    import beamml.transforms.streaming.local_pubsub_state as state
+    from beamml.transforms.core.errors import BeammlError
+    monkeypatch.setattr(local, 'HOLD_SECONDS', 2)
+    monkeypatch.setattr(state, 'HOLD_SECONDS', 2)
+    emu = emulator
+    t_in = emu.topic()
+    sub = emu.subscription(t_in, ack_deadline=10)
+    missing = emu.publisher.topic_path('beamml-test', 'no-such-topic')
+    ids = emu.publish(t_in, [point(i) for i in range(20)])
+    p = local_pipeline()
+    read = p | 'Read' >> ReadPubSubBatches(sub, layout=message_layout(dimension=2),
+                                           message_id_column='message_id')
+    read.batches | 'Rows' >> WriteJsonToPubSub(missing, 'json_array')
+    result = p.run()
+    failed = None
+    t0 = time.monotonic()
+    try:
+        result.wait_until_finish()
+    except Exception as e:   # the DirectRunner re-raises the step's exception
+        failed = e
+    finally:
+        cancel_seconds(result, 10)
+    assert time.monotonic() - t0 < 20
+    assert isinstance(failed, BeammlError), repr(failed)
+    line = str(failed)
+    assert '\n' not in line and line.startswith(f'publishing to {missing} failed: NotFound'), line
+    again = emu.pull(sub, 20, timeout=20)
+    assert sorted(m.message_id for m in again) == sorted(ids)
+
+
 # ----------------------------------------------------------------------------- the CLI
 
 @pytest.fixture(scope='module')
@@ -253,3 +290,37 @@ def test_sigkill_mid_stream_and_a_restart_lose_no_id(emulator, model_dir):
     assert duplicated < n - 1   # what the first run acknowledged is not read again
     for r in rows:   # a duplicate is the same row again, known by its message id
         assert r['id'] == int(json.loads(payloads[ids.index(r['message_id'])])['id'])
+
+
+def test_a_stream_whose_output_topic_fails_exits_2_in_one_line_and_keeps_its_messages(
+        emulator, model_dir):
+    """assign --streaming, rows as JSON arrays: the output topic deleted while the stream
+    runs. The stream ends with exit 2 and one line naming the topic (the sink's failed
+    publish, or the watch on the topic, whichever comes first), and the points it could
+    not publish are not acknowledged: they come again on the subscription."""
+    emu = emulator
+    t_in, t_out, t_dl = emu.topic(), emu.topic(), emu.topic()
+    sub = emu.subscription(t_in, ack_deadline=10)
+    s_out = emu.subscription(t_out)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'beamml', 'assign', '--streaming', '--model', model_dir,
+         '--input_subscription', sub, '--output_topic', t_out, '--dead_letter_topic', t_dl,
+         '--output_topic_format', 'json_array', '--window_size', '1', '--stop_after', '60'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        emu.publish(t_in, [point(0)])
+        first = emu.pull(s_out, 1, timeout=40)
+        assert [r['id'] for m in first for r in json.loads(m.data)] == [0]
+        emu.publisher.delete_topic(topic=t_out)
+        ids = emu.publish(t_in, [point(i) for i in range(1, 51)])
+        _, err = proc.communicate(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 2, err[-3000:]
+    assert lines[-1].startswith('beamml assign: error: ') and t_out in lines[-1], lines[-1]
+    assert 'Traceback' not in err
+    again = emu.pull(sub, 50, timeout=30)
+    assert set(ids) <= {m.message_id for m in again}

@@ -7,6 +7,7 @@ import math
 import os
 import random
 import subprocess
+import time
 
 import apache_beam as beam
 import numpy as np
@@ -297,6 +298,39 @@ def test_the_same_rows_in_a_jsonl_file_and_in_a_message_give_the_same_batch_and_
         assert len(rows) >= 8
 
 
+def test_the_json_split_of_many_messages_is_each_messages_own():
+    """_json_lines_many over a list: each message's lines and refusal as if it were alone
+    (a bad message never shifts its neighbours' strings or brackets), and against
+    json.loads: a message it parses to an object or a non-empty array is accepted with
+    one line per object."""
+    from beamml.transforms.streaming.messages import _json_lines_many
+    rng = random.Random(7)
+    pieces = ['{"id": 1, "features": [1, 2]}', '[{"id": 2}, {"id": 3}]', '[]', '[ ]', '{',
+              '}', '"', '\\"', '\\', '[{"a": "x,y]"}, {"b": "\\"}"}]', '\n', ' ', ',',
+              '{"s": "a\nb"}', '[{},]', '{"a": 1}{"b": 2}', '[1, 2]', '', 'null', '\r\n',
+              '{"k": "\\\\"}', '[{"id": 4},\n {"id": 5}]', '{"\u00e9": "é"}']
+    datas = [''.join(rng.choice(pieces) for _ in range(rng.randint(0, 4))).encode()
+             for _ in range(400)] + [b'', b'{"id": 9}']
+    payload, counts, reasons = _json_lines_many(datas)
+    alone = [_json_lines_many([d]) for d in datas]
+    assert reasons == [r[2][0] for r in alone]
+    assert counts.tolist() == [int(r[1][0]) for r in alone]
+    assert payload == b''.join(r[0] for r in alone)
+    assert payload.count(b'\n') == counts.sum()
+    accepted = 0
+    for d, n, reason in zip(datas, counts.tolist(), reasons):
+        try:
+            value = json.loads(d)
+        except ValueError:
+            continue
+        if isinstance(value, dict) or (isinstance(value, list) and value):
+            assert reason is None and n == (1 if isinstance(value, dict) else len(value)), d
+            accepted += 1
+        else:
+            assert reason is not None, d
+    assert accepted > 20 and sum(r is not None for r in reasons) > 100
+
+
 # ----------------------------------------------------------------------------- sinks
 
 def test_rows_to_json_messages_are_the_jsonl_sinks_lines():
@@ -319,6 +353,57 @@ def test_rows_to_json_messages_are_the_jsonl_sinks_lines():
     assert back.column('id').to_pylist() == [1, 2, 3]
     np.testing.assert_array_equal(np.stack(back.column('features').to_numpy(zero_copy_only=False)),
                                   [[1.0, math.nan], [math.inf, 2.0], [0.5, -0.0]])
+
+
+def _assign_rows(n: int, per_message: int = 1) -> pa.RecordBatch:
+    """Rows as ``assign --streaming`` writes them (a window, a model version, message ids)."""
+    start = pa.array([1_796_000_000_000_000] * n, pa.timestamp('us', tz='UTC'))
+    return pa.record_batch({
+        'id': pa.array(range(n), pa.int64()), 'cluster': pa.array(np.arange(n) % 3),
+        'distance': pa.array(np.r_[np.linspace(0, 1, n - 1), math.nan]),
+        'model_version': pa.array(['v1'] * (n - 1) + [None]),
+        'window_start': start, 'window_end': pa.array(np.arange(n) * 1000, pa.timestamp(
+            'us', tz='UTC')), 'timing': pa.array(['on_time'] * (n - 1) + ['NaN']),
+        'message_id': pa.array([f'm{i // per_message}' for i in range(n)])})
+
+
+def test_output_message_formats_carry_every_row_once_in_order():
+    """json: the JSON-lines sink's lines; json_array: arrays of those very objects, cut at
+    max_rows rows and about max_bytes bytes; arrow: Arrow IPC tables with format=arrow.
+    Every row once, in order, its message_id kept (how a reader drops duplicates)."""
+    from beamml.transforms.streaming.publish import MESSAGE_FORMATS, encode_rows
+    from beamml.transforms.streaming.windows import iso_times
+    batch = _assign_rows(2500, per_message=1000)
+    lines = to_json_lines(iso_times(batch)).split(b'\n')[:-1]
+    assert MESSAGE_FORMATS[0] == 'json'   # the default: one object per row, as before
+    assert [d for d, a in encode_rows(batch, 'json')] == lines
+    assert encode_rows(batch) == encode_rows(batch, 'json')
+    objects = [json.loads(line) for line in lines]
+    for max_rows, max_bytes, sizes in ((1000, 1 << 20, [1000, 1000, 500]),
+                                       (700, 1 << 20, [700, 700, 700, 400]),
+                                       (1000, 10_000, None)):
+        out = encode_rows(batch, 'json_array', max_rows=max_rows, max_bytes=max_bytes)
+        arrays = [json.loads(d) for d, a in out]
+        assert all(a == {} for _, a in out) and all(isinstance(x, list) for x in arrays)
+        assert [o for x in arrays for o in x] == objects
+        if sizes is not None:
+            assert [len(x) for x in arrays] == sizes
+        else:   # cut by bytes: every message about 10 kB at most (one row more at most)
+            row = max(len(line) for line in lines) + 1
+            assert len(arrays) > 2500 * 100 // 10_000
+            assert all(len(d) <= 10_000 + row for d, _ in out)
+    out = encode_rows(batch, 'arrow', max_rows=1000)
+    assert [a for _, a in out] == [{'format': 'arrow'}] * 3
+    back = pa.concat_tables([pa.ipc.open_stream(d).read_all() for d, _ in out])
+    whole = pa.Table.from_batches([batch])
+    assert back.drop_columns(['distance']).equals(whole.drop_columns(['distance']))
+    np.testing.assert_array_equal(back.column('distance').to_numpy(),   # NaN too
+                                  whole.column('distance').to_numpy())
+    assert encode_rows(batch.slice(0, 0), 'json_array') == []
+    with pytest.raises(BeammlError):
+        encode_rows(batch, 'csv')
+    with pytest.raises(BeammlError):
+        WriteJsonToPubSub('projects/beamml-test/topics/abc', 'csv')
 
 
 @pytest.mark.parametrize('kwargs', [
@@ -409,6 +494,50 @@ def test_end_to_end_on_the_emulator(emulator):
     assert all(d['file'] == sub and d['reason'] for d in letters)
     assert sorted((d['row'], d['reason']) for d in letters if d['row'] is not None) == [
         (0, 'dimension 2, expected 3'), (1, 'missing id')]
+
+
+def test_batch_output_messages_on_the_emulator(emulator):
+    """The same rows as JSON arrays and as Arrow tables, published by the local sink:
+    every id once in each, each row naming the message it came from (singles, an
+    array, an Arrow table), a batch message holding many rows."""
+    emu = emulator
+    t_in, t_arr, t_arrow = emu.topic(), emu.topic(), emu.topic()
+    sub, s_arr, s_arrow = (emu.subscription(t_in), emu.subscription(t_arr),
+                           emu.subscription(t_arrow))
+    objs = [{'id': i, 'features': [float(i), 1.0]} for i in range(300)]
+    ids = emu.publish(t_in, [json.dumps(o).encode() for o in objs[:100]]
+                      + [json.dumps(objs[100:200]).encode(),
+                         (arrow_bytes(pa.Table.from_pylist(objs[200:], schema=pa.schema(
+                             [('id', pa.int64()), ('features', pa.list_(pa.float64(), 2))]))),
+                          {'format': 'arrow'})])
+    message_of = {i: ids[min(i, 100 + (i - 100) // 100)] for i in range(300)}
+    p = beam.Pipeline(options=PipelineOptions([], runner='BundleBasedDirectRunner',
+                                              streaming=True))
+    read = p | 'Read' >> ReadPubSubBatches(sub, layout=message_layout(dimension=2),
+                                           message_id_column='message_id')
+    read.batches | 'Arrays' >> WriteJsonToPubSub(t_arr, 'json_array')
+    read.batches | 'Arrow' >> WriteJsonToPubSub(t_arrow, 'arrow')
+    result = p.run()
+    try:
+        arrays, tables = [], []
+        deadline = time.monotonic() + 40
+        while (sum(map(len, arrays)) < 300 or sum(t.num_rows for t in tables) < 300) \
+                and time.monotonic() < deadline:
+            arrays += [json.loads(m.data) for m in emu.pull(s_arr, 1, timeout=0.5)]
+            tables += [pa.ipc.open_stream(m.data).read_all()
+                       for m in emu.pull(s_arrow, 1, timeout=0.5)
+                       if m.attributes['format'] == 'arrow']
+    finally:
+        cancel_run(result, emu, t_in)
+    rows = [r for a in arrays for r in a]
+    assert sorted(r['id'] for r in rows) == list(range(300))
+    assert all(r['message_id'] == message_of[r['id']] and r['features'] == [r['id'], 1.0]
+               for r in rows)
+    assert max(map(len, arrays)) > 1 and len(arrays) < 300
+    table = pa.concat_tables(tables)
+    assert sorted(table.column('id').to_pylist()) == list(range(300))
+    assert all(message_of[i] == m for i, m in zip(table.column('id').to_pylist(),
+                                                  table.column('message_id').to_pylist()))
 
 
 def test_the_emulator_helper_restores_the_environment_and_leaves_no_process():

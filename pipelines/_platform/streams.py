@@ -274,7 +274,8 @@ def write_rows(rows, args, schema: pa.Schema, *, label: str = 'Write') -> None:
                                              write_tables(fmt, schema), what='rows')
     if args.output_topic:
         from beamml.transforms.streaming.pubsub import WriteJsonToPubSub
-        rows | f'{label}Topic' >> WriteJsonToPubSub(args.output_topic)
+        rows | f'{label}Topic' >> WriteJsonToPubSub(
+            args.output_topic, getattr(args, 'output_topic_format', 'json'))
 
 
 def write_records(records, args, *, prefix: str, label: str) -> None:

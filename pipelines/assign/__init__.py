@@ -50,6 +50,7 @@ from beamml.transforms.core.documents import read_json, write_json
 from beamml.transforms.deployment import (SHADOW_TAG, AssignDeployed, AssignDeployedLatest,
                                           ShadowComparisonFn, VersionCountsFn)
 from beamml.transforms.model import CentroidModel
+from beamml.transforms.streaming.publish import DEFAULT_MESSAGE_FORMAT, MESSAGE_FORMATS
 
 LOG = logging.getLogger('beamml')
 
@@ -79,6 +80,12 @@ class AssignOptions:
         parser.add_argument('--model_refresh_seconds', type=positive_seconds, default=60.0,
                             help='with --streaming: look for a new model version in the '
                                  'model directory every S seconds (default 60)')
+        parser.add_argument('--output_topic_format', choices=MESSAGE_FORMATS,
+                            default=DEFAULT_MESSAGE_FORMAT,
+                            help='with --streaming --output_topic: json (one JSON object '
+                                 'per row, the default), json_array (a JSON array of up to '
+                                 '1000 rows per message: for throughput) or arrow (Arrow IPC, '
+                                 'attribute format=arrow)')
         deploy = parser.add_argument_group('shadow, canary and the promote/keep gate')
         deploy.add_argument('--shadow_model', default=None, metavar='PATH',
                             help='also assign every point with this candidate model and '

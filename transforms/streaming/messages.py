@@ -109,77 +109,118 @@ def message_layout(*, id_column: str | None = 'id',
 
 _WS = np.zeros(256, dtype=bool)
 _WS[[0x20, 0x09, 0x0A, 0x0D]] = True
+_NONWS = (~_WS).astype(np.int8)
 _OPEN = np.zeros(256, dtype=np.int8)
 _OPEN[[ord('['), ord('{')]] = 1
 _OPEN[[ord(']'), ord('}')]] = -1
 
 
-def _json_lines(data: bytes) -> tuple[bytes | None, int, str | None]:
-    """(JSON-lines bytes, number of lines, None) of one message's JSON text, or
-    (None, 0, reason) when the message as a whole is not one object or an array of
-    objects' worth of JSON.
-
-    A vectorised scan (numpy over the bytes): escapes, then strings, then nesting
-    depth; the commas between the array's elements become newlines and
-    whitespace newlines spaces, so each element is one line for the JSON-lines
-    reader, which then parses (and refuses) each as it would a file's line.
-    """
-    b = np.frombuffer(data, dtype=np.uint8)
+def _escaped(b: np.ndarray) -> np.ndarray:
+    """Whether each byte is escaped: an odd run of backslashes precedes it."""
     n = len(b)
-    ws = _WS[b]
-    body = np.flatnonzero(~ws)
-    if not len(body):
-        return None, 0, 'empty message'
-    first, last = int(body[0]), int(body[-1])
-    lead = b[first]
-    if lead not in (ord('{'), ord('[')):
-        return None, 0, 'not a JSON object or array of objects'
-    # a character is escaped when an odd run of backslashes precedes it
     bs = b == 0x5C
-    if bs.any():
-        idx = np.arange(n, dtype=np.int32)
-        last_plain = np.maximum.accumulate(np.where(bs, -1, idx))
-        run_before = np.empty(n, dtype=np.int32)
-        run_before[0] = 0
-        run_before[1:] = idx[:-1] - last_plain[:-1]
-        escaped = run_before % 2 == 1
-    else:
-        escaped = np.zeros(n, dtype=bool)
-    quote = (b == 0x22) & ~escaped
-    quotes = np.cumsum(quote, dtype=np.int32)
-    in_string = (quotes % 2).astype(bool) & ~quote   # strictly inside a string
-    if quotes[-1] % 2:
-        return None, 0, 'invalid JSON: an unterminated string'
-    if ((b == 0x0A) | (b == 0x0D))[in_string].any():   # it would split the line
-        return None, 0, 'invalid JSON: a line break in a string'
-    structural = np.where(in_string | quote, 0, _OPEN[b])
-    depth = np.cumsum(structural, dtype=np.int32)   # depth after each byte
-    if depth.min() < 0 or depth[-1] != 0:
-        return None, 0, 'invalid JSON: unbalanced brackets'
-    closes = np.flatnonzero(depth[first:] == 0)   # the top value ends at the first 0
-    end = first + int(closes[0])
-    if end != last:
-        return None, 0, 'invalid JSON: more than one JSON value in the message'
+    if not bs.any():
+        return np.zeros(n, dtype=bool)
+    idx = np.arange(n, dtype=np.int64)
+    last_plain = np.maximum.accumulate(np.where(bs, -1, idx))
+    run_before = np.empty(n, dtype=np.int64)
+    run_before[0] = 0
+    run_before[1:] = idx[:-1] - last_plain[:-1]
+    return run_before % 2 == 1
+
+
+def _json_lines_many(datas: Sequence[bytes]) -> tuple[bytes, np.ndarray, list]:
+    """The JSON-lines payload of many messages' JSON text at once: ``(payload, counts,
+    reasons)``, the payload holding the lines of the messages that are one object or an
+    array of objects' worth of JSON (one line per object, in message order),
+    ``counts[i]`` the lines of message i (0 when refused) and ``reasons[i]`` None or why
+    message i as a whole is refused (the first of: empty, not an object or array,
+    an unterminated string, a line break in a string, unbalanced brackets, more than
+    one value, an empty array, an empty element).
+
+    One vectorised scan (numpy over the bytes of all the messages, each followed by a
+    newline): escapes, strings, nesting depth, each restarted at every message; the
+    commas between an array's elements become newlines and whitespace newlines spaces,
+    so each element is one line for the JSON-lines reader, which then parses (and
+    refuses) each as it would a file's line. No Python loop over messages or bytes; the
+    full-length arrays are bytes and int32 (about 12 bytes of scratch per byte).
+    """
+    m = len(datas)
+    lengths = np.fromiter(map(len, datas), dtype=np.int64, count=m)
+    buf = b'\n'.join(datas) + b'\n'
+    b = np.frombuffer(buf, dtype=np.uint8)
+    starts = np.zeros(m, dtype=np.int64)
+    starts[1:] = np.cumsum(lengths + 1)[:-1]
+    ends = starts + lengths                        # each message's newline
+    span = lengths + 1
+
+    def message_of(positions):
+        return np.searchsorted(starts, positions, side='right') - 1
+
+    quote = (b == 0x22) & ~_escaped(b)
+    parity = np.bitwise_xor.accumulate(quote.view(np.uint8))     # quotes so far, mod 2
+    base = parity[starts] ^ quote[starts]
+    if base.any():   # after a message with an odd number of quotes: restart per message
+        parity ^= np.repeat(base, span)
+    in_string = parity.view(bool) & ~quote                       # strictly inside a string
+    structural = _OPEN[b] * ~(in_string | quote)
+    depth = np.cumsum(structural, dtype=np.int32)                # after each byte
+    base = depth[starts] - structural[starts]
+    if base.any():   # after an unbalanced message
+        depth -= np.repeat(base, span)
+    nonws = np.cumsum(_NONWS[b], dtype=np.int32)                 # non-blanks up to here
+    before = nonws[starts] - _NONWS[b[starts]]
+    empty = nonws[ends] == before
+    first = np.where(empty, starts, np.searchsorted(nonws, before + 1))
+    last = np.where(empty, starts, np.searchsorted(nonws, nonws[ends]))
+    lead = b[first]
+    is_array = lead == ord('[')
+    breaks = np.flatnonzero((b == 0x0A) | (b == 0x0D))
+    breaks = breaks[in_string[breaks]]
+    broken = np.bincount(message_of(breaks), minlength=m) > 0
+    broken[message_of(ends[in_string[ends]])] = False   # an unterminated string's newline
+    unbalanced = depth[ends] != 0
+    unbalanced[message_of(np.flatnonzero(depth < 0))] = True
+    zero = np.flatnonzero(depth == 0)   # outside every value (few, in good messages)
+    of = message_of(zero)
+    zero = zero[(zero >= first[of]) & (zero < last[of])]
+    several = np.bincount(message_of(zero), minlength=m) > 0   # a value ended before last
+    # an array's elements: the commas at depth 1, outside strings, between its brackets
+    commas = np.flatnonzero(b == 0x2C)
+    commas = commas[~in_string[commas] & (depth[commas] == 1)]
+    of = message_of(commas)
+    commas = commas[is_array[of] & (commas > first[of]) & (commas < last[of])]
+    of = message_of(commas)
+    n_commas = np.bincount(of, minlength=m)
+    arrays = np.flatnonzero(is_array)
+    bounds = np.sort(np.concatenate([commas, first[arrays], last[arrays]]))
+    bound_of = message_of(bounds)
+    filled = nonws[bounds[1:] - 1] - nonws[bounds[:-1]]   # non-blanks between two bounds
+    hollow = np.bincount(bound_of[:-1][(bound_of[:-1] == bound_of[1:]) & (filled == 0)],
+                         minlength=m) > 0
+    checks = [(empty, 'empty message'),
+              (~np.isin(lead, (ord('{'), ord('['))), 'not a JSON object or array of objects'),
+              (in_string[ends], 'invalid JSON: an unterminated string'),
+              (broken, 'invalid JSON: a line break in a string'),
+              (unbalanced, 'invalid JSON: unbalanced brackets'),
+              (several, 'invalid JSON: more than one JSON value in the message'),
+              (is_array & (n_commas == 0) & hollow, 'empty JSON array'),
+              (is_array & hollow, 'invalid JSON: an empty element in the array')]
+    code = np.zeros(m, dtype=np.int64)
+    for i, (bad, _) in reversed(list(enumerate(checks))):   # the first reason wins
+        code[bad] = i + 1
+    reasons = [None if c == 0 else checks[c - 1][1] for c in code.tolist()]
+    ok = code == 0
     out = b.copy()
-    outside = ~in_string
-    out[(b == 0x0A) & outside] = 0x20
-    out[(b == 0x0D) & outside] = 0x20
-    if lead == ord('{'):
-        return out.tobytes() + b'\n', 1, None
-    # an array: its elements are at depth 1; commas there separate them
-    inner = slice(first + 1, last)
-    commas = np.flatnonzero((b[inner] == ord(',')) & outside[inner] & (depth[inner] == 1)) \
-        + first + 1
-    nonws = np.cumsum(~ws, dtype=np.int32)   # non-whitespace bytes up to each position
-    bounds = np.concatenate([[first], commas, [last]])
-    filled = nonws[bounds[1:] - 1] - nonws[bounds[:-1]]   # non-whitespace between bounds
-    if len(commas) == 0 and filled[0] == 0:
-        return None, 0, 'empty JSON array'
-    if (filled == 0).any():
-        return None, 0, 'invalid JSON: an empty element in the array'
+    blanks = np.flatnonzero((b == 0x0A) | (b == 0x0D))
+    out[blanks[~in_string[blanks]]] = 0x20
+    out[ends] = 0x0A
     out[commas] = 0x0A
-    out[first] = out[last] = 0x20
-    return out.tobytes() + b'\n', len(commas) + 1, None
+    out[first[arrays]] = out[last[arrays]] = 0x20
+    counts = np.where(ok, np.where(is_array, n_commas + 1, 1), 0)
+    if ok.all():
+        return out.tobytes(), counts, reasons
+    return out[np.repeat(ok, span)].tobytes(), counts, reasons
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -266,42 +307,48 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
     counts: list[int] = []
     arrow_batches: list[pa.RecordBatch] = []
     with_rows = source_columns or message_id_column is not None
-    for m in messages:   # per message: decode, first byte, array split
+    order: list[int] = []   # the message of each dead letter (they come out in that order)
+    texts, text_ids, text_at = [], [], []
+    for i, m in enumerate(messages):   # per message: its kind; the JSON is split below
         mid = getattr(m, 'message_id', None)
         data = getattr(m, 'data', None) or b''
         refusal = getattr(m, 'refusal', None)
         if refusal is not None:
             dead.append(_with_message(dead_letter(source, None, None, refusal,
                                                   _raw_text(data)), mid, None))
+            order.append(i)
             continue
         if _is_arrow(m):
             b, d = _parse_arrow(m, layout, source, points, allow_nan, refuse_zero, with_rows)
             arrow_batches.extend(_finish(x, np.full(x.num_rows, mid, dtype=object),
                                          source_columns, message_id_column) for x in b)
             dead.extend(d)
+            order.extend([i] * len(d))
             continue
-        try:
-            bytes(data).decode('utf-8')
-        except UnicodeDecodeError as e:
-            dead.append(_with_message(dead_letter(
-                source, None, None, f'invalid message: invalid UTF-8 at byte {e.start}',
-                _raw_text(data)), mid, None))
-            continue
-        lines, n, reason = _json_lines(bytes(data))
-        if reason is not None:
-            dead.append(_with_message(dead_letter(
-                source, None, None, f'invalid message: {reason}', _raw_text(data)), mid, None))
-            continue
-        parts.append(lines)
-        part_ids.append(mid)
-        counts.append(n)
+        texts.append(bytes(data))
+        text_ids.append(mid)
+        text_at.append(i)
+    texts, text_ids, text_at = _utf8(texts, text_ids, text_at, source, dead, order)
+    if texts:
+        payload, n_lines, reasons = _json_lines_many(texts)
+        for data, mid, i, reason in zip(texts, text_ids, text_at, reasons):
+            if reason is not None:   # the refused messages only
+                dead.append(_with_message(dead_letter(
+                    source, None, None, f'invalid message: {reason}', _raw_text(data)),
+                    mid, None))
+                order.append(i)
+        keep = n_lines > 0
+        parts = [payload] if keep.any() else []
+        part_ids = [mid for mid, k in zip(text_ids, keep.tolist()) if k]
+        counts = n_lines[keep].tolist()
+    dead = [dead[j] for j in np.argsort(np.asarray(order, dtype=np.int64), kind='stable')]
     if not parts:
         return arrow_batches, dead
     counts_a = np.asarray(counts, dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts_a)[:-1]])
-    msg_of = np.repeat(np.arange(len(parts)), counts_a)   # payload row -> message
+    msg_of = np.repeat(np.arange(len(part_ids)), counts_a)   # payload row -> message
     elem_of = np.arange(int(counts_a.sum())) - starts[msg_of]  # -> index in the message
-    payload = b''.join(parts)
+    payload = parts[0]
     ids_of = np.asarray(part_ids, dtype=object)
     found = []
     for item in read_jsonl(io.BytesIO(payload), source, layout):
@@ -323,6 +370,29 @@ def parse_messages(messages: Iterable, layout: Layout, *, source: str, points: b
             dl['record'] = dl['record'].strip(' \t')
         dead.append(_with_message(dl, part_ids[msg_of[g]], elem_of[g]))
     return batches + arrow_batches, dead
+
+
+def _utf8(texts: list, ids: list, at: list, source: str, dead: list, order: list):
+    """The messages that are valid UTF-8 (checked at once; one by one only when some
+    are not), the others as dead letters."""
+    try:
+        b'\n'.join(texts).decode('utf-8')   # a newline ends any cut sequence
+        return texts, ids, at
+    except UnicodeDecodeError:
+        pass
+    keep = [], [], []
+    for data, mid, i in zip(texts, ids, at):
+        try:
+            data.decode('utf-8')
+        except UnicodeDecodeError as e:
+            dead.append(_with_message(dead_letter(
+                source, None, None, f'invalid message: invalid UTF-8 at byte {e.start}',
+                _raw_text(data)), mid, None))
+            order.append(i)
+            continue
+        for lst, v in zip(keep, (data, mid, i)):
+            lst.append(v)
+    return keep
 
 
 def _finish(batch: pa.RecordBatch, message_ids: np.ndarray, source_columns: bool,

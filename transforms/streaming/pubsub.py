@@ -6,8 +6,10 @@ batches them per window (:class:`BatchMessagesFn`) and parses each list
 (:class:`ParseMessagesFn`, which delegates to
 :func:`~beamml.transforms.streaming.messages.parse_messages`: one JSON object, a JSON
 array of them, or Arrow IPC; every problem a dead letter).
-:class:`WriteJsonToPubSub` and :class:`WriteDeadLettersToPubSub` publish one
-JSON message per row or dead letter. Topic and subscription names are checked
+:class:`WriteJsonToPubSub` publishes rows (one JSON object per row by default, or a
+JSON array of rows per message, or Arrow IPC) and :class:`WriteDeadLettersToPubSub`
+one JSON message per dead letter (the formats and the local sink:
+:mod:`~beamml.transforms.streaming.publish`). Topic and subscription names are checked
 where they are given (:func:`check_topic`, :func:`check_subscription`).
 """
 from __future__ import annotations
@@ -18,13 +20,12 @@ import apache_beam as beam
 import pyarrow as pa
 from apache_beam.utils.windowed_value import WindowedValue
 
-from beamml.transforms.core.documents import dumps
 from beamml.transforms.core.errors import ERRORS, BeammlError, RecordCounters
 from beamml.transforms.io.coder import RecordBatchCoder
 from beamml.transforms.io.layout import Layout, printable
-from beamml.transforms.io.sinks import to_json_lines
 from beamml.transforms.streaming.messages import parse_messages
-from beamml.transforms.streaming.windows import iso_times
+from beamml.transforms.streaming.publish import (DEFAULT_MESSAGE_FORMAT, Encode, PublishFn,
+                                                 encode_rows, to_pubsub_messages)
 
 __all__ = ['check_subscription', 'check_topic', 'ParseMessagesFn', 'BatchMessagesFn',
            'ReadPubSubBatches', 'rows_to_json_messages', 'WriteJsonToPubSub',
@@ -134,13 +135,14 @@ class ReadPubSubBatches(beam.PTransform):
     :class:`~beamml.transforms.streaming.local_pubsub.LocalPubSubRead` (pulls of up to
     ``max_batch_size``, each message acknowledged once the output it led to is
     written, a watermark from the messages' times, a bad event-time attribute a dead
-    letter); on any other runner Beam's
-    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)``. Then
-    ``windowing`` (a PTransform such as ``beam.WindowInto(...)``; None leaves the global window),
-    then lists of at most ``max_batch_size`` messages of one bundle and window
+    letter), which emits lists of the messages of one pull and window, each at its
+    earliest event time, then ``windowing`` (a PTransform such as
+    ``beam.WindowInto(...)``; None leaves the global window); on any other runner Beam's
+    ``ReadFromPubSub(with_attributes=True, timestamp_attribute=...)``, ``windowing``,
+    then the same lists, of at most ``max_batch_size`` messages of one bundle and window
     (:class:`BatchMessagesFn`: ``beam.BatchElements`` would stamp each list with
     the end of its window, and its ``max_batch_duration_secs`` variant with a
-    processing time), then :class:`ParseMessagesFn`. ``max_batch_duration_secs``
+    processing time). Then :class:`ParseMessagesFn`. ``max_batch_duration_secs``
     is refused (a BeammlError): on the local runner its timer fires only when the
     next pull returns. With ``message_id_column`` every batch carries each row's
     message id in that column (what lets a reader drop the rows of a message delivered
@@ -200,17 +202,21 @@ class ReadPubSubBatches(beam.PTransform):
     def expand(self, pbegin):
         from beamml.transforms.streaming.local_pubsub import LocalPubSubRead, runs_locally
         if runs_locally(pbegin.pipeline):   # acks after the output, publish-time watermark
-            messages = pbegin | 'ReadMessages' >> LocalPubSubRead(
+            # lists of the messages of one pull and window, at their earliest time
+            lists = pbegin | 'ReadMessages' >> LocalPubSubRead(
                 self.subscription, self.topic, timestamp_attribute=self.timestamp_attribute,
                 max_batch_size=self.max_batch_size,
                 windowfn=None if self.windowing is None else self.windowing.windowing.windowfn)
+            if self.windowing is not None:
+                lists = lists | 'WindowMessages' >> self.windowing
         else:   # Dataflow: Beam's native read (acks after a durable commit)
             messages = pbegin | 'ReadMessages' >> beam.io.ReadFromPubSub(
                 topic=self.topic, subscription=self.subscription, with_attributes=True,
                 timestamp_attribute=self.timestamp_attribute)
-        if self.windowing is not None:
-            messages = messages | 'WindowMessages' >> self.windowing
-        lists = messages | 'BatchMessages' >> beam.ParDo(BatchMessagesFn(self.max_batch_size))
+            if self.windowing is not None:
+                messages = messages | 'WindowMessages' >> self.windowing
+            lists = messages | 'BatchMessages' >> beam.ParDo(
+                BatchMessagesFn(self.max_batch_size))
         return lists | 'ParseMessages' >> beam.ParDo(ParseMessagesFn(
             self.layout, self.source, points=self.points, allow_nan=self.allow_nan,
             refuse_zero=self.refuse_zero, source_columns=self.source_columns,
@@ -225,43 +231,50 @@ def rows_to_json_messages(batch: pa.RecordBatch | pa.Table) -> list[bytes]:
     (:func:`~beamml.transforms.io.sinks.to_json_lines`: non-finite floats as
     ``"NaN"``..., null a missing value; times as the files spell them,
     :func:`~beamml.transforms.streaming.windows.iso_times`)."""
-    if not batch.num_rows:
-        return []
-    if isinstance(batch, pa.Table):
-        batch = batch.combine_chunks().to_batches()[0]
-    lines = to_json_lines(iso_times(batch)).split(b'\n')
-    lines.pop()   # after the last newline
-    return lines
+    return [data for data, _ in encode_rows(batch, 'json')]
 
 
-def _dead_letter_message(dl: dict) -> bytes:
-    return dumps(dl, sort_keys=True).encode('utf-8')
+def _publish(pcoll, topic: str, encode: Encode, to_messages: str, publish: str):
+    """``encode``'s messages of each element to ``topic``: on the local runner by
+    :class:`~beamml.transforms.streaming.publish.PublishFn` (each bundle waits for its
+    publishes: a failed publish fails the stream), elsewhere by Beam's
+    ``WriteToPubSub``."""
+    from beamml.transforms.streaming.local_pubsub import runs_locally
+    if runs_locally(pcoll.pipeline):
+        return pcoll | publish >> beam.ParDo(PublishFn(topic, encode))
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+    return (pcoll
+            | to_messages >> beam.FlatMap(to_pubsub_messages(encode))
+            .with_output_types(PubsubMessage)
+            | publish >> beam.io.WriteToPubSub(topic, with_attributes=True))
 
 
 class WriteJsonToPubSub(beam.PTransform):
-    """RecordBatches -> one JSON message per row (:func:`rows_to_json_messages`) ->
-    ``WriteToPubSub(topic)``."""
+    """RecordBatches -> messages of rows on ``topic``, ``message_format`` one of
+    :data:`~beamml.transforms.streaming.publish.MESSAGE_FORMATS`: ``json`` (the default:
+    one JSON object per row, :func:`rows_to_json_messages`), ``json_array`` (a JSON array
+    of up to 1,000 rows per message, the rows of one batch) or ``arrow`` (Arrow IPC,
+    attribute ``format=arrow``). Locally a publish that fails fails the
+    stream (:class:`~beamml.transforms.streaming.publish.PublishFn`)."""
 
-    def __init__(self, topic: str, label: str | None = None):
+    def __init__(self, topic: str, message_format: str = DEFAULT_MESSAGE_FORMAT,
+                 label: str | None = None):
         super().__init__(label)
         self.topic = check_topic(topic)
+        self.encode = Encode('rows', message_format)   # a bad format: refused here
 
     def expand(self, batches):
-        return (batches
-                | 'RowsToJson' >> beam.FlatMap(rows_to_json_messages).with_output_types(bytes)
-                | 'PublishRows' >> beam.io.WriteToPubSub(self.topic))
+        return _publish(batches, self.topic, self.encode, 'RowsToJson', 'PublishRows')
 
 
 class WriteDeadLettersToPubSub(beam.PTransform):
-    """Dead-letter dicts -> one JSON message each (sorted keys, beamml's JSON policy) ->
-    ``WriteToPubSub(topic)``."""
+    """Dead-letter dicts (or metrics records) -> one JSON message each (sorted keys,
+    beamml's JSON policy) on ``topic``; locally a publish that fails fails the stream."""
 
     def __init__(self, topic: str, label: str | None = None):
         super().__init__(label)
         self.topic = check_topic(topic)
 
     def expand(self, errors):
-        return (errors
-                | 'DeadLettersToJson' >> beam.Map(_dead_letter_message).with_output_types(bytes)
-                | 'PublishDeadLetters' >> beam.io.WriteToPubSub(self.topic))
-
+        return _publish(errors, self.topic, Encode('records', 'json'), 'DeadLettersToJson',
+                        'PublishDeadLetters')
