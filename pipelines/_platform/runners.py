@@ -241,9 +241,9 @@ def private_tempdir():
     saved = tempfile.tempdir
     parent = tempfile.gettempdir()
     swept = sweep_killed_runs(parent)
-    if swept:
+    if swept:   # (DEBUG: housekeeping, never a line beside a refusal's one line)
         import logging
-        logging.getLogger('beamml').info(
+        logging.getLogger('beamml').debug(
             'removed %d temporary folder(s) that killed runs left in %s', len(swept), parent)
     folder = tempfile.mkdtemp(prefix=_RUN_PREFIX)
     lock = _hold_run_lock(folder)
