@@ -186,11 +186,11 @@ def model_dir(tmp_path_factory):
     return path
 
 
-def assign(model, sub, t_out, t_dl) -> subprocess.Popen:
+def assign(model, sub, t_out, t_dl, lateness: int = 0) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, '-m', 'beamml', 'assign', '--streaming', '--model', model,
          '--input_subscription', sub, '--output_topic', t_out, '--dead_letter_topic', t_dl,
-         '--window_size', '1', '--allowed_lateness', '0', '--stop_after', '60'],
+         '--window_size', '1', '--allowed_lateness', str(lateness), '--stop_after', '60'],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -242,8 +242,12 @@ def test_sigkill_mid_stream_and_a_restart_lose_no_id(emulator, model_dir):
     """Kill -9 the stream while messages are in flight, restart it on the same
     subscription: every id is out (rows or dead letters) at least once; a duplicate
     (written, not yet acknowledged when killed) has the same message_id twice. What
-    the first run held comes back within its 10 s hold, while the second run's
-    watermark waits for it: on time, though --allowed_lateness is 0."""
+    the first run held comes back within its 10 s hold; the restart runs with
+    --allowed_lateness 30 (as docs/streaming.md advises), because a restarted run that
+    reads newer messages first (the second half, when the first run had not pulled it
+    yet: a loaded machine) moves its watermark past the held ones' windows: they are
+    then late panes, rows all the same. Seen in `make test`: with --allowed_lateness 0
+    they were late dead letters (kept, not lost)."""
     emu = emulator
     t_in, t_out, t_dl = emu.topic(), emu.topic(), emu.topic()
     sub = emu.subscription(t_in, ack_deadline=10)
@@ -268,7 +272,7 @@ def test_sigkill_mid_stream_and_a_restart_lose_no_id(emulator, model_dir):
         return ({r['id'] for r in rows}
                 | {d['record']['id'] for d in dead if isinstance(d['record'], dict)}
                 ) == set(range(n))
-    second = assign(model_dir, sub, t_out, t_dl)
+    second = assign(model_dir, sub, t_out, t_dl, lateness=30)
     try:
         collect(emu, s_out, s_dl, rows, dead, everything, 40)
     finally:
@@ -281,10 +285,10 @@ def test_sigkill_mid_stream_and_a_restart_lose_no_id(emulator, model_dir):
         return d.get('message_id') or d['record']['message_id']
     seen = collections.Counter([r['message_id'] for r in rows] + [message_of(d) for d in dead])
     assert set(seen) == set(ids)
-    # what the first run held came back within its 10 s hold, while the second run's
-    # watermark waited for it: on time, not late
+    # what the first run held came back within its 10 s hold: a row (on time, or in a
+    # late pane), never a dead letter
     assert {(message_of(d), d['reason']) for d in dead} == {(ids[17], 'dimension 1, expected 2')}
-    assert {r['timing'] for r in rows} == {'on_time'}
+    assert {r['timing'] for r in rows} <= {'on_time', 'late'}
     duplicated = sum(c - 1 for c in seen.values())
     print(f'{n} ids, {len(rows)} rows, {len(dead)} dead letters, {duplicated} duplicated')
     assert duplicated < n - 1   # what the first run acknowledged is not read again
