@@ -142,6 +142,20 @@ def beamml(gcs, *args, env=None, popen=False):
     return subprocess.run(cmd, env=e, text=True, capture_output=True, timeout=300)
 
 
+def settled(gcs, bucket, prefix, quiet=1.5, timeout=30):
+    """The objects under ``prefix`` once none has appeared or changed for ``quiet``
+    seconds: a failed run in this process may still have uploads in flight."""
+    deadline = time.monotonic() + timeout
+    seen = objects(gcs, bucket, prefix)
+    since = time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(0.25)
+        now = objects(gcs, bucket, prefix)
+        if now != seen:
+            seen, since = now, time.monotonic()
+    return seen
+
+
 def last_line(err):
     return err.strip().splitlines()[-1]
 
@@ -400,7 +414,7 @@ def test_worker_exception_on_cloud_storage_leaves_nothing(gcs, bucket, monkeypat
         main(daily(bucket, model))
     # nothing under the destination, no lock; an upload still in flight when the run
     # failed may land in the temporary prefix after the launcher removed it
-    left = objects(gcs, bucket, 'predictions/')
+    left = settled(gcs, bucket, 'predictions/')
     assert all(k.startswith('predictions/.beamml-tmp-') for k in left), left
     monkeypatch.setattr(assignment, 'add_assignment', real)
     assert main(daily(bucket, model)) == 0
