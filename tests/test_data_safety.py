@@ -395,7 +395,7 @@ if EXAMPLES:   # `make fuzz`
     GCS = settings(max_examples=max(5, EXAMPLES // 100), **_COMMON)
 else:   # `make test`: the same examples every run, within the time budget
     _CI = dict(derandomize=True, phases=[Phase.explicit, Phase.generate], **_COMMON)
-    LOCAL = settings(max_examples=8, **_CI)
+    LOCAL = settings(max_examples=5, **_CI)
     GCS = settings(max_examples=3, **_CI)
 
 FOLDERS = ['d', 'd/sub', 'e']

@@ -51,7 +51,7 @@ else:   # `make test`: the same examples every run, within the time budget; a fa
     # is reported as found (shrinking it can take minutes: `make fuzz` shrinks)
     _CI = dict(derandomize=True, phases=[Phase.explicit, Phase.generate], **_COMMON)
     READER_SETTINGS = settings(max_examples=100, **_CI)
-    PIPELINE_SETTINGS = settings(max_examples=5, **_CI)
+    PIPELINE_SETTINGS = settings(max_examples=3, **_CI)
     PER_TYPE_SETTINGS = settings(max_examples=6, **_CI)
 
 
