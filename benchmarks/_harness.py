@@ -96,6 +96,19 @@ def print_summary(best: dict, plain_name: str, unit: str = 'point') -> None:
               f'({d_beam / per * 1e9:.1f} ns); ratio {shown}')
 
 
+class Agreement:
+    """Whether every run's results agreed with the baseline's, and the line to report:
+    the latest run's while all agree, else the first disagreement's (``add`` per run)."""
+
+    def __init__(self):
+        self.ok, self.line = True, ''
+
+    def add(self, line: str, ok: bool) -> None:
+        if self.ok:   # once one run disagreed, its line is the one reported
+            self.line = line
+        self.ok = self.ok and bool(ok)
+
+
 def result(pipeline: str, plain: str, best: dict, repeat: int, agreed: bool, agreement: str,
            load_start, argv) -> dict:
     """The machine-readable result of one benchmark run (what ``--json`` writes)."""

@@ -119,7 +119,7 @@ def main(argv=None):
     load = os.getloadavg()
     os.makedirs(args.workdir, exist_ok=True)
 
-    best, all_ok, agreed_line = {}, True, ''
+    best, agreed = {}, h.Agreement()
     for rows in h.sizes(args, DEFAULT_ROWS):
         t0 = time.perf_counter()
         path, model_dir = make_data(args.workdir, rows, args.d, args.k)
@@ -142,9 +142,7 @@ def main(argv=None):
             checks = [agreement(plain_out[name], beam_out, rows) for name in SCRIPTS]
             line = '; '.join(f'{name}: {c[0]}' for name, c in zip(SCRIPTS, checks))
             ok = all(c[1] for c in checks)
-            all_ok &= ok
-            if all_ok:  # else it stays the first disagreement
-                agreed_line = line
+            agreed.add(line, ok)
             print(f'  run {r + 1}: plain whole file {t_plain["whole"][-1]:.2f} s, batched '
                   f'{t_plain["batched"][-1]:.2f} s, beamml {t_beam[-1]:.2f} s; '
                   f'{line}{"" if ok else "  DISAGREE"}', flush=True)
@@ -156,7 +154,7 @@ def main(argv=None):
               flush=True)
     shutil.rmtree(os.path.join(args.workdir, 'beamml-out'), ignore_errors=True)
     return h.finish(args, 'assign', 'numpy script (faster of whole-file, batched)',
-                    best, all_ok, agreed_line, load, argv, unit='row')
+                    best, agreed.ok, agreed.line, load, argv, unit='row')
 
 
 if __name__ == '__main__':

@@ -174,7 +174,7 @@ def main(argv=None):
     load = os.getloadavg()
     ranking = args.task == 'ranking'
 
-    best, all_ok, agreed_line = {}, True, ''
+    best, agreed = {}, h.Agreement()
     for rows in h.sizes(args, DEFAULT_ROWS):
         path = os.path.join(args.workdir, f'ranking_logs_{rows}_{args.per_query}.parquet'
                             if ranking else f'classification_logs_{rows}.parquet')
@@ -200,9 +200,7 @@ def main(argv=None):
             shutil.rmtree(beam_dir, ignore_errors=True)
             t_beam.append(h.timed_process(beam_cmd))
             line, ok = (agree_ranking if ranking else agree_classification)(plain_dir, beam_dir)
-            all_ok &= ok
-            if all_ok:  # else it stays the first disagreement
-                agreed_line = line
+            agreed.add(line, ok)
             print(f'  run {r + 1}: plain {t_plain[-1]:.2f} s, beamml {t_beam[-1]:.2f} s; '
                   f'{line}{"" if ok else "  DISAGREE"}', flush=True)
         best[rows] = (min(t_plain), min(t_beam))
@@ -213,7 +211,7 @@ def main(argv=None):
     for d in ('plain', 'out'):
         shutil.rmtree(os.path.join(args.workdir, d), ignore_errors=True)
     return h.finish(args, f'evaluate {args.task}', 'pyarrow+numpy script, same outputs', best,
-                    all_ok, agreed_line, load, argv, unit='row')
+                    agreed.ok, agreed.line, load, argv, unit='row')
 
 
 if __name__ == '__main__':

@@ -143,12 +143,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, _ = parser.parse_known_args(argv)  # run_all.py may pass flags meant for others
     load = os.getloadavg()
-    last_line = ''
+    agreed = h.Agreement()
     sizes = sorted(set(args.rows or DEFAULT_ROWS))
 
     os.makedirs(args.workdir, exist_ok=True)
     best = {}
-    all_ok = True
     for rows in sizes:
         path = os.path.join(args.workdir, f'blobs-{rows}x{args.dim}.parquet')
         c0_path = os.path.join(args.workdir, f'c0-{rows}x{args.dim}-k{args.k}.npy')
@@ -169,9 +168,7 @@ def main(argv=None):
             sk_times.append(t_sk)
             bm_times.append(t_bm)
             line, ok = agreement(bm, sk)
-            all_ok &= ok
-            if all_ok:  # else it stays the first disagreement
-                last_line = line
+            agreed.add(line, ok)
             print(f'  run {r + 1}: scikit-learn {t_sk:.2f} s, beamml {t_bm:.2f} s; '
                   f'agreement: {line}{"" if ok else "  DISAGREE"}', flush=True)
         best[rows] = (min(sk_times), min(bm_times))
@@ -192,10 +189,10 @@ def main(argv=None):
               f'({d_bm / per * 1e9:.1f} ns); ratio {marginal:.2f} (target <= {TARGET:g}): '
               f'{"OK" if marginal <= TARGET else "ABOVE TARGET"}')
     h.write_result(args.json, h.result(
-        'kmeans', 'scikit-learn KMeans script', best, args.repeat, all_ok, last_line, load,
+        'kmeans', 'scikit-learn KMeans script', best, args.repeat, agreed.ok, agreed.line, load,
         [a for a in argv if not a.startswith('--json') and a != args.json]))
-    if not all_ok:
-        print('the results DISAGREE')
+    if not agreed.ok:
+        print(f'the results DISAGREE: {agreed.line}')
         return 1
     return 0
 

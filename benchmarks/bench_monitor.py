@@ -134,7 +134,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args, _ = parser.parse_known_args(argv)
     load = os.getloadavg()
-    last_line = ''
+    agreed = h.Agreement()
     sizes = sorted(set(args.rows or DEFAULT_ROWS))
     os.makedirs(args.workdir, exist_ok=True)
 
@@ -147,7 +147,7 @@ def main(argv=None):
                 base_data, '--output', base_dir, '--overwrite'])
     print(f'baseline: {base_json} ({BASELINE_ROWS} points, made once, not timed)', flush=True)
 
-    best, all_ok = {}, True
+    best = {}
     for rows in sizes:
         path = os.path.join(args.workdir, f'current-{rows}x{args.dim}.parquet')
         how = 'reused'
@@ -166,9 +166,7 @@ def main(argv=None):
             bm_times.append(t_bm)
             worst = max(abs(psi_bm[n] - v) / max(abs(v), 1e-300) for n, v in psi_np.items())
             ok = worst <= 1e-9
-            all_ok &= ok
-            if all_ok:  # else it stays the first disagreement
-                last_line = f'PSI of {len(psi_np)} features agree to {worst:.1e} relative'
+            agreed.add(f'PSI of {len(psi_np)} features agree to {worst:.1e} relative', ok)
             print(f'  run {r + 1}: numpy {t_np:.2f} s, beamml {t_bm:.2f} s; PSI agree to '
                   f'{worst:.1e} relative{"" if ok else "  DISAGREE"} (x0: {psi_np["x0"]:.4f})',
                   flush=True)
@@ -188,10 +186,10 @@ def main(argv=None):
               f'{marginal:.2f}')
     shutil.rmtree(os.path.join(args.workdir, 'out'), ignore_errors=True)
     h.write_result(args.json, h.result(
-        'monitor', 'numpy histogram + PSI script', best, args.repeat, all_ok, last_line, load,
+        'monitor', 'numpy histogram + PSI script', best, args.repeat, agreed.ok, agreed.line, load,
         [a for a in argv if not a.startswith('--json') and a != args.json]))
-    if not all_ok:
-        print('the results DISAGREE')
+    if not agreed.ok:
+        print(f'the results DISAGREE: {agreed.line}')
         return 1
     return 0
 

@@ -105,7 +105,7 @@ def main(argv=None):
     load = os.getloadavg()
     os.makedirs(args.workdir, exist_ok=True)
 
-    best, all_ok, agreed_line = {}, True, ''
+    best, agreed = {}, h.Agreement()
     for rows in h.sizes(args, DEFAULT_ROWS):
         src = os.path.join(args.workdir, f'points-{rows}x{args.dim}.parquet')
         how = 'reused'
@@ -125,9 +125,7 @@ def main(argv=None):
                 'norms', '--input', src, '--output', os.path.join(beam_dir, 'norms'),
                 *args.beam_flag)))
             line, ok = agreement(plain_out, os.path.join(beam_dir, 'norms'), rows)
-            all_ok &= ok
-            if all_ok:  # else it stays the first disagreement
-                agreed_line = line
+            agreed.add(line, ok)
             print(f'  run {r + 1}: plain {t_plain[-1]:.2f} s, beamml {t_beam[-1]:.2f} s; '
                   f'{line}{"" if ok else "  DISAGREE"}', flush=True)
         best[rows] = (min(t_plain), min(t_beam))
@@ -136,7 +134,7 @@ def main(argv=None):
               f'({rows / best[rows][1]:,.0f} rows/s), ratio {best[rows][1] / best[rows][0]:.2f}',
               flush=True)
     shutil.rmtree(os.path.join(args.workdir, 'beamml'), ignore_errors=True)
-    return h.finish(args, 'norms', 'pyarrow+numpy script', best, all_ok, agreed_line, load, argv,
+    return h.finish(args, 'norms', 'pyarrow+numpy script', best, agreed.ok, agreed.line, load, argv,
                     unit='row')
 
 

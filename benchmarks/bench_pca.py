@@ -94,7 +94,7 @@ def main(argv=None):
     load = os.getloadavg()
     os.makedirs(args.workdir, exist_ok=True)
 
-    best, all_ok, agreed_line = {}, True, ''
+    best, agreed = {}, h.Agreement()
     for rows in h.sizes(args, DEFAULT_ROWS):
         path = os.path.join(args.workdir, f'points-{rows}x{args.dim}.parquet')
         how = 'reused'
@@ -114,17 +114,15 @@ def main(argv=None):
             t_beam.append(h.timed_process(h.beamml_command(
                 'pca', '--input', path, '--n_components', N_COMPONENTS, '--output', beam_dir)))
             line, ok = agreement(beam_dir, sk_out)
-            all_ok &= ok
-            if all_ok:  # else it stays the first disagreement
-                agreed_line = line
+            agreed.add(line, ok)
             print(f'  run {r + 1}: scikit-learn {t_sk[-1]:.2f} s, beamml {t_beam[-1]:.2f} s; '
                   f'{line}{"" if ok else "  DISAGREE"}', flush=True)
         best[rows] = (min(t_sk), min(t_beam))
         print(f'  best of {args.repeat}: scikit-learn {best[rows][0]:.2f} s, beamml '
               f'{best[rows][1]:.2f} s, ratio {best[rows][1] / best[rows][0]:.2f}', flush=True)
     shutil.rmtree(os.path.join(args.workdir, 'out'), ignore_errors=True)
-    return h.finish(args, 'pca', "scikit-learn PCA(svd_solver='full') script", best, all_ok,
-                    agreed_line, load, argv)
+    return h.finish(args, 'pca', "scikit-learn PCA(svd_solver='full') script", best, agreed.ok,
+                    agreed.line, load, argv)
 
 
 if __name__ == '__main__':
