@@ -169,12 +169,14 @@ def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, lo: float, hi: fl
 # ----------------------------------------------------------------------------- Beam
 
 def _merge_stats(first: dict, a: dict) -> None:
-    """Add the accumulator ``a`` of :class:`ColumnStatsFn` into ``first``."""
+    """Add the accumulator (or :meth:`ColumnStatsFn.part`) ``a`` into the accumulator
+    ``first``: the bin and cluster counts ``a`` has (a part of a batch without labels
+    has no cluster counts)."""
     first['rows'] += a['rows']
     first['moments'] = merge_moments(first['moments'], a['moments'])
-    if 'counts' in first:
+    if 'counts' in a:
         first['counts'] += a['counts']
-    if 'clusters' in first:
+    if 'clusters' in a:
         first['clusters'] += a['clusters']
 
 
@@ -223,12 +225,7 @@ class ColumnStatsFn(beam.CombineFn):
 
     def add_part(self, acc, part: dict):
         """Add a :meth:`part` into ``acc`` (returns it)."""
-        acc['rows'] += part['rows']
-        acc['moments'] = merge_moments(acc['moments'], part['moments'])
-        if 'counts' in part:
-            acc['counts'] += part['counts']
-        if 'clusters' in part:
-            acc['clusters'] += part['clusters']
+        _merge_stats(acc, part)
         return acc
 
     def merge_accumulators(self, accumulators):
