@@ -137,6 +137,44 @@ def test_bin_counts_on_equal_width_edges_equal_a_binary_search_at_the_edges():
                                              uneven)[0], [1, 2, 1, 2, 1])
 
 
+def test_bin_counts_of_many_columns_at_once_equal_a_binary_search_per_column():
+    """All columns binned together, in chunks of rows (more rows than one chunk), with
+    NaN and +-inf in some columns, values on the edges, and columns of every scale."""
+    from beamml.transforms.monitoring import stats
+    rng = np.random.default_rng(11)
+    n, c = stats._BIN_ROWS * 2 + 123, 6
+    scale = 10.0 ** rng.integers(-6, 9, size=c)
+    V = rng.normal(size=(n, c)) * scale
+    lo, hi = np.quantile(V, 0.05, axis=0), np.quantile(V, 0.95, axis=0)
+    lo[2] = hi[2] = V[7, 2]   # a constant column's edges: [v - 0.5, v + 0.5]
+    edges = fine_edges(lo, hi, 50)
+    for j in range(c):   # values on, and one ulp beside, every edge of every column
+        V[:51, j] = edges[j]
+        V[51:102, j] = np.nextafter(edges[j], -np.inf)
+    V[rng.random((n, c)) < 0.01] = np.nan
+    V[rng.random((n, c)) < 0.005] = np.inf
+    V[rng.random((n, c)) < 0.005] = -np.inf
+    counts = bin_counts(V, edges)
+    for j in range(c):
+        x = V[:, j][np.isfinite(V[:, j])]
+        ref = np.searchsorted(edges[j], x, side='right')
+        ref[x == edges[j, -1]] = 50
+        np.testing.assert_array_equal(counts[j], np.bincount(ref, minlength=52))
+    assert bin_counts(V[:0], edges).sum() == 0
+
+
+def test_column_minima_and_maxima_equal_numpys_for_every_row_count():
+    from beamml.transforms.monitoring.stats import _column_extreme
+    rng = np.random.default_rng(5)
+    for n in (1, 2, 63, 64, 65, 1000, 4097):
+        V = rng.normal(size=(n, 3)) * 10.0 ** rng.integers(-3, 3, size=3)
+        V[rng.random((n, 3)) < 0.1] = np.inf
+        for ufunc, ref in ((np.minimum, V.min(axis=0)), (np.maximum, V.max(axis=0))):
+            np.testing.assert_array_equal(_column_extreme(ufunc, V), ref)
+            np.testing.assert_array_equal(_column_extreme(ufunc, V[::2]), ref if n == 1 else
+                                          ufunc.reduce(V[::2], axis=0))
+
+
 def test_histogram_quantiles_within_two_fine_bins():
     rng = np.random.default_rng(2)
     qs = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)

@@ -72,7 +72,7 @@ def moments_of(V: np.ndarray) -> dict:
         dev = V - mean
         return {'n': n, 'nan': np.zeros(c, np.int64), 'inf': np.zeros(c, np.int64),
                 'mean': mean, 'm2': np.einsum('ij,ij->j', dev, dev),
-                'min': V.min(axis=0), 'max': V.max(axis=0)}
+                'min': _column_extreme(np.minimum, V), 'max': _column_extreme(np.maximum, V)}
     isnan = np.isnan(V)
     n = finite.sum(axis=0)
     Z = np.where(finite, V, 0.0)
@@ -82,8 +82,21 @@ def moments_of(V: np.ndarray) -> dict:
     return {'n': n.astype(np.int64), 'nan': isnan.sum(axis=0).astype(np.int64),
             'inf': (~finite & ~isnan).sum(axis=0).astype(np.int64), 'mean': mean,
             'm2': (dev * dev).sum(axis=0),
-            'min': np.where(finite, V, np.inf).min(axis=0, initial=np.inf),
-            'max': np.where(finite, V, -np.inf).max(axis=0, initial=-np.inf)}
+            'min': _column_extreme(np.minimum, np.where(finite, V, np.inf)),
+            'max': _column_extreme(np.maximum, np.where(finite, V, -np.inf))}
+
+
+def _column_extreme(ufunc, V: np.ndarray, group: int = 64) -> np.ndarray:
+    """``ufunc.reduce(V, axis=0)`` (np.minimum or np.maximum) of a C-ordered (n, c) matrix
+    with n >= 1, exactly (the sign of a zero aside), about 7x faster: ``group`` rows side by side make one wide row,
+    so the reduction runs over rows of ``group * c`` values instead of c."""
+    n, c = V.shape
+    m = n // group * group
+    if m == 0 or not V.flags.c_contiguous:
+        return ufunc.reduce(V, axis=0)
+    out = ufunc.reduce(ufunc.reduce(V[:m].reshape(n // group, group * c), axis=0)
+                       .reshape(group, c), axis=0)
+    return ufunc(out, ufunc.reduce(V[m:], axis=0)) if m < n else out
 
 
 def merge_moments(a: dict, b: dict) -> dict:
@@ -112,34 +125,72 @@ def finish_moments(m: dict) -> dict:
 
 def bin_counts(V: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """(c, B + 2) int64 counts of each column of V (n, c) in the bins of ``edges``
-    (c, B + 1), overflow bins first and last (see the module docstring)."""
+    (c, B + 1), overflow bins first and last (see the module docstring).
+
+    Equal-width edges (the baseline's) are binned for all columns at once, in chunks of
+    :data:`_BIN_ROWS` rows (:func:`_bin_positions`); other edges column by column with a
+    binary search. Both give ``np.searchsorted(e, x, side='right')``'s positions."""
     c, e1 = edges.shape
     out = np.zeros((c, e1 + 1), np.int64)
+    if not len(V) or not c:
+        return out
+    if all(_equal_width(edges[j]) for j in range(c)):
+        offsets = np.arange(c) * (e1 + 1)   # column j counts at j * (B + 2) ...
+        flat = out.ravel()
+        for lo in range(0, len(V), _BIN_ROWS):   # a loop over chunks of rows, each vectorised
+            pos, finite = _bin_positions(V[lo:lo + _BIN_ROWS], edges)
+            pos += offsets
+            flat += np.bincount(pos.ravel() if finite is None else pos[finite],
+                                minlength=flat.size)
+        return out
     for j in range(c):   # a loop over columns, each vectorised over the rows
         x = V[:, j]
         finite = np.isfinite(x)
         if not finite.all():
             x = x[finite]
-        idx = _bin_index(x, edges[j])
+        idx = np.searchsorted(edges[j], x, side='right')
         idx[x == edges[j, -1]] = e1 - 1   # the last inner bin is closed
         out[j] = np.bincount(idx, minlength=e1 + 1)
     return out
 
 
-def _bin_index(x: np.ndarray, e: np.ndarray) -> np.ndarray:
-    """``np.searchsorted(e, x, side='right')``; for equal-width edges (the baseline's)
-    computed arithmetically, then corrected by one comparison each way against the edges
-    themselves (so the result is the same, ~10x faster than a binary search)."""
+#: rows binned at once by :func:`bin_counts` (its temporaries: a few (rows, c) arrays)
+_BIN_ROWS = 32768
+
+
+def _equal_width(e: np.ndarray) -> bool:
     B = len(e) - 1
+    if B < 1:
+        return False
     width = (e[-1] - e[0]) / B
-    if not (B >= 1 and width > 0 and np.allclose(np.diff(e), width, rtol=1e-9, atol=0)):
-        return np.searchsorted(e, x, side='right')
-    pos = np.floor((x - e[0]) * (1.0 / width))
+    return bool(width > 0 and np.allclose(np.diff(e), width, rtol=1e-9, atol=0))
+
+
+def _bin_positions(V: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(n, c) int64 positions of V's values in each column's equal-width edges (0: below
+    e_0; i: e_{i-1} <= x < e_i; B: the closed last bin; B + 1: above), and the mask of
+    the finite values (None when all are: a NaN or infinite value's position is not one).
+
+    Arithmetic (``floor((x - e_0) / width)``), then corrected by one comparison each way
+    against the edges themselves: the same positions as a binary search."""
+    c, e1 = edges.shape
+    B = e1 - 1
+    finite = np.isfinite(V)
+    X = np.where(finite, V, 0.0) if not finite.all() else V
+    width = (edges[:, -1] - edges[:, 0]) / B
+    pos = X - edges[:, 0]
+    pos *= 1.0 / width
+    np.floor(pos, out=pos)
     np.clip(pos, -1, B, out=pos)
-    pos = pos.astype(np.int64) + 1           # 0: below e_0; i: e_{i-1} <= x < e_i; B + 1: above
-    pos -= (pos >= 1) & (x < e[np.clip(pos - 1, 0, B)])
-    pos += (pos <= B) & (x >= e[np.clip(pos, 0, B)])
-    return pos
+    P = pos.astype(np.int64)
+    P += 1
+    flat = edges.ravel()
+    base = np.arange(c) * e1
+    # P is in 0..B + 1, so the clips are one-sided (np.clip is slow on integers)
+    P -= (P >= 1) & (X < flat[np.maximum(P - 1, 0) + base])
+    P += (P <= B) & (X >= flat[np.minimum(P, B) + base])
+    P[X == edges[:, -1]] = B   # the last inner bin is closed
+    return P, (None if X is V else finite)
 
 
 def histogram_quantiles(counts: np.ndarray, edges: np.ndarray, lo: float, hi: float,
