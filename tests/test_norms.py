@@ -80,6 +80,26 @@ def test_kernels_accept_lists_and_ints():
     np.testing.assert_array_equal(row_norms([[3, -4], [0, 0]], 'l0'), [2.0, 0.0])
 
 
+def test_l2_at_every_scale_equals_hypot_and_the_shared_abs_path():
+    """Rows of every scale, around the thresholds where squares leave float64 (2^+-500,
+    2^+-511), mixed huge and tiny entries, zeros, NaN and inf: row_norms (which computes
+    the largest entry only of rows whose sum of squares is out of range) gives what
+    all_row_norms (the largest entry of every row) gives, and hypot where finite."""
+    rng = np.random.default_rng(3)
+    exps = rng.choice([-1074, -1030, -540, -511, -500, -499, -300, 0, 300, 499, 500, 511, 540,
+                       1000, 1023], size=(4000, 3))
+    X = rng.uniform(0.5, 1.0, size=(4000, 3)) * np.exp2(exps.astype(float))
+    X[rng.random((4000, 3)) < 0.3] = 0.0
+    X[::7] *= -1
+    X[1, 1], X[2, 0], X[3, 2] = np.nan, np.inf, -np.inf
+    got = row_norms(X, 'l2')
+    np.testing.assert_array_equal(got, all_row_norms(X)['l2'])
+    ok = np.isfinite(X).all(axis=1)
+    expected = np.array([math.hypot(*row) for row in X[ok]])
+    np.testing.assert_allclose(got[ok], expected, rtol=1e-14)
+    assert np.isnan(got[1]) and np.isinf(got[2]) and np.isinf(got[3])
+
+
 def test_l2_does_not_overflow_or_underflow():
     # numpy's plain sqrt(sum x^2) overflows to inf here; beamml scales those rows.
     X = np.array([[1e300, 1e300, 0.0],

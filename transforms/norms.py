@@ -59,9 +59,18 @@ def _l2(X: np.ndarray, linf: np.ndarray | None = None) -> np.ndarray:
     are scaled by their largest absolute entry first, as LAPACK's ``dnrm2``
     does, so the L2 norm is inf only when the true norm exceeds float64's range.
     """
-    l2 = np.sqrt(np.einsum('ij,ij->i', X, X))
+    ss = np.einsum('ij,ij->i', X, X)
+    l2 = np.sqrt(ss)
     if linf is None:
-        linf = _row_max(np.abs(X))
+        # Only rows whose sum of squares is outside [2 d 2^-1000, 2^999] can hold an
+        # entry outside [_SAFE_MIN, _SAFE_MAX] (or a NaN or inf): their largest entry alone
+        # is computed, the same test as on every row, without abs(X) of the whole batch.
+        with np.errstate(invalid='ignore'):
+            maybe = ~((ss >= 2.0 * max(X.shape[1], 1) * _SAFE_MIN ** 2) & (ss <= 2.0 ** 999))
+        idx = np.flatnonzero(maybe)
+        linf = np.zeros(len(X))
+        if len(idx):
+            linf[idx] = _row_max(np.abs(X[idx]))
     with np.errstate(invalid='ignore'):
         risky = np.isfinite(linf) & ((linf > _SAFE_MAX) | ((linf < _SAFE_MIN) & (linf > 0)))
     if risky.any():
