@@ -131,6 +131,15 @@ SLOW_MODULES_FIRST = (
     'test_kmeans_cosine.py', 'test_kmeans_weights.py', 'test_cli.py', 'test_kmeans.py')
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _stop_the_shared_pubsub_emulator():
+    """The Pub/Sub emulator shared by this process's streaming tests (tests/pubsub_emulator.py)
+    stops, by its process group, when the session ends."""
+    yield
+    from pubsub_emulator import stop_shared_emulator
+    stop_shared_emulator()
+
+
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_MODULES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: in-module order kept

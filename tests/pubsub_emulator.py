@@ -6,15 +6,17 @@ answers, sets ``PUBSUB_EMULATOR_HOST`` (restored afterwards) and, on exit,
 kills its process group and waits for it, so no java process is left behind.
 Where the launcher is missing the test is skipped with the reason.
 
-Fixture use::
+Fixture use (the emulator of this test process, shared with the other modules: a start
+is a JVM, ~4 s; a test that kills its emulator starts its own with ``pubsub_emulator()``)::
 
     @pytest.fixture(scope='module')
     def emulator():
-        with pubsub_emulator() as emu:
+        with shared_pubsub_emulator() as emu:
             yield emu
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -28,7 +30,8 @@ import uuid
 
 import pytest
 
-__all__ = ['LAUNCHER', 'PROJECT', 'Emulator', 'pubsub_emulator', 'launcher', 'cancel_run']
+__all__ = ['LAUNCHER', 'PROJECT', 'Emulator', 'pubsub_emulator', 'shared_pubsub_emulator',
+           'stop_shared_emulator', 'launcher', 'cancel_run']
 
 #: where the Debian package puts the emulator's launcher
 LAUNCHER = '/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator'
@@ -160,9 +163,9 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=10)
 
 
-@contextlib.contextmanager
-def pubsub_emulator(timeout: float = 60.0):
-    """Start the emulator, yield an :class:`Emulator`, stop it by its process group."""
+def _start(timeout: float) -> tuple[Emulator, str]:
+    """Start an emulator on a free loopback port; (it, its working folder). Skips the test
+    where the launcher or java is missing."""
     exe = launcher()
     if exe is None:
         pytest.skip('the Pub/Sub emulator is not installed (Debian package '
@@ -173,26 +176,78 @@ def pubsub_emulator(timeout: float = 60.0):
     host = f'127.0.0.1:{port}'
     workdir = tempfile.mkdtemp(prefix='pubsub-emulator-')
     log_path = os.path.join(workdir, 'emulator.log')
-    saved = os.environ.get('PUBSUB_EMULATOR_HOST')
     with open(log_path, 'wb') as log:
         proc = subprocess.Popen([exe, '--host=127.0.0.1', f'--port={port}'], cwd=workdir,
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    emu = None
     try:
         _wait_until_up(host, proc, log_path, timeout)
-        os.environ['PUBSUB_EMULATOR_HOST'] = host
-        emu = Emulator(host, proc, log_path)
-        yield emu
-    finally:
-        if emu is not None:
-            emu.close()
+        with _emulator_host(host):   # the clients read it when they are made
+            return Emulator(host, proc, log_path), workdir
+    except BaseException:
         _stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
+
+
+def _shut(emu: Emulator, workdir: str) -> None:
+    emu.close()
+    _stop(emu.proc)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _emulator_host(host: str):
+    """``PUBSUB_EMULATOR_HOST=host`` within the block (restored afterwards)."""
+    saved = os.environ.get('PUBSUB_EMULATOR_HOST')
+    os.environ['PUBSUB_EMULATOR_HOST'] = host
+    try:
+        yield
+    finally:
         if saved is None:
             os.environ.pop('PUBSUB_EMULATOR_HOST', None)
         else:
             os.environ['PUBSUB_EMULATOR_HOST'] = saved
-        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def pubsub_emulator(timeout: float = 60.0):
+    """Start an emulator of its own, yield an :class:`Emulator`, stop it by its process
+    group (for a test that kills it or checks its start and stop)."""
+    emu, workdir = _start(timeout)
+    try:
+        with _emulator_host(emu.host):
+            yield emu
+    finally:
+        _shut(emu, workdir)
+
+
+#: the emulator shared by the tests of this process (an xdist worker): pid -> (it, folder)
+_SHARED: dict = {}
+
+
+@contextlib.contextmanager
+def shared_pubsub_emulator(timeout: float = 60.0):
+    """The emulator of this test process, started at its first use and kept for the next
+    modules (each start is a JVM: ~4 s); ``PUBSUB_EMULATOR_HOST`` is set only within the
+    block. Topics and subscriptions have fresh names, so modules do not see each other's
+    messages. tests/conftest.py stops it at the end of the session by its process group
+    (:func:`stop_shared_emulator`; also at exit, should the session not end)."""
+    hit = _SHARED.get(os.getpid())
+    if hit is None or hit[0].proc.poll() is not None:
+        if hit is not None:
+            _shut(*hit)
+        hit = _SHARED[os.getpid()] = _start(timeout)
+        atexit.register(stop_shared_emulator)
+    with _emulator_host(hit[0].host):
+        yield hit[0]
+
+
+def stop_shared_emulator() -> None:
+    """Stop this process's shared emulator, if it started one."""
+    hit = _SHARED.pop(os.getpid(), None)
+    if hit is not None:
+        _shut(*hit)
 
 
 def cancel_run(result, emu, wake_topic):

@@ -20,12 +20,12 @@ from apache_beam.utils.timestamp import Timestamp
 from beamml.transforms.streaming.messages import message_layout
 from beamml.transforms.streaming.pubsub import (ReadPubSubBatches, WriteDeadLettersToPubSub,
                                                 WriteJsonToPubSub)
-from pubsub_emulator import pubsub_emulator
+from pubsub_emulator import shared_pubsub_emulator
 
 
 @pytest.fixture(scope='module')
 def emulator():
-    with pubsub_emulator() as emu:
+    with shared_pubsub_emulator() as emu:
         yield emu
 
 

@@ -226,8 +226,8 @@ def test_assign_streaming_on_the_emulator_hot_swaps_the_model(tmp_path, models):
     """Pub/Sub in (singles, an array, malformed messages), Pub/Sub out: the points published
     before a new version is saved are assigned by v1, those after by v2, without a restart;
     a malformed message is a dead letter on the dead-letter topic."""
-    from pubsub_emulator import cancel_run, pubsub_emulator
-    with pubsub_emulator() as emu:
+    from pubsub_emulator import cancel_run, shared_pubsub_emulator
+    with shared_pubsub_emulator() as emu:
         t_in, t_out, t_dlq = emu.topic(), emu.topic(), emu.topic()
         sub = emu.subscription(t_in)
         s_out, s_dlq = emu.subscription(t_out), emu.subscription(t_dlq)
@@ -321,12 +321,12 @@ def test_kmeans_streaming_on_the_emulator_writes_versions_assign_can_load(tmp_pa
     directory (LATEST), with centres near the blobs the points came from."""
     from beamml.pipelines import kmeans
     from beamml.transforms.model import list_versions
-    from pubsub_emulator import cancel_run, pubsub_emulator
+    from pubsub_emulator import cancel_run, shared_pubsub_emulator
     rng = np.random.default_rng(0)
     truth = np.array([[0.0, 0.0], [20.0, 20.0]])
     X = np.concatenate([rng.normal(c, 0.5, (100, 2)) for c in truth])
     model_dir = str(tmp_path / 'live')
-    with pubsub_emulator() as emu:
+    with shared_pubsub_emulator() as emu:
         t_in = emu.topic()
         sub = emu.subscription(t_in)
         argv = ['--streaming', '--input_subscription', sub, '--k', '2', '--dimension', '2',

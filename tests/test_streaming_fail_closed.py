@@ -40,7 +40,7 @@ from beamml.transforms.io.rows import points_batch
 from beamml.transforms.model import CentroidModel
 from beamml.transforms.streaming.messages import message_layout
 from beamml.transforms.streaming.pubsub import BatchMessagesFn, ParseMessagesFn
-from pubsub_emulator import pubsub_emulator
+from pubsub_emulator import pubsub_emulator, shared_pubsub_emulator
 
 SUB = 'projects/beamml-test/subscriptions/points'
 COUNTS = re.compile(r'records_read=(\d+) records_ok=(\d+) records_refused=(\d+)')
@@ -239,7 +239,7 @@ def test_kmeans_streaming_prints_the_records_line(tmp_path):
 
 @pytest.fixture(scope='module')
 def emulator():
-    with pubsub_emulator() as emu:
+    with shared_pubsub_emulator() as emu:
         yield emu
 
 

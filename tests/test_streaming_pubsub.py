@@ -25,7 +25,7 @@ from beamml.transforms.streaming.messages import message_layout, parse_messages
 from beamml.transforms.streaming.pubsub import (BatchMessagesFn, ReadPubSubBatches,
                                                 WriteDeadLettersToPubSub, WriteJsonToPubSub,
                                                 rows_to_json_messages)
-from pubsub_emulator import cancel_run, pubsub_emulator
+from pubsub_emulator import cancel_run, pubsub_emulator, shared_pubsub_emulator
 
 SOURCE = 'projects/beamml-test/subscriptions/points'
 DEAD_KEYS = {'file', 'row', 'line', 'reason', 'record', 'message_id'}
@@ -445,7 +445,7 @@ def test_batches_keep_the_earliest_event_time_and_the_window():
 
 @pytest.fixture(scope='module')
 def emulator():
-    with pubsub_emulator() as emu:
+    with shared_pubsub_emulator() as emu:
         yield emu
 
 
