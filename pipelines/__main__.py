@@ -14,6 +14,7 @@ import sys
 #: every command: its name on the command line -> its module (with ``run(argv)``)
 COMMANDS = {
     'assign': 'beamml.pipelines.assign',
+    'cycle': 'beamml.pipelines.cycle',
     'demo': 'beamml.pipelines.demo',
     'evaluate': 'beamml.pipelines.evaluate',
     'index_ids': 'beamml.pipelines.index_ids',

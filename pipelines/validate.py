@@ -22,7 +22,7 @@ from beamml.pipelines._platform.runners import DATAFLOW_RUNNERS
 from beamml.transforms.core.errors import BeammlError
 from beamml.pipelines.__main__ import pipelines
 
-NOT_VALIDATED = {'validate', 'demo'}
+NOT_VALIDATED = {'validate', 'demo', 'cycle'}
 
 
 def _usage() -> str:

@@ -177,7 +177,7 @@ def test_no_transform_names_a_cli_only_flag():
 
 def test_the_commands_are_one_explicit_table():
     from beamml.pipelines.__main__ import COMMANDS
-    assert set(COMMANDS) == {'assign', 'demo', 'evaluate', 'index_ids', 'kmeans', 'monitor',
+    assert set(COMMANDS) == {'assign', 'cycle', 'demo', 'evaluate', 'index_ids', 'kmeans', 'monitor',
                              'norms', 'pca', 'validate'}
     for command, module in COMMANDS.items():
         spec = importlib.util.find_spec(module)

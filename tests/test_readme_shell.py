@@ -870,6 +870,24 @@ def layout_section(block: Block, workdir: str) -> None:
         assert any(name in fs for _, _, fs in os.walk(ROOT) if '.venv' not in _), name
 
 
+def static_cycle(block: Block, workdir: str) -> None:
+    """``beamml cycle`` commands: each parses (step and flags are the cycle's), its files
+    exist."""
+    from beamml.pipelines.cycle import parser
+    for argv in commands(block.text):
+        assert argv[:2] == ['beamml', 'cycle'], argv
+        args, unknown = parser().parse_known_args(argv[2:])
+        assert not unknown, f'beamml cycle has no flag {unknown} (docs: {" ".join(argv)})'
+        check_paths_exist(argv)
+
+
+def cycle_day_output(block: Block, workdir: str) -> None:
+    """A day's lines, one per step (tests/test_cycle.py compares them with the 30-day run)."""
+    steps = [re.match(r'^2026-11-\d\d (\w+): ', line) for line in block.lines]
+    assert all(steps), block.text
+    assert [m.group(1) for m in steps] == ['wait', 'assign', 'gate', 'monitor', 'retrain']
+
+
 #: every plain block of every page: page -> {fingerprint -> (kind, check)}. A check is
 #: called with the block and the module's sample-data folder (and the emulator's bucket
 #: when it asks).
@@ -969,6 +987,12 @@ BLOCKS = {
             ('run', report_example),
         'chromium --headless=new --no-sandbox --disable-gpu --hide-scrollbars \\':
             ('static', static_gcloud),
+    },
+    'docs/cycle.md': {
+        "beamml cycle day --date 2026-11-13 --input 'gs://B/incoming/{date}/*.parquet' \\":
+            ('static', static_cycle),
+        '2026-11-13 wait: 1 input file(s) match gs://B/incoming/2026-11-13/*.parquet':
+            ('static', cycle_day_output),
     },
     'docs/design.md': {
         'setup.py            the package (also what Dataflow workers install: --setup_file '

@@ -1,0 +1,100 @@
+"""The daily cycle: assign, monitor, retrain, shadow, gate and promote, one idempotent step at a time.
+
+    beamml cycle day --date D --input 'gs://B/incoming/{date}/*.parquet' \\
+        --model gs://B/models --work gs://B/cycle --monitor_config monitor.yaml --gate gate.yaml
+    beamml cycle STEP --date D ...      (STEP: wait, assign, gate, monitor, retrain)
+    beamml cycle status --work gs://B/cycle
+    beamml cycle rollback --model gs://B/models [--to VERSION]
+
+``day`` runs the steps of :mod:`beamml.pipelines.cycle.steps` in order (an orchestrator
+runs one step per task instead); each writes its decision under ``WORK/D/`` and does
+nothing when that is there already, so a rerun or a retry of a step or of a day is
+safe. A candidate trained on day D is shadowed and judged by the gate on day D+1's
+traffic, and promoted (``LATEST`` moved, ``MODEL/ROLLBACK`` written first) when it
+passes; the day after uses what ``LATEST`` says. ``rollback`` points ``LATEST`` back
+(see :mod:`beamml.pipelines.cycle.rollback`). Flags the cycle does not know (Beam's:
+``--runner``, ``--project``, ...) go to every pipeline it runs. See docs/cycle.md.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from beamml.pipelines._platform import cli, runs
+from beamml.pipelines._platform.main import main_wrapper
+from beamml.pipelines._platform.values import seconds
+from beamml.transforms.core.errors import BeammlError
+
+ACTIONS = ('day', 'wait', 'assign', 'gate', 'monitor', 'retrain', 'status', 'rollback')
+
+
+def parser():
+    p = cli._Parser(prog='beamml cycle', description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                    epilog='STEP is one of: ' + ', '.join(ACTIONS) + '. Any Beam pipeline '
+                           'option (--runner, --project, --region, --temp_location, ...) is '
+                           'passed to every pipeline a step runs.')
+    p.add_argument('step', choices=ACTIONS, metavar='STEP',
+                   help='day (every step of the day in order), one of its steps (wait, '
+                        'assign, gate, monitor, retrain), status, or rollback')
+    p.add_argument('--date', type=runs.run_date, default=None,
+                   help='the day: YYYY-MM-DD, today or yesterday (UTC); every step but '
+                        'status and rollback needs it')
+    p.add_argument('--input', default=None,
+                   help="the day's points, with a {date} placeholder "
+                        "(e.g. 'gs://B/incoming/{date}/*.parquet')")
+    p.add_argument('--model', default=None, metavar='DIR',
+                   help='the model directory (its LATEST is production; candidates are '
+                        'saved beside it)')
+    p.add_argument('--work', default=None, metavar='DIR',
+                   help='the root of the per-day folders (WORK/YYYY-MM-DD/: assign/, '
+                        'gate.json, monitor/, retrain.json); local or gs://')
+    p.add_argument('--monitor_config', default=None, metavar='YAML',
+                   help='the monitoring config: thresholds, retraining rules and '
+                        'retrain.input (the window a candidate is trained on)')
+    p.add_argument('--gate', default=None, metavar='YAML',
+                   help='the promote/keep thresholds a candidate must pass on the next '
+                        "day's traffic (without it no candidate is shadowed)")
+    p.add_argument('--input_ready_marker', default=None, metavar='NAME',
+                   help='a file that says the day\'s input is complete (e.g. _READY), '
+                        'waited for by wait and assign')
+    p.add_argument('--wait_for_input', type=seconds, default=0.0, metavar='SECONDS',
+                   help='poll up to SECONDS for the input (default 0: look once; exit 4 '
+                        'when it is not there)')
+    p.add_argument('--to', default=None, metavar='VERSION',
+                   help='rollback: the version LATEST goes to (default: the one the last '
+                        'promotion replaced, from MODEL/ROLLBACK)')
+    return p
+
+
+_NEEDS = {'status': ('work',), 'rollback': ('model',)}
+_DAY_FLAGS = ('date', 'input', 'model', 'work')
+
+
+def run(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, beam_args = parser().parse_known_args(argv)
+    needed = _NEEDS.get(args.step, _DAY_FLAGS)
+    missing = [f'--{n}' for n in needed if getattr(args, n) is None]
+    if missing:
+        raise BeammlError(f'cycle {args.step} needs {", ".join(missing)} (see beamml cycle '
+                          '--help)')
+    if args.step == 'status':
+        from beamml.pipelines.cycle.status import show
+        return show(args.work)
+    if args.step == 'rollback':
+        from beamml.pipelines.cycle.rollback import rollback
+        return rollback(args.model, args.to)
+    from beamml.pipelines.cycle import steps
+    if '{date' not in args.input:
+        raise BeammlError(f'--input {args.input} has no {{date}} placeholder: the cycle reads '
+                          "each day's own input")
+    c = steps.Cycle(args.input, args.model, args.work, args.monitor_config, args.gate,
+                    args.input_ready_marker, args.wait_for_input, tuple(beam_args))
+    if args.step == 'day':
+        return steps.day(c, args.date)
+    return steps.STEP_FUNCTIONS[args.step](c, args.date)
+
+
+if __name__ == '__main__':
+    sys.exit(main_wrapper(run, prog='beamml cycle'))

@@ -1,0 +1,83 @@
+"""``beamml cycle status --work DIR``: one line per day of the cycle, read from its files.
+
+Columns: the day, the model version its assign used, the points assigned, the alarms of
+its monitor, its retrain decision (the candidate trained, or ``-``), and its gate (the
+candidate judged that day and ``promote`` or ``keep``, or ``-``). A step not run yet
+shows ``?``.
+"""
+from __future__ import annotations
+
+import os
+
+from apache_beam.io.filesystems import FileSystems
+
+from beamml.pipelines.cycle.steps import ASSIGN, GATE_FILE, MONITOR, RETRAIN_FILE, SUCCESS
+from beamml.transforms.core.documents import exists, is_remote, join, read_json
+
+COLUMNS = ('day', 'model', 'points', 'alarms', 'retrain', 'gate')
+
+
+def days(work: str) -> list[str]:
+    """The day folders under ``work`` that hold a step's file, sorted."""
+    found = set()
+    work = work if is_remote(work) else os.path.abspath(work)
+    for pattern in (join(work, '*', ASSIGN, SUCCESS), join(work, '*', GATE_FILE),
+                    join(work, '*', RETRAIN_FILE)):
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except Exception:
+            continue
+        for m in matched:
+            rel = m.path[len(work.rstrip('/')) + 1:]
+            found.add(rel.split('/')[0])
+    return sorted(found)
+
+
+def _read(path: str) -> dict | None:
+    return read_json(path) if exists(path) else None
+
+
+def row(work: str, date: str) -> dict:
+    """What the day's files say, as the table's cells (strings)."""
+    folder = join(work, date)
+    done = _read(join(folder, ASSIGN, SUCCESS))
+    drift = (_read(join(folder, MONITOR, 'drift.json'))
+             if exists(join(folder, MONITOR, SUCCESS)) else None)
+    retrain, gate = _read(join(folder, RETRAIN_FILE)), _read(join(folder, GATE_FILE))
+    out = {'day': date, 'model': '?', 'points': '?', 'alarms': '?', 'retrain': '?',
+           'gate': '?'}
+    if done is not None:
+        out['model'] = done['model']['version']
+        out['points'] = str(done['counts']['records_ok'])
+    if drift is not None:
+        out['alarms'] = str(len(drift['alarms']))
+    if retrain is not None:
+        out['retrain'] = (f'trained {retrain["candidate_version"]}'
+                          if retrain['status'] == 'trained' else
+                          '-' if not retrain['fired'] else
+                          f'{retrain["status"]}: ' + ', '.join(retrain['fired']))
+    if gate is not None:
+        out['gate'] = ('-' if gate['decision'] == 'none' else
+                       f'{gate["decision"]} {gate["candidate_version"]}')
+    return out
+
+
+def table(work: str) -> list[dict]:
+    work = work if is_remote(work) else os.path.abspath(work)
+    return [row(work, d) for d in days(work)]
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ['| ' + ' | '.join(COLUMNS) + ' |', '|' + '---|' * len(COLUMNS)]
+    lines += ['| ' + ' | '.join(r[c] for c in COLUMNS) + ' |' for r in rows]
+    return '\n'.join(lines)
+
+
+def show(work: str) -> list[dict]:
+    rows = table(work)
+    if not rows:
+        print(f'no day of the cycle under {work}')
+    else:
+        print(markdown(rows))
+    return rows
+
