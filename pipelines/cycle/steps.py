@@ -167,7 +167,7 @@ def _decide(c: Cycle, shadow: dict, decision_file: str) -> dict:
     doc = {'production_version': production, 'candidate_version': candidate,
            'decision_file': decision_file, 'checks': shadow['checks'], 'promoted': False}
     if shadow['decision'] != 'promote':
-        return {**doc, 'decision': 'keep', 'reason': f'the gate failed: {shadow["reason"]}'}
+        return {**doc, 'decision': 'keep', 'reason': shadow['reason']}   # failed: <checks>
     now = latest_version(c.model)
     if now == candidate:   # a retry after the move: ROLLBACK and LATEST are written
         return {**doc, 'decision': 'promote', 'promoted': True,
