@@ -332,13 +332,13 @@ def check_the_documented_run_is_this_one(b: Bucket, log: dict):
     """docs/cycle.md's day 13 and its 30-day table are this run's (``beamml cycle status``),
     the bucket shown as ``gs://B``, the versions by their names in the story."""
     day13 = cycle_lines(named(b, log[DAYS[12]]))
-    assert documented_block('The day of the simulation below') == day13, '\n'.join(day13)
     out = named(b, beamml('cycle', 'status', '--work', f'{b.url}/cycle').stdout)
     table = [line for line in out.splitlines() if line.startswith('|')]
     assert len(table) == 32
     documented = [line for line in open(DOC, encoding='utf-8').read().splitlines()
                   if line.startswith('| 2026-11-')]
-    assert documented == table[2:], '\n'.join(table)
+    assert (documented_block('The day of the simulation below'), documented) == (
+        day13, table[2:]), '\n'.join(day13 + table)
 
 
 def check_a_second_run_of_the_30_days_changes_nothing(b: Bucket):

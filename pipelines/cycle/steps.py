@@ -230,7 +230,7 @@ def retrain(c: Cycle, date: dt.date) -> dict:
         doc = {**base, 'status': 'skipped', 'reason': 'no retraining rule fired'}
     elif latest != used:
         doc = {**base, 'status': 'skipped', 'reason': f'LATEST moved from {used} to {latest} '
-               f'today (a promotion or a rollback): the next days monitor {latest}'}
+               f'today, by a promotion or a rollback: the next days monitor {latest}'}
     else:
         doc = _train(c, date, used, decision, base, prior)
     write_json(path, doc, indent=1)
