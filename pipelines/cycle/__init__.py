@@ -13,7 +13,8 @@ safe. A candidate trained on day D is shadowed and judged by the gate on day D+1
 traffic, and promoted (``LATEST`` moved, ``MODEL/ROLLBACK`` written first) when it
 passes; the day after uses what ``LATEST`` says. ``rollback`` points ``LATEST`` back
 (see :mod:`beamml.pipelines.cycle.rollback`). Flags the cycle does not know (Beam's:
-``--runner``, ``--project``, ...) go to every pipeline it runs. See docs/cycle.md.
+``--runner``, ``--project``, ...) go to the day's assign and monitor; a candidate is
+trained on the local runner. See docs/cycle.md.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ def parser():
                     formatter_class=argparse.RawDescriptionHelpFormatter,
                     epilog='STEP is one of: ' + ', '.join(ACTIONS) + '. Any Beam pipeline '
                            'option (--runner, --project, --region, --temp_location, ...) is '
-                           'passed to every pipeline a step runs.')
+                           "passed to the day's assign and monitor (a candidate is trained "
+                           'on the local runner).')
     p.add_argument('step', choices=ACTIONS, metavar='STEP',
                    help='day (every step of the day in order), one of its steps (wait, '
                         'assign, gate, monitor, retrain), status, or rollback')
