@@ -23,11 +23,7 @@ def days(work: str) -> list[str]:
     work = work if is_remote(work) else os.path.abspath(work)
     for pattern in (join(work, '*', ASSIGN, SUCCESS), join(work, '*', GATE_FILE),
                     join(work, '*', RETRAIN_FILE)):
-        try:
-            matched = FileSystems.match([pattern])[0].metadata_list
-        except Exception:
-            continue
-        for m in matched:
+        for m in FileSystems.match([pattern])[0].metadata_list:
             rel = m.path[len(work.rstrip('/')) + 1:]
             found.add(rel.split('/')[0])
     return sorted(found)
