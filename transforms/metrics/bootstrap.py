@@ -1,0 +1,108 @@
+"""Numpy kernels of the Poisson bootstrap (TFMA's method): per-row Poisson(1) weights and
+the interval of a measure from its replicates.
+
+Each row carries ``num_bootstrap`` weights drawn from Poisson(1), so the B replicates
+of every measure are computed in the same single pass as the measure itself (a row
+weighted 2 counts twice, 0 drops out: a bootstrap resample without materialising
+it). The weights are a pure function of ``(random_state, row key, replicate)``: a
+counter-based generator (splitmix64), so they do not depend on how a runner cuts
+the input into batches or bundles, and a run is reproducible with ``random_state``.
+The row key is the row's file and row number (``row_keys``); ranking resamples
+queries, keyed by their q_id.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+__all__ = ['splitmix64', 'row_keys', 'text_keys', 'poisson_weights', 'bootstrap_interval',
+           'POISSON_CDF']
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: the cumulative distribution of Poisson(1) at 0, 1, ... 19 (P(X > 19) < 1e-18)
+POISSON_CDF = np.cumsum([np.exp(-1.0) / np.prod(np.arange(1, k + 1, dtype=np.float64))
+                         for k in range(20)])
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser of uint64 values (a bijection with good avalanche)."""
+    z = np.asarray(x, np.uint64)
+    with np.errstate(over='ignore'):
+        z = z + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _text_hash(text: str) -> np.uint64:
+    return np.uint64(int.from_bytes(hashlib.blake2b(text.encode('utf-8'), digest_size=8)
+                                    .digest(), 'little'))
+
+
+def row_keys(source: str | None, rows: np.ndarray) -> np.ndarray:
+    """Keys of rows ``rows`` (int, shape (n,)) of the file ``source``: uint64, shape (n,)."""
+    base = _text_hash(source or '')
+    with np.errstate(over='ignore'):
+        return splitmix64(np.asarray(rows).astype(np.int64).view(np.uint64) ^ base)
+
+
+def text_keys(values) -> np.ndarray:
+    """Keys of text or integer ids (query ids): uint64, shape (n,). One hash per value."""
+    a = np.asarray(values)
+    if a.dtype.kind in 'iu':
+        return splitmix64(a.astype(np.int64).view(np.uint64) ^ _text_hash('int'))
+    return np.array([_text_hash(str(v)) for v in a], np.uint64).reshape(-1)
+
+
+def poisson_weights(keys: np.ndarray, num_bootstrap: int, random_state: int) -> np.ndarray:
+    """Poisson(1) weights of rows, shape (n, num_bootstrap), float64.
+
+    Weight (i, b) is the inverse Poisson(1) CDF at a uniform number made of
+    ``splitmix64(splitmix64(keys[i] ^ seed) + b)``, ``seed`` being
+    ``splitmix64(random_state)``: the same key, replicate and random_state always give
+    the same weight.
+    """
+    keys = np.asarray(keys, np.uint64).reshape(-1)
+    seed = splitmix64(np.array([int(random_state) & 0xFFFFFFFFFFFFFFFF], np.uint64))[0]
+    with np.errstate(over='ignore'):
+        base = splitmix64(keys ^ seed)
+        z = splitmix64(base[:, None] + np.arange(num_bootstrap, dtype=np.uint64)[None, :])
+    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+    return np.searchsorted(POISSON_CDF, u, side='right').astype(np.float64)
+
+
+def bootstrap_interval(replicates: np.ndarray, confidence_level: float = 0.95) -> dict:
+    """Percentile interval and standard error of a measure from its B replicates.
+
+    Parameters
+    ----------
+    replicates : ndarray of shape (B,) or (B, k), the measure on each resample
+
+    Returns
+    -------
+    dict of ``lower``, ``upper`` (the (1 - level) / 2 and (1 + level) / 2 quantiles,
+    numpy's linear interpolation) and ``standard_error`` (standard deviation of the
+    replicates, ddof=1), each a float or an array of shape (k,). Replicates that are
+    NaN (a 0/0 with zero_division nan) are left out; none left gives NaN.
+    """
+    r = np.asarray(replicates, np.float64)
+    a = (1.0 - confidence_level) / 2.0
+    with np.errstate(invalid='ignore', divide='ignore'), _quiet():
+        lo = np.nanquantile(r, a, axis=0) if r.size else np.nan
+        hi = np.nanquantile(r, 1.0 - a, axis=0) if r.size else np.nan
+        se = np.nanstd(r, axis=0, ddof=1) if len(r) > 1 else np.full(r.shape[1:], np.nan)
+    return {'lower': lo, 'upper': hi, 'standard_error': se}
+
+
+class _quiet:
+    """numpy's all-NaN warnings off (an all-NaN column gives NaN, as documented)."""
+
+    def __enter__(self):
+        import warnings
+        self._w = warnings.catch_warnings()
+        self._w.__enter__()
+        warnings.simplefilter('ignore', RuntimeWarning)
+
+    def __exit__(self, *exc):
+        return self._w.__exit__(*exc)
