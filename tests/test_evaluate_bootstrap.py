@@ -162,3 +162,27 @@ def test_cli_intervals_agree_with_a_plain_bootstrap_and_are_deterministic(tmp_pa
         assert sec['f1'] == f1_score(truth[rows], pred[rows])
         assert set(sec['confidence_intervals']) == {'accuracy', 'precision', 'recall', 'f1',
                                                     'balanced_accuracy'}
+
+
+def _parsed_weights(spec, batch):
+    from beamml.transforms.metrics.class_logs import _ParseClassificationFn
+    (out,) = list(_ParseClassificationFn(spec, 'jsonl').process(batch))
+    col = out.column(WEIGHTS)
+    return col.flatten().to_numpy().reshape(len(col), -1)
+
+
+def test_message_rows_are_keyed_by_content_and_file_rows_by_file_and_row():
+    from beamml.transforms.metrics.class_logs import ClassificationColumns
+    # two Pub/Sub batches: the same _file (the subscription) and _row (place in a message)
+    a, b = ({'truth': [1, 0, 1], 'prediction': [v, 0, 1], '_file': ['projects/p/sub'] * 3,
+             '_row': [0, 1, 2]} for v in (1, 0))
+    a, b = pa.RecordBatch.from_pydict(a), pa.RecordBatch.from_pydict(b)
+    files = ClassificationColumns(num_bootstrap=20, random_state=1)
+    messages = ClassificationColumns(num_bootstrap=20, random_state=1, keys='content')
+    assert np.array_equal(_parsed_weights(files, a), _parsed_weights(files, b))
+    wa, wb = _parsed_weights(messages, a), _parsed_weights(messages, b)
+    assert not np.array_equal(wa[:, 1:], wb[:, 1:])
+    assert np.array_equal(wa[:, 0], np.ones(3))
+    assert np.array_equal(wa, _parsed_weights(messages, a))   # the same content: the same
+    want = poisson_weights(row_keys('projects/p/sub', np.arange(3)), 20, 1)
+    assert np.array_equal(_parsed_weights(files, a)[:, 1:], want)

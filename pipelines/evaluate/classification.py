@@ -160,5 +160,7 @@ def parse_transform(args, columns: dict, slice_by, input_format) -> ParseClassif
         weight=args.weight_column, score=args.score_column,
         probabilities=probability_columns(args),
         num_bootstrap=args.num_bootstrap if args.confidence_intervals else 0,
-        random_state=args.random_state, slice_by=tuple(slice_by))
+        random_state=args.random_state, slice_by=tuple(slice_by),
+        keys='content' if (getattr(args, 'input_subscription', None)
+                           or getattr(args, 'input_topic', None)) else 'file')
     return ParseClassificationLogs(spec, input_format)

@@ -32,8 +32,11 @@ class ClassificationColumns:
     as the classes '1' and '0'; 'classes' reads them as class names
     (:func:`~beamml.transforms.metrics.parsing.parse_classes`). ``prediction`` None:
     no predicted class (score metrics only). ``probabilities``: (class, column) pairs.
-    ``num_bootstrap`` > 0 adds that many Poisson(1) weights per row (keyed by the
-    row's file and row number and ``random_state``).
+    ``num_bootstrap`` > 0 adds that many Poisson(1) weights per row, keyed by
+    ``random_state`` and, with ``keys='file'``, the row's file and row number (files:
+    the same rows get the same weights however they are batched); with ``keys='content'``
+    the batch's content and the row's place in it (Pub/Sub messages, whose ``_file`` is
+    the subscription and ``_row`` the place in the message, which repeat).
     """
     truth: str = 'truth'
     prediction: str | None = 'prediction'
@@ -43,6 +46,7 @@ class ClassificationColumns:
     probabilities: tuple[tuple[str, str], ...] = ()
     num_bootstrap: int = 0
     random_state: int = 0
+    keys: str = 'file'
     slice_by: tuple[str, ...] = field(default=())
 
     @property
@@ -94,7 +98,7 @@ class _ParseClassificationFn(beam.DoFn):
         names = batch.schema.names
         path = _batch_path(batch)
         rows = _np(batch.column('_row')) if '_row' in names else None
-        if path is None or rows is None or (rows.dtype == object):
+        if spec.keys != 'file' or path is None or rows is None or rows.dtype == object:
             path, rows = _batch_key_base(batch), np.arange(n)
         keys = row_keys(path, np.asarray(rows, np.int64))
         return np.concatenate(
