@@ -100,6 +100,8 @@ def test_undefined_cases_are_counted():
     assert out['precision'][0].tolist() == [1.0, 0.0] and out['recall'][0].tolist() == [0.0, 1.0]
     assert balanced_accuracy(m)[0][0] == 0.0
     assert accuracy(np.zeros((1, 0, 0)), 1.0) == (np.array([1.0]), 1)
+    nothing = prf(np.zeros((1, 0, 0)), [], 'macro', 1.0, 1.0)   # no row, no class
+    assert nothing['precision'].tolist() == [1.0] and nothing['undefined']['recall'] == 1
     assert balanced_accuracy(np.zeros((1, 0, 0)), 0.0)[1] == 1
 
 
@@ -193,6 +195,7 @@ def test_the_combine_fn_keeps_the_contract_and_equals_scikit_learn_per_slice():
         assert out['slices'] == {} and out['overall']['confusion_matrix'] == {
             'labels': [], 'matrix': []}
         assert out['overall']['undefined']['accuracy'] == 1
+        assert out['overall']['undefined']['precision'] == 1
     check_combine_fn(fn, inputs, equal, empty)
     out = fn.apply(inputs)
     for key, rows in [(None, np.ones(n, bool))] + [

@@ -189,8 +189,9 @@ def prf(m: np.ndarray, labels: Sequence[str], average: str = 'binary', beta: flo
         return out
     weights = true_sum if average == 'weighted' else None
     for name, v in (('precision', precision), ('recall', recall), ('fbeta', fbeta)):
-        if v.shape[1] == 0:
-            out[name] = np.full(r, np.nan)
+        if v.shape[1] == 0:   # no class at all (no row): a 0/0
+            out[name] = np.full(r, float(zero_division))
+            out['undefined'][name] = 1
         else:
             out[name] = _nanaverage(v, weights)
     return out
