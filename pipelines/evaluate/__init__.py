@@ -127,6 +127,8 @@ def metric_list(args) -> list:
                    else cls(zero_division=zd))
     if args.task == 'ranking' and 'n_queries' not in names:
         out.append(RANKING_METRICS['n_queries']())
+    if args.task == 'ranking':   # --confidence_intervals: queries resampled
+        out += classification.query_intervals(args, out, zd)
     return out
 
 

@@ -15,8 +15,10 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.metrics.class_logs import ClassificationColumns, ParseClassificationLogs
 from beamml.transforms.metrics.classification import (MULTICLASS_METRICS, SCORE_METRICS,
                                                       ConfusionMatrix)
+from beamml.transforms.metrics.query_bootstrap import QUERY_MEANS, QueryIntervals
 
-__all__ = ['add_args', 'active', 'metric_list', 'parse_transform', 'log_columns']
+__all__ = ['add_args', 'active', 'check_task', 'metric_list', 'query_intervals',
+           'parse_transform', 'log_columns']
 
 AVERAGES = ('binary', 'micro', 'macro', 'weighted', 'none')
 #: the flags that switch classification to this path (dest: its "not given" value)
@@ -52,7 +54,7 @@ def add_args(parser) -> None:
                    help='classification: bins of the reliability table (default 10)')
     g.add_argument('--confidence_intervals', choices=['poisson_bootstrap'], default=None,
                    help='lower, upper and standard error of every metric and slice, '
-                        "by TFMA's Poisson bootstrap (classification)")
+                        "by TFMA's Poisson bootstrap (rows resampled; for ranking, queries)")
     g.add_argument('--num_bootstrap', type=num_bootstrap_type, default=100,
                    help='bootstrap replicates (default 100)')
     g.add_argument('--random_state', type=non_negative_int, default=0,
@@ -73,9 +75,11 @@ def active(args) -> bool:
 
 
 def check_task(args) -> None:
-    """These flags are for --task classification: a ranking run with one is an error."""
+    """These flags are for --task classification (but --confidence_intervals): a ranking
+    run with one is an error."""
     if getattr(args, 'task', None) == 'ranking':
-        given = [f'--{k}' for k in FLAGS if getattr(args, k, None) is not None]
+        given = [f'--{k}' for k in FLAGS if getattr(args, k, None) is not None
+                 and k != 'confidence_intervals']
         if given:
             raise BeammlError(f'{", ".join(given)}: for --task classification only')
 
@@ -144,6 +148,19 @@ def metric_list(args, names: list[str], zero_division: float) -> list:
                 m.weighted = bool(args.weight_column)
             out.append(m)
     return out
+
+
+def query_intervals(args, metrics: list, zero_division: float) -> list:
+    """Ranking: [QueryIntervals] of the metrics that are means over queries, with
+    --confidence_intervals (queries resampled), else []."""
+    if not args.confidence_intervals:
+        return []
+    names = [m.name for m in metrics if m.name in QUERY_MEANS]
+    if not names:
+        return []
+    return [QueryIntervals(names, args.cutoff, num_bootstrap=args.num_bootstrap,
+                           random_state=args.random_state,
+                           confidence_level=args.confidence_level, zero_division=zero_division)]
 
 
 def log_columns(args) -> list[tuple[str, str]]:

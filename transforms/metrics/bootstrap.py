@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pyarrow as pa
 
 __all__ = ['splitmix64', 'row_keys', 'text_keys', 'poisson_weights', 'bootstrap_interval',
            'POISSON_CDF']
@@ -48,11 +49,42 @@ def row_keys(source: str | None, rows: np.ndarray) -> np.ndarray:
 
 
 def text_keys(values) -> np.ndarray:
-    """Keys of text or integer ids (query ids): uint64, shape (n,). One hash per value."""
-    a = np.asarray(values)
-    if a.dtype.kind in 'iu':
-        return splitmix64(a.astype(np.int64).view(np.uint64) ^ _text_hash('int'))
-    return np.array([_text_hash(str(v)) for v in a], np.uint64).reshape(-1)
+    """Keys of integer or text ids (query ids): uint64, shape (n,), vectorised.
+
+    Integers: splitmix64 of the value. Text (a pyarrow string Array, or anything numpy
+    holds as str / object): the polynomial hash sum over bytes b_j of (b_j + 1) G^(j+1)
+    mod 2**64 (G an odd constant), mixed with the length by splitmix64: the same text
+    always has the same key, wherever it is.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array) and pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if isinstance(values, pa.Array) and (pa.types.is_integer(values.type)):
+        values = values.to_numpy(zero_copy_only=False)
+    if isinstance(values, np.ndarray) and values.dtype.kind in 'iu':
+        return splitmix64(values.astype(np.int64).view(np.uint64) ^ _text_hash('int'))
+    arr = values if isinstance(values, pa.Array) else pa.array(
+        np.asarray(values, dtype=object).astype(str), pa.string())
+    arr = arr.cast(pa.large_string())
+    n = len(arr)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64, n + 1, arr.offset * 8)
+    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None \
+        else np.zeros(0, np.uint8)
+    start, end = offsets[:-1], offsets[1:]
+    lengths = (end - start).astype(np.int64)
+    total = int(lengths.sum())
+    pos = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    byte = data[np.repeat(start, lengths) + pos] if total else np.zeros(0, np.uint8)
+    with np.errstate(over='ignore'):
+        powers = np.cumprod(np.full(int(lengths.max(initial=0)) + 1, _GOLDEN, np.uint64))
+        parts = (byte.astype(np.uint64) + np.uint64(1)) * powers[pos]
+        sums = np.zeros(n, np.uint64)
+        has = lengths > 0   # bytes of a string are contiguous: a segmented sum
+        if has.any():
+            first = (np.cumsum(lengths) - lengths)[has]
+            sums[has] = np.add.reduceat(parts, first)
+        return splitmix64(sums ^ splitmix64(lengths.view(np.uint64)))
 
 
 def poisson_weights(keys: np.ndarray, num_bootstrap: int, random_state: int) -> np.ndarray:

@@ -149,6 +149,9 @@ class MetricsCombineFn(beam.CombineFn):
     def _section(self, accs) -> dict:
         out, undefined, intervals = {}, {}, {}
         for m, i in zip(self.metrics, self._state_of):
+            if getattr(m, 'intervals_only', False):   # QueryIntervals: other metrics' intervals
+                intervals.update(m.intervals(accs[i]) or {})
+                continue
             value, n_undefined = m.value(accs[i])
             out[m.name] = value
             if m.can_be_undefined:
