@@ -336,3 +336,40 @@ def test_cli_without_the_new_flags_is_the_binary_path(tmp_path):
                   '--output', out])
     o = read_json(os.path.join(out, 'metrics.json'))['overall']
     assert set(o) == {'precision', 'recall', 'accuracy', 'f1', 'confusion', 'undefined'}
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+from hypothesis import given, settings, strategies as st   # noqa: E402
+
+_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-3, 3),
+                    st.floats(allow_nan=True, allow_infinity=True),
+                    st.sampled_from(['a', 'b', ' ', '', '1', '0.5', 'nan', 'T']))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.lists(st.tuples(_VALUES, _VALUES, _VALUES, _VALUES), min_size=1, max_size=12),
+       st.sampled_from(['binary', 'classes']))
+def test_the_parser_never_fails_and_every_row_is_kept_or_refused_once(values, labels):
+    from beamml.transforms.metrics.class_logs import (ClassificationColumns,
+                                                      _ParseClassificationFn)
+    cols = {}
+    for name, i in (('truth', 0), ('prediction', 1), ('w', 2), ('p', 3)):
+        try:
+            cols[name] = pa.array([v[i] for v in values])
+        except (pa.ArrowInvalid, pa.ArrowTypeError):   # mixed types: as text (a CSV would)
+            cols[name] = pa.array([None if v[i] is None else str(v[i]) for v in values])
+    batch = pa.RecordBatch.from_pydict({**cols, '_file': ['f'] * len(values),
+                                        '_row': list(range(len(values)))})
+    spec = ClassificationColumns(labels=labels, weight='w', score='p', num_bootstrap=3)
+    out = list(_ParseClassificationFn(spec, 'jsonl').process(batch))
+    kept = sum(o.num_rows for o in out if isinstance(o, pa.RecordBatch))
+    refused = [o.value for o in out if not isinstance(o, pa.RecordBatch)]
+    assert kept + len(refused) == len(values)
+    assert sorted(d['row'] for d in refused) == sorted(set(d['row'] for d in refused))
+    for o in out:
+        if isinstance(o, pa.RecordBatch):
+            w = o.column(WEIGHTS).flatten().to_numpy()
+            assert np.isfinite(w).all() and (w >= 0).all()
+            assert np.isfinite(o.column('score').to_numpy()).all()
+            assert '' not in o.column('truth').to_pylist()
