@@ -82,13 +82,13 @@ def test_coverage_of_95_percent_intervals_of_accuracy_with_a_known_truth():
 
 def test_coverage_of_95_percent_intervals_of_roc_auc_with_a_known_truth():
     # positives N(1, 1), negatives N(0, 1): AUC = Phi(1 / sqrt 2). Percentile intervals of
-    # the AUC at n = 300 cover 93-95% (measured over 3 x 400 repetitions; numpy's own
-    # Poisson draws give the same): 400 repetitions keep the binomial noise (1.1%) apart
-    # from the 93% asked.
+    # the AUC at n = 300 cover it a little less than 95%: 93.0% here (400 repetitions),
+    # 93.0-94.75% over other seeds, and numpy's own Poisson draws in place of beamml's
+    # cover as often (92-94.5%). The bound leaves the binomial noise (1.2%) room.
     def draw(rng, n):
         positive = rng.random(n) < 0.5
         return 'roc_auc', _phi(1 / sqrt(2)), positive, rng.normal(positive.astype(float), 1.0)
-    assert _coverage(400, 300, 200, 1000, draw) >= 0.93
+    assert _coverage(400, 300, 200, 1000, draw) >= 0.92
 
 
 def _batches(truth, pred, score, weights, cuts):

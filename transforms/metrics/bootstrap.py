@@ -87,21 +87,36 @@ def text_keys(values) -> np.ndarray:
         return splitmix64(sums ^ splitmix64(lengths.view(np.uint64)))
 
 
+#: POISSON_CDF in units of 2**-32, those below 2**32 - 1: a weight is the number of
+#: thresholds <= a 32-bit draw (at most 12: P(X >= 13) < 1e-10 rounds to no 32-bit draw)
+_THRESHOLDS = np.round(POISSON_CDF * 2.0 ** 32)
+_THRESHOLDS = _THRESHOLDS[_THRESHOLDS < 2.0 ** 32 - 1].astype(np.uint32)
+
+
 def poisson_weights(keys: np.ndarray, num_bootstrap: int, random_state: int) -> np.ndarray:
     """Poisson(1) weights of rows, shape (n, num_bootstrap), float64.
 
-    Weight (i, b) is the inverse Poisson(1) CDF at a uniform number made of
-    ``splitmix64(splitmix64(keys[i] ^ seed) + b)``, ``seed`` being
-    ``splitmix64(random_state)``: the same key, replicate and random_state always give
-    the same weight.
+    Row i draws 64-bit numbers ``splitmix64(splitmix64(keys[i] ^ seed) + j)``, j = 0, 1,
+    ... (``seed`` = ``splitmix64(random_state)``), each cut into two 32-bit uniforms
+    (low half first); weight (i, b) is the inverse Poisson(1) CDF at the b-th uniform,
+    read off the CDF in units of 2**-32 (a weight of 12 stands for 12 or more: P(X >= 13)
+    < 1e-10).
+    The same key, replicate and random_state always give the same weight.
     """
     keys = np.asarray(keys, np.uint64).reshape(-1)
     seed = splitmix64(np.array([int(random_state) & 0xFFFFFFFFFFFFFFFF], np.uint64))[0]
+    half = (int(num_bootstrap) + 1) // 2
     with np.errstate(over='ignore'):
         base = splitmix64(keys ^ seed)
-        z = splitmix64(base[:, None] + np.arange(num_bootstrap, dtype=np.uint64)[None, :])
-    u = (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-    return np.searchsorted(POISSON_CDF, u, side='right').astype(np.float64)
+        z = splitmix64(base[:, None] + np.arange(half, dtype=np.uint64)[None, :])
+    u = np.empty((len(keys), half, 2), np.uint32)
+    u[:, :, 0] = z   # the low half (a cast keeps the low 32 bits)
+    u[:, :, 1] = z >> np.uint64(32)
+    u = u.reshape(len(keys), 2 * half)[:, :num_bootstrap]
+    w = np.zeros(u.shape, np.uint8)
+    for t in _THRESHOLDS:   # a dozen vectorised comparisons (faster than a search)
+        w += u >= t
+    return w.astype(np.float64)
 
 
 def bootstrap_interval(replicates: np.ndarray, confidence_level: float = 0.95) -> dict:
