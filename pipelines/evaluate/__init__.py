@@ -27,7 +27,6 @@ import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines._platform import runs, streams
-from beamml.pipelines.evaluate import classification
 from beamml.pipelines._platform.cli import parse_args
 from beamml.pipelines._platform.flags import (add_deprecated, add_refused_arg, add_table_input_args,
                                               declare_layout)
@@ -35,6 +34,7 @@ from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import (input_files, is_dry_run, no_results, pipeline_run,
                                                 run_pipeline)
 from beamml.pipelines._platform.values import positive_int
+from beamml.pipelines.evaluate import classification
 from beamml.transforms.core.errors import ERRORS, BeammlError
 from beamml.transforms.io import OUTPUT_FORMATS, ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.core.types import SOURCE_COLUMNS

@@ -86,7 +86,10 @@ class MetricsCombineFn(beam.CombineFn):
     never keeping another accumulator's arrays (Beam may reuse them).
 
     The output is ``{'overall': section, 'slices': {key: section}}``, a section
-    being ``{metric name: value, ..., 'undefined': {metric name: n}}``.
+    being ``{metric name: value, ..., 'undefined': {metric name: n}}``, and
+    ``'confidence_intervals': {metric name: {lower, upper, standard_error}}`` when
+    metrics carry bootstrap replicates (a metric's ``intervals``; a metric with
+    ``intervals_only``, ``QueryIntervals``, gives other metrics' intervals and no value).
     """
 
     def __init__(self, metrics: Sequence, slice_by: Sequence[str] = ()):
