@@ -178,11 +178,11 @@ def test_the_combine_fn_keeps_the_contract_and_equals_scikit_learn_per_slice(kin
 
 
 def test_log_loss_of_scores_that_are_not_probabilities_is_undefined():
-    fn = MetricsCombineFn([LogLoss(), RocAuc()])
+    fn = MetricsCombineFn([LogLoss(), RocAuc(), Reliability()])
     batch = score_batches(np.array(['1', '0', '1']), np.array([2.5, -1.0, 0.3]),
                           np.ones(3), np.array(['a'] * 3), [0, 3])
     out = fn.apply(batch)['overall']
-    assert out['roc_auc'] == 1.0 and out['log_loss'] == 0.0
+    assert out['roc_auc'] == 1.0 and out['log_loss'] == 0.0 and out['reliability'] == []
     assert out['undefined'] == {'log_loss': 2, 'roc_auc': 0}
 
 

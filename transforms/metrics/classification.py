@@ -387,13 +387,13 @@ class LogLoss(_ScoreMetric):
 class Reliability(_ScoreMetric):
     """Reliability (calibration) table: per non-empty bin of the probability, its weight,
     mean probability and weighted fraction of positives (calibration_curve); per class
-    for class probabilities."""
+    for class probabilities. Empty when a score is outside [0, 1]."""
     name = 'reliability'
     can_be_undefined = False
 
     def value(self, acc):
         bins = acc['bins']
-        if bins is None:
+        if bins is None or acc['outside']:   # no row, or scores that are not probabilities
             return ([] if self.classes is None else {c: [] for c in self.classes}), 0
         if self.classes is None:
             return reliability_table(bins[0]), 0
