@@ -147,9 +147,8 @@ def test_cli_intervals_agree_with_a_plain_bootstrap_and_are_deterministic(tmp_pa
                       '--random_state', str(seed), '--output', out])
         with open(os.path.join(out, 'metrics.json')) as f:
             return json.load(f)
-    first, again, other = run('a', 3), run('b', 3), run('c', 4)
+    first, again = run('a', 3), run('b', 3)   # (another seed, other draws: test above)
     assert first['overall'] == again['overall'] and first['slices'] == again['slices']
-    assert first['overall']['confidence_intervals'] != other['overall']['confidence_intervals']
     # binary labels (no --pos_label): the classes '1' and '0', positive '1'
     boot = poisson_weights(row_keys(path, np.arange(n)), 30, 3)
     for key, rows in ((None, np.ones(n, bool)), ('region=n', region == 'n')):

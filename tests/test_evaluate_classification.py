@@ -198,8 +198,21 @@ def test_the_combine_fn_keeps_the_contract_and_equals_scikit_learn_per_slice():
         assert out['overall']['undefined']['precision'] == 1
     check_combine_fn(fn, inputs, equal, empty)
     out = fn.apply(inputs)
-    for key, rows in [(None, np.ones(n, bool))] + [
-            (f'model={m}', model == m) for m in 'abc']:
+    slices = [(None, np.ones(n, bool))] + [(f'model={m}', model == m) for m in 'abc']
+    for average in ('binary', 'micro', 'weighted', 'none'):   # (macro: below)
+        for zd in ZERO_DIVISIONS:
+            other = MetricsCombineFn(class_metrics(average, zd), slice_by=['model']).apply(
+                inputs)
+            for key, rows in slices:
+                section = other['overall'] if key is None else other['slices'][key]
+                labels = section['confusion_matrix']['labels']
+                if average == 'binary':
+                    continue   # (four classes: scikit-learn refuses 'binary')
+                want = sk_prf(t[rows], p[rows], average, 0.5, zd, w[rows], labels=labels)
+                got = section['fbeta']
+                got = [got[c] for c in labels] if average == 'none' else got
+                assert close(got, want[2]), (average, zd, key)
+    for key, rows in slices:
         section = out['overall'] if key is None else out['slices'][key]
         tt, pp, ww = t[rows], p[rows], w[rows]
         want = sk_prf(tt, pp, 'macro', 1.0, float('nan'), ww)
@@ -255,8 +268,7 @@ def wine_logs(tmp_path_factory):
             'region': region, 'proba': proba, 'classes': list(names)}
 
 
-@pytest.mark.parametrize('average, zero_division', [('macro', '0'), ('weighted', 'nan'),
-                                                     ('micro', '1'), ('none', '0')])
+@pytest.mark.parametrize('average, zero_division', [('weighted', 'nan'), ('none', '1')])
 def test_cli_on_out_of_fold_predictions_equals_scikit_learn(tmp_path, wine_logs, average,
                                                              zero_division):
     out = str(tmp_path / 'eval')
@@ -328,14 +340,24 @@ def test_cli_refuses_unusable_rows_as_dead_letters(tmp_path):
                                                   'matrix': [[1.0, 0.0], [2.0, 0.0]]}
 
 
-def test_cli_without_the_new_flags_is_the_binary_path(tmp_path):
-    pq.write_table(pa.table({'truth': [1, 0, 1], 'prediction': [1, 1, 0]}),
-                   tmp_path / 'logs.parquet')
-    out = str(tmp_path / 'eval')
-    evaluate.run(['--input', str(tmp_path / 'logs.parquet'), '--task', 'classification',
-                  '--output', out])
-    o = read_json(os.path.join(out, 'metrics.json'))['overall']
-    assert set(o) == {'precision', 'recall', 'accuracy', 'f1', 'confusion', 'undefined'}
+def test_without_the_new_flags_classification_is_the_binary_path():
+    import argparse
+    from beamml.pipelines.evaluate import classification
+    from beamml.transforms.metrics import CLASSIFICATION_METRICS
+
+    def args(*flags):
+        ap = argparse.ArgumentParser()
+        evaluate.EvaluateOptions._add_argparse_args(ap)
+        return ap.parse_args(['--task', 'classification', *flags])
+    plain = args()
+    assert not classification.active(plain)
+    assert [type(m) for m in evaluate.metric_list(plain)] == list(CLASSIFICATION_METRICS.values())
+    assert type(evaluate.parse_logs(plain, {'truth': 't', 'prediction': 'p'}, [], 'int64',
+                                    'csv')).__name__ == 'ParsePredictionLogs'
+    for flags in (['--average', 'macro'], ['--weight_column', 'w'], ['--beta', '2'],
+                  ['--pos_label', 'x'], ['--score_column', 's'], ['--metrics', 'roc_auc'],
+                  ['--confidence_intervals', 'poisson_bootstrap']):
+        assert classification.active(args(*flags)), flags
 
 
 # ----------------------------------------------------------------------------- hostile input
