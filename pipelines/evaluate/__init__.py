@@ -34,6 +34,7 @@ from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import (input_files, is_dry_run, no_results, pipeline_run,
                                                 run_pipeline)
 from beamml.pipelines._platform.values import positive_int
+from beamml.pipelines.evaluate import classification
 from beamml.transforms.core.errors import ERRORS, BeammlError
 from beamml.transforms.io import OUTPUT_FORMATS, ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.core.types import SOURCE_COLUMNS
@@ -96,6 +97,7 @@ class EvaluateOptions:
                             help='output directory (local or gs://); required in batch')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of per_query (default parquet)')
+        classification.add_args(parser)   # multiclass, weights, scores, intervals
         add_refused_arg(parser)
         runs.add_run_args(parser)
         streams.add_streaming_args(parser)
@@ -107,6 +109,10 @@ def _split(value: str | None) -> list[str]:
 
 def metric_list(args) -> list:
     """The Metric objects of --task / --metrics / --cutoff / --zero_division."""
+    classification.check_task(args)
+    if classification.active(args):   # multiclass / weights / scores / intervals
+        return classification.metric_list(args, _split(args.metrics),
+                                          ZERO_DIVISION[str(args.zero_division)])
     registry = CLASSIFICATION_METRICS if args.task == 'classification' else RANKING_METRICS
     names = _split(args.metrics) or list(registry)
     unknown = [n for n in names if n not in registry]
@@ -121,6 +127,8 @@ def metric_list(args) -> list:
                    else cls(zero_division=zd))
     if args.task == 'ranking' and 'n_queries' not in names:
         out.append(RANKING_METRICS['n_queries']())
+    if args.task == 'ranking':   # --confidence_intervals: queries resampled
+        out += classification.query_intervals(args, out, zd)
     return out
 
 
@@ -147,6 +155,8 @@ def check_columns(read: ReadTable, args) -> tuple[dict[str, str], list[str]]:
                           'the source of each row; rename it')
     wanted = [(c, f'--{COLUMN_FLAGS[args.task][n]}') for n, c in columns.items()]
     wanted += [(c, '--slice_by') for c in slice_by]
+    if classification.active(args):
+        wanted += classification.log_columns(args)
     missing = [f'{c!r} ({flag})' for c, flag in wanted if c not in have]
     if missing:
         raise BeammlError(f'{read.paths[0]} has no column {", ".join(missing)}; its columns '
@@ -183,6 +193,13 @@ def per_query_batch(stats: pa.RecordBatch, k: int, zero_division: float):
         names=per_query_schema('int64').names)
 
 
+def parse_logs(args, columns, slice_by, id_type, input_format):
+    """The parser of the flags: ParsePredictionLogs, or classification.py's rows."""
+    if classification.active(args):
+        return classification.parse_transform(args, columns, slice_by, input_format)
+    return ParsePredictionLogs(args.task, columns, slice_by, id_type, input_format)
+
+
 def build(p, args):
     """Read, parse, compute and write; returns {'metrics', 'per_query', 'errors'}.
 
@@ -208,8 +225,8 @@ def build(p, args):
              read.layout.input_format, args.task, ','.join(m.name for m in metrics),
              f'; slices by {",".join(slice_by)}' if slice_by else '')
     logs = p | 'ReadLogs' >> read
-    parsed = logs.batches | 'ParseLogs' >> ParsePredictionLogs(
-        args.task, columns, slice_by, id_type, read.layout.input_format)
+    parsed = logs.batches | 'ParseLogs' >> parse_logs(
+        args, columns, slice_by, id_type, read.layout.input_format)
     result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
     out = args.output
     # Empty without rows: run() then writes the metrics of nothing (compute_metrics).
@@ -292,8 +309,8 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
             layout = message_layout(id_column=args.id_column, points=False)
         source = streams.read_stream(p, args, layout, points=False, source_columns=True,
                                        accumulating=True)
-    parsed = source['batches'] | 'ParseLogs' >> ParsePredictionLogs(
-        args.task, columns, slice_by, id_type, input_format)
+    parsed = source['batches'] | 'ParseLogs' >> parse_logs(
+        args, columns, slice_by, id_type, input_format)
     result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
     records = (result['metrics']
                | 'Format' >> beam.Map(format_metrics, args.task, args.cutoff)
@@ -340,6 +357,9 @@ def summary(doc: dict) -> str:
     for k, v in overall.items():
         if k == 'undefined':
             continue
+        if isinstance(v, (dict, list)) and any(isinstance(x, (dict, list)) for x in
+                                               (v.values() if isinstance(v, dict) else v)):
+            continue   # a table (per_class, confusion_matrix, ...): in metrics.json
         if isinstance(v, dict):
             v = '(' + ' '.join(f'{a}={b}' for a, b in v.items()) + ')'
         elif isinstance(v, float):

@@ -11,8 +11,16 @@ Modules:
 * ``ranking``: ranking rows to per-query statistics in Beam (``QueryStats``: query
   buckets, the packed fragments of the shuffle, the per-query reduction);
 * ``compute``: the metrics as CombineFns, and ``ComputeMetrics``, every metric overall
-  and per slice in one pass.
+  and per slice in one pass;
+* ``multiclass``, ``scores``, ``bootstrap`` (numpy kernels), ``classification`` (their
+  ``Metric`` classes: multiclass, weighted, ROC AUC, AP, log loss, reliability, with
+  Poisson-bootstrap intervals) and ``class_logs`` (``ParseClassificationLogs``).
 """
+from beamml.transforms.metrics.class_logs import ClassificationColumns, ParseClassificationLogs
+from beamml.transforms.metrics.classification import (AveragePrecision, BalancedAccuracy,
+                                                      ClassAccuracy, ClassF1, ClassPrecision,
+                                                      ClassRecall, ConfusionMatrix, FBeta,
+                                                      LogLoss, PerClass, Reliability, RocAuc)
 from beamml.transforms.metrics.compute import (ComputeMetrics, MetricCombineFn, MetricsCombineFn,
                                                merge_results)
 from beamml.transforms.metrics.definitions import (CLASSIFICATION_METRICS, RANKING_METRICS, F1,
@@ -35,4 +43,7 @@ __all__ = [
     'parse_query_ids', 'query_stats', 'query_buckets', 'slice_keys',
     'MetricCombineFn', 'MetricsCombineFn', 'merge_results', 'ParsePredictionLogs',
     'QueryStats', 'ComputeMetrics', 'SLICE_COLUMN',
+    'ClassAccuracy', 'ClassPrecision', 'ClassRecall', 'ClassF1', 'FBeta', 'BalancedAccuracy',
+    'ConfusionMatrix', 'PerClass', 'RocAuc', 'AveragePrecision', 'LogLoss', 'Reliability',
+    'ClassificationColumns', 'ParseClassificationLogs',
 ]
