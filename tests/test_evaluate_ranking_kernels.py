@@ -1,0 +1,114 @@
+"""trec_eval's measures (transforms/metrics/ranking_measures.py) against pytrec_eval itself,
+per query and overall, on generated runs: ties in score, graded and negative relevance,
+documents judged but never returned, returned but never judged, queries without a relevant
+document, queries only in the run or only in the judgments, every relevance level."""
+import numpy as np
+import pytest
+
+pytrec_eval = pytest.importorskip('pytrec_eval')
+
+from beamml.transforms.metrics.ranking_measures import (TREC_MEASURES, measure_columns,  # noqa: E402
+                                                        trec_measures)
+
+CUTOFFS = (1, 2, 3, 5, 10, 100)
+
+
+def generated(seed, n_queries=40, max_docs=30, n_docs=60, score_levels=4):
+    """(run rows, qrels rows): random docs per query, scores from few levels (ties)."""
+    rng = np.random.default_rng(seed)
+    run, qrels = [], []
+    for q in range(n_queries):
+        qid = f'q{q}'
+        docs = rng.choice(n_docs, size=rng.integers(1, max_docs + 1), replace=False)
+        scores = rng.integers(0, score_levels, len(docs)) / 2.0 - 0.5
+        run += [(qid, f'd{d}', float(s)) for d, s in zip(docs, scores)]
+        judged = rng.choice(n_docs, size=rng.integers(0, 25), replace=False)
+        if q % 7 == 3:
+            rels = np.zeros(len(judged), int)          # judged, none relevant
+        else:
+            rels = rng.choice([-1, 0, 0, 1, 2, 3], len(judged))
+        qrels += [(qid, f'd{d}', int(r)) for d, r in zip(judged, rels)]
+    # a query only in the run, one only in the judgments
+    run += [('only_run', 'd1', 1.0), ('only_run', 'd2', 0.0)]
+    qrels += [('only_qrels', 'd1', 1)]
+    return run, qrels
+
+
+def oracle(run, qrels, level, measures, cutoffs):
+    qd, rd = {}, {}
+    for q, d, r in qrels:
+        qd.setdefault(q, {})[d] = int(r)
+    for q, d, s in run:
+        rd.setdefault(q, {})[d] = float(s)
+    names = {m if m not in ('P', 'recall', 'success', 'map_cut', 'ndcg_cut')
+             else f'{m}.{",".join(map(str, cutoffs))}' for m in measures}
+    names |= {'num_rel', 'num_ret'}
+    return pytrec_eval.RelevanceEvaluator(qd, names, relevance_level=level).evaluate(rd)
+
+
+def columns(rows):
+    return [np.array([r[i] for r in rows]) for i in range(3)]
+
+
+@pytest.mark.parametrize('seed,level', [(0, 1), (1, 1), (2, 2), (3, 1), (4, 3)])
+def test_equal_to_pytrec_eval_per_query_and_overall(seed, level):
+    run, qrels = generated(seed)
+    rq, rd, rs = columns(run)
+    jq, jd, jr = columns(qrels)
+    got = trec_measures(rq, rd, jq, jd, jr, score=rs, cutoffs=CUTOFFS, relevance_level=level)
+    want = oracle(run, qrels, level, TREC_MEASURES, CUTOFFS)
+    assert sorted(want) == list(got['q_id'])
+    assert got['unjudged_queries'] == len({q for q, _, _ in run} - {q for q, _, _ in qrels})
+    worst = 0.0
+    for name in measure_columns(TREC_MEASURES, CUTOFFS):
+        ref = np.array([want[q][name] for q in got['q_id']])
+        worst = max(worst, float(np.max(np.abs(got[name] - ref))))
+        assert abs(got[name].mean() - ref.mean()) <= 1e-12, name
+    assert worst <= 1e-12
+    assert [want[q]['num_rel'] for q in got['q_id']] == list(got['num_rel'])
+    assert [want[q]['num_ret'] for q in got['q_id']] == list(got['num_ret'])
+
+
+def test_ties_are_broken_by_doc_id_descending_as_trec_eval():
+    run = [('q', d, 1.0) for d in ('a', 'b', 'c', 'B', 'ab')] + [('q', 'z', 2.0)]
+    for relevant in ('a', 'b', 'c', 'B', 'ab', 'z'):
+        qrels = [('q', relevant, 1)]
+        got = trec_measures(*columns(run)[:2], *columns(qrels), score=columns(run)[2],
+                            measures=['recip_rank'], cutoffs=())
+        want = oracle(run, qrels, 1, ['recip_rank'], ())
+        assert got['recip_rank'][0] == want['q']['recip_rank'], relevant
+
+
+def test_ranks_given_order_the_run():
+    rng = np.random.default_rng(5)
+    run, qrels = generated(5, score_levels=1000)
+    rq, rd, rs = columns(run)
+    # the same order as the scores, as ranks: 0 = highest score (no tie among 1000 levels
+    # is not guaranteed, so rank by (score desc, doc desc), as trec_eval orders)
+    order = np.lexsort((-np.unique(rd, return_inverse=True)[1], -rs, rq))
+    rank = np.empty(len(rq), np.int64)
+    rank[order] = np.arange(len(rq))
+    perm = rng.permutation(len(rq))
+    jq, jd, jr = columns(qrels)
+    a = trec_measures(rq, rd, jq, jd, jr, score=rs, cutoffs=CUTOFFS)
+    b = trec_measures(rq[perm], rd[perm], jq, jd, jr, rank=rank[perm], cutoffs=CUTOFFS)
+    for name in measure_columns(TREC_MEASURES, CUTOFFS):
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_complete_counts_judged_queries_without_rows_as_zero():
+    run, qrels = generated(6)
+    got = trec_measures(*columns(run)[:2], *columns(qrels), score=columns(run)[2],
+                        cutoffs=(5,), complete=True)
+    assert 'only_qrels' in got['q_id'] and 'only_run' not in got['q_id']
+    i = list(got['q_id']).index('only_qrels')
+    assert got['num_ret'][i] == 0 and got['map'][i] == 0 and got['ndcg_cut_5'][i] == 0
+
+
+def test_one_row_and_repeated_pairs():
+    got = trec_measures(['q'], ['d'], ['q'], ['d'], [2], score=[0.0], cutoffs=(1,))
+    assert got['ndcg_cut_1'][0] == 1.0 and got['map'][0] == 1.0
+    with pytest.raises(ValueError, match='repeat'):
+        trec_measures(['q', 'q'], ['d', 'd'], ['q'], ['d'], [1], score=[1.0, 0.0])
+    with pytest.raises(ValueError, match='unknown ranking measure'):
+        trec_measures(['q'], ['d'], ['q'], ['d'], [1], score=[0.0], measures=['ndcg'])
