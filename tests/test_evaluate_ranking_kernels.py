@@ -112,3 +112,56 @@ def test_one_row_and_repeated_pairs():
         trec_measures(['q', 'q'], ['d', 'd'], ['q'], ['d'], [1], score=[1.0, 0.0])
     with pytest.raises(ValueError, match='unknown ranking measure'):
         trec_measures(['q'], ['d'], ['q'], ['d'], [1], score=[0.0], measures=['ndcg'])
+
+
+def test_bucket_stats_equal_pytrec_eval_with_slices_and_refuse_repeats():
+    from beamml.transforms.metrics.ranking_measures import bucket_stats
+    run, qrels = generated(7)
+    rq, rd, rs = columns(run)
+    jq, jd, jr = columns(qrels)
+    # repeated pairs: a run row and a judgment again, later in (file, row) order
+    rq2, rd2, rs2 = np.r_[rq, rq[:1]], np.r_[rd, rd[:1]], np.r_[rs, [9.0]]
+    jq2, jd2, jr2 = np.r_[jq, jq[:1]], np.r_[jd, jd[:1]], np.r_[jr, [3]]
+    model = np.array(['m' + str(int(q[1:]) % 2) if q[0] == 'q' else 'mx' for q in rq2])
+    got = bucket_stats({'q_id': rq2, 'doc_id': rd2, 'score': rs2, 'slice': model,
+                        'origin': (np.zeros(len(rq2), np.int64), np.arange(len(rq2)))},
+                       {'q_id': jq2, 'doc_id': jd2, 'relevance': jr2},
+                       measures=TREC_MEASURES, cutoffs=CUTOFFS, ks=(5,), relevance_level=1)
+    assert list(got['refused_run'][0]) == [len(rq)] and list(got['refused_run'][1]) == [0]
+    assert list(got['refused_judgments'][0]) == [len(jq)]
+    want = oracle(run, qrels, 1, TREC_MEASURES, CUTOFFS)
+    overall, sliced = got['groups']
+    ids = overall['q_id'].to_pylist()
+    assert sorted(ids) == sorted(want)
+    for name in measure_columns(TREC_MEASURES, CUTOFFS):
+        ref = np.array([want[q][name] for q in ids])
+        assert np.max(np.abs(overall[name] - ref)) <= 1e-12, name
+        # slices partition the queries here: each (slice, query) row is the query's row
+        sref = np.array([want[q][name] for q in sliced['q_id'].to_pylist()])
+        assert np.max(np.abs(sliced[name] - sref)) <= 1e-12, name
+    assert set(sliced['slice'].to_pylist()) == {'m0', 'm1'}
+
+
+def test_bucket_stats_from_the_logs_own_relevance_keep_the_legacy_statistics():
+    from beamml.transforms.metrics import query_stats
+    from beamml.transforms.metrics.ranking_measures import bucket_stats
+    rng = np.random.default_rng(8)
+    n = 500
+    q = rng.integers(0, 40, n)
+    rank = rng.permutation(n)            # unique ranks with gaps within a query
+    rel = rng.choice([0, 0, 1, 2, 3], n).astype(float)
+    got = bucket_stats({'q_id': q, 'predicted_rank': rank, 'truth_relevance': rel},
+                       None, measures=TREC_MEASURES, cutoffs=CUTOFFS, ks=(5,))
+    overall = got['groups'][0]
+    legacy = query_stats(q, rank, rel, (5,))
+    by = np.argsort(overall['q_id'].to_numpy())
+    for name in ('n_returned', 'n_relevant', 'n_relevant_at_5', 'ap_sum'):
+        np.testing.assert_allclose(overall[name][by], legacy[name], rtol=0, atol=1e-12)
+    # the trec_eval measures: the log's rows are the judgments, ranks order the run
+    docs = np.arange(n).astype(str)
+    ref = trec_measures(q.astype(str), docs, q.astype(str), docs, rel, rank=rank,
+                        cutoffs=CUTOFFS)
+    mine = dict(zip(overall['q_id'].to_numpy().astype(str), range(len(by))))
+    for name in measure_columns(TREC_MEASURES, CUTOFFS):
+        np.testing.assert_allclose([overall[name][mine[x]] for x in ref['q_id']], ref[name],
+                                   rtol=0, atol=1e-12)

@@ -34,6 +34,7 @@ from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import (input_files, is_dry_run, no_results, pipeline_run,
                                                 run_pipeline)
 from beamml.pipelines._platform.values import positive_int
+from beamml.pipelines.evaluate import ranking
 from beamml.transforms.core.errors import ERRORS, BeammlError
 from beamml.transforms.io import OUTPUT_FORMATS, ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.core.types import SOURCE_COLUMNS
@@ -96,6 +97,7 @@ class EvaluateOptions:
                             help='output directory (local or gs://); required in batch')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of per_query (default parquet)')
+        ranking.add_args(parser)
         add_refused_arg(parser)
         runs.add_run_args(parser)
         streams.add_streaming_args(parser)
@@ -189,6 +191,8 @@ def build(p, args):
     ``metrics`` (the metrics.json document) is empty when no row is usable; ``run``
     then writes the metrics of nothing itself.
     """
+    if ranking.wanted(args):   # judgments, TREC runs, trec_eval's measures: ranking.py
+        return ranking.build(p, args, stream_columns(args)[1])
     metrics = metric_list(args)
     kwargs = dict(input_format=args.input_format, source_columns=True)
     if args.id_column:
@@ -238,7 +242,9 @@ def finish_metrics(args, output: str, counts: dict) -> None:
     """The commit's last touch to metrics.json: the metrics of nothing when no row (or no
     query) was combined, and the run's record counts (:class:`~beamml.pipelines._platform.runs.DatedRun`)."""
     path = FileSystems.join(output, 'metrics.json')
-    if not FileSystems.exists(path):
+    if not FileSystems.exists(path) and ranking.wanted(args):
+        ranking.write_metrics(ranking.empty_result(args), path, args)
+    elif not FileSystems.exists(path):
         write_metrics(compute_metrics(args).empty_result(), path, args.task, args.cutoff)
     add_counts(path, counts)
 
@@ -266,6 +272,9 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     """The streaming graph: source (or ``source``, {'batches', 'errors'} windowed and
     gated: tests give a TestStream), ParsePredictionLogs and ComputeMetrics per window,
     one metrics record per window and pane. Returns {'metrics', 'errors'}."""
+    if ranking.wanted(args):
+        raise BeammlError('--qrels, --run_format trec, --score_column and trec_eval\'s '
+                          'measures are not available with --streaming yet')
     metrics = metric_list(args)
     columns, slice_by = stream_columns(args)
     id_type = 'string'

@@ -41,6 +41,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from beamml.transforms.metrics.kernels import _group_stats, _sort_dedup
+
 __all__ = ['TREC_MEASURES', 'CUTOFF_MEASURES', 'measure_columns', 'parse_measures',
            'rank_order', 'judged_summary', 'query_measures', 'trec_measures']
 
@@ -303,4 +305,135 @@ def trec_measures(q_id, doc_id, qrels_q_id, qrels_doc_id, qrels_relevance, *,
     out['num_rel'] = summary['num_rel'][which][by_id]
     out.update({k: v[which][by_id] for k, v in values.items()})
     out['unjudged_queries'] = int((in_run & ~in_qrels).sum())
+    return out
+
+
+# ----------------------------------------------------------------------------- one bucket
+
+def _dedup(codes: np.ndarray, second: np.ndarray, origin: tuple) -> tuple[np.ndarray, ...]:
+    """(keep mask, refused rows, the row kept for each) of repeated (codes, second) pairs;
+    among the rows of a pair the smallest ``origin`` (file, row) is kept."""
+    order, dup, first = _sort_dedup(codes, second, origin)
+    keep = np.ones(len(codes), bool)
+    if first is None or not dup.any():
+        return keep, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    pos = np.flatnonzero(dup)
+    keep[order[pos]] = False
+    return keep, order[pos], order[first[pos]]
+
+
+def bucket_stats(run: dict, judgments: dict | None, *, measures: Sequence[str],
+                 cutoffs: Sequence[int], ks: Sequence[int] = (), relevance_level: float = 1,
+                 complete: bool = False) -> dict:
+    """Per-query statistics and measures of the rows of some whole queries.
+
+    ``run``: ``q_id``, ``doc_id`` (optional without judgments), ``predicted_rank`` or
+    ``score``, ``truth_relevance`` (the judgments when ``judgments`` is None), optional
+    ``slice`` (pa.Array of slice keys) and ``origin`` (a tuple of int arrays, e.g. (file,
+    row): among repeated rows the smallest is kept). ``judgments``: ``q_id, doc_id,
+    relevance`` and optional ``origin``.
+
+    A repeated (q_id, doc_id) pair of the run or of the judgments, and with
+    ``predicted_rank`` a repeated (q_id, predicted_rank) pair, is refused. Evaluated
+    queries: those of the run that have judgments (``complete``: every judged query);
+    without judgments, every query of the run.
+
+    Returns ``{'groups': [columns of the overall rows, of the slice rows], 'refused_run':
+    (rows, kept rows), 'refused_judgments': (rows, kept rows), 'unjudged_queries': n}``;
+    the columns are ``q_id`` (an Arrow array), ``slice`` (None for overall),
+    ``n_returned, n_relevant, n_relevant_at_<k>, ap_sum`` (the legacy statistics: a row is
+    relevant when its relevance is > 0, ranks are ``predicted_rank``, else positions),
+    ``num_rel, num_rel_ret, num_gain`` and every :func:`measure_columns`.
+    """
+    measures = parse_measures(measures)
+    cutoffs = tuple(int(k) for k in cutoffs)
+    n = len(run['q_id'])
+    by_score = 'score' in run
+    has_doc = run.get('doc_id') is not None
+    if judgments is not None:
+        (rq, jq), q_names = _factorize(run['q_id'], judgments['q_id'])
+        (rd, jd), d_names = _factorize(run['doc_id'], judgments['doc_id'])
+    else:
+        (rq,), q_names = _factorize(run['q_id'])
+        rd = (_factorize(run['doc_id'])[0][0] if has_doc else None)
+    origin = run.get('origin') or (np.arange(n),)
+    keep = np.ones(n, bool)
+    refused, kept = [], []
+    if rd is not None:
+        k1, r1, f1 = _dedup(rq, rd, origin)
+        keep &= k1
+        refused.append(r1), kept.append(f1)
+    if not by_score:
+        rank_all = np.asarray(run['predicted_rank'], np.int64)
+        idx = np.flatnonzero(keep)
+        k2, r2, f2 = _dedup(rq[idx], rank_all[idx], tuple(o[idx] for o in origin))
+        keep[idx[~k2]] = False
+        refused.append(idx[r2]), kept.append(idx[f2])
+    out = {'refused_run': (np.concatenate(refused) if refused else np.zeros(0, np.int64),
+                           np.concatenate(kept) if kept else np.zeros(0, np.int64)),
+           'refused_judgments': (np.zeros(0, np.int64), np.zeros(0, np.int64))}
+    n_q = len(q_names)
+    if judgments is not None:
+        j_origin = judgments.get('origin') or (np.arange(len(jq)),)
+        jkeep, jr, jf = _dedup(jq, jd, j_origin)
+        out['refused_judgments'] = (jr, jf)
+        jq, jd = jq[jkeep], jd[jkeep]
+        j_rel = np.asarray(judgments['relevance'], np.float64)[jkeep]
+        rel, judged = lookup(pair_codes(rq, rd, len(d_names)), pair_codes(jq, jd, len(d_names)),
+                             j_rel)
+        in_qrels = np.bincount(jq, minlength=n_q) > 0
+    else:
+        rel = np.asarray(run['truth_relevance'], np.float64)
+        judged = keep.copy()
+        jq, j_rel = rq[keep], rel[keep]
+        in_qrels = None
+    in_run = np.bincount(rq[keep], minlength=n_q) > 0
+    if in_qrels is None:
+        in_qrels = in_run
+    evaluated = in_qrels if complete else in_run & in_qrels
+    out['unjudged_queries'] = int((in_run & ~in_qrels).sum())
+    summary = judged_summary(jq, j_rel, n_q, relevance_level, cutoffs, 'ndcg_cut' in measures)
+    rows = np.flatnonzero(keep & evaluated[rq])
+    doc_rows = (_as_arrow(run['doc_id']).take(pa.array(rows)) if by_score else None)
+    score = np.asarray(run['score'], np.float64)[rows] if by_score else None
+    rank = None if by_score else np.asarray(run['predicted_rank'], np.int64)[rows]
+    groups = [_group_columns(rq[rows], np.flatnonzero(evaluated), n_q, rel[rows],
+                             judged[rows], rank, score, doc_rows, summary, measures, cutoffs,
+                             ks, relevance_level)]
+    groups[0]['q_id'] = q_names.take(pa.array(groups[0].pop('q')))
+    groups[0]['slice'] = None
+    if run.get('slice') is not None:
+        (sc,), s_names = _factorize(_as_arrow(run['slice']).take(pa.array(rows)))
+        pair = pair_codes(sc, rq[rows], n_q)
+        uniq, dense = np.unique(pair, return_inverse=True)
+        q_of = uniq % max(n_q, 1)
+        sub = {k: v[q_of] for k, v in summary.items()}
+        g = _group_columns(dense.reshape(-1), np.arange(len(uniq)), len(uniq), rel[rows],
+                           judged[rows], rank, score, doc_rows, sub, measures, cutoffs, ks,
+                           relevance_level)
+        g['q_id'] = q_names.take(pa.array(q_of[g.pop('q')]))
+        g['slice'] = s_names.take(pa.array(uniq // max(n_q, 1)))
+        groups.append(g)
+    out['groups'] = groups
+    return out
+
+
+def _group_columns(group, which, n_groups, rel, judged, rank, score, doc, summary, measures,
+                   cutoffs, ks, relevance_level) -> dict:
+    """The columns of the groups ``which`` (codes < n_groups) of rows in any order."""
+    order = rank_order(group, rank=rank, score=score, doc_id=doc)
+    g, rel_s, judged_s = group[order], rel[order], judged[order]
+    values = query_measures(g, rel_s, judged_s, summary, measures, cutoffs, relevance_level)
+    _, position = _positions(g)
+    legacy_rank = position if rank is None else rank[order]
+    legacy = _group_stats(g, legacy_rank, judged_s & (rel_s > 0), ks)
+    out = {'q': which}
+    present = legacy.pop('group')
+    for name, v in legacy.items():
+        full = np.zeros(n_groups, v.dtype)
+        full[present] = v
+        out[name] = full[which]
+    out['num_rel'] = summary['num_rel'][which]
+    out['num_gain'] = summary['num_gain'][which]
+    out.update({k: v[which] for k, v in values.items() if k != 'num_ret'})
     return out
