@@ -165,3 +165,21 @@ def test_bucket_stats_from_the_logs_own_relevance_keep_the_legacy_statistics():
     for name in measure_columns(TREC_MEASURES, CUTOFFS):
         np.testing.assert_allclose([overall[name][mine[x]] for x in ref['q_id']], ref[name],
                                    rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('n_levels', [3, 1000])
+def test_a_run_already_in_trec_eval_order_and_any_order_agree(n_levels):
+    from beamml.transforms.metrics.ranking_measures import rank_order, text_rank
+    run, qrels = generated(9, score_levels=n_levels)
+    rq, rd, rs = columns(run)
+    codes = np.unique(rq, return_inverse=True)[1]
+    dr = text_rank(rd)
+    want = np.lexsort((-dr, -rs, codes))             # trec_eval's order, by a plain lexsort
+    np.testing.assert_array_equal(rank_order(codes, score=rs, doc_rank=dr), want)
+    sorted_ = rank_order(codes[want], score=rs[want], doc_rank=dr[want])
+    np.testing.assert_array_equal(sorted_, np.arange(len(want)))   # no sort needed
+    jq, jd, jr = columns(qrels)
+    a = trec_measures(rq[want], rd[want], jq, jd, jr, score=rs[want], cutoffs=CUTOFFS)
+    ref = oracle(run, qrels, 1, TREC_MEASURES, CUTOFFS)
+    for name in measure_columns(TREC_MEASURES, CUTOFFS):
+        assert np.max(np.abs(a[name] - [ref[q][name] for q in a['q_id']])) <= 1e-12

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 from beamml.transforms.metrics.kernels import _group_stats, _sort_dedup
 
 __all__ = ['TREC_MEASURES', 'CUTOFF_MEASURES', 'measure_columns', 'parse_measures',
-           'rank_order', 'judged_summary', 'query_measures', 'trec_measures']
+           'text_rank', 'rank_order', 'bucket_stats', 'judged_summary', 'query_measures', 'trec_measures']
 
 #: measures with one value per query, and measures with one value per query and cutoff
 SINGLE_MEASURES = ('map', 'recip_rank', 'Rprec')
@@ -77,20 +77,44 @@ def _as_arrow(values) -> pa.Array:
     return values if isinstance(values, pa.Array) else pa.array(values)
 
 
+def text_rank(values) -> np.ndarray:
+    """The dense rank of each value in byte order (C's strcmp, as trec_eval compares
+    document ids; integers are compared as their text)."""
+    arr = _as_arrow(values)
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.cast(arr, pa.string())
+    return pc.rank(arr, sort_keys='ascending', tiebreaker='dense').to_numpy().astype(np.int64)
+
+
 def rank_order(group: np.ndarray, rank: np.ndarray | None = None,
-               score: np.ndarray | None = None, doc_id=None) -> np.ndarray:
+               score: np.ndarray | None = None, doc_id=None,
+               doc_rank: np.ndarray | None = None) -> np.ndarray:
     """The row order by ``(group, rank)``, or by ``(group, score desc, doc_id desc)``.
 
-    ``doc_id`` (strings or integers; compared as trec_eval's strcmp: bytes) breaks
-    ties in ``score``; give ``rank`` or ``score``.
+    ``doc_id`` (compared as trec_eval's strcmp: bytes), or its :func:`text_rank`
+    ``doc_rank``, breaks ties in ``score``; give ``rank`` or ``score``.
     """
     if rank is not None:
         return np.lexsort((rank, group))
-    doc = _as_arrow(doc_id)
-    if pa.types.is_integer(doc.type):
-        doc = pc.cast(doc, pa.string())   # trec_eval compares the text
-    doc_rank = pc.rank(doc, sort_keys='ascending', tiebreaker='dense').to_numpy()
-    return np.lexsort((-doc_rank.astype(np.int64), -np.asarray(score, np.float64), group))
+    if doc_rank is None:
+        doc_rank = text_rank(doc_id)
+    score = np.asarray(score, np.float64)
+    n = len(group)
+    if n < 2:
+        return np.arange(n)
+    # a run file in rank order (the usual one) needs no sort
+    g0, g1, s0, s1 = group[:-1], group[1:], score[:-1], score[1:]
+    if bool(((g1 > g0) | ((g1 == g0) & ((s1 < s0) | ((s1 == s0) & (doc_rank[1:] <
+                                                                  doc_rank[:-1]))))).all()):
+        return np.arange(n)
+    # one int64 key (group, score rank desc, doc rank desc) when it fits: one sort
+    uniq, s_rank = np.unique(score, return_inverse=True)
+    n_s, n_d, n_g = len(uniq), int(doc_rank.max()) + 1, int(group.max()) + 1
+    if n_g * n_s * n_d < 2 ** 62:
+        key = (group.astype(np.int64) * n_s + (n_s - 1 - s_rank.reshape(-1))) * n_d + \
+            (n_d - 1 - doc_rank)
+        return np.argsort(key, kind='stable')
+    return np.lexsort((-doc_rank, -score, group))
 
 
 def _starts(group: np.ndarray) -> np.ndarray:
@@ -394,7 +418,11 @@ def bucket_stats(run: dict, judgments: dict | None, *, measures: Sequence[str],
     out['unjudged_queries'] = int((in_run & ~in_qrels).sum())
     summary = judged_summary(jq, j_rel, n_q, relevance_level, cutoffs, 'ndcg_cut' in measures)
     rows = np.flatnonzero(keep & evaluated[rq])
-    doc_rows = (_as_arrow(run['doc_id']).take(pa.array(rows)) if by_score else None)
+    doc_rows = None
+    if by_score:   # the byte order of the distinct ids, then of each row's
+        names = d_names if judgments is not None else _factorize(run['doc_id'])[1]
+        codes = rd if rd is not None else _factorize(run['doc_id'])[0][0]
+        doc_rows = text_rank(names)[codes[rows]]
     score = np.asarray(run['score'], np.float64)[rows] if by_score else None
     rank = None if by_score else np.asarray(run['predicted_rank'], np.int64)[rows]
     groups = [_group_columns(rq[rows], np.flatnonzero(evaluated), n_q, rel[rows],
@@ -418,10 +446,10 @@ def bucket_stats(run: dict, judgments: dict | None, *, measures: Sequence[str],
     return out
 
 
-def _group_columns(group, which, n_groups, rel, judged, rank, score, doc, summary, measures,
-                   cutoffs, ks, relevance_level) -> dict:
+def _group_columns(group, which, n_groups, rel, judged, rank, score, doc_rank, summary,
+                   measures, cutoffs, ks, relevance_level) -> dict:
     """The columns of the groups ``which`` (codes < n_groups) of rows in any order."""
-    order = rank_order(group, rank=rank, score=score, doc_id=doc)
+    order = rank_order(group, rank=rank, score=score, doc_rank=doc_rank)
     g, rel_s, judged_s = group[order], rel[order], judged[order]
     values = query_measures(g, rel_s, judged_s, summary, measures, cutoffs, relevance_level)
     _, position = _positions(g)

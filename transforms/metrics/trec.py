@@ -11,10 +11,13 @@ is not UTF-8 falls back to decoding its lines one by one to name the bad ones.
 """
 from __future__ import annotations
 
+import re
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pcsv
 
 from beamml.transforms.core.errors import ERRORS, RecordCounters
 from beamml.transforms.core.objects import open_file
@@ -106,6 +109,59 @@ def parse_trec_lines(text: pa.Array, kind: str, not_utf8: np.ndarray | None = No
     return out, why
 
 
+_SPACES = re.compile(b'  +')
+_TO_SPACE = bytes.maketrans(b'\t\r\v\f', b'    ')
+
+
+def _fast_block(block: bytes, kind: str):
+    """(typed columns, reasons, number of lines) of a block read by pyarrow's CSV reader
+    after its blanks are made single spaces, or None when the block needs the general
+    path (a blank line, a line with another number of fields, a value the typed reader
+    does not take, not UTF-8)."""
+    fields = RUN_FIELDS if kind == 'run' else QRELS_FIELDS
+    data = block.translate(_TO_SPACE)
+    if b'  ' in data:
+        data = _SPACES.sub(b' ', data)
+    if b'\n ' in data or b' \n' in data:
+        data = data.replace(b'\n ', b'\n').replace(b' \n', b'\n')
+    if data.startswith(b' '):
+        data = data[1:]
+    if data.endswith(b' '):
+        data = data[:-1]
+    if not data or data.startswith(b'\n') or b'\n\n' in data:
+        return None
+    types = {'q_id': pa.string(), 'doc_id': pa.string(), 'Q0': pa.string(),
+             'tag': pa.string(), 'iteration': pa.string(), 'rank': pa.int64(),
+             'score': pa.float64(), 'relevance': pa.float64()}
+    bad = []
+    try:
+        t = pcsv.read_csv(pa.py_buffer(data), read_options=pcsv.ReadOptions(
+            column_names=list(fields), block_size=1 << 26),
+            parse_options=pcsv.ParseOptions(delimiter=' ', quote_char=False,
+                                            invalid_row_handler=lambda r: bad.append(r) or
+                                            'skip'),
+            convert_options=pcsv.ConvertOptions(column_types=types, strings_can_be_null=False,
+                                                quoted_strings_can_be_null=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    n = data.count(b'\n') + (0 if data.endswith(b'\n') else 1)
+    if bad or t.num_rows != n or any(t.column(c).null_count for c in t.column_names):
+        return None
+    why = RowReasons(n)
+    out = {'q_id': t.column('q_id').combine_chunks(), 'doc_id': t.column('doc_id').combine_chunks()}
+    if kind == 'run':
+        rank = _np(t.column('rank').combine_chunks())
+        score = _np(t.column('score').combine_chunks())
+        why.mark(rank < 0, 'rank is not an integer >= 0')
+        why.mark(~np.isfinite(score), 'score is not a finite number')
+        out.update(rank=pa.array(rank), score=pa.array(np.where(np.isfinite(score), score, 0.0)))
+    else:
+        rel = _np(t.column('relevance').combine_chunks())
+        why.mark(~np.isfinite(rel), 'relevance is not a finite number')
+        out['relevance'] = pa.array(np.where(np.isfinite(rel), rel, 0.0))
+    return out, why, n
+
+
 def read_trec_file(path: str, kind: str, block_bytes: int = BLOCK_BYTES):
     """Yield (canonical batch with ``_file, _row, _line``, dead letters, lines read) per
     block of a TREC run or qrels file."""
@@ -122,18 +178,28 @@ def read_trec_file(path: str, kind: str, block_bytes: int = BLOCK_BYTES):
                 rest = data
                 continue
             block, rest = data[:cut], data[cut:]
-            text, number, not_utf8 = _lines(block)
-            lines = number + line0 + 1           # 1-based physical lines
+            fast = _fast_block(block, kind)
+            if fast is not None:   # the usual file: pyarrow's CSV reader, one line a row
+                cols, why, n = fast
+                lines = np.arange(line0 + 1, line0 + n + 1, dtype=np.int64)
+                text = None
+            else:
+                text, number, not_utf8 = _lines(block)
+                lines = number + line0 + 1           # 1-based physical lines
+                cols, why = parse_trec_lines(text, kind, not_utf8)
+                n = len(text)
             line0 += block.count(b'\n') + (0 if block.endswith(b'\n') else 1)
-            cols, why = parse_trec_lines(text, kind, not_utf8)
-            n = len(text)
             rows = np.arange(row, row + n, dtype=np.int64)
             row += n
-            dead = why.dead_letters(pa.table({'line': text}), path, rows, lines) if n else []
-            for d in dead:
-                d['record'] = d['record']['line']
+            dead = []
+            if why.refused.any():
+                if text is None:   # the lines as read, of the refused rows only
+                    text = _lines(block)[0]
+                dead = why.dead_letters(pa.table({'line': text}), path, rows, lines)
+                for d in dead:
+                    d['record'] = d['record']['line']
             keep = np.flatnonzero(~why.refused)
-            cols.update(_file=pa.array([path] * n, pa.string()), _row=pa.array(rows),
+            cols.update(_file=pa.repeat(pa.scalar(path, pa.string()), n), _row=pa.array(rows),
                         _line=pa.array(lines))
             batch = pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols))
             if len(keep) < n:
