@@ -272,10 +272,10 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     """The streaming graph: source (or ``source``, {'batches', 'errors'} windowed and
     gated: tests give a TestStream), ParsePredictionLogs and ComputeMetrics per window,
     one metrics record per window and pane. Returns {'metrics', 'errors'}."""
-    if ranking.wanted(args):
-        raise BeammlError('--qrels, --run_format trec, --score_column and trec_eval\'s '
-                          'measures are not available with --streaming yet')
-    metrics = metric_list(args)
+    trec = ranking.wanted(args)   # judgments, trec_eval's measures: ranking.py
+    if trec:
+        ranking.check_streaming(args)
+    metrics = None if trec else metric_list(args)
     columns, slice_by = stream_columns(args)
     id_type = 'string'
     if source is None:
@@ -301,19 +301,27 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
             layout = message_layout(id_column=args.id_column, points=False)
         source = streams.read_stream(p, args, layout, points=False, source_columns=True,
                                        accumulating=True)
-    parsed = source['batches'] | 'ParseLogs' >> ParsePredictionLogs(
-        args.task, columns, slice_by, id_type, input_format)
-    result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
-    records = (result['metrics']
-               | 'Format' >> beam.Map(format_metrics, args.task, args.cutoff)
+    if trec:
+        per_window, parse_errors, fmt = ranking.streaming_metrics(source['batches'], args,
+                                                                  slice_by)
+        duplicates = None
+    else:
+        parsed = source['batches'] | 'ParseLogs' >> ParsePredictionLogs(
+            args.task, columns, slice_by, id_type, input_format)
+        result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
+        per_window, parse_errors, duplicates = result['metrics'], parsed[ERRORS], result['errors']
+        fmt = functools.partial(format_metrics, task=args.task, k=args.cutoff)
+    records = (per_window
+               | 'Format' >> beam.Map(fmt)
                | 'WithWindow' >> beam.FlatMap(_window_record))
     out = args.output
     streams.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
                             label='WriteMetrics')
-    duplicates = result['errors']
-    if source.get('layout') is not None:   # watched files: a duplicate's record as read
+    if duplicates is not None and source.get('layout') is not None:
+        # watched files: a duplicate's record as read
         duplicates = duplicates | 'DuplicatesAsRead' >> RecordsAsRead(source['layout'])
-    errors = streams.all_errors(source['errors'], parsed[ERRORS], duplicates)
+    errors = streams.all_errors(source['errors'], parse_errors,
+                                *([duplicates] if duplicates is not None else []))
     streams.write_dead_letters(errors, args, out and FileSystems.join(out, 'evaluate-errors'))
     return {'metrics': records, 'errors': errors}
 

@@ -23,7 +23,8 @@ from beamml.transforms.core.errors import ERRORS, BeammlError
 from beamml.transforms.io import ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.metrics import RANKING_METRICS, SLICE_COLUMN, MetricsCombineFn
 from beamml.transforms.metrics.definitions import PrecisionAtK, per_query_metrics
-from beamml.transforms.metrics.qrels import UNJUDGED, CanonicalRows, JudgedQueryStats
+from beamml.transforms.metrics.qrels import (UNJUDGED, CanonicalRows, JudgedQueryStats,
+                                             StreamingJudgedQueryStats)
 from beamml.transforms.metrics.ranking_measures import TREC_MEASURES, measure_columns
 from beamml.transforms.metrics.trec import ReadTrecFiles
 from beamml.transforms.metrics.trec_metrics import trec_metrics
@@ -61,6 +62,9 @@ def add_args(parser) -> None:
     g.add_argument('--relevance_level', type=float, default=1.0,
                    help='a judged document is relevant when its relevance is >= this '
                         "(trec_eval's -l; default 1; ndcg_cut's gain is the relevance itself)")
+    g.add_argument('--qrels_refresh_seconds', type=float, default=60.0,
+                   help='with --streaming: each worker reads --qrels again when its files '
+                        'change, looking at most this often (default 60)')
     g.add_argument('--complete', action='store_true',
                    help="also evaluate judged queries the run has no row for, every value 0 "
                         "(trec_eval's -c); default: only queries in both")
@@ -228,7 +232,7 @@ def _document(result: dict, args, unjudged: int) -> dict:
     extra = {'k': args.cutoff, 'cutoffs': list(cutoffs(args)),
              'relevance_level': args.relevance_level}
     overall = {**result['overall'], **extra}
-    if args.qrels:
+    if args.qrels and unjudged is not None:   # (not counted per window)
         overall['unjudged_queries'] = int(unjudged)
     return to_jsonable({'task': 'ranking', 'overall': overall,
                         'slices': {key: {**s, **extra} for key, s in result['slices'].items()}})
@@ -284,3 +288,44 @@ def build(p, args, slice_by) -> dict:
     read = _Reads(p, reads) if len(reads) > 1 else logs
     return {'metrics': document, 'per_query': per_query, 'errors': all_errors, 'read': read,
             'written': written}
+
+
+def check_streaming(args) -> None:
+    if args.run_format == 'trec':
+        raise BeammlError('--run_format trec reads files in batch; a stream carries log rows '
+                          '(q_id, doc_id, score or rank columns)')
+    if args.complete:
+        raise BeammlError('--complete is for a batch run (every window would count every '
+                          'judged query)')
+    if not args.qrels_refresh_seconds > 0:
+        raise BeammlError(f'--qrels_refresh_seconds must be > 0, got '
+                          f'{args.qrels_refresh_seconds}')
+
+
+def streaming_metrics(batches, args, slice_by) -> tuple:
+    """The trec_eval path per window: (metrics PCollection, dead letters, formatter of a
+    metrics element). Judgments, with ``--qrels``, are read by each worker and read
+    again when their files change (:class:`StreamingJudgedQueryStats`)."""
+    check_streaming(args)
+    legacy, measures, metrics = check(args)
+    ks = cutoffs(args)
+    order = 'score' if args.score_column else 'rank'
+    spec = [('q_id', args.query_column, 'id')]
+    if args.qrels or order == 'score':
+        spec.append(('doc_id', args.doc_column, 'doc'))
+    spec.append(('score', args.score_column, 'score') if order == 'score'
+                else ('predicted_rank', args.rank_column, 'rank'))
+    if not args.qrels:
+        spec.append(('truth_relevance', args.relevance_column, 'relevance'))
+    parsed = batches | 'ParseRun' >> CanonicalRows(spec, slice_by, 'string')
+    kw = dict(measures=measures, cutoffs=ks, ks=(args.cutoff,),
+              relevance_level=args.relevance_level, order=order, n_buckets=args.query_buckets)
+    if args.qrels:
+        stats = parsed.rows | 'JudgedQueryStats' >> StreamingJudgedQueryStats(
+            args.qrels, qrels_format(args), args.qrels_refresh_seconds, **kw)
+    else:
+        stats = parsed.rows | 'JudgedQueryStats' >> JudgedQueryStats(None, **kw)
+    result = stats.stats | 'CombineQueryMetrics' >> beam.CombineGlobally(
+        MetricsCombineFn(metrics)).without_defaults()
+    errors = (parsed[ERRORS], stats[ERRORS]) | 'RankingDeadLetters' >> beam.Flatten()
+    return result, errors, lambda result: _document(result, args, None)

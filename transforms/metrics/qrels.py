@@ -24,7 +24,8 @@ from beamml.transforms.metrics.parsing import (SLICE_COLUMN, _np, parse_query_id
 from beamml.transforms.metrics.ranking import _check_n_buckets, query_buckets
 from beamml.transforms.metrics.ranking_measures import bucket_stats, parse_measures
 
-__all__ = ['CanonicalRows', 'JudgedQueryStats', 'UNJUDGED']
+__all__ = ['CanonicalRows', 'JudgedQueryStats', 'StreamingJudgedQueryStats', 'LatestJudgments',
+           'read_judgments', 'UNJUDGED']
 
 #: the tagged output of JudgedQueryStats: per bucket, the run's queries without judgments
 UNJUDGED = 'unjudged'
@@ -268,6 +269,147 @@ class JudgedQueryStats(beam.PTransform):
         return (keyed
                 | 'JoinByQueryBucket' >> beam.CoGroupByKey()
                 | 'ReduceJudgedQueries' >> beam.ParDo(_JudgedStatsFn(
+                    self.measures, self.cutoffs, self.ks, self.relevance_level,
+                    self.complete, self.order))
+                .with_output_types(pa.RecordBatch)
+                .with_outputs(ERRORS, UNJUDGED, main='stats'))
+
+
+# ----------------------------------------------------------------------------- streaming
+
+def read_judgments(pattern: str, fmt: str) -> tuple[pa.Table, list[str]]:
+    """Every judgment of the files of ``pattern`` (``fmt`` 'trec', 'csv', 'jsonl' or
+    'parquet') in this process: (table ``q_id`` (text), ``doc_id``, ``relevance``, the
+    first of each repeated (q_id, doc_id) pair in file/line order; the reasons of the
+    refused lines)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    from beamml.transforms.core.objects import open_file
+    from beamml.transforms.io import match_input
+    from beamml.transforms.metrics.ranking_measures import _factorize, first_of_pairs, pair_codes
+    from beamml.transforms.metrics.trec import read_trec_file
+    parts, refused = [], []
+    for path, _ in match_input(pattern):
+        if fmt == 'trec':
+            for batch, dead, _ in read_trec_file(path, 'qrels'):
+                parts.append(pa.table({c: batch.column(c) for c in QRELS}))
+                refused += [f'{path}:{d["line"]}: {d["reason"]}' for d in dead]
+            continue
+        with open_file(path) as f:
+            data = f.read()
+        reader = {'csv': pcsv.read_csv, 'jsonl': pjson.read_json,
+                  'parquet': pq.read_table}[fmt]
+        t = reader(pa.py_buffer(data) if fmt != 'parquet' else pa.BufferReader(data))
+        why = RowReasons(t.num_rows)
+        cols = {}
+        for name, kind in zip(QRELS, ('id', 'doc', 'relevance')):
+            values = (t.column(name).combine_chunks() if name in t.column_names
+                      else pa.nulls(t.num_rows))
+            v, missing, invalid, what = _kind_parse(kind, values, 'string')
+            why.mark(missing | invalid, f'{name} is missing or not {what}')
+            cols[name] = v
+        keep = ~why.refused
+        refused += [f'{path}: row {i}: {why.texts[why.code[i]]}'
+                    for i in np.flatnonzero(~keep)]   # a loop over refused rows only
+        parts.append(pa.table(cols).filter(pa.array(keep)))
+    table = (pa.concat_tables(parts) if parts else
+             pa.table({'q_id': pa.array([], pa.string()), 'doc_id': pa.array([], pa.string()),
+                       'relevance': pa.array([], pa.float64())}))
+    (q,), _ = _factorize(table.column('q_id'))
+    (d,), names = _factorize(table.column('doc_id'))
+    first = first_of_pairs(pair_codes(q, d, len(names)))
+    if not first.all():
+        refused.append(f'{int((~first).sum())} repeated (q_id, doc_id) judgment(s) left out')
+        table = table.filter(pa.array(first))
+    return table, refused
+
+
+QRELS = ('q_id', 'doc_id', 'relevance')
+
+
+class LatestJudgments:
+    """The judgments of a pattern, read again when its files change (looked at at most
+    every ``refresh_seconds``), split by query bucket: as ``assign --streaming`` looks
+    for a new model. A look that fails keeps the judgments in use."""
+
+    def __init__(self, pattern: str, fmt: str, refresh_seconds: float, n_buckets: int,
+                 clock=None):
+        import time
+        self.pattern, self.fmt, self.refresh_seconds = pattern, fmt, refresh_seconds
+        self.n_buckets, self.clock = n_buckets, clock or time.monotonic
+        self.files, self.by_bucket, self._looked = None, None, -float('inf')
+
+    def _load(self, files):
+        import logging
+        table, refused = read_judgments(self.pattern, self.fmt)
+        bucket = query_buckets(table.column('q_id').combine_chunks(), self.n_buckets)
+        order = np.argsort(bucket, kind='stable')
+        bounds = np.r_[0, np.cumsum(np.bincount(bucket, minlength=self.n_buckets))]
+        self.by_bucket = {int(b): table.take(pa.array(order[bounds[b]:bounds[b + 1]]))
+                          for b in range(self.n_buckets)}
+        self.files = files
+        log = logging.getLogger('beamml')
+        log.info('judgments: %d from %s', table.num_rows, self.pattern)
+        if refused:
+            log.warning('judgments: %d line(s) of %s left out, e.g. %s', len(refused),
+                        self.pattern, refused[0])
+
+    def get(self, bucket: int) -> pa.Table:
+        from apache_beam.io.filesystems import FileSystems
+
+        from beamml.transforms.io import match_input
+        now = self.clock()
+        if self.by_bucket is None or now - self._looked >= self.refresh_seconds:
+            self._looked = now
+            try:
+                files = [(p, size, m.last_updated_in_seconds) for (p, size) in
+                         match_input(self.pattern) for m in
+                         FileSystems.match([p])[0].metadata_list[:1]]
+                if files != self.files:
+                    self._load(files)
+            except Exception:   # keep the judgments in use (none yet: fail loudly)
+                if self.by_bucket is None:
+                    raise
+        return self.by_bucket[bucket]
+
+
+class _StreamJudgedStatsFn(_JudgedStatsFn):
+    """:class:`_JudgedStatsFn` with the judgments of each bucket from
+    :class:`LatestJudgments` (read by each worker), not from a join."""
+    _LOOKUPS: dict = {}
+
+    def __init__(self, pattern, fmt, refresh_seconds, n_buckets, *args):
+        super().__init__(*args)
+        self.lookup_key = (pattern, fmt, refresh_seconds, n_buckets)
+
+    def setup(self):
+        self.latest = self._LOOKUPS.get(self.lookup_key)
+        if self.latest is None:
+            self.latest = self._LOOKUPS[self.lookup_key] = LatestJudgments(*self.lookup_key)
+
+    def process(self, element):
+        bucket, batches = element
+        judged = self.latest.get(bucket)
+        yield from super().process((bucket, {'run': batches, 'qrels': judged.to_batches()}))
+
+
+class StreamingJudgedQueryStats(JudgedQueryStats):
+    """:class:`JudgedQueryStats` per window, the judgments read from ``pattern`` by each
+    worker and read again when the files change (``refresh_seconds``), not joined: they
+    must fit in a worker's memory."""
+
+    def __init__(self, pattern: str, fmt: str, refresh_seconds: float = 60.0, **kwargs):
+        super().__init__(None, **kwargs)
+        self.pattern, self.fmt, self.refresh_seconds = pattern, fmt, refresh_seconds
+
+    def expand(self, rows):
+        return (rows
+                | 'BucketRunRows' >> beam.ParDo(_BucketRowsFn(self.n_buckets))
+                | 'GroupQueryBuckets' >> beam.GroupByKey()
+                | 'ReduceJudgedQueries' >> beam.ParDo(_StreamJudgedStatsFn(
+                    self.pattern, self.fmt, self.refresh_seconds, self.n_buckets,
                     self.measures, self.cutoffs, self.ks, self.relevance_level,
                     self.complete, self.order))
                 .with_output_types(pa.RecordBatch)
