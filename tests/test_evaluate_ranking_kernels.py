@@ -183,3 +183,43 @@ def test_a_run_already_in_trec_eval_order_and_any_order_agree(n_levels):
     ref = oracle(run, qrels, 1, TREC_MEASURES, CUTOFFS)
     for name in measure_columns(TREC_MEASURES, CUTOFFS):
         assert np.max(np.abs(a[name] - [ref[q][name] for q in a['q_id']])) <= 1e-12
+
+
+@pytest.mark.parametrize('block_bytes', [7, 64, 1 << 20])
+def test_trec_files_read_the_same_by_blocks_fast_or_not(tmp_path, block_bytes):
+    from beamml.transforms.metrics.trec import read_trec_file
+    lines = ['301 Q0 d1 1 2.5 run', '301\tQ0  d2 2 2.5 run\r', '', '  302 Q0 d3 1 -1e3 run  ',
+             '302 Q0 d4 x 1 run', '302 Q0 d5 1 nan run', '303 Q0 d6 1', '303 Q0 d7 0 inf run',
+             '303 Q0 d8 3 0.25 run']
+    path = tmp_path / 'run.txt'
+    path.write_text('\n'.join(lines))          # no newline at the end
+    got, dead, n = [], [], 0
+    for batch, d, m in read_trec_file(str(path), 'run', block_bytes=block_bytes):
+        got += list(zip(*[batch.column(c).to_pylist() for c in
+                          ('q_id', 'doc_id', 'rank', 'score', '_line')]))
+        dead += [(x['line'], x['reason'], x['record']) for x in d]
+        n += m
+    assert n == 8   # the blank line is no record
+    assert got == [('301', 'd1', 1, 2.5, 1), ('301', 'd2', 2, 2.5, 2),
+                   ('302', 'd3', 1, -1000.0, 4), ('303', 'd8', 3, 0.25, 9)]
+    assert dead == [(5, 'rank is not an integer >= 0', '302 Q0 d4 x 1 run'),
+                    (6, 'score is not a finite number', '302 Q0 d5 1 nan run'),
+                    (7, 'a TREC run line has 6 fields (q_id Q0 doc_id rank score tag)',
+                     '303 Q0 d6 1'),
+                    (8, 'score is not a finite number', '303 Q0 d7 0 inf run')]
+
+
+def test_the_fast_block_reader_equals_the_general_one():
+    from beamml.transforms.metrics.trec import _fast_block, _lines, parse_trec_lines
+    rng = np.random.default_rng(10)
+    block = ''.join(f'{q}{" " if q % 2 else chr(9)}Q0 D{d}  {r} {s} tag\r\n' for q, d, r, s in
+                    zip(rng.integers(0, 50, 300), rng.integers(0, 10 ** 6, 300),
+                        rng.integers(0, 1000, 300), rng.normal(size=300).round(4))).encode()
+    fast = _fast_block(block, 'run')
+    assert fast is not None
+    text, _, not_utf8 = _lines(block)
+    slow, why = parse_trec_lines(text, 'run', not_utf8)
+    assert not why.refused.any() and not fast[1].refused.any() and fast[2] == len(text)
+    for c in ('q_id', 'doc_id', 'rank', 'score'):
+        assert fast[0][c].to_pylist() == slow[c].to_pylist(), c
+    assert _fast_block(block + b'\n', 'run') is None   # a blank line: the general path
