@@ -11,7 +11,10 @@ Modules:
 * ``ranking``: ranking rows to per-query statistics in Beam (``QueryStats``: query
   buckets, the packed fragments of the shuffle, the per-query reduction);
 * ``compute``: the metrics as CombineFns, and ``ComputeMetrics``, every metric overall
-  and per slice in one pass.
+  and per slice in one pass;
+* ``ranking_measures``: trec_eval's measures per query (numpy kernels, ``trec_measures``);
+  ``trec``: TREC run and qrels files; ``qrels``: runs joined with judgments in Beam
+  (``JudgedQueryStats``); ``trec_metrics``: those measures as ``Metric`` objects.
 """
 from beamml.transforms.metrics.compute import (ComputeMetrics, MetricCombineFn, MetricsCombineFn,
                                                merge_results)
@@ -25,7 +28,11 @@ from beamml.transforms.metrics.logs import ParsePredictionLogs
 from beamml.transforms.metrics.parsing import (SLICE_COLUMN, binary_labels,
                                                parse_binary, parse_query_ids, parse_rank,
                                                parse_relevance, slice_keys)
+from beamml.transforms.metrics.qrels import JudgedQueryStats, StreamingJudgedQueryStats
 from beamml.transforms.metrics.ranking import QueryStats, query_buckets
+from beamml.transforms.metrics.ranking_measures import TREC_MEASURES, trec_measures
+from beamml.transforms.metrics.trec import ReadTrecFiles
+from beamml.transforms.metrics.trec_metrics import TrecMeasure, trec_metrics
 
 __all__ = [
     'Metric', 'Precision', 'Recall', 'Accuracy', 'F1', 'ConfusionCounts',
@@ -35,4 +42,6 @@ __all__ = [
     'parse_query_ids', 'query_stats', 'query_buckets', 'slice_keys',
     'MetricCombineFn', 'MetricsCombineFn', 'merge_results', 'ParsePredictionLogs',
     'QueryStats', 'ComputeMetrics', 'SLICE_COLUMN',
+    'TREC_MEASURES', 'trec_measures', 'TrecMeasure', 'trec_metrics', 'ReadTrecFiles',
+    'JudgedQueryStats', 'StreamingJudgedQueryStats',
 ]

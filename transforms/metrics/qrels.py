@@ -71,9 +71,9 @@ class _CanonicalFn(beam.DoFn):
             why.mark(invalid, f'{name} ({column!r}) is not {what}')
             out[name] = v
         if self.slice_by:
-            absent = [c for c in self.slice_by if c not in names]
-            if absent:
-                batch = batch.append_column(absent[0], pa.nulls(n, pa.string()))
+            for c in self.slice_by:   # a JSON lines block without the key: null
+                if c not in batch.schema.names:
+                    batch = batch.append_column(c, pa.nulls(n, pa.string()))
             out['_slice_key'] = slice_keys(batch, self.slice_by)
         for c in _SOURCE:
             if c in names:
