@@ -16,6 +16,7 @@ from typing import Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from beamml.transforms.core.errors import ERRORS, RecordCounters, dead_letter
 from beamml.transforms.io import RowReasons
@@ -116,7 +117,11 @@ class CanonicalRows(beam.PTransform):
 # ----------------------------------------------------------------------------- the join
 
 class _BucketRowsFn(beam.DoFn):
-    """(bucket of q_id, the batch's rows of that bucket) for each bucket of a batch."""
+    """(bucket of q_id, the batch's rows of that bucket) for each bucket of a batch.
+
+    What crosses the shuffle is kept small: a TREC file's rank (never read: the run is
+    ordered by score) is left out, the file path, string query ids and slice keys are
+    dictionary-encoded, row and line numbers int32 when they fit."""
 
     def __init__(self, n_buckets: int):
         self.n_buckets = n_buckets
@@ -124,6 +129,20 @@ class _BucketRowsFn(beam.DoFn):
     def process(self, batch):
         if batch.num_rows == 0:
             return
+        if 'rank' in batch.schema.names:
+            batch = batch.drop_columns(['rank'])
+        for name in ('_file', 'q_id', '_slice_key'):   # repeated strings: dictionaries
+            i = batch.schema.get_field_index(name)
+            if i >= 0 and not pa.types.is_integer(batch.schema.field(i).type) and \
+                    not pa.types.is_dictionary(batch.schema.field(i).type):
+                batch = batch.set_column(i, name, batch.column(i).dictionary_encode())
+        for name in ('_row', '_line'):   # int32 when they fit
+            i = batch.schema.get_field_index(name)
+            if i >= 0 and batch.num_rows:
+                col = batch.column(i)
+                hi = pc.max(col).as_py()
+                if hi is not None and hi < 2 ** 31 and pa.types.is_int64(col.type):
+                    batch = batch.set_column(i, name, col.cast(pa.int32()))
         bucket = query_buckets(batch.column('q_id'), self.n_buckets)
         order = np.argsort(bucket, kind='stable')
         bounds = np.r_[0, np.cumsum(np.bincount(bucket, minlength=self.n_buckets))]
@@ -132,8 +151,17 @@ class _BucketRowsFn(beam.DoFn):
 
 
 def _table(batches) -> pa.Table | None:
+    """One table of a bucket's batches, the dictionaries of :class:`_BucketRowsFn` (but
+    the file's) decoded."""
     batches = [b for b in batches if b.num_rows]
-    return pa.Table.from_batches(batches).combine_chunks() if batches else None
+    if not batches:
+        return None
+    t = pa.Table.from_batches(batches).combine_chunks()
+    for i, f in enumerate(t.schema):
+        if f.name != '_file' and pa.types.is_dictionary(f.type):
+            t = t.set_column(i, f.name, pa.chunked_array(
+                [c.dictionary_decode() for c in t.column(i).chunks], f.type.value_type))
+    return t
 
 
 def _column(t: pa.Table, name: str):
