@@ -43,10 +43,7 @@ def add_args(parser) -> None:
     g.add_argument('--weight_column', default=None,
                    help="classification: a column of row weights (scikit-learn's "
                         'sample_weight), finite numbers >= 0')
-    g.add_argument('--score_column', default=None,
-                   help='classification: a score of the positive class (higher = more '
-                        'positive) for roc_auc, average_precision; a probability in [0, 1] '
-                        'for log_loss and reliability')
+    # --score_column: evaluate's own flag (ranking orders a run by it too)
     g.add_argument('--probability_columns', default=None, metavar='CLASS=COLUMN,...',
                    help='classification: the column of each class probability (one-vs-rest '
                         'roc_auc, average_precision; log_loss; reliability per class)')
@@ -75,11 +72,11 @@ def active(args) -> bool:
 
 
 def check_task(args) -> None:
-    """These flags are for --task classification (but --confidence_intervals): a ranking
-    run with one is an error."""
+    """These flags are for --task classification (but --confidence_intervals, and
+    --score_column, which ranks a ranking run): a ranking run with one is an error."""
     if getattr(args, 'task', None) == 'ranking':
         given = [f'--{k}' for k in FLAGS if getattr(args, k, None) is not None
-                 and k != 'confidence_intervals']
+                 and k not in ('confidence_intervals', 'score_column')]
         if given:
             raise BeammlError(f'{", ".join(given)}: for --task classification only')
 

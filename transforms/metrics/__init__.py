@@ -15,6 +15,9 @@ Modules:
 * ``multiclass``, ``scores``, ``bootstrap`` (numpy kernels), ``classification`` (their
   ``Metric`` classes: multiclass, weighted, ROC AUC, AP, log loss, reliability, with
   Poisson-bootstrap intervals) and ``class_logs`` (``ParseClassificationLogs``).
+* ``ranking_measures``: trec_eval's measures per query (numpy kernels, ``trec_measures``);
+  ``trec``: TREC run and qrels files; ``qrels``: runs joined with judgments in Beam
+  (``JudgedQueryStats``); ``trec_metrics``: those measures as ``Metric`` objects.
 """
 from beamml.transforms.metrics.class_logs import ClassificationColumns, ParseClassificationLogs
 from beamml.transforms.metrics.classification import (AveragePrecision, BalancedAccuracy,
@@ -33,7 +36,11 @@ from beamml.transforms.metrics.logs import ParsePredictionLogs
 from beamml.transforms.metrics.parsing import (SLICE_COLUMN, binary_labels,
                                                parse_binary, parse_query_ids, parse_rank,
                                                parse_relevance, slice_keys)
+from beamml.transforms.metrics.qrels import JudgedQueryStats, StreamingJudgedQueryStats
 from beamml.transforms.metrics.ranking import QueryStats, query_buckets
+from beamml.transforms.metrics.ranking_measures import TREC_MEASURES, trec_measures
+from beamml.transforms.metrics.trec import ReadTrecFiles
+from beamml.transforms.metrics.trec_metrics import TrecMeasure, trec_metrics
 
 __all__ = [
     'Metric', 'Precision', 'Recall', 'Accuracy', 'F1', 'ConfusionCounts',
@@ -46,4 +53,6 @@ __all__ = [
     'ClassAccuracy', 'ClassPrecision', 'ClassRecall', 'ClassF1', 'FBeta', 'BalancedAccuracy',
     'ConfusionMatrix', 'PerClass', 'RocAuc', 'AveragePrecision', 'LogLoss', 'Reliability',
     'ClassificationColumns', 'ParseClassificationLogs',
+    'TREC_MEASURES', 'trec_measures', 'TrecMeasure', 'trec_metrics', 'ReadTrecFiles',
+    'JudgedQueryStats', 'StreamingJudgedQueryStats',
 ]
