@@ -15,7 +15,7 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.metrics.class_logs import ClassificationColumns, ParseClassificationLogs
 from beamml.transforms.metrics.classification import (MULTICLASS_METRICS, SCORE_METRICS,
                                                       ConfusionMatrix)
-from beamml.transforms.metrics.query_bootstrap import QUERY_MEANS, QueryIntervals
+from beamml.transforms.metrics.query_bootstrap import QueryIntervals, is_query_mean
 
 __all__ = ['add_args', 'active', 'check_task', 'metric_list', 'query_intervals',
            'parse_transform', 'log_columns']
@@ -148,11 +148,12 @@ def metric_list(args, names: list[str], zero_division: float) -> list:
 
 
 def query_intervals(args, metrics: list, zero_division: float) -> list:
-    """Ranking: [QueryIntervals] of the metrics that are means over queries, with
-    --confidence_intervals (queries resampled), else []."""
+    """Ranking: [QueryIntervals] of the metrics that are means over queries (the older
+    ranking metrics and trec_eval's measures), with --confidence_intervals (queries
+    resampled), else []."""
     if not args.confidence_intervals:
         return []
-    names = [m.name for m in metrics if m.name in QUERY_MEANS]
+    names = [m.name for m in metrics if is_query_mean(m.name)]
     if not names:
         return []
     return [QueryIntervals(names, args.cutoff, num_bootstrap=args.num_bootstrap,

@@ -18,6 +18,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines._platform.flags import declare_layout
 from beamml.pipelines._platform.runners import is_dry_run
+from beamml.pipelines.evaluate import classification
 from beamml.transforms.core.documents import to_jsonable, write_json
 from beamml.transforms.core.errors import ERRORS, BeammlError
 from beamml.transforms.io import ReadTable, WriteDeadLetters, WriteTable
@@ -117,6 +118,8 @@ def check(args) -> tuple[list, list, list]:
     if 'n_queries' not in legacy:
         objs.append(RANKING_METRICS['n_queries']())
     objs += trec_metrics(measures, cutoffs(args), zd)
+    # --confidence_intervals: every mean over queries (queries resampled, query_bootstrap.py)
+    objs += classification.query_intervals(args, objs, zd)
     return legacy, measures, objs
 
 
