@@ -220,3 +220,20 @@ def test_bad_flags_are_errors_before_running(tmp_path, flags, message):
     with pytest.raises(BeammlError, match=message):
         evaluate.run(['--input', str(tmp_path / 'logs.parquet'), '--task', 'ranking',
                       '--output', str(tmp_path / 'o'), '--metrics', 'map'] + flags)
+
+
+@pytest.mark.parametrize('task,flags,message', [
+    ('classification', ['--qrels', 'q.txt'], '--qrels: for --task ranking only'),
+    ('classification', ['--cutoffs', '1,3', '--complete'],
+     '--cutoffs, --complete: for --task ranking only'),
+    ('ranking', ['--qrels', 'q.txt', '--average', 'macro'],
+     '--average: for --task classification only'),
+])
+def test_one_tasks_flags_on_the_other_task_are_errors(tmp_path, task, flags, message):
+    # --score_column and --confidence_intervals are both tasks' (tests above, and
+    # tests/test_evaluate_bootstrap_trec.py); the others are refused, not ignored
+    pq.write_table(pa.table({'q_id': [1], 'predicted_rank': [0], 'truth_relevance': [1],
+                             'truth': [1], 'prediction': [1]}), tmp_path / 'logs.parquet')
+    with pytest.raises(BeammlError, match=message):
+        evaluate.run(['--input', str(tmp_path / 'logs.parquet'), '--task', task,
+                      '--output', str(tmp_path / 'o')] + flags)

@@ -213,7 +213,8 @@ def build(p, args):
     ``metrics`` (the metrics.json document) is empty when no row is usable; ``run``
     then writes the metrics of nothing itself.
     """
-    classification.check_task(args)   # (classification's flags on a ranking run: refused)
+    classification.check_task(args)   # one task's flags on the other task: refused
+    ranking.check_task(args)
     if ranking.wanted(args):   # judgments, TREC runs, trec_eval's measures: ranking.py
         return ranking.build(p, args, stream_columns(args)[1])
     metrics = metric_list(args)
@@ -296,6 +297,7 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     gated: tests give a TestStream), ParsePredictionLogs and ComputeMetrics per window,
     one metrics record per window and pane. Returns {'metrics', 'errors'}."""
     classification.check_task(args)
+    ranking.check_task(args)
     trec = ranking.wanted(args)   # judgments, trec_eval's measures: ranking.py
     if trec:
         ranking.check_streaming(args)

@@ -74,6 +74,22 @@ def _split(value) -> list[str]:
     return [v.strip() for v in (value or '').split(',') if v.strip()]
 
 
+#: the flags of this path (dest: its default); given on --task classification, refused
+RANKING_ONLY = {'qrels': None, 'qrels_format': 'auto', 'run_format': 'table',
+                'doc_column': 'doc_id', 'cutoffs': '5,10', 'relevance_level': 1.0,
+                'qrels_refresh_seconds': 60.0, 'complete': False}
+
+
+def check_task(args) -> None:
+    """These flags are for --task ranking: a classification run with one (other than its
+    default) is an error, not a flag silently ignored."""
+    if args.task != 'ranking':
+        given = [f'--{k}' for k, default in RANKING_ONLY.items()
+                 if getattr(args, k, default) != default]
+        if given:
+            raise BeammlError(f'{", ".join(given)}: for --task ranking only')
+
+
 def wanted(args) -> bool:
     """Whether these flags take the trec_eval path."""
     return args.task == 'ranking' and bool(
