@@ -228,6 +228,10 @@ def test_bad_flags_are_errors_before_running(tmp_path, flags, message):
      '--cutoffs, --complete: for --task ranking only'),
     ('ranking', ['--qrels', 'q.txt', '--average', 'macro'],
      '--average: for --task classification only'),
+    ('classification', ['--num_bootstrap', '500'],
+     '--num_bootstrap: only with --confidence_intervals poisson_bootstrap'),
+    ('ranking', ['--random_state', '3', '--confidence_level', '0.9'],
+     '--random_state, --confidence_level: only with --confidence_intervals'),
 ])
 def test_one_tasks_flags_on_the_other_task_are_errors(tmp_path, task, flags, message):
     # --score_column and --confidence_intervals are both tasks' (tests above, and

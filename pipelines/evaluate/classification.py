@@ -52,12 +52,14 @@ def add_args(parser) -> None:
     g.add_argument('--confidence_intervals', choices=['poisson_bootstrap'], default=None,
                    help='lower, upper and standard error of every metric and slice, '
                         "by TFMA's Poisson bootstrap (rows resampled; for ranking, queries)")
-    g.add_argument('--num_bootstrap', type=num_bootstrap_type, default=100,
-                   help='bootstrap replicates (default 100)')
-    g.add_argument('--random_state', type=non_negative_int, default=0,
-                   help='seed of the bootstrap weights (default 0)')
-    g.add_argument('--confidence_level', type=Number(0, 1, exclusive=True), default=0.95,
-                   help='level of the bootstrap intervals (default 0.95)')
+    g.add_argument('--num_bootstrap', type=num_bootstrap_type, default=None,
+                   help='bootstrap replicates (default 100; with --confidence_intervals only)')
+    g.add_argument('--random_state', type=non_negative_int, default=None,
+                   help='seed of the bootstrap weights (default 0; with '
+                        '--confidence_intervals only)')
+    g.add_argument('--confidence_level', type=Number(0, 1, exclusive=True), default=None,
+                   help='level of the bootstrap intervals (default 0.95; with '
+                        '--confidence_intervals only)')
 
 
 def active(args) -> bool:
@@ -71,9 +73,24 @@ def active(args) -> bool:
     return any(getattr(args, k, None) is not None for k in FLAGS) or bool(names & new_only)
 
 
+#: The bootstrap's flags and their defaults: given without --confidence_intervals, an error.
+INTERVAL_FLAGS = {'num_bootstrap': 100, 'random_state': 0, 'confidence_level': 0.95}
+
+
 def check_task(args) -> None:
     """These flags are for --task classification (but --confidence_intervals, and
-    --score_column, which ranks a ranking run): a ranking run with one is an error."""
+    --score_column, which ranks a ranking run): a ranking run with one is an error. The
+    bootstrap's flags need --confidence_intervals; those not given take their defaults."""
+    given = getattr(args, 'interval_flags_given', None)
+    if given is None:   # the first call: note what the user gave, then fill in defaults
+        given = [k for k in INTERVAL_FLAGS if getattr(args, k, None) is not None]
+        args.interval_flags_given = given
+        for k, default in INTERVAL_FLAGS.items():
+            if getattr(args, k, None) is None:
+                setattr(args, k, default)
+    if given and not getattr(args, 'confidence_intervals', None):
+        raise BeammlError(f'{", ".join("--" + k for k in given)}: only with '
+                          '--confidence_intervals poisson_bootstrap')
     if getattr(args, 'task', None) == 'ranking':
         given = [f'--{k}' for k in FLAGS if getattr(args, k, None) is not None
                  and k not in ('confidence_intervals', 'score_column')]
