@@ -51,10 +51,11 @@ setuptools.setup(
             'scikit-learn>=1.3',
             'gcp-storage-emulator>=2024.0',
             'wheel',  # tests/test_packaging.py builds the wheel offline
+            'pytrec-eval-terrier>=0.5.6',  # trec_eval itself: the ranking measures' oracle
         ],
         # `make bench`: Beam's own RunInference with its scikit-learn handler (the peer of
         # assign --streaming in benchmarks/bench_streaming.py) imports pandas
-        'bench': ['pandas'],
+        'bench': ['pandas', 'ranx'],  # ranx (numba): benchmarks/bench_evaluate_trec.py
     },
     entry_points={'console_scripts': ['beamml=beamml.pipelines.__main__:main']},
 )

@@ -13,9 +13,10 @@ outside (interpreter start, imports, read, train, save):
 
 It prints every time, keeps the best of --repeat runs per side and size, and
 checks that the two results agree (centres, inertia, n_iter). Targets (the
-issue's): the whole run at the largest size <= 2 x scikit-learn's, and the
-marginal cost per point-iteration (time(largest) - time(smallest)) <= 2 x
-scikit-learn's.
+issue's, 21): the whole run at the largest size <= 1.5 x scikit-learn's, and the
+marginal cost per point-iteration (time(largest) - time(smallest)) <= 1.5 x
+scikit-learn's. ``bench_kmeans_kernel.py`` measures the floor of the marginal ratio: the
+E+M step alone on both sides.
 
     python benchmarks/bench_kmeans.py [--rows 1000000 --rows 4000000] [--repeat 1]
         [--beam_flag=--dtype=float32] [--json PATH]
@@ -43,7 +44,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import _harness as h  # noqa: E402
 
-TARGET = 2.0
+TARGET = 1.5
 DEFAULT_ROWS = (1_000_000, 4_000_000)
 
 #: the scikit-learn side, run as ``python -c SKLEARN_SCRIPT FILE C0.npy MAX_ITER OUT.npz``

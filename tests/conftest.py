@@ -61,15 +61,25 @@ def _enforce_generation_preconditions() -> None:
     """Make gcp-storage-emulator honour ``ifGenerationMatch`` on uploads and deletes, as
     Cloud Storage does (HTTP 412 when the object's generation is not the one given; 0
     means "does not exist"): the emulator ignores the parameter, and beamml's run lock
-    stands on it (pipelines/_platform/runs.py). One check-and-act at a time, like the service."""
+    stands on it (pipelines/_platform/runs.py).
+
+    And serve requests concurrently, as the service does, one handler at a time (so every
+    check-and-act is atomic): each connection has a thread that reads the request body
+    before it takes the lock. The emulator served one connection at a time: a failed run in
+    the test process leaves uploads half sent (the upload thread waits for bytes its failed
+    writer never gives), and each held the whole server in its body read until the read
+    timed out; several in a row made a later listing's connection time out after 60 s
+    (seen in CI). A stalled request now holds only its own thread, for 10 s at most."""
     import threading
-    from http import HTTPStatus
+    from functools import partial
+    from http import HTTPStatus, server as http_server
+    from urllib.parse import parse_qs, urlparse
     from gcp_storage_emulator import server as srv
     from gcp_storage_emulator.exceptions import NotFound
     from gcp_storage_emulator.handlers import objects
     if getattr(srv, '_beamml_preconditions', False):
         return
-    guard = threading.Lock()
+    serial = threading.Lock()
 
     def current(storage, bucket, name):
         try:
@@ -82,14 +92,13 @@ def _enforce_generation_preconditions() -> None:
             wanted = request.query.get('ifGenerationMatch')
             if not wanted:
                 return handler(request, response, storage, *args, **kwargs)
-            with guard:
-                name = name_of(request)
-                if name is not None and current(
-                        storage, request.params['bucket_name'], name) != wanted[0]:
-                    response.status = HTTPStatus.PRECONDITION_FAILED
-                    response.json({'error': {'code': 412, 'message': 'conditionNotMet'}})
-                    return None
-                return handler(request, response, storage, *args, **kwargs)
+            name = name_of(request)
+            if name is not None and current(
+                    storage, request.params['bucket_name'], name) != wanted[0]:
+                response.status = HTTPStatus.PRECONDITION_FAILED
+                response.json({'error': {'code': 412, 'message': 'conditionNotMet'}})
+                return None
+            return handler(request, response, storage, *args, **kwargs)
         return checked
 
     def upload_name(request):
@@ -104,11 +113,29 @@ def _enforce_generation_preconditions() -> None:
         for method, fn in list(handlers.items()):
             if fn in wrapped:
                 handlers[method] = wrapped[fn]
-    # The emulator serves one request at a time. A run that fails while one of its uploads
-    # is half sent (the upload thread waits for bytes its failed writer never gives) held
-    # the server in that request's read for good, and the next run's requests timed out
-    # after 120 s (seen once in make test). Cloud Storage drops a stalled request: so does
-    # the emulator now, after 10 s without a byte.
+
+    real_handle, real_init = srv.Router.handle, srv.Request.__init__
+
+    def handle(router, method):
+        """The body first, in this connection's thread; then the handler, one at a time."""
+        h = router._request_handler
+        h.beamml_body = srv._read_data(h, parse_qs(urlparse(h.path).query))
+        with serial:
+            real_handle(router, method)
+
+    def init(request, request_handler, method):
+        real_init(request, request_handler, method)
+        request._data = request_handler.beamml_body
+
+    def run(api):
+        api._httpd = http_server.ThreadingHTTPServer(
+            (api._host, api._port), partial(srv.RequestHandler, api._storage))
+        api._httpd.daemon_threads = True
+        api.is_running.set()
+        api._httpd.serve_forever()
+
+    srv.Router.handle, srv.Request.__init__, srv.APIThread.run = handle, init, run
+    # Cloud Storage drops a stalled request: so does the emulator, after 10 s without a byte.
     srv.RequestHandler.timeout = 10
     srv._beamml_preconditions = True
 

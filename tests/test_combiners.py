@@ -268,6 +268,34 @@ def metrics_ranking(cls):
             lambda out: assert_same(EMPTY_RANKING, out))
 
 
+def metrics_trec(cls):
+    """trec_eval's measures (TrecMeasure) over per-query batches as JudgedQueryStats emits
+    them: per bucket the overall rows and the (slice, query) rows."""
+    from beamml.transforms.metrics.qrels import _stats_batch
+    from beamml.transforms.metrics.ranking_measures import bucket_stats
+    from beamml.transforms.metrics.trec_metrics import trec_metrics
+    rng = np.random.default_rng(18)
+    n = 200
+    q = rng.integers(0, 30, n)
+    doc = rng.permutation(n).astype(str)
+    score = rng.integers(0, 4, n).astype(float)
+    rel = rng.choice([0, 0, 1, 2], n).astype(float)
+    model = np.where(q % 3 == 0, 'x', 'y')
+    batches = []
+    for bucket in range(4):
+        rows = q % 4 == bucket
+        res = bucket_stats({'q_id': q[rows], 'doc_id': doc[rows], 'score': score[rows],
+                            'truth_relevance': rel[rows], 'slice': model[rows]}, None,
+                           measures=['map', 'ndcg_cut', 'P', 'recall'], cutoffs=[3])
+        batches += [_stats_batch(g) for g in res['groups']]
+    batches.insert(2, batches[0].slice(0, 0))
+    metrics = trec_metrics(['map', 'ndcg_cut', 'P', 'recall'], [3])
+    names = [m.name for m in metrics]
+    empty = {'overall': {**{m: 0.0 for m in names}, 'undefined': {m: 1 for m in names}},
+             'slices': {}}
+    return cls(metrics), batches, equal_float_sums, lambda out: assert_same(empty, out)
+
+
 def metric_classification(cls):
     return cls(F1()), log_rows(), equal_exact, lambda out: assert_same(0.0, out)
 
@@ -468,7 +496,7 @@ REGISTRY = {
     'OversampleCombineFn': {'round': oversample_rounds},
     'SumArraysCombineFn': {'weights': candidate_weights},
     'MetricsCombineFn': {'classification': metrics_classification,
-                         'ranking': metrics_ranking},
+                         'ranking': metrics_ranking, 'trec': metrics_trec},
     'MetricCombineFn': {'classification': metric_classification, 'ranking': metric_ranking},
     'MinKeyPerIdFn': {'int_ids': min_key_per_id(pa.int64(), compact_rows=4),
                       'string_ids': min_key_per_id(pa.string(), compact_rows=None)},

@@ -393,6 +393,20 @@ def test_an_input_object_that_cannot_be_read_is_one_line(gcs, bucket, forbidden,
     assert objects(gcs, bucket, f'predictions/{DATE}/') == {}
 
 
+def test_a_stalled_upload_holds_only_its_own_connection(gcs, bucket):
+    """What a failed run leaves behind (an upload whose body never comes) must not hold the
+    emulator: the next requests are served at once, not after the stalled read times out."""
+    put(gcs, bucket, 'a/x', b'1')
+    with socket.create_connection(('127.0.0.1', gcs.port)) as stalled:
+        stalled.sendall(f'POST /upload/storage/v1/b/{bucket}/o?uploadType=media&name=a/y '
+                        'HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n'.encode())
+        time.sleep(0.2)
+        start = time.monotonic()
+        for _ in range(8):   # more than the listen backlog of a server that does not accept
+            assert set(objects(gcs, bucket, 'a/')) == {'a/x'}
+        assert time.monotonic() - start < 5
+
+
 def test_worker_exception_on_cloud_storage_leaves_nothing(gcs, bucket, monkeypatch):
     """In this process (the local runner runs the DoFns here), so that the assignment
     kernel can raise on the 2nd batch of 3: nothing under the destination, nothing beside

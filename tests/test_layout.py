@@ -27,6 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAX_LINES = 520
 #: modules that are kernels although their file is not called kernels.py
 KERNELS = {'beamml.transforms.distances', 'beamml.transforms.metrics.parsing',
+           'beamml.transforms.metrics.ranking_measures',
            'beamml.transforms.kmeans.runtime', 'beamml.transforms.kmeans.seeding_kernels',
            'beamml.transforms.kmeans.accumulators', 'beamml.transforms.kmeans.streaming_kernels'}
 

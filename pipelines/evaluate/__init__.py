@@ -34,6 +34,7 @@ from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.runners import (input_files, is_dry_run, no_results, pipeline_run,
                                                 run_pipeline)
 from beamml.pipelines._platform.values import positive_int
+from beamml.pipelines.evaluate import classification, ranking
 from beamml.transforms.core.errors import ERRORS, BeammlError
 from beamml.transforms.io import OUTPUT_FORMATS, ReadTable, WriteDeadLetters, WriteTable
 from beamml.transforms.core.types import SOURCE_COLUMNS
@@ -89,6 +90,12 @@ class EvaluateOptions:
                             help='integer rank, 0 = top result (default predicted_rank)')
         parser.add_argument('--relevance_column', default='truth_relevance',
                             help='relevance; > 0 is relevant (default truth_relevance)')
+        parser.add_argument('--score_column', default=None,   # both tasks: one flag
+                            help='classification: a score of the positive class (higher = '
+                                 'more positive) for roc_auc, average_precision; a '
+                                 'probability in [0, 1] for log_loss and reliability. '
+                                 'ranking: rank a table run by this score, descending, ties '
+                                 'by doc_id descending (trec_eval), instead of --rank_column')
         parser.add_argument('--query_buckets', type=positive_int, default=32,
                             help='ranking: number of q_id hash buckets, i.e. the parallelism '
                                  'of the per-query step (default 32)')
@@ -96,6 +103,8 @@ class EvaluateOptions:
                             help='output directory (local or gs://); required in batch')
         parser.add_argument('--output_format', choices=OUTPUT_FORMATS, default='parquet',
                             help='format of per_query (default parquet)')
+        classification.add_args(parser)   # multiclass, weights, scores, intervals
+        ranking.add_args(parser)   # judgments, TREC runs, trec_eval's measures
         add_refused_arg(parser)
         runs.add_run_args(parser)
         streams.add_streaming_args(parser)
@@ -107,6 +116,10 @@ def _split(value: str | None) -> list[str]:
 
 def metric_list(args) -> list:
     """The Metric objects of --task / --metrics / --cutoff / --zero_division."""
+    classification.check_task(args)
+    if classification.active(args):   # multiclass / weights / scores / intervals
+        return classification.metric_list(args, _split(args.metrics),
+                                          ZERO_DIVISION[str(args.zero_division)])
     registry = CLASSIFICATION_METRICS if args.task == 'classification' else RANKING_METRICS
     names = _split(args.metrics) or list(registry)
     unknown = [n for n in names if n not in registry]
@@ -121,6 +134,8 @@ def metric_list(args) -> list:
                    else cls(zero_division=zd))
     if args.task == 'ranking' and 'n_queries' not in names:
         out.append(RANKING_METRICS['n_queries']())
+    if args.task == 'ranking':   # --confidence_intervals: queries resampled
+        out += classification.query_intervals(args, out, zd)
     return out
 
 
@@ -147,6 +162,8 @@ def check_columns(read: ReadTable, args) -> tuple[dict[str, str], list[str]]:
                           'the source of each row; rename it')
     wanted = [(c, f'--{COLUMN_FLAGS[args.task][n]}') for n, c in columns.items()]
     wanted += [(c, '--slice_by') for c in slice_by]
+    if classification.active(args):
+        wanted += classification.log_columns(args)
     missing = [f'{c!r} ({flag})' for c, flag in wanted if c not in have]
     if missing:
         raise BeammlError(f'{read.paths[0]} has no column {", ".join(missing)}; its columns '
@@ -183,12 +200,23 @@ def per_query_batch(stats: pa.RecordBatch, k: int, zero_division: float):
         names=per_query_schema('int64').names)
 
 
+def parse_logs(args, columns, slice_by, id_type, input_format):
+    """The parser of the flags: ParsePredictionLogs, or classification.py's rows."""
+    if classification.active(args):
+        return classification.parse_transform(args, columns, slice_by, input_format)
+    return ParsePredictionLogs(args.task, columns, slice_by, id_type, input_format)
+
+
 def build(p, args):
     """Read, parse, compute and write; returns {'metrics', 'per_query', 'errors'}.
 
     ``metrics`` (the metrics.json document) is empty when no row is usable; ``run``
     then writes the metrics of nothing itself.
     """
+    classification.check_task(args)   # one task's flags on the other task: refused
+    ranking.check_task(args)
+    if ranking.wanted(args):   # judgments, TREC runs, trec_eval's measures: ranking.py
+        return ranking.build(p, args, stream_columns(args)[1])
     metrics = metric_list(args)
     kwargs = dict(input_format=args.input_format, source_columns=True)
     if args.id_column:
@@ -208,8 +236,8 @@ def build(p, args):
              read.layout.input_format, args.task, ','.join(m.name for m in metrics),
              f'; slices by {",".join(slice_by)}' if slice_by else '')
     logs = p | 'ReadLogs' >> read
-    parsed = logs.batches | 'ParseLogs' >> ParsePredictionLogs(
-        args.task, columns, slice_by, id_type, read.layout.input_format)
+    parsed = logs.batches | 'ParseLogs' >> parse_logs(
+        args, columns, slice_by, id_type, read.layout.input_format)
     result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
     out = args.output
     # Empty without rows: run() then writes the metrics of nothing (compute_metrics).
@@ -238,7 +266,9 @@ def finish_metrics(args, output: str, counts: dict) -> None:
     """The commit's last touch to metrics.json: the metrics of nothing when no row (or no
     query) was combined, and the run's record counts (:class:`~beamml.pipelines._platform.runs.DatedRun`)."""
     path = FileSystems.join(output, 'metrics.json')
-    if not FileSystems.exists(path):
+    if not FileSystems.exists(path) and ranking.wanted(args):
+        ranking.write_metrics(ranking.empty_result(args), path, args)
+    elif not FileSystems.exists(path):
         write_metrics(compute_metrics(args).empty_result(), path, args.task, args.cutoff)
     add_counts(path, counts)
 
@@ -266,7 +296,12 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
     """The streaming graph: source (or ``source``, {'batches', 'errors'} windowed and
     gated: tests give a TestStream), ParsePredictionLogs and ComputeMetrics per window,
     one metrics record per window and pane. Returns {'metrics', 'errors'}."""
-    metrics = metric_list(args)
+    classification.check_task(args)
+    ranking.check_task(args)
+    trec = ranking.wanted(args)   # judgments, trec_eval's measures: ranking.py
+    if trec:
+        ranking.check_streaming(args)
+    metrics = None if trec else metric_list(args)
     columns, slice_by = stream_columns(args)
     id_type = 'string'
     if source is None:
@@ -292,19 +327,27 @@ def build_streaming(p, args, source: dict | None = None, input_format: str = 'js
             layout = message_layout(id_column=args.id_column, points=False)
         source = streams.read_stream(p, args, layout, points=False, source_columns=True,
                                        accumulating=True)
-    parsed = source['batches'] | 'ParseLogs' >> ParsePredictionLogs(
-        args.task, columns, slice_by, id_type, input_format)
-    result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
-    records = (result['metrics']
-               | 'Format' >> beam.Map(format_metrics, args.task, args.cutoff)
+    if trec:
+        per_window, parse_errors, fmt = ranking.streaming_metrics(source['batches'], args,
+                                                                  slice_by)
+        duplicates = None
+    else:
+        parsed = source['batches'] | 'ParseLogs' >> parse_logs(
+            args, columns, slice_by, id_type, input_format)
+        result = parsed.rows | 'ComputeMetrics' >> compute_metrics(args, metrics, slice_by)
+        per_window, parse_errors, duplicates = result['metrics'], parsed[ERRORS], result['errors']
+        fmt = functools.partial(format_metrics, task=args.task, k=args.cutoff)
+    records = (per_window
+               | 'Format' >> beam.Map(fmt)
                | 'WithWindow' >> beam.FlatMap(_window_record))
     out = args.output
     streams.write_records(records, args, prefix=out and FileSystems.join(out, 'metrics'),
                             label='WriteMetrics')
-    duplicates = result['errors']
-    if source.get('layout') is not None:   # watched files: a duplicate's record as read
+    if duplicates is not None and source.get('layout') is not None:
+        # watched files: a duplicate's record as read
         duplicates = duplicates | 'DuplicatesAsRead' >> RecordsAsRead(source['layout'])
-    errors = streams.all_errors(source['errors'], parsed[ERRORS], duplicates)
+    errors = streams.all_errors(source['errors'], parse_errors,
+                                *([duplicates] if duplicates is not None else []))
     streams.write_dead_letters(errors, args, out and FileSystems.join(out, 'evaluate-errors'))
     return {'metrics': records, 'errors': errors}
 
@@ -340,6 +383,9 @@ def summary(doc: dict) -> str:
     for k, v in overall.items():
         if k == 'undefined':
             continue
+        if isinstance(v, (dict, list)) and any(isinstance(x, (dict, list)) for x in
+                                               (v.values() if isinstance(v, dict) else v)):
+            continue   # a table (per_class, confusion_matrix, ...): in metrics.json
         if isinstance(v, dict):
             v = '(' + ' '.join(f'{a}={b}' for a, b in v.items()) + ')'
         elif isinstance(v, float):

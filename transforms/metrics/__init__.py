@@ -11,8 +11,19 @@ Modules:
 * ``ranking``: ranking rows to per-query statistics in Beam (``QueryStats``: query
   buckets, the packed fragments of the shuffle, the per-query reduction);
 * ``compute``: the metrics as CombineFns, and ``ComputeMetrics``, every metric overall
-  and per slice in one pass.
+  and per slice in one pass;
+* ``multiclass``, ``scores``, ``bootstrap`` (numpy kernels), ``classification`` (their
+  ``Metric`` classes: multiclass, weighted, ROC AUC, AP, log loss, reliability, with
+  Poisson-bootstrap intervals) and ``class_logs`` (``ParseClassificationLogs``).
+* ``ranking_measures``: trec_eval's measures per query (numpy kernels, ``trec_measures``);
+  ``trec``: TREC run and qrels files; ``qrels``: runs joined with judgments in Beam
+  (``JudgedQueryStats``); ``trec_metrics``: those measures as ``Metric`` objects.
 """
+from beamml.transforms.metrics.class_logs import ClassificationColumns, ParseClassificationLogs
+from beamml.transforms.metrics.classification import (AveragePrecision, BalancedAccuracy,
+                                                      ClassAccuracy, ClassF1, ClassPrecision,
+                                                      ClassRecall, ConfusionMatrix, FBeta,
+                                                      LogLoss, PerClass, Reliability, RocAuc)
 from beamml.transforms.metrics.compute import (ComputeMetrics, MetricCombineFn, MetricsCombineFn,
                                                merge_results)
 from beamml.transforms.metrics.definitions import (CLASSIFICATION_METRICS, RANKING_METRICS, F1,
@@ -25,7 +36,11 @@ from beamml.transforms.metrics.logs import ParsePredictionLogs
 from beamml.transforms.metrics.parsing import (SLICE_COLUMN, binary_labels,
                                                parse_binary, parse_query_ids, parse_rank,
                                                parse_relevance, slice_keys)
+from beamml.transforms.metrics.qrels import JudgedQueryStats, StreamingJudgedQueryStats
 from beamml.transforms.metrics.ranking import QueryStats, query_buckets
+from beamml.transforms.metrics.ranking_measures import TREC_MEASURES, trec_measures
+from beamml.transforms.metrics.trec import ReadTrecFiles
+from beamml.transforms.metrics.trec_metrics import TrecMeasure, trec_metrics
 
 __all__ = [
     'Metric', 'Precision', 'Recall', 'Accuracy', 'F1', 'ConfusionCounts',
@@ -35,4 +50,9 @@ __all__ = [
     'parse_query_ids', 'query_stats', 'query_buckets', 'slice_keys',
     'MetricCombineFn', 'MetricsCombineFn', 'merge_results', 'ParsePredictionLogs',
     'QueryStats', 'ComputeMetrics', 'SLICE_COLUMN',
+    'ClassAccuracy', 'ClassPrecision', 'ClassRecall', 'ClassF1', 'FBeta', 'BalancedAccuracy',
+    'ConfusionMatrix', 'PerClass', 'RocAuc', 'AveragePrecision', 'LogLoss', 'Reliability',
+    'ClassificationColumns', 'ParseClassificationLogs',
+    'TREC_MEASURES', 'trec_measures', 'TrecMeasure', 'trec_metrics', 'ReadTrecFiles',
+    'JudgedQueryStats', 'StreamingJudgedQueryStats',
 ]

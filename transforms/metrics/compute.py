@@ -35,6 +35,8 @@ def _columns(batch, names) -> dict[str, np.ndarray]:
             col = col.combine_chunks()
         if pa.types.is_boolean(col.type) and col.null_count == 0:
             out[name] = _np(col).astype(bool)
+        elif pa.types.is_fixed_size_list(col.type):   # one row of R values: (n, R)
+            out[name] = _np(col.flatten()).reshape(len(col), col.type.list_size)
         else:
             out[name] = col if (is_string_type(col.type) or pa.types.is_dictionary(col.type)
                                 or col.null_count) else _np(col)
@@ -84,7 +86,10 @@ class MetricsCombineFn(beam.CombineFn):
     never keeping another accumulator's arrays (Beam may reuse them).
 
     The output is ``{'overall': section, 'slices': {key: section}}``, a section
-    being ``{metric name: value, ..., 'undefined': {metric name: n}}``.
+    being ``{metric name: value, ..., 'undefined': {metric name: n}}``, and
+    ``'confidence_intervals': {metric name: {lower, upper, standard_error}}`` when
+    metrics carry bootstrap replicates (a metric's ``intervals``; a metric with
+    ``intervals_only``, ``QueryIntervals``, gives other metrics' intervals and no value).
     """
 
     def __init__(self, metrics: Sequence, slice_by: Sequence[str] = ()):
@@ -145,13 +150,21 @@ class MetricsCombineFn(beam.CombineFn):
                 mine[i] = s.merge(mine[i], accs[i])
 
     def _section(self, accs) -> dict:
-        out, undefined = {}, {}
+        out, undefined, intervals = {}, {}, {}
         for m, i in zip(self.metrics, self._state_of):
+            if getattr(m, 'intervals_only', False):   # QueryIntervals: other metrics' intervals
+                intervals.update(m.intervals(accs[i]) or {})
+                continue
             value, n_undefined = m.value(accs[i])
             out[m.name] = value
             if m.can_be_undefined:
                 undefined[m.name] = int(n_undefined)
+            ci = m.intervals(accs[i]) if hasattr(m, 'intervals') else None
+            if ci is not None:   # bootstrap replicates (classification.py)
+                intervals[m.name] = ci
         out['undefined'] = undefined
+        if intervals:
+            out['confidence_intervals'] = intervals
         return out
 
     def extract_output(self, acc):

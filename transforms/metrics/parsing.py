@@ -22,7 +22,8 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.core.types import INT_RE, NUMBER_RE, is_string_type
 
 __all__ = ['ROW_INPUTS', 'RANKING_INPUTS', 'SLICE_COLUMN', 'parse_binary', 'binary_labels',
-           'parse_rank', 'parse_relevance', 'parse_query_ids', 'slice_keys']
+           'parse_classes', 'parse_score', 'parse_weight', 'parse_rank', 'parse_relevance',
+           'parse_query_ids', 'slice_keys']
 
 TRUE_STRINGS = ('1', '1.0', 't', 'true')
 FALSE_STRINGS = ('0', '0.0', 'f', 'false')
@@ -120,6 +121,70 @@ def binary_labels(values, name: str = 'labels') -> np.ndarray:
                          f'(0/1, true/false, T/F), e.g. {_as_arrow(values)[i].as_py()!r} '
                          f'at index {i}')
     return labels
+
+
+def parse_classes(values) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Class labels of a multiclass column as text: ``(labels, missing, invalid)``.
+
+    Integers (and integer-valued floats: ``2.0`` is the class ``2``) are written in
+    decimal, booleans as ``0`` / ``1``, strings are kept as they are (case kept) with
+    surrounding blanks trimmed, so ``2``, ``2.0`` and ``" 2"`` are one class.
+    ``missing`` marks nulls and blank strings; ``invalid`` a float that is not an
+    integer (1.5, NaN, inf), or a value of another type (lists, structs...).
+
+    Returns
+    -------
+    labels : pyarrow string Array of shape (n_samples,) (a refused row's label is '')
+    missing, invalid : ndarray of shape (n_samples,), bool
+    """
+    arr = _as_arrow(values)
+    n = len(arr)
+    missing = _missing(arr)
+    t = arr.type
+    if pa.types.is_boolean(t):
+        text = pc.cast(pc.cast(arr, pa.int8()), pa.string())
+        return pc.fill_null(text, ''), missing, np.zeros(n, bool)
+    if pa.types.is_integer(t):
+        return pc.fill_null(pc.cast(arr, pa.string()), ''), missing, np.zeros(n, bool)
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        f = _np(pc.fill_null(pc.cast(arr, pa.float64()), 0.0))
+        with np.errstate(invalid='ignore'):
+            good = np.isfinite(f) & (f == np.floor(f)) & (np.abs(f) < 2.0 ** 62)
+        text = pc.cast(pa.array(np.where(good, f, 0).astype(np.int64)), pa.string())
+        return text, missing, ~missing & ~good
+    if is_string_type(t):
+        if not pa.types.is_string(t):
+            arr = pc.cast(arr, pa.string())
+        return pc.fill_null(pc.utf8_trim_whitespace(arr), ''), missing, np.zeros(n, bool)
+    return pa.array([''] * n, pa.string()), missing, ~missing
+
+
+def parse_score(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Scores (or probabilities): ``(float64, missing, invalid)``; NaN and inf are invalid.
+
+    Numbers, booleans (0 / 1) and strings holding a number are accepted.
+    """
+    arr = _as_arrow(values)
+    n = len(arr)
+    missing = _missing(arr)
+    t = arr.type
+    if pa.types.is_boolean(t) or pa.types.is_integer(t) or pa.types.is_floating(t) \
+            or pa.types.is_decimal(t):
+        v = _np(pc.fill_null(pc.cast(arr, pa.float64()), 0.0))
+    elif is_string_type(t):
+        f, num = _string_numbers(arr)
+        v = np.where(num, _np(pc.fill_null(f, 0.0)), np.nan)
+    else:
+        return np.zeros(n), missing, ~missing
+    bad = ~np.isfinite(v)
+    return (np.where(bad, 0.0, v) if bad.any() else v), missing, ~missing & bad
+
+
+def parse_weight(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample weights: ``(float64, missing, invalid)``; a weight is a finite number >= 0."""
+    v, missing, invalid = parse_score(values)
+    neg = ~missing & ~invalid & (v < 0)
+    return np.where(neg, 0.0, v), missing, invalid | neg
 
 
 def _string_numbers(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
