@@ -21,6 +21,11 @@ import pytest
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 
 
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'e2e: a long end-to-end simulation: `make e2e` runs '
+                                       'these, `make test` leaves them out')
+
+
 @pytest.fixture(scope='session')
 def gcs_emulator():
     gcp_storage_emulator = pytest.importorskip(

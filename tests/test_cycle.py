@@ -35,6 +35,9 @@ import pyarrow.parquet as pq
 import pytest
 from inprocess import run_beamml
 
+#: `make e2e`, not `make test` (docs/cycle.md: what the 30 days cost)
+pytestmark = pytest.mark.e2e
+
 START = dt.date(2026, 11, 1)
 DAYS = [START + dt.timedelta(days=i) for i in range(30)]
 BLOBS = np.array([[0.0, 0.0], [6.0, 0.0], [0.0, 6.0]])

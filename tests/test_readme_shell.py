@@ -454,7 +454,7 @@ def static_make(block: Block, workdir: str) -> None:
     from beamml.pipelines.demo import how_to_run_beamml
     with open(os.path.join(ROOT, 'Makefile'), encoding='utf-8') as f:
         makefile = f.read()
-    targets = set(re.findall(r'^([a-z]+):', makefile, re.M))
+    targets = set(re.findall(r'^([a-z0-9]+):', makefile, re.M))
     for argv in commands(block.text):
         assert argv[0] == 'make' and argv[1] in targets, argv
     assert re.search(r'^demo:.*\n\t\$\(PY\) -m beamml demo\b', makefile, re.M)
