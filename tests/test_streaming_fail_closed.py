@@ -441,3 +441,33 @@ def test_sigterm_still_exits_143_with_one_line(emulator, tmp_path, model):
     assert proc.returncode == 143 and time.monotonic() - sent < 15, err[-2000:]
     assert [ln for ln in err.splitlines() if ' beamml: ' not in ln] == [
         'beamml assign: terminated'], err[-2000:]
+
+
+def test_a_failed_bundle_of_another_stream_in_this_process_is_not_this_runs():
+    """A stream an earlier run in this process left running fails while this run's
+    stream runs (seen in make test: its Pub/Sub emulator was gone): its failed bundle is
+    logged by the same local-runner logger, from a thread that was there before this
+    run; this run must not take it for its own. A failure on a thread of this run's
+    executor (started after) is this run's."""
+    from beamml.pipelines._platform import supervise
+    log = logging.getLogger(supervise.BundleFailures.LOGGER)
+    go, logged = threading.Event(), threading.Event()
+    message = 'Exception at bundle %r, due to an exception.\n %s'
+
+    def earlier_stream():
+        go.wait(10)
+        log.error(message, 'bundle', 'Traceback (most recent call last):\n'
+                  'RuntimeError: the earlier stream failed')
+        logged.set()
+    earlier = threading.Thread(target=earlier_stream)
+    earlier.start()
+    with supervise.BundleFailures() as failures:
+        go.set()
+        assert logged.wait(10)
+        assert failures.first is None
+        ours = threading.Thread(target=log.error, args=(
+            message, 'bundle', 'Traceback (most recent call last):\nRuntimeError: this run'))
+        ours.start()
+        ours.join()
+    earlier.join()
+    assert 'this run' in str(failures.first), failures.first

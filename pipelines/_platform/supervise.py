@@ -175,15 +175,23 @@ class BundleFailures(logging.Handler):
     and nothing is printed. The local runner retries a failed bundle 4 times before the
     pipeline fails, and a retry of its Pub/Sub read pulls (and acknowledges) new messages,
     each pull waiting up to 30 s: the first failure ends the stream instead (seconds, not
-    minutes, and no more messages pulled to be lost)."""
+    minutes, and no more messages pulled to be lost).
+
+    Only this run's executor counts: the local runner's bundles run on threads its
+    executor starts, so a thread that was there before the run is another pipeline's (a
+    stream an earlier run in this process left running, whose own failure is not this
+    run's)."""
     LOGGER = 'apache_beam.runners.direct.executor'
 
     def __init__(self):
         super().__init__(logging.ERROR)
         self.first: BeammlError | None = None
+        self._others: frozenset = frozenset()
 
     def emit(self, record):
         if self.first is not None or 'Exception at bundle' not in str(record.msg):
+            return
+        if threading.current_thread() in self._others:   # not this run's executor
             return
         lines = [ln.strip() for ln in record.getMessage().splitlines() if ln.strip()]
         last = lines[-1] if lines else 'an error'
@@ -191,6 +199,7 @@ class BundleFailures(logging.Handler):
         self.first = _failed(kind, message)
 
     def __enter__(self):
+        self._others = frozenset(threading.enumerate())
         log = logging.getLogger(self.LOGGER)
         self._saved = log.level, log.propagate
         log.addHandler(self)
