@@ -20,6 +20,12 @@ import pytest
 # Before google-auth is imported anywhere: never probe the GCE metadata server.
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 
+# Beam's DoFn introspection computes each signature once in the test processes (about a
+# third of a small pipeline's run; tests/beam_signatures.py says why and what it changes).
+import beam_signatures  # noqa: E402
+
+beam_signatures.install()
+
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'e2e: a long end-to-end simulation: `make e2e` runs '

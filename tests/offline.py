@@ -61,7 +61,9 @@ def run_offline(cases: dict, folder, *, require_unshare: bool = False,
 
 def main(spec: str, results: str) -> int:
     sys.path.insert(0, HERE)
+    import beam_signatures
     from inprocess import run_beamml
+    beam_signatures.install()   # as in the suite's own processes (conftest.py)
     with open(spec) as f:
         cases = json.load(f)
     done = {}
