@@ -11,7 +11,9 @@ neither listed nor read (its layout comes from the flags, with defaults:
 from (a model, a baseline, a gate, a monitoring config, initial centres) are
 read from local paths only, and nothing is written. Exit 0 when the job
 translates, 2 with one line saying what Dataflow would refuse or which flag a
-dry run needs.
+dry run needs. Beam's record of the submitting environment (a ``pip freeze``, a quarter
+of a dry run's time) is left out: nothing is staged (``--experiments
+disable_logging_submission_environment``).
 """
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from beamml.transforms.core.errors import BeammlError
 from beamml.pipelines.__main__ import pipelines
 
 NOT_VALIDATED = {'validate', 'demo', 'cycle'}
+#: Beam's experiment that skips the ``pip freeze`` a translation runs to list the
+#: submission environment among the files it would stage (1.5 s of a 6.3 s dry run)
+NO_FREEZE = 'disable_logging_submission_environment'
 
 
 def _usage() -> str:
@@ -38,8 +43,9 @@ def _values(argv, flag: str) -> list[str]:
 
 
 def dry_run_argv(argv) -> list[str]:
-    """The pipeline's flags with ``--runner DataflowRunner --dry_run True`` added; another
-    runner, or a dry run switched off, is refused (validate never submits a job)."""
+    """The pipeline's flags with ``--runner DataflowRunner --dry_run True`` (and
+    ``--experiments`` :data:`NO_FREEZE`) added; another runner, or a dry run switched off,
+    is refused (validate never submits a job)."""
     argv = list(argv)
     for runner in _values(argv, '--runner'):
         if runner not in DATAFLOW_RUNNERS:
@@ -52,6 +58,8 @@ def dry_run_argv(argv) -> list[str]:
         argv += ['--runner', 'DataflowRunner']
     if not _values(argv, '--dry_run'):
         argv += ['--dry_run', 'True']
+    if NO_FREEZE not in ','.join(_values(argv, '--experiments')).split(','):
+        argv += ['--experiments', NO_FREEZE]
     return argv
 
 

@@ -105,7 +105,12 @@ def test_validate_usage_and_unknown_pipeline(capsys):
     with pytest.raises(BeammlError, match='never submits a job'):
         validate.dry_run_argv(['--dry_run=False'])
     assert validate.dry_run_argv(['--runner=DataflowRunner']) == [
-        '--runner=DataflowRunner', '--dry_run', 'True']
+        '--runner=DataflowRunner', '--dry_run', 'True',
+        '--experiments', 'disable_logging_submission_environment']
+    # a user's experiments stay; the one that skips Beam's pip freeze is added once
+    own = ['--experiments=a,disable_logging_submission_environment', '--experiments', 'b']
+    assert validate.dry_run_argv(own) == [*own, '--runner', 'DataflowRunner',
+                                          '--dry_run', 'True']
 
 
 def _streaming_cases(d):
