@@ -388,14 +388,21 @@ def assigned_batches(cls):
     return cls(4), inputs, equal_exact, lambda out: assert_same([0, 0, 0, 0], out)
 
 
-def row_batches(cls):
-    """RecordBatches (one of them empty) counted by a dated run's commit step."""
+def commit_counts(cls):
+    """The counts of a dated run's commit step: rows of RecordBatches (one of them empty)
+    and one per dead letter or written file, summed by name."""
+    from beamml.pipelines._platform.commit import one, rows_of
     rng = np.random.default_rng(23)
-    sizes = [0] + list(rng.integers(1, 50, 9))
-    inputs = [pa.RecordBatch.from_pydict({'id': pa.array(np.arange(n), pa.int64())})
+    sizes = [0] + [int(n) for n in rng.integers(1, 50, 9)]
+    inputs = [rows_of(pa.RecordBatch.from_pydict({'id': pa.array(np.arange(n), pa.int64())}))
               for n in sizes]
-    assert sum(b.num_rows for b in inputs) == sum(sizes)
-    return cls(), inputs, equal_exact, lambda out: assert_same(0, out)
+    inputs += [one(None, 'refused')] * 4 + [one('e', 'read_errors')] * 3
+    inputs += [one(f'f{i}', 'written') for i in range(5)]
+    rng.shuffle(inputs)
+    assert {'rows': sum(sizes), 'refused': 4, 'read_errors': 3, 'written': 5} == {
+        name: sum(n for k, n in inputs if k == name) for name in ('rows', 'refused',
+                                                                   'read_errors', 'written')}
+    return cls(), inputs, equal_exact, lambda out: assert_same({}, out)
 
 
 # ----------------------------------------------------------------------------- pca
@@ -502,7 +509,7 @@ REGISTRY = {
                       'string_ids': min_key_per_id(pa.string(), compact_rows=None)},
     'UnifySchemasFn': {'schemas': batch_schemas},
     'ClusterSizesFn': {'assigned': assigned_batches},
-    'RowsFn': {'batches': row_batches},
+    'CommitCountsFn': {'pairs': commit_counts},
     '_SortSampleFn': {'fixed_shards': sort_sample(4, 1_000_000),
                       'shards_by_rows': sort_sample(None, 20)},
     'PCACombineFn': {'batches': pca_batches},

@@ -373,15 +373,15 @@ def test_a_lost_lock_names_its_real_cause(tmp_path):
     lock.write_text(json.dumps(other))
     with pytest.raises(commit.LockedError, match='both took the lock .* at once: the storage '
                        'did not make its create-if-absent exclusive') as e:
-        commit.commit_step(plan, 1, 0, 0)
+        commit.commit_step(plan, {'rows': 1})
     assert e.value.exit_code == 5
     plan.lock_expires = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)).isoformat()
     with pytest.raises(commit.LockedError, match='ran longer than --lock_timeout .* and run '
                        '20261206T000000Z-0ther0 on elsewhere'):
-        commit.commit_step(plan, 1, 0, 0)
+        commit.commit_step(plan, {'rows': 1})
     lock.unlink()
     with pytest.raises(commit.LockedError, match='was deleted while it ran'):
-        commit.commit_step(plan, 1, 0, 0)
+        commit.commit_step(plan, {'rows': 1})
 
 
 # ----------------------------------------------------------------------------- property

@@ -50,7 +50,7 @@ from beamml.pipelines._platform.exits import Exit
 from beamml.pipelines._platform.values import seconds
 from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.io import shard_prefix
-from beamml.pipelines._platform.commit import (EXIT_LOCKED, CommitPlan, LockedError, RowsFn, _now,
+from beamml.pipelines._platform.commit import (EXIT_LOCKED, CommitCountsFn, CommitPlan, LockedError, _now,
                                                _run_entries, acquire_lock, commit_step,
                                                foreign_error, foreign_files, lock_holder,
                                                read_journal, release_lock)
@@ -399,17 +399,18 @@ class DatedRun:
         ``errors_glob``: the dead-letter files (in the temporary prefix), kept beside the
         destination when the run is refused.
         """
-        side = beam.pvalue.AsSingleton
+        from beamml.pipelines._platform.commit import one, rows_of
         from beamml.transforms.core.errors import ERRORS
-        count = beam.combiners.Count.Globally
-        rows = built['read'].batches | 'CommitCountRows' >> beam.CombineGlobally(RowsFn())
-        read_errors = built['read'][ERRORS] | 'CommitCountReadErrors' >> count()
-        refused = built['errors'] | 'CommitCountRefused' >> count()
-        done = [w | f'CommitWritten{i}' >> count() for i, w in enumerate(built['written'])]
+        parts = [built['read'].batches | 'CommitCountRows' >> beam.Map(rows_of),
+                 built['read'][ERRORS] | 'CommitCountReadErrors' >> beam.Map(one, 'read_errors'),
+                 built['errors'] | 'CommitCountRefused' >> beam.Map(one, 'refused')]
+        parts += [w | f'CommitWritten{i}' >> beam.Map(one, 'written')
+                  for i, w in enumerate(built['written'])]
+        counts = (parts | 'CommitCounts' >> beam.Flatten()
+                  | 'CommitSumCounts' >> beam.CombineGlobally(CommitCountsFn()))
         plan = CommitPlan(self, info or {}, finish, max_refused_fraction, errors_glob)
         return (p | 'CommitPlan' >> beam.Create([plan])
-                | 'Commit' >> beam.Map(commit_step, side(rows), side(read_errors), side(refused),
-                                       *[side(d) for d in done]))
+                | 'Commit' >> beam.Map(commit_step, beam.pvalue.AsSingleton(counts)))
 
 
 def run_and_show(args, options, pipeline: str, build, show, *, errors_glob, report: bool = True,
