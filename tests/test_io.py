@@ -290,6 +290,39 @@ def test_write_table_round_trip(tmp_path, fmt):
     np.testing.assert_array_equal(got, X)
 
 
+@pytest.mark.parametrize('folder', ['out', '.beamml-tmp-pts-20261207T000000Z-abc123'])
+def test_an_earlier_runs_shards_go_except_in_a_dated_runs_own_folder(tmp_path, folder):
+    """A prefix written twice with another shard count: the first run's shards are removed,
+    and the second run's paths are its output. A dated run's temporary folder is new, so
+    nothing is looked for there: no gathering step, and the same files."""
+    from beamml.transforms.core.objects import in_run_temporary
+    from beamml.transforms.io import points_batch
+    X = _points(np.random.default_rng(4), 30, 2)
+    batch = points_batch(pa.array(np.arange(30, dtype=np.int64)), X)
+    prefix = str(tmp_path / folder / 'pts')
+    for shards in (3, 2):
+        p = beam.Pipeline(runner='FnApiRunner')
+        written = p | beam.Create([batch]) | WriteTable(prefix, 'parquet', num_shards=shards)
+        assert_that(written | beam.FlatMap(lambda x: x if isinstance(x, list) else [x])
+                    | beam.Map(os.path.basename),
+                    equal_to([f'pts-{i:05d}-of-{shards:05d}.parquet' for i in range(shards)]))
+        p.run().wait_until_finish()
+        labels = {t.full_label for t in p.transforms_stack[0].parts
+                  for t in _walk(t)}
+        assert any(label.endswith('ListShards') for label in labels) != in_run_temporary(prefix)
+    files = sorted(os.path.basename(f) for f in glob.glob(prefix + '-*.parquet'))
+    if in_run_temporary(prefix):     # never the case: each dated run writes a new folder
+        assert len(files) == 5
+    else:
+        assert files == ['pts-00000-of-00002.parquet', 'pts-00001-of-00002.parquet']
+
+
+def _walk(transform):
+    yield transform
+    for part in transform.parts:
+        yield from _walk(part)
+
+
 def test_write_empty_output_keeps_schema(tmp_path):
     schema = pa.schema([('id', pa.int64()), ('l2', pa.float64())])
     prefix = str(tmp_path / 'empty')

@@ -57,8 +57,8 @@ from beamml.pipelines._platform.commit import (EXIT_LOCKED, CommitCountsFn, Comm
 from beamml.pipelines._platform.overlap import Namespace, check_input_overlap
 from beamml.pipelines._platform.inputs import (EXIT_NO_INPUT, NoInputError, _join, _matched, _split,
                                                input_changes, wait_for_input)
-from beamml.transforms.core.objects import (delete_files, delete_tree, describe_files, list_under,
-                                            read_stored)
+from beamml.transforms.core.objects import (RUN_TEMPORARY, delete_files, delete_tree,
+                                            describe_files, list_under, read_stored)
 
 __all__ = ['EXIT_NO_INPUT', 'EXIT_LOCKED', 'EXIT_INPUT_CHANGED', 'NoInputError', 'LockedError',
            'InputChangedError', 'Destination', 'DatedRun', 'add_date_arg', 'add_run_args',
@@ -178,7 +178,7 @@ class Destination:
         self.shown = self.owned if self.folder else self.owned + '*'
         self.lock = _join(self.parent, f'.beamml-lock-{self.name}')
         self.journal = _join(self.parent, f'.beamml-commit-{self.name}')
-        self.temp_glob = _join(self.parent, f'.beamml-tmp-{self.name}-')
+        self.temp_glob = _join(self.parent, f'{RUN_TEMPORARY}{self.name}-')
         self.refused_glob = _join(self.parent, f'.beamml-refused-{self.name}-')
 
     def namespace(self) -> Namespace:

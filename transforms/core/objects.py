@@ -20,7 +20,19 @@ from beamml.transforms.core.errors import BeammlError, first_line
 
 __all__ = ['Stored', 'create_exclusive', 'write_stored', 'read_stored', 'delete_if_unchanged',
            'list_under', 'list_entries', 'describe_files', 'move_files', 'delete_files',
-           'delete_tree', 'local_guard', 'open_file', 'missing_bucket']
+           'delete_tree', 'local_guard', 'open_file', 'missing_bucket', 'RUN_TEMPORARY',
+           'in_run_temporary']
+
+#: The name of a dated run's temporary folder starts with this
+#: (``<parent>/.beamml-tmp-<name>-<run id>/``, :mod:`beamml.pipelines._platform.runs`):
+#: each run makes its own, new, and writes its results there before the commit moves them.
+RUN_TEMPORARY = '.beamml-tmp-'
+
+
+def in_run_temporary(path: str) -> bool:
+    """Whether ``path`` lies in a dated run's own temporary folder, where nothing but that
+    run's files can be."""
+    return any(part.startswith(RUN_TEMPORARY) for part in path.replace('\\', '/').split('/'))
 
 
 class Stored:

@@ -27,6 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.transforms.core.documents import NON_FINITE_TEXT, dumps, json_float
 from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.objects import in_run_temporary
 from beamml.transforms.core.types import is_list_type, is_string_type
 
 __all__ = ['OUTPUT_FORMATS', 'ROW_GROUP_ROWS', 'shard_prefix', 'to_json_lines', 'ShardWriter',
@@ -337,13 +338,19 @@ def remove_stale_shards(written: list[str], prefix: str, suffixes=OUTPUT_FORMATS
 class RemoveStaleShards(beam.PTransform):
     """``written_paths | RemoveStaleShards(prefix)``: once every shard is written,
     delete the files of an earlier run under the same prefix
-    (:func:`remove_stale_shards`); a PCollection of the sorted list of paths."""
+    (:func:`remove_stale_shards`); a PCollection of the sorted list of paths.
+
+    A prefix in a dated run's own temporary folder (:func:`in_run_temporary`, where every
+    ``beamml`` command writes) holds nothing of an earlier run: the paths pass through as
+    they are, with no gathering and no listing (a combine's three stages fewer per sink)."""
 
     def __init__(self, prefix: str, suffixes=OUTPUT_FORMATS, label: str | None = None):
         super().__init__(label)
         self.prefix, self.suffixes = prefix, tuple(suffixes)
 
     def expand(self, written):
+        if in_run_temporary(self.prefix):
+            return written
         return (written
                 | 'ListShards' >> beam.combiners.ToList()
                 | 'RemoveStale' >> beam.Map(remove_stale_shards, self.prefix, self.suffixes))
