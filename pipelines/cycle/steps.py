@@ -41,7 +41,12 @@ LOG = logging.getLogger('beamml')
 STEPS = ('wait', 'assign', 'gate', 'monitor', 'retrain')
 ASSIGN, MONITOR = 'assign', 'monitor'
 GATE_FILE, RETRAIN_FILE = 'gate.json', 'retrain.json'
+FAILURES_FILE = 'failures.json'
 SUCCESS = '_SUCCESS'
+#: exit codes that say "retry later" (no input yet, another run holds the lock): not failures
+RETRY_LATER = (4, 5)
+#: the timeline of the last N days in the monitor step's report (``--timeline_days``)
+TIMELINE_DAYS = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Cycle:
     input_ready_marker: str | None = None
     wait_for_input: float = 0.0
     beam_args: tuple[str, ...] = ()
+    timeline_days: int = TIMELINE_DAYS
 
     def __post_init__(self):
         if not is_remote(self.work):   # the monitor history compares absolute paths
@@ -196,10 +202,14 @@ def monitor(c: Cycle, date: dt.date) -> dict:
             '--history', join(c.work, '*', MONITOR) + '/']
     if c.monitor_config:
         argv += ['--monitor_config', c.monitor_config]
+    ran = not exists(out + SUCCESS)
     try:
         monitor_cmd.run(argv + list(c.beam_args))
     except monitor_cmd.AlarmError:
         pass
+    if ran and c.timeline_days:   # the day's report gets the cycle's timeline
+        from beamml.pipelines.cycle.timeline import write_day_report
+        write_day_report(c.work, date, out, c.timeline_days)
     alarms = read_json(out + 'drift.json')['alarms']
     decision = read_json(out + 'decision.json')
     _say(date, 'monitor', f'{len(alarms)} alarm(s); retrain: {str(decision["retrain"]).lower()}'
@@ -286,7 +296,35 @@ def _adopt(model_dir: str, before: list[str], window: str) -> CentroidModel | No
 
 def day(c: Cycle, date: dt.date) -> dict:
     """Every step of the day in order; the first that fails stops the day (its error)."""
-    return {name: STEP_FUNCTIONS[name](c, date) for name in STEPS}
+    return {name: run_step(c, date, name) for name in STEPS}
+
+
+def run_step(c: Cycle, date: dt.date, name: str) -> dict:
+    """One step of the day; a failure (any error but "retry later", exit 4 or 5) is
+    appended to ``WORK/D/failures.json`` before it goes on up, so the day's timeline
+    shows it after a rerun completed the day."""
+    try:
+        return STEP_FUNCTIONS[name](c, date)
+    except Exception as e:
+        code = int(getattr(e, 'exit_code', 1))
+        if code not in RETRY_LATER:
+            _record_failure(c, date, name, e, code)
+        raise
+
+
+def _record_failure(c: Cycle, date: dt.date, step: str, error: Exception, code: int) -> None:
+    """Best effort: a failure to record never hides the step's own error."""
+    path = c.day(date, FAILURES_FILE)
+    text = (str(error).splitlines() or [''])[0][:300]
+    try:
+        doc = read_json(path) if exists(path) else {'failures': []}
+        doc['failures'].append({
+            'step': step, 'exit_code': code, 'error': f'{type(error).__name__}: {text}',
+            'at': dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')})
+        write_json(path, doc, indent=1)
+    except Exception as e:   # (storage down: the error of the step is what matters)
+        LOG.warning('%s %s: its failure was not recorded in %s (%s: %s)', date, step, path,
+                    type(e).__name__, (str(e).splitlines() or [''])[0])
 
 
 STEP_FUNCTIONS = {'wait': wait, 'assign': assign, 'gate': gate, 'monitor': monitor,
