@@ -110,8 +110,7 @@ def _frame(ch: Chart, days: list, x: list[float]) -> None:
                    f'{escape(str(days[i]["date"])[5:])}</text>')
     first, last = str(days[0]['date']), str(days[-1]['date'])
     out.append(f'<text x="{(ch.x0 + ch.x1) / 2:.1f}" y="{_AXIS + 26}" text-anchor="middle" '
-               f'font-size="12">day ({escape(first[:4])}; {escape(first)} to '
-               f'{escape(last)})</text></g>')
+               f'font-size="12">day ({escape(first)} to {escape(last)})</text></g>')
     ch.body.extend(out)
 
 
@@ -124,7 +123,8 @@ def _models(ch: Chart, days: list, x: list[float], col: float, colours: dict) ->
             continue
         tip = f'{e["date"]}: model {v}' + (f', {e["points"]:,} point(s)'
                                           if isinstance(e.get('points'), int) else '')
-        ch.mark(f'<rect class="mark model" x="{x[i]:.1f}" y="{top}" width="{col:.1f}" '
+        w = min(col + 0.6, ch.x1 - x[i])   # (overlapping the next: no seam in a run)
+        ch.mark(f'<rect class="mark model" x="{x[i]:.1f}" y="{top}" width="{w:.1f}" '
                 f'height="{h}" fill="{colours[v]}"{_attrs(e["date"], version=v)}><title>'
                 f'{escape(tip)}</title></rect>')
         if i == 0 or days[i - 1].get('model') != v:   # a run of the version starts

@@ -306,7 +306,7 @@ def run_step(c: Cycle, date: dt.date, name: str) -> dict:
     try:
         return STEP_FUNCTIONS[name](c, date)
     except Exception as e:
-        code = int(getattr(e, 'exit_code', 1))
+        code = int(getattr(e, 'exit_code', 2 if isinstance(e, BeammlError) else 1))
         if code not in RETRY_LATER:
             _record_failure(c, date, name, e, code)
         raise

@@ -93,8 +93,8 @@ def _window(days: dict, end: dt.date | None, n: int) -> list[dt.date]:
             return []
         end = known[-1]
     start = end - dt.timedelta(days=n - 1)
-    if known and known[0] > start:
-        start = min(known[0], end)
+    if known and start < known[0] <= end:   # not before the cycle's first day
+        start = known[0]
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
