@@ -24,7 +24,7 @@ import sys
 from beamml.pipelines._platform import cli, runs
 from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.values import seconds
-from beamml.pipelines.cycle import steps
+from beamml.pipelines.cycle.files import TIMELINE_DAYS
 from beamml.transforms.core.errors import BeammlError
 
 ACTIONS = ('day', 'wait', 'assign', 'gate', 'monitor', 'retrain', 'status', 'rollback')
@@ -42,7 +42,8 @@ def parser():
                         'assign, gate, monitor, retrain), status, or rollback')
     p.add_argument('--date', type=runs.run_date, default=None,
                    help='the day: YYYY-MM-DD, today or yesterday (UTC); every step but '
-                        'status and rollback needs it')
+                        'status and rollback needs it (status --report: the last day of '
+                        'the timeline)')
     p.add_argument('--input', default=None,
                    help="the day's points, with a {date} placeholder "
                         "(e.g. 'gs://B/incoming/{date}/*.parquet')")
@@ -68,7 +69,7 @@ def parser():
                    help='status: also write the timeline of the last --timeline_days days '
                         '(up to --date, default the last day under --work) as an HTML page '
                         'at PATH (local or gs://)')
-    p.add_argument('--timeline_days', type=_days, default=steps.TIMELINE_DAYS, metavar='N',
+    p.add_argument('--timeline_days', type=_days, default=TIMELINE_DAYS, metavar='N',
                    help='the days the timeline covers: in the monitor step\'s report.html '
                         'and in status --report (default %(default)s; 0: the monitor step '
                         'leaves monitor\'s own report)')
@@ -103,6 +104,7 @@ def run(argv=None):
     if args.step == 'rollback':
         from beamml.pipelines.cycle.rollback import rollback
         return rollback(args.model, args.to)
+    from beamml.pipelines.cycle import steps
     if '{date' not in args.input:
         raise BeammlError(f'--input {args.input} has no {{date}} placeholder: the cycle reads '
                           "each day's own input")

@@ -14,7 +14,7 @@ import os
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.pipelines.cycle.steps import (ASSIGN, FAILURES_FILE, GATE_FILE, MONITOR,
+from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE, MONITOR,
                                           RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
 from beamml.transforms.core.documents import exists, is_remote, join, read_json
 

@@ -13,15 +13,18 @@ gate       promote the candidate when the gate passed and          ``gate.json``
            ``LATEST`` is still the model it was compared with
            (``MODEL/ROLLBACK`` first), else keep; say why
 monitor    ``beamml monitor`` of D with the model assign used,      ``monitor/`` (committed)
-           the earlier days' ``monitor/`` as the rules' history
+           the earlier days' ``monitor/`` as the rules' history;   (report.html with
+           then its report.html again, with the cycle's timeline   the timeline)
 retrain    when ``monitor/decision.json`` says retrain and         ``retrain.json``
            ``LATEST`` did not move today: a candidate version
            (``--no_latest``) on the config's ``retrain.input``
 =========  =====================================================  ======================
 
 A step whose file (or committed folder) is there does nothing and says so, so a rerun
-or an orchestrator's retry of any step, or of the whole day, is safe. The steps run
-the pipelines in this process (``run(argv)``), with the Beam flags given to the cycle.
+or an orchestrator's retry of any step, or of the whole day, is safe; a failed attempt
+of a step (:func:`run_step`; not "retry later", exit 4 or 5) is appended to the day's
+``failures.json``. The steps run the pipelines in this process (``run(argv)``), with
+the Beam flags given to the cycle.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ import datetime as dt
 import logging
 
 from beamml.pipelines._platform import inputs, runs
+from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE,  # noqa: F401
+                                          MONITOR, RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
 from beamml.transforms.core.documents import exists, is_remote, join, read_json, write_json
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import CentroidModel, latest_version, list_versions
@@ -39,14 +44,8 @@ LOG = logging.getLogger('beamml')
 
 #: the steps of one day, in the order ``day`` runs them
 STEPS = ('wait', 'assign', 'gate', 'monitor', 'retrain')
-ASSIGN, MONITOR = 'assign', 'monitor'
-GATE_FILE, RETRAIN_FILE = 'gate.json', 'retrain.json'
-FAILURES_FILE = 'failures.json'
-SUCCESS = '_SUCCESS'
 #: exit codes that say "retry later" (no input yet, another run holds the lock): not failures
 RETRY_LATER = (4, 5)
-#: the timeline of the last N days in the monitor step's report (``--timeline_days``)
-TIMELINE_DAYS = 30
 
 
 @dataclasses.dataclass(frozen=True)

@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.pipelines.cycle.steps import (ASSIGN, FAILURES_FILE, GATE_FILE, MONITOR,
+from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE, MONITOR,
                                           RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
 from beamml.transforms.core.documents import is_remote, join, read_json, read_text
 from beamml.transforms.core.errors import BeammlError
