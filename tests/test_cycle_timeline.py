@@ -152,6 +152,23 @@ def test_a_retrain_under_way_is_not_done_and_an_empty_work_has_no_day(tmp_path, 
         (d, 'missing', None, None, None, None, False) for d in ('2026-10-31', '2026-11-01')]
 
 
+def test_the_next_day_reads_only_the_days_whose_files_changed(work, caplog):
+    folder = os.path.join(work, D[4].isoformat(), 'monitor') + '/'
+    _write(folder + 'report_data.json', {'baseline': {'path': 'b', 'rows': 1, 'source': 's'},
+                                         'rows': 1})
+    tl.write_day_report(work, D[4], folder, 30)   # leaves monitor/timeline.json
+    fresh = tl.timeline(work, D[8])
+    assert fresh['read'] == 4   # days 6-9: after the cache
+    write_day(work, D[2], failures=['gate'])   # an old day changes: read again
+    again = tl.timeline(work, D[8])
+    assert again['read'] == 5 and again['days'][2]['failures'][0]['step'] == 'gate'
+    uncached = {k: v for k, v in again.items() if k != 'read'}
+    caplog.clear()
+    _write(folder + 'timeline.json', '{"days": ')   # a broken cache: read everything
+    assert tl.timeline(work, D[8]) == dict(uncached, read=9)
+    assert 'timeline.json: not used (JSONDecodeError' in caplog.text
+
+
 # ---------------------------------------------------------------- failures the steps record
 @pytest.fixture
 def cycle(tmp_path):

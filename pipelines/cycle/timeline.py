@@ -51,13 +51,17 @@ from apache_beam.io.filesystems import FileSystems
 
 from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE, MONITOR,
                                           RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
-from beamml.transforms.core.documents import is_remote, join, read_json, read_text
+from beamml.transforms.core.documents import (is_remote, join, read_json, read_text,
+                                             write_json)
 from beamml.transforms.core.errors import BeammlError
 
 __all__ = ['TIMELINE_DAYS', 'timeline', 'timeline_page', 'write_timeline_page',
            'write_day_report']
 
 LOG = logging.getLogger('beamml')
+#: the timeline's data beside the day's monitor report: the next day reads its days from
+#: it (those whose files did not change since)
+CACHE_FILE = 'timeline.json'
 _DAY = re.compile(r'^(\d{4}-\d{2}-\d{2})/(.*)$')
 #: the files a day's entry is read from (relative to WORK/D/)
 _FILES = {'assign': f'{ASSIGN}/{SUCCESS}', 'monitor': f'{MONITOR}/{SUCCESS}',
@@ -69,19 +73,24 @@ def _root(work: str) -> str:
     return (work if is_remote(work) else os.path.abspath(work)).rstrip('/')
 
 
-def listing(work: str) -> dict[str, set[str]]:
-    """{day: the paths under ``WORK/day/`` (relative to it)}, from one listing of WORK."""
+def listing(work: str) -> dict[str, dict[str, list]]:
+    """{day: {path under ``WORK/day/``: [size, last updated]}}, from one listing of WORK."""
     root = _root(work)
-    try:
-        found = FileSystems.match([root + '/**'])[0].metadata_list
-    except Exception:   # (no such folder: no day)
-        return {}
-    out: dict[str, set[str]] = {}
+    found = FileSystems.match([root + '/**'])[0].metadata_list   # (none: no folder yet)
+    out: dict[str, dict[str, list]] = {}
     for m in found:
         hit = _DAY.match(m.path[len(root) + 1:].replace('\\', '/'))
         if hit:
-            out.setdefault(hit.group(1), set()).add(hit.group(2))
+            out.setdefault(hit.group(1), {})[hit.group(2)] = [
+                m.size_in_bytes, getattr(m, 'last_updated_in_seconds', None)]
     return out
+
+
+def _fingerprint(present: dict) -> list:
+    """What a day's entry is read from, as the listing describes it (size, time): an
+    entry cached with the same fingerprint is the same entry."""
+    return [bool(present)] + [[rel] + present[rel] for rel in sorted(_FILES.values())
+                              if rel in present]
 
 
 def _window(days: dict, end: dt.date | None, n: int) -> list[dt.date]:
@@ -98,11 +107,13 @@ def _window(days: dict, end: dt.date | None, n: int) -> list[dt.date]:
     return [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
 
 
-def _read_day(root: str, date: str, present: set[str]) -> dict:
-    """The documents of one day that are there: {name: parsed}."""
+def _read_day(root: str, date: str, present: dict) -> dict:
+    """The documents of one day that are there: {name: parsed} (``decision.json`` only
+    while there is no ``retrain.json``, which holds the rules that fired too)."""
     docs = {}
     for name, rel in _FILES.items():
-        if rel not in present or name == 'monitor':
+        if rel not in present or name == 'monitor' or (
+                name == 'decision' and _FILES['retrain'] in present):
             continue
         text = read_text(join(root, date, rel))
         docs[name] = ([json.loads(line) for line in text.splitlines() if line.strip()]
@@ -110,7 +121,7 @@ def _read_day(root: str, date: str, present: set[str]) -> dict:
     return docs
 
 
-def _entry(date: str, present: set[str], docs: dict) -> dict:
+def _entry(date: str, present: dict, docs: dict) -> dict:
     monitored = _FILES['monitor'] in present
     retrain, gate = docs.get('retrain'), docs.get('gate')
     steps = {'assign': 'assign' in docs, 'gate': gate is not None, 'monitor': monitored,
@@ -127,8 +138,8 @@ def _entry(date: str, present: set[str], docs: dict) -> dict:
         'change': None,
         'alarms': ([{'metric': a.get('metric'), 'feature': a.get('feature')}
                     for a in docs.get('alarms', [])] if monitored else None),
-        'fired': (docs['decision'].get('fired') or []) if monitored and 'decision' in docs
-        else None,
+        'fired': (list((docs.get('decision') or retrain or {}).get('fired') or [])
+                  if monitored else None),
         'retrain': None if retrain is None else {
             'status': retrain.get('status'), 'candidate_version':
             retrain.get('candidate_version'), 'reason': retrain.get('reason')},
@@ -157,17 +168,45 @@ def _changes(entries: list[dict]) -> None:
 
 def timeline(work: str, end: dt.date | None = None, days: int = TIMELINE_DAYS) -> dict:
     """The timeline of the ``days`` days up to ``end`` (default: the last day under
-    ``work``): ``{work, start, end, days: [entry per calendar day]}`` (see the module)."""
+    ``work``): ``{work, start, end, days: [entry per calendar day], fingerprints}`` (see
+    the module). A day whose files the listing describes as the latest earlier
+    ``monitor/timeline.json`` recorded them is taken from there, not read again."""
     root = _root(work)
     found = listing(root)
     window = _window(found, end, days)
     names = [d.isoformat() for d in window]
+    prints = {d: _fingerprint(found.get(d, {})) for d in names}
+    cached = _cached(root, found, names[-1] if names else None)
+    todo = [d for d in names if (cached.get(d) or {}).get('fingerprint') != prints[d]]
     with ThreadPoolExecutor(max_workers=8) as pool:   # small objects: latency, not CPU
-        docs = list(pool.map(lambda d: _read_day(root, d, found.get(d, set())), names))
-    entries = [_entry(d, found.get(d, set()), doc) for d, doc in zip(names, docs)]
+        docs = dict(zip(todo, pool.map(lambda d: _read_day(root, d, found.get(d, {})), todo)))
+    entries = [_entry(d, found.get(d, {}), docs[d]) if d in docs
+               else dict(cached[d]['entry'], change=None) for d in names]
     _changes(entries)
     return {'work': root, 'start': names[0] if names else None,
-            'end': names[-1] if names else None, 'days': entries}
+            'end': names[-1] if names else None, 'days': entries, 'fingerprints': prints,
+            'read': len(todo)}
+
+
+def _cached(root: str, found: dict, end: str | None) -> dict:
+    """{day: {fingerprint, entry}} of the latest ``monitor/timeline.json`` up to ``end``
+    (an unreadable one is no cache)."""
+    rel = f'{MONITOR}/{CACHE_FILE}'
+    latest = max((d for d, files in found.items() if rel in files and end and d <= end),
+                 default=None)
+    if latest is None:
+        return {}
+    try:
+        return read_json(join(root, latest, rel))['days']
+    except Exception as e:
+        LOG.warning('%s: not used (%s: %s)', join(root, latest, rel), type(e).__name__,
+                    (str(e).splitlines() or [''])[0])
+        return {}
+
+
+def _cache_doc(data: dict) -> dict:
+    return {'days': {e['date']: {'fingerprint': data['fingerprints'][e['date']],
+                                 'entry': e} for e in data['days']}}
 
 
 def _chart(data: dict) -> str:
@@ -244,7 +283,9 @@ def write_day_report(work: str, date: dt.date, monitor_folder: str,
         data = timeline(work, date, days)
         page = monitor_report(read_json(join(monitor_folder, 'report_data.json')), extra=[(
             f'The cycle, the last {len(data["days"])} day(s)', _text(data), _chart(data))])
-        return page.write(join(monitor_folder, REPORT_FILE))
+        written = page.write(join(monitor_folder, REPORT_FILE))
+        write_json(join(monitor_folder, CACHE_FILE), _cache_doc(data))
+        return written
     except Exception as e:
         first = (str(e).splitlines() or [''])[0]
         LOG.warning('cycle %s: no timeline in the monitor report (%s: %s)', date,
