@@ -34,9 +34,12 @@ calendar day:
     ``[{step, exit_code, error, at}]`` (``failures.json``, written by
     :func:`beamml.pipelines.cycle.steps.run_step`).
 
-One listing of ``WORK`` finds the files; only the days in the window are read (a few
-small objects a day, read by a small pool of threads). :func:`timeline_page` and
-:func:`write_day_report` draw it (:func:`beamml.transforms.timeline.timeline`).
+One listing of ``WORK`` finds the files (with their size and time: a day's
+fingerprint). :func:`write_day_report` leaves the data beside the day's report
+(``monitor/timeline.json``); a later timeline takes the days whose fingerprint did not
+change from the latest such file and reads the others (a few small objects a day, by a
+small pool of threads). :func:`timeline_page` and :func:`write_day_report` draw it
+(:func:`beamml.transforms.timeline.timeline`).
 """
 from __future__ import annotations
 
