@@ -323,6 +323,10 @@ def _near(rgb, colour: str, tol: int = 30) -> int:
 
 @needs_browser
 def test_chromium_draws_the_timeline(work, tmp_path):
+    """The page's DOM as Chromium renders it, then the chart's screenshot: each version's
+    colour, the alarms' and each day state's in the amounts drawn, and a quiet window's
+    screenshot without the failed day's red (the check can fail). Three Chromium runs of
+    2-3 s each: the test's ~8 s."""
     page = tmp_path / 'timeline.html'
     tl.write_timeline_page(work, str(page))
     dom = _chromium(tmp_path, '--dump-dom', 'file://' + str(page))
