@@ -11,14 +11,16 @@ The story (d=2, three blobs of 200 points a day around (0, 0), (6, 0), (0, 6)):
   20 and trains ``c20`` on the glitch; day 21's traffic is normal again, where ``c20`` is
   worse than ``c12``: the gate keeps it out;
 * day 24's assign fails (a worker error, injected as the dated-run tests do): nothing is
-  committed and the day stops; a rerun of the day completes it;
+  committed but the failure's record (``failures.json``) and the day stops; a rerun of
+  the day completes it;
 * after day 27 a person rolls back (``beamml cycle rollback``): days 28-30 use ``m0``
   again; its alarms fire the rule on day 29, ``c29`` is promoted on day 30.
 
 Every day's outputs are checked: the assignments against numpy's nearest centre of the
 model the day used, the gate's decisions against the inertia numpy computes for both
 models, alarms and retrain decisions against the story; then a second run of all 30 days
-changes no object in the bucket. The cost (a budget of ~60 s of CPU): about 2 pipelines
+changes no object in the bucket; the timeline of the last day's monitor report (and of
+``cycle status --report``) tells the same story. The cost (a budget of ~60 s of CPU): about 2 pipelines
 a day (assign, monitor), 4 trainings, and no pipeline at all in the second run.
 """
 from __future__ import annotations
@@ -191,7 +193,7 @@ def named(b: Bucket, text: str) -> str:
     return text.replace(b.url, 'gs://B')
 
 
-def test_thirty_days(gcs_emulator):
+def test_thirty_days(gcs_emulator, tmp_path):
     """The whole story on one bucket, then every check (one test: the 30 days are run
     once, whatever the test distribution)."""
     from google.cloud import storage
@@ -206,6 +208,7 @@ def test_thirty_days(gcs_emulator):
     check_the_failed_day_left_nothing_and_its_rerun_completed_it(b, data, log)
     check_the_rollback_was_honoured_the_next_day(b, log)
     check_the_days_printed_what_their_files_say(b, log)
+    check_the_timeline_tells_the_story(b, tmp_path)
     check_a_second_run_of_the_30_days_changes_nothing(b)
     check_the_documented_run_is_this_one(b, log)
 
@@ -286,8 +289,12 @@ def check_the_gate_promotes_the_good_candidates_and_keeps_the_bad_one(b: Bucket,
 
 def check_the_failed_day_left_nothing_and_its_rerun_completed_it(b: Bucket, data: dict,
                                                                  log: dict):
-    assert all('/.beamml-' in k for k in log['failed']), log['failed']
     day = DAYS[FAILED_DAY - 1]
+    assert all('/.beamml-' in k for k in log['failed']
+               if k != f'cycle/{day}/failures.json'), log['failed']
+    failures = b.json(f'cycle/{day}/failures.json')['failures']
+    assert [(f['step'], f['exit_code']) for f in failures] == [('assign', 1)]
+    assert 'injected failure in the assign step' in failures[0]['error']
     assert b.json(f'cycle/{day}/assign/_SUCCESS')['counts']['records_ok'] == len(data[day])
     assert not [k for k in b.objects('cycle/') if '.beamml-' in k]   # no lock, no tmp left
 
@@ -305,6 +312,55 @@ def check_the_rollback_was_honoured_the_next_day(b: Bucket, log: dict):
     again = beamml('cycle', 'rollback', '--model', f'{b.url}/models', '--to',
                    b.get('models/LATEST').decode().strip())
     assert 'nothing to do' in again.stdout
+
+
+def check_the_timeline_tells_the_story(b: Bucket, tmp_path):
+    """Day 30's monitor report (written before that day's retrain step) and ``cycle status
+    --report`` after it: the versions per day, the alarms, the candidates trained, the
+    gate's decisions and the failed-then-rerun day 24."""
+    from beamml.pipelines.cycle.timeline import timeline
+    names = versions(b)
+    page = b.get(f'cycle/{DAYS[-1]}/monitor/report.html').decode()
+    assert '<h2>The cycle, the last 30 day(s)</h2>' in page
+    marks = timeline_marks(page)
+
+    def on(kind: str, *, named: bool = True) -> list:
+        return [(n(dt.date.fromisoformat(m['data-day'])),) + ((names[m['data-version']],)
+                                                               if named else ())
+                for m in marks if kind in m['class']]
+    assert [v for _, v in on('model')] == ['m0'] * 13 + ['c12'] * 14 + ['m0'] * 3
+    assert [(d, v, m['class'].split()[-1]) for (d, v), m in zip(
+        on('change'), [m for m in marks if 'change' in m['class']])] == [
+        (14, 'c12', 'promoted'), (28, 'm0', 'rollback')]
+    alarms = {n(dt.date.fromisoformat(m['data-day'])): int(m['data-count'])
+              for m in marks if 'alarms' in m['class']}
+    assert alarms == {n(d): len(b.json(f'cycle/{d}/monitor/drift.json')['alarms'])
+                      for d in DAYS if n(d) in (11, 12, 13, 19, 20, 28, 29, 30)}
+    assert on('trained') == [(12, 'c12'), (20, 'c20'), (29, 'c29')]
+    assert on('skipped', named=False) == [(13,)]   # day 30's retrain had not run yet
+    assert [(d, v, m['class'].split()[-1]) for (d, v), m in zip(
+        on('gate'), [m for m in marks if 'gate' in m['class']])] == [
+        (13, 'c12', 'promote'), (21, 'c20', 'keep'), (30, 'c29', 'promote')]
+    assert [(n(dt.date.fromisoformat(m['data-day'])), m['class'].split()[-1])
+            for m in marks if 'day' in m['class'].split()] == [(24, 'rerun'), (30, 'incomplete')]
+    out = beamml('cycle', 'status', '--work', f'{b.url}/cycle', '--report',
+                 str(tmp_path / 'timeline.html'))
+    assert '(30 day(s), 2026-11-01 to 2026-11-30)' in out.stdout
+    after = timeline_marks((tmp_path / 'timeline.html').read_text(encoding='utf-8'))
+    assert [(n(dt.date.fromisoformat(m['data-day'])), m['class'].split()[-1])
+            for m in after if 'day' in m['class'].split()] == [(24, 'rerun')]
+    assert [m['data-day'][8:] for m in after if 'skipped' in m['class']] == ['13', '30']
+    data = timeline(f'{b.url}/cycle')   # the data: LATEST after day 30's gate is c29
+    assert names[data['days'][-1]['gate']['latest']] == 'c29'
+    assert [e['state'] for e in data['days']] == ['complete'] * 30
+
+
+def timeline_marks(page: str) -> list[dict]:
+    """The attributes of the marks of the page's timeline chart."""
+    import xml.etree.ElementTree as ET
+    svg = re.search(r'<svg[^>]*data-chart="timeline".*?</svg>', page, re.S).group(0)
+    return [dict(e.attrib) for e in ET.fromstring(svg).iter()
+            if 'mark' in (e.get('class') or '').split()]
 
 
 def cycle_lines(stdout: str) -> list[str]:

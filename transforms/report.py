@@ -6,7 +6,8 @@ The charts (:mod:`beamml.transforms.charts`, re-exported here):
 :func:`histogram_pair` (baseline vs current, overflow bins at the ends),
 :func:`bars_with_thresholds`, :func:`lines` (optionally log y), :func:`scatter`
 (points by label, centres marked, a fixed-seed sample of at most
-``max_points``); each SVG root carries ``data-chart`` and ``data-marks``, each
+``max_points``), :func:`timeline` (the daily cycle's days:
+:mod:`beamml.transforms.timeline`); each SVG root carries ``data-chart`` and ``data-marks``, each
 data mark ``class="mark"``, and an empty chart says "no data".
 :class:`Report` puts sections, charts and tables into a page and writes it
 (local or ``gs://``). The scatter's 2-D projection is
@@ -20,9 +21,10 @@ from typing import Mapping, Sequence
 
 from beamml.transforms.charts import bars_with_thresholds, histogram_pair, lines, scatter
 from beamml.transforms.svg import PALETTE, escape, fmt, spans_decades
+from beamml.transforms.timeline import timeline
 
 __all__ = ['PALETTE', 'histogram_pair', 'bars_with_thresholds', 'lines', 'scatter',
-           'spans_decades', 'table_html', 'Report']
+           'timeline', 'spans_decades', 'table_html', 'Report']
 
 
 def table_html(rows, columns: Sequence[str]) -> str:

@@ -3,7 +3,7 @@
     beamml cycle day --date D --input 'gs://B/incoming/{date}/*.parquet' \\
         --model gs://B/models --work gs://B/cycle --monitor_config monitor.yaml --gate gate.yaml
     beamml cycle STEP --date D ...      (STEP: wait, assign, gate, monitor, retrain)
-    beamml cycle status --work gs://B/cycle
+    beamml cycle status --work gs://B/cycle [--report timeline.html]
     beamml cycle rollback --model gs://B/models [--to VERSION]
 
 ``day`` runs the steps of :mod:`beamml.pipelines.cycle.steps` in order (an orchestrator
@@ -24,6 +24,7 @@ import sys
 from beamml.pipelines._platform import cli, runs
 from beamml.pipelines._platform.main import main_wrapper
 from beamml.pipelines._platform.values import seconds
+from beamml.pipelines.cycle.files import TIMELINE_DAYS
 from beamml.transforms.core.errors import BeammlError
 
 ACTIONS = ('day', 'wait', 'assign', 'gate', 'monitor', 'retrain', 'status', 'rollback')
@@ -41,7 +42,8 @@ def parser():
                         'assign, gate, monitor, retrain), status, or rollback')
     p.add_argument('--date', type=runs.run_date, default=None,
                    help='the day: YYYY-MM-DD, today or yesterday (UTC); every step but '
-                        'status and rollback needs it')
+                        'status and rollback needs it (status --report: the last day of '
+                        'the timeline)')
     p.add_argument('--input', default=None,
                    help="the day's points, with a {date} placeholder "
                         "(e.g. 'gs://B/incoming/{date}/*.parquet')")
@@ -63,10 +65,25 @@ def parser():
     p.add_argument('--wait_for_input', type=seconds, default=0.0, metavar='SECONDS',
                    help='poll up to SECONDS for the input (default 0: look once; exit 4 '
                         'when it is not there)')
+    p.add_argument('--report', default=None, metavar='PATH',
+                   help='status: also write the timeline of the last --timeline_days days '
+                        '(up to --date, default the last day under --work) as an HTML page '
+                        'at PATH (local or gs://)')
+    p.add_argument('--timeline_days', type=_days, default=TIMELINE_DAYS, metavar='N',
+                   help='the days the timeline covers: in the monitor step\'s report.html '
+                        'and in status --report (default %(default)s; 0: the monitor step '
+                        'leaves monitor\'s own report)')
     p.add_argument('--to', default=None, metavar='VERSION',
                    help='rollback: the version LATEST goes to (default: the one the last '
                         'promotion replaced, from MODEL/ROLLBACK)')
     return p
+
+
+def _days(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f'{text} is not a number of days (0 or more)')
+    return n
 
 
 _NEEDS = {'status': ('work',), 'rollback': ('model',)}
@@ -83,7 +100,7 @@ def run(argv=None):
                           '--help)')
     if args.step == 'status':
         from beamml.pipelines.cycle.status import show
-        return show(args.work)
+        return show(args.work, args.report, args.date, args.timeline_days)
     if args.step == 'rollback':
         from beamml.pipelines.cycle.rollback import rollback
         return rollback(args.model, args.to)
@@ -92,10 +109,11 @@ def run(argv=None):
         raise BeammlError(f'--input {args.input} has no {{date}} placeholder: the cycle reads '
                           "each day's own input")
     c = steps.Cycle(args.input, args.model, args.work, args.monitor_config, args.gate,
-                    args.input_ready_marker, args.wait_for_input, tuple(beam_args))
+                    args.input_ready_marker, args.wait_for_input, tuple(beam_args),
+                    args.timeline_days)
     if args.step == 'day':
         return steps.day(c, args.date)
-    return steps.STEP_FUNCTIONS[args.step](c, args.date)
+    return steps.run_step(c, args.date, args.step)
 
 
 if __name__ == '__main__':

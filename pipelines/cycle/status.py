@@ -1,4 +1,6 @@
-"""``beamml cycle status --work DIR``: one line per day of the cycle, read from its files.
+"""``beamml cycle status --work DIR [--report PATH]``: one line per day of the cycle, read
+from its files; with ``--report`` also the timeline page of the last days
+(:mod:`beamml.pipelines.cycle.timeline`).
 
 Columns: the day, the model version its assign used, the points assigned, the alarms of
 its monitor, its retrain decision (the candidate trained, or ``-``), and its gate (the
@@ -7,11 +9,13 @@ shows ``?``.
 """
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.pipelines.cycle.steps import ASSIGN, GATE_FILE, MONITOR, RETRAIN_FILE, SUCCESS
+from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE, MONITOR,
+                                          RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
 from beamml.transforms.core.documents import exists, is_remote, join, read_json
 
 COLUMNS = ('day', 'model', 'points', 'alarms', 'retrain', 'gate')
@@ -22,7 +26,7 @@ def days(work: str) -> list[str]:
     found = set()
     work = work if is_remote(work) else os.path.abspath(work)
     for pattern in (join(work, '*', ASSIGN, SUCCESS), join(work, '*', GATE_FILE),
-                    join(work, '*', RETRAIN_FILE)):
+                    join(work, '*', RETRAIN_FILE), join(work, '*', FAILURES_FILE)):
         for m in FileSystems.match([pattern])[0].metadata_list:
             rel = m.path[len(work.rstrip('/')) + 1:]
             found.add(rel.split('/')[0])
@@ -69,11 +73,19 @@ def markdown(rows: list[dict]) -> str:
     return '\n'.join(lines)
 
 
-def show(work: str) -> list[dict]:
+def show(work: str, report: str | None = None, end: dt.date | None = None,
+         days: int = TIMELINE_DAYS) -> list[dict]:
+    """Print the table; with ``report`` write the timeline page of the ``days`` days up to
+    ``end`` (default: the last day under ``work``) there."""
     rows = table(work)
     if not rows:
         print(f'no day of the cycle under {work}')
     else:
         print(markdown(rows))
+    if report:
+        from beamml.pipelines.cycle.timeline import write_timeline_page
+        data = write_timeline_page(work, report, end, max(days, 1))
+        print(f'timeline: {report} ({len(data["days"])} day(s)'
+              + (f', {data["start"]} to {data["end"]})' if data['days'] else ')'))
     return rows
 

@@ -13,15 +13,18 @@ gate       promote the candidate when the gate passed and          ``gate.json``
            ``LATEST`` is still the model it was compared with
            (``MODEL/ROLLBACK`` first), else keep; say why
 monitor    ``beamml monitor`` of D with the model assign used,      ``monitor/`` (committed)
-           the earlier days' ``monitor/`` as the rules' history
+           the earlier days' ``monitor/`` as the rules' history;   (report.html with
+           then its report.html again, with the cycle's timeline   the timeline)
 retrain    when ``monitor/decision.json`` says retrain and         ``retrain.json``
            ``LATEST`` did not move today: a candidate version
            (``--no_latest``) on the config's ``retrain.input``
 =========  =====================================================  ======================
 
 A step whose file (or committed folder) is there does nothing and says so, so a rerun
-or an orchestrator's retry of any step, or of the whole day, is safe. The steps run
-the pipelines in this process (``run(argv)``), with the Beam flags given to the cycle.
+or an orchestrator's retry of any step, or of the whole day, is safe; a failed attempt
+of a step (:func:`run_step`; not "retry later", exit 4 or 5) is appended to the day's
+``failures.json``. The steps run the pipelines in this process (``run(argv)``), with
+the Beam flags given to the cycle.
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ import datetime as dt
 import logging
 
 from beamml.pipelines._platform import inputs, runs
+from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE,  # noqa: F401
+                                          MONITOR, RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
 from beamml.transforms.core.documents import exists, is_remote, join, read_json, write_json
 from beamml.transforms.core.errors import BeammlError
 from beamml.transforms.model import CentroidModel, latest_version, list_versions
@@ -39,9 +44,8 @@ LOG = logging.getLogger('beamml')
 
 #: the steps of one day, in the order ``day`` runs them
 STEPS = ('wait', 'assign', 'gate', 'monitor', 'retrain')
-ASSIGN, MONITOR = 'assign', 'monitor'
-GATE_FILE, RETRAIN_FILE = 'gate.json', 'retrain.json'
-SUCCESS = '_SUCCESS'
+#: exit codes that say "retry later" (no input yet, another run holds the lock): not failures
+RETRY_LATER = (4, 5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +60,7 @@ class Cycle:
     input_ready_marker: str | None = None
     wait_for_input: float = 0.0
     beam_args: tuple[str, ...] = ()
+    timeline_days: int = TIMELINE_DAYS
 
     def __post_init__(self):
         if not is_remote(self.work):   # the monitor history compares absolute paths
@@ -196,10 +201,14 @@ def monitor(c: Cycle, date: dt.date) -> dict:
             '--history', join(c.work, '*', MONITOR) + '/']
     if c.monitor_config:
         argv += ['--monitor_config', c.monitor_config]
+    ran = not exists(out + SUCCESS)
     try:
         monitor_cmd.run(argv + list(c.beam_args))
     except monitor_cmd.AlarmError:
         pass
+    if ran and c.timeline_days:   # the day's report gets the cycle's timeline
+        from beamml.pipelines.cycle.timeline import write_day_report
+        write_day_report(c.work, date, out, c.timeline_days)
     alarms = read_json(out + 'drift.json')['alarms']
     decision = read_json(out + 'decision.json')
     _say(date, 'monitor', f'{len(alarms)} alarm(s); retrain: {str(decision["retrain"]).lower()}'
@@ -286,7 +295,35 @@ def _adopt(model_dir: str, before: list[str], window: str) -> CentroidModel | No
 
 def day(c: Cycle, date: dt.date) -> dict:
     """Every step of the day in order; the first that fails stops the day (its error)."""
-    return {name: STEP_FUNCTIONS[name](c, date) for name in STEPS}
+    return {name: run_step(c, date, name) for name in STEPS}
+
+
+def run_step(c: Cycle, date: dt.date, name: str) -> dict:
+    """One step of the day; a failure (any error but "retry later", exit 4 or 5) is
+    appended to ``WORK/D/failures.json`` before it goes on up, so the day's timeline
+    shows it after a rerun completed the day."""
+    try:
+        return STEP_FUNCTIONS[name](c, date)
+    except Exception as e:
+        code = int(getattr(e, 'exit_code', 2 if isinstance(e, BeammlError) else 1))
+        if code not in RETRY_LATER:
+            _record_failure(c, date, name, e, code)
+        raise
+
+
+def _record_failure(c: Cycle, date: dt.date, step: str, error: Exception, code: int) -> None:
+    """Best effort: a failure to record never hides the step's own error."""
+    path = c.day(date, FAILURES_FILE)
+    text = (str(error).splitlines() or [''])[0][:300]
+    try:
+        doc = read_json(path) if exists(path) else {'failures': []}
+        doc['failures'].append({
+            'step': step, 'exit_code': code, 'error': f'{type(error).__name__}: {text}',
+            'at': dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')})
+        write_json(path, doc, indent=1)
+    except Exception as e:   # (storage down: the error of the step is what matters)
+        LOG.warning('%s %s: its failure was not recorded in %s (%s: %s)', date, step, path,
+                    type(e).__name__, (str(e).splitlines() or [''])[0])
 
 
 STEP_FUNCTIONS = {'wait': wait, 'assign': assign, 'gate': gate, 'monitor': monitor,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Sequence
 
 from beamml.transforms.report import Report, bars_with_thresholds, histogram_pair, lines
 
@@ -25,8 +26,11 @@ def _num(v) -> float:
     return math.nan if v is None else float(v)
 
 
-def monitor_report(data: dict, title: str = 'beamml monitor') -> Report:
-    """The report of one batch monitor run (``data``: its report_data document)."""
+def monitor_report(data: dict, title: str = 'beamml monitor',
+                   extra: Sequence[tuple[str, str | None, str]] = ()) -> Report:
+    """The report of one batch monitor run (``data``: its report_data document);
+    ``extra`` sections ``(heading, text, markup)`` go after the summary and the alarms
+    (the daily cycle's timeline: :mod:`beamml.pipelines.cycle.timeline`)."""
     base = data['baseline']
     alarms = data.get('alarms') or []
     decision = data.get('decision') or {}
@@ -45,6 +49,8 @@ def monitor_report(data: dict, title: str = 'beamml monitor') -> Report:
         report.table([(a['metric'], a.get('feature') if a.get('feature') is not None else '',
                        f'{a["value"]:.6g}', f'{a["threshold"]:g}') for a in alarms],
                      ['metric', 'feature', 'value', 'threshold'])
+    for heading, text, markup in extra:
+        report.section(heading, text).add(markup)
 
     features = data.get('features') or []
     if features:
