@@ -41,9 +41,10 @@ def definition(b: Bucket) -> dict:
     init = doc['main']['steps'][0]['init']['assign'][0]['cfg']
     ours = {'job': JOB, 'input': f'{b.url}/incoming/{{date}}/*.parquet',
             'model': f'{b.url}/models', 'work': f'{b.url}/cycle',
-            'monitor_config': f'{b.url}/monitor.yaml', 'gate': f'{b.url}/gate.yaml'}
-    assert set(init) == set(ours) and all('BUCKET' in init[k] or 'PROJECT' in init[k]
-                                          for k in ours)
+            'monitor_config': f'{b.url}/monitor.yaml', 'gate': f'{b.url}/gate.yaml',
+            'wait_seconds': '0'}   # beamml looks once; the workflow's retries wait
+    assert set(init) == set(ours) and init['wait_seconds'] == '600'
+    assert all('BUCKET' in init[k] or 'PROJECT' in init[k] for k in ours if k != 'wait_seconds')
     doc['main']['steps'][0]['init']['assign'][0]['cfg'] = ours
     return doc
 
