@@ -147,3 +147,82 @@ def test_four_days_of_the_cycle_dag_in_airflow(gcs_emulator, airflow_home, tmp_p
     assert log.count(f'{RERUN} gate: done already: promote') == 1
     assert log.count(f'{RERUN} retrain: done already: skipped') == 1
     check_the_days(b)
+
+
+STAND_IN = '''\
+"""A stand-in for apache-airflow-providers-google's operator (not installed: it is large):
+the constructor's signature the DAG uses, ``body`` templated as the real one's."""
+from airflow.sdk import BaseOperator
+
+
+class DataflowStartFlexTemplateOperator(BaseOperator):
+    template_fields = ('body',)
+
+    def __init__(self, *, body, project_id, location, wait_until_finished=None, **kwargs):
+        super().__init__(**kwargs)
+        self.body, self.project_id, self.location = body, project_id, location
+        self.wait_until_finished = wait_until_finished
+
+    def execute(self, context):
+        raise RuntimeError('a stand-in: nothing is launched in the tests')
+'''
+
+INSPECT = '''\
+import importlib.util, json, sys
+from airflow.sdk.definitions.xcom_arg import XComArg
+spec = importlib.util.spec_from_file_location('dag_under_test', sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+dag = module.dag
+out = {}
+for task_id, t in dag.task_dict.items():
+    info = {'upstream': sorted(t.upstream_task_ids),
+            'trigger_rule': getattr(t.trigger_rule, 'value', t.trigger_rule),
+            'class': type(t).__name__, 'retries': t.retries}
+    if hasattr(t, 'body'):
+        launch = dict(t.body['launchParameter'])
+        params = launch.pop('parameters')
+        info['parameters_from'] = params.operator.task_id if isinstance(params, XComArg) else None
+        info['launch'] = launch
+        info['job'] = t.render_template(launch['jobName'], {'ds_nodash': '20261103'})
+        info['project_location_wait'] = [t.project_id, t.location, t.wait_until_finished]
+    out[task_id] = info
+print('GRAPH ' + json.dumps(out))
+'''
+
+
+def test_the_dataflow_mode_parses_in_airflow_with_its_launches(airflow_home, tmp_path):
+    """BEAMML_MODE=dataflow in real Airflow (the Google provider's operator stood in for):
+    the task graph, the trigger rules that let a skipped launch (a complete step) not skip
+    the next step, and the launch requests: the templates' specs, an environment the API
+    takes, the parameters from the step's plan (beamml's, tests/test_cycle_launch.py)."""
+    from test_templates import ENVIRONMENT
+    venv, home = airflow_home
+    operators = tmp_path / 'stand_in' / 'airflow' / 'providers' / 'google' / 'cloud' / 'operators'
+    operators.mkdir(parents=True)
+    (operators / 'dataflow.py').write_text(STAND_IN)
+    env = {**os.environ, 'AIRFLOW_HOME': home, 'AIRFLOW__CORE__LOAD_EXAMPLES': 'False',
+           'PYTHONPATH': str(tmp_path / 'stand_in'), 'BEAMML_MODE': 'dataflow',
+           'BEAMML_TEMPLATES': 'gs://b/templates', 'BEAMML_TEMP_LOCATION': 'gs://b/tmp',
+           'BEAMML_PROJECT': 'p', 'BEAMML_REGION': 'r'}
+    out = subprocess.run([os.path.join(venv, 'bin', 'python'), '-c', INSPECT, DAG_FILE],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    graph = json.loads(next(line for line in out.stdout.splitlines()
+                            if line.startswith('GRAPH '))[6:])
+    order = ['wait', 'assign_plan', 'assign', 'gate', 'monitor_plan', 'monitor', 'retrain']
+    assert sorted(graph) == sorted(order)
+    assert [graph[t]['upstream'] for t in order] == [[]] + [[t] for t in order[:-1]]
+    assert {t: graph[t]['trigger_rule'] for t in order} == {
+        **dict.fromkeys(order, 'all_success'), 'gate': 'none_failed', 'retrain': 'none_failed'}
+    assert graph['wait']['class'] == 'BashSensor' and graph['wait']['retries'] == 0
+    for step in ('assign', 'monitor'):
+        t = graph[step]
+        assert t['class'] == 'DataflowStartFlexTemplateOperator'
+        assert t['parameters_from'] == f'{step}_plan'
+        assert t['project_location_wait'] == ['p', 'r', True]
+        assert t['launch']['containerSpecGcsPath'] == f'gs://b/templates/{step}.json'
+        assert os.path.exists(os.path.join(ROOT, 'configs', 'templates', f'{step}.json'))
+        assert set(t['launch']['environment']) <= ENVIRONMENT
+        assert t['launch']['environment']['tempLocation'] == 'gs://b/tmp'
+        assert t['job'] == f'beamml-cycle-{step}-20261103'
