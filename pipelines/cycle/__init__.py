@@ -3,6 +3,7 @@
     beamml cycle day --date D --input 'gs://B/incoming/{date}/*.parquet' \\
         --model gs://B/models --work gs://B/cycle --monitor_config monitor.yaml --gate gate.yaml
     beamml cycle STEP --date D ...      (STEP: wait, assign, gate, monitor, retrain)
+    beamml cycle assign|monitor --date D ... --template_parameters   (a Flex Template launch)
     beamml cycle status --work gs://B/cycle [--report timeline.html]
     beamml cycle rollback --model gs://B/models [--to VERSION]
 
@@ -19,6 +20,7 @@ trained on the local runner. See docs/cycle.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from beamml.pipelines._platform import cli, runs
@@ -73,6 +75,10 @@ def parser():
                    help='the days the timeline covers: in the monitor step\'s report.html '
                         'and in status --report (default %(default)s; 0: the monitor step '
                         'leaves monitor\'s own report)')
+    p.add_argument('--template_parameters', action='store_true',
+                   help='assign, monitor: print the Flex Template launch of the step for the '
+                        'day (one JSON line: template, parameters, complete) and run nothing '
+                        '(for an orchestrator that launches the job itself)')
     p.add_argument('--to', default=None, metavar='VERSION',
                    help='rollback: the version LATEST goes to (default: the one the last '
                         'promotion replaced, from MODEL/ROLLBACK)')
@@ -98,6 +104,12 @@ def run(argv=None):
     if missing:
         raise BeammlError(f'cycle {args.step} needs {", ".join(missing)} (see beamml cycle '
                           '--help)')
+    if os.environ.get('STORAGE_EMULATOR_HOST'):   # as every pipeline's parse_args does
+        from beamml.pipelines._platform.runners import use_anonymous_storage
+        use_anonymous_storage()
+    if args.template_parameters and args.step not in ('assign', 'monitor'):
+        raise BeammlError(f'--template_parameters goes with assign or monitor (the steps that '
+                          f'run as a Flex Template), not {args.step}')
     if args.step == 'status':
         from beamml.pipelines.cycle.status import show
         return show(args.work, args.report, args.date, args.timeline_days)
@@ -111,6 +123,9 @@ def run(argv=None):
     c = steps.Cycle(args.input, args.model, args.work, args.monitor_config, args.gate,
                     args.input_ready_marker, args.wait_for_input, tuple(beam_args),
                     args.timeline_days)
+    if args.template_parameters:
+        from beamml.pipelines.cycle import launch
+        return launch.show(c, args.date, args.step)
     if args.step == 'day':
         return steps.day(c, args.date)
     return steps.run_step(c, args.date, args.step)

@@ -120,11 +120,11 @@ def pending_candidate(c: Cycle, date: dt.date) -> str | None:
     return doc.get('candidate_version') if doc.get('status') == 'trained' else None
 
 
-def assign(c: Cycle, date: dt.date) -> dict:
-    """``beamml assign`` of the day with ``LATEST``, shadowing D-1's candidate."""
-    from beamml.pipelines import assign as assign_cmd
-    out = c.folder(date, ASSIGN)
-    argv = ['--input', c.input, '--model', c.model, '--output', out,
+def assign_argv(c: Cycle, date: dt.date) -> list[str]:
+    """The day's ``beamml assign`` flags (without Beam's): ``LATEST``, and D-1's candidate
+    in shadow with the gate when there is one (also what a Flex Template launch passes:
+    :mod:`beamml.pipelines.cycle.launch`)."""
+    argv = ['--input', c.input, '--model', c.model, '--output', c.folder(date, ASSIGN),
             '--date', date.isoformat()]
     if c.input_ready_marker:
         argv += ['--input_ready_marker', c.input_ready_marker]
@@ -133,7 +133,15 @@ def assign(c: Cycle, date: dt.date) -> dict:
     candidate = pending_candidate(c, date)
     if candidate and c.gate:
         argv += ['--shadow_model', join(c.model, candidate), '--gate', c.gate]
-    assign_cmd.run(argv + list(c.beam_args))
+    return argv
+
+
+def assign(c: Cycle, date: dt.date) -> dict:
+    """``beamml assign`` of the day with ``LATEST``, shadowing D-1's candidate."""
+    from beamml.pipelines import assign as assign_cmd
+    out = c.folder(date, ASSIGN)
+    candidate = pending_candidate(c, date)
+    assign_cmd.run(assign_argv(c, date) + list(c.beam_args))
     done = _success(out)
     version = done['model']['version']
     _say(date, 'assign', f'model {version}, {done["counts"]["records_ok"]} point(s)'
@@ -191,19 +199,25 @@ def _decide(c: Cycle, shadow: dict, decision_file: str) -> dict:
 
 # ----------------------------------------------------------------------------- monitor
 
+def monitor_argv(c: Cycle, date: dt.date) -> list[str]:
+    """The day's ``beamml monitor`` flags (without Beam's): the version the day's assign
+    used, the earlier days' ``monitor/`` as the rules' history."""
+    argv = ['--input', c.input, '--model', join(c.model, used_version(c, date)),
+            '--output', c.folder(date, MONITOR), '--date', date.isoformat(),
+            '--history', join(c.work, '*', MONITOR) + '/']
+    if c.monitor_config:
+        argv += ['--monitor_config', c.monitor_config]
+    return argv
+
+
 def monitor(c: Cycle, date: dt.date) -> dict:
     """``beamml monitor`` of the day with the model its assign used; alarms are results
     here (the decision acts on them), not a failure of the step."""
     from beamml.pipelines import monitor as monitor_cmd
     out = c.folder(date, MONITOR)
-    argv = ['--input', c.input, '--model', join(c.model, used_version(c, date)),
-            '--output', out, '--date', date.isoformat(),
-            '--history', join(c.work, '*', MONITOR) + '/']
-    if c.monitor_config:
-        argv += ['--monitor_config', c.monitor_config]
     ran = not exists(out + SUCCESS)
     try:
-        monitor_cmd.run(argv + list(c.beam_args))
+        monitor_cmd.run(monitor_argv(c, date) + list(c.beam_args))
     except monitor_cmd.AlarmError:
         pass
     if ran and c.timeline_days:   # the day's report gets the cycle's timeline
