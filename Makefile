@@ -32,10 +32,12 @@ test: $(STAMP)
 # The long end-to-end simulations (tests marked e2e), left out of `make test` to keep it in
 # its 10-minute budget: the daily cycle's 30 days on the storage emulator (tests/test_cycle.py,
 # ~6 min of one core) and its Airflow DAG run by real Airflow (tests/test_airflow_cycle.py,
-# in the Airflow virtualenv below). CI runs `make test` and then this.
+# in the Airflow virtualenv below), and its workflow. One module per core (the 30 days on
+# one, Airflow's and the workflow's days on the other). CI runs `make test` and then this.
 e2e: $(STAMP) $(AIRFLOW_STAMP)
 	$(PY) -m compileall -q -j 0 beamml pipelines transforms tests >/dev/null
-	BEAMML_AIRFLOW_VENV=$(CURDIR)/$(AIRFLOW_VENV) $(PY) -m pytest -q -rs -m e2e tests
+	BEAMML_AIRFLOW_VENV=$(CURDIR)/$(AIRFLOW_VENV) $(PY) -m pytest -q -rs \
+		-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m e2e tests
 
 # Airflow in a virtualenv of its own (its dependencies are not beamml's: the DAG's tasks run
 # the `beamml` command of .venv by its path), with a migrated sqlite database that each test

@@ -160,7 +160,8 @@ def _enforce_generation_preconditions() -> None:
 #: at the end; a long module dispatched last would leave the other worker idle while
 #: it runs. A module not listed keeps its place after these.
 SLOW_MODULES_FIRST = (
-    'test_cycle.py', 'test_fuzz.py', 'test_hostile_input.py', 'test_data_safety.py', 'test_kmeans_blocks.py',
+    'test_cycle.py', 'test_airflow_cycle.py', 'test_workflows_cycle.py',
+    'test_fuzz.py', 'test_hostile_input.py', 'test_data_safety.py', 'test_kmeans_blocks.py',
     'test_validate.py', 'test_monitor.py', 'test_dated_runs_gcs.py',
     'test_streaming_fail_closed.py', 'test_readme_shell.py', 'test_streaming.py',
     'test_report.py', 'test_index.py', 'test_streaming_files.py', 'test_readers_hostile.py',
