@@ -50,10 +50,10 @@ from beamml.pipelines._platform.exits import Exit
 from beamml.pipelines._platform.values import seconds
 from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.io import shard_prefix
-from beamml.pipelines._platform.commit import (EXIT_LOCKED, CommitCountsFn, CommitPlan, LockedError, _now,
-                                               _run_entries, acquire_lock, commit_step,
-                                               foreign_error, foreign_files, lock_holder,
-                                               read_journal, release_lock)
+from beamml.pipelines._platform.commit import (EXIT_LOCKED, CommitCountsFn, CommitPlan,
+                                               LockedError, _now, _run_entries, acquire_lock,
+                                               commit_step, foreign_error, foreign_files,
+                                               lock_holder, read_journal, release_lock)
 from beamml.pipelines._platform.overlap import Namespace, check_input_overlap
 from beamml.pipelines._platform.inputs import (EXIT_NO_INPUT, NoInputError, _join, _matched, _split,
                                                input_changes, wait_for_input)
