@@ -290,8 +290,10 @@ def test_status_writes_the_timeline_page(work, tmp_path):
     assert '<td>keep c4: because keep</td>' in text and '<td>failed</td>' in text
     assert '<td>complete (rerun)</td>' in text and 'http' not in text.replace(
         'http-equiv', '')
-    bad = run_beamml('cycle', 'status', '--work', work, '--timeline_days', '-1')
-    assert bad.returncode == 2 and 'not a number of days' in bad.stderr
+    for text in ('-1', 'x'):
+        bad = run_beamml('cycle', 'status', '--work', work, '--timeline_days', text)
+        assert bad.returncode == 2 and (f"argument --timeline_days: '{text}' is not an "
+                                        'integer >= 0') in bad.stderr
 
 
 def test_the_monitor_step_report_gets_the_timeline(work, tmp_path, caplog):

@@ -25,7 +25,7 @@ import sys
 
 from beamml.pipelines._platform import cli, runs
 from beamml.pipelines._platform.main import main_wrapper
-from beamml.pipelines._platform.values import seconds
+from beamml.pipelines._platform.values import non_negative_int, seconds
 from beamml.pipelines.cycle.files import TIMELINE_DAYS
 from beamml.transforms.core.errors import BeammlError
 
@@ -71,7 +71,7 @@ def parser():
                    help='status: also write the timeline of the last --timeline_days days '
                         '(up to --date, default the last day under --work) as an HTML page '
                         'at PATH (local or gs://)')
-    p.add_argument('--timeline_days', type=_days, default=TIMELINE_DAYS, metavar='N',
+    p.add_argument('--timeline_days', type=non_negative_int, default=TIMELINE_DAYS, metavar='N',
                    help='the days the timeline covers: in the monitor step\'s report.html '
                         'and in status --report (default %(default)s; 0: the monitor step '
                         'leaves monitor\'s own report)')
@@ -83,13 +83,6 @@ def parser():
                    help='rollback: the version LATEST goes to (default: the one the last '
                         'promotion replaced, from MODEL/ROLLBACK)')
     return p
-
-
-def _days(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f'{text} is not a number of days (0 or more)')
-    return n
 
 
 _NEEDS = {'status': ('work',), 'rollback': ('model',)}
