@@ -37,7 +37,7 @@ from beamml.pipelines._platform import inputs, runs
 from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE,  # noqa: F401
                                           MONITOR, RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
 from beamml.transforms.core.documents import exists, is_remote, join, read_json, write_json
-from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.model import CentroidModel, latest_version, list_versions
 
 LOG = logging.getLogger('beamml')
@@ -328,7 +328,7 @@ def run_step(c: Cycle, date: dt.date, name: str) -> dict:
 def _record_failure(c: Cycle, date: dt.date, step: str, error: Exception, code: int) -> None:
     """Best effort: a failure to record never hides the step's own error."""
     path = c.day(date, FAILURES_FILE)
-    text = (str(error).splitlines() or [''])[0][:300]
+    text = first_line(error)[:300]
     try:
         doc = read_json(path) if exists(path) else {'failures': []}
         doc['failures'].append({
@@ -337,7 +337,7 @@ def _record_failure(c: Cycle, date: dt.date, step: str, error: Exception, code: 
         write_json(path, doc, indent=1)
     except Exception as e:   # (storage down: the error of the step is what matters)
         LOG.warning('%s %s: its failure was not recorded in %s (%s: %s)', date, step, path,
-                    type(e).__name__, (str(e).splitlines() or [''])[0])
+                    type(e).__name__, first_line(e))
 
 
 STEP_FUNCTIONS = {'wait': wait, 'assign': assign, 'gate': gate, 'monitor': monitor,

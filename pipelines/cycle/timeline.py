@@ -56,7 +56,7 @@ from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE, MONI
                                           RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
 from beamml.transforms.core.documents import (is_remote, join, read_json, read_text,
                                              write_json)
-from beamml.transforms.core.errors import BeammlError
+from beamml.transforms.core.errors import BeammlError, first_line
 
 __all__ = ['TIMELINE_DAYS', 'timeline', 'timeline_page', 'write_timeline_page',
            'write_day_report']
@@ -203,7 +203,7 @@ def _cached(root: str, found: dict, end: str | None) -> dict:
         return read_json(join(root, latest, rel))['days']
     except Exception as e:
         LOG.warning('%s: not used (%s: %s)', join(root, latest, rel), type(e).__name__,
-                    (str(e).splitlines() or [''])[0])
+                    first_line(e))
         return {}
 
 
@@ -290,7 +290,7 @@ def write_day_report(work: str, date: dt.date, monitor_folder: str,
         write_json(join(monitor_folder, CACHE_FILE), _cache_doc(data))
         return written
     except Exception as e:
-        first = (str(e).splitlines() or [''])[0]
+        first = first_line(e)
         LOG.warning('cycle %s: no timeline in the monitor report (%s: %s)', date,
                     type(e).__name__, first)
         return None
