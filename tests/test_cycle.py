@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from cycle_story import GATE_YAML, parquet   # the Airflow and Workflows days' too
 from inprocess import run_beamml
 
 #: `make e2e`, not `make test` (docs/cycle.md: what the 30 days cost)
@@ -54,13 +55,6 @@ rules:
   - {name: psi_2_days, metric: psi, threshold: 0.2, consecutive: 2}
 retrain: {input: 'BUCKET/incoming/{date}/*.parquet', max_iter: 50}
 """
-GATE_YAML = """\
-thresholds:
-  - metric: agreement
-    lower_bound: 0.8
-  - metric: inertia_per_point
-    change: {relative: 0.0, direction: lower_is_better}
-"""
 
 
 def n(day: dt.date) -> int:
@@ -77,13 +71,6 @@ def points(number: int) -> np.ndarray:
         X = np.concatenate([X, rng.normal([20.0, 20.0], 0.7, size=(400, 2))])
     return X
 
-
-def parquet(X: np.ndarray, number: int) -> bytes:
-    buf = io.BytesIO()
-    ids = np.arange(len(X)) + 100_000 * number
-    pq.write_table(pa.table({'id': ids, 'features': pa.array(list(X), pa.list_(
-        pa.float64(), 2))}), buf)
-    return buf.getvalue()
 
 
 class Bucket:
