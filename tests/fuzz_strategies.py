@@ -759,6 +759,9 @@ def worker() -> None:
     reply = os.fdopen(os.dup(1), 'w', encoding='utf-8')
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import beam_signatures
+    beam_signatures.install()   # as in the suite's own processes (conftest.py)
     from beamml.transforms.core.errors import BeammlError
     for line in sys.stdin:
         req = json.loads(line)

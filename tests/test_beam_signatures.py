@@ -55,3 +55,61 @@ def test_state_and_timer_specs_are_beams_with_or_without_the_cache():
         beam_signatures.install()
     assert with_cache == without == ({_Stateful.BAG}, {_Stateful.TIMER})
     assert userstate.get_dofn_specs(beam.Map(len).fn) == (set(), set())
+
+
+class _Holder:
+    def plain(self, x):
+        return x
+
+    def windowed(self, x, w=beam.DoFn.WindowParam):
+        return x
+
+
+class _WithAProperty(beam.DoFn):
+    def __init__(self, stateful: bool):
+        self.stateful = stateful
+
+    @property
+    def process(self):   # what Beam finds depends on the instance: never cached
+        return _Stateful().process if self.stateful else _Holder().plain
+
+
+def _specs_without_the_cache(dofn):
+    beam_signatures.uninstall()
+    try:
+        return userstate.get_dofn_specs(dofn)
+    finally:
+        beam_signatures.install()
+
+
+def test_dofn_specs_are_cached_per_class_and_the_methods_an_instance_keeps():
+    assert userstate.get_dofn_specs is beam_signatures.get_dofn_specs
+    h = _Holder()
+    dofns = [_Stateful(), _Stateful(), beam.Map(len).fn, beam.Map(h.plain).fn,
+             beam.ParDo(_Stateful()).fn, beam.Map(h.windowed).fn]
+    for dofn in dofns:
+        for _ in range(2):   # computed, then looked up: equal, and sets of the caller's own
+            got = userstate.get_dofn_specs(dofn)
+            assert got == _specs_without_the_cache(dofn), dofn
+            got[0].add('x')
+    assert userstate.get_dofn_specs(_Stateful()) == ({_Stateful.BAG}, {_Stateful.TIMER})
+    # an instance that keeps another bound method has its own entry
+    keep = beam.Map(h.plain).fn
+    keep._fn = _Stateful().process
+    assert userstate.get_dofn_specs(keep) == _specs_without_the_cache(keep) == (
+        {_Stateful.BAG}, {_Stateful.TIMER})
+    # a class with a property is computed each time, from what the instance holds
+    a, b = _WithAProperty(True), _WithAProperty(False)
+    assert userstate.get_dofn_specs(a) == ({_Stateful.BAG}, {_Stateful.TIMER})
+    assert userstate.get_dofn_specs(b) == (set(), set())
+
+
+def test_the_source_text_of_a_function_is_beams():
+    fns = [_Stateful().process, _Stateful.expired, _lambda_with_a_window, _Holder().windowed,
+           beam.Map(len).fn.process]
+    for fn in fns:
+        for _ in range(2):   # read, then looked up
+            assert core._get_function_body_without_inners(fn) == \
+                beam_signatures._BEAMS_BODY(fn), fn
+    assert 'yield element' in core._get_function_body_without_inners(_Stateful().process)
+    assert core._check_fn_use_yield_and_return(_Stateful().process) is False
