@@ -1,4 +1,4 @@
-"""The suite's one change to Beam: ``inspect.signature`` of a DoFn's methods, computed once.
+"""The suite's one change to Beam: answers about DoFns and options views, computed once.
 
 Each time a pipeline is translated or a bundle processor is built, Beam asks every DoFn
 for its state and timer specs (``userstate.get_dofn_specs``): for each of the ~28
@@ -32,6 +32,14 @@ tests/test_index.py (2026-12-07): 12,313 calls, 11.3 s of its 66 s.
 when it makes a ``ParDo`` (``core._get_function_body_without_inners``: does ``process``
 both ``yield`` and ``return``?) once per function: 1,619 reads, 1.2 s of the same file.
 
+:func:`install` also keeps the views of a ``PipelineOptions`` (``options.view_as(cls)``):
+Beam asks for ``TypeOptions`` at each transform it applies and each type it infers, and
+each view builds an argparse parser and parses the flags again (~1 ms; 3,129 views in one
+K-means test of tests/test_kmeans_ninit.py). A view holds nothing of its own: it reads
+and writes the ``_all_options`` of the object it came from, so the same view is handed
+out again while the object's flags and options are the same objects (per object and
+class, weakly).
+
 The product does not do this (beamml never patches Beam in a user's process): this is a
 property of the test processes only, like the storage emulator's patches in conftest.py.
 Processes the suite starts (the CLI runs, the docs' shell blocks) run Beam unchanged.
@@ -41,6 +49,7 @@ from __future__ import annotations
 import types
 import weakref
 
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.direct import transform_evaluator
 from apache_beam.transforms import core, userstate
 from apache_beam.typehints import decorators
@@ -117,16 +126,36 @@ def function_body(func):
         return body
 
 
+_BEAMS_VIEW_AS = PipelineOptions.view_as
+_VIEWS: 'weakref.WeakKeyDictionary' = weakref.WeakKeyDictionary()
+
+
+def view_as(self, cls):
+    """``PipelineOptions.view_as``, the view remembered per object and class while the
+    object's ``_flags`` and ``_all_options`` are the ones the view was made from."""
+    try:
+        views = _VIEWS.setdefault(self, {})
+    except TypeError:   # not weakly referable
+        return _BEAMS_VIEW_AS(self, cls)
+    view = views.get(cls)
+    if (view is None or view.__dict__.get('_flags') is not self.__dict__.get('_flags')
+            or view.__dict__.get('_all_options') is not self.__dict__.get('_all_options')):
+        view = views[cls] = _BEAMS_VIEW_AS(self, cls)
+    return view
+
+
 def install() -> None:
     """Make Beam's DoFn introspection (``core.get_function_args_defaults``,
-    ``userstate.get_dofn_specs``, ``core._get_function_body_without_inners``) use the
-    caches."""
+    ``userstate.get_dofn_specs``, ``core._get_function_body_without_inners``) and
+    ``PipelineOptions.view_as`` use the caches."""
     core.get_signature = get_signature
     userstate.get_dofn_specs = transform_evaluator.get_dofn_specs = get_dofn_specs
     core._get_function_body_without_inners = function_body
+    PipelineOptions.view_as = view_as
 
 
 def uninstall() -> None:
     core.get_signature = decorators.get_signature
     userstate.get_dofn_specs = transform_evaluator.get_dofn_specs = _BEAMS_SPECS
     core._get_function_body_without_inners = _BEAMS_BODY
+    PipelineOptions.view_as = _BEAMS_VIEW_AS

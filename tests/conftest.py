@@ -20,8 +20,9 @@ import pytest
 # Before google-auth is imported anywhere: never probe the GCE metadata server.
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 
-# Beam's DoFn introspection computes each signature once in the test processes (about a
-# third of a small pipeline's run; tests/beam_signatures.py says why and what it changes).
+# Beam's DoFn introspection and options views are computed once in the test processes
+# (about a third of a small pipeline's run; tests/beam_signatures.py says why and what it
+# changes).
 import beam_signatures  # noqa: E402
 
 beam_signatures.install()

@@ -113,3 +113,31 @@ def test_the_source_text_of_a_function_is_beams():
                 beam_signatures._BEAMS_BODY(fn), fn
     assert 'yield element' in core._get_function_body_without_inners(_Stateful().process)
     assert core._check_fn_use_yield_and_return(_Stateful().process) is False
+
+
+def test_options_views_are_beams_and_share_the_options():
+    from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                      StandardOptions, TypeOptions)
+    assert PipelineOptions.view_as is beam_signatures.view_as
+    flags = ['--runner', 'DirectRunner', '--project', 'p', '--no_pipeline_type_check']
+    options = PipelineOptions(flags)
+    for cls in (StandardOptions, TypeOptions, GoogleCloudOptions):
+        view = options.view_as(cls)
+        assert options.view_as(cls) is view                   # looked up
+        alone = beam_signatures._BEAMS_VIEW_AS(PipelineOptions(flags), cls)
+        assert type(view) is cls and {name: getattr(view, name) for name in
+                                      view._visible_option_list()} == {
+            name: getattr(alone, name) for name in alone._visible_option_list()}
+    # a write through one view is read through every view and the object
+    options.view_as(StandardOptions).streaming = True
+    assert options.view_as(StandardOptions).streaming and options.get_all_options()[
+        'streaming'] is True
+    assert options.view_as(TypeOptions).view_as(StandardOptions).streaming is True
+    # other flags (a new list) or other options (a new dict): a new view
+    before = options.view_as(StandardOptions)
+    options._flags = ['--runner', 'DataflowRunner']
+    assert options.view_as(StandardOptions) is not before
+    assert options.view_as(StandardOptions).runner == 'DirectRunner'   # Beam's own rule:
+    # the value stored first stays (view_as fills only the options not set yet)
+    options._all_options = dict(options._all_options, runner='X')
+    assert options.view_as(StandardOptions).runner == 'X'
