@@ -196,6 +196,7 @@ def test_thirty_days(gcs_emulator, tmp_path):
     check_the_rollback_was_honoured_the_next_day(b, log)
     check_the_days_printed_what_their_files_say(b, log)
     check_the_timeline_tells_the_story(b, tmp_path)
+    check_the_committed_folders_hold_what_their_success_lists(b)
     check_a_second_run_of_the_30_days_changes_nothing(b)
     check_the_documented_run_is_this_one(b, log)
 
@@ -302,12 +303,12 @@ def check_the_rollback_was_honoured_the_next_day(b: Bucket, log: dict):
 
 
 def check_the_timeline_tells_the_story(b: Bucket, tmp_path):
-    """Day 30's monitor report (written before that day's retrain step) and ``cycle status
+    """Day 30's page (written by its monitor step, before its retrain step) and ``cycle status
     --report`` after it: the versions per day, the alarms, the candidates trained, the
     gate's decisions and the failed-then-rerun day 24."""
     from beamml.pipelines.cycle.timeline import timeline
     names = versions(b)
-    page = b.get(f'cycle/{DAYS[-1]}/monitor/report.html').decode()
+    page = b.get(f'cycle/{DAYS[-1]}/report.html').decode()   # the day's page
     assert '<h2>The cycle, the last 30 day(s)</h2>' in page
     marks = timeline_marks(page)
 
@@ -353,6 +354,21 @@ def timeline_marks(page: str) -> list[dict]:
 def cycle_lines(stdout: str) -> list[str]:
     """The cycle's own lines of a day (the pipelines' lines left out)."""
     return [line for line in stdout.splitlines() if re.match(r'2026-1\d-\d\d \w+: ', line)]
+
+
+def check_the_committed_folders_hold_what_their_success_lists(b: Bucket):
+    """Nothing of the cycle writes into a folder a pipeline committed: each day's
+    ``assign/`` and ``monitor/`` hold exactly the outputs their ``_SUCCESS`` lists (the
+    day's page and the timeline's data are beside them), so a later ``--overwrite`` of
+    such a folder finds no file that no beamml run recorded."""
+    names = set(b.objects())
+    for day in DAYS:
+        for step in ('assign', 'monitor'):
+            folder = f'cycle/{day}/{step}/'
+            listed = {f[len(b.url) + 1:] for f in b.json(folder + '_SUCCESS')['outputs']}
+            assert {n for n in names if n.startswith(folder)} == listed | {
+                folder + '_SUCCESS'}, folder
+        assert {f'cycle/{day}/report.html', f'cycle/{day}/timeline.json'} <= names, day
 
 
 def check_the_days_printed_what_their_files_say(b: Bucket, log: dict):

@@ -156,7 +156,7 @@ def test_the_next_day_reads_only_the_days_whose_files_changed(work, caplog):
     folder = os.path.join(work, D[4].isoformat(), 'monitor') + '/'
     _write(folder + 'report_data.json', {'baseline': {'path': 'b', 'rows': 1, 'source': 's'},
                                          'rows': 1})
-    tl.write_day_report(work, D[4], folder, 30)   # leaves monitor/timeline.json
+    tl.write_day_report(work, D[4], folder, 30)   # leaves WORK/D/timeline.json
     fresh = tl.timeline(work, D[8])
     assert fresh['read'] == 4   # days 6-9: after the cache
     write_day(work, D[2], failures=['gate'])   # an old day changes: read again
@@ -164,7 +164,8 @@ def test_the_next_day_reads_only_the_days_whose_files_changed(work, caplog):
     assert again['read'] == 5 and again['days'][2]['failures'][0]['step'] == 'gate'
     uncached = {k: v for k, v in again.items() if k != 'read'}
     caplog.clear()
-    _write(folder + 'timeline.json', '{"days": ')   # a broken cache: read everything
+    _write(os.path.join(work, D[4].isoformat(), 'timeline.json'), '{"days": ')   # broken:
+    # a cache that cannot be read is no cache: every day is read
     assert tl.timeline(work, D[8]) == dict(uncached, read=9)
     assert 'timeline.json: not used (JSONDecodeError' in caplog.text
 
@@ -296,14 +297,49 @@ def test_status_writes_the_timeline_page(work, tmp_path):
                                         'integer >= 0') in bad.stderr
 
 
+def test_status_report_replaces_only_its_own_page(work, tmp_path):
+    """The --report path is checked before anything is read: inside --work, a folder, or a
+    file that is not a page status --report wrote is refused with one line (exit 2), the
+    file kept as it was and no table printed; its own page is replaced."""
+    theirs = tmp_path / 'notes.html'
+    theirs.write_text('<html>a page of the user</html>')
+    inside = os.path.join(work, D[3].isoformat(), 'monitor', 'report.html')
+    _write(inside, 'monitor committed this page')
+    for path, why in [(theirs, 'a file is there that beamml cycle status did not write; it '
+                               'is not replaced'),
+                      (inside, f'is inside --work {work}, the cycle\'s own files'),
+                      (os.path.join(work, 'timeline.html'), 'is inside --work'),
+                      (tmp_path, 'is a folder')]:
+        bad = run_beamml('cycle', 'status', '--work', work, '--report', str(path))
+        assert bad.returncode == 2 and why in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1 and '| day' not in bad.stdout
+    assert theirs.read_text() == '<html>a page of the user</html>'
+    assert open(inside).read() == 'monitor committed this page'
+    assert not os.path.exists(os.path.join(work, 'timeline.html'))
+    page = tmp_path / 'timeline.html'
+    for days in ('3', '4'):   # the second run replaces the first's page
+        out = run_beamml('cycle', 'status', '--work', work, '--report', str(page),
+                         '--timeline_days', days)
+        assert out.returncode == 0, out.stderr
+        assert f'({days} day(s),' in out.stdout
+    assert '<meta name="generator" content="beamml cycle status --report">' in \
+        page.read_text()
+
+
 def test_the_monitor_step_report_gets_the_timeline(work, tmp_path, caplog):
     folder = os.path.join(work, D[3].isoformat(), 'monitor') + '/'
     data = {'baseline': {'path': 'b', 'rows': 10, 'source': 's'}, 'rows': 12,
             'alarms': [{'metric': 'psi', 'feature': 'f0', 'value': 0.5, 'threshold': 0.2}],
             'decision': {'retrain': True, 'fired': ['r2']}}
     _write(folder + 'report_data.json', data)
-    assert tl.write_day_report(work, D[3], folder, 3) == folder + 'report.html'
-    text = open(folder + 'report.html', encoding='utf-8').read()
+    _write(folder + 'report.html', 'monitor committed this page')
+    committed = sorted(os.listdir(folder))
+    page = os.path.join(work, D[3].isoformat(), 'report.html')   # the day's page
+    assert tl.write_day_report(work, D[3], folder, 3) == page
+    # the folder monitor committed is not written: its page and its files are as they were
+    assert sorted(os.listdir(folder)) == committed
+    assert open(folder + 'report.html').read() == 'monitor committed this page'
+    text = open(page, encoding='utf-8').read()
     heads = re.findall(r'<h2>(.*?)</h2>', text)
     assert heads == ['Summary', 'Alarms', 'The cycle, the last 3 day(s)']
     root = _svg(re.findall(r'<svg.*?</svg>', text, re.S)[0])

@@ -57,11 +57,14 @@ class Report:
     ``Report('title').section('Drift', 'text').add(svg).table(rows, columns)``;
     :meth:`render` gives the document, :meth:`write` writes it (local or gs://).
     :meth:`add` takes markup as it is (a chart of this module, or
-    :func:`table_html`); every other text is escaped.
+    :func:`table_html`); every other text is escaped. ``generator`` names what wrote the
+    page in its head (``<meta name="generator">``), for a command that must know its own
+    page again before it replaces one.
     """
 
-    def __init__(self, title: str, subtitle: str | None = None):
-        self.title, self.subtitle = title, subtitle
+    def __init__(self, title: str, subtitle: str | None = None,
+                 generator: str | None = None):
+        self.title, self.subtitle, self.generator = title, subtitle, generator
         self._parts: list[str] = []
 
     def section(self, heading: str, text: str | None = None) -> 'Report':
@@ -82,8 +85,10 @@ class Report:
         from beamml import __version__
         when = _dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M:%S UTC')
         sub = f'<p class="text">{escape(self.subtitle)}</p>' if self.subtitle else ''
+        gen = (f'<meta name="generator" content="{escape(self.generator)}">'
+               if self.generator else '')
         return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-                '<meta name="viewport" content="width=device-width, initial-scale=1">'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1">{gen}'
                 f'<title>{escape(self.title)}</title><style>{_CSS}</style></head><body>'
                 f'<h1>{escape(self.title)}</h1>{sub}{"".join(self._parts)}'
                 f'<footer>beamml {escape(__version__)}, {when}</footer></body></html>\n')

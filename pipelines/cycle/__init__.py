@@ -70,11 +70,12 @@ def parser():
     p.add_argument('--report', default=None, metavar='PATH',
                    help='status: also write the timeline of the last --timeline_days days '
                         '(up to --date, default the last day under --work) as an HTML page '
-                        'at PATH (local or gs://)')
+                        'at PATH (local or gs://; outside --work, and replacing only a page '
+                        'status --report wrote)')
     p.add_argument('--timeline_days', type=non_negative_int, default=TIMELINE_DAYS, metavar='N',
-                   help='the days the timeline covers: in the monitor step\'s report.html '
-                        'and in status --report (default %(default)s; 0: the monitor step '
-                        'leaves monitor\'s own report)')
+                   help='the days the timeline covers: in the day\'s page WORK/D/report.html '
+                        '(the monitor step writes it) and in status --report (default '
+                        '%(default)s; 0: no day\'s page)')
     p.add_argument('--template_parameters', action='store_true',
                    help='assign, monitor: print the Flex Template launch of the step for the '
                         'day (one JSON line: template, parameters, complete) and run nothing '

@@ -77,6 +77,9 @@ def show(work: str, report: str | None = None, end: dt.date | None = None,
          days: int = TIMELINE_DAYS) -> list[dict]:
     """Print the table; with ``report`` write the timeline page of the ``days`` days up to
     ``end`` (default: the last day under ``work``) there."""
+    if report:   # before anything is read: a bad --report path is refused first
+        from beamml.pipelines.cycle.timeline import check_report_path
+        check_report_path(work, report)
     rows = table(work)
     if not rows:
         print(f'no day of the cycle under {work}')

@@ -12,9 +12,10 @@ assign     ``beamml assign`` with ``LATEST``; when day D-1 trained  ``assign/`` 
 gate       promote the candidate when the gate passed and          ``gate.json``
            ``LATEST`` is still the model it was compared with
            (``MODEL/ROLLBACK`` first), else keep; say why
-monitor    ``beamml monitor`` of D with the model assign used,      ``monitor/`` (committed)
-           the earlier days' ``monitor/`` as the rules' history;   (report.html with
-           then its report.html again, with the cycle's timeline   the timeline)
+monitor    ``beamml monitor`` of D with the model assign used,      ``monitor/`` (committed),
+           the earlier days' ``monitor/`` as the rules' history;   ``report.html`` and
+           then the day's page: monitor's report and the cycle's   ``timeline.json``
+           timeline (``monitor/`` is not written after its commit)
 retrain    when ``monitor/decision.json`` says retrain and         ``retrain.json``
            ``LATEST`` did not move today: a candidate version
            (``--no_latest``) on the config's ``retrain.input``
@@ -34,8 +35,9 @@ import datetime as dt
 import logging
 
 from beamml.pipelines._platform import inputs, runs
-from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE,  # noqa: F401
-                                          MONITOR, RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
+from beamml.pipelines.cycle.files import (ASSIGN, DAY_REPORT, FAILURES_FILE,  # noqa: F401
+                                          GATE_FILE, MONITOR, RETRAIN_FILE, SUCCESS,
+                                          TIMELINE_DAYS)
 from beamml.transforms.core.documents import exists, is_remote, join, read_json, write_json
 from beamml.transforms.core.errors import BeammlError, first_line
 from beamml.transforms.model import CentroidModel, latest_version, list_versions
@@ -220,7 +222,9 @@ def monitor(c: Cycle, date: dt.date) -> dict:
         monitor_cmd.run(monitor_argv(c, date) + list(c.beam_args))
     except monitor_cmd.AlarmError:
         pass
-    if ran and c.timeline_days:   # the day's report gets the cycle's timeline
+    # the day's page: monitor's report with the cycle's timeline (again only when monitor
+    # ran now or the page is missing, so a rerun of a complete day writes nothing)
+    if c.timeline_days and (ran or not exists(c.day(date, DAY_REPORT))):
         from beamml.pipelines.cycle.timeline import write_day_report
         write_day_report(c.work, date, out, c.timeline_days)
     alarms = read_json(out + 'drift.json')['alarms']

@@ -35,11 +35,18 @@ calendar day:
     :func:`beamml.pipelines.cycle.steps.run_step`).
 
 One listing of ``WORK`` finds the files (with their size and time: a day's
-fingerprint). :func:`write_day_report` leaves the data beside the day's report
-(``monitor/timeline.json``); a later timeline takes the days whose fingerprint did not
+fingerprint). :func:`write_day_report` writes the day's page, ``WORK/D/report.html``
+(monitor's report and the timeline), and leaves the data beside it
+(``WORK/D/timeline.json``); a later timeline takes the days whose fingerprint did not
 change from the latest such file and reads the others (a few small objects a day, by a
 small pool of threads). :func:`timeline_page` and :func:`write_day_report` draw it
-(:func:`beamml.transforms.timeline.timeline`).
+(:func:`beamml.transforms.timeline.timeline`). Neither writes into the folder monitor
+committed: ``monitor/`` stays as its ``_SUCCESS`` lists it.
+
+``beamml cycle status --report PATH`` (:func:`write_timeline_page`) writes a page whose
+head names it (``<meta name="generator" content="beamml cycle status --report">``); it
+replaces a file at PATH only when that file is such a page, and refuses a PATH inside
+WORK (the files it reads), before it reads anything (:func:`check_report_path`).
 """
 from __future__ import annotations
 
@@ -52,19 +59,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 from apache_beam.io.filesystems import FileSystems
 
-from beamml.pipelines.cycle.files import (ASSIGN, FAILURES_FILE, GATE_FILE, MONITOR,
-                                          RETRAIN_FILE, SUCCESS, TIMELINE_DAYS)
-from beamml.transforms.core.documents import (is_remote, join, read_json, read_text,
-                                             write_json)
+from beamml.pipelines.cycle.files import (ASSIGN, DAY_REPORT, FAILURES_FILE, GATE_FILE,
+                                          MONITOR, RETRAIN_FILE, SUCCESS, TIMELINE_DAYS,
+                                          TIMELINE_FILE)
+from beamml.transforms.core.documents import (exists, is_remote, join, read_json,
+                                             read_text, write_json)
 from beamml.transforms.core.errors import BeammlError, first_line
 
-__all__ = ['TIMELINE_DAYS', 'timeline', 'timeline_page', 'write_timeline_page',
-           'write_day_report']
+__all__ = ['TIMELINE_DAYS', 'timeline', 'timeline_page', 'check_report_path',
+           'write_timeline_page', 'write_day_report']
 
 LOG = logging.getLogger('beamml')
-#: the timeline's data beside the day's monitor report: the next day reads its days from
-#: it (those whose files did not change since)
-CACHE_FILE = 'timeline.json'
+#: the head of a page ``status --report`` wrote: the one kind of file it replaces
+STATUS_GENERATOR = 'beamml cycle status --report'
 _DAY = re.compile(r'^(\d{4}-\d{2}-\d{2})/(.*)$')
 #: the files a day's entry is read from (relative to WORK/D/)
 _FILES = {'assign': f'{ASSIGN}/{SUCCESS}', 'monitor': f'{MONITOR}/{SUCCESS}',
@@ -173,7 +180,7 @@ def timeline(work: str, end: dt.date | None = None, days: int = TIMELINE_DAYS) -
     """The timeline of the ``days`` days up to ``end`` (default: the last day under
     ``work``): ``{work, start, end, days: [entry per calendar day], fingerprints}`` (see
     the module). A day whose files the listing describes as the latest earlier
-    ``monitor/timeline.json`` recorded them is taken from there, not read again."""
+    ``WORK/D/timeline.json`` recorded them is taken from there, not read again."""
     root = _root(work)
     found = listing(root)
     window = _window(found, end, days)
@@ -192,18 +199,17 @@ def timeline(work: str, end: dt.date | None = None, days: int = TIMELINE_DAYS) -
 
 
 def _cached(root: str, found: dict, end: str | None) -> dict:
-    """{day: {fingerprint, entry}} of the latest ``monitor/timeline.json`` up to ``end``
+    """{day: {fingerprint, entry}} of the latest ``WORK/D/timeline.json`` up to ``end``
     (an unreadable one is no cache)."""
-    rel = f'{MONITOR}/{CACHE_FILE}'
-    latest = max((d for d, files in found.items() if rel in files and end and d <= end),
-                 default=None)
+    latest = max((d for d, files in found.items()
+                  if TIMELINE_FILE in files and end and d <= end), default=None)
     if latest is None:
         return {}
     try:
-        return read_json(join(root, latest, rel))['days']
+        return read_json(join(root, latest, TIMELINE_FILE))['days']
     except Exception as e:
-        LOG.warning('%s: not used (%s: %s)', join(root, latest, rel), type(e).__name__,
-                    first_line(e))
+        LOG.warning('%s: not used (%s: %s)', join(root, latest, TIMELINE_FILE),
+                    type(e).__name__, first_line(e))
         return {}
 
 
@@ -262,15 +268,45 @@ def timeline_page(data: dict):
     """The timeline on a page of its own (a :class:`beamml.transforms.report.Report`):
     the chart and a table of the days."""
     from beamml.transforms.report import Report
-    report = Report('beamml cycle: the timeline', _text(data))
+    report = Report('beamml cycle: the timeline', _text(data), generator=STATUS_GENERATOR)
     report.section('The timeline').add(_chart(data))
     report.section('The days').table(_rows(data), _COLUMNS)
     return report
 
 
+def _inside(path: str, folder: str) -> bool:
+    if is_remote(path) != is_remote(folder):
+        return False
+    if not is_remote(path):
+        path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip('/') + '/')
+
+
+def check_report_path(work: str, path: str) -> None:
+    """``status --report PATH`` before anything is read: PATH must not be inside WORK
+    (the cycle's files, which the page is read from) nor a folder, and a file there must
+    be a page ``status --report`` wrote (its head says so); anything else is a one-line
+    error, and nothing is written."""
+    root = _root(work)
+    if _inside(path, root):
+        raise BeammlError(f'--report {path} is inside --work {root}, the cycle\'s own files '
+                          'that the page is read from: write the page outside it')
+    if not is_remote(path) and os.path.isdir(path):
+        raise BeammlError(f'--report {path} is a folder: give the page\'s file name')
+    if not exists(path):
+        return
+    with FileSystems.open(path) as f:
+        head = f.read(4096)
+    if f'<meta name="generator" content="{STATUS_GENERATOR}">'.encode() not in head:
+        raise BeammlError(f'--report {path}: a file is there that beamml cycle status did '
+                          'not write; it is not replaced (remove it, or choose another path)')
+
+
 def write_timeline_page(work: str, path: str, end: dt.date | None = None,
                         days: int = TIMELINE_DAYS) -> dict:
-    """``beamml cycle status --report PATH``: the page of :func:`timeline_page`."""
+    """``beamml cycle status --report PATH``: the page of :func:`timeline_page` (PATH
+    checked by :func:`check_report_path` first)."""
+    check_report_path(work, path)
     data = timeline(work, end, days)
     timeline_page(data).write(path)
     return data
@@ -278,16 +314,19 @@ def write_timeline_page(work: str, path: str, end: dt.date | None = None,
 
 def write_day_report(work: str, date: dt.date, monitor_folder: str,
                      days: int = TIMELINE_DAYS) -> str | None:
-    """The cycle's monitor step: the day's ``monitor/report.html`` again, with the
-    timeline of the last ``days`` days after its summary. Like the report itself, never
-    a failure of the step: one warning line, and the monitor's own page stays."""
-    from beamml.pipelines.monitor.report import REPORT_FILE, monitor_report
+    """The cycle's monitor step: the day's page ``WORK/D/report.html``, monitor's report
+    (from the committed ``monitor_folder``, which is not written) with the timeline of the
+    last ``days`` days after its summary, and the timeline's data ``WORK/D/timeline.json``.
+    Like the report itself, never a failure of the step: one warning line, and monitor's
+    own page is there."""
+    from beamml.pipelines.monitor.report import monitor_report
+    day = join(_root(work), date.isoformat())
     try:
         data = timeline(work, date, days)
         page = monitor_report(read_json(join(monitor_folder, 'report_data.json')), extra=[(
             f'The cycle, the last {len(data["days"])} day(s)', _text(data), _chart(data))])
-        written = page.write(join(monitor_folder, REPORT_FILE))
-        write_json(join(monitor_folder, CACHE_FILE), _cache_doc(data))
+        written = page.write(join(day, DAY_REPORT))
+        write_json(join(day, TIMELINE_FILE), _cache_doc(data))
         return written
     except Exception as e:
         first = first_line(e)
