@@ -38,7 +38,10 @@ each view builds an argparse parser and parses the flags again (~1 ms; 3,129 vie
 K-means test of tests/test_kmeans_ninit.py). A view holds nothing of its own: it reads
 and writes the ``_all_options`` of the object it came from, so the same view is handed
 out again while the object's flags and options are the same objects (per object and
-class, weakly).
+class, weakly). The product's commands do this themselves (``BeamOptions``,
+pipelines/_platform/cli.py); this serves the pipelines the tests build on Beam's own
+``PipelineOptions`` (the library's tests), and tests/test_beam_options.py measures
+``BeamOptions`` against Beam without it.
 
 The product does not do this (beamml never patches Beam in a user's process): this is a
 property of the test processes only, like the storage emulator's patches in conftest.py.
