@@ -12,10 +12,19 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import sys
 import tempfile
 import uuid
 
 import pytest
+
+# pytest keeps the test modules it rewrites (for its assertion messages) in
+# tests/__pycache__, as Python keeps compiled modules, even where PYTHONDONTWRITEBYTECODE
+# is set (as on the machines we run on; `make test` compiles beamml's modules for the same
+# reason): each pytest-xdist worker collects every test file, and rewriting all of them
+# took ~10 s of CPU per worker per run. Only this process: the processes the tests start
+# keep the environment's setting.
+sys.dont_write_bytecode = False
 
 # Before google-auth is imported anywhere: never probe the GCE metadata server.
 os.environ.setdefault('NO_GCE_CHECK', 'true')

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import importlib.util
 import os
 
@@ -80,7 +81,11 @@ def _imports(name: str) -> set[str]:
     return out
 
 
-GRAPH = {name: _imports(name) for name in MODULES}
+@functools.lru_cache(maxsize=None)
+def graph() -> dict[str, set[str]]:
+    """Every module's imports, parsed when a test first asks, not when the file is
+    collected (each pytest-xdist worker collects every test file: 3 s each)."""
+    return {name: _imports(name) for name in MODULES}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -124,12 +129,12 @@ def _is_kernel(name: str) -> bool:
 def test_the_graph_is_read():
     # the rules below must not pass because nothing was found
     assert len(MODULES) > 60
-    assert 'beamml.transforms.core.errors' in GRAPH['beamml.transforms.io.rows']
-    assert 'apache_beam' in GRAPH['beamml.transforms.io.sources']
+    assert 'beamml.transforms.core.errors' in graph()['beamml.transforms.io.rows']
+    assert 'apache_beam' in graph()['beamml.transforms.io.sources']
 
 
 def test_no_import_cycle():
-    assert _cycles(GRAPH) == []
+    assert _cycles(graph()) == []
 
 
 def test_a_cycle_is_found():
@@ -139,7 +144,7 @@ def test_a_cycle_is_found():
 
 
 def test_core_imports_nothing_of_beamml_but_itself():
-    bad = {name: sorted(i for i in GRAPH[name] if i.startswith('beamml.')
+    bad = {name: sorted(i for i in graph()[name] if i.startswith('beamml.')
                         and not i.startswith('beamml.transforms.core'))
            for name in MODULES if name.startswith('beamml.transforms.core')}
     assert {k: v for k, v in bad.items() if v} == {}
@@ -150,7 +155,7 @@ def test_kernels_import_neither_beam_nor_io():
     assert len(kernels) >= 6
     bad = {}
     for name in kernels:
-        wrong = sorted(i for i in GRAPH[name]
+        wrong = sorted(i for i in graph()[name]
                        if i == 'apache_beam' or (i.startswith('beamml.') and not (
                            i.startswith('beamml.transforms.core') or _is_kernel(i))))
         if wrong:
@@ -159,7 +164,7 @@ def test_kernels_import_neither_beam_nor_io():
 
 
 def test_transforms_never_import_the_commands():
-    bad = {name: sorted(i for i in GRAPH[name] if i.startswith('beamml.pipelines'))
+    bad = {name: sorted(i for i in graph()[name] if i.startswith('beamml.pipelines'))
            for name in MODULES if name.startswith('beamml.transforms')}
     assert {k: v for k, v in bad.items() if v} == {}
 
