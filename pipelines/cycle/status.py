@@ -77,17 +77,16 @@ def show(work: str, report: str | None = None, end: dt.date | None = None,
          days: int = TIMELINE_DAYS) -> list[dict]:
     """Print the table; with ``report`` write the timeline page of the ``days`` days up to
     ``end`` (default: the last day under ``work``) there."""
-    if report:   # before anything is read: a bad --report path is refused first
-        from beamml.pipelines.cycle.timeline import check_report_path
-        check_report_path(work, report)
+    data = None
+    if report:   # first: a bad --report path is refused before anything is read
+        from beamml.pipelines.cycle.timeline import write_timeline_page
+        data = write_timeline_page(work, report, end, max(days, 1))
     rows = table(work)
     if not rows:
         print(f'no day of the cycle under {work}')
     else:
         print(markdown(rows))
-    if report:
-        from beamml.pipelines.cycle.timeline import write_timeline_page
-        data = write_timeline_page(work, report, end, max(days, 1))
+    if data is not None:
         print(f'timeline: {report} ({len(data["days"])} day(s)'
               + (f', {data["start"]} to {data["end"]})' if data['days'] else ')'))
     return rows

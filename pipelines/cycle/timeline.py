@@ -59,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from apache_beam.io.filesystems import FileSystems
 
+from beamml.pipelines._platform.overlap import Namespace
 from beamml.pipelines.cycle.files import (ASSIGN, DAY_REPORT, FAILURES_FILE, GATE_FILE,
                                           MONITOR, RETRAIN_FILE, SUCCESS, TIMELINE_DAYS,
                                           TIMELINE_FILE)
@@ -274,21 +275,13 @@ def timeline_page(data: dict):
     return report
 
 
-def _inside(path: str, folder: str) -> bool:
-    if is_remote(path) != is_remote(folder):
-        return False
-    if not is_remote(path):
-        path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip('/') + '/')
-
-
 def check_report_path(work: str, path: str) -> None:
     """``status --report PATH`` before anything is read: PATH must not be inside WORK
     (the cycle's files, which the page is read from) nor a folder, and a file there must
     be a page ``status --report`` wrote (its head says so); anything else is a one-line
     error, and nothing is written."""
     root = _root(work)
-    if _inside(path, root):
+    if Namespace(f'--work {root}', root + '/').holds(path):   # the overlap rule's "lies in"
         raise BeammlError(f'--report {path} is inside --work {root}, the cycle\'s own files '
                           'that the page is read from: write the page outside it')
     if not is_remote(path) and os.path.isdir(path):
