@@ -18,10 +18,9 @@ demo: $(STAMP)
 # The tests run on every core (pytest-xdist) with one worker more than the cores (many
 # tests wait on processes, streams or storage: on 2 cores, 2 workers took 12 min 12 s at
 # 155% CPU, 3 took 10 min 34 s, 4 took 10 min 40 s; with the test caches since, 3 take
-# 8 min 55 s): each test file on one worker, so its
-# module fixtures are made once, the slowest files first (the tests that build beamml's
-# sdist in this folder take turns: tests/conftest.py). `make test TEST_WORKERS=0` runs them
-# in this process, one at a time.
+# 8 min 55 s): each test file on one worker, so its module fixtures are made once, the
+# slowest files first (the tests that build beamml's sdist in this folder take turns:
+# tests/conftest.py). `make test TEST_WORKERS=0` runs them in this process, one at a time.
 # beamml's modules are byte-compiled first: the suite starts Python processes of its own
 # (killed CLI runs, the offline dry runs, the docs' shell blocks), and where
 # PYTHONDONTWRITEBYTECODE is set (as on the machines we run on) each compiled the 117

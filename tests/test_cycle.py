@@ -72,7 +72,6 @@ def points(number: int) -> np.ndarray:
     return X
 
 
-
 class Bucket:
     def __init__(self, url: str):
         from google.cloud import storage
